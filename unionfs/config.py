@@ -1,0 +1,125 @@
+"""What a mount is made of, checked once before anything is mounted or written.
+
+`UnionConfig` is what the union core needs (layers and semantic options); `MountOptions` is what
+only the FUSE mount needs. Both are frozen: the core never changes its configuration while serving.
+`validate()` does every check that can fail on bad input, so that a failure happens before the
+kernel mount exists and before any layer is touched (the work dir is only written after it).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+
+
+class WhiteoutFormat(enum.Enum):
+    """How strata writes whiteouts into the upper layer (it always reads every form)."""
+
+    AUTO = "auto"  # 0/0 character devices when mknod works, `.wh.` files otherwise
+    CHARDEV = "chardev"  # the kernel overlayfs form
+    WH = "wh"  # the OCI/AUFS form: an empty file named `.wh.NAME`
+
+
+@dataclass(frozen=True, slots=True)
+class IdMapping:
+    """One `uidmapping=`/`gidmapping=` range: union ids [inside, inside+count) are stored on disk
+    as [outside, outside+count), the fuse-overlayfs meaning of `inside:outside:count`."""
+
+    inside: int
+    outside: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnionConfig:
+    """The layers (lowers top first) and the options that change union semantics."""
+
+    lowers: tuple[Path, ...]
+    upper: Path | None = None
+    work: Path | None = None
+    whiteout: WhiteoutFormat = WhiteoutFormat.AUTO
+    volatile: bool = False  # skip fsync (as overlayfs's `volatile`)
+    squash_uid: int | None = None  # report every file as owned by this uid
+    squash_gid: int | None = None
+    uid_map: tuple[IdMapping, ...] = ()
+    gid_map: tuple[IdMapping, ...] = ()
+
+    @property
+    def read_only(self) -> bool:
+        return self.upper is None
+
+
+@dataclass(frozen=True, slots=True)
+class MountOptions:
+    """Options for the kernel mount only; they do not change what the core does."""
+
+    fsname: str = "strata"
+    allow_other: bool = False
+    default_permissions: bool = True
+    read_only: bool = False
+    debug: bool = False
+    extra: tuple[str, ...] = field(default=())  # passed to the kernel as-is (dev, suid, ...)
+
+
+def _check_dir(path: Path, what: str) -> Path:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path}: does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{what} {path}: not a directory")
+    return Path(os.path.realpath(path))
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """True when a is b or below it."""
+    return a == b or b in a.parents
+
+
+def validate(cfg: UnionConfig) -> UnionConfig:
+    """Check the layers and return the config with every path resolved (lower paths may be symlinks).
+
+    Raises UsageError with one line naming the culprit. Writes nothing.
+    """
+    if not cfg.lowers:
+        raise UsageError("no lower layer given")
+    lowers = tuple(_check_dir(p, "lower layer") for p in cfg.lowers)
+    for lower in lowers:
+        if not os.access(lower, os.R_OK | os.X_OK):
+            raise UsageError(f"lower layer {lower}: not readable")
+    upper = work = None
+    if cfg.upper is not None or cfg.work is not None:
+        if cfg.upper is None or cfg.work is None:
+            raise UsageError("upper and work directories must be given together")
+        upper = _check_dir(cfg.upper, "upper directory")
+        work = _check_dir(cfg.work, "work directory")
+        for path, what in ((upper, "upper directory"), (work, "work directory")):
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise UsageError(f"{what} {path}: not writable")
+        if os.stat(upper).st_dev != os.stat(work).st_dev:
+            raise UsageError(f"work directory {work}: not on the same filesystem as upper {upper}")
+        if _inside(upper, work) or _inside(work, upper):
+            raise UsageError(f"upper {upper} and work {work} must not be inside one another")
+        for lower in lowers:
+            if _inside(upper, lower) or _inside(lower, upper):
+                raise UsageError(f"upper {upper} and lower {lower} must not be inside one another")
+            if _inside(work, lower) or _inside(lower, work):
+                raise UsageError(f"work {work} and lower {lower} must not be inside one another")
+    return UnionConfig(
+        lowers=lowers,
+        upper=upper,
+        work=work,
+        whiteout=cfg.whiteout,
+        volatile=cfg.volatile,
+        squash_uid=cfg.squash_uid,
+        squash_gid=cfg.squash_gid,
+        uid_map=cfg.uid_map,
+        gid_map=cfg.gid_map,
+    )
