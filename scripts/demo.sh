@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The README's first command: set up, build the demo image, mount it with strata as a container
+# rootfs, change it from inside a chroot, unmount, and show what landed in the upper directory
+# (a copied-up file and a whiteout) and that the lower layers did not change. Run as root.
+set -euo pipefail
+umask 022
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+strata=$repo/.venv/bin/strata
+layers=demo/layers
+container=demo/container
+upper=$container/upper
+work=$container/work
+mnt=$container/rootfs
+mnt_abs=$repo/$mnt  # checked against /proc/self/mounts, which needs no stat of a possibly dead mount
+
+heading() { printf '\n== %s\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
+ok() { printf 'ok: %s\n' "$*"; }
+fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+is_mounted() { grep -qF " $mnt_abs " /proc/self/mounts; }
+unmount() {
+    if is_mounted; then
+        "$strata" umount "$mnt" || fusermount3 -u -z "$mnt" || true
+    fi
+}
+# A fingerprint of the lower layers: names, types, modes, owners, sizes, mtimes, contents, xattrs.
+fingerprint() {
+    (
+        cd "$layers"
+        find . -printf '%p %M %U:%G %s %T@ %l\n' | LC_ALL=C sort
+        find . -type f -exec sha256sum {} + | LC_ALL=C sort
+        getfattr -R -h -d -m - . 2>/dev/null | LC_ALL=C sort
+    ) | sha256sum | cut -c1-16
+}
+# show_upper: one line per entry, whiteouts and copy-ups called out
+show_upper() {
+    local path rel
+    while IFS= read -r path; do
+        rel=${path#"$upper"/}
+        case $(stat -c %F "$path") in
+        "character special file")
+            printf '  %s  %-7s %-24s <- whiteout: a %s character device\n' \
+                "$(stat -c %A "$path")" "" "$rel" "$(stat -c '%t,%T' "$path")" ;;
+        directory)
+            printf '  %s  %-7s %s/\n' "$(stat -c %A "$path")" "" "$rel" ;;
+        *)
+            printf '  %s  %-7s %s\n' "$(stat -c %A "$path")" "$(stat -c %s "$path")" "$rel" ;;
+        esac
+    done < <(find "$upper" -mindepth 1 | LC_ALL=C sort)
+}
+
+[[ $EUID -eq 0 ]] || fail "run as root (the demo installs packages, mounts and uses chroot)"
+
+heading "Set-up"
+bash scripts/setup.sh
+bash scripts/make-demo-image.sh
+
+heading "The image: two layers"
+echo "update layer ($layers/update), OCI style: .wh.NAME deletes NAME, .wh..wh..opq makes a dir opaque"
+find "$layers/update" -mindepth 1 -printf '  %y %P\n' | LC_ALL=C sort -k2
+echo "base layer ($layers/base): a busybox rootfs, $(find "$layers/base" -type l | wc -l) applet" \
+    "symlinks to /bin/busybox plus:"
+find "$layers/base" -mindepth 1 ! -type l ! -type d -printf '  %y %P\n' | LC_ALL=C sort -k2
+before=$(fingerprint)
+
+heading "Mount"
+# A fresh container each run; never delete through a mount left behind by an interrupted run.
+unmount
+is_mounted && fail "$mnt is still mounted"
+rm -rf "$container"
+mkdir -p "$upper" "$work" "$mnt"
+trap unmount EXIT
+trap 'exit 130' INT TERM
+run "$strata" mount --lower "$layers/update" --lower "$layers/base" \
+    --upper "$upper" --work "$work" "$mnt"
+is_mounted || fail "$mnt is not mounted"
+grep -F " $mnt_abs " /proc/self/mounts
+
+heading "The merged view"
+run ls -l "$mnt/etc"
+run cat "$mnt/etc/motd"
+grep -q "update layer" "$mnt/etc/motd" || fail "etc/motd should come from the update layer"
+ok "etc/motd comes from the update layer"
+run ls -la "$mnt/usr/share"
+[[ ! -e $mnt/usr/share/hello.txt ]] || fail "usr/share/hello.txt should be deleted"
+ok "usr/share/hello.txt is gone (update has usr/share/.wh.hello.txt); no .wh. name is listed"
+run ls -la "$mnt/opt/app"
+[[ $(ls -A "$mnt/opt/app") == v2.txt ]] || fail "opt/app should hold only v2.txt"
+ok "opt/app shows only the update layer's v2.txt (opaque dir hides base's v1.txt, config.ini)"
+
+heading "Inside the container (chroot $mnt)"
+chroot "$mnt" /bin/sh -c '
+    PS4="# "
+    set -ex
+    cat /etc/motd
+    echo "demo:x:1000:1000:demo user:/home/demo:/bin/sh" >> /etc/passwd
+    tail -n 2 /etc/passwd
+    rm /etc/hostname
+    echo "written inside the container" > /root/notes.txt
+    ls /etc
+'
+[[ ! -e $mnt/etc/hostname ]] || fail "etc/hostname should be deleted"
+
+heading "Unmount"
+run "$strata" umount "$mnt"
+is_mounted && fail "$mnt is still mounted after strata umount"
+ok "$mnt is unmounted"
+
+heading "What landed in the upper directory ($upper)"
+show_upper
+echo "(etc/passwd was copied up whole on its first write; parents are copied first)"
+[[ $(stat -c %F "$upper/etc/hostname" 2>/dev/null) == "character special file" \
+    || -e $upper/etc/.wh.hostname ]] || fail "no whiteout for etc/hostname in the upper"
+grep -q '^demo:' "$upper/etc/passwd" || fail "the copied-up etc/passwd lacks the new line"
+xattrs=$(getfattr -R -h -d -m - --absolute-names "$upper" 2>/dev/null || true)
+if [[ -n $xattrs ]]; then
+    echo "xattrs strata keeps in the upper (never visible through the mount):"
+    sed 's/^/  /' <<<"$xattrs"
+fi
+
+heading "The lower layers are unchanged"
+after=$(fingerprint)
+echo "fingerprint before: $before  after: $after"
+[[ $before == "$after" ]] || fail "the lower layers changed"
+grep -q '^demo:' "$layers/base/etc/passwd" && fail "the base layer's etc/passwd was written"
+[[ -f $layers/base/etc/hostname ]] || fail "the base layer's etc/hostname was deleted"
+ok "base etc/passwd has no demo line and base etc/hostname still exists"
+
+heading "Remount: the changes persist"
+run "$strata" mount --lower "$layers/update" --lower "$layers/base" \
+    --upper "$upper" --work "$work" "$mnt"
+run tail -n 1 "$mnt/etc/passwd"
+run ls "$mnt/etc"
+[[ ! -e $mnt/etc/hostname ]] || fail "etc/hostname came back after remount"
+run "$strata" umount "$mnt"
+
+heading "Done"
+echo "Try it yourself:"
+echo "  $strata mount --lower $layers/update --lower $layers/base --upper $upper --work $work $mnt"
+echo "  chroot $mnt /bin/sh"
+echo "  $strata umount $mnt"

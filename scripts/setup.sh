@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Prepare this machine to run and test strata: Debian packages, /dev/fuse, and a venv in .venv with
+# the project installed editable. Meant for Debian 12 as root; idempotent, and fast when nothing
+# changed (apt is skipped when every package is installed, pip when pyproject.toml is unchanged).
+set -euo pipefail
+umask 022  # the venv must stay readable by unprivileged users (rootless tests run from it)
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+[[ -f pyproject.toml ]] || { echo "setup: error: no pyproject.toml in $repo" >&2; exit 1; }
+
+step() { printf 'setup: %s\n' "$*"; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+# fuse3/libfuse3-dev/pkg-config/gcc/python3-dev build pyfuse3; python3-venv makes the venv;
+# busybox-static is the demo image; attr/acl are used by tests; fuse-overlayfs and unionfs-fuse are
+# comparison peers for tests and benchmarks.
+packages=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc busybox-static attr acl
+          fuse-overlayfs unionfs-fuse)
+
+# The system interpreter on purpose: PATH may hold a pyenv or similar python that other users
+# cannot read.
+python=/usr/bin/python3
+venv=$repo/.venv
+stamp=$venv/.strata-setup-stamp
+
+# --- 1. Debian packages ----------------------------------------------------------------------
+missing=()
+for pkg in "${packages[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    [[ $status == installed ]] || missing+=("$pkg")
+done
+if ((${#missing[@]} == 0)); then
+    step "apt: all ${#packages[@]} packages already installed"
+else
+    [[ $EUID -eq 0 ]] || die "missing packages (${missing[*]}); run as root to install them"
+    step "apt: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends -o Dpkg::Use-Pty=0 "${missing[@]}" >/dev/null
+fi
+
+# --- 2. /dev/fuse ------------------------------------------------------------------------------
+if [[ ! -c /dev/fuse ]]; then
+    [[ $EUID -eq 0 ]] || die "/dev/fuse is missing; run as root"
+    modprobe fuse 2>/dev/null || true
+    [[ -c /dev/fuse ]] || mknod -m 0666 /dev/fuse c 10 229
+fi
+if [[ $EUID -eq 0 ]]; then
+    chmod 0666 /dev/fuse  # Debian's udev default; containers often ship it 0600
+fi
+if [[ -r /dev/fuse && -w /dev/fuse ]]; then
+    step "fuse: /dev/fuse is usable ($(stat -c %A /dev/fuse))"
+else
+    die "/dev/fuse is not usable by $(id -un)"
+fi
+
+# --- 3. venv -----------------------------------------------------------------------------------
+[[ -x $python ]] || die "$python not found (install python3)"
+want_version=$("$python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')
+have_version=$("$venv/bin/python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' \
+    2>/dev/null || true)
+have_home=$(sed -n 's/^home *= *//p' "$venv/pyvenv.cfg" 2>/dev/null || true)
+if [[ $have_version == "$want_version" && $have_home == "$(dirname "$python")" ]]; then
+    step "venv: $venv exists (python $have_version from $python)"
+else
+    if [[ -e $venv ]]; then
+        step "venv: recreating $venv (found python '${have_version:-none}' from '${have_home:-?}')"
+        rm -rf "$venv"
+    else
+        step "venv: creating $venv with $python $want_version"
+    fi
+    "$python" -m venv "$venv"
+fi
+
+# --- 4. the project, editable, with test extras ------------------------------------------------
+# The stamp covers what an editable install depends on: pyproject.toml, the repo path, the python.
+want_stamp=$( { sha256sum pyproject.toml; echo "$repo $want_version"; } | sha256sum | cut -d' ' -f1)
+if [[ -f $stamp && $(cat "$stamp") == "$want_stamp" && -x $venv/bin/strata ]]; then
+    step "pip: strata already installed (pyproject.toml unchanged)"
+else
+    step "pip: installing strata editable with test extras into $venv"
+    rm -f "$stamp"
+    log=$(mktemp)
+    if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" >"$log" 2>&1
+    then
+        cat "$log" >&2
+        rm -f "$log"
+        die "pip install failed"
+    fi
+    rm -f "$log"
+    echo "$want_stamp" >"$stamp"
+fi
+
+step "done: $("$venv/bin/python" -c 'import unionfs; print("unionfs", unionfs.__version__)')," \
+    "commands in $venv/bin (strata, fuse-strata)"
