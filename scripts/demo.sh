@@ -36,19 +36,25 @@ fingerprint() {
     ) | sha256sum | cut -c1-16
 }
 # show_upper: one line per entry, whiteouts and copy-ups called out
+in_lower() { [[ -e $layers/update/$1 || -L $layers/update/$1 || -e $layers/base/$1 ]]; }
 show_upper() {
-    local path rel
+    local path rel mode size note
     while IFS= read -r path; do
         rel=${path#"$upper"/}
+        mode=$(stat -c %A "$path")
+        size=$(stat -c %s "$path")
+        if in_lower "$rel"; then note="copied up"; else note="new"; fi
         case $(stat -c %F "$path") in
         "character special file")
-            printf '  %s  %-7s %-24s <- whiteout: a %s character device\n' \
-                "$(stat -c %A "$path")" "" "$rel" "$(stat -c '%t,%T' "$path")" ;;
+            size=$(stat -c '%t,%T' "$path")
+            note="whiteout: a $size character device" ;;
         directory)
-            printf '  %s  %-7s %s/\n' "$(stat -c %A "$path")" "" "$rel" ;;
+            rel+=/ size=""
+            [[ $note == new ]] || note="copied up (a parent, with its metadata)" ;;
         *)
-            printf '  %s  %-7s %s\n' "$(stat -c %A "$path")" "$(stat -c %s "$path")" "$rel" ;;
+            [[ $rel == */.wh.* || $rel == .wh.* ]] && note="whiteout: a .wh. file" ;;
         esac
+        printf '  %s %5s  %-16s <- %s\n' "$mode" "$size" "$rel" "$note"
     done < <(find "$upper" -mindepth 1 | LC_ALL=C sort)
 }
 
@@ -80,6 +86,7 @@ is_mounted || fail "$mnt is not mounted"
 grep -F " $mnt_abs " /proc/self/mounts
 
 heading "The merged view"
+run ls -C "$mnt"
 run ls -l "$mnt/etc"
 run cat "$mnt/etc/motd"
 grep -q "update layer" "$mnt/etc/motd" || fail "etc/motd should come from the update layer"
@@ -93,15 +100,15 @@ ok "opt/app shows only the update layer's v2.txt (opaque dir hides base's v1.txt
 
 heading "Inside the container (chroot $mnt)"
 chroot "$mnt" /bin/sh -c '
-    PS4="# "
-    set -ex
-    cat /etc/motd
-    echo "demo:x:1000:1000:demo user:/home/demo:/bin/sh" >> /etc/passwd
-    tail -n 2 /etc/passwd
-    rm /etc/hostname
-    echo "written inside the container" > /root/notes.txt
-    ls /etc
-'
+    set -e
+    run() { echo "# $1"; eval "$1"; }
+    run "cat /etc/motd"
+    run "echo demo:x:1000:1000:demo user:/home/demo:/bin/sh >> /etc/passwd"
+    run "tail -n 2 /etc/passwd"
+    run "rm /etc/hostname"
+    run "echo written inside the container > /root/notes.txt"
+    run "ls /etc"
+' 2>&1
 [[ ! -e $mnt/etc/hostname ]] || fail "etc/hostname should be deleted"
 
 heading "Unmount"
@@ -111,7 +118,6 @@ ok "$mnt is unmounted"
 
 heading "What landed in the upper directory ($upper)"
 show_upper
-echo "(etc/passwd was copied up whole on its first write; parents are copied first)"
 [[ $(stat -c %F "$upper/etc/hostname" 2>/dev/null) == "character special file" \
     || -e $upper/etc/.wh.hostname ]] || fail "no whiteout for etc/hostname in the upper"
 grep -q '^demo:' "$upper/etc/passwd" || fail "the copied-up etc/passwd lacks the new line"
