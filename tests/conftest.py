@@ -1,0 +1,87 @@
+"""Shared pytest setup: `--run-slow`, mount fixtures, the test images (extracted once a session).
+
+Markers (declared in pyproject.toml): `fuse` mounts a real FUSE filesystem, `root` needs root,
+`slow` is skipped unless `--run-slow` is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.images import (
+    BUSYBOX_DOCKER_ARCHIVE,
+    BUSYBOX_OCI_ARCHIVE,
+    DebianRootfs,
+    build_debian_rootfs,
+    extract_docker_archive,
+    extract_oci_archive,
+)
+from tests.helpers.mounts import kernel_overlay as kernel_overlay
+from tests.helpers.mounts import skip_unless_root
+from tests.helpers.mounts import union_mount as union_mount
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        default=False,
+        help="also run tests marked slow (e.g. building and mounting a Debian rootfs)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip_slow = pytest.mark.skip(reason="slow test: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"test image {path} is missing")
+    return path
+
+
+@pytest.fixture(scope="session")
+def busybox_layers(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The busybox test image's layers from its docker archive, one directory each, base first.
+
+    Shared by the whole session: tests must never write to them (mount them as lowers only).
+    """
+    dest = tmp_path_factory.mktemp("busybox-docker")
+    return extract_docker_archive(_require(BUSYBOX_DOCKER_ARCHIVE), dest)
+
+
+@pytest.fixture(scope="session")
+def busybox_oci_layers(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The same image's layers from its OCI archive, base first (read-only, as above)."""
+    dest = tmp_path_factory.mktemp("busybox-oci")
+    return extract_oci_archive(_require(BUSYBOX_OCI_ARCHIVE), dest)
+
+
+_debian_rootfs_key = pytest.StashKey[DebianRootfs]()
+
+
+@pytest.fixture(scope="session")
+def debian_rootfs(pytestconfig: pytest.Config) -> DebianRootfs:
+    """A Debian bookworm minbase rootfs with python3 (mmdebstrap; cached across runs; root)."""
+    skip_unless_root()
+    rootfs = build_debian_rootfs(suite="bookworm", variant="minbase", include=("python3",))
+    pytestconfig.stash[_debian_rootfs_key] = rootfs
+    return rootfs
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    rootfs = config.stash.get(_debian_rootfs_key, None)
+    if rootfs is not None:
+        how = "built now" if rootfs.built_now else "taken from the cache"
+        terminalreporter.write_line(
+            f"Debian rootfs {rootfs.path}: {how} (mmdebstrap took {rootfs.build_seconds:.0f}s)"
+        )
