@@ -1,0 +1,151 @@
+"""The only home of the syscalls Python's os module lacks or gets subtly wrong for us.
+
+Everything here works on a directory fd plus one name component (never a joined path), so no
+symlink inside a layer is ever followed: xattr calls go through `/proc/self/fd/DIRFD/NAME` with
+follow_symlinks=False (the magic link resolves the directory we already hold; NAME is a single
+component looked up without following), renames go through renameat2, data copies keep holes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+from typing import Final
+
+RENAME_NOREPLACE: Final = 1 << 0
+RENAME_EXCHANGE: Final = 1 << 1
+RENAME_WHITEOUT: Final = 1 << 2
+
+FICLONE: Final = 0x40049409
+
+O_DIR: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+O_PATHDIR: Final = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_renameat2.restype = ctypes.c_int
+
+
+def renameat2(olddirfd: int, oldname: bytes, newdirfd: int, newname: bytes, flags: int = 0) -> None:
+    """renameat2(2) on (dirfd, name) pairs; raises OSError."""
+    if _renameat2(olddirfd, oldname, newdirfd, newname, flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), os.fsdecode(newname))
+
+
+def fd_path(dirfd: int, name: bytes | None = None) -> bytes:
+    """A path naming `name` inside the directory `dirfd` refers to, for calls without *at forms."""
+    base = b"/proc/self/fd/%d" % dirfd
+    return base if name is None else base + b"/" + name
+
+
+def getxattr(dirfd: int, name: bytes, attr: str) -> bytes | None:
+    """The value of xattr `attr` of `name` in dirfd, or None when it is absent or unsupported."""
+    try:
+        return os.getxattr(fd_path(dirfd, name), attr, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM, errno.EACCES):
+            return None
+        raise
+
+
+def listxattr(dirfd: int, name: bytes) -> list[str]:
+    try:
+        return os.listxattr(fd_path(dirfd, name), follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno == errno.ENOTSUP:
+            return []
+        raise
+
+
+def setxattr(dirfd: int, name: bytes, attr: str, value: bytes, flags: int = 0) -> None:
+    os.setxattr(fd_path(dirfd, name), attr, value, flags, follow_symlinks=False)
+
+
+def removexattr(dirfd: int, name: bytes, attr: str) -> None:
+    os.removexattr(fd_path(dirfd, name), attr, follow_symlinks=False)
+
+
+def fgetxattr(fd: int, attr: str) -> bytes | None:
+    try:
+        return os.getxattr(fd, attr)
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM, errno.EACCES):
+            return None
+        raise
+
+
+def copy_data(src: int, dst: int, size: int) -> None:
+    """Copy `size` bytes of src to dst, keeping holes; reflink when the filesystem can.
+
+    Runs in a worker thread (it may take seconds for big files). dst must be empty.
+    """
+    if size == 0:
+        return
+    try:
+        fcntl.ioctl(dst, FICLONE, src)
+        return
+    except OSError:
+        pass
+    pos = 0
+    while pos < size:
+        try:
+            data = os.lseek(src, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                break
+            raise
+        hole = os.lseek(src, data, os.SEEK_HOLE)
+        _copy_range(src, dst, data, min(hole, size) - data)
+        pos = hole
+    os.ftruncate(dst, size)
+
+
+def _copy_range(src: int, dst: int, off: int, count: int) -> None:
+    end = off + count
+    while off < end:
+        try:
+            n = os.copy_file_range(src, dst, end - off, off, off)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            n = _copy_range_rw(src, dst, off, end - off)
+        if n == 0:  # the file shrank under us (it cannot in a lower layer); stop
+            return
+        off += n
+
+
+def _copy_range_rw(src: int, dst: int, off: int, count: int) -> int:
+    buf = os.pread(src, min(count, 1 << 20), off)
+    if buf:
+        os.pwrite(dst, buf, off)
+    return len(buf)
+
+
+def can_mknod_whiteout(dirfd: int) -> bool:
+    """Probe once: may this process make a 0/0 character device (a kernel-form whiteout) here?"""
+    name = b".strata-probe-%d" % os.getpid()
+    try:
+        os.mknod(name, 0o600 | 0o020000, os.makedev(0, 0), dir_fd=dirfd)
+    except OSError:
+        return False
+    os.unlink(name, dir_fd=dirfd)
+    return True
+
+
+def can_set_xattr(dirfd: int, attr: str) -> bool:
+    """Probe once: may this process set xattr `attr` (e.g. trusted.*) on files here?"""
+    name = b".strata-probe-x-%d" % os.getpid()
+    fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
+    os.close(fd)
+    try:
+        setxattr(dirfd, name, attr, b"y")
+        return True
+    except OSError:
+        return False
+    finally:
+        os.unlink(name, dir_fd=dirfd)

@@ -1,0 +1,148 @@
+"""The objects the kernel knows (nodes), their names, lookup counts and inode numbers.
+
+A node is one union object. Its FUSE node id is a counter (never reused, so no generation games);
+its st_ino is `ino`, derived from where the object came from so that it stays the same across
+copy-up and remount (see `encode_ino`). Hard-linked files are one node with several names
+(`links`); the first name is the one used to reach the object in the layers.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass, field
+from typing import Final, NewType
+
+import trio
+import xxhash
+
+from .layers import Listing
+
+InodeNo = NewType("InodeNo", int)
+ROOT: Final = InodeNo(1)
+
+_LAYER_SHIFT: Final = 56
+_INO_MASK: Final = (1 << _LAYER_SHIFT) - 1
+
+
+def encode_ino(layer: int, real_ino: int) -> int:
+    """st_ino of an object first seen in `layer` (0 = upper) with inode number `real_ino` there.
+
+    Like overlayfs's xino: the layer index goes in the high bits, so numbers from different layers
+    never collide. Real numbers that do not fit (not seen on ext4/xfs/btrfs in practice) are hashed.
+    """
+    if real_ino <= _INO_MASK:
+        return (layer << _LAYER_SHIFT) | real_ino
+    return (layer << _LAYER_SHIFT) | (
+        xxhash.xxh64_intdigest(real_ino.to_bytes(8, "little")) & _INO_MASK
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LowerEntry:
+    """A name as the lower layers of one directory show it: the layers holding it, top first.
+
+    For a directory every layer that merges into it (before opacity is known); otherwise one.
+    """
+
+    layers: tuple[int, ...]
+    is_dir: bool
+
+
+@dataclass(eq=False, slots=True)
+class Node:
+    """One union object the kernel (or a union operation in progress) holds a reference to."""
+
+    nodeid: InodeNo
+    ino: int
+    kind: int  # stat.S_IFMT bits
+    links: list[tuple[Node, bytes]]  # (parent, name) pairs; empty once unlinked; root has none
+    upper: bool  # the object exists in the upper layer at its names
+    lower: int  # lower layer holding it (non-dirs) or its top lower layer (dirs); 0 = none
+    lowers: tuple[int, ...] = ()  # dirs: lower layers merged into it, top first
+    lower_st: object = None  # os.stat_result of the lower object (immutable, so cached)
+    lookups: int = 0
+    opaque_checked: bool = False  # dirs: `lowers` has been cut at the first opaque layer
+    view: dict[bytes, LowerEntry] | None = None  # dirs: merged lower listing (cached)
+    children: dict[bytes, Node] = field(default_factory=dict)
+    open_fds: dict[int, int] = field(default_factory=dict)  # handle -> fd, for reopen and fstat
+    _lock: trio.Lock | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == stat.S_IFDIR
+
+    @property
+    def lock(self) -> trio.Lock:
+        """Serialises copy-up of this node (created lazily: most nodes never need it)."""
+        if self._lock is None:
+            self._lock = trio.Lock()
+        return self._lock
+
+    @property
+    def parent(self) -> Node | None:
+        return self.links[0][0] if self.links else None
+
+    @property
+    def name(self) -> bytes:
+        return self.links[0][1] if self.links else b""
+
+
+class InodeTable:
+    """Node ids, st_ino -> node (so hard links share a node), lookup counts."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[InodeNo, Node] = {}
+        self.by_ino: dict[int, Node] = {}
+        self._next = ROOT + 1
+
+    def new_id(self) -> InodeNo:
+        nodeid = InodeNo(self._next)
+        self._next += 1
+        return nodeid
+
+    def add(self, node: Node) -> None:
+        self.nodes[node.nodeid] = node
+        self.by_ino[node.ino] = node
+
+    def get(self, nodeid: int) -> Node:
+        node = self.nodes.get(InodeNo(nodeid))
+        if node is None:
+            raise OSError(2, "stale node id", str(nodeid))
+        return node
+
+    def link(self, node: Node, parent: Node, name: bytes) -> None:
+        if (parent, name) not in [(p, n) for p, n in node.links]:
+            node.links.append((parent, name))
+        parent.children[name] = node
+
+    def unlink(self, node: Node, parent: Node, name: bytes) -> None:
+        """Forget that `name` in `parent` is `node` (after unlink, rename-over, rmdir)."""
+        node.links = [(p, n) for p, n in node.links if not (p is parent and n == name)]
+        if parent.children.get(name) is node:
+            del parent.children[name]
+        if not node.links and self.by_ino.get(node.ino) is node:
+            del self.by_ino[node.ino]  # a new object may get the same st_ino now
+
+    def forget(self, node: Node, count: int) -> None:
+        node.lookups -= count
+        if node.lookups <= 0 and node.nodeid != ROOT:
+            self._drop(node)
+
+    def _drop(self, node: Node, *, upward: bool = True) -> None:
+        # Children the kernel does not hold (made by a union operation's own lookups) go too.
+        for child in list(node.children.values()):
+            if child.lookups <= 0 and not child.open_fds:
+                self._drop(child, upward=False)
+        if node.children or node.open_fds:
+            return  # still reachable by name from a child or used by an open file
+        self.nodes.pop(node.nodeid, None)
+        if self.by_ino.get(node.ino) is node:
+            del self.by_ino[node.ino]
+        for parent, name in node.links:
+            if parent.children.get(name) is node:
+                del parent.children[name]
+                if upward and parent.lookups <= 0 and parent.nodeid != ROOT:
+                    self._drop(parent)
+
+
+__all__ = ["ROOT", "InodeNo", "InodeTable", "Listing", "LowerEntry", "Node", "encode_ino"]
