@@ -79,6 +79,7 @@ class Attr:
     atime_ns: int
     mtime_ns: int
     ctime_ns: int
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,10 +154,8 @@ class UnionFS:
             self._root_fds.append(-1)
         for lower in cfg.lowers:
             self._root_fds.append(os.open(lower, _sys.O_PATHDIR))
-        st = self._stat_root()
         root = Node(
             nodeid=ROOT,
-            ino=encode_ino(1 if self.read_only else UPPER, st.st_ino),
             kind=stat.S_IFDIR,
             links=[],
             upper=not self.read_only,
@@ -167,10 +166,6 @@ class UnionFS:
         if not self.read_only and self._is_upper_opaque(self._root_fds[UPPER], b"."):
             root.lowers = ()
         self.inodes.add(root)
-
-    def _stat_root(self) -> os.stat_result:
-        layer = 1 if self.read_only else UPPER
-        return os.stat(self._root_fds[layer])
 
     def _prepare_work(self, work: Path) -> None:
         """Take the in-use lock, clean leftovers of interrupted copy-ups, probe capabilities."""
@@ -395,20 +390,18 @@ class UnionFS:
     def _node_for(self, parent: Node, name: bytes, child: _Child) -> Node:
         """The node for a resolved name: the known one if it is the same object, else a new one."""
         node = parent.children.get(name)
-        if node is not None and (
-            node.ino != child.ino or node.kind != stat.S_IFMT(child.st.st_mode)
-        ):
+        kind = stat.S_IFMT(child.st.st_mode)
+        if node is not None and (node.ino != child.ino or node.kind != kind):
             self.inodes.unlink(node, parent, name)
             node = None
         if node is None:
-            node = self.inodes.by_ino.get(child.ino)
-            if node is not None and (node.is_dir or node.kind != stat.S_IFMT(child.st.st_mode)):
+            node = self.inodes.find(child.ino)
+            if node is not None and (node.is_dir or node.kind != kind):
                 node = None  # directories have one name; a stale entry is replaced
         if node is None:
             node = Node(
-                nodeid=self.inodes.new_id(),
-                ino=child.ino,
-                kind=stat.S_IFMT(child.st.st_mode),
+                nodeid=InodeNo(child.ino),
+                kind=kind,
                 links=[],
                 upper=child.upper,
                 lower=child.lower,
@@ -513,6 +506,7 @@ class UnionFS:
             atime_ns=st.st_atime_ns,
             mtime_ns=st.st_mtime_ns,
             ctime_ns=st.st_ctime_ns,
+            generation=node.generation,
         )
 
     def _disk_ids(self, uid: int, gid: int) -> tuple[int, int]:
@@ -1272,9 +1266,6 @@ class UnionFS:
         self.inodes.unlink(dst, new_parent, new_name)
         self.inodes.link(src, new_parent, new_name)
         self.inodes.link(dst, old_parent, old_name)
-        # by_ino entries were dropped by unlink when a node lost its last name; restore them
-        self.inodes.by_ino[src.ino] = src
-        self.inodes.by_ino[dst.ino] = dst
         self._moved(src)
         self._moved(dst)
 

@@ -1,13 +1,16 @@
 """The objects the kernel knows (nodes), their names, lookup counts and inode numbers.
 
-A node is one union object. Its FUSE node id is a counter (never reused, so no generation games);
-its st_ino is `ino`, derived from where the object came from so that it stays the same across
+A node is one union object. pyfuse3 makes the FUSE node id and st_ino one number, so a node's id
+is its inode number, derived from where the object came from so that it stays the same across
 copy-up and remount (see `encode_ino`). Hard-linked files are one node with several names
-(`links`); the first name is the one used to reach the object in the layers.
+(`links`); the first name is the one used to reach the object in the layers. When an inode number
+comes back for a new object while the kernel may still hold the old one (an upper inode freed and
+reused), the new node gets a higher generation, which tells the kernel the old one is stale.
 """
 
 from __future__ import annotations
 
+import errno
 import stat
 from dataclasses import dataclass, field
 from typing import Final, NewType
@@ -30,11 +33,10 @@ def encode_ino(layer: int, real_ino: int) -> int:
     Like overlayfs's xino: the layer index goes in the high bits, so numbers from different layers
     never collide. Real numbers that do not fit (not seen on ext4/xfs/btrfs in practice) are hashed.
     """
-    if real_ino <= _INO_MASK:
+    if 1 < real_ino <= _INO_MASK:  # 1 is FUSE's root node id
         return (layer << _LAYER_SHIFT) | real_ino
-    return (layer << _LAYER_SHIFT) | (
-        xxhash.xxh64_intdigest(real_ino.to_bytes(8, "little")) & _INO_MASK
-    )
+    digest = xxhash.xxh64_intdigest(real_ino.to_bytes(8, "little")) & _INO_MASK
+    return (layer << _LAYER_SHIFT) | max(digest, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +54,7 @@ class LowerEntry:
 class Node:
     """One union object the kernel (or a union operation in progress) holds a reference to."""
 
-    nodeid: InodeNo
-    ino: int
+    nodeid: InodeNo  # == st_ino
     kind: int  # stat.S_IFMT bits
     links: list[tuple[Node, bytes]]  # (parent, name) pairs; empty once unlinked; root has none
     upper: bool  # the object exists in the upper layer at its names
@@ -65,7 +66,12 @@ class Node:
     view: dict[bytes, LowerEntry] | None = None  # dirs: merged lower listing (cached)
     children: dict[bytes, Node] = field(default_factory=dict)
     open_fds: dict[int, int] = field(default_factory=dict)  # handle -> fd, for reopen and fstat
+    generation: int = 0
     _lock: trio.Lock | None = None
+
+    @property
+    def ino(self) -> int:
+        return self.nodeid
 
     @property
     def is_dir(self) -> bool:
@@ -88,30 +94,33 @@ class Node:
 
 
 class InodeTable:
-    """Node ids, st_ino -> node (so hard links share a node), lookup counts."""
+    """Node id (= st_ino) -> node, names, lookup counts."""
 
     def __init__(self) -> None:
         self.nodes: dict[InodeNo, Node] = {}
-        self.by_ino: dict[int, Node] = {}
-        self._next = ROOT + 1
-
-    def new_id(self) -> InodeNo:
-        nodeid = InodeNo(self._next)
-        self._next += 1
-        return nodeid
 
     def add(self, node: Node) -> None:
+        """Register a new node; an older object with the same number is superseded."""
+        old = self.nodes.get(node.nodeid)
+        if old is not None and old is not node:
+            node.generation = old.generation + 1
+            node.lookups += old.lookups  # the kernel's references are to the number
+            old.links = []  # no name leads to the old object any more
         self.nodes[node.nodeid] = node
-        self.by_ino[node.ino] = node
 
     def get(self, nodeid: int) -> Node:
         node = self.nodes.get(InodeNo(nodeid))
         if node is None:
-            raise OSError(2, "stale node id", str(nodeid))
+            raise OSError(errno.ESTALE, "stale node id", str(nodeid))
         return node
 
+    def find(self, ino: int) -> Node | None:
+        """The live node with this st_ino (how hard links find their shared node)."""
+        node = self.nodes.get(InodeNo(ino))
+        return node if node is not None and node.links else None
+
     def link(self, node: Node, parent: Node, name: bytes) -> None:
-        if (parent, name) not in [(p, n) for p, n in node.links]:
+        if not any(p is parent and n == name for p, n in node.links):
             node.links.append((parent, name))
         parent.children[name] = node
 
@@ -120,8 +129,6 @@ class InodeTable:
         node.links = [(p, n) for p, n in node.links if not (p is parent and n == name)]
         if parent.children.get(name) is node:
             del parent.children[name]
-        if not node.links and self.by_ino.get(node.ino) is node:
-            del self.by_ino[node.ino]  # a new object may get the same st_ino now
 
     def forget(self, node: Node, count: int) -> None:
         node.lookups -= count
@@ -135,9 +142,8 @@ class InodeTable:
                 self._drop(child, upward=False)
         if node.children or node.open_fds:
             return  # still reachable by name from a child or used by an open file
-        self.nodes.pop(node.nodeid, None)
-        if self.by_ino.get(node.ino) is node:
-            del self.by_ino[node.ino]
+        if self.nodes.get(node.nodeid) is node:
+            del self.nodes[node.nodeid]
         for parent, name in node.links:
             if parent.children.get(name) is node:
                 del parent.children[name]

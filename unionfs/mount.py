@@ -1,4 +1,4 @@
-"""Mount the union and serve it until it is unmounted (pyfuse3 init/main/close, fuse options, signals).
+"""Mount the union and serve it until it is unmounted (pyfuse3 init/main/close, options, signals).
 
 `run()` is the one entry point the command line uses. It prepares the work dir (takes the in-use
 lock, removes leftovers of an interrupted copy-up), mounts, calls `on_mounted()` once the kernel
@@ -7,10 +7,38 @@ mount exists, and serves until `fusermount3 -u`, SIGINT or SIGTERM.
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import pyfuse3
+import trio
+
 from .config import MountOptions, UnionConfig
+from .core import UnionFS
+from .errors import UsageError
+from .ops import UnionOperations
+
+log = logging.getLogger(__name__)
+
+
+def fuse_options(cfg: UnionConfig, opts: MountOptions) -> set[str]:
+    """The option set handed to libfuse for this mount."""
+    options = {f"fsname={opts.fsname}"}
+    if not any(o.startswith("subtype=") for o in opts.extra):
+        options.add("subtype=strata")
+    if opts.default_permissions:
+        options.add("default_permissions")
+    if opts.allow_other:
+        options.add("allow_other")
+    if opts.read_only or cfg.read_only:
+        options.add("ro")  # the kernel answers EROFS itself, without asking us
+    if opts.debug:
+        options.add("debug")
+    options.update(o for o in opts.extra if o not in ("rw",) or not cfg.read_only)
+    return options
 
 
 def run(
@@ -25,4 +53,39 @@ def run(
     `cfg` must have been through `config.validate()`. Raises UsageError (one line) when the mount
     cannot be made (mountpoint missing, already mounted, layers in use by another strata mount).
     """
-    raise NotImplementedError
+    os.umask(0)  # modes come from the requests; the upper fs still applies default ACLs
+    try:
+        fs = UnionFS(cfg)
+    except OSError as exc:
+        raise UsageError(f"cannot open layers: {exc}") from None
+    try:
+        try:
+            pyfuse3.init(UnionOperations(fs), os.fspath(mountpoint), fuse_options(cfg, opts))
+        except RuntimeError as exc:
+            raise UsageError(f"cannot mount on {mountpoint}: {exc}") from None
+        clean = False
+        try:
+            if on_mounted is not None:
+                on_mounted()
+            trio.run(_serve)
+            clean = True
+        finally:
+            pyfuse3.close(unmount=True)
+            log.debug("unmounted %s (clean=%s)", mountpoint, clean)
+    finally:
+        fs.close()
+
+
+async def _serve() -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("got signal %d, unmounting", signum)
+            pyfuse3.terminate()
+            return

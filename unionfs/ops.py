@@ -1,0 +1,302 @@
+"""The pyfuse3 `Operations` adapter: decode arguments, call the core, encode the answer.
+
+Nothing here knows about layers. The one `errno_boundary` turns the core's OSError into
+FUSEError; any other exception is a bug, logged with its traceback (tests fail on that) and
+answered with EIO so the mount keeps serving.
+
+Cache policy: strata is the only writer of the upper layer through the mount and lower layers
+are immutable, so the kernel may keep entries, attributes and page cache for a long time
+(`TIMEOUT`), and negative lookups are cached too. Changing layers under a live mount is
+unsupported (as with overlayfs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Final
+
+import pyfuse3
+
+from .core import Attr, Caller, SetAttr, UnionFS
+
+log = logging.getLogger(__name__)
+
+TIMEOUT: Final = 3600.0
+
+
+@contextlib.contextmanager
+def errno_boundary(op: str) -> Iterator[None]:
+    try:
+        yield
+    except pyfuse3.FUSEError:
+        raise
+    except OSError as exc:
+        raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+    except Exception:
+        log.exception("%s failed unexpectedly", op)
+        raise pyfuse3.FUSEError(errno.EIO) from None
+
+
+def to_entry(attr: Attr) -> pyfuse3.EntryAttributes:
+    entry = pyfuse3.EntryAttributes()
+    entry.st_ino = pyfuse3.InodeT(attr.nodeid)
+    entry.generation = attr.generation
+    entry.st_mode = pyfuse3.ModeT(attr.mode)
+    entry.st_nlink = attr.nlink
+    entry.st_uid = attr.uid
+    entry.st_gid = attr.gid
+    entry.st_rdev = attr.rdev
+    entry.st_size = attr.size
+    entry.st_blocks = attr.blocks
+    entry.st_blksize = attr.blksize
+    entry.st_atime_ns = attr.atime_ns
+    entry.st_mtime_ns = attr.mtime_ns
+    entry.st_ctime_ns = attr.ctime_ns
+    entry.entry_timeout = TIMEOUT
+    entry.attr_timeout = TIMEOUT
+    return entry
+
+
+def _negative_entry() -> pyfuse3.EntryAttributes:
+    """A cached 'no such name' (st_ino 0): the kernel drops it itself when it creates the name."""
+    entry = pyfuse3.EntryAttributes()
+    entry.st_ino = pyfuse3.InodeT(0)
+    entry.entry_timeout = TIMEOUT
+    return entry
+
+
+def _caller(ctx: pyfuse3.RequestContext) -> Caller:
+    return Caller(uid=ctx.uid, gid=ctx.gid, umask=ctx.umask, pid=ctx.pid)
+
+
+class UnionOperations(pyfuse3.Operations):
+    """pyfuse3 handlers for a `UnionFS`. `access()` is not implemented: the mount uses
+    `default_permissions`, so the kernel checks permissions from our attributes."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = True
+
+    def __init__(self, fs: UnionFS) -> None:
+        super().__init__()
+        self.fs = fs
+
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        try:
+            with errno_boundary("lookup"):
+                return to_entry(await self.fs.lookup(parent_inode, name))
+        except pyfuse3.FUSEError as exc:
+            if exc.errno == errno.ENOENT:
+                return _negative_entry()
+            raise
+
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        try:
+            self.fs.forget([(int(ino), n) for ino, n in inode_list])
+        except Exception:
+            log.exception("forget failed")
+
+    async def getattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        with errno_boundary("getattr"):
+            return to_entry(await self.fs.getattr(inode))
+
+    async def setattr(
+        self,
+        inode: pyfuse3.InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: pyfuse3.FileHandleT | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        changes = SetAttr(
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        with errno_boundary("setattr"):
+            return to_entry(await self.fs.setattr(inode, changes, fh))
+
+    async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
+        with errno_boundary("readlink"):
+            return await self.fs.readlink(inode)
+
+    async def mknod(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: int,
+        rdev: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        with errno_boundary("mknod"):
+            return to_entry(await self.fs.mknod(parent_inode, name, mode, rdev, _caller(ctx)))
+
+    async def mkdir(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        with errno_boundary("mkdir"):
+            return to_entry(await self.fs.mkdir(parent_inode, name, mode, _caller(ctx)))
+
+    async def unlink(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        with errno_boundary("unlink"):
+            await self.fs.unlink(parent_inode, name)
+
+    async def rmdir(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        with errno_boundary("rmdir"):
+            await self.fs.rmdir(parent_inode, name)
+
+    async def symlink(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        target: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        with errno_boundary("symlink"):
+            return to_entry(await self.fs.symlink(parent_inode, name, target, _caller(ctx)))
+
+    async def rename(
+        self,
+        parent_inode_old: pyfuse3.InodeT,
+        name_old: pyfuse3.FileNameT,
+        parent_inode_new: pyfuse3.InodeT,
+        name_new: pyfuse3.FileNameT,
+        flags: pyfuse3.FlagT,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        with errno_boundary("rename"):
+            await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    async def link(
+        self,
+        inode: pyfuse3.InodeT,
+        new_parent_inode: pyfuse3.InodeT,
+        new_name: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        with errno_boundary("link"):
+            return to_entry(await self.fs.link(inode, new_parent_inode, new_name))
+
+    async def open(
+        self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        with errno_boundary("open"):
+            fh = await self.fs.open(inode, flags)
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)
+
+    async def create(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: int,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        with errno_boundary("create"):
+            fh, attr = await self.fs.create(parent_inode, name, mode, flags, _caller(ctx))
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True), to_entry(attr)
+
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        with errno_boundary("read"):
+            return await self.fs.read(fh, off, size)
+
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
+        with errno_boundary("write"):
+            return await self.fs.write(fh, off, buf)
+
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        return None
+
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        with errno_boundary("release"):
+            await self.fs.release(fh)
+
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        with errno_boundary("fsync"):
+            await self.fs.fsync(fh, datasync)
+
+    async def opendir(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileHandleT:
+        with errno_boundary("opendir"):
+            return pyfuse3.FileHandleT(await self.fs.opendir(inode))
+
+    async def readdir(
+        self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
+        with errno_boundary("readdir"):
+            for name, attr, next_id in self.fs.readdir(fh, start_id):
+                if not pyfuse3.readdir_reply(token, name, to_entry(attr), next_id):
+                    break
+                if name not in (b".", b".."):  # the kernel takes no reference for these
+                    self.fs.remember(attr.nodeid)
+
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        with errno_boundary("releasedir"):
+            await self.fs.releasedir(fh)
+
+    async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        return None
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        with errno_boundary("statfs"):
+            st = await self.fs.statfs()
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = st.f_bsize
+        data.f_frsize = st.f_frsize
+        data.f_blocks = st.f_blocks
+        data.f_bfree = st.f_bfree
+        data.f_bavail = st.f_bavail
+        data.f_files = st.f_files
+        data.f_ffree = st.f_ffree
+        data.f_favail = st.f_favail
+        data.f_namemax = st.f_namemax
+        return data
+
+    async def getxattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> bytes:
+        with errno_boundary("getxattr"):
+            return await self.fs.getxattr(inode, os.fsdecode(name))
+
+    async def listxattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> Sequence[pyfuse3.XAttrNameT]:
+        with errno_boundary("listxattr"):
+            names = await self.fs.listxattr(inode)
+        return [pyfuse3.XAttrNameT(os.fsencode(n)) for n in names]
+
+    async def setxattr(
+        self,
+        inode: pyfuse3.InodeT,
+        name: pyfuse3.XAttrNameT,
+        value: bytes,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        with errno_boundary("setxattr"):
+            await self.fs.setxattr(inode, os.fsdecode(name), value)
+
+    async def removexattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        with errno_boundary("removexattr"):
+            await self.fs.removexattr(inode, os.fsdecode(name))
