@@ -124,7 +124,7 @@ grep -q '^demo:' "$upper/etc/passwd" || fail "the copied-up etc/passwd lacks the
 xattrs=$(getfattr -R -h -d -m - --absolute-names "$upper" 2>/dev/null || true)
 if [[ -n $xattrs ]]; then
     echo "xattrs strata keeps in the upper (never visible through the mount):"
-    sed 's/^/  /' <<<"$xattrs"
+    sed '/^$/d; s/^/  /' <<<"$xattrs"
 fi
 
 heading "The lower layers are unchanged"
