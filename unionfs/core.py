@@ -747,11 +747,12 @@ class UnionFS:
                 dirnode = self.inodes.get(ROOT)
                 for comp in path[:-1]:
                     dirnode = self._lookup(dirnode, comp)
-                other = self._lookup(dirnode, path[-1])
             except OSError:
-                continue  # hidden by a whiteout, a replaced directory or a shadowing file
-            if other is not node or other.upper or (dirnode, path[-1]) == (parent, node.name):
-                continue
+                continue  # hidden by a whiteout or a replaced directory
+            other = self._resolve(dirnode, path[-1])
+            if other is None or other.upper or other.ino != node.ino:
+                continue  # whited out, already up, or shadowed by another file
+            self.inodes.link(node, dirnode, path[-1])
             await self.copy_up(dirnode)
             src_fd = self._dirfd(parent, UPPER)
             dst_fd = self._dirfd(dirnode, UPPER)
