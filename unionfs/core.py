@@ -854,7 +854,7 @@ class UnionFS:
         tmp = self._tmpname()
         if self.whiteout_wh:
             raise AssertionError("chardev whiteout requested in .wh. mode")
-        os.mknod(tmp, S_IFWHT | 0o600, os.makedev(0, 0), dir_fd=self._tmp_fd)
+        os.mknod(tmp, S_IFWHT, os.makedev(0, 0), dir_fd=self._tmp_fd)  # c--------- as the kernel
         return tmp
 
     def _whiteout(self, parent: Node, name: bytes) -> None:
