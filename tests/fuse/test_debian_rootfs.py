@@ -24,6 +24,10 @@ from tests.helpers.mounts import (
 
 pytestmark = [pytest.mark.fuse, pytest.mark.slow, pytest.mark.root]
 
+# FUSE mounts are nodev by default, and then even /dev/null in the rootfs cannot be opened
+# (EACCES). A chroot needs the rootfs's device nodes, as a container engine would pass `dev`.
+MOUNT_ARGS = ["-o", "dev"]
+
 PROBE_CONTROL = """\
 Package: strata-probe
 Version: 1.0
@@ -55,7 +59,7 @@ def test_debian_rootfs_works_as_a_lower_layer(
     assert (lower / "etc" / "motd").exists()
     assert (lower / "usr" / "share" / "doc").is_dir()
 
-    with union_mount(lowers=[lower], upper=upper, work=work) as m:
+    with union_mount(lowers=[lower], upper=upper, work=work, extra_args=MOUNT_ARGS) as m:
         mnt = m.mnt
         packages = chroot_run(mnt, ["dpkg", "-l"]).stdout
         assert any(line.split()[:2] == ["ii", "python3"] for line in packages.splitlines())
@@ -104,7 +108,7 @@ def test_debian_rootfs_works_as_a_lower_layer(
     assert (upper / "var" / "tmp" / "x").is_dir()
     assert (upper / "usr" / "share" / "strata-probe" / "probe").read_text() == "probe\n"
 
-    with union_mount(lowers=[lower], upper=upper, work=work) as m:
+    with union_mount(lowers=[lower], upper=upper, work=work, extra_args=MOUNT_ARGS) as m:
         mnt = m.mnt
         assert (mnt / "etc" / "strata-test").read_text() == "strata\n"
         assert (mnt / "etc" / "issue").read_text() == issue + "appended-by-strata\n"

@@ -265,7 +265,7 @@ class StrataMount:
         problems = self.problems()
         if exc is not None:
             # Do not hide the test's own failure; attach what the daemon said instead.
-            if problems or exc_type is not None:
+            if problems or self.log_text().strip():
                 exc.add_note(self._report(problems))
             return
         if problems:
@@ -498,8 +498,9 @@ def chroot_run(
 
     With `check`, a non-zero exit fails the test showing the command's stdout and stderr.
     """
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"  # found on our PATH, not the chroot's
     result = subprocess.run(
-        ["chroot", str(root), *argv],
+        [chroot, str(root), *argv],
         env=dict(env if env is not None else CHROOT_ENV),
         capture_output=True,
         text=True,
