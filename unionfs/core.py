@@ -275,13 +275,18 @@ class UnionFS:
             raise fs_error(errno.ENOENT, node.name)
         return self._dirfd(parent, layer), node.name
 
-    def _listing(self, layer: int, dirfd: int) -> Listing:
-        st = os.fstat(dirfd)
-        key = (layer, st.st_dev, st.st_ino)
-        listing = self._listings.get(key)
+    def _listing(self, node: Node, layer: int) -> Listing:
+        """The listing of directory node in a lower layer (shared by every node on that dir)."""
+        listing = node.listings.get(layer)
         if listing is None:
-            listing = read_listing(dirfd)
-            self._listings[key] = listing
+            dirfd = self._dirfd(node, layer)
+            st = os.fstat(dirfd)
+            key = (layer, st.st_dev, st.st_ino)
+            listing = self._listings.get(key)
+            if listing is None:
+                listing = read_listing(dirfd)
+                self._listings[key] = listing
+            node.listings[layer] = listing
         return listing
 
     def _view(self, node: Node) -> dict[bytes, LowerEntry]:
@@ -296,7 +301,7 @@ class UnionFS:
         stopped: set[bytes] = set()
         kept: list[int] = []
         for layer in node.lowers:
-            listing = self._listing(layer, self._dirfd(node, layer))
+            listing = self._listing(node, layer)
             kept.append(layer)
             for name, kind in listing.kinds.items():
                 if name in stopped:
@@ -320,8 +325,9 @@ class UnionFS:
         return view
 
     def _lower_stat(self, parent: Node, layer: int, name: bytes) -> os.stat_result:
-        fd = self._dirfd(parent, layer)
-        return self._listing(layer, fd).stat(fd, name)
+        listing = self._listing(parent, layer)
+        st = listing.stats.get(name)
+        return st if st is not None else listing.stat(self._dirfd(parent, layer), name)
 
     def _is_upper_opaque(self, dirfd: int, name: bytes) -> bool:
         for attr in OPAQUE_XATTRS:
@@ -816,6 +822,7 @@ class UnionFS:
             if cur.is_dir:
                 cur.lowers = ()
                 cur.view = None
+                cur.listings = {}
                 cur.opaque_checked = True
                 stack.extend(cur.children.values())
 

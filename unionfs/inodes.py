@@ -64,6 +64,7 @@ class Node:
     lookups: int = 0
     opaque_checked: bool = False  # dirs: `lowers` has been cut at the first opaque layer
     view: dict[bytes, LowerEntry] | None = None  # dirs: merged lower listing (cached)
+    listings: dict[int, Listing] = field(default_factory=dict)  # dirs: layer -> its listing
     children: dict[bytes, Node] = field(default_factory=dict)
     open_fds: dict[int, int] = field(default_factory=dict)  # handle -> fd, for reopen and fstat
     generation: int = 0
