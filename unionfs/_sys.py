@@ -37,6 +37,18 @@ def renameat2(olddirfd: int, oldname: bytes, newdirfd: int, newname: bytes, flag
         raise OSError(err, os.strerror(err), os.fsdecode(newname))
 
 
+def open_lower(name: bytes, flags: int, dir_fd: int) -> int:
+    """Open something in a lower layer for reading without touching its atime where permitted.
+
+    Lower layers must not change while mounted; O_NOATIME needs ownership or CAP_FOWNER, so it is
+    dropped when refused (as overlayfs does for its lower files).
+    """
+    try:
+        return os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
+    except PermissionError:
+        return os.open(name, flags, dir_fd=dir_fd)
+
+
 def fd_path(dirfd: int, name: bytes | None = None) -> bytes:
     """A path naming `name` inside the directory `dirfd` refers to, for calls without *at forms."""
     base = b"/proc/self/fd/%d" % dirfd

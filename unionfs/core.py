@@ -666,7 +666,7 @@ class UnionFS:
         tmp = self._tmpname()
         mode = st.st_mode
         if stat.S_ISREG(mode):
-            src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_fd)
+            src = _sys.open_lower(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, src_fd)
             try:
                 dst = os.open(
                     tmp,
@@ -830,14 +830,16 @@ class UnionFS:
         """Remove whiteouts from an opaque upper dir (they hide nothing there any more)."""
         rfd = os.open(b".", _sys.O_DIR, dir_fd=dirfd)
         try:
-            with os.scandir(rfd) as it:
-                entries = list(it)
+            with os.scandir(rfd) as it:  # entries stat through rfd: use them before closing it
+                names = [
+                    os.fsencode(e.name)
+                    for e in it
+                    if whiteout_target(os.fsencode(e.name)) is not None or is_whiteout_entry(e)
+                ]
         finally:
             os.close(rfd)
-        for entry in entries:
-            name = os.fsencode(entry.name)
-            if whiteout_target(name) is not None or is_whiteout_entry(entry):
-                os.unlink(name, dir_fd=dirfd)
+        for name in names:
+            os.unlink(name, dir_fd=dirfd)
 
     def _make_opaque(self, dirfd: int, name: bytes) -> None:
         if self.opaque_xattr is not None and not self.whiteout_wh:
@@ -1301,8 +1303,10 @@ class UnionFS:
             raise fs_error(errno.ENOENT)
         layer = UPPER if node.upper else node.lower
         dirfd, name = self._where(node, layer)
-        oflags = flags & _O_OPEN_MASK if layer == UPPER else os.O_RDONLY
-        fd = os.open(name, oflags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+        if layer == UPPER:
+            fd = os.open(name, flags & _O_OPEN_MASK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+        else:
+            fd = _sys.open_lower(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dirfd)
         return self._add_handle(node, fd, writable=writable)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:

@@ -59,7 +59,7 @@ def read_listing(dirfd: int) -> Listing:
     whiteouts: set[bytes] = set()
     opaque = False
     stats: dict[bytes, os.stat_result] = {}
-    fd = os.open(b".", _sys.O_DIR, dir_fd=dirfd)
+    fd = _sys.open_lower(b".", _sys.O_DIR, dirfd)
     try:
         for attr in OPAQUE_XATTRS:
             if is_opaque_value(_sys.fgetxattr(fd, attr)):
@@ -183,7 +183,7 @@ def _walk_links(dirfd: int, prefix: tuple[bytes, ...], index: HardlinkIndex) -> 
     while stack:
         fd, path, owned = stack.pop()
         try:
-            rfd = os.open(b".", _sys.O_DIR, dir_fd=fd)
+            rfd = _sys.open_lower(b".", _sys.O_DIR, fd)
             try:
                 with os.scandir(rfd) as it:
                     for entry in it:
