@@ -1040,6 +1040,31 @@ async def test_names_over_255_bytes_are_too_long(union: UnionFactory, layers: La
     assert sorted(await listdir(fs)) == [b"f", ok]
 
 
+async def test_lower_names_of_255_bytes_can_be_looked_up_and_listed(
+    union: UnionFactory, layers: Layers, upper: Path
+) -> None:
+    a, c = "a" * 255, "c" * 255
+    put(layers.lowers[0] / a, b"lower")
+    put(layers.lowers[0] / c, b"other")
+    fs = union()
+    assert sorted(await listdir(fs)) == [a.encode(), c.encode()]
+    assert await read(fs, a) == b"lower"
+    await write(fs, a, b"LOWER")
+    await unlink(fs, c)
+    assert await listdir(fs) == [a.encode()]
+    assert is_chardev_whiteout(upper / c)
+
+
+async def test_rename_to_a_name_of_255_bytes(union: UnionFactory, upper: Path) -> None:
+    fs = union()
+    await create(fs, "f", b"data")
+    await mkdir(fs, "d")
+    await rename(fs, "f", "b" * 255)
+    await rename(fs, "d", "e" * 255)
+    assert sorted(os.listdir(upper)) == ["b" * 255, "e" * 255]
+    assert await read(fs, "b" * 255) == b"data"
+
+
 async def test_read_only_union_refuses_every_mutation(union: UnionFactory, layers: Layers) -> None:
     put(layers.lowers[0] / "f", b"data")
     put(layers.lowers[0] / "d" / "x")
