@@ -694,6 +694,28 @@ async def test_copy_up_keeps_metadata(
         assert not await exists(fs, "d/f")
 
 
+@pytest.mark.parametrize("change", ["setxattr", "chmod", "utime"])
+async def test_copy_up_of_a_directory_keeps_it_merged(
+    union: UnionFactory, layers: Layers, upper: Path, change: str
+) -> None:
+    put(layers.lowers[0] / "d" / "x", b"x")
+    put(layers.lowers[1] / "d" / "y", b"y")
+    fs = union()
+    d = await node(fs, "d")
+    if change == "setxattr":
+        await fs.setxattr(d, "user.tag", b"1")
+    elif change == "chmod":
+        await fs.setattr(d, SetAttr(mode=stat.S_IFDIR | 0o700))
+    else:
+        await fs.setattr(d, SetAttr(mtime_ns=7_000_000_000))
+    assert (upper / "d").is_dir()
+    assert os.listdir(upper / "d") == []
+    assert sorted(await listdir(fs, "d")) == [b"x", b"y"]
+    fs = union.remount(fs)
+    assert sorted(await listdir(fs, "d")) == [b"x", b"y"]
+    assert await read(fs, "d/y") == b"y"
+
+
 async def test_copy_up_of_symlink_fifo_and_device_keeps_them(
     union: UnionFactory, layers: Layers, upper: Path
 ) -> None:
@@ -1251,6 +1273,40 @@ async def test_rename_into_deleted_lower_name_and_back(union: UnionFactory, laye
     assert await listdir(fs) == [b"a"]
 
 
+async def test_rename_of_new_directory_onto_deleted_lower_directory_hides_it(
+    union: UnionFactory, layers: Layers, upper: Path
+) -> None:
+    put(layers.lowers[0] / "e" / "old", b"old")
+    fs = union()
+    await mkdir(fs, "new")
+    await create(fs, "new/f", b"f")
+    await unlink(fs, "e/old")
+    await rmdir(fs, "e")
+    await rename(fs, "new", "e")
+    assert await listdir(fs, "e") == [b"f"]
+    fs = union.remount(fs)
+    assert await listdir(fs, "e") == [b"f"]
+    assert await listdir(fs) == [b"e"]
+
+
+async def test_rename_in_wh_format_moves_the_markers(
+    union: UnionFactory, layers: Layers, upper: Path
+) -> None:
+    put(layers.lowers[0] / "a", b"a")
+    put(layers.lowers[0] / "b", b"b")
+    put(layers.lowers[0] / "d" / "x", b"x")
+    fs = union(whiteout=WhiteoutFormat.WH)
+    await unlink(fs, "b")
+    await rename(fs, "a", "b")
+    await rename(fs, "d", "e")
+    assert sorted(os.listdir(upper)) == [".wh.a", ".wh.d", "b", "e"]
+    assert sorted(await listdir(fs)) == [b"b", b"e"]
+    assert await read(fs, "b") == b"a"
+    fs = union.remount(fs, whiteout=WhiteoutFormat.WH)
+    assert sorted(await listdir(fs)) == [b"b", b"e"]
+    assert await listdir(fs, "e") == [b"x"]
+
+
 async def test_rename_exchange_swaps_lower_file_and_lower_directory(
     union: UnionFactory, layers: Layers, upper: Path
 ) -> None:
@@ -1342,6 +1398,25 @@ async def test_st_ino_is_stable_across_copy_up_and_remount(
     assert (await attr(fs, "")).ino == ROOT
 
 
+async def test_forgotten_nodes_come_back_with_the_same_numbers(
+    union: UnionFactory, layers: Layers
+) -> None:
+    put(layers.lowers[0] / "d" / "f", b"f")
+    put(layers.lowers[0] / "d" / "g", b"g")
+    os.link(layers.lowers[0] / "d" / "g", layers.lowers[0] / "h")
+    fs = union()
+    paths = ["d", "d/f", "d/g", "h"]
+    before = {p: (await attr(fs, p)).ino for p in paths}
+    await write(fs, "d/f", b"F")
+    await write(fs, "h", b"G")
+    # the kernel forgets everything it was given (every lookup counted one reference)
+    held = [(int(n.nodeid), n.lookups) for n in fs.inodes.nodes.values() if n.nodeid != ROOT]
+    fs.forget(held)
+    assert list(fs.inodes.nodes) == [ROOT]
+    assert {p: (await attr(fs, p)).ino for p in paths} == before
+    assert await read(fs, "d/g") == b"G"
+
+
 # -------------------------------------------------------------------------------------------------
 # ownership
 
@@ -1380,25 +1455,54 @@ async def test_setgid_directory_passes_its_group(
     assert os.lstat(upper / "sg" / "f").st_gid == 2000
 
 
+async def test_symlinks_inside_layers_are_never_followed(
+    union: UnionFactory, layers: Layers, upper: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    put(outside / "secret", b"secret")
+    l0, l1, _ = layers.lowers
+    os.symlink(outside, l0 / "link")
+    put(l0 / "d" / "mine", b"mine")
+    os.symlink(outside, l1 / "d")  # a symlink below a directory stops the merge
+    os.symlink(outside, upper / "u")
+    put(l0 / "u" / "f", b"hidden by the upper symlink")
+    before = tree_snapshot(outside)
+    fs = union()
+    await raises_errno(errno.ENOTDIR, node(fs, "link/secret"))
+    await raises_errno(errno.ENOTDIR, node(fs, "u/f"))
+    assert await listdir(fs, "d") == [b"mine"]
+    await raises_errno(errno.ENOENT, node(fs, "d/secret"))
+    await fs.setattr(await node(fs, "link"), SetAttr(uid=1234))  # lchown: copies the link up
+    await write(fs, "d/mine", b"MINE")
+    await create(fs, "d/new", b"new")
+    assert os.readlink(upper / "link") == str(outside)
+    assert os.lstat(upper / "link").st_uid == 1234
+    assert os.stat(outside).st_uid == 0
+    assert not diff_snapshots(before, tree_snapshot(outside))
+
+
 # -------------------------------------------------------------------------------------------------
 # an upper written by strata reads back as a lower
 
 
+@pytest.mark.parametrize("whiteout", [WhiteoutFormat.CHARDEV, WhiteoutFormat.WH], ids=str)
 async def test_upper_written_by_strata_reads_back_as_a_lower_layer(
-    union: UnionFactory, layers: Layers, tmp_path: Path
+    union: UnionFactory, layers: Layers, tmp_path: Path, whiteout: WhiteoutFormat
 ) -> None:
     put(layers.lowers[0] / "keep", b"k")
     put(layers.lowers[0] / "gone", b"g")
     put(layers.lowers[0] / "d" / "old", b"o")
     put(layers.lowers[0] / "m" / "lower", b"l")
-    fs = union()
+    put(layers.lowers[0] / "r" / "moved", b"r")
+    fs = union(whiteout=whiteout)
+    await rename(fs, "r", "renamed")
     await unlink(fs, "gone")
     await unlink(fs, "d/old")
     await rmdir(fs, "d")
     await mkdir(fs, "d")
     await create(fs, "d/new", b"n")
     await create(fs, "m/upper", b"u")
-    view = {p: sorted(await listdir(fs, p)) for p in ("", "d", "m")}
+    view = {p: sorted(await listdir(fs, p)) for p in ("", "d", "m", "renamed")}
     union.close(fs)
     fresh_upper, fresh_work = tmp_path / "upper2", tmp_path / "work2"
     fresh_upper.mkdir()
@@ -1406,7 +1510,8 @@ async def test_upper_written_by_strata_reads_back_as_a_lower_layer(
     cfg = UnionConfig(lowers=(layers.upper, *layers.lowers), upper=fresh_upper, work=fresh_work)
     stacked = UnionFS(validate(cfg))
     try:
-        assert {p: sorted(await listdir(stacked, p)) for p in ("", "d", "m")} == view
+        seen = {p: sorted(await listdir(stacked, p)) for p in ("", "d", "m", "renamed")}
+        assert seen == view
         assert await read(stacked, "d/new") == b"n"
     finally:
         stacked.close()
