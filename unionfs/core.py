@@ -352,6 +352,8 @@ class UnionFS:
 
     def _upper_whiteout(self, dirfd: int, name: bytes) -> bool:
         """Is there a `.wh.NAME` marker for name in this upper directory?"""
+        if len(name) + len(WH_PREFIX) > NAME_MAX:
+            return False  # cannot exist
         try:
             os.stat(WH_PREFIX + name, dir_fd=dirfd, follow_symlinks=False)
         except FileNotFoundError:
@@ -874,6 +876,8 @@ class UnionFS:
         except FileNotFoundError:
             st = None
         if self.whiteout_wh:
+            if len(name) + len(WH_PREFIX) > NAME_MAX:
+                raise fs_error(errno.ENAMETOOLONG, name)  # `.wh.NAME` cannot be written
             fd = os.open(
                 WH_PREFIX + name, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=pfd
             )
@@ -926,6 +930,8 @@ class UnionFS:
 
     def _clear_upper_whiteout(self, pfd: int, name: bytes) -> None:
         """Remove a `.wh.` marker for name (after something new was put at name)."""
+        if len(name) + len(WH_PREFIX) > NAME_MAX:
+            return
         try:
             os.unlink(WH_PREFIX + name, dir_fd=pfd)
         except FileNotFoundError:
@@ -951,79 +957,87 @@ class UnionFS:
         await self.copy_up(parent)
         return parent, self._dirfd(parent, UPPER), self._in_lowers(parent, name)
 
-    def _owner(self, pfd: int, caller: Caller) -> tuple[int, int, bool]:
-        """uid, gid for a new object, and whether its parent is setgid (then gid is inherited)."""
+    def _owner(self, pfd: int, caller: Caller) -> tuple[int, int]:
+        """uid, gid for a new object: the caller's, or the parent's gid in a setgid directory."""
         pst = os.stat(pfd)
-        setgid = bool(pst.st_mode & stat.S_ISGID)
         uid, gid = self._disk_ids(caller.uid, caller.gid)
-        return uid, (pst.st_gid if setgid else gid), setgid
+        return uid, (pst.st_gid if pst.st_mode & stat.S_ISGID else gid)
 
-    def _place_new(
-        self, pfd: int, tmp: bytes, name: bytes, over_whiteout: bool, is_dir: bool
-    ) -> None:
-        """Move a new object from the work dir to name, replacing a whiteout there atomically."""
-        if over_whiteout and not self.whiteout_wh:
+    def _scratch(self, pfd: int, name: bytes, in_lower: bool) -> tuple[int, bytes]:
+        """Where to build a new object: at its name, or (over a whiteout) somewhere to swap from.
+
+        Normally the work dir; but a directory with a default ACL must be the one the object is
+        created in, so that the upper filesystem applies the inheritance: then a hidden name in
+        the parent is used (`.wh..wh.` names are reserved and never shown).
+        """
+        if not in_lower:
+            return pfd, name
+        if _sys.getxattr(pfd, b".", "system.posix_acl_default") is not None:
+            return pfd, b".wh..wh.strata." + self._tmpname()
+        return self._tmp_fd, self._tmpname()
+
+    def _place_new(self, src_fd: int, tmp: bytes, pfd: int, name: bytes, is_dir: bool) -> None:
+        """Move a new object built at (src_fd, tmp) to name, replacing a whiteout atomically."""
+        if not self.whiteout_wh:
             try:
                 st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
             except FileNotFoundError:
                 st = None
             if st is not None:
-                if is_dir:
-                    _sys.renameat2(self._tmp_fd, tmp, pfd, name, _sys.RENAME_EXCHANGE)
-                    os.unlink(tmp, dir_fd=self._tmp_fd)
+                if is_dir:  # rename(2) cannot put a directory over a character device
+                    _sys.renameat2(src_fd, tmp, pfd, name, _sys.RENAME_EXCHANGE)
+                    os.unlink(tmp, dir_fd=src_fd)
                 else:
-                    _sys.renameat2(self._tmp_fd, tmp, pfd, name)
+                    _sys.renameat2(src_fd, tmp, pfd, name)
                 return
-        _sys.renameat2(self._tmp_fd, tmp, pfd, name, _sys.RENAME_NOREPLACE)
-        if over_whiteout:
-            self._clear_upper_whiteout(pfd, name)
+        _sys.renameat2(src_fd, tmp, pfd, name, _sys.RENAME_NOREPLACE)
+        self._clear_upper_whiteout(pfd, name)
 
     def _finish_new(self, parent: Node, name: bytes) -> Node:
         node = self._lookup(parent, name)
         node.lookups += 1
         return node
 
+    @staticmethod
+    def _keep_setid(fd_or_name: int | bytes, perm: int, dir_fd: int | None = None) -> None:
+        """chown clears set-id bits: put back the ones asked for, leaving the rest of the mode
+        (and an inherited ACL's mask) as the filesystem made it."""
+        if not perm & (stat.S_ISUID | stat.S_ISGID):
+            return
+        if isinstance(fd_or_name, int):
+            os.fchmod(fd_or_name, stat.S_IMODE(os.fstat(fd_or_name).st_mode) | perm & 0o7000)
+        else:
+            st = os.stat(fd_or_name, dir_fd=dir_fd, follow_symlinks=False)
+            os.chmod(fd_or_name, stat.S_IMODE(st.st_mode) | perm & 0o7000, dir_fd=dir_fd)
+
     async def create(
         self, parent_id: int, name: bytes, mode: int, flags: int, caller: Caller
     ) -> tuple[int, Attr]:
         parent, pfd, in_lower = await self._prepare_create(parent_id, name)
-        uid, gid, _ = self._owner(pfd, caller)
+        uid, gid = self._owner(pfd, caller)
         oflags = (flags & _O_OPEN_MASK & ~os.O_TRUNC) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         perm = stat.S_IMODE(mode)
-        if in_lower:
-            tmp = self._tmpname()
-            fd = os.open(tmp, oflags | os.O_NOFOLLOW, 0o600, dir_fd=self._tmp_fd)
-            self._init_new(fd, uid, gid, perm)
-            self._place_new(pfd, tmp, name, True, False)
-        else:
-            fd = os.open(name, oflags | os.O_NOFOLLOW, 0o600, dir_fd=pfd)
-            self._init_new(fd, uid, gid, perm)
-        node = self._finish_new(parent, name)
-        return self._add_handle(
-            node, fd, writable=(flags & os.O_ACCMODE) != os.O_RDONLY
-        ), self._attr(node)
-
-    def _init_new(self, fd: int, uid: int, gid: int, perm: int) -> None:
+        dirfd, tmp = self._scratch(pfd, name, in_lower)
+        # Created with the final mode (our umask is 0) so that a default ACL is applied to it.
+        fd = os.open(tmp, oflags | os.O_NOFOLLOW, perm, dir_fd=dirfd)
         os.fchown(fd, uid, gid)
-        os.fchmod(fd, perm)  # after chown, which clears set-id bits
+        self._keep_setid(fd, perm)
+        if in_lower:
+            self._place_new(dirfd, tmp, pfd, name, False)
+        node = self._finish_new(parent, name)
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        return self._add_handle(node, fd, writable=writable), self._attr(node)
 
     async def mkdir(self, parent_id: int, name: bytes, mode: int, caller: Caller) -> Attr:
         parent, pfd, in_lower = await self._prepare_create(parent_id, name)
-        uid, gid, setgid = self._owner(pfd, caller)
-        perm = stat.S_IMODE(mode) | (stat.S_ISGID if setgid else 0)
+        uid, gid = self._owner(pfd, caller)
+        dirfd, tmp = self._scratch(pfd, name, in_lower)
+        os.mkdir(tmp, stat.S_IMODE(mode), dir_fd=dirfd)  # setgid parents pass S_ISGID on
+        os.chown(tmp, uid, gid, dir_fd=dirfd, follow_symlinks=False)
         if in_lower:
-            tmp = self._tmpname()
-            os.mkdir(tmp, 0o700, dir_fd=self._tmp_fd)
-            os.chown(tmp, uid, gid, dir_fd=self._tmp_fd, follow_symlinks=False)
-            os.chmod(tmp, perm, dir_fd=self._tmp_fd)
-            self._make_opaque(self._tmp_fd, tmp)  # the deleted lower dir must stay hidden
-            self._place_new(pfd, tmp, name, True, True)
-        else:
-            os.mkdir(name, 0o700, dir_fd=pfd)
-            os.chown(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
-            os.chmod(name, perm, dir_fd=pfd)
-        node = self._finish_new(parent, name)
-        return self._attr(node)
+            self._make_opaque(dirfd, tmp)  # the deleted lower directory must stay hidden
+            self._place_new(dirfd, tmp, pfd, name, True)
+        return self._attr(self._finish_new(parent, name))
 
     async def mknod(
         self, parent_id: int, name: bytes, mode: int, rdev: int, caller: Caller
@@ -1031,23 +1045,23 @@ class UnionFS:
         if stat.S_ISCHR(mode) and rdev == 0:
             raise fs_error(errno.EPERM, name)  # a user must not forge a whiteout
         parent, pfd, in_lower = await self._prepare_create(parent_id, name)
-        uid, gid, _ = self._owner(pfd, caller)
-        target_fd, target = (self._tmp_fd, self._tmpname()) if in_lower else (pfd, name)
-        os.mknod(target, stat.S_IFMT(mode) | 0o600, rdev, dir_fd=target_fd)
-        os.chown(target, uid, gid, dir_fd=target_fd, follow_symlinks=False)
-        os.chmod(target, stat.S_IMODE(mode), dir_fd=target_fd)
+        uid, gid = self._owner(pfd, caller)
+        dirfd, tmp = self._scratch(pfd, name, in_lower)
+        os.mknod(tmp, stat.S_IFMT(mode) | stat.S_IMODE(mode), rdev, dir_fd=dirfd)
+        os.chown(tmp, uid, gid, dir_fd=dirfd, follow_symlinks=False)
+        self._keep_setid(tmp, stat.S_IMODE(mode), dirfd)
         if in_lower:
-            self._place_new(pfd, target, name, True, False)
+            self._place_new(dirfd, tmp, pfd, name, False)
         return self._attr(self._finish_new(parent, name))
 
     async def symlink(self, parent_id: int, name: bytes, target: bytes, caller: Caller) -> Attr:
         parent, pfd, in_lower = await self._prepare_create(parent_id, name)
-        uid, gid, _ = self._owner(pfd, caller)
-        dirfd, tmp = (self._tmp_fd, self._tmpname()) if in_lower else (pfd, name)
+        uid, gid = self._owner(pfd, caller)
+        dirfd, tmp = self._scratch(pfd, name, in_lower)
         os.symlink(target, tmp, dir_fd=dirfd)
         os.chown(tmp, uid, gid, dir_fd=dirfd, follow_symlinks=False)
         if in_lower:
-            self._place_new(pfd, tmp, name, True, False)
+            self._place_new(dirfd, tmp, pfd, name, False)
         return self._attr(self._finish_new(parent, name))
 
     async def link(self, nodeid: int, new_parent_id: int, new_name: bytes) -> Attr:
@@ -1060,14 +1074,10 @@ class UnionFS:
         await self.copy_up(node)
         parent, pfd, in_lower = await self._prepare_create(new_parent_id, new_name)
         src_fd, src_name = self._where(node, UPPER)
+        dirfd, tmp = (self._tmp_fd, self._tmpname()) if in_lower else (pfd, new_name)
+        os.link(src_name, tmp, src_dir_fd=src_fd, dst_dir_fd=dirfd, follow_symlinks=False)
         if in_lower:
-            tmp = self._tmpname()
-            os.link(
-                src_name, tmp, src_dir_fd=src_fd, dst_dir_fd=self._tmp_fd, follow_symlinks=False
-            )
-            self._place_new(pfd, tmp, new_name, True, False)
-        else:
-            os.link(src_name, new_name, src_dir_fd=src_fd, dst_dir_fd=pfd, follow_symlinks=False)
+            self._place_new(dirfd, tmp, pfd, new_name, False)
         self.inodes.link(node, parent, new_name)
         node.lookups += 1
         return self._attr(node)

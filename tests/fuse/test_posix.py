@@ -504,11 +504,17 @@ def _getfacl(path: Path) -> list[str]:
     return [line for line in out.splitlines() if line]
 
 
-@pytest.mark.root
-def test_posix_acls_work_like_on_a_plain_directory(
-    union_mount: StrataMountFactory, dirs: UnionDirs, tmp_path: Path
-) -> None:
-    skip_unless_root()
+def _exercise_acls(root: Path, umask: int) -> dict[str, list[str]]:
+    subprocess.run(["setfacl", "-m", f"u:{USER_ID}:rw", str(root / "f")], check=True)
+    subprocess.run(
+        ["setfacl", "-d", "-m", f"u:{USER_ID}:rwx,g::r-x,o::---", str(root / "d")], check=True
+    )
+    script = f"umask {umask:03o}; : > d/new; mkdir d/sub"
+    subprocess.run(["sh", "-c", script], cwd=root, check=True)
+    return {p: _getfacl(root / p) for p in ("f", "d", "d/new", "d/sub")}
+
+
+def _acl_dirs(dirs: UnionDirs, tmp_path: Path) -> Path:
     for tool in ("setfacl", "getfacl"):
         if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode:
             subprocess.run(["apt-get", "install", "-y", "-q", "acl"], capture_output=True)
@@ -517,19 +523,20 @@ def test_posix_acls_work_like_on_a_plain_directory(
     control = tmp_path / "control"
     put(control / "f", b"x", 0o640)
     (control / "d").mkdir()
+    return control
 
-    def exercise(root: Path) -> dict[str, list[str]]:
-        subprocess.run(["setfacl", "-m", f"u:{USER_ID}:rw", str(root / "f")], check=True)
-        subprocess.run(
-            ["setfacl", "-d", "-m", f"u:{USER_ID}:rwx,g::r-x,o::---", str(root / "d")], check=True
-        )
-        subprocess.run(["sh", "-c", "umask 022; : > d/new; mkdir d/sub"], cwd=root, check=True)
-        return {p: _getfacl(root / p) for p in ("f", "d", "d/new", "d/sub")}
 
-    expected = exercise(control)
+@pytest.mark.root
+def test_posix_acls_work_like_on_a_plain_directory(
+    union_mount: StrataMountFactory, dirs: UnionDirs, tmp_path: Path
+) -> None:
+    """Access ACLs, default ACLs and their inheritance, with a umask that masks nothing."""
+    skip_unless_root()
+    control = _acl_dirs(dirs, tmp_path)
+    expected = _exercise_acls(control, 0)
     assert f"user:{USER_ID}:rw-" in expected["f"]
     with frozen_lowers(dirs), union_mount(dirs) as m:
-        seen = exercise(m.mnt)
+        seen = _exercise_acls(m.mnt, 0)
         assert seen == expected
         assert stat.S_IMODE(os.stat(m.mnt / "d" / "new").st_mode) == stat.S_IMODE(
             os.stat(control / "d" / "new").st_mode
@@ -537,6 +544,22 @@ def test_posix_acls_work_like_on_a_plain_directory(
     assert dirs.upper is not None
     assert "system.posix_acl_access" in os.listxattr(dirs.upper / "f")
     assert "system.posix_acl_default" in os.listxattr(dirs.upper / "d")
+
+
+@pytest.mark.root
+@pytest.mark.xfail(
+    reason="pyfuse3 cannot ask for FUSE_DONT_MASK, so the kernel applies the umask before strata "
+    "sees the mode, also under a default ACL (README: differences from overlayfs)",
+    strict=True,
+)
+def test_default_acl_ignores_the_umask(
+    union_mount: StrataMountFactory, dirs: UnionDirs, tmp_path: Path
+) -> None:
+    skip_unless_root()
+    control = _acl_dirs(dirs, tmp_path)
+    expected = _exercise_acls(control, 0o022)
+    with union_mount(dirs) as m:
+        assert _exercise_acls(m.mnt, 0o022) == expected
 
 
 # -------------------------------------------------------------------------------------------------
