@@ -435,6 +435,12 @@ class UnionFS:
             return parent
         if name == b"..":
             return parent.parent or parent
+        if not parent.upper:
+            # Nothing below a directory that is not in the upper layer has changed since it was
+            # looked up: the known node is still right (lower layers are immutable).
+            known = parent.children.get(name)
+            if known is not None:
+                return known
         child = self._resolve(parent, name)
         if child is None:
             old = parent.children.get(name)
@@ -479,9 +485,18 @@ class UnionFS:
         assert isinstance(node.lower_st, os.stat_result)
         return node.lower_st
 
-    def _attr(self, node: Node, st: os.stat_result | None = None) -> Attr:
-        if st is None:
-            st = self._stat(node)
+    def _attr(self, node: Node) -> Attr:
+        """The attributes the kernel sees; cached for objects only in lower layers, which cannot
+        change until they are copied up or lose a name (both drop the cache)."""
+        if node.attr is not None and not node.upper:
+            assert isinstance(node.attr, Attr)
+            return node.attr
+        attr = self._make_attr(node, self._stat(node))
+        if not node.upper and node.links:
+            node.attr = attr
+        return attr
+
+    def _make_attr(self, node: Node, st: os.stat_result) -> Attr:
         nlink = st.st_nlink
         if not node.links and node.nodeid != ROOT:
             nlink = 0

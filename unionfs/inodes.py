@@ -68,6 +68,7 @@ class Node:
     children: dict[bytes, Node] = field(default_factory=dict)
     open_fds: dict[int, int] = field(default_factory=dict)  # handle -> fd, for reopen and fstat
     generation: int = 0
+    attr: object = None  # core.Attr of a lower-only object (immutable until copy-up or unlink)
     _lock: trio.Lock | None = None
 
     @property
@@ -128,6 +129,7 @@ class InodeTable:
     def unlink(self, node: Node, parent: Node, name: bytes) -> None:
         """Forget that `name` in `parent` is `node` (after unlink, rename-over, rmdir)."""
         node.links = [(p, n) for p, n in node.links if not (p is parent and n == name)]
+        node.attr = None
         if parent.children.get(name) is node:
             del parent.children[name]
 

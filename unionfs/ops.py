@@ -84,13 +84,23 @@ class UnionOperations(pyfuse3.Operations):
     def __init__(self, fs: UnionFS) -> None:
         super().__init__()
         self.fs = fs
+        # The core caches the Attr of lower-only objects; their encoded replies are reused too.
+        self._entries: dict[int, tuple[Attr, pyfuse3.EntryAttributes]] = {}
+
+    def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        cached = self._entries.get(attr.nodeid)
+        if cached is not None and cached[0] is attr:
+            return cached[1]
+        entry = to_entry(attr)
+        self._entries[attr.nodeid] = (attr, entry)
+        return entry
 
     async def lookup(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         try:
             with errno_boundary("lookup"):
-                return to_entry(await self.fs.lookup(parent_inode, name))
+                return self._entry(await self.fs.lookup(parent_inode, name))
         except pyfuse3.FUSEError as exc:
             if exc.errno == errno.ENOENT:
                 return _negative_entry()
@@ -99,6 +109,9 @@ class UnionOperations(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         try:
             self.fs.forget([(int(ino), n) for ino, n in inode_list])
+            for ino, _ in inode_list:
+                if ino not in self.fs.inodes.nodes:
+                    self._entries.pop(ino, None)
         except Exception:
             log.exception("forget failed")
 
@@ -106,7 +119,7 @@ class UnionOperations(pyfuse3.Operations):
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         with errno_boundary("getattr"):
-            return to_entry(await self.fs.getattr(inode))
+            return self._entry(await self.fs.getattr(inode))
 
     async def setattr(
         self,
@@ -245,7 +258,7 @@ class UnionOperations(pyfuse3.Operations):
     ) -> None:
         with errno_boundary("readdir"):
             for name, attr, next_id in self.fs.readdir(fh, start_id):
-                if not pyfuse3.readdir_reply(token, name, to_entry(attr), next_id):
+                if not pyfuse3.readdir_reply(token, name, self._entry(attr), next_id):
                     break
                 if name not in (b".", b".."):  # the kernel takes no reference for these
                     self.fs.remember(attr.nodeid)
