@@ -122,7 +122,10 @@ class InodeTable:
         return node if node is not None and node.links else None
 
     def link(self, node: Node, parent: Node, name: bytes) -> None:
-        if not any(p is parent and n == name for p, n in node.links):
+        for p, n in node.links:
+            if p is parent and n == name:
+                break
+        else:
             node.links.append((parent, name))
         parent.children[name] = node
 
