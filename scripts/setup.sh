@@ -92,5 +92,22 @@ else
     echo "$want_stamp" >"$stamp"
 fi
 
+# --- 5. commands on the default PATH --------------------------------------------------------------
+# mount(8) and fstab run `fuse-strata` through mount.fuse3 with a fixed PATH, so as root link the
+# commands into /usr/local/bin; a link or file that is not ours is left alone.
+if [[ $EUID -eq 0 ]]; then
+    for cmd in strata fuse-strata; do
+        link=/usr/local/bin/$cmd
+        if [[ -L $link && $(readlink "$link") == "$venv/bin/$cmd" ]]; then
+            continue
+        elif [[ -e $link || -L $link ]]; then
+            step "path: $link exists and is not this checkout's; left alone"
+        else
+            ln -s "$venv/bin/$cmd" "$link"
+            step "path: linked $link -> $venv/bin/$cmd"
+        fi
+    done
+fi
+
 step "done: $("$venv/bin/python" -c 'import unionfs; print("unionfs", unionfs.__version__)')," \
     "commands in $venv/bin (strata, fuse-strata)"
