@@ -19,7 +19,7 @@ import logging
 import os
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -137,6 +137,9 @@ class UnionFS:
         self._cache_fd: int | None = None
         self._lock_fd = -1
         self.read_only = cfg.upper is None
+        # Set by the FUSE adapter: drop the kernel's cached attributes of a node whose attributes
+        # changed by something other than a request on that node itself.
+        self.invalidate: Callable[[int], None] | None = None
         self.whiteout_wh = cfg.whiteout is WhiteoutFormat.WH
         self.can_rename_whiteout = False
         self.opaque_xattr: str | None = "trusted.overlay.opaque"
@@ -647,6 +650,8 @@ class UnionFS:
                 await self._copy_up_one(node, data=data)
             node.upper = True
             self._reopen_readers(node)
+            if node.is_dir and self.invalidate is not None:
+                self.invalidate(node.nodeid)  # now merged: its st_nlink became 1
 
     def _copy_up_dir(self, node: Node) -> None:
         parent = node.parent
@@ -1133,6 +1138,10 @@ class UnionFS:
         node = self._lookup(parent, name)
         if node.is_dir:
             raise fs_error(errno.EISDIR, name)
+        if not node.upper and stat.S_ISREG(node.kind) and self._stat(node).st_nlink > 1:
+            # The other names must see st_nlink drop (as overlayfs with index=on): move the
+            # file with all its names up first, then remove this name there.
+            await self.copy_up(node)
         await self._remove(parent, name, node)
 
     async def rmdir(self, parent_id: int, name: bytes) -> None:

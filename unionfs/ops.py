@@ -84,8 +84,16 @@ class UnionOperations(pyfuse3.Operations):
     def __init__(self, fs: UnionFS) -> None:
         super().__init__()
         self.fs = fs
+        fs.invalidate = self._invalidate
         # The core caches the Attr of lower-only objects; their encoded replies are reused too.
         self._entries: dict[int, tuple[Attr, pyfuse3.EntryAttributes]] = {}
+
+    @staticmethod
+    def _invalidate(nodeid: int) -> None:
+        try:
+            pyfuse3.invalidate_inode(pyfuse3.InodeT(nodeid), attr_only=True)
+        except OSError as exc:  # the kernel may not know the node (yet): nothing to drop
+            log.debug("invalidate_inode(%d): %s", nodeid, exc)
 
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         cached = self._entries.get(attr.nodeid)
