@@ -638,11 +638,20 @@ def _strata_parser() -> _ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{STRATA} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for sub in SUBCOMMANDS:
+    for sub in (*SUBCOMMANDS, *_runtime_subcommands()):
         sub_parser = commands.add_parser(sub.name, help=sub.help, description=sub.help)
         sub.add_arguments(sub_parser)
         sub_parser.set_defaults(subcommand=sub)
     return parser
+
+
+def _runtime_subcommands() -> tuple[Subcommand, ...]:
+    """The container runtime's subcommands (run, ps, ...), when the runtime is installed."""
+    try:
+        from runtime.cli import SUBCOMMANDS as runtime_subcommands
+    except ImportError:
+        return ()
+    return runtime_subcommands
 
 
 def strata_main(argv: list[str] | None = None) -> int:

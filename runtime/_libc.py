@@ -1,0 +1,153 @@
+"""The only home of the runtime's foreign calls: thin ctypes wrappers over libc.
+
+Each wrapper raises `OSError(errno, message, target)` naming what it acted on, so an error that
+reaches the command line reads as one line ("mount /c/rootfs/proc: Operation not permitted").
+Python 3.11 has no `os.unshare`/`os.setns` (3.12 does) and glibc has no `pivot_root` wrapper, so
+pivot_root goes through `syscall(2)` with the number for this machine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from typing import Final
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# mount(2) flags (linux/mount.h)
+MS_RDONLY: Final = 0x1
+MS_NOSUID: Final = 0x2
+MS_NODEV: Final = 0x4
+MS_NOEXEC: Final = 0x8
+MS_REMOUNT: Final = 0x20
+MS_NOATIME: Final = 0x400
+MS_NODIRATIME: Final = 0x800
+MS_BIND: Final = 0x1000
+MS_MOVE: Final = 0x2000
+MS_REC: Final = 0x4000
+MS_PRIVATE: Final = 1 << 18
+MS_SLAVE: Final = 1 << 19
+MS_RELATIME: Final = 1 << 21
+MS_STRICTATIME: Final = 1 << 24
+
+MNT_DETACH: Final = 0x2
+
+# clone/unshare/setns flags (linux/sched.h)
+CLONE_NEWNS: Final = 0x00020000
+CLONE_NEWCGROUP: Final = 0x02000000
+CLONE_NEWUTS: Final = 0x04000000
+CLONE_NEWIPC: Final = 0x08000000
+CLONE_NEWUSER: Final = 0x10000000
+CLONE_NEWPID: Final = 0x20000000
+CLONE_NEWNET: Final = 0x40000000
+
+PR_SET_PDEATHSIG: Final = 1
+PR_SET_CHILD_SUBREAPER: Final = 36
+
+# pivot_root(2) by machine: glibc does not wrap it. (x86_64's 155 is not everyone's.)
+_SYS_PIVOT_ROOT: Final[dict[str, int]] = {
+    "x86_64": 155,
+    "aarch64": 41,
+    "riscv64": 41,
+    "loongarch64": 41,
+    "i386": 217,
+    "i686": 217,
+    "armv7l": 218,
+    "armv6l": 218,
+    "ppc64le": 203,
+    "ppc64": 203,
+    "s390x": 217,
+}
+
+_libc.mount.argtypes = (
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+_libc.unshare.argtypes = (ctypes.c_int,)
+_libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
+_libc.sethostname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
+_libc.prctl.argtypes = (
+    ctypes.c_int,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+)
+
+
+def _fail(what: str, target: str | bytes | os.PathLike[str] | None = None) -> OSError:
+    err = ctypes.get_errno()
+    name = None if target is None else os.fsdecode(target)
+    return OSError(err, f"{what}: {os.strerror(err)}", name)
+
+
+def _b(path: str | bytes | os.PathLike[str] | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+def mount(
+    source: str | os.PathLike[str] | None,
+    target: str | bytes | os.PathLike[str],
+    fstype: str | None = None,
+    flags: int = 0,
+    data: str | None = None,
+) -> None:
+    """mount(2). `source`/`fstype`/`data` may be None (bind mounts, propagation changes)."""
+    if (
+        _libc.mount(
+            _b(source), _b(target), None if fstype is None else fstype.encode(), flags,
+            None if data is None else data.encode(),
+        )
+        != 0
+    ):  # fmt: skip
+        kind = fstype or ("bind" if flags & MS_BIND else "mount")
+        raise _fail(f"mount {kind} (flags {flags:#x}{', ' + data if data else ''})", target)
+
+
+def umount2(target: str | bytes | os.PathLike[str], flags: int = 0) -> None:
+    if _libc.umount2(_b(target), flags) != 0:
+        raise _fail("umount", target)
+
+
+def pivot_root(new_root: str | os.PathLike[str], put_old: str | os.PathLike[str]) -> None:
+    number = _SYS_PIVOT_ROOT.get(platform.machine())
+    if number is None:
+        raise OSError(0, f"pivot_root: syscall number unknown on {platform.machine()}")
+    if _libc.syscall(ctypes.c_long(number), _b(new_root), _b(put_old)) != 0:
+        raise _fail("pivot_root", new_root)
+
+
+def unshare(flags: int) -> None:
+    if _libc.unshare(flags) != 0:
+        raise _fail(f"unshare({flags:#x})")
+
+
+def setns(fd: int, nstype: int = 0, *, what: str = "namespace") -> None:
+    """Join the namespace open at `fd` (`what` names it in errors, e.g. /proc/42/ns/mnt)."""
+    if _libc.setns(fd, nstype) != 0:
+        raise _fail("setns", what)
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    if _libc.sethostname(raw, len(raw)) != 0:
+        raise _fail("sethostname", name)
+
+
+def prctl(option: int, arg2: int = 0) -> None:
+    if _libc.prctl(option, arg2, 0, 0, 0) != 0:
+        raise _fail(f"prctl({option})")
+
+
+def set_pdeathsig(signum: int) -> None:
+    """Ask the kernel to send `signum` to this process when its parent (thread) exits."""
+    prctl(PR_SET_PDEATHSIG, signum)
+
+
+def set_child_subreaper() -> None:
+    prctl(PR_SET_CHILD_SUBREAPER, 1)

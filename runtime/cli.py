@@ -1,0 +1,417 @@
+"""The runtime's `strata` subcommands: run, create, start, exec, ps, stop, kill, rm, logs, inspect.
+
+`unionfs.cli` appends `SUBCOMMANDS` to its own. This module imports only the standard library's
+argparse-level modules and `unionfs.cli`; each handler imports what it needs, so `strata --help`
+and `strata mount` do not pay for the runtime.
+
+Errors are one line with Docker's exit statuses: 125 when strata itself fails (bad input, the
+container cannot be set up), 126/127 when the command cannot be run or is not found, otherwise
+the command's own status (128+N when signal N killed it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING, Final
+
+from unionfs.cli import Subcommand, _Runner
+from unionfs.errors import UsageError
+
+if TYPE_CHECKING:
+    from .container import CreateRequest
+    from .state import ContainerDir, StateRoot
+
+_NETWORKS: Final = ("none", "host", "bridge")
+DEFAULT_NETWORK: Final = "host"
+
+
+def _add_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--root",
+        metavar="DIR",
+        help="state root (default /var/lib/strata as root, $XDG_DATA_HOME/strata otherwise;"
+        " or $STRATA_ROOT)",
+    )
+
+
+def _state_root(args: argparse.Namespace) -> StateRoot:
+    from pathlib import Path
+
+    from .state import StateRoot, default_root
+
+    return StateRoot(Path(os.path.abspath(args.root)) if args.root else default_root())
+
+
+def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None:
+    _add_root(parser)
+    parser.add_argument("--name", default="", help="a unique name for the container")
+    parser.add_argument(
+        "--lower",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="an image layer; repeat it, top layer first (instead of IMAGE)",
+    )
+    parser.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    parser.add_argument("--env-file", action="append", default=[], metavar="FILE")
+    parser.add_argument("-w", "--workdir", default="", metavar="DIR", help="working directory")
+    parser.add_argument("-u", "--user", metavar="USER[:GROUP]", help="names or numeric ids")
+    parser.add_argument("--hostname", default="", help="default: the short container id")
+    parser.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    parser.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
+    parser.add_argument(
+        "-v",
+        "--volume",
+        action="append",
+        default=[],
+        metavar="HOST:CTR[:ro]",
+        help="bind-mount a host path into the container",
+    )
+    parser.add_argument("--read-only", action="store_true", help="no writable layer")
+    parser.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    parser.add_argument(
+        "--network",
+        "--net",
+        choices=_NETWORKS,
+        default=DEFAULT_NETWORK,
+        help=f"none: only lo; host: the host's; bridge: veth on strata0 (default {DEFAULT_NETWORK})",
+    )
+    parser.add_argument("--subnet", default="", metavar="CIDR", help="bridge subnet")
+    parser.add_argument(
+        "--init",
+        action="store_true",
+        help="run a tiny init as PID 1 that reaps zombies and forwards signals",
+    )
+    parser.add_argument("--entrypoint", default=None, metavar="CMD", help="override it")
+    if run:
+        parser.add_argument("-d", "--detach", action="store_true", help="run in the background")
+    parser.add_argument("-D", "--debug", action="store_true", help="tracebacks on errors")
+    parser.add_argument(
+        "rest",
+        nargs=argparse.REMAINDER,
+        metavar="IMAGE [CMD [ARG...]]",
+        help="a rootfs directory (or nothing, with --lower), then the command",
+    )
+
+
+def _parse_volume(spec: str) -> tuple[str, str, bool]:
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise UsageError(f"-v {spec}: expected HOST:CONTAINER[:ro|rw]", 125)
+    host, target = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise UsageError(f"-v {spec}: unknown mode {mode!r} (ro or rw)", 125)
+    if not os.path.isabs(host):
+        raise UsageError(f"-v {spec}: the host path must be absolute", 125)
+    if not os.path.isabs(target):
+        raise UsageError(f"-v {spec}: the container path must be absolute", 125)
+    if os.path.normpath(target) == "/":
+        raise UsageError(f"-v {spec}: cannot mount over the container's /", 125)
+    if not os.path.exists(host):
+        raise UsageError(f"-v {spec}: {host} does not exist", 125)
+    return os.path.realpath(host), os.path.normpath(target), mode == "ro"
+
+
+def _create_request(args: argparse.Namespace) -> CreateRequest:
+    from . import network
+    from .container import CreateRequest
+    from .images import layers_image, lookup_image
+    from .process import check_user, parse_env_assignments, read_env_file
+    from .state import Volume
+
+    rest = list(args.rest)
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    if args.lower:
+        image = layers_image(args.lower)
+    else:
+        if not rest:
+            raise UsageError("no image given (IMAGE or --lower DIR)", 125)
+        image = lookup_image(rest.pop(0))
+    env: list[str] = []
+    for path in args.env_file:
+        env += read_env_file(path)
+    env += parse_env_assignments(args.env, source="-e")
+    if args.user is not None:
+        check_user(args.user)
+    if args.workdir and not args.workdir.startswith("/"):
+        raise UsageError(f"-w {args.workdir}: the working directory must be absolute", 125)
+    volumes = tuple(Volume(*_parse_volume(v)) for v in args.volume)
+    subnet = args.subnet or network.DEFAULT_SUBNET
+    if args.network == "bridge":
+        network.parse_subnet(subnet)
+        if os.geteuid() != 0:
+            raise UsageError("--network bridge needs root (rootless: use none or host)", 125)
+    elif args.subnet:
+        raise UsageError("--subnet is only for --network bridge", 125)
+    entrypoint = None
+    if args.entrypoint is not None:
+        entrypoint = (args.entrypoint,) if args.entrypoint else ()
+    return CreateRequest(
+        image=image,
+        argv=tuple(rest),
+        entrypoint=entrypoint,
+        env=tuple(env),
+        workdir=args.workdir,
+        user=args.user,
+        hostname=args.hostname,
+        name=args.name,
+        volumes=volumes,
+        network=args.network,
+        subnet=subnet,
+        read_only=args.read_only,
+        tty=args.tty,
+        interactive=args.interactive,
+        init=args.init,
+        auto_remove=args.rm,
+    )
+
+
+def _check_hostname(name: str) -> None:
+    if name and (len(name) > 64 or not all(c.isalnum() or c in "-." for c in name)):
+        raise UsageError(f"--hostname {name!r}: letters, digits, '-' and '.', at most 64", 125)
+
+
+def _run(args: argparse.Namespace, runner: _Runner) -> int:
+    runner.debug = bool(args.debug)
+    from .container import create, run_attached, start_detached
+
+    _check_hostname(args.hostname)
+    req = _create_request(args)
+    root = _state_root(args)
+    cdir = create(root, req)
+    if args.detach:
+        start_detached(root, cdir, remove_on_failure=True)
+        print(cdir.id, flush=True)
+        return 0
+    return run_attached(root, cdir, remove_on_failure=True)
+
+
+def _create(args: argparse.Namespace, runner: _Runner) -> int:
+    runner.debug = bool(args.debug)
+    from .container import create
+
+    _check_hostname(args.hostname)
+    cdir = create(_state_root(args), _create_request(args))
+    print(cdir.id, flush=True)
+    return 0
+
+
+def _add_start_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_root(parser)
+    parser.add_argument(
+        "-a", "--attach", action="store_true", help="stay attached (output, exit status)"
+    )
+    parser.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def _start(args: argparse.Namespace, runner: _Runner) -> int:
+    from .container import run_attached, start_detached
+
+    root = _state_root(args)
+    if args.attach:
+        if len(args.containers) != 1:
+            raise UsageError("start -a takes one container", 125)
+        return run_attached(root, root.find(args.containers[0]), remove_on_failure=False)
+    for ref in args.containers:
+        start_detached(root, root.find(ref), remove_on_failure=False)
+        print(ref, flush=True)
+    return 0
+
+
+def _add_exec_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_root(parser)
+    parser.add_argument("-i", "--interactive", action="store_true")
+    parser.add_argument("-t", "--tty", action="store_true")
+    parser.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    parser.add_argument("-w", "--workdir", default="", metavar="DIR")
+    parser.add_argument("-u", "--user", metavar="USER[:GROUP]")
+    parser.add_argument("container", metavar="CONTAINER")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARG...]")
+
+
+def _exec(args: argparse.Namespace, runner: _Runner) -> int:
+    from .container import exec_in
+    from .process import ProcessSpec, check_user, merge_env, parse_env_assignments
+
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise UsageError("exec: no command given", 125)
+    if args.user is not None:
+        check_user(args.user)
+    cdir = _state_root(args).find(args.container)
+    cfg = cdir.config
+    spec = ProcessSpec(
+        argv=tuple(command),
+        env=merge_env(
+            cfg.env,
+            ["TERM=xterm"] if args.tty else [],
+            parse_env_assignments(args.env, source="-e"),
+        ),
+        workdir=args.workdir or cfg.workdir,
+        user=args.user if args.user is not None else cfg.user,
+        tty=args.tty,
+        interactive=args.interactive,
+    )
+    return exec_in(cdir, spec)
+
+
+def _add_ps_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_root(parser)
+    parser.add_argument("-a", "--all", action="store_true", help="also stopped containers")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only ids")
+    parser.add_argument("--no-trunc", action="store_true", help="full ids and commands")
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def _ps(args: argparse.Namespace, runner: _Runner) -> int:
+    import json
+
+    from .report import describe, table
+
+    root = _state_root(args)
+    rows = []
+    for cdir in root.containers():
+        info = describe(cdir)
+        if args.all or info["State"] == "running":
+            rows.append(info)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    elif args.quiet:
+        for row in rows:
+            print(row["Id"] if args.no_trunc else str(row["Id"])[:12])
+    else:
+        sys.stdout.write(table(rows, full=args.no_trunc))
+    return 0
+
+
+def _add_stop_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_root(parser)
+    parser.add_argument(
+        "-t", "--time", type=float, default=10.0, metavar="SECONDS",
+        help="wait this long after SIGTERM before SIGKILL (default 10)",
+    )  # fmt: skip
+    parser.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def _stop(args: argparse.Namespace, runner: _Runner) -> int:
+    from .container import stop
+
+    root = _state_root(args)
+    for ref in args.containers:
+        stop(root.find(ref), args.time)
+        print(ref, flush=True)
+    return 0
+
+
+def _add_kill_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_root(parser)
+    parser.add_argument("-s", "--signal", default="KILL", help="name or number (default KILL)")
+    parser.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def parse_signal(text: str) -> int:
+    import signal
+
+    if text.isdigit():
+        number = int(text)
+        if 0 < number < signal.NSIG:
+            return number
+    else:
+        name = text.upper()
+        name = name if name.startswith("SIG") else f"SIG{name}"
+        value = getattr(signal.Signals, name, None)
+        if value is not None:
+            return int(value)
+    raise UsageError(f"unknown signal {text!r}", 125)
+
+
+def _kill(args: argparse.Namespace, runner: _Runner) -> int:
+    from .container import signal_container
+
+    sig = parse_signal(args.signal)
+    root = _state_root(args)
+    for ref in args.containers:
+        signal_container(root.find(ref), sig)
+        print(ref, flush=True)
+    return 0
+
+
+def _add_rm_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_root(parser)
+    parser.add_argument("-f", "--force", action="store_true", help="kill it first if running")
+    parser.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def _rm(args: argparse.Namespace, runner: _Runner) -> int:
+    from .container import remove
+
+    root = _state_root(args)
+    status = 0
+    for ref in args.containers:
+        try:
+            remove(root, root.find(ref), force=args.force)
+            print(ref, flush=True)
+        except UsageError as exc:
+            runner.say(str(exc))
+            status = 1
+    return status
+
+
+def _add_logs_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_root(parser)
+    parser.add_argument("-f", "--follow", action="store_true", help="until the container stops")
+    parser.add_argument("container", metavar="CONTAINER")
+
+
+def _logs(args: argparse.Namespace, runner: _Runner) -> int:
+    from .report import follow_log
+
+    cdir = _state_root(args).find(args.container)
+    follow_log(cdir, follow=args.follow)
+    return 0
+
+
+def _add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_root(parser)
+    parser.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def _inspect(args: argparse.Namespace, runner: _Runner) -> int:
+    import json
+
+    from .report import inspect
+
+    root = _state_root(args)
+    found: list[ContainerDir] = [root.find(ref) for ref in args.containers]
+    print(json.dumps([inspect(c) for c in found], indent=2))
+    return 0
+
+
+SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (
+    Subcommand(
+        "run",
+        "run a command in a new container",
+        lambda p: _add_create_arguments(p, run=True),
+        _run,
+    ),
+    Subcommand(
+        "create",
+        "create a container (start it with 'strata start')",
+        lambda p: _add_create_arguments(p, run=False),
+        _create,
+    ),
+    Subcommand("start", "start created or stopped containers", _add_start_arguments, _start),
+    Subcommand("exec", "run a command in a running container", _add_exec_arguments, _exec),
+    Subcommand("ps", "list containers", _add_ps_arguments, _ps),
+    Subcommand("stop", "stop containers (SIGTERM, then SIGKILL)", _add_stop_arguments, _stop),
+    Subcommand("kill", "send a signal to containers", _add_kill_arguments, _kill),
+    Subcommand("rm", "remove containers and their writable layers", _add_rm_arguments, _rm),
+    Subcommand("logs", "show a detached container's output", _add_logs_arguments, _logs),
+    Subcommand("inspect", "show containers as JSON", _add_inspect_arguments, _inspect),
+)

@@ -1,0 +1,103 @@
+"""What the runtime needs to know about an image, and how an image reference is found.
+
+An `ImageSpec` is its layers (directories, top first, as strata's `--lower`) and the parts of its
+config that shape the process (env, entrypoint, cmd, working dir, user). The image store (a later
+issue) adds a resolver with `register_resolver()`; until then an image is either a rootfs
+directory given by path (a one-layer image) or the layers given with `--lower`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from unionfs.errors import UsageError
+
+DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageConfig:
+    """The OCI image config fields the runtime uses (`config.Env`, `Entrypoint`, ...)."""
+
+    env: tuple[str, ...] = ()  # K=V
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    workdir: str = ""
+    user: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "env": list(self.env),
+            "entrypoint": list(self.entrypoint),
+            "cmd": list(self.cmd),
+            "workdir": self.workdir,
+            "user": self.user,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> ImageConfig:
+        def strings(key: str) -> tuple[str, ...]:
+            value = data.get(key) or []
+            assert isinstance(value, list)
+            return tuple(str(v) for v in value)
+
+        return cls(
+            env=strings("env"),
+            entrypoint=strings("entrypoint"),
+            cmd=strings("cmd"),
+            workdir=str(data.get("workdir") or ""),
+            user=str(data.get("user") or ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSpec:
+    """An image ready to run: `layers` top first (absolute paths), its config, and its name."""
+
+    ref: str
+    layers: tuple[Path, ...]
+    config: ImageConfig = field(default_factory=ImageConfig)
+
+
+Resolver = Callable[[str], "ImageSpec | None"]
+_resolvers: list[Resolver] = []
+
+
+def register_resolver(resolver: Resolver) -> None:
+    """Add a way to find images by reference (tried in order before the directory fallback)."""
+    _resolvers.append(resolver)
+
+
+def lookup_image(ref: str) -> ImageSpec:
+    """The image called `ref`; UsageError "no such image" when nothing knows it."""
+    if not ref:
+        raise UsageError("no image given", 125)
+    for resolver in _resolvers:
+        spec = resolver(ref)
+        if spec is not None:
+            return spec
+    path = Path(os.path.abspath(ref))
+    if path.is_dir():
+        return ImageSpec(ref=str(path), layers=(path,))
+    if path.exists():
+        raise UsageError(f"image {ref}: not a directory (give a rootfs directory)", 125)
+    raise UsageError(f"no such image: {ref}", 125)
+
+
+def layers_image(lowers: Sequence[str]) -> ImageSpec:
+    """An image made of the `--lower` directories (top first)."""
+    layers = []
+    for lower in lowers:
+        if not lower:
+            raise UsageError("--lower: empty path", 125)
+        path = Path(os.path.abspath(lower))
+        if not path.is_dir():
+            what = "does not exist" if not path.exists() else "not a directory"
+            raise UsageError(f"layer {lower}: {what}", 125)
+        layers.append(path)
+    ref = str(layers[0]) if len(layers) == 1 else f"{layers[0]} (+{len(layers) - 1} layers)"
+    return ImageSpec(ref=ref, layers=tuple(layers))

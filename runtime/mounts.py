@@ -1,0 +1,227 @@
+"""What a container sees mounted, as data, and the loop that mounts it.
+
+`CONTAINER_MOUNTS` is the default set (/proc, /dev as a tmpfs with a fresh devpts, /dev/shm,
+/dev/mqueue, /sys read-only); `DEVICE_NODES` are bound from the host's /dev (a bind works in a user
+namespace, mknod does not); `DEV_LINKS` are the usual symlinks. `mount_all()` mounts them under the
+rootfs before pivot_root, together with the container's /etc files and its volumes.
+
+Every target is resolved inside the rootfs with `resolve_in_root()`, which follows symlinks as if the
+rootfs were `/`: an image (or a container's earlier writes) cannot make a mount land on the host.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from . import _libc
+from ._libc import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One filesystem mount inside the container; `target` is absolute in the container."""
+
+    target: str
+    fstype: str
+    source: str
+    flags: int = 0
+    data: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BindMount:
+    """`source` (a host path) bound at `target` (in the container), optionally read-only."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+
+_NOSUID_NODEV_NOEXEC: Final = MS_NOSUID | MS_NODEV | MS_NOEXEC
+
+PROC: Final = Mount("/proc", "proc", "proc", _NOSUID_NODEV_NOEXEC)
+DEV: Final = Mount("/dev", "tmpfs", "tmpfs", MS_NOSUID, "mode=755,size=65536k")
+DEVPTS: Final = Mount(
+    "/dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"
+)
+SHM: Final = Mount("/dev/shm", "tmpfs", "shm", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k")
+MQUEUE: Final = Mount("/dev/mqueue", "mqueue", "mqueue", _NOSUID_NODEV_NOEXEC)
+SYSFS: Final = Mount("/sys", "sysfs", "sysfs", _NOSUID_NODEV_NOEXEC | MS_RDONLY)
+
+# In mount order (/dev before what lives in it). /sys comes separately: sysfs may only be mounted
+# by the owner of the network namespace, so with the host's network the host's /sys is bound.
+CONTAINER_MOUNTS: Final[tuple[Mount, ...]] = (PROC, DEV, DEVPTS, SHM, MQUEUE)
+
+DEVICE_NODES: Final = ("null", "zero", "full", "random", "urandom", "tty")
+
+DEV_LINKS: Final[tuple[tuple[str, str], ...]] = (
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+)
+
+# Files of /etc that each container gets from its state dir.
+ETC_FILES: Final = ("hostname", "hosts", "resolv.conf")
+
+# What must exist in the rootfs as a mount point: directories, then files.
+MOUNTPOINT_DIRS: Final = ("proc", "sys", "dev", "etc")
+MOUNTPOINT_FILES: Final = tuple(f"etc/{name}" for name in ETC_FILES)
+
+_MAX_SYMLINKS: Final = 40
+
+
+def resolve_in_root(root: Path, path: str) -> Path:
+    """`path` (absolute in the container) as a host path below `root`, symlinks resolved as if
+    `root` were `/` (absolute links restart at `root`, `..` stops at it). The last component
+    need not exist."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    links = 0
+    while parts:
+        name = parts.pop(0)
+        if name == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = root.joinpath(*resolved, name)
+        try:
+            st = os.lstat(candidate)
+        except FileNotFoundError:
+            resolved.append(name)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > _MAX_SYMLINKS:
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved.append(name)
+    return root.joinpath(*resolved)
+
+
+def mount_at(rootfs: Path, m: Mount) -> None:
+    target = resolve_in_root(rootfs, m.target)
+    os.makedirs(target, exist_ok=True)
+    _libc.mount(m.source, target, m.fstype, m.flags, m.data)
+
+
+def bind(
+    source: str | Path, target: Path, *, read_only: bool = False, recursive: bool = True
+) -> None:
+    """Bind `source` on `target` (made to match: a directory or an empty file)."""
+    if os.path.isdir(source):
+        os.makedirs(target, exist_ok=True)
+    elif not os.path.lexists(target):
+        os.makedirs(target.parent, exist_ok=True)
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    flags = MS_BIND | (MS_REC if recursive else 0)
+    _libc.mount(source, target, None, flags)
+    if read_only:
+        remount_read_only(target)
+
+
+def remount_read_only(target: Path) -> None:
+    """Make a bind mount read-only, keeping the flags the kernel has locked on it (nosuid, nodev,
+    noexec and the atime mode of the source: in a user namespace a remount that drops them fails
+    with EPERM)."""
+    locked = 0
+    try:
+        st = os.statvfs(target)
+    except OSError:
+        pass
+    else:
+        for vfs_flag, ms_flag in (
+            (os.ST_NOSUID, MS_NOSUID),
+            (os.ST_NODEV, MS_NODEV),
+            (os.ST_NOEXEC, MS_NOEXEC),
+            (os.ST_NOATIME, _libc.MS_NOATIME),
+            (os.ST_NODIRATIME, _libc.MS_NODIRATIME),
+            (os.ST_RELATIME, _libc.MS_RELATIME),
+        ):
+            if st.f_flag & vfs_flag:
+                locked |= ms_flag
+    _libc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | locked)
+
+
+def mount_sys(rootfs: Path) -> None:
+    """A fresh sysfs, read-only. In a user namespace the kernel allows that only in a network
+    namespace the user namespace owns; otherwise the host's /sys is bound, every mount in it
+    read-only."""
+    target = resolve_in_root(rootfs, "/sys")
+    os.makedirs(target, exist_ok=True)
+    try:
+        _libc.mount(SYSFS.source, target, SYSFS.fstype, SYSFS.flags)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EACCES):
+            raise
+    bind("/sys", target)
+    for below in _mounts_below(target):
+        remount_read_only(below)
+
+
+def _mounts_below(path: Path) -> list[Path]:
+    """`path` and every mount point under it, top-down (from /proc/self/mountinfo)."""
+    found = []
+    prefix = str(path).rstrip("/") + "/"
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            field = line.split(b" ")[4].decode()
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+            if point == str(path) or point.startswith(prefix):
+                found.append(Path(point))
+    return found
+
+
+def populate_dev(rootfs: Path, *, devpts_gid: int | None) -> None:
+    """The /dev tmpfs, its devpts, device nodes bound from the host, /dev/shm and the links."""
+    dev = resolve_in_root(rootfs, "/dev")
+    os.makedirs(dev, exist_ok=True)
+    for m in CONTAINER_MOUNTS:
+        if m is PROC:
+            continue
+        if m is DEVPTS and devpts_gid is not None:
+            m = Mount(m.target, m.fstype, m.source, m.flags, f"{m.data},gid={devpts_gid}")
+        target = dev / m.target.removeprefix("/dev/") if m is not DEV else dev
+        os.makedirs(target, exist_ok=True)
+        try:
+            _libc.mount(m.source, target, m.fstype, m.flags, m.data)
+        except OSError:
+            if m is not MQUEUE:  # a kernel without POSIX message queues: no /dev/mqueue
+                raise
+        if m is DEV:
+            for name in DEVICE_NODES:
+                host = f"/dev/{name}"
+                if os.path.exists(host):
+                    bind(host, dev / name, recursive=False)
+            for name, link in DEV_LINKS:
+                os.symlink(link, dev / name)
+
+
+def mount_all(
+    rootfs: Path,
+    *,
+    etc_dir: Path,
+    volumes: Sequence[BindMount],
+    devpts_gid: int | None,
+) -> None:
+    """Everything a container gets, below `rootfs` (still seen from the host's side)."""
+    mount_at(rootfs, PROC)
+    populate_dev(rootfs, devpts_gid=devpts_gid)
+    mount_sys(rootfs)
+    for name in ETC_FILES:
+        bind(etc_dir / name, resolve_in_root(rootfs, f"/etc/{name}"), recursive=False)
+    for volume in volumes:
+        bind(volume.source, resolve_in_root(rootfs, volume.target), read_only=volume.read_only)

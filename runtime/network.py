@@ -1,0 +1,179 @@
+"""Container networks: `none` (a new network namespace with only `lo`, up), `host` (no new
+namespace) and `bridge` (a veth pair from the `strata0` bridge into a new namespace).
+
+`lo` is brought up with one ioctl from inside the namespace, so `none` needs no tool from the image
+or the host. `bridge` uses iproute2's `ip` from the host: the host side (bridge, veth pair) from
+the runtime, the container side (address, route) from the container's PID 1 before pivot_root,
+while the host's /usr/sbin/ip is still visible to it. Bridge networking needs root on the host;
+there is no NAT: the container reaches the host (and other containers), not the outside world.
+
+The default subnet, 10.90.0.0/16, stays clear of podman's (10.88.0.0/16, then 10.89.x.0/24) and
+Docker's (172.17.0.0/16); `--subnet` picks another when the bridge is first made.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+import shutil
+import socket
+import struct
+import subprocess
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+from unionfs.errors import UsageError
+
+BRIDGE: Final = "strata0"
+DEFAULT_SUBNET: Final = "10.90.0.0/16"
+MODES: Final = ("none", "host", "bridge")
+
+_SIOCGIFFLAGS: Final = 0x8913
+_SIOCSIFFLAGS: Final = 0x8914
+_IFF_UP: Final = 0x1
+_IFREQ: Final = "16sH22x"  # struct ifreq: name, then ifr_flags in the 24-byte union
+
+
+def loopback_up() -> None:
+    """Bring `lo` up in this process's network namespace."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = fcntl.ioctl(s, _SIOCGIFFLAGS, struct.pack(_IFREQ, b"lo", 0))
+        flags = struct.unpack(_IFREQ, req)[1]
+        fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack(_IFREQ, b"lo", flags | _IFF_UP))
+
+
+def parse_subnet(text: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(text, strict=False)
+    except ValueError as exc:
+        raise UsageError(f"--subnet {text}: {exc}", 125) from None
+    if net.prefixlen > 30:
+        raise UsageError(f"--subnet {text}: too small for a gateway and a container", 125)
+    return net
+
+
+def gateway(net: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    return net.network_address + 1
+
+
+def allocate_address(net: ipaddress.IPv4Network, used: Iterable[str]) -> str:
+    """The lowest address in `net` after the gateway that no running container has."""
+    taken = set(used)
+    for host in net.hosts():
+        if host == gateway(net):
+            continue
+        if str(host) not in taken:
+            return str(host)
+    raise UsageError(f"no free address left in {net}", 125)
+
+
+def _ip() -> str:
+    path = shutil.which("ip") or ("/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else None)
+    if path is None:
+        raise UsageError("--network bridge needs iproute2's ip (apt install iproute2)", 125)
+    return path
+
+
+def _ip_batch(commands: Sequence[str], what: str) -> None:
+    done = subprocess.run(
+        [_ip(), "-batch", "-"],
+        input="".join(f"{c}\n" for c in commands),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        detail = " ".join(done.stderr.split()) or f"exit status {done.returncode}"
+        raise OSError(0, f"{what}: ip: {detail}")
+
+
+def _bridge_networks() -> list[ipaddress.IPv4Interface]:
+    done = subprocess.run(
+        [_ip(), "-o", "-4", "addr", "show", "dev", BRIDGE],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = []
+    for line in done.stdout.splitlines():
+        fields = line.split()
+        if "inet" in fields:
+            found.append(ipaddress.IPv4Interface(fields[fields.index("inet") + 1]))
+    return found
+
+
+def veth_name(container_id: str) -> str:
+    return f"vs{container_id[:12]}"  # interface names have at most 15 characters
+
+
+def connect_host_side(net: ipaddress.IPv4Network, container_id: str, netns_pid: int) -> None:
+    """Make sure the bridge exists with the gateway address, then add a veth pair whose peer is
+    `eth0` in the network namespace of `netns_pid`. Call with the state lock held (the bridge is
+    shared)."""
+    if os.geteuid() != 0:
+        raise UsageError("--network bridge needs root (rootless: use none or host)", 125)
+    commands = []
+    gw = ipaddress.IPv4Interface(f"{gateway(net)}/{net.prefixlen}")
+    if not os.path.exists(f"/sys/class/net/{BRIDGE}"):
+        commands += [f"link add {BRIDGE} type bridge", f"addr add {gw} dev {BRIDGE}"]
+    else:
+        existing = _bridge_networks()
+        if existing and all(i.network != net for i in existing):
+            have = ", ".join(str(i.network) for i in existing)
+            raise UsageError(f"bridge {BRIDGE} already serves {have}, not {net}", 125)
+        if not existing:
+            commands.append(f"addr add {gw} dev {BRIDGE}")
+    veth = veth_name(container_id)
+    commands += [
+        f"link set {BRIDGE} up",
+        f"link add {veth} type veth peer name eth0 netns {netns_pid}",
+        f"link set {veth} master {BRIDGE} up",
+    ]
+    _ip_batch(commands, f"bridge {BRIDGE}")
+
+
+def connect_container_side(address: str, net: ipaddress.IPv4Network) -> None:
+    """In the container's network namespace: address and default route on eth0."""
+    _ip_batch(
+        [
+            f"addr add {address}/{net.prefixlen} dev eth0",
+            "link set eth0 up",
+            f"route add default via {gateway(net)}",
+        ],
+        "container network",
+    )
+
+
+def hosts_file(hostname: str, address: str | None) -> str:
+    lines = [
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        f"{address or '127.0.1.1'}\t{hostname}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def resolv_conf(mode: str) -> str:
+    """The host's resolv.conf for host networking; for bridge its non-loopback servers (a
+    loopback resolver is not reachable from the container); nothing for none."""
+    if mode == "none":
+        return ""
+    try:
+        with open("/etc/resolv.conf") as f:
+            text = f.read()
+    except OSError:
+        return ""
+    if mode == "host":
+        return text
+    kept = []
+    for line in text.splitlines():
+        fields = line.split()
+        if fields[:1] == ["nameserver"] and len(fields) > 1:
+            try:
+                if ipaddress.ip_address(fields[1]).is_loopback:
+                    continue
+            except ValueError:
+                continue
+        kept.append(line)
+    return "\n".join(kept) + ("\n" if kept else "")

@@ -1,0 +1,168 @@
+"""What `ps`, `inspect` and `logs` show."""
+
+from __future__ import annotations
+
+import calendar
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+
+from .state import CREATED, EXITED, RUNNING, ContainerDir, process_alive
+
+
+def _epoch(stamp: str) -> float | None:
+    """Seconds since the epoch of a state timestamp (`2024-01-02T03:04:05.123456789Z`)."""
+    if not stamp:
+        return None
+    try:
+        base, _, frac = stamp.rstrip("Z").partition(".")
+        seconds = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+    return seconds + (float(f"0.{frac}") if frac.isdigit() else 0.0)
+
+
+def _ago(stamp: str) -> str:
+    then = _epoch(stamp)
+    if then is None:
+        return "?"
+    delta = max(0, int(time.time() - then))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if delta >= size:
+            n = delta // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{delta} second{'s' if delta != 1 else ''}"
+
+
+def describe(cdir: ContainerDir) -> dict[str, object]:
+    """One container as `ps --format json` shows it."""
+    cfg = cdir.config
+    state = cdir.effective_state()
+    if state.status == RUNNING:
+        status = f"Up {_ago(state.started_at)}"
+    elif state.status == EXITED:
+        code = "?" if state.exit_code is None else str(state.exit_code)
+        status = f"Exited ({code}) {_ago(state.finished_at) + ' ago' if state.finished_at else ''}"
+    else:
+        status = "Created"
+    return {
+        "Id": cfg.id,
+        "Names": [cfg.name],
+        "Image": cfg.image,
+        "Command": shlex.join(cfg.argv),
+        "Created": cfg.created,
+        "State": state.status,
+        "Status": status.strip(),
+        "ExitCode": state.exit_code,
+        "Pid": state.init_pid if state.status == RUNNING else 0,
+        "IPAddress": state.ip,
+    }
+
+
+def table(rows: Sequence[dict[str, object]], *, full: bool = False) -> str:
+    headers = ("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")
+    lines = [headers]
+    for row in rows:
+        command = str(row["Command"])
+        if not full and len(command) > 22:
+            command = command[:19] + "..."
+        cid = str(row["Id"])
+        names = row["Names"]
+        assert isinstance(names, list)
+        lines.append(
+            (
+                cid if full else cid[:12],
+                str(row["Image"]),
+                command,
+                _ago(str(row["Created"])) + " ago",
+                str(row["Status"]),
+                ",".join(str(n) for n in names),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    return "".join(
+        "   ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() + "\n"
+        for line in lines
+    )
+
+
+def inspect(cdir: ContainerDir) -> dict[str, object]:
+    """One container as `inspect` shows it: its config, state and paths."""
+    cfg = cdir.config
+    state = cdir.effective_state()
+    return {
+        "Id": cfg.id,
+        "Name": cfg.name,
+        "Created": cfg.created,
+        "Image": cfg.image,
+        "State": {
+            "Status": state.status,
+            "Running": state.status == RUNNING,
+            "Pid": state.init_pid if state.status == RUNNING else 0,
+            "MonitorPid": state.monitor_pid if state.status == RUNNING else 0,
+            "DaemonPid": state.daemon_pid if state.status == RUNNING else 0,
+            "ExitCode": state.exit_code,
+            "StartedAt": state.started_at,
+            "FinishedAt": state.finished_at,
+        },
+        "Config": {
+            "Cmd": list(cfg.argv),
+            "Env": list(cfg.env),
+            "WorkingDir": cfg.workdir,
+            "User": cfg.user,
+            "Hostname": cfg.hostname,
+            "Tty": cfg.tty,
+            "OpenStdin": cfg.interactive,
+            "Init": cfg.init,
+            "AutoRemove": cfg.auto_remove,
+        },
+        "HostConfig": {
+            "NetworkMode": cfg.network,
+            "Subnet": cfg.subnet,
+            "ReadonlyRootfs": cfg.read_only,
+            "Binds": [f"{v.source}:{v.target}{':ro' if v.read_only else ''}" for v in cfg.volumes],
+            "Rootless": cfg.rootless,
+            "IdMap": cfg.id_map,
+        },
+        "NetworkSettings": {"IPAddress": state.ip},
+        "GraphDriver": {
+            "Name": "strata",
+            "Data": {
+                "LowerDir": ":".join([str(cdir.sub("init")), *cfg.layers]),
+                "UpperDir": "" if cfg.read_only else str(cdir.sub("upper")),
+                "WorkDir": "" if cfg.read_only else str(cdir.sub("work")),
+                "MergedDir": str(cdir.rootfs),
+            },
+        },
+        "LogPath": str(cdir.sub("log")),
+        "Path": str(cdir.path),
+    }
+
+
+def follow_log(cdir: ContainerDir, *, follow: bool) -> None:
+    """Copy the container's log to stdout; with `follow`, until the container stops."""
+    out = sys.stdout.buffer
+    try:
+        f = open(cdir.sub("log"), "rb")  # noqa: SIM115 - read incrementally below
+    except FileNotFoundError:
+        return
+    with f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                out.write(chunk)
+                out.flush()
+                continue
+            if not follow:
+                return
+            state = cdir.read_state()
+            if state.status != RUNNING or not process_alive(state.monitor_pid, state.monitor_start):
+                rest = f.read()
+                out.write(rest)
+                out.flush()
+                return
+            time.sleep(0.1)
+
+
+__all__ = ["CREATED", "describe", "follow_log", "inspect", "table"]

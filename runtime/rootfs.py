@@ -1,0 +1,242 @@
+"""The container's root filesystem: a strata union served by a daemon forked from this process.
+
+Why a fork and not `strata mount`: the caller has already imported the union's configuration
+code, and a second interpreter would pay Python's start-up again; the child imports trio, pyfuse3
+and the union core while the parent prepares the container. The daemon
+
+- stays in the caller's mount namespace (the host's, or the rootless user+mount namespace), never
+  in the container's, so the container cannot see or kill it;
+- gets SIGTERM from the kernel when its parent dies (PR_SET_PDEATHSIG): a `strata run` killed with
+  SIGKILL still takes the mount down (the daemon unmounts on SIGTERM);
+- runs in its own session, so a Ctrl-C at the terminal does not unmount under a running container;
+- writes its log (warnings, tracebacks) to a file in the container's state dir.
+
+`UnionRootfs` is a context manager: `__exit__` always stops the daemon and checks that nothing is
+left mounted (a lazy unmount is the last resort).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+from unionfs.config import MountOptions, UnionConfig, validate
+from unionfs.errors import UsageError
+
+from . import _libc
+
+STOP_TIMEOUT: Final = 10.0  # seconds the daemon gets to unmount after SIGTERM
+
+log = logging.getLogger(__name__)
+
+
+def mount_options(cfg: UnionConfig, *, privileged: bool) -> MountOptions:
+    """How the rootfs is mounted: everyone in the container may use it (allow_other; in a user
+    namespace the kernel confines that to the namespace), the kernel checks permissions, set-uid
+    programs work as root, device nodes in the image do not (the container gets its own /dev)."""
+    extra = ("suid", "nodev") if privileged else ("nodev",)
+    return MountOptions(
+        fsname="strata",
+        allow_other=True,
+        default_permissions=True,
+        read_only=cfg.read_only,
+        extra=extra,
+    )
+
+
+class UnionRootfs:
+    """Mount `cfg` at `mountpoint` with a forked daemon; unmount and stop it on exit."""
+
+    def __init__(
+        self, cfg: UnionConfig, mountpoint: Path, *, log_path: Path, privileged: bool
+    ) -> None:
+        self.cfg = validate(cfg)  # bad layers fail here, before anything is forked or mounted
+        self.mountpoint = mountpoint
+        self.log_path = log_path
+        self.opts = mount_options(self.cfg, privileged=privileged)
+        self.pid: int | None = None
+        self._report_fd: int | None = None
+
+    # -- starting
+
+    def start(self) -> None:
+        """Fork the daemon; it mounts in the background (`wait_mounted()` waits for it)."""
+        read_fd, write_fd = os.pipe()
+        parent = os.getpid()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _CHILD_RESET_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the daemon
+                os.close(read_fd)
+                self._serve(write_fd, parent, blocked)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        os.close(write_fd)
+        self.pid = pid
+        self._report_fd = read_fd
+
+    def wait_mounted(self) -> None:
+        """Block until the daemon reports the mount live; UsageError with its message if not."""
+        assert self._report_fd is not None, "start() first"
+        fd, self._report_fd = self._report_fd, None
+        try:
+            chunks = []
+            while chunk := os.read(fd, 4096):
+                chunks.append(chunk)
+                if b"\n" in chunk:
+                    break
+        finally:
+            os.close(fd)
+        report = b"".join(chunks).decode(errors="replace")
+        if report == "ok\n":
+            return
+        message = report.strip() or "the union daemon died before mounting"
+        raise UsageError(f"cannot mount the container's rootfs: {message}", 125)
+
+    def _serve(self, report_fd: int, parent: int, mask: set[int]) -> None:
+        """The daemon: mount, report `ok`, serve until unmounted or signalled; never returns."""
+        status = 1
+        reported = False
+
+        def report(text: str) -> None:
+            nonlocal reported
+            if not reported:
+                reported = True
+                with contextlib.suppress(OSError):
+                    os.write(report_fd, text.encode())
+                os.close(report_fd)
+
+        try:
+            for sig in _CHILD_RESET_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            _libc.set_pdeathsig(signal.SIGTERM)
+            if os.getppid() != parent:  # the parent died before prctl: nobody needs us
+                os._exit(1)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            os.setsid()
+            os.chdir("/")
+            _redirect_stdio(self.log_path)
+            logging.basicConfig(
+                level=logging.WARNING, format="%(asctime)s %(levelname)s:%(name)s:%(message)s"
+            )
+            from unionfs import mount  # trio, pyfuse3 and the core: only in the daemon
+
+            mount.run(self.cfg, self.opts, self.mountpoint, on_mounted=lambda: report("ok\n"))
+            status = 0
+        except UsageError as exc:
+            report(f"{exc}\n")
+        except OSError as exc:
+            report(f"{exc.strerror or exc}\n")
+        except BaseException as exc:
+            report(f"{type(exc).__name__}: {exc}\n")
+            with contextlib.suppress(Exception):
+                logging.getLogger(__name__).exception("union daemon failed")
+        finally:
+            report("the union daemon stopped before mounting\n")
+            os._exit(status)
+
+    # -- stopping
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Unmount: SIGTERM makes the daemon unmount and exit; wait for it, kill it if it hangs,
+        and detach whatever is still mounted at the mount point."""
+        if self._report_fd is not None:
+            os.close(self._report_fd)
+            self._report_fd = None
+        pid, self.pid = self.pid, None
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if not _wait_exit(pid, timeout):
+            log.warning("union daemon %d did not stop in %gs; killing it", pid, timeout)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        detach_if_mounted(self.mountpoint)
+
+    def __enter__(self) -> UnionRootfs:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# Signals the caller may handle (forwarding to the container): the daemon starts with the
+# defaults and lets trio install its own handlers.
+_CHILD_RESET_SIGNALS: Final = {
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+    signal.SIGCHLD,
+    signal.SIGALRM,
+    signal.SIGCONT,
+    signal.SIGPWR,
+}
+
+
+def _redirect_stdio(log_path: Path) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    logfd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(logfd, 2)
+    os.close(null)
+    os.close(logfd)
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    """Reap child `pid`; False if it is still running after `timeout` seconds."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            ready, _, _ = select.select([pidfd], [], [], remaining)
+            if ready:
+                break
+    finally:
+        os.close(pidfd)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    return True
+
+
+def is_mounted(path: Path) -> bool:
+    from unionfs.cli import mounts_at
+
+    return bool(mounts_at(path))
+
+
+def detach_if_mounted(path: Path) -> None:
+    """Lazily unmount whatever is still mounted at `path` (a daemon that died uncleanly)."""
+    from unionfs.cli import mounts_at
+
+    for _ in mounts_at(path):
+        try:
+            _libc.umount2(path, _libc.MNT_DETACH)
+        except OSError as exc:
+            log.warning("cannot detach %s: %s", path, exc.strerror)
+            return

@@ -1,0 +1,331 @@
+"""The state root: every container's configuration, state and writable layer, under one lock.
+
+Layout (`--root`, default /var/lib/strata as root, $XDG_DATA_HOME/strata otherwise):
+
+    lock                       flock(2): exclusive for changes, shared for reading
+    containers/<id>/
+        config.json            what to run (written once, at create)
+        state.json             created | running | exited, pids, exit code, address
+        upper/ work/           the writable layer (absent with --read-only), kept until `rm`
+        init/                  strata's own top lower layer: mount points the image lacks
+        rootfs/                where the union is mounted while the container runs
+        hostname hosts resolv.conf   bound over the container's /etc files
+        log                    output of a detached container
+        union.log              the union daemon's log
+
+Each JSON file is written to a temporary name and renamed into place, so a reader never sees a
+half-written file, even without the lock. A new container is built under `containers/.new-<id>`
+and renamed into place, so a failed create leaves nothing behind.
+
+A container recorded as running whose monitor process is gone (killed, or the host rebooted) is
+reported as exited (`effective_state()`); the next command that takes the lock writes that down.
+Processes are identified by pid *and* start time, so a reused pid is not mistaken for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Final
+
+from unionfs.errors import UsageError
+
+CREATED: Final = "created"
+RUNNING: Final = "running"
+EXITED: Final = "exited"
+
+_NAME: Final = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
+
+
+def default_root() -> Path:
+    env = os.environ.get("STRATA_ROOT")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/strata")
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local/share")
+    return Path(data) / "strata"
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z"
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write `data` as JSON to `path` atomically (temporary file + rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.rename(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, object]:
+    with open(path) as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return data
+
+
+def process_start_time(pid: int) -> int | None:
+    """The start time of `pid` (clock ticks since boot, /proc/PID/stat field 22); None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    if fields[0] == b"Z":  # a zombie has finished
+        return None
+    return int(fields[19])
+
+
+def process_alive(pid: int, start_time: int) -> bool:
+    return pid > 0 and start_time > 0 and process_start_time(pid) == start_time
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    source: str
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerConfig:
+    """What `create` decided (config.json). Layers are top first; `env` is final (K=V)."""
+
+    id: str
+    name: str
+    created: str
+    image: str
+    layers: tuple[str, ...]
+    argv: tuple[str, ...]
+    env: tuple[str, ...]
+    workdir: str
+    user: str
+    hostname: str
+    network: str
+    subnet: str = ""
+    volumes: tuple[Volume, ...] = ()
+    read_only: bool = False
+    tty: bool = False
+    interactive: bool = False
+    init: bool = False
+    auto_remove: bool = False
+    rootless: bool = False
+    id_map: dict[str, list[list[int]]] = field(default_factory=dict)
+    memory: int = 0
+    pids_limit: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["volumes"] = [asdict(v) for v in self.volumes]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> ContainerConfig:
+        known = set(cls.__dataclass_fields__)
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("layers", "argv", "env"):
+            items = values.get(key) or []
+            assert isinstance(items, list | tuple)
+            values[key] = tuple(str(i) for i in items)
+        raw_volumes = data.get("volumes") or []
+        assert isinstance(raw_volumes, list)
+        values["volumes"] = tuple(Volume(**v) for v in raw_volumes)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerState:
+    """What is happening to a container (state.json)."""
+
+    status: str = CREATED
+    monitor_pid: int = 0
+    monitor_start: int = 0
+    init_pid: int = 0  # the container's PID 1, as the host sees it
+    init_start: int = 0
+    daemon_pid: int = 0
+    started_at: str = ""
+    finished_at: str = ""
+    exit_code: int | None = None
+    ip: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> ContainerState:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})  # type: ignore[arg-type]
+
+    def replace(self, **changes: object) -> ContainerState:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerDir:
+    """One container's directory and what it records."""
+
+    path: Path
+    config: ContainerConfig
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def sub(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def rootfs(self) -> Path:
+        return self.path / "rootfs"
+
+    def read_state(self) -> ContainerState:
+        try:
+            return ContainerState.from_json(read_json(self.path / "state.json"))
+        except FileNotFoundError:
+            return ContainerState()
+
+    def write_state(self, state: ContainerState) -> None:
+        write_json(self.path / "state.json", state.to_json())
+
+    def effective_state(self) -> ContainerState:
+        """The recorded state, corrected when the container's monitor has died unseen."""
+        state = self.read_state()
+        if state.status == RUNNING and not process_alive(state.monitor_pid, state.monitor_start):
+            return state.replace(status=EXITED, finished_at=state.finished_at or "")
+        return state
+
+
+class StateRoot:
+    """The directory holding every container, and its lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.containers_dir = path / "containers"
+
+    def ensure(self) -> None:
+        self.containers_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @contextlib.contextmanager
+    def lock(self, *, exclusive: bool = True) -> Iterator[None]:
+        """flock(2) on `ROOT/lock` for the duration (blocks while another command holds it)."""
+        self.ensure()
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def new_id(self) -> str:
+        while True:
+            cid = secrets.token_hex(32)
+            if not (self.containers_dir / cid).exists():
+                return cid
+
+    def containers(self) -> list[ContainerDir]:
+        """Every container, oldest first (needs no lock: files are replaced atomically)."""
+        found = []
+        try:
+            names = os.listdir(self.containers_dir)
+        except FileNotFoundError:
+            return []
+        for name in names:
+            if name.startswith("."):
+                continue
+            path = self.containers_dir / name
+            try:
+                config = ContainerConfig.from_json(read_json(path / "config.json"))
+            except (OSError, ValueError, TypeError):
+                continue  # being removed, or not ours
+            found.append(ContainerDir(path, config))
+        found.sort(key=lambda c: c.config.created)
+        return found
+
+    def find(self, ref: str) -> ContainerDir:
+        """A container by full id, name, or unique id prefix."""
+        containers = self.containers()
+        for c in containers:
+            if ref in (c.id, c.name):
+                return c
+        if len(ref) >= 1 and all(ch in "0123456789abcdef" for ch in ref):
+            matches = [c for c in containers if c.id.startswith(ref)]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise UsageError(f"container id prefix {ref} is ambiguous", 1)
+        raise UsageError(f"no such container: {ref}", 1)
+
+    def check_name(self, name: str) -> None:
+        if not _NAME.fullmatch(name):
+            raise UsageError(
+                f"invalid container name {name!r}: letters, digits, '_', '.' and '-'"
+                " (not first), at most 128",
+                125,
+            )
+        for c in self.containers():
+            if c.name == name:
+                raise UsageError(
+                    f"the name {name!r} is already in use by container {c.id[:12]}", 125
+                )
+
+    def staging_dir(self, cid: str) -> Path:
+        return self.containers_dir / f".new-{cid}"
+
+    def commit(self, staging: Path, config: ContainerConfig) -> ContainerDir:
+        """Move a fully prepared container dir into place (call with the lock held)."""
+        write_json(staging / "config.json", config.to_json())
+        write_json(staging / "state.json", ContainerState().to_json())
+        final = self.containers_dir / config.id
+        os.rename(staging, final)
+        return ContainerDir(final, config)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a container dir, refusing to descend into anything still mounted below it."""
+    from unionfs.cli import read_mountinfo
+
+    prefix = str(path) + "/"
+    mounted = [m.mountpoint for m in read_mountinfo() if str(m.mountpoint).startswith(prefix)]
+    if mounted:
+        raise UsageError(f"{mounted[0]} is still mounted; not removing {path}", 1)
+
+    def onerror(func: object, failed: str, exc_info: tuple[object, BaseException, object]) -> None:
+        exc = exc_info[1]
+        if isinstance(exc, FileNotFoundError):
+            return
+        if isinstance(exc, PermissionError) or (
+            isinstance(exc, OSError) and exc.errno == errno.EACCES
+        ):
+            # a directory the container made unwritable (chmod 0 or 0555): open it up and retry
+            parent = os.path.dirname(failed)
+            with contextlib.suppress(OSError):
+                os.chmod(parent, 0o700)
+                if os.path.isdir(failed) and not os.path.islink(failed):
+                    os.chmod(failed, 0o700)
+                    shutil.rmtree(failed)
+                else:
+                    os.unlink(failed)
+                return
+        raise exc
+
+    shutil.rmtree(path, onerror=onerror)  # onexc= from 3.12 on
