@@ -37,7 +37,7 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Final, NoReturn
@@ -66,6 +66,7 @@ from .state import (
     process_start_time,
     remove_tree,
 )
+from .trace import mark
 
 START_FAILED: Final = 125
 
@@ -104,10 +105,13 @@ class CreateRequest:
     auto_remove: bool = False
     memory: int = 0
     pids_limit: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
+    # Who runs it, decided before the caller may have entered a user namespace (where it is
+    # root): None means "look at our own ids now".
+    rootless: bool | None = None
+    id_map: IdMap | None = None
 
 
-def _rootless_map() -> IdMap:
+def rootless_map() -> IdMap:
     return namespaces.rootless_id_map(os.getuid(), os.getgid(), namespaces.current_user_name())
 
 
@@ -126,8 +130,10 @@ def container_config(root: StateRoot, req: CreateRequest, cid: str) -> Container
         ["TERM=xterm"] if req.tty else [],
         req.env,
     )
-    rootless = os.geteuid() != 0
-    id_map = _rootless_map().to_json() if rootless else {}
+    rootless = req.rootless if req.rootless is not None else os.geteuid() != 0
+    id_map: dict[str, list[list[int]]] = {}
+    if rootless:
+        id_map = (req.id_map or rootless_map()).to_json()
     return ContainerConfig(
         id=cid,
         name=req.name or f"strata_{cid[:8]}",
@@ -347,6 +353,7 @@ def _ns_parent(plan: _Plan, sock: socket.socket) -> NoReturn:
         _libc.set_pdeathsig(signal.SIGKILL)
         if os.getppid() != plan.monitor_pid:
             os._exit(code)
+        mark("ns parent forked")
         try:
             _libc.unshare(plan.flags)
         except OSError as exc:
@@ -420,6 +427,7 @@ def _prepare_root(plan: _Plan, sock: socket.socket) -> int | None:
     """Mounts, pivot_root, and the pty; tell the monitor `ready`. Returns the pty slave."""
     cdir = plan.cdir
     rootfs = cdir.rootfs
+    mark("pid 1 forked")
     _libc.mount(None, "/", None, _libc.MS_REC | _libc.MS_SLAVE)
     _libc.sethostname(cdir.config.hostname)
     if plan.own_network:
@@ -440,6 +448,7 @@ def _prepare_root(plan: _Plan, sock: socket.socket) -> int | None:
     _libc.pivot_root(".", ".")
     _libc.umount2(".", _libc.MNT_DETACH)  # the old root, stacked on top by pivot_root(".", ".")
     os.chdir("/")
+    mark("pivot_root done")
     if plan.process.tty:
         master, slave = os.openpty()
         _send(sock, "ready", [master])
@@ -464,9 +473,12 @@ def _setgroups_allowed() -> bool:
 class Monitor:
     """One run of a container, from mounting its rootfs to recording its exit status."""
 
-    def __init__(self, root: StateRoot, cdir: ContainerDir) -> None:
+    def __init__(
+        self, root: StateRoot, cdir: ContainerDir, *, daemon: UnionRootfs | None = None
+    ) -> None:
         self.root = root
         self.cdir = cdir
+        self.daemon = daemon  # a union daemon forked early, or None to fork one here
         self.cfg = cdir.config
         self.relay = SignalRelay()
         self.sock: socket.socket | None = None
@@ -482,7 +494,12 @@ class Monitor:
         not start (the recorded state is then put back as it was)."""
         self.relay.install()
         try:
-            previous = self._claim()
+            try:
+                previous = self._claim()
+            except BaseException:
+                if self.daemon is not None:
+                    self.daemon.stop()
+                raise
             try:
                 code = self._run(on_started)
             except BaseException as exc:
@@ -491,6 +508,7 @@ class Monitor:
                 raise
             self.relay.cleaning = True
             self._record_exit(code)
+            mark("exit recorded")
             return code
         except _Interrupted as exc:
             raise StartError(
@@ -549,23 +567,25 @@ class Monitor:
         if cfg.rootless and not namespaces.in_user_namespace():
             namespaces.enter_user_namespace(id_map_of(cfg))
         self._write_etc_files()
+        mark("etc files written")
         with contextlib.ExitStack() as stack:
-            rootfs = UnionRootfs(
-                union_config(self.cdir),
-                self.cdir.rootfs,
-                log_path=self.cdir.sub("union.log"),
-                privileged=not cfg.rootless,
-            )
-            rootfs.start()
+            rootfs = self.daemon or UnionRootfs(privileged=not cfg.rootless)
+            self.daemon = None
             stack.callback(rootfs.stop)
+            rootfs.mount(
+                union_config(self.cdir), self.cdir.rootfs, log_path=self.cdir.sub("union.log")
+            )
             plan = self._plan()
             rootfs.wait_mounted()
+            mark("rootfs mounted")
             stack.callback(self._reap_container)
             self._spawn(plan)
             self._handshake(rootfs.pid or 0)
+            mark("command started")
             if on_started is not None:
                 on_started()
             status = self._wait()
+            mark("container exited")
             code = exit_code(status)
             if self.relay.emulated is not None and code == 128 + signal.SIGKILL:
                 code = 128 + self.relay.emulated
@@ -744,17 +764,24 @@ def _nothing() -> Iterator[None]:
 # lifecycle commands
 
 
-def run_attached(root: StateRoot, cdir: ContainerDir, *, remove_on_failure: bool) -> int:
+def run_attached(
+    root: StateRoot,
+    cdir: ContainerDir,
+    *,
+    remove_on_failure: bool,
+    daemon: UnionRootfs | None = None,
+) -> int:
     """Run in the foreground; with --rm (or a start that failed for a new container) the
-    container is removed afterwards."""
+    container is removed afterwards. `daemon`: a union daemon forked early (see rootfs)."""
     try:
-        code = Monitor(root, cdir).run()
+        code = Monitor(root, cdir, daemon=daemon).run()
     except StartError:
         if remove_on_failure:
             remove(root, cdir, force=True)
         raise
     if cdir.config.auto_remove:
         remove(root, cdir, force=True)
+        mark("removed")
     return code
 
 
@@ -829,10 +856,19 @@ def _monitor_daemon(root: StateRoot, cdir: ContainerDir, report_fd: int) -> NoRe
 
 
 def signal_container(cdir: ContainerDir, sig: int) -> None:
-    """Send `sig` to the container's PID 1, as `deliver()` does (UsageError unless running)."""
+    """Send `sig` to the container (UsageError unless it runs).
+
+    A signal the monitor forwards goes to the monitor, which passes it on as `deliver()` does
+    and so knows to report 128+N when it had to stand in with SIGKILL; others (SIGKILL) go
+    straight to the container's PID 1.
+    """
     state = cdir.effective_state()
     if state.status != RUNNING or not process_alive(state.init_pid, state.init_start):
         raise UsageError(f"container {cdir.name} is not running", 1)
+    if sig in FORWARDED and process_alive(state.monitor_pid, state.monitor_start):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.monitor_pid, sig)
+            return
     deliver(state.init_pid, sig, is_namespace_init=not cdir.config.init)
 
 

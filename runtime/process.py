@@ -232,8 +232,8 @@ def exec_process(
         try:
             os.execvpe(spec.argv[0], list(spec.argv), env)
         except FileNotFoundError:
-            where = "no such file or directory" if "/" in spec.argv[0] else "not found in $PATH"
-            raise ExecError(127, f"{spec.argv[0]}: executable file {where}") from None
+            what = "no such file or directory" if "/" in spec.argv[0] else "not found in $PATH"
+            raise ExecError(127, f"{spec.argv[0]}: {what}") from None
         except PermissionError:
             raise ExecError(126, f"{spec.argv[0]}: permission denied") from None
         except OSError as exc:

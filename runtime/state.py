@@ -30,7 +30,6 @@ import fcntl
 import json
 import os
 import re
-import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -238,7 +237,7 @@ class StateRoot:
 
     def new_id(self) -> str:
         while True:
-            cid = secrets.token_hex(32)
+            cid = os.urandom(32).hex()
             if not (self.containers_dir / cid).exists():
                 return cid
 
