@@ -123,11 +123,12 @@ def _read_db(path: str) -> list[list[str]]:
         return []
 
 
-def resolve_user(spec: str) -> Identity:
-    """`USER[:GROUP]` (names or ids) against /etc/passwd and /etc/group of the current root."""
+def resolve_user(spec: str, *, etc: str = "/etc") -> Identity:
+    """`USER[:GROUP]` (names or ids) against `etc`/passwd and `etc`/group (the container's: this
+    runs after pivot_root). A numeric user missing from passwd gets gid 0 and home `/`."""
     user, _, group = spec.partition(":")
-    passwd = [e for e in _read_db("/etc/passwd") if len(e) >= 7]
-    groups_db = [e for e in _read_db("/etc/group") if len(e) >= 4]
+    passwd = [e for e in _read_db(f"{etc}/passwd") if len(e) >= 7]
+    groups_db = [e for e in _read_db(f"{etc}/group") if len(e) >= 4]
     entry = None
     if not user:
         user = "0"
