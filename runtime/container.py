@@ -462,9 +462,11 @@ def _prepare_root(plan: _Plan, sock: socket.socket) -> int | None:
 # the monitor
 
 
-def _setgroups_allowed() -> bool:
+def _setgroups_allowed(pid: str = "self") -> bool:
+    """Whether setgroups(2) is allowed in the user namespace of `pid` (no if "deny" was written
+    there, as a process mapping only its own ids must)."""
     try:
-        with open("/proc/self/setgroups") as f:
+        with open(f"/proc/{pid}/setgroups") as f:
             return f.read().strip() == "allow"
     except OSError:
         return True
@@ -520,7 +522,7 @@ class Monitor:
     def _claim(self) -> ContainerState:
         """Mark the container running (refusing one that is), allocate its address."""
         with self.root.lock():
-            previous = self.cdir.effective_state()
+            previous = reconcile(self.root, self.cdir)  # a dead rootfs mount is detached
             if previous.status == RUNNING:
                 raise StartError(f"container {self.cfg.name} is already running", START_FAILED)
             if self.cfg.network == "bridge":
@@ -961,6 +963,7 @@ def exec_in(cdir: ContainerDir, spec: ProcessSpec) -> int:
     if state.status != RUNNING or not process_alive(state.init_pid, state.init_start):
         raise UsageError(f"container {cdir.name} is not running", 1)
     pid1 = state.init_pid
+    can_setgroups = _setgroups_allowed(str(pid1))  # while the host's /proc is ours
     kinds = list(namespaces.JOIN_ORDER)
     fds = namespaces.open_namespaces(pid1, kinds)
     root_fd = os.open(f"/proc/{pid1}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -971,7 +974,6 @@ def exec_in(cdir: ContainerDir, spec: ProcessSpec) -> int:
         os.chdir("/")
     finally:
         os.close(root_fd)
-    can_setgroups = _setgroups_allowed()
     master = slave = None
     if spec.tty:
         master, slave = os.openpty()

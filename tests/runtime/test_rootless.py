@@ -1,0 +1,151 @@
+"""Rootless: a real unprivileged user, created for the test and removed afterwards, runs
+`strata` from this checkout's venv (Debian's /usr/bin/python3) in a user namespace.
+
+The image's layers are copied and given to the user first: a rootless runtime can only show
+files it owns (or that its subordinate ids own) under their real owners; that is how rootless
+engines store images too.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.runtime.conftest import Strata, _pid_namespaces, check_no_leftovers, lowers_args
+
+pytestmark = [pytest.mark.root, pytest.mark.fuse]
+
+
+def _userns_possible() -> str | None:
+    if shutil.which("useradd") is None:
+        return "useradd is missing"
+    try:
+        with open("/proc/sys/user/max_user_namespaces") as f:
+            if int(f.read()) == 0:
+                return "user namespaces are disabled (user.max_user_namespaces = 0)"
+    except OSError:
+        pass
+    try:
+        with open("/proc/sys/kernel/unprivileged_userns_clone") as f:
+            if f.read().strip() == "0":
+                return "unprivileged user namespaces are disabled"
+    except OSError:
+        pass
+    if os.stat("/dev/fuse").st_mode & 0o006 != 0o006:
+        return "/dev/fuse is not usable by other users (chmod 0666 /dev/fuse)"
+    return None
+
+
+@pytest.fixture(params=["subids", "no-subids"])
+def rootless(
+    request: pytest.FixtureRequest, busybox_layers: list[Path]
+) -> Iterator[tuple[Strata, list[str], bool]]:
+    """A fresh user (with or without /etc/subuid ranges), its copy of the image, its `strata`."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create the test user")
+    reason = _userns_possible()
+    if reason:
+        pytest.skip(reason)
+    if request.param == "subids" and shutil.which("newuidmap") is None:
+        pytest.skip("newuidmap is missing (apt install uidmap)")
+    name = f"strt{secrets.token_hex(4)}"
+    # not below tmp_path: pytest's base temp dir is private to root
+    base = Path(tempfile.mkdtemp(prefix="strata-rootless-"))
+    os.chmod(base, 0o755)
+    home = base / "home"
+    extra = [] if request.param == "subids" else ["-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0"]
+    subprocess.run(
+        ["useradd", "-M", "-d", str(home), "-s", "/bin/sh", *extra, name],
+        check=True,
+        capture_output=True,
+    )
+    before = _pid_namespaces()
+    own = os.stat("/proc/self/ns/pid").st_ino
+    handle: Strata | None = None
+    try:
+        user = pwd.getpwnam(name)
+        home.mkdir()
+        image = home / "image"
+        image.mkdir()
+        layers = []
+        for i, layer in enumerate(busybox_layers):
+            copy = image / f"layer{i}"
+            subprocess.run(["cp", "-a", str(layer), str(copy)], check=True)
+            layers.append(copy)
+        subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(home)], check=True)
+        env = {
+            "HOME": str(home),
+            "USER": name,
+            "LOGNAME": name,
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+        }
+        handle = Strata(
+            root=home / ".local/share/strata", tmp=base, env=env,
+            user=user.pw_uid, group=user.pw_gid,
+        )  # fmt: skip
+        yield handle, lowers_args(layers), request.param == "subids"
+    finally:
+        try:
+            if handle is not None:
+                handle.cleanup()
+                check_no_leftovers(base, handle.root, before, own)
+        finally:
+            subprocess.run(["userdel", name], check=False, capture_output=True)
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def test_rootless_run_maps_the_user_to_root_and_writes_land_in_its_upper(
+    rootless: tuple[Strata, list[str], bool],
+) -> None:
+    strata, image, _ = rootless
+    done = strata.run(
+        "run", "--name", "r1", "--hostname", "rl", *image, "/bin/sh", "-c",
+        "echo $$; hostname; id -u; cat /proc/self/uid_map | wc -l; echo w > /opt/w; rm /etc/motd;"
+        " mount | head -1",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:3] == ["1", "rl", "0"]
+    assert lines[4].startswith("strata on / type fuse.strata")
+    assert strata.root == Path(strata.env["HOME"]) / ".local/share/strata"  # the XDG default
+    upper = strata.container_dir("r1") / "upper"
+    assert (upper / "opt/w").read_text() == "w\n"
+    assert os.stat(upper / "opt/w").st_uid == strata.user  # root inside is the user outside
+    assert not (upper / "etc/motd").exists() or os.stat(upper / "etc/motd").st_rdev == 0
+
+
+def test_rootless_lifecycle_and_other_ids(rootless: tuple[Strata, list[str], bool]) -> None:
+    strata, image, with_subids = rootless
+    strata.run("run", "-d", "--name", "bg", "--network", "none", *image, "/bin/sleep", "60",
+               check=True)  # fmt: skip
+    inside = strata.run("exec", "bg", "/bin/sh", "-c", "ps -o pid,comm | grep -c sleep; id -u")
+    assert inside.stdout.split() == ["1", "0"], inside.stderr
+    other = strata.run("exec", "-u", "1000:1000", "bg", "/bin/sh", "-c", "id -u; touch /tmp/o")
+    if with_subids:
+        assert other.stdout == "1000\n", other.stderr
+        st = os.stat(strata.container_dir("bg") / "upper/tmp/o")
+        assert st.st_uid != strata.user  # a subordinate id on the host
+    else:
+        assert other.returncode == 125
+        assert "not mapped in the user namespace" in other.stderr
+    assert strata.run("stop", "-t", "2", "bg").returncode == 0
+    assert strata.run("rm", "bg").returncode == 0  # also files owned by subordinate ids
+    assert strata.container_ids() == []
+
+
+def test_rootless_bridge_network_is_refused_clearly(
+    rootless: tuple[Strata, list[str], bool],
+) -> None:
+    strata, image, _ = rootless
+    done = strata.run("run", "--rm", "--network", "bridge", *image, "/bin/true")
+    assert done.returncode == 125
+    assert done.stderr == "strata: --network bridge needs root (rootless: use none or host)\n"

@@ -1,0 +1,128 @@
+"""`-it`: an interactive shell driven through a real pty, as a user at a terminal would."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import select
+import signal
+import struct
+import termios
+import time
+
+import pytest
+
+from tests.runtime.conftest import STRATA, Strata
+
+pytestmark = [pytest.mark.root, pytest.mark.fuse]
+
+
+class Terminal:
+    """`strata ARGS` on the slave side of a pty we hold the master of."""
+
+    def __init__(self, argv: list[str], *, rows: int = 24, cols: int = 80) -> None:
+        pid, fd = pty.fork()
+        if pid == 0:  # pragma: no cover - child
+            try:
+                os.execv(argv[0], argv)
+            finally:
+                os._exit(127)
+        self.pid, self.fd = pid, fd
+        self.output = b""
+        self.resize(rows, cols)
+
+    def resize(self, rows: int, cols: int) -> None:
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def read_until(self, needle: bytes, timeout: float = 20.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while needle not in self.output:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {needle!r} in {self.output!r}")
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if ready:
+                try:
+                    data = os.read(self.fd, 4096)
+                except OSError:  # EIO: the other side is gone
+                    data = b""
+                if not data:
+                    raise AssertionError(f"EOF before {needle!r} in {self.output!r}")
+                self.output += data
+        return self.output
+
+    def type(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def wait(self, timeout: float = 20.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with_output = select.select([self.fd], [], [], 0.05)[0]
+            if with_output:
+                try:
+                    self.output += os.read(self.fd, 4096)
+                except OSError:
+                    pass
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+        raise AssertionError("strata did not exit")
+
+    def close(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(self.fd)
+
+
+def test_interactive_shell_through_a_pty(strata: Strata, busybox: list[str]) -> None:
+    term = Terminal([STRATA, "run", "--root", str(strata.root), "--rm", "-it", *busybox, "/bin/sh"],
+                    rows=30, cols=100)  # fmt: skip
+    try:
+        term.read_until(b"# ")
+        term.type("tty; stty size; echo hi; exit 3\r")
+        assert term.wait() == 3
+        out = term.output.decode(errors="replace")
+        assert "/dev/pts/0" in out  # the container's own devpts
+        assert "30 100" in out  # our window size
+        assert "\r\nhi\r\n" in out
+    finally:
+        term.close()
+
+
+def test_window_size_changes_and_ctrl_c_reach_the_container(
+    strata: Strata, busybox: list[str]
+) -> None:
+    term = Terminal([STRATA, "run", "--root", str(strata.root), "--rm", "-it", *busybox, "/bin/sh"])
+    try:
+        term.read_until(b"# ")
+        term.resize(40, 120)
+        os.kill(term.pid, signal.SIGWINCH)
+        term.type("stty size\r")
+        term.read_until(b"40 120")
+        term.type("sleep 30\r")
+        time.sleep(0.5)
+        started = time.monotonic()
+        term.type("\x03")  # Ctrl-C: the pty's line discipline signals the foreground job
+        term.type("echo status $?\r")
+        term.read_until(b"status 130")
+        assert time.monotonic() - started < 10
+        term.type("exit\r")
+        assert term.wait() == 0
+    finally:
+        term.close()
+
+
+def test_exec_it_into_a_running_container(strata: Strata, busybox: list[str]) -> None:
+    strata.run("run", "-d", "--name", "bg", *busybox, "/bin/sleep", "60", check=True)
+    term = Terminal([STRATA, "exec", "--root", str(strata.root), "-it", "bg", "/bin/sh"])
+    try:
+        term.read_until(b"# ")
+        term.type("tty; ps -o pid,comm | grep -c sleep; exit 5\r")
+        assert term.wait() == 5
+        assert b"/dev/pts/0" in term.output
+    finally:
+        term.close()
