@@ -88,6 +88,12 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
         help="run a tiny init as PID 1 that reaps zombies and forwards signals",
     )
     parser.add_argument("--entrypoint", default=None, metavar="CMD", help="override it")
+    parser.add_argument(
+        "-m", "--memory", default="", metavar="SIZE", help="memory limit (512m, 2g; cgroups)"
+    )
+    parser.add_argument(
+        "--pids-limit", type=int, default=0, metavar="N", help="process limit (cgroups)"
+    )
     if run:
         parser.add_argument("-d", "--detach", action="store_true", help="run in the background")
     parser.add_argument("-D", "--debug", action="store_true", help="tracebacks on errors")
@@ -152,6 +158,13 @@ def _create_request(
             raise UsageError("--network bridge needs root (rootless: use none or host)", 125)
     elif args.subnet:
         raise UsageError("--subnet is only for --network bridge", 125)
+    memory = 0
+    if args.memory:
+        from .cgroups import parse_memory
+
+        memory = parse_memory(args.memory)
+    if args.pids_limit < 0:
+        raise UsageError(f"--pids-limit {args.pids_limit}: must be positive", 125)
     entrypoint = None
     if args.entrypoint is not None:
         entrypoint = (args.entrypoint,) if args.entrypoint else ()
@@ -172,6 +185,8 @@ def _create_request(
         interactive=args.interactive,
         init=args.init,
         auto_remove=args.rm,
+        memory=memory,
+        pids_limit=args.pids_limit,
         rootless=rootless,
         id_map=id_map,
     )

@@ -46,6 +46,7 @@ from unionfs.config import UnionConfig
 from unionfs.errors import UsageError
 
 from . import _libc, console, mounts, namespaces, network
+from .cgroups import Limits
 from .images import ImageSpec
 from .init import FORWARDED, deliver, exit_code, run_init
 from .namespaces import IdMap, IdRange, Namespace
@@ -488,6 +489,7 @@ class Monitor:
         self.init_pid = 0
         self.master: int | None = None
         self.address = ""
+        self.limits = Limits(cdir.config.id, memory=cdir.config.memory, pids=cdir.config.pids_limit)
 
     # -- the whole life
 
@@ -574,6 +576,7 @@ class Monitor:
             rootfs = self.daemon or UnionRootfs(privileged=not cfg.rootless)
             self.daemon = None
             stack.callback(rootfs.stop)
+            stack.callback(self.limits.remove)  # after the container's processes are gone
             rootfs.mount(
                 union_config(self.cdir), self.cdir.rootfs, log_path=self.cdir.sub("union.log")
             )
@@ -708,6 +711,9 @@ class Monitor:
             if self.cfg.network == "bridge":
                 net = network.parse_subnet(self.cfg.subnet)
                 network.connect_host_side(net, self.cfg.id, self.ns_parent)
+        if self.limits.wanted():
+            for warning in self.limits.apply(self.init_pid):
+                print(f"strata: warning: {warning}", file=sys.stderr, flush=True)
         if self.cfg.network == "bridge":
             _send(self.sock, "net")
 

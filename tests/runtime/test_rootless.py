@@ -149,3 +149,15 @@ def test_rootless_bridge_network_is_refused_clearly(
     done = strata.run("run", "--rm", "--network", "bridge", *image, "/bin/true")
     assert done.returncode == 125
     assert done.stderr == "strata: --network bridge needs root (rootless: use none or host)\n"
+
+
+def test_rootless_limits_without_a_delegated_cgroup_are_skipped_with_a_warning(
+    rootless: tuple[Strata, list[str], bool],
+) -> None:
+    strata, image, _ = rootless
+    done = strata.run("run", "--rm", "--pids-limit", "50", *image, "/bin/echo", "ran")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "ran\n"
+    if done.stderr:  # a cgroup we may write to would make it work instead
+        assert done.stderr.startswith("strata: warning: --pids-limit ignored")
+        assert done.stderr.count("\n") == 1

@@ -349,3 +349,29 @@ def test_network_bridge_reaches_the_host_and_back(strata: Strata, busybox: list[
     )  # fmt: skip
     assert ping.stdout.splitlines()[0] == "new"
     assert strata.run("stop", "-t", "2", "web").returncode == 0
+
+
+def test_memory_limit_kills_what_exceeds_it(strata: Strata, busybox: list[str]) -> None:
+    from runtime.cgroups import _find
+
+    if _find("memory") is None:
+        pytest.skip("no usable memory cgroup controller")
+    done = strata.run(
+        "run", "--rm", "-m", "16m", *busybox, "/bin/sh", "-c",
+        "dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null; echo dd=$?",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"dd={128 + signal.SIGKILL}\n"  # the OOM killer, in our cgroup only
+    assert "warning" not in done.stderr
+
+
+def test_pids_limit_stops_forks(strata: Strata, busybox: list[str]) -> None:
+    from runtime.cgroups import _find
+
+    if _find("pids") is None:
+        pytest.skip("no usable pids cgroup controller")
+    done = strata.run(
+        "run", "--rm", "--pids-limit", "4", *busybox, "/bin/sh", "-c",
+        "for i in 1 2 3 4 5 6; do sleep 1 & done; wait",
+    )  # fmt: skip
+    assert "can't fork" in done.stderr

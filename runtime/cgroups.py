@@ -1,0 +1,164 @@
+"""Resource limits (`--memory`, `--pids-limit`) with cgroups, v2 or v1, where we may use them.
+
+A container's cgroup is made below the runtime's own (`<our cgroup>/strata-<id>`), so the
+limits a host or an outer container sets stay in force. For each controller the v2 hierarchy is
+used when it has the controller (enabled for our children through `cgroup.subtree_control`),
+the v1 hierarchy of that controller otherwise (hybrid hosts have memory and pids in v1). Where
+neither is possible (no such controller, no write access as a rootless user without a delegated
+cgroup, v2's no-internal-processes rule) the limit is skipped with a warning: `Limits.apply()`
+returns the warnings and the caller prints them.
+
+The container's PID 1 is moved in before the command runs, so everything it starts is inside.
+`Limits.remove()` removes the cgroups once the container has exited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from unionfs.errors import UsageError
+
+_SIZE: Final = re.compile(r"(\d+)([bkmg]?)b?", re.IGNORECASE)
+_UNITS: Final = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+MIN_MEMORY: Final = 6 << 20  # as Docker: below this a container cannot even start
+
+
+def parse_memory(text: str) -> int:
+    """`--memory`: bytes, or a number with k, m or g (binary units)."""
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise UsageError(f"--memory {text}: expected a size such as 512m or 2g", 125)
+    size = int(m[1]) * _UNITS[m[2].lower()]
+    if size < MIN_MEMORY:
+        raise UsageError(f"--memory {text}: the minimum is 6m", 125)
+    return size
+
+
+@dataclass(frozen=True, slots=True)
+class _Hierarchy:
+    """Where one controller can be used: the mounted hierarchy and our cgroup in it."""
+
+    version: int
+    mountpoint: Path
+    ours: str  # our cgroup's path inside the hierarchy
+
+    def parent(self) -> Path:
+        return self.mountpoint / self.ours.lstrip("/")
+
+
+def _mounted_hierarchies() -> tuple[Path | None, dict[str, Path]]:
+    """The cgroup2 mount point and the v1 mount point of each controller."""
+    v2 = None
+    v1: dict[str, Path] = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fstype, _, options = right.split(" ", 2)
+            point = Path(left.split(" ")[4].replace("\\040", " "))
+            if fstype == "cgroup2" and v2 is None:
+                v2 = point
+            elif fstype == "cgroup":
+                for option in options.strip().split(","):
+                    v1.setdefault(option, point)
+    return v2, v1
+
+
+def _our_cgroups() -> tuple[str | None, dict[str, str]]:
+    """Our v2 cgroup path and our v1 cgroup path per controller (/proc/self/cgroup)."""
+    v2 = None
+    v1: dict[str, str] = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if not controllers:
+                v2 = path
+            for controller in controllers.split(","):
+                v1[controller] = path
+    return v2, v1
+
+
+def _find(controller: str) -> _Hierarchy | None:
+    v2_mount, v1_mounts = _mounted_hierarchies()
+    v2_path, v1_paths = _our_cgroups()
+    if v2_mount is not None and v2_path is not None:
+        parent = v2_mount / v2_path.lstrip("/")
+        with contextlib.suppress(OSError):
+            if controller in (parent / "cgroup.controllers").read_text().split():
+                return _Hierarchy(2, v2_mount, v2_path)
+    if controller in v1_mounts and controller in v1_paths:
+        return _Hierarchy(1, v1_mounts[controller], v1_paths[controller])
+    return None
+
+
+# controller -> (v1 file, v2 file)
+_FILES: Final = {
+    "memory": ("memory.limit_in_bytes", "memory.max"),
+    "pids": ("pids.max", "pids.max"),
+}
+
+
+@dataclass
+class Limits:
+    """The cgroups of one container run."""
+
+    container_id: str
+    memory: int = 0
+    pids: int = 0
+    made: list[Path] = field(default_factory=list)
+
+    def wanted(self) -> dict[str, int]:
+        return {k: v for k, v in (("memory", self.memory), ("pids", self.pids)) if v}
+
+    def apply(self, pid: int) -> list[str]:
+        """Make the cgroups, set the limits, move `pid` in; the warnings for what was skipped."""
+        warnings = []
+        for controller, value in self.wanted().items():
+            try:
+                self._apply_one(controller, value, pid)
+            except OSError as exc:
+                warnings.append(
+                    f"--{'memory' if controller == 'memory' else 'pids-limit'} ignored:"
+                    f" {controller} cgroup not usable here ({exc.strerror or exc})"
+                )
+        return warnings
+
+    def _apply_one(self, controller: str, value: int, pid: int) -> None:
+        where = _find(controller)
+        if where is None:
+            raise OSError(0, "the controller is not available")
+        parent = where.parent()
+        if where.version == 2:
+            _enable_in_subtree(parent, controller)
+        group = parent / f"strata-{self.container_id[:12]}"
+        if group not in self.made:
+            group.mkdir(exist_ok=True)
+            self.made.append(group)
+        (group / _FILES[controller][where.version - 1]).write_text(str(value))
+        (group / "cgroup.procs").write_text(str(pid))
+
+    def remove(self) -> None:
+        """rmdir each cgroup (retrying briefly while the kernel still counts exiting tasks)."""
+        for group in reversed(self.made):
+            for _ in range(50):
+                try:
+                    group.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY:
+                        break
+                    time.sleep(0.01)
+        self.made.clear()
+
+
+def _enable_in_subtree(parent: Path, controller: str) -> None:
+    control = parent / "cgroup.subtree_control"
+    if controller not in control.read_text().split():
+        control.write_text(f"+{controller}")
