@@ -489,6 +489,8 @@ class Monitor:
         self.init_pid = 0
         self.master: int | None = None
         self.address = ""
+        self.daemon_pid = 0
+        self.rootfs: UnionRootfs | None = None
         self.limits = Limits(cdir.config.id, memory=cdir.config.memory, pids=cdir.config.pids_limit)
 
     # -- the whole life
@@ -584,8 +586,10 @@ class Monitor:
             rootfs.wait_mounted()
             mark("rootfs mounted")
             stack.callback(self._reap_container)
+            self.rootfs = rootfs
+            self.daemon_pid = rootfs.pid or 0
             self._spawn(plan)
-            self._handshake(rootfs.pid or 0)
+            self._handshake(self.daemon_pid)
             mark("command started")
             if on_started is not None:
                 on_started()
@@ -720,28 +724,51 @@ class Monitor:
     # -- while it runs
 
     def _wait(self) -> int:
+        """Wait for the container (relaying its pty with -t); its wait status. Should the union
+        daemon die first, the container is killed: its root is gone."""
         assert self.ns_parent is not None
-        pid = self.ns_parent
-        if self.master is None:
-            _, status = os.waitpid(pid, 0)
-            self.ns_parent = None
-            return status
         result: list[int] = []
 
-        def finished() -> bool:
-            if not result:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
+        def finished(block: bool = False) -> bool:
+            while not result:
+                try:
+                    pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+                except ChildProcessError:
+                    return True
+                if pid == 0:
+                    return False
+                if pid == self.ns_parent:
                     result.append(status)
-            return bool(result)
+                elif pid == self.daemon_pid:
+                    self._daemon_died(status)
+            return True
 
-        stdin = sys.stdin.fileno() if self.cfg.interactive else None
-        with console.raw_terminal(sys.stdin.fileno()) if stdin is not None else _nothing():
-            console.relay(self.master, stdin=stdin, stdout=sys.stdout.fileno(), finished=finished)
-        os.close(self.master)
-        self.master = self.relay.master = None
+        if self.master is None:
+            finished(block=True)
+        else:
+            stdin = sys.stdin.fileno() if self.cfg.interactive else None
+            with console.raw_terminal(sys.stdin.fileno()) if stdin is not None else _nothing():
+                console.relay(
+                    self.master, stdin=stdin, stdout=sys.stdout.fileno(), finished=finished
+                )
+            os.close(self.master)
+            self.master = self.relay.master = None
         self.ns_parent = None
-        return result[0]
+        return result[0] if result else 128 + signal.SIGKILL
+
+    def _daemon_died(self, status: int) -> None:
+        self.daemon_pid = 0
+        if self.rootfs is not None:
+            self.rootfs.reaped()  # its pid may be reused: never signal it again
+        print(
+            f"strata: the union daemon died ({exit_code(status)}); stopping the container",
+            file=sys.stderr,
+            flush=True,
+        )
+        for target in (self.init_pid, self.ns_parent):
+            if target:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(target, signal.SIGKILL)
 
     def _reap_container(self) -> None:
         """After a failed start (or an exception): kill what was forked and reap it."""

@@ -196,6 +196,10 @@ class UnionRootfs:
 
     # -- stopping
 
+    def reaped(self) -> None:
+        """The caller has reaped the daemon (it died): `stop()` only detaches the mount."""
+        self.pid = None
+
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Unmount: SIGTERM makes the daemon unmount and exit; wait for it, kill it if it hangs,
         and detach whatever is still mounted at the mount point."""
@@ -205,6 +209,8 @@ class UnionRootfs:
         self._request_fd = self._report_fd = None
         pid, self.pid = self.pid, None
         if pid is None:
+            if self.mountpoint is not None:
+                detach_if_mounted(self.mountpoint)
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

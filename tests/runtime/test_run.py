@@ -375,3 +375,25 @@ def test_pids_limit_stops_forks(strata: Strata, busybox: list[str]) -> None:
         "for i in 1 2 3 4 5 6; do sleep 1 & done; wait",
     )  # fmt: skip
     assert "can't fork" in done.stderr
+
+
+def test_sigkill_of_the_union_daemon_stops_the_container_and_detaches_the_mount(
+    strata: Strata, busybox: list[str]
+) -> None:
+    proc = strata.popen(
+        "run", "--rm", "--name", "d1", *busybox, "/bin/sleep", "60",
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        info = wait_running(strata, "d1")
+        state = info["State"]
+        assert isinstance(state, dict)
+        os.kill(int(state["DaemonPid"]), signal.SIGKILL)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 128 + signal.SIGKILL
+        assert err == "strata: the union daemon died (137); stopping the container\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert not fuse_mounts_below(strata.tmp)
