@@ -147,10 +147,24 @@ class Strata:
         assert isinstance(info, dict)
         return info
 
+    def daemon_errors(self) -> list[str]:
+        """The union daemon logs (of the containers still there) that show a traceback."""
+        bad = []
+        for cid in self.container_ids():
+            log = self.containers_dir() / cid / "union.log"
+            with contextlib.suppress(OSError):
+                text = log.read_text(errors="replace")
+                if "Traceback" in text or "ERROR" in text:
+                    bad.append(f"{log}:\n{text[-2000:]}")
+        return bad
+
     def cleanup(self) -> None:
+        errors = self.daemon_errors()
         ids = self.container_ids()
         if ids:
             self.run("rm", "-f", *ids, timeout=60)
+        if errors:
+            pytest.fail("union daemon errors:\n" + "\n".join(errors), pytrace=False)
 
 
 def lowers_args(layers_base_first: Sequence[Path]) -> list[str]:
@@ -172,8 +186,10 @@ def strata(tmp_path: Path) -> Iterator[Strata]:
     try:
         yield handle
     finally:
-        handle.cleanup()
-        check_no_leftovers(tmp_path, handle.root, before, own)
+        try:
+            handle.cleanup()
+        finally:
+            check_no_leftovers(tmp_path, handle.root, before, own)
 
 
 def check_no_leftovers(tmp: Path, root: Path, before: dict[int, int], own: int) -> None:
