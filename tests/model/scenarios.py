@@ -262,7 +262,8 @@ def _write_all(fd: int, data: bytes, offset: int | None = None) -> None:
 
 @contextlib.contextmanager
 def _opened(path: bytes, flags: int, mode: int = 0o644) -> Iterator[int]:
-    fd = os.open(path, flags | os.O_CLOEXEC, mode)
+    """open(2) that never blocks on a fifo (O_NONBLOCK changes nothing for regular files)."""
+    fd = os.open(path, flags | os.O_CLOEXEC | os.O_NONBLOCK, mode)
     try:
         yield fd
     finally:
