@@ -8,6 +8,7 @@ kernel mount exists and before any layer is touched (the work dir is only writte
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import stat
@@ -112,14 +113,4 @@ def validate(cfg: UnionConfig) -> UnionConfig:
                 raise UsageError(f"upper {upper} and lower {lower} must not be inside one another")
             if _inside(work, lower) or _inside(lower, work):
                 raise UsageError(f"work {work} and lower {lower} must not be inside one another")
-    return UnionConfig(
-        lowers=lowers,
-        upper=upper,
-        work=work,
-        whiteout=cfg.whiteout,
-        volatile=cfg.volatile,
-        squash_uid=cfg.squash_uid,
-        squash_gid=cfg.squash_gid,
-        uid_map=cfg.uid_map,
-        gid_map=cfg.gid_map,
-    )
+    return dataclasses.replace(cfg, lowers=lowers, upper=upper, work=work)
