@@ -545,6 +545,16 @@ SCENARIOS = [
         needs_index=True,
     ),
     scenario(
+        "lower-hard-link-whose-other-name-is-shadowed",
+        ((File(b"a", b"top"),), (File(b"a", b"base"), HardLink(b"b", b"a"))),
+        Stat(b"b", want=stat_of("file", 0o644, 4, 2)),
+        Append(b"b", b"!"),
+        Stat(b"b", want=stat_of("file", 0o644, 5, 2)),
+        Read(b"a", want=b"top"),
+        doc="b's other name is hidden by the top layer's a; copy-up must not change b's st_nlink",
+        needs_index=True,
+    ),
+    scenario(
         "lower-file-with-two-names-link-a-third",
         (TWO_NAMES,),
         Link(b"e/f2", b"third"),
