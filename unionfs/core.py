@@ -103,6 +103,7 @@ class _Child:
     lower: int  # topmost lower layer holding it, 0 if none
     lowers: tuple[int, ...]  # dirs: lower candidates (opacity of each checked later)
     ino: int
+    nlink_extra: int = 0  # names of a copied-up hard-link group that were not linked up
 
 
 @dataclass(slots=True)
@@ -342,14 +343,23 @@ class UnionFS:
             return False
         return True
 
-    def _origin(self, dirfd: int, name: bytes, st: os.stat_result) -> int:
-        """st_ino of an upper object: its origin's when it was copied up, else its own."""
+    def _origin(self, dirfd: int, name: bytes, st: os.stat_result) -> tuple[int, int]:
+        """(st_ino, extra st_nlink) of an upper object: its origin's number when it was copied
+        up, else its own; the extra links are names of its lower hard-link group that stayed
+        below (shadowed or whited out in a higher layer), which overlayfs keeps counting."""
         if self.origin_xattr is not None:
             raw = _sys.getxattr(dirfd, name, self.origin_xattr)
             if raw is not None and len(raw) == 8:
-                value: int = struct.unpack("<Q", raw)[0]
-                return value
-        return encode_ino(UPPER, st.st_ino)
+                return struct.unpack("<Q", raw)[0], 0
+            if raw is not None and len(raw) == 12:
+                ino, extra = struct.unpack("<QI", raw)
+                return ino, extra
+        return encode_ino(UPPER, st.st_ino), 0
+
+    def _set_origin(self, dirfd: int, name: bytes, ino: int, extra: int = 0) -> None:
+        if self.origin_xattr is not None:
+            value = struct.pack("<QI", ino, extra) if extra else struct.pack("<Q", ino)
+            _sys.setxattr(dirfd, name, self.origin_xattr, value)
 
     # ------------------------------------------------------------------ lookup
 
@@ -387,7 +397,8 @@ class UnionFS:
                 ):
                     lowers = entry.layers
                 lower = entry.layers[0] if entry is not None else 0
-                return _Child(st, True, lower, lowers, self._origin(fd, name, st))
+                ino, extra = self._origin(fd, name, st)
+                return _Child(st, True, lower, lowers, ino, extra)
             if entry is not None and self._upper_whiteout(fd, name):
                 return None
         if entry is None:
@@ -424,7 +435,9 @@ class UnionFS:
             if node.is_dir and node.lowers != child.lowers and not node.opaque_checked:
                 node.lowers = child.lowers
                 node.view = None
-        if not child.upper:
+        if child.upper:
+            node.nlink_extra = child.nlink_extra
+        else:
             node.lower_st = child.st
         self.inodes.link(node, parent, name)
         return node
@@ -503,6 +516,8 @@ class UnionFS:
         nlink = st.st_nlink
         if not node.links and node.nodeid != ROOT:
             nlink = 0
+        elif node.upper and node.nlink_extra:
+            nlink += node.nlink_extra
         elif node.is_dir and len(node.lowers) + node.upper > 1:
             if not node.opaque_checked:
                 self._view(node)  # cuts node.lowers at an opaque layer
@@ -732,8 +747,7 @@ class UnionFS:
                     if exc.errno not in (errno.ENOTSUP, errno.EPERM):
                         raise
                     log.warning("copy-up: cannot keep xattr %s of %r: %s", attr, name, exc.strerror)
-        if self.origin_xattr is not None:
-            _sys.setxattr(dst_fd, dst, self.origin_xattr, struct.pack("<Q", origin))
+        self._set_origin(dst_fd, dst, origin)
         os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst_fd, follow_symlinks=False)
 
     def _origin_of(self, node: Node) -> int:
@@ -770,7 +784,8 @@ class UnionFS:
                 self._root_fds[layer], self.cfg.lowers[layer - 1], self._cache_fd
             )
             self._hardlinks[layer] = index
-        for path in index.get(st.st_ino, []):
+        group = index.get(st.st_ino, [])
+        for path in group:
             try:
                 dirnode = self.inodes.get(ROOT)
                 for comp in path[:-1]:
@@ -792,6 +807,11 @@ class UnionFS:
             except FileExistsError:
                 pass
             self._restore_times(dst_fd, pst)
+        fd, name = self._where(node, UPPER)
+        extra = len(group) - os.stat(name, dir_fd=fd, follow_symlinks=False).st_nlink
+        if extra > 0:  # names left below still count, as in overlayfs (index=on)
+            self._set_origin(fd, name, node.ino, extra)
+            node.nlink_extra = extra
 
     def _reopen_readers(self, node: Node) -> None:
         """Point read-only fds opened on the lower file at the copy, so they see new data."""

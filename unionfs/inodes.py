@@ -68,6 +68,7 @@ class Node:
     children: dict[bytes, Node] = field(default_factory=dict)
     open_fds: dict[int, int] = field(default_factory=dict)  # handle -> fd, for reopen and fstat
     generation: int = 0
+    nlink_extra: int = 0  # copied-up hard link: group names left in lower layers (still counted)
     attr: object = None  # core.Attr of a lower-only object (immutable until copy-up or unlink)
     _lock: trio.Lock | None = None
 

@@ -33,6 +33,7 @@ import errno
 import functools
 import os
 import stat
+import struct
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -1061,7 +1062,10 @@ def run_differential(
         )
         with KernelOverlay(r_dirs):
             back = without_private_xattrs(raw_snapshot(layout.readback_mnt, ino=False))
-        mine = {p: e._replace(ino=None) for p, e in s_raw.items()}
+        mine = {
+            p: e._replace(ino=None, nlink=_bare_nlink(layout.s_upper, p, e.nlink))
+            for p, e in s_raw.items()
+        }
         diff = diff_snapshots(mine, back, names=("strata", "kernel over strata's upper"))
         if diff:
             problems.append(
@@ -1069,6 +1073,22 @@ def run_differential(
                 + "\n  ".join(diff)
             )
     return problems
+
+
+def _bare_nlink(upper: Path, path: str, nlink: int | None) -> int | None:
+    """The st_nlink a reader of the bare upper sees for what strata shows with `nlink`.
+
+    A copied-up hard link whose group has names left in lower layers (shadowed or whited out)
+    keeps counting them in strata, as overlayfs with index=on does; strata records how many in
+    the 12-byte form of its origin xattr. Read as a plain layer, those names are not there.
+    """
+    if nlink is None:
+        return None
+    try:
+        raw = os.getxattr(upper / path.lstrip("/"), "trusted.strata.origin", follow_symlinks=False)
+    except OSError:
+        return nlink
+    return nlink - struct.unpack("<QI", raw)[1] if len(raw) == 12 else nlink
 
 
 def _walk(problems: list[str], who: str, take: Callable[[], T]) -> T | None:
