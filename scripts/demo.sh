@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command: set up, build the demo image, mount it with strata as a container
 # rootfs, change it from inside a chroot, unmount, and show what landed in the upper directory
-# (a copied-up file and a whiteout) and that the lower layers did not change. Run as root.
+# (a copied-up file and a whiteout) and that the lower layers did not change; then run a container
+# on the same image with `strata run`. Run as root.
 set -euo pipefail
 umask 022
 
@@ -143,8 +144,21 @@ run ls "$mnt/etc"
 [[ ! -e $mnt/etc/hostname ]] || fail "etc/hostname came back after remount"
 run "$strata" umount "$mnt"
 
+heading "A container on the same image: strata run"
+# New mount, PID, UTS and IPC namespaces on a fresh writable layer: the shell is PID 1, has its own
+# hostname, sees the image (not the changes above, which belong to the other container layer).
+out=$(run "$strata" run --rm --hostname demo --lower "$layers/update" --lower "$layers/base" \
+    /bin/sh -c 'echo "pid $$ on $(hostname)"; cat /etc/motd; echo changed > /etc/motd; ps')
+printf '%s\n' "$out"
+grep -q '^pid 1 on demo$' <<<"$out" || fail "the container's shell is not PID 1 on host 'demo'"
+ok "the container ran as PID 1 in its own namespaces; its layer was removed with --rm"
+is_mounted && fail "strata run left a mount behind"
+[[ $(fingerprint) == "$before" ]] || fail "the container changed a lower layer"
+ok "nothing left mounted, lower layers unchanged"
+
 heading "Done"
 echo "Try it yourself:"
 echo "  $strata mount --lower $layers/update --lower $layers/base --upper $upper --work $work $mnt"
 echo "  chroot $mnt /bin/sh"
 echo "  $strata umount $mnt"
+echo "  $strata run --rm -it --lower $layers/update --lower $layers/base /bin/sh"
