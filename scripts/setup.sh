@@ -14,9 +14,10 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 # fuse3/libfuse3-dev/pkg-config/gcc/python3-dev build pyfuse3; python3-venv makes the venv;
 # busybox-static is the demo image; attr/acl are used by tests; fuse-overlayfs and unionfs-fuse are
-# comparison peers for tests and benchmarks; mmdebstrap builds the Debian rootfs of the slow tests.
+# comparison peers for tests and benchmarks; mmdebstrap builds the Debian rootfs of the slow tests;
+# uidmap (newuidmap) serves rootless containers with subordinate ids, iproute2 the bridge network.
 packages=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc busybox-static attr acl
-          fuse-overlayfs unionfs-fuse mmdebstrap)
+          fuse-overlayfs unionfs-fuse mmdebstrap uidmap iproute2)
 
 # The system interpreter on purpose: PATH may hold a pyenv or similar python that other users
 # cannot read.
