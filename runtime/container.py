@@ -52,7 +52,7 @@ from .init import FORWARDED, deliver, exit_code, run_init
 from .namespaces import IdMap, IdRange, Namespace
 from .network import DEFAULT_SUBNET
 from .process import ExecError, ProcessSpec, exec_process
-from .rootfs import UnionRootfs, detach_if_mounted
+from .rootfs import OneShotReport, UnionRootfs, detach_if_mounted, redirect_stdio
 from .state import (
     CREATED,
     EXITED,
@@ -858,25 +858,10 @@ def start_detached(root: StateRoot, cdir: ContainerDir, *, remove_on_failure: bo
 
 def _monitor_daemon(root: StateRoot, cdir: ContainerDir, report_fd: int) -> NoReturn:
     status = 1
-    reported = False
-
-    def report(text: str) -> None:
-        nonlocal reported
-        if not reported:
-            reported = True
-            with contextlib.suppress(OSError):
-                os.write(report_fd, text.encode())
-            os.close(report_fd)
-
+    report = OneShotReport(report_fd)
     try:
         os.chdir("/")
-        null = os.open(os.devnull, os.O_RDWR)
-        log = os.open(cdir.sub("log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        os.dup2(null, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(null)
-        os.close(log)
+        redirect_stdio(cdir.sub("log"), stdout_to_log=True, mode=0o600)
         status = Monitor(root, cdir).run(on_started=lambda: report("ok\n"))
         if cdir.config.auto_remove:
             remove(root, cdir, force=True)

@@ -143,16 +143,7 @@ class UnionRootfs:
         """The daemon: import, read the request, mount, report `ok`, serve until unmounted or
         signalled; never returns. Without a request (the parent gave up) it exits quietly."""
         status = 1
-        reported = False
-
-        def report(text: str) -> None:
-            nonlocal reported
-            if not reported:
-                reported = True
-                with contextlib.suppress(OSError):
-                    os.write(report_fd, text.encode())
-                os.close(report_fd)
-
+        report = OneShotReport(report_fd)
         try:
             for sig in _CHILD_RESET_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
@@ -170,11 +161,11 @@ class UnionRootfs:
             data = _read_all(request_fd)
             os.close(request_fd)
             if not data:
-                reported = True
+                report.sent = True
                 os._exit(0)
             request = pickle.loads(data)
             assert isinstance(request, _Request)
-            _redirect_stdio(request.log_path)
+            redirect_stdio(request.log_path)
             logging.basicConfig(
                 level=logging.WARNING, format="%(asctime)s %(levelname)s:%(name)s:%(message)s"
             )
@@ -266,11 +257,28 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _redirect_stdio(log_path: Path) -> None:
+class OneShotReport:
+    """The child's half of a start-up pipe: the first `send()` reaches the parent (who reads
+    until EOF or a newline), later ones are dropped; the pipe closes after the first."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.sent = False
+
+    def __call__(self, text: str) -> None:
+        if not self.sent:
+            self.sent = True
+            with contextlib.suppress(OSError):
+                os.write(self.fd, text.encode())
+            os.close(self.fd)
+
+
+def redirect_stdio(log_path: Path, *, stdout_to_log: bool = False, mode: int = 0o644) -> None:
+    """stdin (and stdout unless `stdout_to_log`) from/to /dev/null, stderr appended to a log."""
     null = os.open(os.devnull, os.O_RDWR)
-    logfd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    logfd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, mode)
     os.dup2(null, 0)
-    os.dup2(null, 1)
+    os.dup2(logfd if stdout_to_log else null, 1)
     os.dup2(logfd, 2)
     os.close(null)
     os.close(logfd)
