@@ -638,7 +638,7 @@ def _strata_parser() -> _ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{STRATA} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for sub in (*SUBCOMMANDS, *_runtime_subcommands()):
+    for sub in (*SUBCOMMANDS, *_image_subcommands(_runtime_subcommands())):
         sub_parser = commands.add_parser(sub.name, help=sub.help, description=sub.help)
         sub.add_arguments(sub_parser)
         sub_parser.set_defaults(subcommand=sub)
@@ -652,6 +652,17 @@ def _runtime_subcommands() -> tuple[Subcommand, ...]:
     except ImportError:
         return ()
     return runtime_subcommands
+
+
+def _image_subcommands(runtime: tuple[Subcommand, ...]) -> tuple[Subcommand, ...]:
+    """The runtime's subcommands resolving images in the image store, and the store's own
+    (load, images, ...), when the image store is installed."""
+    try:
+        from images.cli import SUBCOMMANDS as image_subcommands
+        from images.cli import with_image_store
+    except ImportError:
+        return runtime
+    return (*with_image_store(runtime), *image_subcommands)
 
 
 def strata_main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,285 @@
+"""The image store's `strata` subcommands: load, import, images, rmi, tag, history, image.
+
+`unionfs.cli` appends `SUBCOMMANDS` and passes the runtime's subcommands through
+`with_image_store()`, which makes `strata run/create IMAGE` find images in the store of the
+`--root` they were given (the root is picked before the runtime enters a user namespace, where
+the default root would differ). Handlers import what they need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from unionfs.cli import Subcommand, _Runner
+from unionfs.errors import UsageError
+
+if TYPE_CHECKING:
+    from runtime.images import ImageSpec
+
+    from .store import ImageRecord, ImageStore
+
+_bound_root: list[Path] = []  # the store `strata run/create` resolves images in
+
+
+def _root_of(args: argparse.Namespace) -> Path:
+    from runtime.state import default_root
+
+    return Path(os.path.abspath(args.root)) if args.root else default_root()
+
+
+def _store(args: argparse.Namespace) -> ImageStore:
+    from .store import ImageStore
+
+    return ImageStore(_root_of(args))
+
+
+def _resolve(ref: str) -> ImageSpec | None:
+    if not _bound_root:
+        return None
+    from .store import ImageStore
+
+    store = ImageStore(_bound_root[-1])
+    rec = store.find(ref)
+    return None if rec is None else store.spec(rec, ref)
+
+
+def with_image_store(subcommands: Sequence[Subcommand]) -> tuple[Subcommand, ...]:
+    """The runtime's subcommands, `run` and `create` resolving images in the store."""
+    from runtime.images import register_resolver
+
+    register_resolver(_resolve)
+
+    def bind(sub: Subcommand) -> Subcommand:
+        def run(args: argparse.Namespace, runner: _Runner) -> int:
+            _bound_root.append(_root_of(args))
+            return sub.run(args, runner)
+
+        return replace(sub, run=run) if sub.name in ("run", "create") else sub
+
+    return tuple(bind(sub) for sub in subcommands)
+
+
+def _add_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--root", metavar="DIR", help="state root (as for strata run; or $STRATA_ROOT)"
+    )
+
+
+# -- load / import ---------------------------------------------------------------------------
+
+
+def _add_load(parser: argparse.ArgumentParser) -> None:
+    _add_root(parser)
+    parser.add_argument(
+        "-i", "--input", metavar="FILE", help="archive or OCI layout (default: stdin)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress")
+
+
+def _run_load(args: argparse.Namespace, runner: _Runner) -> int:
+    from .load import load, load_stream
+
+    store = _store(args)
+    if args.input and args.input != "-":
+        path = Path(args.input)
+        if not path.exists():
+            raise UsageError(f"{args.input}: no such file or directory", 125)
+        load(store, path, progress=not args.quiet)
+    else:
+        if sys.stdin.isatty():
+            raise UsageError("load: give -i FILE or an archive on stdin", 125)
+        load_stream(store, sys.stdin.buffer, progress=not args.quiet)
+    return 0
+
+
+def _add_import(parser: argparse.ArgumentParser) -> None:
+    _add_root(parser)
+    parser.add_argument("file", metavar="ROOTFS.tar", help="a rootfs tarball ('-': stdin)")
+    parser.add_argument("reference", nargs="?", metavar="NAME[:TAG]")
+    parser.add_argument(
+        "-c",
+        "--change",
+        action="append",
+        default=[],
+        metavar="'CMD ...'|'ENV K=V'...",
+        help="CMD, ENTRYPOINT, ENV, WORKDIR, USER or LABEL (JSON or shell form)",
+    )
+
+
+def _run_import(args: argparse.Namespace, runner: _Runner) -> int:
+    from .load import import_rootfs
+
+    store = _store(args)
+    rec = import_rootfs(store, args.file, args.reference, args.change)
+    print(f"sha256:{rec.id}")
+    return 0
+
+
+# -- images / inspect / history / tag / rmi / prune -------------------------------------------
+
+
+def _add_images(parser: argparse.ArgumentParser) -> None:
+    _add_root(parser)
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only ids")
+
+
+def _summary(store: ImageStore, rec: ImageRecord) -> dict[str, object]:
+    from .store import layer_size
+
+    size = sum(layer_size(store.layer_path(d)) for d in rec.layers if store.has_layer(d))
+    return {
+        "Id": f"sha256:{rec.id}",
+        "RepoTags": list(rec.tags),
+        "Created": rec.created,
+        "Size": size,
+        "Layers": len(rec.layers),
+    }
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
+
+
+def _run_images(args: argparse.Namespace, runner: _Runner) -> int:
+    store = _store(args)
+    records = store.images()
+    if args.quiet:
+        for rec in records:
+            print(rec.id[:12])
+        return 0
+    rows = [_summary(store, rec) for rec in records]
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'REPOSITORY':<40} {'TAG':<16} {'IMAGE ID':<12}  {'CREATED':<20}  SIZE")
+    for rec, row in zip(records, rows, strict=True):
+        size = _human(float(row["Size"]))  # type: ignore[arg-type]
+        for tag in rec.tags or ("<none>:<none>",):
+            repo, _, t = tag.rpartition(":")
+            print(f"{repo:<40} {t:<16} {rec.id[:12]}  {rec.created[:19]:<20}  {size}")
+    return 0
+
+
+def _add_ref(parser: argparse.ArgumentParser) -> None:
+    _add_root(parser)
+    parser.add_argument("image", metavar="IMAGE")
+
+
+def _run_inspect(args: argparse.Namespace, runner: _Runner) -> int:
+    store = _store(args)
+    rec = store.get(args.image)
+    info = {
+        **_summary(store, rec),
+        "Config": rec.config.get("config") or {},
+        "Architecture": rec.config.get("architecture"),
+        "Os": rec.config.get("os"),
+        "RootFS": {"Type": "layers", "Layers": [f"sha256:{d}" for d in rec.layers]},
+        "LayerDirs": [str(store.layer_path(d)) for d in reversed(rec.layers)],
+        "History": rec.config.get("history") or [],
+    }
+    print(json.dumps([info], indent=2))
+    return 0
+
+
+def _run_history(args: argparse.Namespace, runner: _Runner) -> int:
+    store = _store(args)
+    rec = store.get(args.image)
+    history = rec.config.get("history") or []
+    assert isinstance(history, list)
+    layers = list(rec.layers)
+    rows = []
+    for entry in history:
+        empty = bool(entry.get("empty_layer"))
+        layer = "" if empty or not layers else layers.pop(0)[:12]
+        rows.append((layer, str(entry.get("created", ""))[:19], str(entry.get("created_by", ""))))
+    print(f"{'LAYER':<12}  {'CREATED':<20}  CREATED BY")
+    for layer, created, by in reversed(rows):
+        print(f"{layer or '<missing>':<12}  {created:<20}  {by[:80]}")
+    return 0
+
+
+def _add_tag(parser: argparse.ArgumentParser) -> None:
+    _add_root(parser)
+    parser.add_argument("image", metavar="IMAGE")
+    parser.add_argument("target", metavar="NAME[:TAG]")
+
+
+def _run_tag(args: argparse.Namespace, runner: _Runner) -> int:
+    _store(args).tag(args.image, args.target)
+    return 0
+
+
+def _add_rmi(parser: argparse.ArgumentParser) -> None:
+    _add_root(parser)
+    parser.add_argument("-f", "--force", action="store_true", help="even if containers use it")
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+
+
+def _run_rmi(args: argparse.Namespace, runner: _Runner) -> int:
+    store = _store(args)
+    for ref in args.images:
+        for line in store.remove(ref, force=args.force):
+            print(line)
+    return 0
+
+
+def _add_prune(parser: argparse.ArgumentParser) -> None:
+    _add_root(parser)
+
+
+def _run_prune(args: argparse.Namespace, runner: _Runner) -> int:
+    for line in _store(args).prune():
+        print(line)
+    return 0
+
+
+_IMAGE_COMMANDS = {
+    "ls": (_add_images, _run_images),
+    "inspect": (_add_ref, _run_inspect),
+    "history": (_add_ref, _run_history),
+    "rm": (_add_rmi, _run_rmi),
+    "tag": (_add_tag, _run_tag),
+    "prune": (_add_prune, _run_prune),
+    "load": (_add_load, _run_load),
+    "import": (_add_import, _run_import),
+}
+
+
+def _add_image(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", dest="group_root", metavar="DIR", help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="image_command", metavar="COMMAND", required=True)
+    for name, (add, _run) in _IMAGE_COMMANDS.items():
+        add(sub.add_parser(name, help=f"image {name}"))
+
+
+def _run_image(args: argparse.Namespace, runner: _Runner) -> int:
+    args.root = args.root or args.group_root
+    return _IMAGE_COMMANDS[args.image_command][1](args, runner)
+
+
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    Subcommand("load", "load images from a docker/OCI archive or OCI layout", _add_load, _run_load),
+    Subcommand("import", "make a one-layer image from a rootfs tarball", _add_import, _run_import),
+    Subcommand("images", "list images", _add_images, _run_images),
+    Subcommand("rmi", "remove images (and the layers nothing else uses)", _add_rmi, _run_rmi),
+    Subcommand("tag", "add a name to an image", _add_tag, _run_tag),
+    Subcommand("history", "an image's history", _add_ref, _run_history),
+    Subcommand(
+        "image",
+        "image commands: ls inspect history rm tag prune load import",
+        _add_image,
+        _run_image,
+    ),
+)

@@ -1,0 +1,474 @@
+"""`strata load`: images from docker-archive tars, OCI archives and OCI layout directories.
+
+Accepted inputs:
+- old `docker save` / `podman save --format docker-archive`: `manifest.json`, `<config>.json`,
+  layer tars named in the manifest;
+- Docker >= 25 `docker save` and OCI archives (`podman save --format oci-archive`): a tar of an
+  OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/...`); when both `index.json` and
+  `manifest.json` are present the OCI index is used;
+- an OCI image layout directory.
+
+Layers may be uncompressed, gzip or zstd (found by their magic bytes, whatever the media type
+says). Every digest is checked while the bytes stream through: manifests and configs against their
+descriptors, layer blobs against theirs, and each uncompressed layer against the config's
+`rootfs.diff_ids`. A layer is extracted (`extract.extract_layer`) into the store's tmp dir and
+renamed into `layers/<diff_id>` only once it is complete and verified; a layer already in the
+store is only hashed. The image record is written last, so a failed load leaves the store as it
+was (apart from layers that were complete and verified, which `prune` removes if unused).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Final, cast
+
+from unionfs.errors import UsageError
+
+from .extract import LayerError, extract_layer, member_path
+from .store import ImageRecord, ImageStore, hex_of, normalize_ref
+
+_GZIP: Final = b"\x1f\x8b"
+_ZSTD: Final = b"\x28\xb5\x2f\xfd"
+_PROGRESS_MIN: Final = 8 << 20  # show progress for layers at least this big
+
+
+class LoadError(UsageError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 125)
+
+
+class _HashingReader(io.RawIOBase):
+    """Reads through `raw`, hashing every byte."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self.raw.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.hash.update(data)
+        self.count += n
+        return n
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+    def hexdigest(self) -> str:
+        return self.hash.hexdigest()
+
+
+class _Source:
+    """Files of the input by their path in the layout: a directory or a tar on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tar: tarfile.TarFile | None = None
+        self.members: dict[str, tarfile.TarInfo] = {}
+        if not path.is_dir():
+            try:
+                self.tar = tarfile.open(path, "r:")  # noqa: SIM115 (closed by close())
+            except (tarfile.TarError, OSError) as e:
+                raise LoadError(
+                    f"{path}: not a tar archive or OCI layout directory ({e})"
+                ) from None
+            for info in self.tar.getmembers():
+                try:
+                    name = member_path(info.name)
+                except LayerError:
+                    continue
+                self.members[name] = info
+
+    def exists(self, name: str) -> bool:
+        if self.tar is None:
+            return (self.path / member_path(name)).is_file()
+        return member_path(name) in self.members
+
+    @contextmanager
+    def open(self, name: str) -> Iterator[IO[bytes]]:
+        rel = member_path(name)
+        if self.tar is None:
+            target = self.path / rel
+            if target.is_symlink() or not target.is_file():
+                raise LoadError(f"{name}: missing from the layout")
+            with open(target, "rb") as f:
+                yield f
+            return
+        info = self.members.get(rel)
+        depth = 0
+        while info is not None and (info.issym() or info.islnk()) and depth < 8:
+            # docker-archive's <id>/layer.tar -> ../<diffid>.tar
+            base = os.path.dirname(rel) if info.issym() else ""
+            rel = os.path.normpath(os.path.join(base, info.linkname))
+            info = self.members.get(rel)
+            depth += 1
+        member = self.tar.extractfile(info) if info is not None and info.isreg() else None
+        if member is None:
+            raise LoadError(f"{name}: missing from the archive")
+        with member:
+            yield member
+
+    def size(self, name: str) -> int:
+        rel = member_path(name)
+        if self.tar is None:
+            return os.path.getsize(self.path / rel)
+        info = self.members.get(rel)
+        return info.size if info is not None else 0
+
+    def read(self, name: str, digest: str | None = None) -> bytes:
+        with self.open(name) as f:
+            data = f.read()
+        if digest is not None and hashlib.sha256(data).hexdigest() != hex_of(digest):
+            raise LoadError(f"{name}: content does not match its digest {digest}")
+        return data
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+
+
+@dataclass
+class _Image:
+    raw_config: bytes
+    layers: list[tuple[str, str | None]]  # (path in the input, blob digest if known)
+    tags: list[str]
+
+
+class _Progress:
+    """A one-line progress bar on stderr when it is a terminal; nothing otherwise."""
+
+    def __init__(self, label: str, total: int, enabled: bool) -> None:
+        self.label, self.total, self.done = label, total, 0
+        self.enabled = enabled and total >= _PROGRESS_MIN and sys.stderr.isatty()
+        self.shown = -1
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        pct = min(100, self.done * 100 // max(self.total, 1))
+        if pct != self.shown:
+            self.shown = pct
+            bar = "#" * (pct // 4)
+            sys.stderr.write(f"\r{self.label} [{bar:<25}] {pct:3d}%")
+            sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.enabled and self.shown >= 0:
+            sys.stderr.write("\n")
+
+
+def _json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LoadError(f"{what}: invalid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise LoadError(f"{what}: not a JSON object")
+    return value
+
+
+def _tag_of(ref: str) -> list[str]:
+    try:
+        return [normalize_ref(ref)]
+    except UsageError:
+        return []
+
+
+def _docker_images(src: _Source) -> list[_Image]:
+    manifest = json.loads(src.read("manifest.json"))
+    if not isinstance(manifest, list):
+        raise LoadError("manifest.json: not a list")
+    found = []
+    for entry in manifest:
+        config_name = str(entry["Config"])
+        stem = os.path.basename(config_name).removesuffix(".json")
+        digest = f"sha256:{stem}" if len(stem) == 64 else None
+        raw = src.read(config_name, digest)
+        layers: list[tuple[str, str | None]] = []
+        for name in entry["Layers"]:
+            base = os.path.basename(str(name))
+            blob = f"sha256:{base}" if len(base) == 64 and "blobs/" in str(name) else None
+            layers.append((str(name), blob))
+        tags = [t for ref in entry.get("RepoTags") or [] for t in _tag_of(str(ref))]
+        found.append(_Image(raw, layers, tags))
+    return found
+
+
+def _blob(digest: str) -> str:
+    return f"blobs/sha256/{hex_of(digest)}"
+
+
+def _oci_images(src: _Source) -> list[_Image]:
+    index = _json(src.read("index.json"), "index.json")
+    found = []
+    pending = [(m, None) for m in index.get("manifests") or []]
+    while pending:
+        desc, name = pending.pop(0)
+        assert isinstance(desc, dict)
+        annotations = desc.get("annotations") or {}
+        ref = annotations.get("io.containerd.image.name") or annotations.get(
+            "org.opencontainers.image.ref.name"
+        )
+        name = ref or name
+        data = _json(src.read(_blob(str(desc["digest"])), str(desc["digest"])), "manifest")
+        media = str(data.get("mediaType") or desc.get("mediaType") or "")
+        if "index" in media or "manifest.list" in media or "manifests" in data:
+            nested = [m for m in data.get("manifests") or [] if _usable(m)]
+            pending += [(m, name) for m in nested[:1]]
+            continue
+        config = data["config"]
+        assert isinstance(config, dict)
+        raw = src.read(_blob(str(config["digest"])), str(config["digest"]))
+        layers: list[tuple[str, str | None]] = [
+            (_blob(str(layer["digest"])), str(layer["digest"]))
+            for layer in data.get("layers") or []
+        ]
+        tags = _tag_of(str(name)) if name and ("/" in str(name) or ":" in str(name)) else []
+        found.append(_Image(raw, layers, tags))
+    return found
+
+
+def _usable(desc: object) -> bool:
+    if not isinstance(desc, dict):
+        return False
+    platform = desc.get("platform") or {}
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    return not platform or (platform.get("os") == "linux" and platform.get("architecture") == arch)
+
+
+def _decompressed(raw: IO[bytes]) -> IO[bytes]:
+    head = raw.read(4)
+    rest = _Prefixed(head, raw)
+    if head.startswith(_GZIP):
+        return cast(IO[bytes], gzip.GzipFile(fileobj=rest, mode="rb"))
+    if head.startswith(_ZSTD):
+        try:
+            import zstandard
+        except ImportError:
+            raise LoadError("zstd layer: install the 'zstandard' module") from None
+        return cast(
+            IO[bytes],
+            zstandard.ZstdDecompressor().stream_reader(
+                cast(IO[bytes], rest), read_across_frames=True
+            ),
+        )
+    return cast(IO[bytes], rest)
+
+
+class _Prefixed(io.RawIOBase):
+    def __init__(self, head: bytes, raw: IO[bytes]) -> None:
+        self.head, self.raw = head, raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
+        data = self.raw.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _load_layer(
+    store: ImageStore,
+    src: _Source,
+    name: str,
+    blob: str | None,
+    diff_id: str,
+    staging: Path,
+    progress: bool,
+) -> None:
+    with src.open(name) as raw:
+        size = src.size(name)
+        blob_hash = _HashingReader(raw)
+        tar_hash = _HashingReader(_decompressed(io.BufferedReader(blob_hash, 1 << 20)))
+        bar = _Progress(f"layer {diff_id[:12]}", size, progress)
+        dest = staging / diff_id
+        present = store.has_layer(diff_id) or dest.exists()
+        try:
+            if present:
+                tar_hash.drain()
+            else:
+                dest.mkdir()
+                extract_layer(io.BufferedReader(tar_hash, 1 << 20), dest, progress=bar)
+                tar_hash.drain()
+        except LayerError as e:
+            raise LoadError(f"layer {name}: {e}") from None
+        except (OSError, EOFError, ValueError) as e:
+            if isinstance(e, OSError) and e.filename:
+                raise
+            raise LoadError(f"layer {name}: cannot read it ({e})") from None
+        finally:
+            bar.end()
+        blob_hash.drain()
+    if blob is not None and blob_hash.hexdigest() != hex_of(blob):
+        raise LoadError(f"layer {name}: content does not match its digest {blob}")
+    if tar_hash.hexdigest() != diff_id:
+        raise LoadError(
+            f"layer {name}: uncompressed content does not match diff_id sha256:{diff_id}"
+        )
+
+
+def load(
+    store: ImageStore, path: Path, *, progress: bool = True, say: Callable[[str], None] = print
+) -> list[ImageRecord]:
+    """Load every image of the archive or layout at `path` into `store`."""
+    src = _Source(path)
+    try:
+        if src.exists("index.json"):
+            images = _oci_images(src)
+        elif src.exists("manifest.json"):
+            images = _docker_images(src)
+        else:
+            raise LoadError(f"{path}: neither an OCI layout (index.json) nor a docker archive")
+        if not images:
+            raise LoadError(f"{path}: no image in it")
+        records = []
+        with store.lock(), store.staging() as staging:
+            for image in images:
+                config = _json(image.raw_config, "image config")
+                rootfs = config.get("rootfs") or {}
+                diff_ids = [hex_of(str(d)) for d in rootfs.get("diff_ids") or []]
+                if len(diff_ids) != len(image.layers):
+                    raise LoadError(
+                        f"config has {len(diff_ids)} diff_ids for {len(image.layers)} layers"
+                    )
+                for (name, blob), diff_id in zip(image.layers, diff_ids, strict=True):
+                    _load_layer(store, src, name, blob, diff_id, staging, progress)
+                for diff_id in diff_ids:
+                    if (staging / diff_id).exists():
+                        store.add_layer(diff_id, staging / diff_id)
+                rec = store.add_image(image.raw_config, config, diff_ids, image.tags)
+                records.append(rec)
+                for tag in rec.tags if image.tags else ():
+                    if tag in image.tags:
+                        say(f"Loaded image: {tag}")
+                if not image.tags:
+                    say(f"Loaded image ID: sha256:{rec.id}")
+        return records
+    finally:
+        src.close()
+
+
+def load_stream(store: ImageStore, stream: IO[bytes], **kwargs: object) -> list[ImageRecord]:
+    """`load` from a pipe (spooled to a file inside the store first)."""
+    store.ensure()
+    with tempfile.NamedTemporaryFile(dir=store.tmp_dir, suffix=".tar") as tmp:
+        shutil.copyfileobj(stream, tmp, 1 << 20)
+        tmp.flush()
+        return load(store, Path(tmp.name), **kwargs)  # type: ignore[arg-type]
+
+
+def _parse_change(change: str, config: dict[str, object]) -> None:
+    """One `--change` line (a Dockerfile instruction) applied to the config's `config`."""
+    import shlex
+
+    key, _, value = change.strip().partition(" ")
+    key, value = key.upper(), value.strip()
+
+    def argv() -> list[str]:
+        if value.startswith("["):
+            parsed = json.loads(value)
+            if isinstance(parsed, list):
+                return [str(v) for v in parsed]
+        return ["/bin/sh", "-c", value]
+
+    if key in ("CMD", "ENTRYPOINT"):
+        config["Cmd" if key == "CMD" else "Entrypoint"] = argv()
+    elif key == "ENV":
+        env = [str(e) for e in config.get("Env") or []]  # type: ignore[attr-defined]
+        pairs = shlex.split(value)
+        if len(pairs) >= 1 and "=" not in pairs[0]:
+            pairs = [f"{pairs[0]}={value[len(pairs[0]) :].strip()}"]
+        for pair in pairs:
+            name = pair.partition("=")[0]
+            env = [e for e in env if e.partition("=")[0] != name] + [pair]
+        config["Env"] = env
+    elif key == "WORKDIR":
+        config["WorkingDir"] = value
+    elif key == "USER":
+        config["User"] = value
+    elif key == "LABEL":
+        labels = dict(config.get("Labels") or {})  # type: ignore[call-overload]
+        for pair in shlex.split(value):
+            name, _, v = pair.partition("=")
+            labels[name] = v
+        config["Labels"] = labels
+    else:
+        raise LoadError(f"--change {change!r}: unsupported (CMD ENTRYPOINT ENV WORKDIR USER LABEL)")
+
+
+def import_rootfs(
+    store: ImageStore, file: str, reference: str | None, changes: Sequence[str] = ()
+) -> ImageRecord:
+    """`strata import`: a one-layer image from a rootfs tarball (gzip/zstd/plain; '-': stdin)."""
+    import time
+
+    tags = [normalize_ref(reference)] if reference else []
+    inner: dict[str, object] = {
+        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+    }
+    for change in changes:
+        _parse_change(change, inner)
+    with store.lock(), store.staging() as staging:
+        dest = staging / "layer"
+        dest.mkdir()
+        stream: IO[bytes]
+        if file == "-":
+            stream = sys.stdin.buffer
+        else:
+            try:
+                stream = open(file, "rb")  # noqa: SIM115
+            except OSError as e:
+                raise LoadError(f"{file}: {e.strerror}") from None
+        try:
+            tar_hash = _HashingReader(_decompressed(stream))
+            try:
+                extract_layer(io.BufferedReader(tar_hash, 1 << 20), dest)
+                tar_hash.drain()
+            except LayerError as e:
+                raise LoadError(f"{file}: {e}") from None
+            except (EOFError, ValueError) as e:
+                raise LoadError(f"{file}: cannot read it ({e})") from None
+        finally:
+            if stream is not sys.stdin.buffer:
+                stream.close()
+        diff_id = tar_hash.hexdigest()
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+        config: dict[str, object] = {
+            "created": created,
+            "architecture": arch,
+            "os": "linux",
+            "config": inner,
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
+            "history": [
+                {"created": created, "created_by": f"strata import {os.path.basename(file)}"}
+            ],
+        }
+        raw = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+        store.add_layer(diff_id, dest)
+        return store.add_image(raw, config, [diff_id], tags)
