@@ -1,4 +1,4 @@
-"""The image store's `strata` subcommands: load, import, images, rmi, tag, history, image.
+"""The image store's `strata` subcommands: load, save, import, images, rmi, tag, history, image.
 
 `unionfs.cli` appends `SUBCOMMANDS` and passes the runtime's subcommands through
 `with_image_store()`, which makes `strata run/create IMAGE` find images in the store of the
@@ -96,6 +96,22 @@ def _run_load(args: argparse.Namespace, runner: _Runner) -> int:
         if sys.stdin.isatty():
             raise UsageError("load: give -i FILE or an archive on stdin", 125)
         load_stream(store, sys.stdin.buffer, progress=not args.quiet)
+    return 0
+
+
+def _add_save(parser: argparse.ArgumentParser) -> None:
+    _add_root(parser)
+    parser.add_argument("image", metavar="IMAGE")
+    parser.add_argument("-o", "--output", required=True, metavar="FILE")
+    parser.add_argument(
+        "--format", default="oci-archive", choices=("oci-archive", "docker-archive")
+    )
+
+
+def _run_save(args: argparse.Namespace, runner: _Runner) -> int:
+    from .save import save
+
+    save(_store(args), args.image, Path(args.output), args.format)
     return 0
 
 
@@ -254,6 +270,7 @@ _IMAGE_COMMANDS = {
     "prune": (_add_prune, _run_prune),
     "load": (_add_load, _run_load),
     "import": (_add_import, _run_import),
+    "save": (_add_save, _run_save),
 }
 
 
@@ -271,6 +288,7 @@ def _run_image(args: argparse.Namespace, runner: _Runner) -> int:
 
 SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("load", "load images from a docker/OCI archive or OCI layout", _add_load, _run_load),
+    Subcommand("save", "write an image as an OCI or docker archive", _add_save, _run_save),
     Subcommand("import", "make a one-layer image from a rootfs tarball", _add_import, _run_import),
     Subcommand("images", "list images", _add_images, _run_images),
     Subcommand("rmi", "remove images (and the layers nothing else uses)", _add_rmi, _run_rmi),
@@ -278,7 +296,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("history", "an image's history", _add_ref, _run_history),
     Subcommand(
         "image",
-        "image commands: ls inspect history rm tag prune load import",
+        "image commands: ls inspect history rm tag prune load import save",
         _add_image,
         _run_image,
     ),

@@ -63,6 +63,7 @@ class _Extractor:
         self.dirs: dict[str, tarfile.TarInfo] = {}  # metadata applied last (children change mtimes)
         self.linkable: set[str] = set()  # members a hard link may name
         self.progress = progress
+        self.payloads: list[tuple[str, int, int, int]] = []  # rel, tar offset, size, inode
 
     def real(self, rel: str) -> str:
         return os.path.join(self.dest, rel) if rel else str(self.dest)
@@ -131,6 +132,7 @@ class _Extractor:
             os.symlink(info.linkname, path)
         elif info.isreg():
             self.write_file(tar, info, path)
+            self.payloads.append((rel, info.offset_data, info.size, os.lstat(path).st_ino))
         elif info.isfifo():
             os.mkfifo(path, 0o600)
         elif info.ischr() or info.isblk():
@@ -200,8 +202,10 @@ class _Extractor:
 
 def extract_layer(
     stream: IO[bytes], dest: Path, *, progress: Callable[[int], None] | None = None
-) -> None:
-    """Extract the uncompressed tar `stream` into the empty directory `dest` (see module doc)."""
+) -> list[tuple[str, int, int, int]]:
+    """Extract the uncompressed tar `stream` into the empty directory `dest` (see module doc).
+
+    Returns where regular files' contents were: (path, offset in the tar, size, inode)."""
     extractor = _Extractor(dest, progress=progress)
     try:
         with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:
@@ -210,3 +214,4 @@ def extract_layer(
         extractor.finish()
     except tarfile.TarError as e:
         raise LayerError(f"not a valid tar: {e}") from None
+    return extractor.payloads

@@ -38,6 +38,7 @@ from unionfs.errors import UsageError
 
 from .extract import LayerError, extract_layer, member_path
 from .store import ImageRecord, ImageStore, hex_of, normalize_ref
+from .tarsplit import write_map
 
 _GZIP: Final = b"\x1f\x8b"
 _ZSTD: Final = b"\x28\xb5\x2f\xfd"
@@ -52,10 +53,11 @@ class LoadError(UsageError):
 class _HashingReader(io.RawIOBase):
     """Reads through `raw`, hashing every byte."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: IO[bytes], tee: IO[bytes] | None = None) -> None:
         self.raw = raw
         self.hash = hashlib.sha256()
         self.count = 0
+        self.tee = tee
 
     def readable(self) -> bool:
         return True
@@ -66,6 +68,8 @@ class _HashingReader(io.RawIOBase):
         buffer[:n] = data
         self.hash.update(data)
         self.count += n
+        if self.tee is not None:
+            self.tee.write(data)
         return n
 
     def drain(self) -> None:
@@ -292,6 +296,28 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
+def _extract_verified(
+    stream: IO[bytes], dest: Path, map_dest: Path, name: str, progress: _Progress | None
+) -> str:
+    """Extract the (maybe compressed) layer `stream` into `dest`, its tar map into `map_dest`;
+    return its diff_id (sha256 of the uncompressed tar)."""
+    raw_tar = dest.with_name(dest.name + ".raw")
+    with open(raw_tar, "wb") as tee:
+        tar_hash = _HashingReader(_decompressed(stream), tee)
+        try:
+            payloads = extract_layer(io.BufferedReader(tar_hash, 1 << 20), dest, progress=progress)
+            tar_hash.drain()
+        except LayerError as e:
+            raise LoadError(f"{name}: {e}") from None
+        except (OSError, EOFError, ValueError) as e:
+            if isinstance(e, OSError) and e.filename:
+                raise
+            raise LoadError(f"{name}: cannot read it ({e})") from None
+    write_map(raw_tar, dest, payloads, map_dest)
+    os.unlink(raw_tar)
+    return tar_hash.hexdigest()
+
+
 def _load_layer(
     store: ImageStore,
     src: _Source,
@@ -302,31 +328,29 @@ def _load_layer(
     progress: bool,
 ) -> None:
     with src.open(name) as raw:
-        size = src.size(name)
         blob_hash = _HashingReader(raw)
-        tar_hash = _HashingReader(_decompressed(io.BufferedReader(blob_hash, 1 << 20)))
-        bar = _Progress(f"layer {diff_id[:12]}", size, progress)
+        stream = io.BufferedReader(blob_hash, 1 << 20)
         dest = staging / diff_id
-        present = store.has_layer(diff_id) or dest.exists()
+        bar = _Progress(f"layer {diff_id[:12]}", src.size(name), progress)
         try:
-            if present:
-                tar_hash.drain()
+            if store.has_layer(diff_id) or dest.exists():
+                tar_hash = _HashingReader(_decompressed(stream))
+                try:
+                    tar_hash.drain()
+                except (EOFError, ValueError) as e:
+                    raise LoadError(f"layer {name}: cannot read it ({e})") from None
+                got = tar_hash.hexdigest()
             else:
                 dest.mkdir()
-                extract_layer(io.BufferedReader(tar_hash, 1 << 20), dest, progress=bar)
-                tar_hash.drain()
-        except LayerError as e:
-            raise LoadError(f"layer {name}: {e}") from None
-        except (OSError, EOFError, ValueError) as e:
-            if isinstance(e, OSError) and e.filename:
-                raise
-            raise LoadError(f"layer {name}: cannot read it ({e})") from None
+                got = _extract_verified(
+                    stream, dest, staging / f"{diff_id}.map", f"layer {name}", bar
+                )
         finally:
             bar.end()
         blob_hash.drain()
     if blob is not None and blob_hash.hexdigest() != hex_of(blob):
         raise LoadError(f"layer {name}: content does not match its digest {blob}")
-    if tar_hash.hexdigest() != diff_id:
+    if got != diff_id:
         raise LoadError(
             f"layer {name}: uncompressed content does not match diff_id sha256:{diff_id}"
         )
@@ -360,7 +384,7 @@ def load(
                     _load_layer(store, src, name, blob, diff_id, staging, progress)
                 for diff_id in diff_ids:
                     if (staging / diff_id).exists():
-                        store.add_layer(diff_id, staging / diff_id)
+                        store.add_layer(diff_id, staging / diff_id, staging / f"{diff_id}.map")
                 rec = store.add_image(image.raw_config, config, diff_ids, image.tags)
                 records.append(rec)
                 for tag in rec.tags if image.tags else ():
@@ -445,18 +469,10 @@ def import_rootfs(
             except OSError as e:
                 raise LoadError(f"{file}: {e.strerror}") from None
         try:
-            tar_hash = _HashingReader(_decompressed(stream))
-            try:
-                extract_layer(io.BufferedReader(tar_hash, 1 << 20), dest)
-                tar_hash.drain()
-            except LayerError as e:
-                raise LoadError(f"{file}: {e}") from None
-            except (EOFError, ValueError) as e:
-                raise LoadError(f"{file}: cannot read it ({e})") from None
+            diff_id = _extract_verified(stream, dest, staging / "layer.map", file, None)
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()
-        diff_id = tar_hash.hexdigest()
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
         config: dict[str, object] = {
@@ -470,5 +486,5 @@ def import_rootfs(
             ],
         }
         raw = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-        store.add_layer(diff_id, dest)
+        store.add_layer(diff_id, dest, staging / "layer.map")
         return store.add_image(raw, config, [diff_id], tags)

@@ -5,6 +5,7 @@ Layout (beside the runtime's `containers/`, under the same `lock`):
     images/layers/<diff_id hex>/   a layer, extracted once, shared by every image and container
     images/records/<id hex>.json   an image: its config, layer diff_ids (base first), tags
     images/configs/<id hex>        the config exactly as loaded (its sha256 is the image id)
+    images/maps/<diff_id>          a layer's tar without file contents (`tarsplit`), for `save`
     images/tmp/                    layers being extracted; renamed into place when complete
 
 An image id is the sha256 of its config, as Docker's. Every file is written to a temporary name
@@ -114,9 +115,10 @@ class ImageStore:
         self.records_dir = self.path / "records"
         self.configs_dir = self.path / "configs"
         self.tmp_dir = self.path / "tmp"
+        self.maps_dir = self.path / "maps"
 
     def ensure(self) -> None:
-        for d in (self.layers_dir, self.records_dir, self.configs_dir, self.tmp_dir):
+        for d in (self.layers_dir, self.records_dir, self.configs_dir, self.tmp_dir, self.maps_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     @contextlib.contextmanager
@@ -143,11 +145,15 @@ class ImageStore:
     def has_layer(self, diff_id: str) -> bool:
         return self.layer_path(diff_id).is_dir()
 
-    def add_layer(self, diff_id: str, extracted: Path) -> None:
-        """Move a completely extracted layer into place (with the lock held)."""
+    def map_path(self, diff_id: str) -> Path:
+        return self.maps_dir / diff_id
+
+    def add_layer(self, diff_id: str, extracted: Path, tar_map: Path) -> None:
+        """Move a completely extracted layer and its tar map into place (with the lock held)."""
         if self.has_layer(diff_id):
             remove_tree(extracted)
         else:
+            os.rename(tar_map, self.map_path(diff_id))
             os.rename(extracted, self.layer_path(diff_id))
 
     def layers(self) -> list[str]:
@@ -293,6 +299,8 @@ class ImageStore:
                 # rename first: a half-removed layer is never seen under its name
                 doomed = self.tmp_dir / f"rm-{diff_id}"
                 os.rename(self.layer_path(diff_id), doomed)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.map_path(diff_id))
                 remove_tree(doomed)
                 out.append(f"Deleted layer: sha256:{diff_id}")
         return out

@@ -121,6 +121,7 @@ def test_tag_rmi_prune(tmp_path: Path) -> None:
     assert store.layers() == [small.layers[0]]
     store.remove(small.id[:12], force=False)
     assert store.layers() == []
+    assert os.listdir(store.maps_dir) == []
     assert store.images() == []
 
 

@@ -1,0 +1,158 @@
+"""`strata save`: an image from the store as an OCI archive or a docker archive.
+
+The config is written exactly as it was loaded, and each layer as the exact tar it was loaded
+from (rebuilt from its tar map, `tarsplit`, and checked against its diff_id while it is written),
+uncompressed. So the image id and the diff_ids survive load -> save -> load, and podman or
+Docker load the result. A layer blob's digest is then its diff_id; a manifest loaded with gzip
+layers gets new layer digests (and so a new manifest digest), as `podman save` of an image
+pulled compressed does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Final
+
+from unionfs.errors import UsageError
+
+from .store import ImageRecord, ImageStore
+from .tarsplit import rebuild
+
+FORMATS: Final = ("oci-archive", "docker-archive")
+_LAYER: Final = "application/vnd.oci.image.layer.v1.tar"
+_CONFIG: Final = "application/vnd.oci.image.config.v1+json"
+_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
+
+
+class _Writer:
+    def __init__(self, tar: tarfile.TarFile) -> None:
+        self.tar = tar
+        self.dirs: set[str] = set()
+
+    def add(self, name: str, data: bytes) -> None:
+        self.mkdirs(name)
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), 0o644
+        self.tar.addfile(info, io.BytesIO(data))
+
+    def mkdirs(self, name: str) -> None:
+        parent = os.path.dirname(name)
+        if parent and parent not in self.dirs:
+            self.mkdirs(parent)
+            info = tarfile.TarInfo(parent)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            self.tar.addfile(info)
+            self.dirs.add(parent)
+
+    def add_layer(self, name: str, store: ImageStore, diff_id: str, spool: Path) -> int:
+        """The layer's original tar as `name`; its size. Checks the diff_id first."""
+        map_path = store.map_path(diff_id)
+        if not map_path.exists():
+            raise UsageError(f"layer {diff_id[:12]}: no tar map (loaded before save existed?)", 125)
+        h = hashlib.sha256()
+        with open(spool, "wb") as out:
+            try:
+                for chunk in rebuild(map_path, store.layer_path(diff_id)):
+                    h.update(chunk)
+                    out.write(chunk)
+            except (OSError, ValueError) as e:
+                raise UsageError(
+                    f"layer {diff_id[:12]}: cannot rebuild its tar ({e})", 125
+                ) from None
+        if h.hexdigest() != diff_id:
+            raise UsageError(f"layer {diff_id[:12]}: changed on disk since it was loaded", 125)
+        self.mkdirs(name)
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = spool.stat().st_size, 0o644
+        with open(spool, "rb") as f:
+            self.tar.addfile(info, f)
+        return info.size
+
+
+def save(store: ImageStore, ref: str, output: Path, fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt}: one of {', '.join(FORMATS)}", 125)
+    rec = store.get(ref)
+    config = store.config_bytes(rec.id)
+    tags = _tags_for(rec, ref)
+    output = output.absolute()
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        with (
+            tempfile.TemporaryDirectory(dir=store.tmp_dir) as spool_dir,
+            tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            writer = _Writer(tar)
+            spool = Path(spool_dir) / "layer"
+            if fmt == "oci-archive":
+                _oci(writer, store, rec, config, tags, spool)
+            else:
+                _docker(writer, store, rec, config, tags, spool)
+        os.rename(tmp, output)
+    finally:
+        if tmp.exists():
+            os.unlink(tmp)
+
+
+def _tags_for(rec: ImageRecord, ref: str) -> list[str]:
+    for tag in rec.tags:
+        if ref in (tag, tag.removeprefix("localhost/"), tag.removesuffix(":latest")):
+            return [tag]
+    return list(rec.tags[:1])
+
+
+def _oci(
+    writer: _Writer,
+    store: ImageStore,
+    rec: ImageRecord,
+    config: bytes,
+    tags: list[str],
+    spool: Path,
+) -> None:
+    writer.add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+    layers = []
+    for diff_id in rec.layers:
+        size = writer.add_layer(f"blobs/sha256/{diff_id}", store, diff_id, spool)
+        layers.append({"mediaType": _LAYER, "digest": f"sha256:{diff_id}", "size": size})
+    writer.add(f"blobs/sha256/{rec.id}", config)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": _MANIFEST,
+            "config": {"mediaType": _CONFIG, "digest": f"sha256:{rec.id}", "size": len(config)},
+            "layers": layers,
+        }
+    ).encode()
+    digest = hashlib.sha256(manifest).hexdigest()
+    writer.add(f"blobs/sha256/{digest}", manifest)
+    entry: dict[str, object] = {
+        "mediaType": _MANIFEST,
+        "digest": f"sha256:{digest}",
+        "size": len(manifest),
+    }
+    if tags:
+        entry["annotations"] = {"org.opencontainers.image.ref.name": tags[0]}
+    writer.add("index.json", json.dumps({"schemaVersion": 2, "manifests": [entry]}).encode())
+
+
+def _docker(
+    writer: _Writer,
+    store: ImageStore,
+    rec: ImageRecord,
+    config: bytes,
+    tags: list[str],
+    spool: Path,
+) -> None:
+    names = []
+    for diff_id in rec.layers:
+        writer.add_layer(f"{diff_id}.tar", store, diff_id, spool)
+        names.append(f"{diff_id}.tar")
+    writer.add(f"{rec.id}.json", config)
+    manifest = [{"Config": f"{rec.id}.json", "RepoTags": tags, "Layers": names}]
+    writer.add("manifest.json", json.dumps(manifest).encode())
