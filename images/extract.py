@@ -10,7 +10,8 @@ and created by hand:
 - names are relative, without `..`; `./` prefixes are dropped;
 - every parent of a member must be a real directory created by this extraction (a member under a
   symlink, `symlink-then-write`, is rejected), and nothing is ever opened following a symlink;
-- a hard link must name a member already extracted in this layer (a regular file, fifo or device);
+- a hard link must name a non-directory member already extracted in this layer (a symlink is
+  linked itself, never followed);
 - device nodes need root; sizes beyond `MAX_MEMBER_SIZE` or the free space are rejected before
   anything is read.
 
@@ -132,7 +133,8 @@ class _Extractor:
             os.symlink(info.linkname, path)
         elif info.isreg():
             self.write_file(tar, info, path)
-            self.payloads.append((rel, info.offset_data, info.size, os.lstat(path).st_ino))
+            if not info.issparse():  # a sparse member's stored data is not the file's bytes
+                self.payloads.append((rel, info.offset_data, info.size, os.lstat(path).st_ino))
         elif info.isfifo():
             os.mkfifo(path, 0o600)
         elif info.ischr() or info.isblk():
@@ -144,8 +146,7 @@ class _Extractor:
             raise LayerError(f"{name!r}: unsupported member type {info.type!r}")
         if not info.islnk():
             self.apply(info, path)
-            if not info.issym():
-                self.linkable.add(rel)
+            self.linkable.add(rel)  # a hard link to a symlink links the symlink itself
 
     def link(self, info: tarfile.TarInfo, rel: str, path: str) -> None:
         try:

@@ -27,7 +27,6 @@ import os
 import shutil
 import sys
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -356,6 +355,15 @@ def _load_layer(
         )
 
 
+def _add_layers(store: ImageStore, staging: Path, diff_ids: Sequence[str]) -> None:
+    """Move the layers extracted into `staging` into place (with the lock held)."""
+    for diff_id in diff_ids:
+        if (staging / diff_id).exists():
+            store.add_layer(diff_id, staging / diff_id, staging / f"{diff_id}.map")
+        elif not store.has_layer(diff_id):  # an rmi or prune took it meanwhile
+            raise LoadError(f"layer sha256:{diff_id} was removed during the load; load again")
+
+
 def load(
     store: ImageStore, path: Path, *, progress: bool = True, say: Callable[[str], None] = print
 ) -> list[ImageRecord]:
@@ -371,7 +379,9 @@ def load(
         if not images:
             raise LoadError(f"{path}: no image in it")
         records = []
-        with store.lock(), store.staging() as staging:
+        # extraction runs without the state root's lock (containers can start meanwhile);
+        # the lock is taken to record each image
+        with store.staging() as staging:
             for image in images:
                 config = _json(image.raw_config, "image config")
                 rootfs = config.get("rootfs") or {}
@@ -382,10 +392,9 @@ def load(
                     )
                 for (name, blob), diff_id in zip(image.layers, diff_ids, strict=True):
                     _load_layer(store, src, name, blob, diff_id, staging, progress)
-                for diff_id in diff_ids:
-                    if (staging / diff_id).exists():
-                        store.add_layer(diff_id, staging / diff_id, staging / f"{diff_id}.map")
-                rec = store.add_image(image.raw_config, config, diff_ids, image.tags)
+                with store.lock():
+                    _add_layers(store, staging, diff_ids)
+                    rec = store.add_image(image.raw_config, config, diff_ids, image.tags)
                 records.append(rec)
                 for tag in rec.tags if image.tags else ():
                     if tag in image.tags:
@@ -399,11 +408,10 @@ def load(
 
 def load_stream(store: ImageStore, stream: IO[bytes], **kwargs: object) -> list[ImageRecord]:
     """`load` from a pipe (spooled to a file inside the store first)."""
-    store.ensure()
-    with tempfile.NamedTemporaryFile(dir=store.tmp_dir, suffix=".tar") as tmp:
-        shutil.copyfileobj(stream, tmp, 1 << 20)
-        tmp.flush()
-        return load(store, Path(tmp.name), **kwargs)  # type: ignore[arg-type]
+    with store.staging() as spool:
+        with open(spool / "input.tar", "wb") as tmp:
+            shutil.copyfileobj(stream, tmp, 1 << 20)
+        return load(store, spool / "input.tar", **kwargs)  # type: ignore[arg-type]
 
 
 def _parse_change(change: str, config: dict[str, object]) -> None:
@@ -457,7 +465,7 @@ def import_rootfs(
     }
     for change in changes:
         _parse_change(change, inner)
-    with store.lock(), store.staging() as staging:
+    with store.staging() as staging:
         dest = staging / "layer"
         dest.mkdir()
         stream: IO[bytes]
@@ -486,5 +494,6 @@ def import_rootfs(
             ],
         }
         raw = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-        store.add_layer(diff_id, dest, staging / "layer.map")
-        return store.add_image(raw, config, [diff_id], tags)
+        with store.lock():
+            store.add_layer(diff_id, dest, staging / "layer.map")
+            return store.add_image(raw, config, [diff_id], tags)

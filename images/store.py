@@ -16,6 +16,7 @@ root's exclusive lock.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -129,13 +130,19 @@ class ImageStore:
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
-        """A private directory inside the store, removed afterwards whatever happens."""
+        """A private directory inside the store, removed afterwards whatever happens.
+
+        It is flock(2)ed while in use, so `prune` leaves it alone: loads extract without the
+        state root's lock (which `run`, `rm`, ... need) and take it only to record the result."""
         self.ensure()
         path = Path(tempfile.mkdtemp(dir=self.tmp_dir))
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield path
         finally:
             remove_tree(path)
+            os.close(fd)
 
     # -- layers --------------------------------------------------------------------------------
 
@@ -309,8 +316,25 @@ class ImageStore:
         """Remove layers no image or container uses (and leftovers of interrupted loads)."""
         with self.lock():
             for name in os.listdir(self.tmp_dir):
-                remove_tree(self.tmp_dir / name)
+                _remove_unless_busy(self.tmp_dir / name)
             return self._free_layers(self.layers())
+
+
+def _remove_unless_busy(path: Path) -> None:
+    """Remove a leftover of `ImageStore.staging()` unless a load is still using it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            os.unlink(path)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        remove_tree(path)
+    except BlockingIOError:
+        pass  # in use
+    finally:
+        os.close(fd)
 
 
 def _with_tags(rec: ImageRecord, tags: tuple[str, ...]) -> ImageRecord:

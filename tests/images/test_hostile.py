@@ -135,6 +135,7 @@ def test_symlinks_with_any_target_are_kept(tmp_path: Path) -> None:
             member("g", tarfile.LNKTYPE, link="f"),
             member("f2", data=b"two"),
             member("f2", data=b"three"),  # a later member replaces an earlier one
+            member("hl", tarfile.LNKTYPE, link="etc/localtime"),  # links the symlink itself
         ]
     )
     import io
@@ -144,4 +145,5 @@ def test_symlinks_with_any_target_are_kept(tmp_path: Path) -> None:
     assert os.readlink(dest / "up") == "../../.."
     assert os.stat(dest / "f").st_ino == os.stat(dest / "g").st_ino
     assert (dest / "f2").read_text() == "three"
+    assert os.lstat(dest / "hl").st_ino == os.lstat(dest / "etc/localtime").st_ino
     assert (dest / "f").stat().st_mtime == 1_700_000_000

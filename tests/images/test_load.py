@@ -260,3 +260,16 @@ def test_import_rootfs_and_run(strata: Strata, tmp_path: Path) -> None:
     assert run.stdout == "imported\n"
     run = strata.run("run", "--rm", "imported:1", "cat", "/etc/motd", check=True)
     assert run.stdout.strip()
+
+
+def test_prune_spares_a_load_in_progress(tmp_path: Path) -> None:
+    """Loads extract without the state root's lock; prune must not pull their staging away."""
+    store = ImageStore(tmp_path / "root")
+    store.ensure()
+    (store.tmp_dir / "leftover-file").write_text("x")
+    with store.staging() as staging:
+        (staging / "partial").write_text("x")
+        assert store.prune() == []
+        assert (staging / "partial").exists()
+        assert not (store.tmp_dir / "leftover-file").exists()
+    assert os.listdir(store.tmp_dir) == []
