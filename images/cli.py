@@ -2,8 +2,8 @@
 
 `unionfs.cli` appends `SUBCOMMANDS` and passes the runtime's subcommands through
 `with_image_store()`, which makes `strata run/create IMAGE` find images in the store of the
-`--root` they were given (the root is picked before the runtime enters a user namespace, where
-the default root would differ). Handlers import what they need.
+state root they use (the runtime picks it before entering a user namespace, where the default
+root would differ, and hands it to the resolver). Handlers import what they need.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,8 +23,6 @@ if TYPE_CHECKING:
     from runtime.images import ImageSpec
 
     from .store import ImageRecord, ImageStore
-
-_bound_root: list[Path] = []  # the store `strata run/create` resolves images in
 
 
 def _root_of(args: argparse.Namespace) -> Path:
@@ -40,12 +37,10 @@ def _store(args: argparse.Namespace) -> ImageStore:
     return ImageStore(_root_of(args))
 
 
-def _resolve(ref: str) -> ImageSpec | None:
-    if not _bound_root:
-        return None
+def _resolve(ref: str, root: Path) -> ImageSpec | None:
     from .store import ImageStore
 
-    store = ImageStore(_bound_root[-1])
+    store = ImageStore(root)
     rec = store.find(ref)
     return None if rec is None else store.spec(rec, ref)
 
@@ -55,15 +50,7 @@ def with_image_store(subcommands: Sequence[Subcommand]) -> tuple[Subcommand, ...
     from runtime.images import register_resolver
 
     register_resolver(_resolve)
-
-    def bind(sub: Subcommand) -> Subcommand:
-        def run(args: argparse.Namespace, runner: _Runner) -> int:
-            _bound_root.append(_root_of(args))
-            return sub.run(args, runner)
-
-        return replace(sub, run=run) if sub.name in ("run", "create") else sub
-
-    return tuple(bind(sub) for sub in subcommands)
+    return tuple(subcommands)
 
 
 def _add_root(parser: argparse.ArgumentParser) -> None:

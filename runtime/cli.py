@@ -125,7 +125,11 @@ def _parse_volume(spec: str) -> tuple[str, str, bool]:
 
 
 def _create_request(
-    args: argparse.Namespace, *, rootless: bool | None = None, id_map: IdMap | None = None
+    args: argparse.Namespace,
+    root: StateRoot,
+    *,
+    rootless: bool | None = None,
+    id_map: IdMap | None = None,
 ) -> CreateRequest:
     from . import network
     from .container import CreateRequest
@@ -141,7 +145,7 @@ def _create_request(
     else:
         if not rest:
             raise UsageError("no image given (IMAGE or --lower DIR)", 125)
-        image = lookup_image(rest.pop(0))
+        image = lookup_image(rest.pop(0), root.path)
     env: list[str] = []
     for path in args.env_file:
         env += read_env_file(path)
@@ -218,7 +222,7 @@ def _run(args: argparse.Namespace, runner: _Runner) -> int:
         from .container import create, run_attached, start_detached
 
         _check_hostname(args.hostname)
-        req = _create_request(args, rootless=rootless, id_map=id_map)
+        req = _create_request(args, root, rootless=rootless, id_map=id_map)
         cdir = create(root, req)
         mark("created")
         if args.detach:
@@ -255,7 +259,8 @@ def _create(args: argparse.Namespace, runner: _Runner) -> int:
     from .container import create
 
     _check_hostname(args.hostname)
-    cdir = create(_state_root(args), _create_request(args))
+    root = _state_root(args)
+    cdir = create(root, _create_request(args, root))
     print(cdir.id, flush=True)
     return 0
 

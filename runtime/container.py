@@ -164,6 +164,10 @@ def container_config(root: StateRoot, req: CreateRequest, cid: str) -> Container
 def create(root: StateRoot, req: CreateRequest) -> ContainerDir:
     """Make a container (its dir, writable layer, init layer); nothing runs yet."""
     with root.lock():
+        # The image was resolved before the lock was taken: an `rmi` may have removed it since.
+        for layer in req.image.layers:
+            if not layer.is_dir():
+                raise UsageError(f"image {req.image.ref}: layer {layer} is gone (removed?)", 125)
         if req.name:
             root.check_name(req.name)
         cid = root.new_id()

@@ -63,7 +63,8 @@ class ImageSpec:
     config: ImageConfig = field(default_factory=ImageConfig)
 
 
-Resolver = Callable[[str], "ImageSpec | None"]
+# (reference, state root) -> the image, or None when this resolver does not know it
+Resolver = Callable[[str, Path], "ImageSpec | None"]
 _resolvers: list[Resolver] = []
 
 
@@ -72,12 +73,13 @@ def register_resolver(resolver: Resolver) -> None:
     _resolvers.append(resolver)
 
 
-def lookup_image(ref: str) -> ImageSpec:
-    """The image called `ref`; UsageError "no such image" when nothing knows it."""
+def lookup_image(ref: str, root: Path) -> ImageSpec:
+    """The image called `ref` (in the image store of state root `root`, or a rootfs directory);
+    UsageError "no such image" when nothing knows it."""
     if not ref:
         raise UsageError("no image given", 125)
     for resolver in _resolvers:
-        spec = resolver(ref)
+        spec = resolver(ref, root)
         if spec is not None:
             return spec
     path = Path(os.path.abspath(ref))

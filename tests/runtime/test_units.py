@@ -173,15 +173,16 @@ def test_image_lookup(tmp_path: Path) -> None:
     rootfs = tmp_path / "rootfs"
     rootfs.mkdir()
     (tmp_path / "file").write_text("")
-    assert images.lookup_image(str(rootfs)).layers == (rootfs,)
+    root = tmp_path / "state"
+    assert images.lookup_image(str(rootfs), root).layers == (rootfs,)
     with pytest.raises(UsageError, match="no such image: nosuch"):
-        images.lookup_image("nosuch")
+        images.lookup_image("nosuch", root)
     with pytest.raises(UsageError, match="not a directory"):
-        images.lookup_image(str(tmp_path / "file"))
+        images.lookup_image(str(tmp_path / "file"), root)
     spec = images.ImageSpec("named", (rootfs,), images.ImageConfig(cmd=("/bin/sh",)))
-    images.register_resolver(lambda ref: spec if ref == "named" else None)
+    images.register_resolver(lambda ref, r: spec if (ref, r) == ("named", root) else None)
     try:
-        assert images.lookup_image("named") is spec
+        assert images.lookup_image("named", root) is spec
     finally:
         images._resolvers.clear()
     two = images.layers_image([str(rootfs), str(tmp_path)])
