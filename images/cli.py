@@ -1,4 +1,4 @@
-"""The image store's `strata` subcommands: load, save, import, images, rmi, tag, history, image.
+"""The image store's `strata` subcommands: load, save, import, commit, images, rmi, tag, history, image.
 
 `unionfs.cli` appends `SUBCOMMANDS` and passes the runtime's subcommands through
 `with_image_store()`, which makes `strata run/create IMAGE` find images in the store of the
@@ -121,6 +121,21 @@ def _run_import(args: argparse.Namespace, runner: _Runner) -> int:
 
     store = _store(args)
     rec = import_rootfs(store, args.file, args.reference, args.change)
+    print(f"sha256:{rec.id}")
+    return 0
+
+
+def _add_commit(parser: argparse.ArgumentParser) -> None:
+    _add_root(parser)
+    parser.add_argument("container", metavar="CONTAINER")
+    parser.add_argument("reference", nargs="?", metavar="NAME[:TAG]")
+    parser.add_argument("-m", "--message", default="", help="a comment for the history entry")
+
+
+def _run_commit(args: argparse.Namespace, runner: _Runner) -> int:
+    from .commit import commit
+
+    rec = commit(_store(args), args.container, args.reference, args.message)
     print(f"sha256:{rec.id}")
     return 0
 
@@ -277,6 +292,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("load", "load images from a docker/OCI archive or OCI layout", _add_load, _run_load),
     Subcommand("save", "write an image as an OCI or docker archive", _add_save, _run_save),
     Subcommand("import", "make a one-layer image from a rootfs tarball", _add_import, _run_import),
+    Subcommand("commit", "make an image from a container's changes", _add_commit, _run_commit),
     Subcommand("images", "list images", _add_images, _run_images),
     Subcommand("rmi", "remove images (and the layers nothing else uses)", _add_rmi, _run_rmi),
     Subcommand("tag", "add a name to an image", _add_tag, _run_tag),

@@ -1,0 +1,198 @@
+"""`strata commit CONTAINER [NAME[:TAG]]`: a container's upper dir becomes a layer of a new image.
+
+The upper is written as an OCI image-spec changeset (a deterministic tar, names sorted, the opaque
+marker first in its directory):
+
+- a 0/0 character device (strata's whiteout) or a `.wh.NAME` file -> an empty `.wh.NAME` member;
+- a directory marked opaque (`trusted.overlay.opaque`, `user.overlay.opaque`,
+  `user.fuseoverlayfs.opaque`, or a `.wh..wh..opq` file in it) -> a `.wh..wh..opq` member;
+- modes, numeric owners, mtimes (whole seconds), xattrs as PAX `SCHILY.xattr.*` (never strata's
+  private ones nor overlay markers), hard links within the upper as tar hard links, symlinks,
+  fifos, devices.
+
+The tar is then extracted into the store exactly as a loaded layer is (same checks, same tar map,
+so `save` gives back the same bytes), and the image record gets the container's image config
+with the new diff_id and a history entry appended.
+
+A running container is refused (nothing is paused; stop it first): its upper would be read while
+it changes. The container's image must be in the store (a container made from a plain directory
+has no config or diff_ids to build on).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import stat
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+from runtime.state import RUNNING, ContainerDir
+from unionfs.errors import UsageError
+from unionfs.whiteout import (
+    OPAQUE_MARKER,
+    OPAQUE_XATTRS,
+    is_chardev_whiteout,
+    is_opaque_value,
+    is_private_xattr,
+)
+
+from .load import _extract_verified
+from .store import ImageRecord, ImageStore, normalize_ref
+
+_OPQ: Final = OPAQUE_MARKER.decode()
+
+
+def _xattrs(path: str) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    out = {}
+    for name in names:
+        try:
+            out[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue
+    return out
+
+
+def _is_opaque(attrs: dict[str, bytes]) -> bool:
+    return any(is_opaque_value(attrs.get(a)) for a in OPAQUE_XATTRS)
+
+
+def _entries(upper: Path) -> Iterator[str]:
+    """Relative paths under `upper`, depth first, names sorted, `.wh..wh..opq` first in a dir."""
+
+    def walk(rel: str) -> Iterator[str]:
+        names = sorted(os.listdir(os.path.join(upper, rel) if rel else upper))
+        if _OPQ in names:
+            names.remove(_OPQ)
+            names.insert(0, _OPQ)
+        for name in names:
+            child = f"{rel}/{name}" if rel else name
+            yield child
+            if stat.S_ISDIR(os.lstat(os.path.join(upper, child)).st_mode):
+                yield from walk(child)
+
+    yield from walk("")
+
+
+def _marker(name: str, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.mode = 0o644
+    info.mtime = mtime
+    return info
+
+
+def write_changeset(upper: Path, out: Path) -> None:
+    """The OCI changeset of the upper dir `upper` as an uncompressed tar at `out`."""
+    links: dict[tuple[int, int], str] = {}
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for rel in _entries(upper):
+            path = os.path.join(upper, rel)
+            st = os.lstat(path)
+            head, _, name = rel.rpartition("/")
+            mtime = int(st.st_mtime)
+            if is_chardev_whiteout(st.st_mode, st.st_rdev):
+                tar.addfile(_marker(f"{head}/.wh.{name}" if head else f".wh.{name}", mtime))
+                continue
+            if name.startswith(".wh."):  # `.wh.NAME` / opaque marker files: empty, as the spec
+                tar.addfile(_marker(rel, mtime))
+                continue
+            info = tarfile.TarInfo(rel)
+            info.mode = stat.S_IMODE(st.st_mode)
+            info.uid, info.gid = st.st_uid, st.st_gid
+            info.uname = info.gname = ""
+            info.mtime = mtime
+            attrs = _xattrs(path)
+            info.pax_headers = {
+                f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
+                for k, v in sorted(attrs.items())
+                if not is_private_xattr(k)
+            }
+            if stat.S_ISDIR(st.st_mode):
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+                if _is_opaque(attrs) and not os.path.lexists(os.path.join(path, _OPQ)):
+                    tar.addfile(_marker(f"{rel}/{_OPQ}", mtime))
+            elif stat.S_ISREG(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if st.st_nlink > 1 and key in links:
+                    info.type = tarfile.LNKTYPE
+                    info.linkname = links[key]
+                    tar.addfile(info)
+                    continue
+                links[key] = rel
+                info.size = st.st_size
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                with os.fdopen(fd, "rb") as f:
+                    tar.addfile(info, f)
+            elif stat.S_ISLNK(st.st_mode):
+                info.type = tarfile.SYMTYPE
+                info.linkname = os.readlink(path)
+                tar.addfile(info)
+            elif stat.S_ISFIFO(st.st_mode):
+                info.type = tarfile.FIFOTYPE
+                tar.addfile(info)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                info.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
+                info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+                tar.addfile(info)
+            # sockets are not kept (as docker)
+
+
+def _image_of(store: ImageStore, cdir: ContainerDir) -> ImageRecord:
+    mine = tuple(cdir.config.layers)
+    for rec in store.images():
+        if tuple(str(store.layer_path(d)) for d in reversed(rec.layers)) == mine:
+            return rec
+    raise UsageError(
+        f"container {cdir.name}: its image ({cdir.config.image}) is not in the image store", 125
+    )
+
+
+def commit(
+    store: ImageStore, container: str, reference: str | None, message: str = ""
+) -> ImageRecord:
+    """`strata commit`: see the module doc."""
+    tags = [normalize_ref(reference)] if reference else []
+    cdir = store.state.find(container)
+    if cdir.effective_state().status == RUNNING:
+        raise UsageError(f"container {cdir.name} is running; stop it before commit", 125)
+    upper = cdir.sub("upper")
+    if cdir.config.read_only or not upper.is_dir():
+        raise UsageError(f"container {cdir.name} has no writable layer (--read-only)", 125)
+    base = _image_of(store, cdir)
+    with store.staging() as staging:
+        raw_tar = staging / "layer.tar"
+        write_changeset(upper, raw_tar)
+        dest = staging / "layer"
+        dest.mkdir()
+        with open(raw_tar, "rb") as stream:
+            diff_id = _extract_verified(stream, dest, staging / "layer.map", "commit", None)
+        os.unlink(raw_tar)
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        config = copy.deepcopy(base.config)
+        config["created"] = created
+        rootfs = dict(config.get("rootfs") or {})  # type: ignore[call-overload]
+        rootfs["type"] = "layers"
+        rootfs["diff_ids"] = [f"sha256:{d}" for d in (*base.layers, diff_id)]
+        config["rootfs"] = rootfs
+        history = list(config.get("history") or [])  # type: ignore[call-overload]
+        entry: dict[str, object] = {"created": created, "created_by": f"strata commit {cdir.name}"}
+        if message:
+            entry["comment"] = message
+        history.append(entry)
+        config["history"] = history
+        raw = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+        with store.lock():
+            for d in base.layers:
+                if not store.has_layer(d):
+                    raise UsageError(f"layer sha256:{d} was removed during the commit", 125)
+            store.add_layer(diff_id, dest, staging / "layer.map")
+            return store.add_image(raw, config, [*base.layers, diff_id], tags)

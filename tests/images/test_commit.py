@@ -1,0 +1,177 @@
+"""`strata commit`: the upper dir as an OCI changeset layer (whiteouts, opaque markers, no private
+xattrs), the committed image runs with exactly the container's changes, and `save` round-trips."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from images.commit import write_changeset
+from images.load import load
+from images.save import save
+from images.store import ImageStore
+from images.tarsplit import rebuild
+from tests.runtime.conftest import Strata
+from tests.runtime.test_run import wait_running
+
+from .test_load import IMAGE_ID, _archive
+
+
+def _members(store: ImageStore, diff_id: str) -> list[tarfile.TarInfo]:
+    data = b"".join(rebuild(store.map_path(diff_id), store.layer_path(diff_id)))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return tar.getmembers()
+
+
+def _setxattr_or_skip(path: Path, name: str, value: bytes) -> None:
+    try:
+        os.setxattr(path, name, value, follow_symlinks=False)
+    except OSError as e:
+        pytest.skip(f"no user xattrs here: {e.strerror}")
+
+
+def test_changeset_without_root(tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    (upper / "d/sub").mkdir(parents=True)
+    (upper / "d/.wh.gone").write_bytes(b"")
+    (upper / "d/b").write_text("b\n")
+    os.link(upper / "d/b", upper / "d/a-link")
+    (upper / "d/sub/x").write_text("x\n")
+    os.symlink("../b", upper / "d/sub/ln")
+    os.mkfifo(upper / "d/fifo")
+    _setxattr_or_skip(upper / "d/sub", "user.overlay.opaque", b"y")
+    _setxattr_or_skip(upper / "d/b", "user.strata.origin", b"private")
+    _setxattr_or_skip(upper / "d/b", "user.mine", b"kept")
+    out, again = tmp_path / "one.tar", tmp_path / "two.tar"
+    write_changeset(upper, out)
+    write_changeset(upper, again)
+    assert out.read_bytes() == again.read_bytes()  # deterministic
+    with tarfile.open(out) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        names = [m.name for m in tar.getmembers()]
+    assert names == [
+        "d",
+        "d/.wh.gone",
+        "d/a-link",
+        "d/b",
+        "d/fifo",
+        "d/sub",
+        "d/sub/.wh..wh..opq",
+        "d/sub/ln",
+        "d/sub/x",
+    ]
+    # the first name of a hard-linked pair holds the data, the second links to it
+    assert members["d/a-link"].isreg()
+    assert members["d/a-link"].size == 2
+    assert members["d/b"].islnk()
+    assert members["d/b"].linkname == "d/a-link"
+    assert members["d/sub/ln"].issym()
+    assert members["d/sub/ln"].linkname == "../b"
+    assert members["d/fifo"].isfifo()
+    assert members["d/.wh.gone"].isreg()
+    assert members["d/.wh.gone"].size == 0
+    headers = {k for m in members.values() for k in m.pax_headers}
+    assert "SCHILY.xattr.user.mine" in headers
+    assert not [h for h in headers if "strata" in h or "overlay" in h]
+
+
+SCRIPT = r"""
+set -e
+echo new > /opt/newfile
+ln /opt/newfile /opt/newlink
+rm /etc/motd
+rm -rf /opt/keep
+mkdir /opt/keep
+echo fresh > /opt/keep/fresh
+echo more >> /etc/passwd
+"""
+
+CHECK = r"""
+test -e /etc/motd || echo motd-gone
+ls -A /opt/keep; cat /opt/keep/fresh /opt/newfile; tail -n2 /etc/passwd
+test "$(stat -c %i /opt/newfile)" = "$(stat -c %i /opt/newlink)" && echo linked
+ls -A /opt/tree; find / -xdev -name '.wh.*' | head -n1
+echo end
+"""
+
+
+def test_commit_runs_and_round_trips(strata: Strata) -> None:
+    strata.run("load", "-q", "-i", str(_archive("oci")), check=True)
+    strata.run("run", "--name", "c1", "uniontest:1", "sh", "-c", SCRIPT, check=True)
+    done = strata.run("commit", "c1", "committed:1", "-m", "changes", check=True)
+    store = ImageStore(strata.root)
+    rec = store.get("committed:1")
+    assert done.stdout == f"sha256:{rec.id}\n"
+    base = store.get("uniontest:1")
+    assert base.id == IMAGE_ID
+    assert rec.layers[:-1] == base.layers
+    assert len(rec.layers) == len(base.layers) + 1
+    diff_ids = rec.config["rootfs"]["diff_ids"]  # type: ignore[index]
+    assert diff_ids == [f"sha256:{d}" for d in rec.layers]
+    history = rec.config["history"]
+    assert isinstance(history, list)
+    assert history[-1]["created_by"] == "strata commit c1"
+    assert history[-1]["comment"] == "changes"
+    assert rec.runtime_config == base.runtime_config
+    # the layer tar: whiteout, opaque marker, changed files, no private or overlay xattrs
+    members = _members(store, rec.layers[-1])
+    by_name = {m.name: m for m in members}
+    for name in ("etc/.wh.motd", "opt/keep/.wh..wh..opq", "opt/keep/fresh", "etc/passwd"):
+        assert name in by_name, name
+    assert by_name["opt/keep"].isdir()
+    assert by_name["opt/newlink"].islnk()
+    assert by_name["opt/newlink"].linkname == "opt/newfile"
+    assert not [k for m in members for k in m.pax_headers if "strata" in k or "overlay" in k]
+    assert not [m.name for m in members if m.ischr() and m.devmajor == m.devminor == 0]
+    names = [m.name for m in members]
+    assert "opt/tree" not in names
+    assert not any(n.startswith("opt/tree/") for n in names)
+    # the committed layer is extracted into the store like a loaded one
+    layer = store.layer_path(rec.layers[-1])
+    assert (layer / "etc/.wh.motd").is_file()
+    assert (layer / "opt/keep/.wh..wh..opq").is_file()
+    assert stat.S_ISREG(os.lstat(layer / "opt/newfile").st_mode)
+    # running it shows exactly the changes
+    run = strata.run("run", "--rm", "committed:1", "sh", "-c", CHECK, check=True)
+    assert run.stdout.splitlines() == [
+        "motd-gone",
+        "fresh",
+        "fresh",
+        "new",
+        "appended",
+        "more",
+        "linked",
+        "n",
+        "end",
+    ]
+    # save -> load gives the same digests
+    out = strata.tmp / "committed.tar"
+    save(store, "committed:1", out, "oci-archive")
+    again = ImageStore(strata.tmp / "again")
+    (reloaded,) = load(again, out, say=lambda _: None)
+    assert (reloaded.id, reloaded.layers) == (rec.id, rec.layers)
+    strata.run("rm", "c1", check=True)
+
+
+def test_commit_refusals(strata: Strata) -> None:
+    strata.run("load", "-q", "-i", str(_archive("oci")), check=True)
+    missing = strata.run("commit", "nosuch", "x:1")
+    assert missing.returncode != 0
+    assert "no such container" in missing.stderr
+    strata.run("create", "--name", "ro", "--read-only", "uniontest:1", check=True)
+    ro = strata.run("commit", "ro")
+    assert ro.returncode != 0
+    assert "no writable layer" in ro.stderr
+    strata.run("rm", "ro", check=True)
+    strata.run("run", "-d", "--name", "busy", "uniontest:1", "sleep", "60", check=True)
+    wait_running(strata, "busy")
+    busy = strata.run("commit", "busy", "x:1")
+    assert busy.returncode != 0
+    assert "is running; stop it" in busy.stderr
+    assert strata.run("images", "-q", check=True).stdout.split() == [IMAGE_ID[:12]]
+    strata.run("rm", "-f", "busy", check=True)
