@@ -25,6 +25,7 @@ from typing import Final
 
 import pytest
 
+from tests.helpers.mounts import skip_unless_fuse, skip_unless_root
 from unionfs import cli
 from unionfs.config import IdMapping, WhiteoutFormat
 from unionfs.errors import UsageError
@@ -367,21 +368,6 @@ def _no_mounts_left_behind(tmp_path: Path) -> Iterator[None]:
     for m in reversed(leftovers):
         force_unmount(m.mountpoint)
     assert not leftovers, f"mounts left behind: {[str(m.mountpoint) for m in leftovers]}"
-
-
-def skip_unless_fuse() -> None:
-    if shutil.which("fusermount3") is None:
-        pytest.skip("fusermount3 is not installed (apt install fuse3)")
-    try:
-        fd = os.open("/dev/fuse", os.O_RDWR)
-    except OSError as exc:
-        pytest.skip(f"cannot open /dev/fuse: {exc.strerror}")
-    os.close(fd)
-
-
-def skip_unless_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
 
 
 def run(*cmd: str | Path, timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:

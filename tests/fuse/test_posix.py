@@ -141,14 +141,6 @@ def errno_of(call: Callable[[], object]) -> int:
     pytest.fail("expected an OSError, the call succeeded")
 
 
-def is_chardev_whiteout(path: Path) -> bool:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
 # -------------------------------------------------------------------------------------------------
 # deep paths and long names
 

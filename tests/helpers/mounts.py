@@ -32,6 +32,9 @@ from typing import Final, NamedTuple, Self
 import pytest
 import xxhash
 
+from unionfs.cli import MountEntry
+from unionfs.cli import mounts_at as cli_mounts_at
+
 MOUNT_TIMEOUT: Final = 30.0  # seconds for the daemon to make its mount
 EXIT_TIMEOUT: Final = 15.0  # seconds for the daemon to exit after its mount is gone
 UNMOUNT_RETRIES: Final = 10  # `fusermount3 -u` attempts on EBUSY before `-uz`
@@ -84,32 +87,9 @@ def _kernel_has_overlay() -> bool:
 # /proc/self/mountinfo
 
 
-class MountInfo(NamedTuple):
-    mount_id: int
-    mountpoint: str
-    fstype: str
-    source: str
-
-
-def _unescape_mountinfo(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
-
-
-def mounts_at(path: Path | str) -> list[MountInfo]:
+def mounts_at(path: Path | str) -> list[MountEntry]:
     """Mounts whose mount point is `path` (after realpath), oldest first."""
-    target = os.path.realpath(path)
-    found = []
-    with open("/proc/self/mountinfo", "rb") as f:
-        for raw in f:
-            line = os.fsdecode(raw.rstrip(b"\n"))
-            left, _, right = line.partition(" - ")
-            fields = left.split(" ")
-            mountpoint = _unescape_mountinfo(fields[4])
-            if mountpoint != target:
-                continue
-            fstype, source, *_ = right.split(" ")
-            found.append(MountInfo(int(fields[0]), mountpoint, fstype, _unescape_mountinfo(source)))
-    return found
+    return cli_mounts_at(Path(os.path.realpath(path)))
 
 
 def is_mounted(path: Path | str) -> bool:
@@ -463,6 +443,15 @@ def convert_oci_whiteouts(layer_dir: Path) -> None:
 def copy_tree(src: Path, dst: Path) -> None:
     """`cp -a` (owners, modes, times, xattrs, hard links, devices) of `src` to a new `dst`."""
     subprocess.run(["cp", "-a", "--reflink=auto", str(src), str(dst)], check=True)
+
+
+def is_chardev_whiteout(path: Path) -> bool:
+    """Is `path` a 0/0 character device (the kernel's whiteout form)?"""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
 def is_whiteout_in(directory: Path, name: str) -> bool:

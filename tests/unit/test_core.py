@@ -23,7 +23,12 @@ import pytest
 import trio
 import trio.lowlevel
 
-from tests.helpers.mounts import diff_snapshots, skip_unless_root, tree_snapshot
+from tests.helpers.mounts import (
+    diff_snapshots,
+    is_chardev_whiteout,
+    skip_unless_root,
+    tree_snapshot,
+)
 from unionfs.config import UnionConfig, WhiteoutFormat, validate
 from unionfs.core import Attr, Caller, SetAttr, UnionFS
 from unionfs.errors import UsageError
@@ -194,14 +199,6 @@ def put(path: Path, data: bytes = b"", mode: int = 0o644) -> Path:
 def chardev_whiteout(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-
-
-def is_chardev_whiteout(path: Path) -> bool:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
 def make_opaque(path: Path, form: str) -> None:
