@@ -638,7 +638,7 @@ def _strata_parser() -> _ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{STRATA} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for sub in (*SUBCOMMANDS, *_image_subcommands(_runtime_subcommands())):
+    for sub in (*SUBCOMMANDS, *_image_subcommands(_runtime_subcommands()), *_bench_subcommands()):
         sub_parser = commands.add_parser(sub.name, help=sub.help, description=sub.help)
         sub.add_arguments(sub_parser)
         sub_parser.set_defaults(subcommand=sub)
@@ -663,6 +663,16 @@ def _image_subcommands(runtime: tuple[Subcommand, ...]) -> tuple[Subcommand, ...
     except ImportError:
         return runtime
     return (*with_image_store(runtime), *image_subcommands)
+
+
+def _bench_subcommands() -> tuple[Subcommand, ...]:
+    """`strata bench`, when the bench package is installed; bench.cli imports only the standard
+    library at the top, so building the parser for `strata mount` stays as fast as before."""
+    try:
+        from bench.cli import SUBCOMMANDS as bench_subcommands
+    except ImportError:
+        return ()
+    return bench_subcommands
 
 
 def strata_main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,276 @@
+"""The backends `strata bench` compares, each mounted fresh for every run and always unmounted.
+
+- plain: no union; the layers' merged content, prepared once as a plain directory.
+- overlay: kernel overlayfs (`mount -t overlay`, needs root).
+- fuse-overlayfs, unionfs-fuse: the FUSE peers, started the way a user does (they daemonize).
+- strata: `strata mount` / `strata umount`, as a user runs them.
+- podman: a reference for container start-up only (`podman run --rm` with fuse-overlayfs).
+
+Every union gets a fresh, empty upper (and work) directory per run under the data directory's
+`scratch/`, so no run sees another's copy-ups. Unmounting targets only the mount point this
+module made, never anything found in the mount table, so other people's mounts are safe.
+
+The FUSE daemon's PID is found, after the mount is live, as the process whose command line
+holds our (unique) mount point as one argument and which has /dev/fuse open: that is the process
+serving the mount whatever the program's way of daemonizing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from .data import DataSet
+
+MOUNT_TIMEOUT: Final = 30.0
+UNMOUNT_TIMEOUT: Final = 30.0
+
+
+class BackendError(Exception):
+    """A backend could not be mounted or run (one line, recorded as a failed cell)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mounted:
+    """A live backend: the directory to measure and the PID of the FUSE daemon, if any."""
+
+    root: Path
+    daemon_pid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One backend: `kind` is "plain", "union" (mounted) or "container" (podman)."""
+
+    name: str
+    kind: str
+    description: str
+
+    def unavailable(self) -> str | None:
+        """Why this backend cannot run here, or None."""
+        root = os.geteuid() == 0
+        if self.name == "overlay":
+            if not root:
+                return "kernel overlayfs needs root"
+            if not _kernel_has_overlay():
+                return "no overlay in /proc/filesystems (modprobe overlay)"
+        if self.name in ("fuse-overlayfs", "unionfs-fuse", "strata") and not _fuse_usable():
+            return "/dev/fuse is not usable"
+        for program in _PROGRAMS.get(self.name, ()):
+            if shutil.which(program) is None:
+                return f"{program} not installed (apt-get install {_PACKAGES[program]})"
+        if self.name == "podman" and not root:
+            return "the podman reference row runs as root only"
+        return None
+
+
+BACKENDS: Final[tuple[Backend, ...]] = (
+    Backend("plain", "plain", "a plain directory holding the merged layers (no union)"),
+    Backend("overlay", "union", "kernel overlayfs"),
+    Backend("fuse-overlayfs", "union", "fuse-overlayfs (C, libfuse 3)"),
+    Backend("unionfs-fuse", "union", "unionfs-fuse -o cow (C, libfuse 2)"),
+    Backend("strata", "union", "strata mount (Python, pyfuse3 + trio)"),
+    Backend("podman", "container", "podman run --rm with fuse-overlayfs (container start only)"),
+)
+BACKEND_NAMES: Final = tuple(b.name for b in BACKENDS)
+
+_PROGRAMS: Final[dict[str, tuple[str, ...]]] = {
+    "overlay": ("mount", "umount"),
+    "fuse-overlayfs": ("fuse-overlayfs", "fusermount3"),
+    "unionfs-fuse": ("unionfs", "fusermount3"),
+    "strata": ("fusermount3",),
+    "podman": ("podman", "fuse-overlayfs", "runc"),
+}
+_PACKAGES: Final[dict[str, str]] = {
+    "mount": "mount",
+    "umount": "mount",
+    "fuse-overlayfs": "fuse-overlayfs",
+    "unionfs": "unionfs-fuse",
+    "fusermount3": "fuse3",
+    "podman": "podman",
+    "runc": "runc",
+}
+
+
+def backend_named(name: str) -> Backend:
+    for backend in BACKENDS:
+        if backend.name == name:
+            return backend
+    raise KeyError(name)
+
+
+def strata_command() -> list[str]:
+    """How to run `strata`: the console script beside this Python, else this Python itself."""
+    script = Path(sys.executable).parent / "strata"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from unionfs.cli import strata_main as m; sys.exit(m())",
+    ]
+
+
+@contextlib.contextmanager
+def mounted(backend: Backend, data: DataSet, scratch: Path) -> Iterator[Mounted]:
+    """Mount `backend` over the data set's layers with a fresh upper; always unmount.
+
+    `scratch` must not exist yet; it is removed afterwards (also on errors and Ctrl-C).
+    """
+    if backend.kind == "plain":
+        yield Mounted(data.merged, None)
+        return
+    if backend.kind != "union":
+        raise BackendError(f"{backend.name} does not mount a union")
+    upper, work, mnt = scratch / "upper", scratch / "work", scratch / "mnt"
+    for directory in (upper, work, mnt):
+        directory.mkdir(parents=True)
+    try:
+        _mount(backend.name, data.lowers, upper, work, mnt)
+        try:
+            _wait_for_mount(mnt)
+            yield Mounted(mnt, _daemon_pid(mnt) if backend.name != "overlay" else None)
+        finally:
+            _unmount(backend.name, mnt)
+    finally:
+        remove_tree(scratch)
+
+
+def _mount(name: str, lowers: list[Path], upper: Path, work: Path, mnt: Path) -> None:
+    lowerdir = ":".join(str(p) for p in lowers)
+    options = f"lowerdir={lowerdir},upperdir={upper},workdir={work}"
+    if name == "overlay":
+        command = ["mount", "-t", "overlay", "overlay", "-o", options, str(mnt)]
+    elif name == "fuse-overlayfs":
+        command = ["fuse-overlayfs", "-o", options, str(mnt)]
+    elif name == "unionfs-fuse":
+        branches = ":".join([f"{upper}=RW", *(f"{p}=RO" for p in lowers)])
+        command = ["unionfs", "-o", "cow,use_ino,allow_other,suid,dev", branches, str(mnt)]
+    elif name == "strata":
+        layers = [arg for p in lowers for arg in ("--lower", str(p))]
+        command = [*strata_command(), "mount", *layers, "--upper", str(upper)]
+        command += ["--work", str(work), str(mnt)]
+    else:
+        raise BackendError(f"unknown backend {name}")
+    _run_quietly(command, what=f"mounting {name}")
+
+
+def _unmount(name: str, mnt: Path) -> None:
+    """Unmount our own mount point: the backend's own way, then lazily; wait for the daemon."""
+    pid = _daemon_pid(mnt) if name not in ("overlay", "plain") else None
+    if name == "overlay":
+        attempts = [["umount", str(mnt)], ["umount", "-l", str(mnt)]]
+    elif name == "strata":
+        attempts = [[*strata_command(), "umount", str(mnt)], ["fusermount3", "-u", "-z", str(mnt)]]
+    else:
+        attempts = [["fusermount3", "-u", str(mnt)], ["fusermount3", "-u", "-z", str(mnt)]]
+    for command in attempts:
+        if not os.path.ismount(mnt):
+            break
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    if pid is not None:
+        _wait_for_exit(pid)
+
+
+def _wait_for_mount(mnt: Path) -> None:
+    deadline = time.monotonic() + MOUNT_TIMEOUT
+    while not os.path.ismount(mnt):
+        if time.monotonic() > deadline:
+            raise BackendError(f"{mnt} did not get mounted within {MOUNT_TIMEOUT:g}s")
+        time.sleep(0.02)
+
+
+def _wait_for_exit(pid: int) -> None:
+    """Wait until the daemon we found is gone; kill it (by PID) if it outstays the timeout."""
+    deadline = time.monotonic() + UNMOUNT_TIMEOUT
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            return
+        time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _daemon_pid(mnt: Path) -> int | None:
+    """The process serving `mnt`: our mount point in its argv and /dev/fuse among its fds."""
+    wanted = os.fsencode(mnt)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+            if wanted not in argv:
+                continue
+            for fd in os.scandir(Path(entry.path, "fd")):
+                if os.readlink(fd.path) == "/dev/fuse":
+                    return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of `pid` (all its threads) in seconds, from /proc/PID/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    ticks = int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5), after "pid (comm)"
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf, tolerant of what overlayfs leaves in its work dir (a mode-000 `work/work`)."""
+    if path.exists() or path.is_symlink():
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=False)
+
+
+def _run_quietly(command: list[str], *, what: str) -> None:
+    """Run a mount helper; its output goes to a file, not a pipe: a daemon that kept the pipe
+    open would make us wait for EOF forever."""
+    with tempfile.TemporaryFile() as output:
+        returncode = subprocess.run(
+            command, stdin=subprocess.DEVNULL, stdout=output, stderr=output, check=False
+        ).returncode
+        output.seek(0)
+        lines = output.read().decode(errors="replace").strip().splitlines()
+    if returncode != 0:
+        detail = lines[-1] if lines else f"exit status {returncode}"
+        raise BackendError(f"{what}: {detail}")
+
+
+def _kernel_has_overlay() -> bool:
+    try:
+        text = Path("/proc/filesystems").read_text()
+    except OSError:
+        return False
+    if any(line.split()[-1:] == ["overlay"] for line in text.splitlines()):
+        return True
+    return Path("/sys/module/overlay").exists() or shutil.which("modprobe") is not None
+
+
+def _fuse_usable() -> bool:
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR)
+    except OSError:
+        return False
+    os.close(fd)
+    return True

@@ -1,0 +1,178 @@
+"""`strata bench`: the subcommand record that unionfs.cli registers lazily.
+
+This module is imported whenever `strata`'s parser is built (also for `strata mount`), so it
+imports only the standard library at the top; the harness, the data builder and matplotlib are
+imported in `run_bench`, once the arguments are known to be good.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from unionfs.cli import Subcommand, _Runner
+from unionfs.errors import UsageError
+
+if TYPE_CHECKING:
+    from .backends import Backend
+    from .workloads import Workload
+
+DEFAULT_REPEAT: Final = 5
+QUICK_REPEAT: Final = 1
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"small synthetic data (busybox, a 32 MiB file), {QUICK_REPEAT} repeat: under a minute",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        action="extend",
+        metavar="WORKLOAD",
+        help="run only these workloads (ids or prefixes such as 'seq-read'; commas allowed)",
+    )
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        action="extend",
+        metavar="BACKEND",
+        help="plain, overlay, fuse-overlayfs, unionfs-fuse, strata, podman (default: all)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        metavar="N",
+        help=f"runs per figure (default {DEFAULT_REPEAT}, {QUICK_REPEAT} with --quick)",
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write every sample as JSON")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the speed factors")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("/var/tmp/strata-bench"),
+        metavar="DIR",
+        help="where the data is built once and cached (default /var/tmp/strata-bench)",
+    )
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [item for value in values or [] for item in value.split(",") if item]
+
+
+def select_workloads(requested: list[str] | None) -> list[Workload]:
+    """The workloads named (exactly, or by a prefix ending at a '-'), in the standard order."""
+    from .workloads import WORKLOADS
+
+    names = _split(requested)
+    if not names:
+        return list(WORKLOADS)
+    chosen: set[str] = set()
+    for name in names:
+        matches = {w.id for w in WORKLOADS if w.id == name or w.id.startswith(name + "-")}
+        if not matches:
+            known = ", ".join(w.id for w in WORKLOADS)
+            raise UsageError(f"unknown workload {name!r} (known: {known})")
+        chosen |= matches
+    return [w for w in WORKLOADS if w.id in chosen]
+
+
+def select_backends(requested: list[str] | None) -> list[Backend]:
+    """The backends named, in the standard order; overlay asked for by a non-root user is an
+    error (it cannot work), other missing programs are reported later as skipped."""
+    from .backends import BACKEND_NAMES, BACKENDS
+
+    names = _split(requested)
+    if not names:
+        return list(BACKENDS)
+    for name in names:
+        if name not in BACKEND_NAMES:
+            raise UsageError(f"unknown backend {name!r} (known: {', '.join(BACKEND_NAMES)})")
+    if "overlay" in names and os.geteuid() != 0:
+        raise UsageError("backend 'overlay' (kernel overlayfs) needs root")
+    return [b for b in BACKENDS if b.name in names]
+
+
+def _check_output_path(option: str, path: Path | None, suffix: str) -> None:
+    if path is None:
+        return
+    if path.suffix.lower() != suffix:
+        raise UsageError(f"{option} {path}: expected a {suffix} file name")
+    if not path.resolve().parent.is_dir():
+        raise UsageError(f"{option} {path}: directory {path.parent} does not exist")
+
+
+def run_bench(args: argparse.Namespace, runner: _Runner) -> int:
+    """Check the arguments, build or reuse the data, measure, then print and write the report."""
+    workloads = select_workloads(args.only)
+    backends = select_backends(args.backends)
+    repeat = (
+        args.repeat if args.repeat is not None else (QUICK_REPEAT if args.quick else DEFAULT_REPEAT)
+    )
+    if repeat < 1:
+        raise UsageError(f"--repeat {repeat}: expected at least 1")
+    _check_output_path("--json", args.json, ".json")
+    _check_output_path("--plot", args.plot, ".png")
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib: pip install 'strata[bench]'")
+
+    from .data import FULL, QUICK, DataError, prepare
+    from .harness import Plan, cleanup_scratch, report, run_plan, table, write_json
+
+    data_dir: Path = args.data_dir.resolve()
+    try:
+        data = prepare(data_dir, QUICK if args.quick else FULL)
+    except DataError as exc:
+        raise UsageError(str(exc), exit_code=1) from None
+    scratch = data_dir / "scratch" / str(os.getpid())  # ours alone: concurrent runs are safe
+    plan = Plan(workloads, backends, data, repeat, scratch, data_dir / "state")
+    started = time.monotonic()
+    try:
+        results = run_plan(plan)
+    finally:
+        cleanup_scratch(plan)
+    elapsed = time.monotonic() - started
+    names = [b.name for b in backends]
+    print(table(results, workloads, names))
+    print(f"\n{len(workloads)} workloads x {len(backends)} backends x {repeat} in {elapsed:.0f}s")
+    document = report(results, plan, argv=sys.argv, elapsed=elapsed)
+    if args.json is not None:
+        write_json(document, args.json)
+        print(f"JSON: {args.json}")
+    if args.plot is not None:
+        from .harness import ratios
+        from .plot import plot_ratios
+
+        meta = document["meta"]
+        assert isinstance(meta, dict)
+        title = (
+            f"strata bench{' --quick' if args.quick else ''}: speed vs kernel overlayfs "
+            f"(median of {repeat}; {meta['date']}, git {str(meta['git_sha'])[:10]})"
+        )
+        plot_ratios(
+            ratios(results, workloads),
+            [w.id for w in workloads],
+            names,
+            args.plot,
+            title=title,
+            baselines={w.id: w.baseline for w in workloads},
+        )
+        print(f"plot: {args.plot}")
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (
+    Subcommand(
+        "bench",
+        "measure strata against plain, kernel overlayfs and the FUSE peers",
+        add_bench_arguments,
+        run_bench,
+    ),
+)
