@@ -140,6 +140,50 @@ def _run_commit(args: argparse.Namespace, runner: _Runner) -> int:
     return 0
 
 
+def _add_build(parser: argparse.ArgumentParser) -> None:
+    _add_root(parser)
+    parser.add_argument("context", metavar="CONTEXT", help="the build context directory")
+    parser.add_argument(
+        "-f", "--file", metavar="DOCKERFILE", help="the Dockerfile (default: CONTEXT/Dockerfile)"
+    )
+    parser.add_argument(
+        "-t", "--tag", action="append", default=[], metavar="NAME[:TAG]", help="name the image"
+    )
+    parser.add_argument(
+        "--build-arg", action="append", default=[], metavar="K=V", help="set a build arg (ARG)"
+    )
+    parser.add_argument("--no-cache", action="store_true", help="do not use the build cache")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
+
+
+def _run_build(args: argparse.Namespace, runner: _Runner) -> int:
+    from .build import BuildOptions, build
+
+    context = Path(args.context)
+    build_args: dict[str, str] = {}
+    for item in args.build_arg:
+        name, sep, value = item.partition("=")
+        if not name:
+            raise UsageError(f"--build-arg {item!r}: expected NAME=VALUE", 125)
+        if not sep:  # as docker: `--build-arg NAME` takes our own environment's value
+            if name not in os.environ:
+                continue
+            value = os.environ[name]
+        build_args[name] = value
+    opts = BuildOptions(
+        dockerfile=Path(args.file) if args.file else context / "Dockerfile",
+        context=context,
+        tags=tuple(args.tag),
+        build_args=build_args,
+        no_cache=args.no_cache,
+    )
+    say = (lambda _line: None) if args.quiet else (lambda line: print(line, flush=True))
+    rec = build(_store(args), opts, say)
+    if args.quiet:
+        print(f"sha256:{rec.id}")
+    return 0
+
+
 # -- images / inspect / history / tag / rmi / prune -------------------------------------------
 
 
@@ -273,6 +317,7 @@ _IMAGE_COMMANDS = {
     "load": (_add_load, _run_load),
     "import": (_add_import, _run_import),
     "save": (_add_save, _run_save),
+    "build": (_add_build, _run_build),
 }
 
 
@@ -293,13 +338,14 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("save", "write an image as an OCI or docker archive", _add_save, _run_save),
     Subcommand("import", "make a one-layer image from a rootfs tarball", _add_import, _run_import),
     Subcommand("commit", "make an image from a container's changes", _add_commit, _run_commit),
+    Subcommand("build", "build an image from a Dockerfile", _add_build, _run_build),
     Subcommand("images", "list images", _add_images, _run_images),
     Subcommand("rmi", "remove images (and the layers nothing else uses)", _add_rmi, _run_rmi),
     Subcommand("tag", "add a name to an image", _add_tag, _run_tag),
     Subcommand("history", "an image's history", _add_ref, _run_history),
     Subcommand(
         "image",
-        "image commands: ls inspect history rm tag prune load import save",
+        "image commands: ls inspect history rm tag prune load import save build",
         _add_image,
         _run_image,
     ),

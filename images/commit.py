@@ -146,6 +146,23 @@ def write_changeset(upper: Path, out: Path) -> None:
             # sockets are not kept (as docker)
 
 
+def layer_from_upper(upper: Path, staging: Path, name: str) -> tuple[str, Path, Path]:
+    """The upper dir `upper` as a layer extracted under `staging` (not yet in the store):
+    its diff_id, directory and tar map, for `ImageStore.add_layer`. `strata build` makes its
+    RUN and COPY layers with this too."""
+    raw_tar = staging / f"{name}.tar"
+    write_changeset(upper, raw_tar)
+    dest = staging / name
+    dest.mkdir()
+    tar_map = staging / f"{name}.map"
+    try:
+        with open(raw_tar, "rb") as stream:
+            diff_id = _extract_verified(stream, dest, tar_map, name, None)
+    finally:
+        os.unlink(raw_tar)
+    return diff_id, dest, tar_map
+
+
 def _image_of(store: ImageStore, cdir: ContainerDir) -> ImageRecord:
     mine = tuple(cdir.config.layers)
     for rec in store.images():
@@ -169,13 +186,7 @@ def commit(
         raise UsageError(f"container {cdir.name} has no writable layer (--read-only)", 125)
     base = _image_of(store, cdir)
     with store.staging() as staging:
-        raw_tar = staging / "layer.tar"
-        write_changeset(upper, raw_tar)
-        dest = staging / "layer"
-        dest.mkdir()
-        with open(raw_tar, "rb") as stream:
-            diff_id = _extract_verified(stream, dest, staging / "layer.map", "commit", None)
-        os.unlink(raw_tar)
+        diff_id, dest, tar_map = layer_from_upper(upper, staging, "commit")
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         config = copy.deepcopy(base.config)
         config["created"] = created
@@ -194,5 +205,5 @@ def commit(
             for d in base.layers:
                 if not store.has_layer(d):
                     raise UsageError(f"layer sha256:{d} was removed during the commit", 125)
-            store.add_layer(diff_id, dest, staging / "layer.map")
+            store.add_layer(diff_id, dest, tar_map)
             return store.add_image(raw, config, [*base.layers, diff_id], tags)

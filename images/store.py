@@ -7,6 +7,12 @@ Layout (beside the runtime's `containers/`, under the same `lock`):
     images/configs/<id hex>        the config exactly as loaded (its sha256 is the image id)
     images/maps/<diff_id>          a layer's tar without file contents (`tarsplit`), for `save`
     images/tmp/                    layers being extracted; renamed into place when complete
+    images/cache/<key hex>.json    the build cache: a build step's result (config, diff_ids)
+
+A build holds the layers it works on (its base image's, and each new one until the image is
+recorded) in `held.json` of its flock(2)ed staging dir: `rmi` and `prune` count them as used. A
+cache entry holds nothing: a layer only a cache entry names may be pruned, and the entry then
+misses (and `prune` drops it).
 
 An image id is the sha256 of its config, as Docker's. Every file is written to a temporary name
 and renamed, so readers (`strata run` resolving an image) need no lock; changes take the state
@@ -30,6 +36,7 @@ from runtime.images import ImageConfig, ImageSpec
 from runtime.state import StateRoot, now, read_json, remove_tree, write_json
 from unionfs.errors import UsageError
 
+HELD: Final = "held.json"
 _HEX: Final = re.compile(r"[0-9a-f]{64}")
 _REF: Final = re.compile(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?")
 
@@ -117,9 +124,17 @@ class ImageStore:
         self.configs_dir = self.path / "configs"
         self.tmp_dir = self.path / "tmp"
         self.maps_dir = self.path / "maps"
+        self.cache_dir = self.path / "cache"
 
     def ensure(self) -> None:
-        for d in (self.layers_dir, self.records_dir, self.configs_dir, self.tmp_dir, self.maps_dir):
+        for d in (
+            self.layers_dir,
+            self.records_dir,
+            self.configs_dir,
+            self.tmp_dir,
+            self.maps_dir,
+            self.cache_dir,
+        ):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     @contextlib.contextmanager
@@ -273,7 +288,31 @@ class ImageStore:
         prefix = str(self.layers_dir) + "/"
         for c in self.state.containers():
             used.update(p[len(prefix) :] for p in c.config.layers if p.startswith(prefix))
+        used.update(self._held_layers())
         return used
+
+    def hold(self, staging: Path, diff_ids: list[str] | tuple[str, ...]) -> None:
+        """Record that the operation owning `staging` uses these layers (with the lock held)."""
+        write_json(staging / HELD, {"layers": list(diff_ids)})
+
+    def _held_layers(self) -> set[str]:
+        """Layers named by `held.json` in staging dirs whose owner is still at work."""
+        held: set[str] = set()
+        try:
+            names = os.listdir(self.tmp_dir)
+        except FileNotFoundError:
+            return held
+        for name in names:
+            path = self.tmp_dir / name
+            if not (path / HELD).is_file() or not _busy(path):
+                continue
+            try:
+                layers = read_json(path / HELD).get("layers") or []
+            except (OSError, ValueError):
+                continue
+            if isinstance(layers, list):
+                held.update(str(d) for d in layers)
+        return held
 
     def remove(self, ref: str, *, force: bool) -> list[str]:
         """`rmi`: untag, or delete the image and the layers nothing else uses; lines to print."""
@@ -317,7 +356,39 @@ class ImageStore:
         with self.lock():
             for name in os.listdir(self.tmp_dir):
                 _remove_unless_busy(self.tmp_dir / name)
-            return self._free_layers(self.layers())
+            out = self._free_layers(self.layers())
+            self._drop_stale_cache()
+            return out
+
+    def _drop_stale_cache(self) -> None:
+        """Remove build cache entries that name a layer no longer in the store."""
+        for name in os.listdir(self.cache_dir):
+            path = self.cache_dir / name
+            try:
+                layers = read_json(path).get("layers") or []
+                stale = not isinstance(layers, list) or not all(
+                    self.has_layer(str(d)) for d in layers
+                )
+            except (OSError, ValueError):
+                stale = True
+            if stale:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+
+def _busy(path: Path) -> bool:
+    """Whether a staging dir is flock(2)ed by the load or build that made it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _remove_unless_busy(path: Path) -> None:

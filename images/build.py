@@ -1,0 +1,904 @@
+"""`strata build`: an image from a Dockerfile, one step per instruction, with a build cache.
+
+How each instruction is carried out:
+
+- FROM: an image in the store or `scratch` (one stage: a second FROM is refused).
+- RUN: a container of the runtime (`runtime.container.create` + `run_attached`, host network)
+  on the image so far, with its Env, WorkingDir and User and the build args in effect; its upper
+  dir becomes the step's layer through the changeset code `strata commit` uses. The container is
+  removed whatever happens.
+- COPY, ADD, and WORKDIR (which creates the directory when missing): the image so far is mounted
+  as a union with a fresh upper dir (`runtime.rootfs.UnionRootfs`, as a container's rootfs), the
+  files are written through the mount, and the upper becomes the layer the same way. So copy-up,
+  whiteouts and symlinks in the destination path (`/bin -> usr/bin`) behave as in a container.
+- ENV, ARG, USER, CMD, ENTRYPOINT, LABEL, MAINTAINER, EXPOSE: the config only (`empty_layer`
+  in the history, as Docker); ARG is not recorded at all (only RUN sees its values).
+
+The cache: every step's result (the whole config and the layer list) is kept under
+`images/cache/<key>.json`, the key being a sha256 of the state before the step (config and
+layers) and the step's text after substitution; RUN adds the build args it sees, COPY/ADD the
+xxh3 digest of the selected sources (names, modes, owners, link targets, contents). A hit whose
+layers were pruned meanwhile is a miss. So an unchanged rebuild does no work and, the configs
+(with their `created` times) being the cached ones, gives the same image id.
+
+Before anything runs the whole Dockerfile is checked: an unsupported instruction or flag fails
+with its line number and nothing is stored. A step that fails (a RUN exiting non-zero, a source
+missing from the context) ends the build with its line number: no image is tagged, no container
+or mount is left; layers of the steps that succeeded stay in the store as cache (`prune` removes
+them while nothing else uses them).
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import copy
+import gzip
+import hashlib
+import json
+import lzma
+import os
+import posixpath
+import shutil
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Final, cast
+
+from unionfs.errors import UsageError
+
+from .context import Context, ContextError
+from .dockerfile import (
+    DockerfileError,
+    Instruction,
+    expand,
+    expand_words,
+    name_values,
+    parse,
+)
+from .store import ImageRecord, ImageStore, normalize_ref
+
+if TYPE_CHECKING:
+    from runtime.images import ImageSpec
+
+SUPPORTED: Final = frozenset(
+    {
+        "FROM",
+        "RUN",
+        "COPY",
+        "ADD",
+        "ENV",
+        "ARG",
+        "WORKDIR",
+        "USER",
+        "CMD",
+        "ENTRYPOINT",
+        "LABEL",
+        "MAINTAINER",
+        "EXPOSE",
+    }
+)
+_FLAGS: Final = {"COPY": {"chown"}, "ADD": {"chown"}}
+_BUILD_FAILED: Final = 1
+
+
+class BuildError(UsageError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, _BUILD_FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class BuildOptions:
+    dockerfile: Path
+    context: Path
+    tags: tuple[str, ...] = ()
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    no_cache: bool = False
+
+
+@dataclass(slots=True)
+class _State:
+    """The image as built so far: its whole config (OCI image config) and layers, base first."""
+
+    config: dict[str, object]
+    layers: list[str]
+
+    @property
+    def inner(self) -> dict[str, object]:
+        inner = self.config.setdefault("config", {})
+        assert isinstance(inner, dict)
+        return inner
+
+    def env(self) -> dict[str, str]:
+        out = {}
+        for item in self.inner.get("Env") or []:  # type: ignore[attr-defined]
+            name, _, value = str(item).partition("=")
+            out[name] = value
+        return out
+
+    def key(self) -> str:
+        data = {"config": self.config, "layers": self.layers}
+        return hashlib.sha256(_canonical(data)).hexdigest()
+
+
+def _canonical(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _arch() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+# ---------------------------------------------------------------------------------------------
+# checking the Dockerfile before anything runs
+
+
+def _check(instructions: tuple[Instruction, ...], where: str) -> int:
+    """The index of the FROM; BuildError naming the line of anything this builder refuses."""
+    from_index = -1
+    for i, ins in enumerate(instructions):
+        at = f"{where}:{ins.line}"
+        if ins.keyword not in SUPPORTED:
+            raise BuildError(f"{at}: {ins.keyword} is not supported by strata build")
+        if ins.keyword == "FROM":
+            if from_index >= 0:
+                raise BuildError(f"{at}: FROM: multi-stage builds are not supported")
+            from_index = i
+        elif from_index < 0 and ins.keyword != "ARG":
+            raise BuildError(f"{at}: {ins.keyword} before FROM (only ARG may come first)")
+        allowed = _FLAGS.get(ins.keyword, set())
+        for name, _value in ins.flags:
+            if name == "from" and ins.keyword == "COPY":
+                raise BuildError(f"{at}: COPY --from (multi-stage) is not supported")
+            if name not in allowed:
+                raise BuildError(f"{at}: {ins.keyword} --{name} is not supported")
+        if not ins.args and ins.keyword not in ("CMD", "ENTRYPOINT"):
+            raise BuildError(f"{at}: {ins.keyword} needs arguments")
+    if from_index < 0:
+        raise BuildError(f"{where}: no FROM instruction")
+    return from_index
+
+
+# ---------------------------------------------------------------------------------------------
+# the builder
+
+
+class Builder:
+    """One build (see the module doc). `say` prints the progress lines."""
+
+    def __init__(
+        self, store: ImageStore, opts: BuildOptions, say: Callable[[str], None] = print
+    ) -> None:
+        self.store = store
+        self.opts = opts
+        self.say = say
+        self.where = opts.dockerfile.name
+        self.escape = "\\"
+        self.args: dict[str, str | None] = {}  # declared ARGs of the stage -> value
+        self.global_args: dict[str, str | None] = {}
+        self.used_args: set[str] = set()
+        self.cmd_set = False
+        self.staging: Path = Path()
+        self.held: list[str] = []
+        self.context = Context(opts.context)
+        self.layer_count = 0
+
+    # -- the whole build
+
+    def build(self) -> ImageRecord:
+        if os.geteuid() != 0:
+            raise BuildError("strata build needs root (RUN and COPY mount the image's union)")
+        try:
+            text = self.opts.dockerfile.read_text(errors="surrogateescape")
+        except OSError as e:
+            raise BuildError(f"{self.opts.dockerfile}: {e.strerror}") from None
+        if not self.opts.context.is_dir():
+            raise BuildError(f"{self.opts.context}: the build context is not a directory")
+        try:
+            dockerfile = parse(text)
+        except DockerfileError as e:
+            raise BuildError(f"{self.where}:{e.line}: {_message(e)}") from None
+        self.escape = dockerfile.escape
+        instructions = dockerfile.instructions
+        from_index = _check(instructions, self.where)
+        tags = tuple(normalize_ref(t) for t in self.opts.tags)
+        total = len(instructions)
+        for step, ins in enumerate(instructions[:from_index], 1):
+            self.say(f"Step {step}/{total} : {ins}")
+            self._arg(ins, self.global_args)
+        with self.store.staging() as staging:
+            self.staging = staging
+            self.say(f"Step {from_index + 1}/{total} : {instructions[from_index]}")
+            state = self._from(instructions[from_index])
+            self.say(f" ---> {state.key()[:12]}")
+            for step, ins in enumerate(instructions[from_index + 1 :], from_index + 2):
+                self.say(f"Step {step}/{total} : {ins}")
+                state = self._step(ins, state)
+            unused = sorted(set(self.opts.build_args) - self.used_args)
+            if unused:
+                print(
+                    f"strata: warning: build args not consumed: {' '.join(unused)}",
+                    file=sys.stderr,
+                )
+            raw = _canonical(state.config)
+            with self.store.lock():
+                for diff_id in state.layers:
+                    if not self.store.has_layer(diff_id):
+                        raise BuildError(f"layer sha256:{diff_id} was removed during the build")
+                rec = self.store.add_image(raw, state.config, list(state.layers), list(tags))
+        self.say(f"Successfully built {rec.id[:12]}")
+        for tag in tags:
+            self.say(f"Successfully tagged {tag}")
+        return rec
+
+    def _at(self, ins: Instruction) -> str:
+        return f"{self.where}:{ins.line}"
+
+    def _expand(self, ins: Instruction, text: str, state: _State) -> str:
+        try:
+            return expand(text, self._env(state), self.escape)
+        except DockerfileError as e:
+            raise BuildError(f"{self._at(ins)}: {ins.keyword}: {_message(e)}") from None
+
+    def _words(self, ins: Instruction, text: str, state: _State) -> list[str]:
+        try:
+            return expand_words(text, self._env(state), self.escape)
+        except DockerfileError as e:
+            raise BuildError(f"{self._at(ins)}: {ins.keyword}: {_message(e)}") from None
+
+    def _env(self, state: _State | None) -> dict[str, str]:
+        """What `$VAR` means in an instruction: the build args in effect, then ENV over them."""
+        env = {k: v for k, v in self.args.items() if v is not None}
+        if state is not None:
+            env.update(state.env())
+        return env
+
+    # -- ARG and FROM
+
+    def _arg(self, ins: Instruction, scope: dict[str, str | None]) -> None:
+        """ARG NAME[=default]...: a --build-arg overrides the default; in the stage, an ARG
+        without a default takes the value of a global (before FROM) ARG of the same name."""
+        for word in ins.args.split():
+            name, sep, default = word.partition("=")
+            if not name:
+                raise BuildError(f"{self._at(ins)}: ARG: empty name")
+            env = {k: v for k, v in scope.items() if v is not None}
+            value: str | None = None
+            if sep:
+                try:
+                    value = expand(default, env, self.escape)
+                except DockerfileError as e:
+                    raise BuildError(f"{self._at(ins)}: ARG: {_message(e)}") from None
+            elif scope is self.args:
+                value = self.global_args.get(name)
+            if name in self.opts.build_args:
+                value = self.opts.build_args[name]
+                self.used_args.add(name)
+            scope[name] = value
+
+    def _from(self, ins: Instruction) -> _State:
+        global_env = {k: v for k, v in self.global_args.items() if v is not None}
+        try:
+            words = expand_words(ins.args, global_env, self.escape)
+        except DockerfileError as e:
+            raise BuildError(f"{self._at(ins)}: FROM: {_message(e)}") from None
+        if len(words) not in (1, 3) or (len(words) == 3 and words[1].lower() != "as"):
+            raise BuildError(f"{self._at(ins)}: FROM IMAGE [AS NAME] expected")
+        ref = words[0]
+        if ref == "scratch":
+            state = _State(
+                config={
+                    "architecture": _arch(),
+                    "os": "linux",
+                    "config": {},
+                    "rootfs": {"type": "layers", "diff_ids": []},
+                    "history": [],
+                },
+                layers=[],
+            )
+        else:
+            rec = self.store.find(ref)
+            if rec is None:
+                raise BuildError(f"{self._at(ins)}: FROM {ref}: no such image in the store")
+            state = _State(config=copy.deepcopy(rec.config), layers=list(rec.layers))
+        with self.store.lock():
+            for diff_id in state.layers:
+                if not self.store.has_layer(diff_id):
+                    raise BuildError(f"{self._at(ins)}: FROM {ref}: layer {diff_id[:12]} missing")
+            self.held = list(state.layers)
+            self.store.hold(self.staging, self.held)
+        return state
+
+    # -- one step, through the cache
+
+    def _step(self, ins: Instruction, state: _State) -> _State:
+        kw = ins.keyword
+        if kw == "ARG":
+            self._arg(ins, self.args)
+            return state
+        if kw == "RUN":
+            argv = self._run_argv(ins)
+            args = self._run_args(state)
+            shown = " ".join(argv)
+            if args:
+                shown = f"|{len(args)} {' '.join(args)} {shown}"
+            key_text = _canonical({"RUN": argv, "args": args}).decode()
+            return self._cached(
+                ins, state, key_text, f"RUN {shown}", lambda: self._run(ins, state, argv, args)
+            )
+        if kw in ("COPY", "ADD"):
+            chown, sources, dest = self._copy_args(ins, state)
+            try:
+                selected = [p for s in sources for p in self.context.select(s)]
+                digest = self.context.digest(selected)
+            except ContextError as e:
+                raise BuildError(f"{self._at(ins)}: {kw} failed: {e}") from None
+            shown = f"{kw} {'--chown=' + chown + ' ' if chown else ''}{' '.join(sources)} {dest}"
+            key_text = _canonical({kw: [*sources, dest], "chown": chown, "src": digest}).decode()
+            return self._cached(
+                ins,
+                state,
+                key_text,
+                shown,
+                lambda: self._copy(ins, state, chown, sources, selected, dest),
+            )
+        if kw == "WORKDIR":
+            path = self._expand(ins, ins.args, state)
+            if not path.startswith("/"):
+                path = posixpath.join(str(state.inner.get("WorkingDir") or "/"), path)
+            path = posixpath.normpath(path)
+            return self._cached(
+                ins, state, f"WORKDIR {path}", f"WORKDIR {path}", lambda: self._workdir(state, path)
+            )
+        new, shown = self._metadata(ins, state)
+        return self._cached(ins, state, shown, shown, lambda: new)
+
+    def _cached(
+        self,
+        ins: Instruction,
+        state: _State,
+        key_text: str,
+        created_by: str,
+        make: Callable[[], _State | tuple[_State, str | None]],
+    ) -> _State:
+        """The step's result from the cache, or made now (and cached); `make` returns the
+        state with its config changes, and a new layer's diff_id (None for none)."""
+        key = hashlib.sha256(f"{state.key()}\n{key_text}".encode()).hexdigest()
+        entry = self.store.cache_dir / f"{key}.json"
+        if not self.opts.no_cache:
+            hit = self._cache_hit(entry)
+            if hit is not None:
+                self.say(" ---> Using cache")
+                self.say(f" ---> {hit.key()[:12]}")
+                return hit
+        made = make()
+        new, layer = made if isinstance(made, tuple) else (made, None)
+        new = _State(copy.deepcopy(new.config), list(new.layers))
+        created = _now()
+        history = list(new.config.get("history") or [])  # type: ignore[call-overload]
+        item: dict[str, object] = {"created": created, "created_by": created_by}
+        if layer is None:
+            item["empty_layer"] = True
+        else:
+            new.layers.append(layer)
+        history.append(item)
+        new.config["history"] = history
+        new.config["created"] = created
+        new.config["rootfs"] = {
+            "type": "layers",
+            "diff_ids": [f"sha256:{d}" for d in new.layers],
+        }
+        tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(_canonical({"config": new.config, "layers": new.layers}))
+        os.rename(tmp, entry)
+        self.say(f" ---> {new.key()[:12]}")
+        return new
+
+    def _cache_hit(self, entry: Path) -> _State | None:
+        try:
+            data = json.loads(entry.read_bytes())
+            config, layers = data["config"], [str(d) for d in data["layers"]]
+            assert isinstance(config, dict)
+        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+            return None
+        with self.store.lock():
+            if not all(self.store.has_layer(d) for d in layers):
+                return None  # pruned meanwhile: a miss
+            self.held = sorted(set(self.held) | set(layers))
+            self.store.hold(self.staging, self.held)
+        return _State(config, layers)
+
+    def _add_layer(self, upper: Path) -> str:
+        """The upper dir as a layer in the store, held by this build; its diff_id."""
+        from .commit import layer_from_upper
+
+        self.layer_count += 1
+        diff_id, dest, tar_map = layer_from_upper(upper, self.staging, f"layer{self.layer_count}")
+        with self.store.lock():
+            self.store.add_layer(diff_id, dest, tar_map)
+            self.held = sorted({*self.held, diff_id})
+            self.store.hold(self.staging, self.held)
+        return diff_id
+
+    # -- RUN
+
+    def _run_argv(self, ins: Instruction) -> list[str]:
+        if ins.exec_form is not None:
+            if not ins.exec_form:
+                raise BuildError(f"{self._at(ins)}: RUN needs a command")
+            return list(ins.exec_form)
+        return ["/bin/sh", "-c", ins.args]
+
+    def _run_args(self, state: _State) -> list[str]:
+        """The build args a RUN sees (K=V, sorted): set ones that no ENV of the same name hides."""
+        env = state.env()
+        return sorted(f"{k}={v}" for k, v in self.args.items() if v is not None and k not in env)
+
+    def _run(
+        self, ins: Instruction, state: _State, argv: list[str], args: list[str]
+    ) -> tuple[_State, str]:
+        from runtime.container import CreateRequest, create, remove, run_attached
+
+        root = self.store.state
+        req = CreateRequest(
+            image=self._spec(state),
+            argv=tuple(argv),
+            entrypoint=(),
+            env=tuple(args),
+            network="host",
+            rootless=False,
+        )
+        cdir = create(root, req)
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            try:
+                code = run_attached(root, cdir, remove_on_failure=False)
+            except UsageError as e:
+                raise BuildError(
+                    f"{self._at(ins)}: RUN {' '.join(argv)}: exit status {e.exit_code}: {e}"
+                ) from None
+            if code != 0:
+                raise BuildError(f"{self._at(ins)}: RUN {' '.join(argv)}: exit status {code}")
+            return state, self._add_layer(cdir.sub("upper"))
+        finally:
+            remove(root, cdir, force=True)
+
+    def _spec(self, state: _State) -> ImageSpec:
+        from runtime.images import ImageConfig, ImageSpec
+
+        inner = state.inner
+        return ImageSpec(
+            ref=f"{self.where} (build)",
+            layers=tuple(self.store.layer_path(d) for d in reversed(state.layers)),
+            config=ImageConfig(
+                env=tuple(str(e) for e in inner.get("Env") or []),  # type: ignore[attr-defined]
+                workdir=str(inner.get("WorkingDir") or ""),
+                user=str(inner.get("User") or ""),
+            ),
+        )
+
+    # -- COPY / ADD / WORKDIR: through a mount of the image so far
+
+    @contextlib.contextmanager
+    def _mounted(self, state: _State) -> Iterator[tuple[Path, Path]]:
+        """The image so far mounted with a fresh upper: (mount point, upper)."""
+        from runtime.rootfs import UnionRootfs
+        from runtime.state import remove_tree
+        from unionfs.config import UnionConfig
+
+        self.layer_count += 1
+        base = self.staging / f"mount{self.layer_count}"
+        empty, upper, work, mnt = (base / n for n in ("empty", "upper", "work", "mnt"))
+        for d in (empty, upper, work, mnt):
+            d.mkdir(parents=True, mode=0o755)
+        lowers = tuple(self.store.layer_path(d) for d in reversed(state.layers)) or (empty,)
+        try:
+            with UnionRootfs(privileged=True) as daemon:
+                daemon.mount(
+                    UnionConfig(lowers=lowers, upper=upper, work=work),
+                    mnt,
+                    log_path=base / "union.log",
+                )
+                daemon.wait_mounted()
+                yield mnt, upper
+        finally:
+            with contextlib.suppress(OSError, UsageError):
+                remove_tree(work)
+
+    def _copy_args(self, ins: Instruction, state: _State) -> tuple[str, list[str], str]:
+        chown = ins.flag("chown")
+        chown = self._expand(ins, chown, state) if chown else ""
+        if ins.exec_form is not None:
+            words = [self._expand(ins, w, state) for w in ins.exec_form]
+        else:
+            words = self._words(ins, ins.args, state)
+        if len(words) < 2:
+            raise BuildError(f"{self._at(ins)}: {ins.keyword} needs a source and a destination")
+        sources, dest = words[:-1], words[-1]
+        for source in sources:
+            if "://" in source or source.startswith("git@"):
+                raise BuildError(f"{self._at(ins)}: {ins.keyword} {source}: URLs are not supported")
+        return chown, sources, dest
+
+    def _copy(
+        self,
+        ins: Instruction,
+        state: _State,
+        chown: str,
+        sources: list[str],
+        selected: list[str],
+        dest: str,
+    ) -> tuple[_State, str]:
+        from runtime.mounts import resolve_in_root
+
+        workdir = str(state.inner.get("WorkingDir") or "/")
+        as_dir = dest.endswith(("/", "/.")) or dest in (".", "/")
+        if len(selected) > 1 and not as_dir:
+            raise BuildError(
+                f"{self._at(ins)}: {ins.keyword}: with more than one source file the destination"
+                " must be a directory and end with a /"
+            )
+        dest_path = dest if dest.startswith("/") else posixpath.join(workdir, dest)
+        with self._mounted(state) as (mnt, upper):
+            owner = _resolve_chown(mnt, chown) if chown else None
+            if chown and owner is None:
+                raise BuildError(f"{self._at(ins)}: {ins.keyword} --chown={chown}: no such user")
+            copier = _Copier(self.context, mnt, owner, self.staging)
+            try:
+                target = resolve_in_root(mnt, dest_path)
+                for rel in selected:
+                    copier.copy(rel, target, as_dir=as_dir, extract=ins.keyword == "ADD")
+            except (OSError, _CopyError) as e:
+                raise BuildError(f"{self._at(ins)}: {ins.keyword} failed: {_describe(e)}") from None
+        return state, self._add_layer(upper)
+
+    def _workdir(self, state: _State, path: str) -> tuple[_State, str | None]:
+        from runtime.mounts import resolve_in_root
+
+        new = _State(copy.deepcopy(state.config), list(state.layers))
+        new.inner["WorkingDir"] = path
+        with self._mounted(state) as (mnt, upper):
+            target = resolve_in_root(mnt, path)
+            if not target.is_dir():
+                _make_dirs(target, mnt, None)
+            changed = bool(os.listdir(upper))
+        return new, (self._add_layer(upper) if changed else None)
+
+    # -- metadata-only instructions
+
+    def _metadata(self, ins: Instruction, state: _State) -> tuple[_State, str]:
+        """The new state and the history text of ENV USER CMD ENTRYPOINT LABEL MAINTAINER
+        EXPOSE."""
+        new = _State(copy.deepcopy(state.config), list(state.layers))
+        inner = new.inner
+        kw = ins.keyword
+        if kw == "ENV":
+            pairs = self._pairs(ins, state, legacy=True)
+            env = [str(e) for e in inner.get("Env") or []]  # type: ignore[attr-defined]
+            for name, value in pairs:
+                env = [e for e in env if e.partition("=")[0] != name] + [f"{name}={value}"]
+            inner["Env"] = env
+            return new, "ENV " + " ".join(f"{k}={v}" for k, v in pairs)
+        if kw == "LABEL":
+            pairs = self._pairs(ins, state, legacy=True)
+            labels = dict(inner.get("Labels") or {})  # type: ignore[call-overload]
+            labels.update(pairs)
+            inner["Labels"] = labels
+            return new, "LABEL " + " ".join(f"{k}={v}" for k, v in pairs)
+        if kw == "USER":
+            user = self._expand(ins, ins.args, state)
+            inner["User"] = user
+            return new, f"USER {user}"
+        if kw in ("CMD", "ENTRYPOINT"):
+            if ins.exec_form is not None:
+                argv = list(ins.exec_form)
+            elif ins.args:
+                argv = ["/bin/sh", "-c", ins.args]
+            else:
+                argv = []
+            if kw == "CMD":
+                inner["Cmd"] = argv
+                self.cmd_set = True
+            else:
+                inner["Entrypoint"] = argv
+                if not self.cmd_set:  # as Docker: an inherited CMD does not suit a new ENTRYPOINT
+                    inner.pop("Cmd", None)
+            return new, f"{kw} {json.dumps(argv)}"
+        if kw == "MAINTAINER":
+            new.config["author"] = ins.args
+            return new, f"MAINTAINER {ins.args}"
+        if kw == "EXPOSE":
+            ports = dict(inner.get("ExposedPorts") or {})  # type: ignore[call-overload]
+            words = self._words(ins, ins.args, state)
+            for word in words:
+                for port in _ports(word):
+                    ports[port] = {}
+                if not _ports(word):
+                    raise BuildError(f"{self._at(ins)}: EXPOSE {word}: not PORT[-PORT][/PROTO]")
+            inner["ExposedPorts"] = ports
+            return new, f"EXPOSE {' '.join(words)}"
+        raise AssertionError(f"unchecked instruction {kw}")  # _check() refused it
+
+    def _pairs(self, ins: Instruction, state: _State, *, legacy: bool) -> list[tuple[str, str]]:
+        try:
+            return name_values(ins.args, self._env(state), self.escape, legacy=legacy)
+        except DockerfileError as e:
+            raise BuildError(f"{self._at(ins)}: {ins.keyword}: {_message(e)}") from None
+
+
+def _message(e: DockerfileError) -> str:
+    text = str(e)
+    return text.split(": ", 1)[1] if e.line and ": " in text else text
+
+
+def _describe(e: Exception) -> str:
+    if isinstance(e, OSError):
+        name = f"{os.fsdecode(e.filename)}: " if e.filename is not None else ""
+        return f"{name}{e.strerror or e}"
+    return str(e)
+
+
+def _ports(word: str) -> list[str]:
+    port, _, proto = word.partition("/")
+    proto = proto.lower() or "tcp"
+    if proto not in ("tcp", "udp", "sctp"):
+        return []
+    low, _, high = port.partition("-")
+    if not low.isdigit() or (high and not high.isdigit()):
+        return []
+    first, last = int(low), int(high or low)
+    if not 0 < first <= last <= 65535:
+        return []
+    return [f"{p}/{proto}" for p in range(first, last + 1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# copying into the mounted image
+
+
+class _CopyError(Exception):
+    pass
+
+
+def _read_db(path: Path) -> list[list[str]]:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def _resolve_chown(root: Path, spec: str) -> tuple[int, int] | None:
+    """`--chown=USER[:GROUP]` against the image's /etc/passwd and /etc/group (names or ids). As
+    Docker documents it, a user without a group gives the same number as gid."""
+    from runtime.mounts import resolve_in_root
+
+    user, _, group = spec.partition(":")
+    etc = resolve_in_root(root, "/etc")
+    uid: int | None = int(user) if user.isdigit() else None
+    if uid is None:
+        for entry in _read_db(etc / "passwd"):
+            if len(entry) >= 3 and entry[0] == user and entry[2].isdigit():
+                uid = int(entry[2])
+                break
+    if uid is None:
+        return None
+    if not group:
+        return uid, uid
+    gid: int | None = int(group) if group.isdigit() else None
+    if gid is None:
+        for entry in _read_db(etc / "group"):
+            if len(entry) >= 3 and entry[0] == group and entry[2].isdigit():
+                gid = int(entry[2])
+                break
+    return None if gid is None else (uid, gid)
+
+
+def _make_dirs(target: Path, root: Path, owner: tuple[int, int] | None) -> None:
+    """mkdir -p below the mount `root`: missing directories 0755, root's (or `owner`'s)."""
+    missing = []
+    path = target
+    while not os.path.lexists(path) and path != root:
+        missing.append(path)
+        path = path.parent
+    if os.path.lexists(path) and not path.is_dir():
+        raise _CopyError(f"{path.relative_to(root)} exists and is not a directory")
+    for d in reversed(missing):
+        os.mkdir(d, 0o755)
+        os.chmod(d, 0o755)
+        if owner is not None:
+            os.chown(d, *owner)
+
+
+_TAR_MAGIC_OFFSET: Final = 257
+
+
+@contextlib.contextmanager
+def _decompressing(path: Path, head: bytes) -> Iterator[IO[bytes]]:
+    """`path` opened for reading, decompressed by what its first bytes say it is."""
+    with open(path, "rb") as raw:
+        if head.startswith(b"\x1f\x8b"):
+            stream = cast(IO[bytes], gzip.GzipFile(fileobj=raw))
+        elif head.startswith(b"BZh"):
+            stream = cast(IO[bytes], bz2.BZ2File(raw))
+        elif head.startswith(b"\xfd7zXZ\x00"):
+            stream = cast(IO[bytes], lzma.LZMAFile(raw))  # noqa: SIM115 (closed below)
+        elif head.startswith(b"\x28\xb5\x2f\xfd"):
+            import zstandard
+
+            stream = cast(
+                IO[bytes],
+                zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True),
+            )
+        else:
+            yield raw
+            return
+        with stream:
+            yield stream
+
+
+_Reader = Callable[[], contextlib.AbstractContextManager[IO[bytes]]]
+
+
+def _archive_reader(path: Path) -> _Reader | None:
+    """How to open `path` as an uncompressed tar stream, when it is a (plain, gzip, bzip2, xz
+    or zstd) tar; None for any other file (ADD then copies it as it is, as Docker)."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+
+    def reader() -> contextlib.AbstractContextManager[IO[bytes]]:
+        return _decompressing(path, head)
+
+    try:
+        with reader() as stream:
+            block = stream.read(512)
+    except (OSError, EOFError, ValueError, lzma.LZMAError):
+        return None
+    if len(block) == 512 and block[_TAR_MAGIC_OFFSET : _TAR_MAGIC_OFFSET + 5] == b"ustar":
+        return reader
+    return None
+
+
+class _Copier:
+    """Copies context paths into the mounted image (Docker's COPY/ADD rules, see README)."""
+
+    def __init__(
+        self, context: Context, root: Path, owner: tuple[int, int] | None, staging: Path
+    ) -> None:
+        self.context = context
+        self.root = root
+        self.owner = owner
+        self.staging = staging
+
+    def copy(self, rel: str, target: Path, *, as_dir: bool, extract: bool) -> None:
+        src = self.context.host(rel)
+        st = os.lstat(src)
+        if stat.S_ISDIR(st.st_mode):
+            _make_dirs(target, self.root, self.owner)
+            if not target.is_dir() or target.is_symlink():
+                raise _CopyError(f"{rel}: the destination is not a directory")
+            self.copy_tree(rel, target)
+            return
+        if extract and stat.S_ISREG(st.st_mode):
+            reader = _archive_reader(src)
+            if reader is not None:
+                self.extract(rel, reader, target)
+                return
+        if as_dir or (target.is_dir() and not target.is_symlink()):
+            _make_dirs(target, self.root, None)
+            target = target / posixpath.basename(rel)
+        else:
+            _make_dirs(target.parent, self.root, None)
+        self.copy_one(src, target, st)
+
+    def copy_tree(self, rel: str, target: Path) -> None:
+        below = self.context.below(rel)
+        prefix = "" if rel == "." else rel + "/"
+        dirs: list[tuple[Path, os.stat_result]] = []
+        for child in below:  # sorted: a directory before what is in it
+            src = self.context.host(child)
+            st = os.lstat(src)
+            dst = target / child[len(prefix) :]
+            if stat.S_ISDIR(st.st_mode):
+                if os.path.lexists(dst) and not (dst.is_dir() and not dst.is_symlink()):
+                    os.unlink(dst)
+                if not os.path.lexists(dst):
+                    os.mkdir(dst, 0o700)
+                self.set_attrs(dst, st, owner=self.owner or (0, 0))
+                dirs.append((dst, st))
+            else:
+                self.copy_one(src, dst, st)
+        for dst, st in reversed(dirs):  # contents first: writing them changed the mtimes
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    def copy_one(self, src: Path, dst: Path, st: os.stat_result) -> None:
+        if os.path.lexists(dst):
+            if dst.is_dir() and not dst.is_symlink():
+                raise _CopyError(f"cannot overwrite directory {dst.relative_to(self.root)}")
+            os.unlink(dst)
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(src), dst)
+        elif stat.S_ISREG(st.st_mode):
+            with open(src, "rb") as fin, open(dst, "xb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+        else:
+            raise _CopyError(f"{src.relative_to(self.context.root)}: not a file, link or directory")
+        self.set_attrs(dst, st, owner=self.owner or (0, 0))
+        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    @staticmethod
+    def set_attrs(dst: Path, st: os.stat_result, *, owner: tuple[int, int]) -> None:
+        os.chown(dst, *owner, follow_symlinks=False)
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(dst, stat.S_IMODE(st.st_mode))
+
+    def extract(self, rel: str, reader: _Reader, target: Path) -> None:
+        """ADD of a local tar: extracted (by the store's safe extractor) into a scratch dir,
+        then copied into `target` with the archive's owners, modes, times and hard links."""
+        from .extract import LayerError, extract_layer
+
+        scratch = Path(os.path.join(self.staging, f"add-{os.urandom(4).hex()}"))
+        scratch.mkdir()
+        try:
+            with reader() as stream:
+                extract_layer(stream, scratch)
+        except (LayerError, OSError, EOFError, ValueError) as e:
+            raise _CopyError(f"{rel}: cannot extract it ({e})") from None
+        _make_dirs(target, self.root, None)
+        links: dict[int, Path] = {}
+        dirs: list[tuple[Path, os.stat_result]] = []
+        for dirpath, dirnames, filenames in os.walk(scratch):
+            dirnames.sort()
+            for name in sorted(filenames) + [
+                d for d in dirnames if os.path.islink(f"{dirpath}/{d}")
+            ]:
+                src = Path(dirpath, name)
+                st = os.lstat(src)
+                dst = target / src.relative_to(scratch)
+                if st.st_nlink > 1 and st.st_ino in links:
+                    if os.path.lexists(dst):
+                        os.unlink(dst)
+                    os.link(links[st.st_ino], dst)
+                    continue
+                links[st.st_ino] = dst
+                if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                    if os.path.lexists(dst) and not (dst.is_dir() and not dst.is_symlink()):
+                        os.unlink(dst)
+                    if stat.S_ISLNK(st.st_mode):
+                        os.symlink(os.readlink(src), dst)
+                    else:
+                        with open(src, "rb") as fin, open(dst, "xb") as fout:
+                            shutil.copyfileobj(fin, fout, 1 << 20)
+                    self.set_attrs(dst, st, owner=(st.st_uid, st.st_gid))
+                    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+                elif stat.S_ISFIFO(st.st_mode):
+                    os.mkfifo(dst)
+                    self.set_attrs(dst, st, owner=(st.st_uid, st.st_gid))
+            for name in dirnames:
+                src = Path(dirpath, name)
+                st = os.lstat(src)
+                if stat.S_ISLNK(st.st_mode):
+                    continue
+                dst = target / src.relative_to(scratch)
+                if os.path.lexists(dst) and not (dst.is_dir() and not dst.is_symlink()):
+                    os.unlink(dst)
+                if not os.path.lexists(dst):
+                    os.mkdir(dst, 0o700)
+                self.set_attrs(dst, st, owner=(st.st_uid, st.st_gid))
+                dirs.append((dst, st))
+        for dst, st in reversed(dirs):
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def build(store: ImageStore, opts: BuildOptions, say: Callable[[str], None] = print) -> ImageRecord:
+    """`strata build`: see the module doc."""
+    return Builder(store, opts, say).build()

@@ -1,0 +1,292 @@
+"""`strata build` on the busybox test image: every instruction, the layers and config it makes,
+the build cache, and the refusals (nothing stored, nothing left behind).
+
+Builds need root and FUSE (the `strata` fixture skips otherwise, and fails the test if a mount or
+process is left).
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import json
+import lzma
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from images.store import ImageStore
+from tests.runtime.conftest import Strata
+
+from .test_commit import _members
+from .test_load import _archive
+
+DOCKERFILE = r"""# escape=\
+# the busybox test image, by an ARG before FROM
+ARG BASE=uniontest:1
+FROM ${BASE}
+ARG WHO=world
+MAINTAINER strata tests <tests@example.invalid>
+ENV GREETING="hello there" \
+    WHO_AGAIN=${WHO:-nobody}
+# a change, a deletion, and a directory replaced by a new one
+RUN echo "building for $WHO" && echo changed >> /etc/passwd && rm /etc/motd \
+ && rm -rf /opt/tree && mkdir /opt/tree && echo new > /opt/tree/n
+WORKDIR app
+COPY a.txt dir ./
+COPY *.md /docs/
+COPY --chown=nobody:nogroup a.txt /owned
+COPY --chown=7 a.txt /numeric
+ADD plain.tar gz.tgz bz.tar.bz2 xz.tar.xz zst.tar.zst /unpacked/
+ADD not-a-tar.gz /notatar/
+LABEL purpose=test "two words"=yes
+EXPOSE 80 53/udp 8000-8001
+USER 0:0
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["cat a.txt x /unpacked/plain /unpacked/gz /unpacked/bz /unpacked/xz /unpacked/zst; echo $GREETING $WHO_AGAIN; pwd"]
+"""
+
+
+def _tar(entries: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o640
+            info.uid, info.gid = 3, 4
+            info.mtime = 1_000_000_000
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _context(root: Path) -> Path:
+    ctx = root / "ctx"
+    (ctx / "dir/sub").mkdir(parents=True)
+    (ctx / "a.txt").write_text("a-text\n")
+    (ctx / "dir/x").write_text("x-text\n")
+    (ctx / "dir/sub/y").write_text("y\n")
+    (ctx / "one.md").write_text("1\n")
+    (ctx / "two.md").write_text("2\n")
+    (ctx / "secret.md").write_text("never copied\n")
+    (ctx / "build.log").write_text("never sent\n")
+    (ctx / ".dockerignore").write_text("*.log\nsecret.md\n")
+    (ctx / "plain.tar").write_bytes(_tar({"plain": b"plain\n"}))
+    (ctx / "gz.tgz").write_bytes(gzip.compress(_tar({"gz": b"gz\n"})))
+    (ctx / "bz.tar.bz2").write_bytes(bz2.compress(_tar({"bz": b"bz\n"})))
+    (ctx / "xz.tar.xz").write_bytes(lzma.compress(_tar({"xz": b"xz\n"})))
+    (ctx / "zst.tar.zst").write_bytes(zstandard.ZstdCompressor().compress(_tar({"zst": b"zst\n"})))
+    (ctx / "not-a-tar.gz").write_bytes(gzip.compress(b"just text\n"))
+    (ctx / "Dockerfile").write_text(DOCKERFILE)
+    return ctx
+
+
+def _load(strata: Strata) -> ImageStore:
+    strata.run("load", "-q", "-i", str(_archive("oci")), check=True)
+    return ImageStore(strata.root)
+
+
+def test_build_every_instruction_then_rebuild_from_cache(strata: Strata) -> None:
+    store = _load(strata)
+    ctx = _context(strata.tmp)
+    done = strata.run("build", "-t", "built:1", "--build-arg", "UNUSED=1", str(ctx), check=True)
+    assert "building for world" in done.stdout
+    assert "Using cache" not in done.stdout
+    assert "not consumed: UNUSED" in done.stderr
+    rec = store.get("built:1")
+    assert f"Successfully built {rec.id[:12]}" in done.stdout
+    base = store.get("uniontest:1")
+    assert rec.layers[: len(base.layers)] == base.layers
+    assert len(rec.layers) == len(base.layers) + 8  # RUN WORKDIR COPY*4 ADD*2
+
+    config = rec.config["config"]
+    assert isinstance(config, dict)
+    assert config["Env"] == ["PATH=/bin", "FOO=bar", "GREETING=hello there", "WHO_AGAIN=world"]
+    assert config["WorkingDir"] == "/app"
+    assert config["User"] == "0:0"
+    assert config["Entrypoint"] == ["/bin/sh", "-c"]
+    assert config["Cmd"][0].startswith("cat a.txt")
+    assert config["Labels"]["purpose"] == "test"
+    assert config["Labels"]["two words"] == "yes"
+    assert set(config["ExposedPorts"]) == {"80/tcp", "53/udp", "8000/tcp", "8001/tcp"}
+    assert rec.config["author"] == "strata tests <tests@example.invalid>"
+    history = rec.config["history"]
+    assert isinstance(history, list)
+    mine = history[len(base.config["history"]) :]  # type: ignore[arg-type]
+    assert [(h["created_by"].split()[0], bool(h.get("empty_layer"))) for h in mine] == [
+        ("MAINTAINER", True),
+        ("ENV", True),
+        ("RUN", False),
+        ("WORKDIR", False),
+        ("COPY", False),
+        ("COPY", False),
+        ("COPY", False),
+        ("COPY", False),
+        ("ADD", False),
+        ("ADD", False),
+        ("LABEL", True),
+        ("EXPOSE", True),
+        ("USER", True),
+        ("ENTRYPOINT", True),
+        ("CMD", True),
+    ]
+    assert mine[2]["created_by"].startswith("RUN |1 WHO=world /bin/sh -c echo")
+
+    # the RUN layer: the change, the whiteout, the opaque directory
+    run_layer = {m.name: m for m in _members(store, rec.layers[len(base.layers)])}
+    assert {"etc/passwd", "etc/.wh.motd", "opt/tree/.wh..wh..opq", "opt/tree/n"} <= set(run_layer)
+    # the COPY layers: owners, what .dockerignore left out
+    copy_layer = {m.name: m for m in _members(store, rec.layers[len(base.layers) + 2])}
+    assert set(copy_layer) == {"app", "app/a.txt", "app/sub", "app/sub/y", "app/x"}
+    assert all(m.uid == 0 and m.gid == 0 for m in copy_layer.values())
+    docs = {m.name for m in _members(store, rec.layers[len(base.layers) + 3])}
+    assert docs == {"docs", "docs/one.md", "docs/two.md"}
+    (owned,) = [m for m in _members(store, rec.layers[len(base.layers) + 4]) if m.isfile()]
+    assert (owned.name, owned.uid, owned.gid) == ("owned", 65534, 65534)
+    (numeric,) = [m for m in _members(store, rec.layers[len(base.layers) + 5]) if m.isfile()]
+    assert (numeric.name, numeric.uid, numeric.gid) == ("numeric", 7, 7)
+    unpacked = {m.name: m for m in _members(store, rec.layers[len(base.layers) + 6])}
+    assert unpacked["unpacked/gz"].uid == 3
+    assert unpacked["unpacked/gz"].mode == 0o640
+    assert unpacked["unpacked/gz"].mtime == 1_000_000_000
+    notatar = {m.name for m in _members(store, rec.layers[len(base.layers) + 7])}
+    assert notatar == {"notatar", "notatar/not-a-tar.gz"}
+
+    run = strata.run("run", "--rm", "built:1", check=True)
+    assert run.stdout.splitlines() == [
+        "a-text",
+        "x-text",
+        "plain",
+        "gz",
+        "bz",
+        "xz",
+        "zst",
+        "hello there world",
+        "/app",
+    ]
+    gone = strata.run("run", "--rm", "built:1", "test -e /etc/motd || echo gone; ls /opt/tree")
+    assert gone.stdout.split() == ["gone", "n"]
+
+    # an unchanged rebuild does no work and gives the same image
+    again = strata.run("build", "-t", "built:2", str(ctx), check=True)
+    assert "building for world" not in again.stdout
+    assert again.stdout.count("Using cache") == 15  # every step after FROM but the ARG
+    assert store.get("built:2").id == rec.id
+    # a changed source invalidates its step and those after it, not those before
+    (ctx / "two.md").write_text("2, changed\n")
+    changed = strata.run("build", "-t", "built:3", str(ctx), check=True)
+    assert changed.stdout.count("Using cache") == 5  # MAINTAINER ENV RUN WORKDIR COPY
+    assert store.get("built:3").id != rec.id
+    # a different build arg is another RUN
+    other = strata.run("build", "--build-arg", "WHO=you", "-t", "built:4", str(ctx), check=True)
+    assert "building for you" in other.stdout
+    # --no-cache runs everything again
+    fresh = strata.run("build", "--no-cache", "-t", "built:5", str(ctx), check=True)
+    assert "Using cache" not in fresh.stdout
+    assert "building for world" in fresh.stdout
+    assert strata.container_ids() == []
+
+
+def test_cache_entries_whose_layers_were_pruned_miss(strata: Strata) -> None:
+    store = _load(strata)
+    ctx = strata.tmp / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM uniontest:1\nENV A=1\nRUN echo ran > /ran\n")
+    strata.run("build", "-t", "cached:1", str(ctx), check=True)
+    entries = len(os.listdir(store.cache_dir))
+    assert entries == 2
+    removed = strata.run("rmi", "cached:1", check=True)
+    assert "Deleted layer" in removed.stdout  # the RUN's layer: only a cache entry names it
+    again = strata.run("build", "-t", "cached:1", str(ctx), check=True)
+    assert again.stdout.count("Using cache") == 1  # ENV only: the RUN's entry misses
+    out = strata.run("run", "--rm", "cached:1", "cat", "/ran", check=True)
+    assert out.stdout == "ran\n"
+    strata.run("rmi", "cached:1", check=True)
+    strata.run("image", "prune", check=True)
+    assert len(os.listdir(store.cache_dir)) == 1  # prune dropped the entry naming a lost layer
+
+
+def _store_snapshot(store: ImageStore) -> tuple[list[str], list[str]]:
+    return [r.id for r in store.images()], store.layers()
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "message"),
+    [
+        ("FROM uniontest:1\nRUN true\nHEALTHCHECK CMD true\n", "Dockerfile:3: HEALTHCHECK is not"),
+        ("FROM uniontest:1\nONBUILD RUN x\n", "Dockerfile:2: ONBUILD is not supported"),
+        ("FROM uniontest:1\nRUN true\nFROM uniontest:1\n", "Dockerfile:3: FROM: multi-stage"),
+        ("FROM uniontest:1\nCOPY --from=0 a b\n", "Dockerfile:2: COPY --from (multi-stage)"),
+        ("FROM uniontest:1\nRUN --mount=type=cache true\n", "Dockerfile:2: RUN --mount"),
+        ("RUN true\nFROM uniontest:1\n", "Dockerfile:1: RUN before FROM"),
+        ("# nothing\n", "no FROM"),
+        ("FROM nosuch:1\n", "Dockerfile:1: FROM nosuch:1: no such image"),
+        ("FROM uniontest:1\nRUN true\nADD https://example.com/x /x\n", "URLs are not supported"),
+        ("FROM uniontest:1\nCOPY missing /x\n", "Dockerfile:2: COPY failed: missing: not found"),
+        ("FROM uniontest:1\nCOPY ../x /x\n", "outside the build context"),
+        ("FROM uniontest:1\nCOPY a b /x\n", "must be a directory and end with a /"),
+        ("FROM uniontest:1\nCOPY --chown=nobody42 a /x\n", "--chown=nobody42: no such user"),
+        ("FROM uniontest:1\nEXPOSE http\n", "Dockerfile:2: EXPOSE http"),
+        ("FROM uniontest:1\nENV A\n", "Dockerfile:2: ENV: A needs a value"),
+    ],
+)
+def test_refused_dockerfiles_store_nothing(strata: Strata, dockerfile: str, message: str) -> None:
+    store = _load(strata)
+    ctx = strata.tmp / "ctx"
+    ctx.mkdir()
+    (ctx / "a").write_text("a\n")
+    (ctx / "b").write_text("b\n")
+    (ctx / "Dockerfile").write_text(dockerfile)
+    before = _store_snapshot(store)
+    done = strata.run("build", "-t", "refused:1", str(ctx))
+    assert done.returncode == 1
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert store.find("refused:1") is None
+    if "RUN true" not in dockerfile:  # refused before any step ran
+        assert _store_snapshot(store) == before
+    assert strata.container_ids() == []
+
+
+def test_failing_run_leaves_nothing_behind(strata: Strata) -> None:
+    store = _load(strata)
+    ctx = strata.tmp / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        "FROM uniontest:1\nRUN echo ok > /ok\nRUN echo failing; exit 3\nCMD x\n"
+    )
+    done = strata.run("build", "-t", "failed:1", str(ctx))
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "strata: Dockerfile:3: RUN /bin/sh -c echo failing; exit 3: exit status 3"
+    )
+    assert "failing" in done.stdout
+    assert store.find("failed:1") is None
+    assert strata.container_ids() == []
+    missing = strata.run("build", "-t", "failed:1", "-f", str(ctx / "nope"), str(ctx))
+    assert missing.returncode == 1
+    assert "nope" in missing.stderr
+    exec_form = ctx / "Exec"
+    exec_form.write_text('FROM uniontest:1\nRUN ["/no/such/program"]\n')
+    done = strata.run("build", "-f", str(exec_form), str(ctx))
+    assert done.returncode == 1
+    assert done.stderr.startswith("strata: Exec:2: RUN /no/such/program: exit status 127")
+
+
+def test_build_from_scratch_and_inspect(strata: Strata) -> None:
+    store = ImageStore(strata.root)
+    ctx = strata.tmp / "ctx"
+    (ctx / "bin").mkdir(parents=True)
+    (ctx / "bin/hello").write_text("hello\n")
+    (ctx / "Dockerfile").write_text('FROM scratch\nCOPY bin /bin/\nCMD ["/bin/hello"]\n')
+    strata.run("build", "-q", "-t", "tiny", str(ctx), check=True)
+    rec = store.get("tiny")
+    assert len(rec.layers) == 1
+    assert {m.name for m in _members(store, rec.layers[0])} == {"bin", "bin/hello"}
+    info = json.loads(strata.run("image", "inspect", "tiny", check=True).stdout)[0]
+    assert info["Config"]["Cmd"] == ["/bin/hello"]
