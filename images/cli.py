@@ -46,11 +46,38 @@ def _resolve(ref: str, root: Path) -> ImageSpec | None:
 
 
 def with_image_store(subcommands: Sequence[Subcommand]) -> tuple[Subcommand, ...]:
-    """The runtime's subcommands, `run` and `create` resolving images in the store."""
+    """The runtime's subcommands, `run` and `create` resolving images in the store, and
+    `inspect` falling back to images for names no container has (as `docker inspect`)."""
     from runtime.images import register_resolver
 
     register_resolver(_resolve)
-    return tuple(subcommands)
+    return tuple(
+        Subcommand(s.name, "show containers or images as JSON", s.add_arguments, _inspect_any)
+        if s.name == "inspect"
+        else s
+        for s in subcommands
+    )
+
+
+def _inspect_any(args: argparse.Namespace, runner: _Runner) -> int:
+    """`strata inspect NAME...`: each a container (id, prefix, name) or else an image."""
+    from runtime.report import inspect
+
+    store = _store(args)
+    found: list[dict[str, object]] = []
+    for ref in args.containers:
+        try:
+            found.append(inspect(store.state.find(ref)))
+            continue
+        except UsageError as e:
+            if "no such container" not in str(e):
+                raise
+        rec = store.find(ref)
+        if rec is None:
+            raise UsageError(f"no such container or image: {ref}", 1)
+        found.append(_image_info(store, rec))
+    print(json.dumps(found, indent=2))
+    return 0
 
 
 def _add_root(parser: argparse.ArgumentParser) -> None:
@@ -239,19 +266,22 @@ def _add_ref(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", metavar="IMAGE")
 
 
-def _run_inspect(args: argparse.Namespace, runner: _Runner) -> int:
-    store = _store(args)
-    rec = store.get(args.image)
-    info = {
+def _image_info(store: ImageStore, rec: ImageRecord) -> dict[str, object]:
+    return {
         **_summary(store, rec),
         "Config": rec.config.get("config") or {},
         "Architecture": rec.config.get("architecture"),
         "Os": rec.config.get("os"),
         "RootFS": {"Type": "layers", "Layers": [f"sha256:{d}" for d in rec.layers]},
         "LayerDirs": [str(store.layer_path(d)) for d in reversed(rec.layers)],
+        "Author": rec.config.get("author") or "",
         "History": rec.config.get("history") or [],
     }
-    print(json.dumps([info], indent=2))
+
+
+def _run_inspect(args: argparse.Namespace, runner: _Runner) -> int:
+    store = _store(args)
+    print(json.dumps([_image_info(store, store.get(args.image))], indent=2))
     return 0
 
 

@@ -14,13 +14,14 @@ The tar is then extracted into the store exactly as a loaded layer is (same chec
 so `save` gives back the same bytes), and the image record gets the container's image config
 with the new diff_id and a history entry appended.
 
-A running container is refused (nothing is paused; stop it first): its upper would be read while
-it changes. The container's image must be in the store (a container made from a plain directory
+A running container is paused while its upper is read (`pause.py`: its cgroup v2 frozen, or its
+processes stopped with SIGSTOP), and always resumed. The container's image must be in the store (a container made from a plain directory
 has no config or diff_ids to build on).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -31,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from runtime.state import RUNNING, ContainerDir
+from runtime.state import RUNNING, ContainerDir, process_alive
 from unionfs.errors import UsageError
 from unionfs.whiteout import (
     OPAQUE_MARKER,
@@ -163,6 +164,19 @@ def layer_from_upper(upper: Path, staging: Path, name: str) -> tuple[str, Path, 
     return diff_id, dest, tar_map
 
 
+@contextlib.contextmanager
+def _paused_if_running(cdir: ContainerDir) -> Iterator[None]:
+    """A running container is paused while its upper is read (see `pause.py`)."""
+    from .pause import paused
+
+    state = cdir.effective_state()
+    if state.status != RUNNING or not process_alive(state.init_pid, state.init_start):
+        yield
+        return
+    with paused(state.init_pid, cdir.id):
+        yield
+
+
 def _image_of(store: ImageStore, cdir: ContainerDir) -> ImageRecord:
     mine = tuple(cdir.config.layers)
     for rec in store.images():
@@ -179,14 +193,13 @@ def commit(
     """`strata commit`: see the module doc."""
     tags = [normalize_ref(reference)] if reference else []
     cdir = store.state.find(container)
-    if cdir.effective_state().status == RUNNING:
-        raise UsageError(f"container {cdir.name} is running; stop it before commit", 125)
     upper = cdir.sub("upper")
     if cdir.config.read_only or not upper.is_dir():
         raise UsageError(f"container {cdir.name} has no writable layer (--read-only)", 125)
     base = _image_of(store, cdir)
     with store.staging() as staging:
-        diff_id, dest, tar_map = layer_from_upper(upper, staging, "commit")
+        with _paused_if_running(cdir):
+            diff_id, dest, tar_map = layer_from_upper(upper, staging, "commit")
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         config = copy.deepcopy(base.config)
         config["created"] = created

@@ -290,3 +290,13 @@ def test_build_from_scratch_and_inspect(strata: Strata) -> None:
     assert {m.name for m in _members(store, rec.layers[0])} == {"bin", "bin/hello"}
     info = json.loads(strata.run("image", "inspect", "tiny", check=True).stdout)[0]
     assert info["Config"]["Cmd"] == ["/bin/hello"]
+    # top-level inspect: containers first, then images
+    strata.run("create", "--name", "tiny", "tiny", check=True)
+    both = json.loads(strata.run("inspect", "tiny", rec.id[:12], check=True).stdout)
+    assert both[0]["Name"] == "tiny"
+    assert "State" in both[0]
+    assert both[1]["Id"] == f"sha256:{rec.id}"
+    assert both[1]["Config"]["Cmd"] == ["/bin/hello"]
+    missing = strata.run("inspect", "nosuch")
+    assert missing.returncode == 1
+    assert missing.stderr == "strata: no such container or image: nosuch\n"

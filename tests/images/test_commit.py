@@ -168,10 +168,65 @@ def test_commit_refusals(strata: Strata) -> None:
     assert ro.returncode != 0
     assert "no writable layer" in ro.stderr
     strata.run("rm", "ro", check=True)
+    assert strata.run("images", "-q", check=True).stdout.split() == [IMAGE_ID[:12]]
+
+
+def _states(init_pid: int) -> dict[int, str]:
+    """pid -> state letter of every process in the PID namespace of `init_pid`."""
+    ns = os.stat(f"/proc/{init_pid}/ns/pid").st_ino
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{name}/ns/pid").st_ino != ns:
+                continue
+            data = Path(f"/proc/{name}/stat").read_bytes()
+        except OSError:
+            continue
+        found[int(name)] = data[data.rindex(b")") + 2 :][:1].decode()
+    return found
+
+
+def test_commit_of_a_running_container_pauses_and_resumes_it(strata: Strata) -> None:
+    strata.run("load", "-q", "-i", str(_archive("oci")), check=True)
+    script = "echo before > /before; while true; do echo tick >> /ticks; sleep 0.05; done"
+    strata.run("run", "-d", "--name", "busy", "uniontest:1", "sh", "-c", script, check=True)
+    wait_running(strata, "busy")
+    init_pid = int(strata.inspect("busy")["State"]["Pid"])  # type: ignore[index]
+    from images.pause import own_cgroup, paused
+
+    with paused(init_pid, strata.container_dir("busy").name) as how:
+        assert how == ("cgroup" if own_cgroup(init_pid, "") else "signals")
+        states = _states(init_pid)
+        assert len(states) >= 2  # the shell and its sleep (or a new one)
+        assert set(states.values()) <= {"T"}
+    assert "T" not in _states(init_pid).values()  # resumed
+    strata.run("commit", "busy", "busy:1", check=True)
+    assert "T" not in _states(init_pid).values()
+    store = ImageStore(strata.root)
+    names = {m.name for m in _members(store, store.get("busy:1").layers[-1])}
+    assert {"before", "ticks"} <= names
+    assert strata.inspect("busy")["State"]["Status"] == "running"  # type: ignore[index]
+    strata.run("rm", "-f", "busy", check=True)
+
+
+def test_pause_resumes_when_the_body_fails(strata: Strata) -> None:
+    strata.run("load", "-q", "-i", str(_archive("oci")), check=True)
     strata.run("run", "-d", "--name", "busy", "uniontest:1", "sleep", "60", check=True)
     wait_running(strata, "busy")
-    busy = strata.run("commit", "busy", "x:1")
-    assert busy.returncode != 0
-    assert "is running; stop it" in busy.stderr
-    assert strata.run("images", "-q", check=True).stdout.split() == [IMAGE_ID[:12]]
+    init_pid = int(strata.inspect("busy")["State"]["Pid"])  # type: ignore[index]
+    from images.pause import paused
+
+    seen: list[str] = []
+
+    def fail_while_paused() -> None:
+        with paused(init_pid, strata.container_dir("busy").name):
+            seen.append(_states(init_pid)[init_pid])
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        fail_while_paused()
+    assert seen == ["T"]
+    assert _states(init_pid)[init_pid] != "T"
     strata.run("rm", "-f", "busy", check=True)

@@ -1,0 +1,137 @@
+"""Pausing a running container while `strata commit` reads its upper dir (as `docker commit`).
+
+Two ways, as runc has them:
+
+- the container has a cgroup v2 of its own (`strata-<id>` below ours, made for `--memory` or
+  `--pids-limit` on a v2 host): write 1 to its `cgroup.freeze` and wait for `frozen 1` in
+  `cgroup.events`; thaw with 0;
+- otherwise every process of the container's PID namespace gets SIGSTOP (PID 1 too: SIGSTOP is
+  one of the two signals an ancestor namespace can always send to a namespace's init). Processes
+  forked meanwhile are caught by scanning again until a scan finds none new; then each must be
+  seen stopped. Resuming sends SIGCONT to exactly the processes stopped here.
+
+`paused()` always resumes, also when the body (or the pausing itself) fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+from unionfs.errors import UsageError
+
+_TIMEOUT: Final = 10.0
+
+
+def _cgroup2_mount() -> Path | None:
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            if right.split(" ", 1)[0] == "cgroup2":
+                return Path(left.split(" ")[4].replace("\\040", " "))
+    return None
+
+
+def own_cgroup(pid: int, container_id: str) -> Path | None:
+    """The container's own cgroup v2 directory (where `pid` lives), if it has one."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("0::"):
+            path = line[3:]
+            if os.path.basename(path) != f"strata-{container_id[:12]}":
+                return None
+            mount = _cgroup2_mount()
+            if mount is None:
+                return None
+            group = mount / path.lstrip("/")
+            return group if (group / "cgroup.freeze").exists() else None
+    return None
+
+
+def _pid_ns(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return "X"  # gone
+    return data[data.rindex(b")") + 2 :][:1].decode()
+
+
+def _members(ns: int) -> set[int]:
+    found = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and _pid_ns(int(name)) == ns:
+            found.add(int(name))
+    return found
+
+
+def _stop_all(init_pid: int, stopped: list[int]) -> None:
+    """SIGSTOP every process in `init_pid`'s PID namespace (appended to `stopped`)."""
+    ns = _pid_ns(init_pid)
+    if ns is None:
+        raise UsageError("the container stopped while being paused", 125)
+    deadline = time.monotonic() + _TIMEOUT
+    while True:
+        new = sorted(_members(ns) - set(stopped))
+        if not new:
+            break
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+        if time.monotonic() > deadline:
+            raise UsageError("could not pause the container (it keeps forking)", 125)
+    for pid in stopped:
+        while _state(pid) not in ("T", "t", "X", "Z"):
+            if time.monotonic() > deadline:
+                raise UsageError(f"could not pause the container (process {pid})", 125)
+            time.sleep(0.005)
+
+
+def _freeze(group: Path, value: int) -> None:
+    (group / "cgroup.freeze").write_text(f"{value}\n")
+    if not value:
+        return
+    deadline = time.monotonic() + _TIMEOUT
+    while "frozen 1" not in (group / "cgroup.events").read_text():
+        if time.monotonic() > deadline:
+            raise UsageError("could not freeze the container's cgroup", 125)
+        time.sleep(0.005)
+
+
+@contextlib.contextmanager
+def paused(init_pid: int, container_id: str) -> Iterator[str]:
+    """The container whose PID 1 is `init_pid` paused for the body; yields how ("cgroup" or
+    "signals"). Always resumed."""
+    group = own_cgroup(init_pid, container_id)
+    if group is not None:
+        try:
+            _freeze(group, 1)
+            yield "cgroup"
+        finally:
+            _freeze(group, 0)
+        return
+    stopped: list[int] = []
+    try:
+        _stop_all(init_pid, stopped)
+        yield "signals"
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
