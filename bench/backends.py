@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import IO, Final
 
 from .data import DataSet
 
@@ -136,14 +136,44 @@ def mounted(backend: Backend, data: DataSet, scratch: Path) -> Iterator[Mounted]
     for directory in (upper, work, mnt):
         directory.mkdir(parents=True)
     try:
-        _mount(backend.name, data.lowers, upper, work, mnt)
         try:
+            with interrupts_deferred():  # a half-done mount must not escape the unmount below
+                _mount(backend.name, data.lowers, upper, work, mnt)
             _wait_for_mount(mnt)
             yield Mounted(mnt, _daemon_pid(mnt) if backend.name != "overlay" else None)
         finally:
-            _unmount(backend.name, mnt)
+            with interrupts_deferred():
+                _unmount(backend.name, mnt)
     finally:
-        remove_tree(scratch)
+        with interrupts_deferred():
+            remove_tree(scratch)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block is done, then raise KeyboardInterrupt.
+
+    Mounting and unmounting must not stop half-way: a mount whose helper was interrupted could
+    go live after we gave up on it, and an interrupted unmount leaves it behind. The helpers run
+    in sessions of their own (`_helper`), so the terminal's SIGINT does not reach them either.
+    Outside the main thread (no signal handlers there) it does nothing.
+    """
+    caught: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    try:
+        previous = signal.signal(signal.SIGINT, note)
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _mount(name: str, lowers: list[Path], upper: Path, work: Path, mnt: Path) -> None:
@@ -177,7 +207,7 @@ def _unmount(name: str, mnt: Path) -> None:
     for command in attempts:
         if not os.path.ismount(mnt):
             break
-        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        _helper(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if pid is not None:
         _wait_for_exit(pid)
 
@@ -240,21 +270,37 @@ def cpu_seconds(pid: int) -> float | None:
 def remove_tree(path: Path) -> None:
     """rm -rf, tolerant of what overlayfs leaves in its work dir (a mode-000 `work/work`)."""
     if path.exists() or path.is_symlink():
-        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=False)
+        _helper(["rm", "-rf", "--one-file-system", "--", str(path)])
 
 
 def _run_quietly(command: list[str], *, what: str) -> None:
     """Run a mount helper; its output goes to a file, not a pipe: a daemon that kept the pipe
     open would make us wait for EOF forever."""
     with tempfile.TemporaryFile() as output:
-        returncode = subprocess.run(
-            command, stdin=subprocess.DEVNULL, stdout=output, stderr=output, check=False
-        ).returncode
+        returncode = _helper(command, stdout=output, stderr=output)
         output.seek(0)
         lines = output.read().decode(errors="replace").strip().splitlines()
     if returncode != 0:
         detail = lines[-1] if lines else f"exit status {returncode}"
         raise BackendError(f"{what}: {detail}")
+
+
+def _helper(
+    command: list[str],
+    *,
+    stdout: int | IO[bytes] | None = None,
+    stderr: int | IO[bytes] | None = None,
+) -> int:
+    """Run a mount/unmount/clean-up helper in a session of its own (out of reach of the
+    terminal's Ctrl-C, see `interrupts_deferred`); its exit status."""
+    return subprocess.run(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        check=False,
+        start_new_session=True,
+    ).returncode
 
 
 def _kernel_has_overlay() -> bool:

@@ -26,6 +26,7 @@ from .backends import (
     BackendError,
     Mounted,
     cpu_seconds,
+    interrupts_deferred,
     mounted,
     remove_tree,
     strata_command,
@@ -132,11 +133,14 @@ def _why_not(workload: Workload, backend: Backend, data: DataSet) -> tuple[str, 
 def _measure(workload: Workload, backend: Backend, plan: Plan) -> tuple[float, float | None]:
     """One timed run: (seconds, daemon CPU seconds or None)."""
     if workload.kind == "container":
-        command = container_command(backend, plan)
-        _run_checked(command)  # untimed: the first start pays for page cache and image checks
-        started = time.perf_counter()
-        _run_checked(command)
-        return time.perf_counter() - started, None
+        # Ctrl-C waits for a container start to finish: a runtime killed half-way leaves its
+        # mounts behind (the runtimes run in sessions of their own, out of the terminal's reach)
+        with interrupts_deferred():
+            command = container_command(backend, plan)
+            _run_checked(command)  # untimed: the first start pays for page cache and image checks
+            started = time.perf_counter()
+            _run_checked(command)
+            return time.perf_counter() - started, None
     scratch = plan.scratch / f"{backend.name}-{os.getpid()}-{time.monotonic_ns()}"
     plain_undo = backend.kind == "plain" and workload.undo is not None
     stamp = plan.data.root / STAMP
@@ -147,8 +151,9 @@ def _measure(workload: Workload, backend: Backend, plan: Plan) -> tuple[float, f
             return _timed_run(workload, mount, plan.data)
         finally:
             if plain_undo and workload.undo is not None:
-                workload.undo(mount.root, plan.data)
-                stamp.with_suffix(".dirty").rename(stamp)
+                with interrupts_deferred():
+                    workload.undo(mount.root, plan.data)
+                    stamp.with_suffix(".dirty").rename(stamp)
 
 
 def _timed_run(workload: Workload, mount: Mounted, data: DataSet) -> tuple[float, float | None]:
@@ -200,7 +205,9 @@ def container_command(backend: Backend, plan: Plan) -> list[str]:
         exists = subprocess.run([*podman, "image", "exists", image], check=False)
         if exists.returncode != 0:
             with subprocess.Popen(
-                ["tar", "-C", str(base), "-cf", "-", "."], stdout=subprocess.PIPE
+                ["tar", "-C", str(base), "-cf", "-", "."],
+                stdout=subprocess.PIPE,
+                start_new_session=True,
             ) as tar:
                 _run_checked([*podman, "import", "-", image], stdin=tar.stdout)
         return [*podman, "run", "--rm", *PODMAN_RUN_FLAGS, image, "/bin/true"]
@@ -237,6 +244,7 @@ def _run_checked(command: list[str], *, stdin: int | IO[bytes] | None = subproce
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         check=False,
+        start_new_session=True,
     )
     if result.returncode != 0:
         lines = result.stderr.decode(errors="replace").strip().splitlines()

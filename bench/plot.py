@@ -56,7 +56,7 @@ def plot_ratios(
         if any(ratios.get((w, b)) is not None and b != baselines.get(w, "overlay") for w in rows)
     ]
     height = 0.8 / max(1, len(shown))
-    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.22 * max(1, len(rows)) * max(2, len(shown))))
+    fig, ax = plt.subplots(figsize=(11, 1.5 + 0.16 * max(1, len(rows)) * max(2, len(shown))))
     values = [v for v in ratios.values() if v is not None and v > 0]
     low = min([*values, 0.5]) / 2
     high = max([*values, 2.0]) * 3
@@ -73,6 +73,8 @@ def plot_ratios(
             ys, widths, height=height * 0.9, left=1.0, label=backend, color=COLOURS.get(backend)
         )
         ax.bar_label(bars, labels=[format_ratio(x) for x in xs], padding=2, fontsize=7)
+    for row in range(1, len(rows), 2):  # shade every other workload so groups stand apart
+        ax.axhspan(row - 0.5, row + 0.5, color="#f2f2f2", zorder=0)
     ax.set_xscale("log")
     ax.set_xlim(low, high)
     ax.axvline(1.0, color="black", linewidth=1.2, label="kernel overlayfs (1.0)")
@@ -87,7 +89,7 @@ def plot_ratios(
         "left is slower"
     )
     ax.set_title(title, fontsize=11)
-    ax.grid(axis="x", which="both", alpha=0.25)
+    ax.grid(axis="x", which="major", alpha=0.3)
     ax.legend(loc="best", fontsize=8, framealpha=0.9)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)

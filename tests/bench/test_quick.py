@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,13 +30,26 @@ def strata(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]
     )
 
 
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data dir for the module: the quick data is built once; a bench running beside the
+    tests (in the default dir) is left alone."""
+    return tmp_path_factory.mktemp("bench-data")
+
+
+def mounts_under(path: Path) -> list[str]:
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [m for m in (line.split()[4] for line in lines) if m.startswith(f"{path}/")]
+
+
 @pytest.mark.fuse
-def test_quick_bench_writes_a_complete_json_report_and_a_png(tmp_path: Path) -> None:
+def test_quick_bench_writes_a_complete_json_report_and_a_png(
+    tmp_path: Path, data_dir: Path
+) -> None:
     skip_unless_fuse()
     root = os.geteuid() == 0
     backends = ["plain", "strata", *(["overlay"] if root else [])]
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
-    data_dir = tmp_path / "data"  # its own: a bench running beside the test is left alone
     done = strata(
         "bench",
         "--quick",
@@ -107,3 +122,30 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(args: list[str], message: str
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert done.stdout == ""
+
+
+@pytest.mark.fuse
+def test_ctrl_c_unmounts_and_cleans_up(data_dir: Path) -> None:
+    skip_unless_fuse()
+    command = [*STRATA, "bench", "--quick", "--data-dir", str(data_dir)]
+    command += ["--only", "untar", "--backends", "strata", "--repeat", "50"]
+    # a session of its own: Ctrl-C at a terminal hits the whole foreground process group
+    bench = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not mounts_under(data_dir / "scratch"):
+            assert bench.poll() is None, "the bench ended before it mounted anything"
+            assert time.monotonic() < deadline, "no mount within 60 s"
+            time.sleep(0.01)
+        os.killpg(bench.pid, signal.SIGINT)
+        _, stderr = bench.communicate(timeout=60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+    assert bench.returncode == 130
+    assert b"Traceback" not in stderr
+    assert not mounts_under(data_dir)
+    assert not list((data_dir / "scratch").glob("*"))
