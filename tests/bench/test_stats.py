@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from bench.cli import select_backends, select_workloads
@@ -154,3 +157,37 @@ def test_overlay_for_a_non_root_user_is_a_usage_error(monkeypatch: pytest.Monkey
     with pytest.raises(UsageError, match="needs root"):
         select_backends(["overlay"])
     assert [b.name for b in select_backends(["strata", "plain"])] == ["plain", "strata"]
+
+
+def test_a_missing_peer_is_skipped_with_the_package_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bench import backends
+
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    reason = backends.backend_named("fuse-overlayfs").unavailable()
+    if reason != "/dev/fuse is not usable":
+        assert reason == "fuse-overlayfs not installed (apt-get install fuse-overlayfs)"
+    assert backends.backend_named("plain").unavailable() is None
+
+
+def test_cold_and_chroot_workloads_are_skipped_for_a_normal_user(tmp_path: Path) -> None:
+    from bench.data import QUICK, DataSet
+
+    data = DataSet(tmp_path, QUICK, {})
+    by_id = {w.id: w for w in WORKLOADS}
+    assert by_id["seq-read-cold"].unavailable(data, root=False) == (
+        "cold unavailable: dropping caches needs root"
+    )
+    assert by_id["true-chroot"].unavailable(data, root=False) == "chroot needs root"
+    assert by_id["seq-read-warm"].unavailable(data, root=False) is None
+    assert "no python3" in str(by_id["python-chroot"].unavailable(data, root=True))
+
+
+def test_cpu_seconds_reads_a_live_process_and_not_a_dead_one() -> None:
+    from bench.backends import cpu_seconds
+
+    mine = cpu_seconds(os.getpid())
+    assert mine is not None
+    assert mine >= 0
+    assert cpu_seconds(2**22 + 1) is None  # above pid_max's ceiling: never a process
