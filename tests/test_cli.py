@@ -262,7 +262,7 @@ def test_options_engines_and_mount_pass_are_accepted() -> None:
         ("lowerdir=/a,xyz", "unknown option 'xyz'"),
         ("lowerdir=/a,xyz=1", "unknown option 'xyz'"),
         ("lowerdir=/a,suid=1", "unknown option 'suid'"),
-        ("lowerdir=/a,metacopy=on", "option 'metacopy=on' is not supported"),
+        ("lowerdir=/a,metacopy=yes", "option 'metacopy=yes': expected metacopy=on or metacopy=off"),
         ("lowerdir=/a,xattr_permissions=2", "option 'xattr_permissions=2' is not supported"),
         ("lowerdir=/a,plugins=/p.so", "option 'plugins=/p.so' is not supported"),
         ("lowerdir=/a,upperdir=/u", "upperdir given without workdir"),
@@ -323,6 +323,16 @@ def test_strata_mount_takes_lowers_top_first() -> None:
     assert (req.cfg.upper, req.cfg.work, req.mountpoint) == (Path("/u"), Path("/w"), Path("/mnt"))
     assert not req.foreground
     assert not req.opts.read_only
+
+
+def test_metacopy_is_off_for_fuse_strata_and_on_for_strata_mount_by_default() -> None:
+    # fuse-strata's users (container engines) read the upper directly: a metacopy file would
+    # look empty to them. strata's own stack reads the marker back.
+    assert not parse("-o", "lowerdir=/a", "/mnt").cfg.metacopy
+    assert parse("-o", "lowerdir=/a,metacopy=on", "/mnt").cfg.metacopy
+    assert cli.parse_strata_mount_args(["--lower", "/a", "/mnt"]).cfg.metacopy
+    off = cli.parse_strata_mount_args(["--lower", "/a", "-o", "metacopy=off", "/mnt"])
+    assert not off.cfg.metacopy
 
 
 def test_strata_mount_options_and_flags() -> None:

@@ -210,7 +210,6 @@ _IGNORED_VALUES: Final = frozenset(
 # Kernel overlayfs features strata does not implement: accepted only when switched off.
 _OFF_ONLY: Final[dict[str, frozenset[str]]] = {
     "redirect_dir": frozenset({"off", "nofollow"}),
-    "metacopy": frozenset({"off"}),
     "index": frozenset({"off"}),
     "nfs_export": frozenset({"off"}),
     "xino": frozenset({"off", "auto"}),
@@ -243,6 +242,7 @@ class _OptionState:
     uid_map: tuple[IdMapping, ...] = ()
     gid_map: tuple[IdMapping, ...] = ()
     whiteout: WhiteoutFormat = WhiteoutFormat.AUTO
+    metacopy: bool | None = None  # None: the command's default (on for strata, off for fuse-strata)
 
     def __post_init__(self) -> None:
         # Running as root: like fuse-overlayfs, let everyone in (the kernel checks the modes)
@@ -305,6 +305,10 @@ class _OptionState:
             self.gid_map = parse_id_mappings(name, value)
         elif name == "whiteout":
             self.whiteout = parse_whiteout(value)
+        elif name == "metacopy":
+            if value not in ("on", "off"):
+                raise UsageError(f"option '{item}': expected metacopy=on or metacopy=off")
+            self.metacopy = value == "on"
         elif name in ("fsname", "subtype"):
             if not _NAME_VALUE.fullmatch(value):
                 raise UsageError(f"option '{item}': empty, or contains spaces, quotes or commas")
@@ -331,7 +335,12 @@ class _OptionState:
         )
 
     def union_config(
-        self, lowers: Sequence[Path], upper: Path | None, work: Path | None
+        self,
+        lowers: Sequence[Path],
+        upper: Path | None,
+        work: Path | None,
+        *,
+        metacopy_default: bool,
     ) -> UnionConfig:
         squash_uid, squash_gid = self.squash_uid, self.squash_gid
         if self.squash_to_root:  # squash_to_uid/gid take precedence, as in fuse-overlayfs
@@ -347,6 +356,7 @@ class _OptionState:
             squash_gid=squash_gid,
             uid_map=self.uid_map,
             gid_map=self.gid_map,
+            metacopy=metacopy_default if self.metacopy is None else self.metacopy,
         )
 
 
@@ -391,6 +401,8 @@ options:
   squash_to_root, squash_to_uid=N, squash_to_gid=N
   uidmapping=IN:OUT:N[:IN:OUT:N...], gidmapping=...
   whiteout=auto|chardev|wh            how whiteouts are written (default auto)
+  metacopy=on|off                     metadata-only copy-up (default off for fuse-strata:
+                                      engines read the upper directly; on for strata mount)
 ignored: context=, noacl, static_nlink, userxattr, timeout=, threaded=, private, nofail,
 _netdev, auto, noauto, user, users, defaults, x-*, relatime and other atime spellings.
 As root the defaults are allow_other, default_permissions and suid.
@@ -476,7 +488,9 @@ def _fuse_request(scanned: _FuseArgv, euid: int) -> MountRequest:
     if upper_path is None:
         state.read_only = True  # a union without an upper layer is read-only: say so to the kernel
     return MountRequest(
-        cfg=state.union_config(lowers, upper_path, work_path),
+        # Off by default: engines diff the upper themselves and would read a metacopy file as a
+        # hole (data loss in their commits and image builds).
+        cfg=state.union_config(lowers, upper_path, work_path, metacopy_default=False),
         opts=state.mount_options(source=source),
         mountpoint=_absolute(mountpoint),
         foreground=scanned.foreground or state.debug,
@@ -588,7 +602,7 @@ def _strata_mount_request(args: argparse.Namespace, euid: int) -> MountRequest:
     if upper is None:
         state.read_only = True
     return MountRequest(
-        cfg=state.union_config(lowers, upper, work),
+        cfg=state.union_config(lowers, upper, work, metacopy_default=True),
         opts=state.mount_options(),
         mountpoint=_absolute(args.mountpoint),
         foreground=bool(args.foreground) or state.debug,

@@ -49,6 +49,12 @@ class UnionConfig:
     squash_gid: int | None = None
     uid_map: tuple[IdMapping, ...] = ()
     gid_map: tuple[IdMapping, ...] = ()
+    # Metadata-only copy-up (see unionfs/metacopy.py): chmod, chown, utimes and xattr changes of
+    # a lower file copy its metadata now and its data at the first data write. On for strata's
+    # own stack (`strata mount`, `strata run`), which reads the marker back; fuse-strata turns it
+    # off, because engines that use it diff the upper directory themselves and would read a
+    # metacopy file as a hole. Markers already in a layer are honoured either way.
+    metacopy: bool = True
 
     @property
     def read_only(self) -> bool:

@@ -12,6 +12,7 @@ without interruption, which is what keeps the in-memory state and the layers con
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import itertools
@@ -26,7 +27,7 @@ from typing import Final
 
 import trio
 
-from . import _sys
+from . import _sys, metacopy
 from .config import UnionConfig, WhiteoutFormat
 from .errors import UsageError, fs_error
 from .inodes import ROOT, InodeNo, InodeTable, LowerEntry, Node, encode_ino
@@ -104,6 +105,7 @@ class _Child:
     lowers: tuple[int, ...]  # dirs: lower candidates (opacity of each checked later)
     ino: int
     nlink_extra: int = 0  # names of a copied-up hard-link group that were not linked up
+    redirect: bytes | None = None  # the metacopy marker of the topmost object, if any
 
 
 @dataclass(slots=True)
@@ -145,6 +147,11 @@ class UnionFS:
         self.can_rename_whiteout = False
         self.opaque_xattr: str | None = "trusted.overlay.opaque"
         self.origin_xattr: str | None = "trusted.strata.origin"
+        # Metacopy markers are written under these names (None: metacopy=off, or no xattrs);
+        # markers already in a layer are read whatever the option says.
+        self.metacopy_xattr: str | None = None
+        self._metacopy_layer_xattr = ""
+        self._marker_layers: list[bool] = []  # per layer: may it hold metacopy files?
         self._open()
 
     # ------------------------------------------------------------------ set-up and tear-down
@@ -158,6 +165,9 @@ class UnionFS:
             self._root_fds.append(-1)
         for lower in cfg.lowers:
             self._root_fds.append(os.open(lower, _sys.O_PATHDIR))
+        self._marker_layers = [
+            fd >= 0 and metacopy.layer_may_hold_markers(fd) for fd in self._root_fds
+        ]
         root = Node(
             nodeid=ROOT,
             kind=stat.S_IFDIR,
@@ -207,6 +217,9 @@ class UnionFS:
             if _sys.can_set_xattr(self._tmp_fd, f"{attr_ns}.strata.probe"):
                 self.origin_xattr = f"{attr_ns}.strata.origin"
                 self.opaque_xattr = f"{attr_ns}.overlay.opaque"
+                if self.cfg.metacopy:
+                    self.metacopy_xattr = f"{attr_ns}.{metacopy.MARKER_NAME}"
+                    self._metacopy_layer_xattr = f"{attr_ns}.{metacopy.LAYER_NAME}"
                 break
         else:
             self.origin_xattr = None
@@ -398,16 +411,32 @@ class UnionFS:
                     lowers = entry.layers
                 lower = entry.layers[0] if entry is not None else 0
                 ino, extra = self._origin(fd, name, st)
-                return _Child(st, True, lower, lowers, ino, extra)
+                redirect = self._marker(UPPER, fd, name, st)
+                return _Child(st, True, lower, lowers, ino, extra, redirect)
             if entry is not None and self._upper_whiteout(fd, name):
                 return None
         if entry is None:
             return None
         layer = entry.layers[0]
         st = self._lower_stat(parent, layer, name)
+        redirect = None
+        if self._marker_layers[layer] and stat.S_ISREG(st.st_mode):
+            redirect = self._marker(layer, self._dirfd(parent, layer), name, st)
         return _Child(
-            st, False, layer, entry.layers if entry.is_dir else (), encode_ino(layer, st.st_ino)
+            st,
+            False,
+            layer,
+            entry.layers if entry.is_dir else (),
+            encode_ino(layer, st.st_ino),
+            redirect=redirect,
         )
+
+    def _marker(self, layer: int, dirfd: int, name: bytes, st: os.stat_result) -> bytes | None:
+        """The metacopy marker of a regular file in `layer` (only looked for where the layer's
+        root says it may hold some, and never on empty files: those are never metacopied)."""
+        if not self._marker_layers[layer] or not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            return None
+        return metacopy.read_marker(dirfd, name)
 
     def _node_for(self, parent: Node, name: bytes, child: _Child) -> Node:
         """The node for a resolved name: the known one if it is the same object, else a new one."""
@@ -439,6 +468,8 @@ class UnionFS:
             node.nlink_extra = child.nlink_extra
         else:
             node.lower_st = child.st
+        if (child.upper or not node.upper) and node.redirect != child.redirect:
+            node.redirect, node.data_src = child.redirect, None
         self.inodes.link(node, parent, name)
         return node
 
@@ -533,6 +564,14 @@ class UnionFS:
             uid = cfg.squash_uid
         if cfg.squash_gid is not None:
             gid = cfg.squash_gid
+        blocks = st.st_blocks
+        if node.redirect is not None:
+            try:  # a metacopy file reports its data's blocks, as overlayfs does
+                src = self._data_source(node)
+            except OSError:
+                src = None  # missing data: opening fails with EIO, attributes stay readable
+            if src is not None:
+                blocks = src.st.st_blocks
         return Attr(
             nodeid=node.nodeid,
             ino=node.ino,
@@ -542,7 +581,7 @@ class UnionFS:
             gid=gid,
             rdev=st.st_rdev,
             size=st.st_size,
-            blocks=st.st_blocks,
+            blocks=blocks,
             blksize=st.st_blksize,
             atime_ns=st.st_atime_ns,
             mtime_ns=st.st_mtime_ns,
@@ -570,7 +609,10 @@ class UnionFS:
         node = self.inodes.get(nodeid)
         self._check_writable()
         if node.links or node.nodeid == ROOT:
-            await self.copy_up(node, data=changes.size != 0)
+            if changes.size is None:  # chmod, chown, utimes: the data may stay below
+                await self.copy_up(node, metadata_only=True)
+            else:
+                await self.copy_up(node, data=changes.size != 0)
         handle = self._handles.get(fh) if fh is not None else None
         if changes.size is not None:
             if isinstance(handle, _FileHandle) and handle.writable:
@@ -632,41 +674,63 @@ class UnionFS:
     def _tmpname(self) -> bytes:
         return b"%d-%d" % (os.getpid(), next(self._tmp_counter))
 
-    async def copy_up(self, node: Node, *, data: bool = True) -> None:
+    async def copy_up(self, node: Node, *, data: bool = True, metadata_only: bool = False) -> None:
         """Make node exist in the upper layer: parents first, then the object, atomically.
 
         The copy is built in the work dir with data (holes kept), owner, mode, xattrs, times and
         an origin xattr (keeping st_ino), then renamed into place. Racing copy-ups of one node
         wait for the first; a lower file with several names gets all its visible names linked.
-        """
-        if node.upper:
-            return
-        self._check_writable()
-        chain: list[Node] = []
-        cur: Node | None = node
-        while cur is not None and not cur.upper:
-            chain.append(cur)
-            cur = cur.parent
-        if cur is None:
-            raise fs_error(errno.ENOENT, node.name)  # unlinked meanwhile
-        for ancestor in reversed(chain[1:]):
-            await self._copy_up_node(ancestor, data=True)
-        await self._copy_up_node(node, data=data)
 
-    async def _copy_up_node(self, node: Node, *, data: bool) -> None:
+        `data=False`: the caller empties the file at once (O_TRUNC, truncate to 0), so no data is
+        copied. `metadata_only=True` (chmod, chown, utimes, xattrs, rename): with metacopy on, a
+        regular file with one name and some data becomes a metacopy file (unionfs/metacopy.py)
+        whose data stays below. Without it, a metacopy upper file gets its data now.
+        """
+        if not node.upper:
+            self._check_writable()
+            chain: list[Node] = []
+            cur: Node | None = node
+            while cur is not None and not cur.upper:
+                chain.append(cur)
+                cur = cur.parent
+            if cur is None:
+                raise fs_error(errno.ENOENT, node.name)  # unlinked meanwhile
+            for ancestor in reversed(chain[1:]):
+                await self._copy_up_node(ancestor, data=True, metadata_only=False)
+            await self._copy_up_node(node, data=data, metadata_only=metadata_only)
+        if node.redirect is not None and node.upper:
+            if not metadata_only:
+                await self._copy_up_data(node, data=data)
+            else:
+                async with node.lock:
+                    pass  # a data copy-up may be replacing the file: change the new one
+
+    async def _copy_up_node(self, node: Node, *, data: bool, metadata_only: bool) -> None:
         async with node.lock:
             if node.upper:
                 return
             if node.is_dir:
                 self._copy_up_dir(node)
             elif stat.S_ISREG(node.kind) and self._stat(node).st_nlink > 1:
+                # No metacopy for hard links: a later data copy-up would have to move every
+                # name of the group at once; copying the data now keeps them one file.
                 await self._copy_up_hardlinked(node, data=data)
             else:
-                await self._copy_up_one(node, data=data)
+                meta = metadata_only and self._can_metacopy(node)
+                await self._copy_up_one(node, data=data, meta=meta)
             node.upper = True
             self._reopen_readers(node)
             if node.is_dir and self.invalidate is not None:
                 self.invalidate(node.nodeid)  # now merged: its st_nlink became 1
+
+    def _can_metacopy(self, node: Node) -> bool:
+        """A metadata change of this lower node may leave its data below (an empty file has
+        nothing worth deferring, and is never a metacopy file)."""
+        return (
+            self.metacopy_xattr is not None
+            and stat.S_ISREG(node.kind)
+            and self._stat(node).st_size > 0
+        )
 
     def _copy_up_dir(self, node: Node) -> None:
         parent = node.parent
@@ -678,32 +742,117 @@ class UnionFS:
         self._copy_meta(src_fd, name, self._tmp_fd, tmp, st, self._origin_of(node))
         self._rename_into_place(tmp, parent, node.name)
 
-    async def _copy_up_one(self, node: Node, *, data: bool) -> None:
-        """Copy a non-directory up; retried if it was moved while its data was copied."""
+    async def _copy_up_one(self, node: Node, *, data: bool, meta: bool = False) -> None:
+        """Copy a non-directory up; retried if it was moved while its data was copied.
+
+        `meta`: make a metacopy file whose marker records the path the file has now, which is
+        its path in its lower layer (lower objects are never renamed in place).
+        """
         while True:
             parent = node.parent
             if parent is None:
                 raise fs_error(errno.ENOENT, node.name)
             name = node.name
             src_fd = self._dirfd(parent, node.lower)
-            tmp = await self._build_copy(
-                src_fd, name, self._stat(node), data, self._origin_of(node)
-            )
+            marker = self._relpath(node) if meta else None
+            tmp = await self._build_copy(node, src_fd, name, self._stat(node), data, marker)
             if node.parent is parent and node.name == name and parent.upper:
                 self._rename_into_place(tmp, parent, name)
+                node.redirect, node.data_src = marker, None
                 return
             self._remove_tree(self._tmp_fd, tmp)  # renamed or unlinked meanwhile: start over
             if not node.links:
                 raise fs_error(errno.ENOENT, name)
             await self.copy_up(node.parent or parent)
 
+    async def _copy_up_data(self, node: Node, *, data: bool) -> None:
+        """Give a metacopy upper file its data (none with data=False), atomically.
+
+        The whole file is built in the work dir -- data from where the marker leads, metadata
+        and xattrs from the metacopy file, no marker -- and renamed over the metacopy file, so a
+        crash leaves either the metacopy file or the full one (never a torn file); leftovers in
+        the work dir go at the next mount. Read-only descriptors then move to the new file.
+        """
+        async with node.lock:
+            while node.upper and node.redirect is not None:
+                parent = node.parent
+                if parent is None or not node.links:
+                    raise fs_error(errno.ENOENT, node.name)
+                name = node.name
+                pfd = self._dirfd(parent, UPPER)
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                tmp = await self._build_copy(node, pfd, name, st, data, None)
+                if node.parent is parent and node.name == name:
+                    pst = os.stat(pfd)
+                    _sys.renameat2(self._tmp_fd, tmp, pfd, name)
+                    self._restore_times(pfd, pst)
+                    node.redirect, node.data_src = None, None
+                    break
+                self._remove_tree(self._tmp_fd, tmp)  # renamed meanwhile: start over
+        self._reopen_readers(node)
+
+    def _relpath(self, node: Node) -> bytes:
+        """node's path from the root of the union (= its path inside the layer holding it)."""
+        parts: list[bytes] = []
+        cur = node
+        while cur.nodeid != ROOT:
+            parent = cur.parent
+            if parent is None:
+                raise fs_error(errno.ENOENT, node.name)
+            parts.append(cur.name)
+            cur = parent
+        return b"/".join(reversed(parts))
+
+    def _data_source(self, node: Node) -> metacopy.DataSource | None:
+        """Where the data of a metacopy node is (absolute layer index); None for a file that
+        holds its own data. Cached: the layers below the marker never change while mounted.
+        Raises OSError(EIO) when the data is missing."""
+        if node.redirect is None:
+            return None
+        if isinstance(node.data_src, metacopy.DataSource):
+            return node.data_src
+        base = (UPPER if node.upper else node.lower) + 1
+        size = self._stat(node).st_size
+        found = metacopy.find_data(self._root_fds[base:], node.redirect, size)
+        src = dataclasses.replace(found, layer=found.layer + base)
+        node.data_src = src
+        return src
+
+    def _open_data(self, node: Node) -> int:
+        """A read-only fd with node's data: its own file, or where its metacopy marker leads."""
+        src = self._data_source(node)
+        if src is not None:
+            return metacopy.open_in_layer(self._root_fds[src.layer], src.relpath)
+        dirfd, name = self._where(node, UPPER if node.upper else node.lower)
+        return _sys.open_lower(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dirfd)
+
+    def _mark_upper_layer(self) -> None:
+        """Flag the upper root as holding metacopy files, before the first marker is written
+        (so a reader of this layer never misses one, even after a crash right after)."""
+        if self._marker_layers[UPPER]:
+            return
+        _sys.setxattr(self._root_fds[UPPER], b".", self._metacopy_layer_xattr, b"y")
+        self._marker_layers[UPPER] = True
+
     async def _build_copy(
-        self, src_fd: int, name: bytes, st: os.stat_result, data: bool, origin: int
+        self,
+        node: Node,
+        src_fd: int,
+        name: bytes,
+        st: os.stat_result,
+        data: bool,
+        marker: bytes | None,
     ) -> bytes:
+        """Build node's copy in the work dir from (src_fd, name) and its metadata `st`.
+
+        A regular file gets its data from wherever node's data is (`_open_data`); with a
+        `marker` it gets none, only its size (a hole) and the metacopy xattr.
+        """
         tmp = self._tmpname()
         mode = st.st_mode
         if stat.S_ISREG(mode):
-            src = _sys.open_lower(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, src_fd)
+            # The data is opened first: missing metacopy data (EIO) leaves nothing behind.
+            src = self._open_data(node) if marker is None and data and st.st_size > 0 else -1
             try:
                 dst = os.open(
                     tmp,
@@ -712,21 +861,27 @@ class UnionFS:
                     dir_fd=self._tmp_fd,
                 )
                 try:
-                    if data and st.st_size > INLINE_COPY_MAX:
+                    if marker is not None:
+                        assert self.metacopy_xattr is not None
+                        self._mark_upper_layer()
+                        os.ftruncate(dst, st.st_size)
+                        os.setxattr(dst, self.metacopy_xattr, marker)
+                    elif src >= 0 and st.st_size > INLINE_COPY_MAX:
                         await trio.to_thread.run_sync(
                             _sys.copy_data, src, dst, st.st_size, limiter=self._copy_limiter
                         )
-                    elif data:
+                    elif src >= 0:
                         _sys.copy_data(src, dst, st.st_size)
                 finally:
                     os.close(dst)
             finally:
-                os.close(src)
+                if src >= 0:
+                    os.close(src)
         elif stat.S_ISLNK(mode):
             os.symlink(os.readlink(name, dir_fd=src_fd), tmp, dir_fd=self._tmp_fd)
         else:
             os.mknod(tmp, mode, st.st_rdev, dir_fd=self._tmp_fd)
-        self._copy_meta(src_fd, name, self._tmp_fd, tmp, st, origin)
+        self._copy_meta(src_fd, name, self._tmp_fd, tmp, st, self._origin_of(node))
         return tmp
 
     def _copy_meta(
@@ -814,8 +969,10 @@ class UnionFS:
             node.nlink_extra = extra
 
     def _reopen_readers(self, node: Node) -> None:
-        """Point read-only fds opened on the lower file at the copy, so they see new data."""
-        if not node.open_fds or not stat.S_ISREG(node.kind):
+        """Point read-only fds opened on the lower file at the copy, so they see new data.
+
+        Not while the copy is a metacopy file: their fds are on its data already."""
+        if not node.open_fds or not stat.S_ISREG(node.kind) or node.redirect is not None:
             return
         for fh, fd in list(node.open_fds.items()):
             handle = self._handles.get(fh)
@@ -849,7 +1006,7 @@ class UnionFS:
             if child.is_dir:
                 await self._materialize(child)
             else:
-                await self.copy_up(child)
+                await self.copy_up(child, metadata_only=True)
         ufd = self._dirfd(node, UPPER)
         self._make_opaque(ufd, b".")
         self._drop_whiteouts(ufd)
@@ -1285,7 +1442,7 @@ class UnionFS:
         if node.is_dir:
             await self._materialize(node)
         else:
-            await self.copy_up(node)
+            await self.copy_up(node, metadata_only=True)  # a metacopy file keeps its marker
 
     def _moved(self, node: Node) -> None:
         """A directory moved: its fds follow it, but cached lower state no longer applies."""
@@ -1356,11 +1513,11 @@ class UnionFS:
         if not node.links:
             raise fs_error(errno.ENOENT)
         layer = UPPER if node.upper else node.lower
-        dirfd, name = self._where(node, layer)
-        if layer == UPPER:
+        if layer == UPPER and node.redirect is None:
+            dirfd, name = self._where(node, layer)
             fd = os.open(name, flags & _O_OPEN_MASK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
-        else:
-            fd = _sys.open_lower(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dirfd)
+        else:  # read-only: the lower file, or a metacopy file's data (EIO if it is missing)
+            fd = self._open_data(node)
         return self._add_handle(node, fd, writable=writable)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
@@ -1437,7 +1594,7 @@ class UnionFS:
             raise fs_error(errno.EPERM)
         self._check_writable()
         node = self.inodes.get(nodeid)
-        await self.copy_up(node)
+        await self.copy_up(node, metadata_only=True)
         fd, name = self._where(node, UPPER)
         _sys.setxattr(fd, name, attr, value, flags)
 
@@ -1446,7 +1603,7 @@ class UnionFS:
             raise fs_error(errno.ENODATA)
         self._check_writable()
         node = self.inodes.get(nodeid)
-        await self.copy_up(node)
+        await self.copy_up(node, metadata_only=True)
         fd, name = self._where(node, UPPER)
         _sys.removexattr(fd, name, attr)
 

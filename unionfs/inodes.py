@@ -70,6 +70,11 @@ class Node:
     generation: int = 0
     nlink_extra: int = 0  # copied-up hard link: group names left in lower layers (still counted)
     attr: object = None  # core.Attr of a lower-only object (immutable until copy-up or unlink)
+    # Metacopy (unionfs/metacopy.py): the path recorded in the marker of the file the union serves
+    # (the upper one if `upper`, else the one in `lower`), None for a file that holds its data;
+    # and where that data was found (a metacopy.DataSource, indexed from the layer below).
+    redirect: bytes | None = None
+    data_src: object = None
     _lock: trio.Lock | None = None
 
     @property

@@ -14,6 +14,17 @@ equals `st_ino`, that a re-mount of strata over the same upper shows the same tr
 inode numbers (persistence), and that kernel overlayfs with strata's upper as the top *lower*
 layer shows the same tree again (an upper written by strata reads back correctly as a lower).
 
+Metadata-only copy-up. strata runs with `metacopy=on` (its default) unless told otherwise. An upper
+holding metacopy files cannot be read back by the kernel: strata's marker is its own xattr, not
+the kernel's (`trusted.overlay.metacopy` + `redirect` are only followed by a kernel mounted with
+`metacopy=on` and trusted layers, and their redirect/origin semantics are more than strata keeps),
+and a bare reader sees a hole. So where the upper holds metacopy files, it is read back by strata
+(read-only, the upper as the top lower) instead, which is the "upper becomes a lower" case strata
+must get right; the kernel reads strata's upper back in the same scenarios run with
+`metacopy=off` (see test_differential.py), which writes only the kernel's formats. The oracle may
+itself run with `metacopy=on` (`kernel_metacopy=True`, needs `redirect_dir=on`): then merged trees
+and outcomes are compared as always, never the raw uppers, which legitimately differ.
+
 Where the kernel answers EXDEV to a directory rename, strata deliberately makes the rename work, so
 the oracle does what `mv` does then: it moves the tree itself (`emulate_dir_rename`), and the
 outcome compared is that of the emulation.
@@ -916,8 +927,50 @@ def kernel_supports_index() -> bool:
         return True
 
 
-def kernel_options(*, index: bool) -> list[str]:
+@functools.cache
+def kernel_supports_metacopy() -> bool:
+    """Whether kernel overlayfs here mounts with `metacopy=on` (and the `redirect_dir=on` it needs)."""
+    with tempfile.TemporaryDirectory(prefix="strata-metacopy-probe-") as tmp:
+        base = Path(tmp)
+        for name in ("lower", "upper", "work", "mnt"):
+            (base / name).mkdir()
+        opts = f"lowerdir={base}/lower,upperdir={base}/upper,workdir={base}/work," + ",".join(
+            kernel_options(index=kernel_supports_index(), metacopy=True)
+        )
+        result = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", opts, str(base / "mnt")],
+            capture_output=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            return False
+        subprocess.run(["umount", str(base / "mnt")], check=True)
+        return True
+
+
+def kernel_options(*, index: bool, metacopy: bool = False) -> list[str]:
+    if metacopy:  # metacopy needs redirect_dir=on (a moved metacopy file records its origin)
+        return [f"index={'on' if index else 'off'}", "redirect_dir=on", "metacopy=on"]
     return [f"index={'on' if index else 'off'}", "redirect_dir=off", "metacopy=off"]
+
+
+METADATA_OPS: Final = ("Chmod", "Chown", "Utime", "SetXattr", "RemoveXattr", "Rename")
+
+
+def has_metadata_ops(scenario: Scenario) -> bool:
+    """Does the scenario change metadata of (possibly) lower files: may metacopy matter?"""
+    return any(type(op).__name__ in METADATA_OPS for op in scenario.ops)
+
+
+def upper_holds_metacopy_files(upper: Path) -> bool:
+    """strata flags an upper root before writing the first metacopy marker in it."""
+    for attr in ("trusted.strata.metacopy-layer", "user.strata.metacopy-layer"):
+        try:
+            os.getxattr(upper, attr)
+        except OSError:
+            continue
+        return True
+    return False
 
 
 def skip_unless_differential() -> None:
@@ -990,11 +1043,14 @@ def run_differential(
     index: bool | None = None,
     persistence: bool = True,
     readback: bool = True,
+    metacopy: bool = True,
+    kernel_metacopy: bool = False,
 ) -> list[str]:
     """Run `scenario` on kernel overlayfs and on strata under `base`; return the problems found.
 
     An empty list means strata agreed with the kernel everywhere that is compared. `index` picks
-    the kernel's `index=` option (default: on where supported).
+    the kernel's `index=` option (default: on where supported); `metacopy` is strata's option,
+    `kernel_metacopy` the oracle's (see the module doc).
     """
     skip_unless_differential()
     if index is None:
@@ -1002,16 +1058,19 @@ def run_differential(
     layout = Layout(base)
     s_lowers, k_lowers = build_lowers(scenario, layout)
     known = lower_mtimes(s_lowers) | {op.mtime_ns for op in scenario.ops if isinstance(op, Utime)}
-    oracle = f"kernel (index={'on' if index else 'off'})"
+    oracle = f"kernel (index={'on' if index else 'off'}{',metacopy=on' if kernel_metacopy else ''})"
     problems: list[str] = []
 
     k_dirs = UnionDirs(lowers=k_lowers, upper=layout.k_upper, work=layout.k_work, mnt=layout.k_mnt)
-    with KernelOverlay(k_dirs, options=kernel_options(index=index)):
-        k_out = run_ops(layout.k_mnt, scenario.ops, emulate_exdev=True)
+    with KernelOverlay(k_dirs, options=kernel_options(index=index, metacopy=kernel_metacopy)):
+        # With redirect_dir=on the kernel renames directories itself; otherwise it answers EXDEV
+        # and the oracle moves the tree as `mv` would.
+        k_out = run_ops(layout.k_mnt, scenario.ops, emulate_exdev=not kernel_metacopy)
         k_snap = normalized_snapshot(layout.k_mnt, known)
 
     s_dirs = UnionDirs(lowers=s_lowers, upper=layout.s_upper, work=layout.s_work, mnt=layout.s_mnt)
-    with StrataMount(s_dirs, log_path=base / "strata-1.log"):
+    s_args = ["-o", f"metacopy={'on' if metacopy else 'off'}"]
+    with StrataMount(s_dirs, log_path=base / "strata-1.log", extra_args=s_args):
         s_out = run_ops(layout.s_mnt, scenario.ops, emulate_exdev=False)
         walked = _walk(
             problems,
@@ -1041,6 +1100,8 @@ def run_differential(
 
     if s_snap is not None:
         forgive_eager_dir_copy_up(s_snap, k_snap, layout)
+        if kernel_metacopy:
+            forgive_redirected_dir_nlink(s_snap, k_snap, layout)
         diff = diff_snapshots(s_snap, k_snap, names=("strata", oracle))
         if diff:
             problems.append("final trees differ:\n  " + "\n  ".join(diff))
@@ -1048,7 +1109,7 @@ def run_differential(
         problems.append("strata readdir d_ino != st_ino:\n  " + "\n  ".join(dino))
 
     if persistence and s_raw is not None:
-        with StrataMount(s_dirs, log_path=base / "strata-2.log"):
+        with StrataMount(s_dirs, log_path=base / "strata-2.log", extra_args=s_args):
             again = _walk(
                 problems, "re-mounted strata", lambda: raw_snapshot(layout.s_mnt, ino=True)
             )
@@ -1057,21 +1118,28 @@ def run_differential(
             problems.append("re-mounting strata changed the tree:\n  " + "\n  ".join(diff))
 
     if readback and s_raw is not None:
-        r_dirs = UnionDirs(
-            lowers=[layout.s_upper, *k_lowers], upper=None, work=None, mnt=layout.readback_mnt
-        )
-        with KernelOverlay(r_dirs):
-            back = without_private_xattrs(raw_snapshot(layout.readback_mnt, ino=False))
         mine = {
             p: e._replace(ino=None, nlink=_bare_nlink(layout.s_upper, p, e.nlink))
             for p, e in s_raw.items()
         }
-        diff = diff_snapshots(mine, back, names=("strata", "kernel over strata's upper"))
-        if diff:
-            problems.append(
-                "kernel overlayfs reads strata's upper (as a lower) differently:\n  "
-                + "\n  ".join(diff)
+        if upper_holds_metacopy_files(layout.s_upper):
+            # Only strata knows its marker: it reads the upper back itself (read-only).
+            r_dirs = UnionDirs(
+                lowers=[layout.s_upper, *s_lowers], upper=None, work=None, mnt=layout.readback_mnt
             )
+            reader = "strata over its own upper"
+            with StrataMount(r_dirs, log_path=base / "strata-readback.log"):
+                back = _walk(problems, reader, lambda: raw_snapshot(layout.readback_mnt, ino=False))
+        else:
+            r_dirs = UnionDirs(
+                lowers=[layout.s_upper, *k_lowers], upper=None, work=None, mnt=layout.readback_mnt
+            )
+            reader = "kernel over strata's upper"
+            with KernelOverlay(r_dirs):
+                back = without_private_xattrs(raw_snapshot(layout.readback_mnt, ino=False))
+        diff = diff_snapshots(mine, back or {}, names=("strata", reader))
+        if back is not None and diff:
+            problems.append(f"{reader} (as a lower) reads differently:\n  " + "\n  ".join(diff))
     return problems
 
 
@@ -1123,9 +1191,41 @@ def forgive_eager_dir_copy_up(
             k_snap[path] = k._replace(nlink=None)
 
 
-def assert_scenario(scenario: Scenario, base: Path) -> None:
+def forgive_redirected_dir_nlink(
+    s_snap: dict[str, EntrySnapshot], k_snap: dict[str, EntrySnapshot], layout: Layout
+) -> None:
+    """Leave out st_nlink of directories the kernel moved by a redirect (redirect_dir=on).
+
+    A principled difference: the kernel renames a lower or merged directory by recording its
+    origin in `trusted.overlay.redirect`, so it (and every directory below it) stays merged with
+    the lower one and reports st_nlink 1; strata copies the moved tree up and makes it opaque, so
+    its directories are not merged and report their real count.
+    """
+    k_upper = os.fsencode(layout.k_upper)
+    for path, s in s_snap.items():
+        k = k_snap.get(path)
+        if k is None or s.kind != "dir" or k.kind != "dir" or s.nlink == k.nlink or k.nlink != 1:
+            continue
+        parts = os.fsencode(path.lstrip("/")).split(b"/")
+        for i in range(1, len(parts) + 1):
+            try:
+                os.getxattr(
+                    _join(k_upper, b"/".join(parts[:i])),
+                    "trusted.overlay.redirect",
+                    follow_symlinks=False,
+                )
+            except OSError:
+                continue
+            s_snap[path] = s._replace(nlink=None)
+            k_snap[path] = k._replace(nlink=None)
+            break
+
+
+def assert_scenario(
+    scenario: Scenario, base: Path, *, metacopy: bool = True, kernel_metacopy: bool = False
+) -> None:
     """Fail the calling test with a readable report when strata and the kernel disagree."""
-    problems = run_differential(scenario, base)
+    problems = run_differential(scenario, base, metacopy=metacopy, kernel_metacopy=kernel_metacopy)
     if problems:
         head = f"scenario {scenario.name!r}" + (f": {scenario.doc}" if scenario.doc else "")
         pytest.fail(head + "\n\n" + "\n\n".join(problems), pytrace=False)

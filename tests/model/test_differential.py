@@ -55,7 +55,9 @@ from tests.model.scenarios import (
     Whiteout,
     Write,
     assert_scenario,
+    has_metadata_ops,
     kernel_supports_index,
+    kernel_supports_metacopy,
     skip_unless_differential,
 )
 
@@ -675,14 +677,114 @@ SCENARIOS.append(
 )
 
 
+# ---- metadata-only copy-up (metacopy): a metadata change, then the data is read, written, moved
+BIG_DATA = bytes(range(256)) * 1024  # 256 KiB: more than one FUSE read request
+SCENARIOS += [
+    scenario(
+        "metacopy-chmod-then-append",
+        (HELLO,),
+        Chmod(b"d/f", 0o600),
+        Read(b"d/f", want=b"hello\n"),
+        Append(b"d/f", b"more\n"),
+        Read(b"d/f", want=b"hello\nmore\n"),
+        Stat(b"d/f", want=stat_of("file", 0o600, 11, 1)),
+        doc="the data moves up at the first write, keeping the changed mode",
+    ),
+    scenario(
+        "metacopy-chown-then-truncate",
+        (HELLO,),
+        Chown(b"d/f", 1000, 1001),
+        Truncate(b"d/f", 3),
+        Read(b"d/f", want=b"hel"),
+        Chown(b"d/g", 7, 7),
+        OpenTrunc(b"d/g", b"x"),
+        Read(b"d/g", want=b"x"),
+        Stat(b"d/g", want=stat_of("file", 0o644, 1, 1, 7, 7)),
+    ),
+    scenario(
+        "metacopy-utime-then-rename-then-write",
+        (MERGED_TOP, MERGED_BASE),
+        Utime(b"d/g", T2, T1),
+        Rename(b"d/g", b"e/moved"),
+        Read(b"e/moved", want=b"gee\n"),
+        Create(b"d/g", b"new at the old name"),
+        Read(b"e/moved", want=b"gee\n"),
+        Write(b"e/moved", b"G"),
+        Read(b"e/moved", want=b"Gee\n"),
+        Read(b"d/g", want=b"new at the old name"),
+        doc="a renamed metacopy file finds its data at the original path",
+    ),
+    scenario(
+        "metacopy-setxattr-then-read-through-earlier-fd",
+        ((File(b"big", BIG_DATA),),),
+        SetXattr(b"big", "user.k", b"v"),
+        Read(b"big", want=BIG_DATA),
+        ReadThroughEarlierFd(b"big", b"NEW"),
+        GetXattr(b"big", "user.k", want=b"v"),
+        Read(b"big", want=b"NEW" + BIG_DATA[3:]),
+    ),
+    scenario(
+        "metacopy-chmod-then-link-and-rename-dir",
+        ((File(b"d/f", b"hello\n"), File(b"d/sub/x", b"x\n")),),
+        Chmod(b"d/f", 0o700),
+        Link(b"d/f", b"d/f2"),
+        Chmod(b"d/sub/x", 0o600),
+        Rename(b"d", b"e"),
+        Read(b"e/f2", want=b"hello\n"),
+        Read(b"e/sub/x", want=b"x\n"),
+        SameFile(b"e/f", b"e/f2", want=True),
+        Stat(b"e/sub/x", want=stat_of("file", 0o600, 2, 1)),
+        doc="a link copies the data first; a moved directory's metacopy files keep their data",
+    ),
+    scenario(
+        "metacopy-chmod-lower-hard-link",
+        (TWO_NAMES,),
+        Chmod(b"d/f", 0o600),
+        Stat(b"e/f2", want=stat_of("file", 0o600, 6, 2)),
+        Append(b"e/f2", b"!"),
+        Read(b"d/f", want=b"hello\n!"),
+        needs_index=True,
+        doc="hard-linked lower files are copied whole (no metacopy): the names stay one file",
+    ),
+]
+
+
 def test_scenario_names_are_unique() -> None:
     names = [s.name for s in SCENARIOS]
     assert len(names) == len(set(names))
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
-def test_strata_matches_kernel_overlayfs(scenario: Scenario, tmp_path: Path) -> None:
+def _skip_unless_runnable(scenario: Scenario) -> None:
     skip_unless_differential()
     if scenario.needs_index and not kernel_supports_index():
         pytest.skip("kernel overlayfs here cannot mount with index=on (keeps hard links)")
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def test_strata_matches_kernel_overlayfs(scenario: Scenario, tmp_path: Path) -> None:
+    """strata as mounted by default (metacopy=on) against the kernel's default copy-up."""
+    _skip_unless_runnable(scenario)
     assert_scenario(scenario, tmp_path)
+
+
+METADATA_SCENARIOS = [s for s in SCENARIOS if has_metadata_ops(s)]
+
+
+@pytest.mark.parametrize("scenario", METADATA_SCENARIOS, ids=lambda s: s.name)
+def test_strata_with_metacopy_off_matches_kernel_overlayfs(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """metacopy=off (fuse-strata's default): the whole copy-up, and an upper the kernel reads
+    back as a lower layer (with metacopy files in it, only strata can)."""
+    _skip_unless_runnable(scenario)
+    assert_scenario(scenario, tmp_path, metacopy=False)
+
+
+@pytest.mark.parametrize("scenario", METADATA_SCENARIOS, ids=lambda s: s.name)
+def test_strata_matches_kernel_overlayfs_with_metacopy(scenario: Scenario, tmp_path: Path) -> None:
+    """The second oracle: the kernel with metacopy=on (and the redirect_dir=on it needs). The
+    raw uppers differ by design (markers, redirects); merged trees and outcomes may not."""
+    _skip_unless_runnable(scenario)
+    if not kernel_supports_metacopy():
+        pytest.skip("kernel overlayfs here cannot mount with metacopy=on,redirect_dir=on")
+    assert_scenario(scenario, tmp_path, kernel_metacopy=True)
