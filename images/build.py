@@ -880,8 +880,14 @@ class _Copier:
                             shutil.copyfileobj(fin, fout, 1 << 20)
                     self.set_attrs(dst, st, owner=(st.st_uid, st.st_gid))
                     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-                elif stat.S_ISFIFO(st.st_mode):
-                    os.mkfifo(dst)
+                elif (
+                    stat.S_ISFIFO(st.st_mode)
+                    or stat.S_ISCHR(st.st_mode)
+                    or stat.S_ISBLK(st.st_mode)
+                ):
+                    if os.path.lexists(dst) and not (dst.is_dir() and not dst.is_symlink()):
+                        os.unlink(dst)
+                    os.mknod(dst, st.st_mode, st.st_rdev)
                     self.set_attrs(dst, st, owner=(st.st_uid, st.st_gid))
             for name in dirnames:
                 src = Path(dirpath, name)

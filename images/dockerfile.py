@@ -2,7 +2,7 @@
 
 What is read as Docker's parser reads it:
 
-- parser directives (`# escape=` and `# syntax=`, any case) only at the very top, before any
+- parser directives (`# escape=`, `# syntax=`, `# check=`, any case) only at the very top, before any
   comment, blank line or instruction; the escape character is `\\` (default) or `` ` ``;
 - comment lines (`#` after optional whitespace) are dropped everywhere, also in the middle of a
   continued instruction, as are empty lines inside a continuation;
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Final
 
 _DIRECTIVE: Final = re.compile(r"#\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+_DIRECTIVES: Final = frozenset({"escape", "syntax", "check"})
 _FLAG: Final = re.compile(r"--([A-Za-z][A-Za-z0-9-]*)(?:=(\S*))?")
 _JSON_FORMS: Final = frozenset({"RUN", "CMD", "ENTRYPOINT", "COPY", "ADD", "SHELL", "VOLUME"})
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
@@ -78,6 +79,8 @@ def parse(text: str) -> Dockerfile:
         if match is None:
             break
         key, value = match.group(1).lower(), match.group(2)
+        if key not in _DIRECTIVES:
+            break  # an unknown directive is a comment, and ends the directives
         if key == "escape":
             if value not in ("\\", "`"):
                 raise DockerfileError(index + 1, f"invalid escape character {value!r}")

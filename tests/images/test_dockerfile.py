@@ -38,6 +38,11 @@ def test_directive_after_a_comment_is_only_a_comment() -> None:
     assert df.instructions[1].args == "a  b"
 
 
+def test_unknown_directive_ends_the_directives() -> None:
+    df = parse("# syntax=docker/dockerfile:1\n# unknown=1\n# escape=`\nFROM base\n")
+    assert df.escape == "\\"
+
+
 def test_invalid_escape_directive() -> None:
     with pytest.raises(DockerfileError, match="line 1"):
         parse("# escape=x\nFROM base\n")
