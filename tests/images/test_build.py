@@ -300,3 +300,52 @@ def test_build_from_scratch_and_inspect(strata: Strata) -> None:
     missing = strata.run("inspect", "nosuch")
     assert missing.returncode == 1
     assert missing.stderr == "strata: no such container or image: nosuch\n"
+
+
+def test_run_sees_env_workdir_user_and_build_args(strata: Strata) -> None:
+    store = _load(strata)
+    ctx = strata.tmp / "ctx"
+    (ctx / "skip/keep").mkdir(parents=True)
+    (ctx / "skip/drop").write_text("dropped\n")
+    (ctx / "skip/keep/k").write_text("kept\n")
+    (ctx / "deep/er").mkdir(parents=True)
+    (ctx / "deep/er/x.tmp").write_text("tmp\n")
+    (ctx / "deep/er/y").write_text("y\n")
+    (ctx / ".dockerignore").write_text("skip\n!skip/keep\n**/*.tmp\n")
+    (ctx / "Dockerfile").write_text(
+        "ARG GLOBAL=g\n"
+        "FROM uniontest:1\n"
+        "ARG GLOBAL\n"
+        "ARG LOCAL=l\n"
+        "ARG SHADOWED=arg\n"
+        "ENV SHADOWED=env\n"
+        "WORKDIR /work/dir\n"
+        "COPY . ctx/\n"
+        "USER nobody\n"
+        'RUN echo "$GLOBAL $LOCAL $SHADOWED $(pwd) $(id -u)"; find ctx | sort\n'
+        'ENTRYPOINT ["echo"]\n'
+    )
+    done = strata.run("build", "-t", "env:1", "--build-arg", "LOCAL=override", str(ctx))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "g override env /work/dir 65534" in lines
+    start = lines.index("ctx")
+    assert lines[start : start + 9] == [
+        "ctx",
+        "ctx/.dockerignore",
+        "ctx/Dockerfile",
+        "ctx/deep",
+        "ctx/deep/er",
+        "ctx/deep/er/y",
+        "ctx/skip",
+        "ctx/skip/keep",
+        "ctx/skip/keep/k",
+    ]
+    config = store.get("env:1").config["config"]
+    assert isinstance(config, dict)
+    assert config["Entrypoint"] == ["echo"]
+    assert "Cmd" not in config  # the base image's CMD does not suit the new ENTRYPOINT
+    assert config["User"] == "nobody"
+    assert not [e for e in config["Env"] if e.startswith(("GLOBAL=", "LOCAL="))]
+    run = strata.run("run", "--rm", "env:1", "hello", check=True)
+    assert run.stdout == "hello\n"
