@@ -147,7 +147,7 @@ def run_bench(args: argparse.Namespace, runner: _Runner) -> int:
         write_json(document, args.json)
         print(f"JSON: {args.json}")
     if args.plot is not None:
-        from .harness import ratios
+        from .harness import ratio_ranges, ratios
         from .plot import plot_ratios
 
         meta = document["meta"]
@@ -163,6 +163,7 @@ def run_bench(args: argparse.Namespace, runner: _Runner) -> int:
             args.plot,
             title=title,
             baselines={w.id: w.baseline for w in workloads},
+            ranges=ratio_ranges(results, workloads),
         )
         print(f"plot: {args.plot}")
     return 1 if any(r.status == "failed" for r in results) else 0

@@ -281,6 +281,22 @@ def ratios(
     return out
 
 
+def ratio_ranges(
+    results: Sequence[Result], workloads: Sequence[Workload]
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """The speed factor over the backend's spread (baseline median / high .. / low): the
+    whiskers of the chart."""
+    baselines = {w.id: w.baseline for w in workloads}
+    summaries = {(r.workload, r.backend): s for r in results if (s := r.summary()) is not None}
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for (workload, backend), summary in summaries.items():
+        base = summaries.get((workload, baselines.get(workload, "overlay")))
+        if base is None or summary.low <= 0 or base.median <= 0:
+            continue
+        out[(workload, backend)] = (base.median / summary.high, base.median / summary.low)
+    return out
+
+
 def table(results: Sequence[Result], workloads: Sequence[Workload], backends: Sequence[str]) -> str:
     """The terminal table, the daemon CPU table and the reasons for empty cells."""
     factor = ratios(results, workloads)

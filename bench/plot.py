@@ -30,11 +30,13 @@ def plot_ratios(
     *,
     title: str,
     baselines: Mapping[str, str] | None = None,
+    ranges: Mapping[tuple[str, str], tuple[float, float]] | None = None,
 ) -> None:
     """Draw the grouped bars of `ratios[(workload, backend)]` into `path` (PNG).
 
     The baseline of each row (overlay, or podman for container start-up) is the 1.0 line and
-    gets no bar of its own; workloads without any factor are left out.
+    gets no bar of its own; workloads without any factor are left out. `ranges` (the factor
+    over the backend's spread) become whiskers, so a noisy figure looks noisy.
     """
     import matplotlib
 
@@ -58,26 +60,39 @@ def plot_ratios(
     height = 0.8 / max(1, len(shown))
     fig, ax = plt.subplots(figsize=(11, 1.5 + 0.16 * max(1, len(rows)) * max(2, len(shown))))
     values = [v for v in ratios.values() if v is not None and v > 0]
-    low = min([*values, 0.5]) / 2
-    high = max([*values, 2.0]) * 3
+    extremes = [v for lo_hi in (ranges or {}).values() for v in lo_hi if v > 0]
+    low = min([*values, *extremes, 0.5]) / 2.5
+    high = max([*values, *extremes, 2.0]) * 3
     for index, backend in enumerate(shown):
-        ys, xs = [], []
+        ys, xs, below, above = [], [], [], []
         for row, workload in enumerate(rows):
             ratio = ratios.get((workload, backend))
             if ratio is None or ratio <= 0 or backend == baselines.get(workload, "overlay"):
                 continue
             ys.append(row + (index - (len(shown) - 1) / 2) * height)
             xs.append(ratio)
+            low_ratio, high_ratio = (ranges or {}).get((workload, backend), (ratio, ratio))
+            below.append(max(0.0, ratio - low_ratio))
+            above.append(max(0.0, high_ratio - ratio))
         widths = [x - 1.0 for x in xs]  # bars grow from the 1.0 line: left slower, right faster
-        bars = ax.barh(
+        ax.barh(
             ys, widths, height=height * 0.9, left=1.0, label=backend, color=COLOURS.get(backend)
         )
-        ax.bar_label(bars, labels=[format_ratio(x) for x in xs], padding=2, fontsize=7)
+        ax.errorbar(xs, ys, xerr=[below, above], fmt="none", ecolor="#444444", elinewidth=0.8)
+        for x, y, minus, plus in zip(xs, ys, below, above, strict=True):
+            # the label sits past the bar's end or its whisker, whichever reaches further
+            if x >= 1.0:
+                ax.text((x + plus) * 1.04, y, format_ratio(x), va="center", ha="left", fontsize=7)
+            else:
+                ax.text((x - minus) / 1.04, y, format_ratio(x), va="center", ha="right", fontsize=7)
     for row in range(1, len(rows), 2):  # shade every other workload so groups stand apart
         ax.axhspan(row - 0.5, row + 0.5, color="#f2f2f2", zorder=0)
     ax.set_xscale("log")
     ax.set_xlim(low, high)
     ax.axvline(1.0, color="black", linewidth=1.2, label="kernel overlayfs (1.0)")
+    steps = [m * 10.0**e for e in range(-4, 5) for m in (1, 2, 5)]  # 1-2-5 ticks
+    ax.xaxis.set_major_locator(ticker.FixedLocator([t for t in steps if low <= t <= high]))
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _pos: f"{x:g}"))
     labels = [
         w if baselines.get(w, "overlay") == "overlay" else f"{w} (vs {baselines[w]})" for w in rows

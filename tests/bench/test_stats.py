@@ -191,3 +191,13 @@ def test_cpu_seconds_reads_a_live_process_and_not_a_dead_one() -> None:
     assert mine is not None
     assert mine >= 0
     assert cpu_seconds(2**22 + 1) is None  # above pid_max's ceiling: never a process
+
+
+def test_ratio_ranges_span_the_backends_spread() -> None:
+    from bench.harness import ratio_ranges
+
+    results = [
+        _result("seq-read-cold", "overlay", 1.0, 1.0, 1.0),
+        _result("seq-read-cold", "strata", 1.0, 2.0, 4.0),
+    ]
+    assert ratio_ranges(results, WORKLOADS)[("seq-read-cold", "strata")] == (0.25, 1.0)
