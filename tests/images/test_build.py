@@ -349,3 +349,21 @@ def test_run_sees_env_workdir_user_and_build_args(strata: Strata) -> None:
     assert not [e for e in config["Env"] if e.startswith(("GLOBAL=", "LOCAL="))]
     run = strata.run("run", "--rm", "env:1", "hello", check=True)
     assert run.stdout == "hello\n"
+
+
+def test_layers_held_by_a_build_survive_rmi_and_prune(tmp_path: Path) -> None:
+    """What a build holds (its staging dir flock'ed, `held.json`) is in use for rmi and prune;
+    once the build is over (or its process died: the flock is gone) it is not."""
+    from images.load import load
+
+    store = ImageStore(tmp_path / "root")
+    (rec,) = load(store, _archive("oci"), say=lambda _: None)
+    with store.staging() as staging:
+        with store.lock():
+            store.hold(staging, rec.layers)
+        out = store.remove("uniontest:1", force=False)
+        assert not [line for line in out if "Deleted layer" in line]
+        assert store.prune() == []
+        assert all(store.has_layer(d) for d in rec.layers)
+    assert len(store.prune()) == len(rec.layers)
+    assert store.layers() == []
