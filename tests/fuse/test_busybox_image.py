@@ -205,6 +205,42 @@ def test_changes_go_to_the_upper_and_lowers_stay_unchanged(
         assert (m.mnt / "opt" / "keep" / "k2").read_bytes() == b"k2\n"
 
 
+@pytest.mark.fuse
+@pytest.mark.root
+def test_metacopy_binaries_run_and_survive_remount_and_stacking(
+    busybox_layers: list[Path], union_mount: StrataMountFactory, tmp_path: Path
+) -> None:
+    """chmod/chown of lower files (the shell itself) copy metadata only; exec, reads, a
+    re-mount and the upper stacked as a lower of a new union all still see the data."""
+    upper, work = make_upper(tmp_path)
+    lowers = top_first(busybox_layers)
+    busybox = next(
+        layer / "bin" / "busybox" for layer in lowers if (layer / "bin" / "busybox").exists()
+    )
+    size = os.stat(busybox).st_size
+    original_passwd = (busybox_layers[1] / "etc" / "passwd").read_bytes()
+    script = "chmod 4755 /bin/busybox; chown 1:1 /etc/passwd; cat /etc/passwd; echo ran"
+    with union_mount(lowers=lowers, upper=upper, work=work) as m:
+        result = chroot_run(m.mnt, ["/bin/sh", "-c", script])
+        assert result.stdout == original_passwd.decode() + "ran\n"
+        assert chroot_run(m.mnt, ["/bin/busybox", "echo", "again"]).stdout == "again\n"
+    for rel in ("bin/busybox", "etc/passwd"):
+        assert os.getxattr(upper / rel, "trusted.strata.metacopy") == rel.encode()
+    st = os.stat(upper / "bin" / "busybox")
+    assert (st.st_size, stat.S_IMODE(st.st_mode)) == (size, 0o4755)
+    assert st.st_blocks * 512 < size  # a hole: the data stayed below
+    upper2, work2 = tmp_path / "upper2", tmp_path / "work2"
+    upper2.mkdir()
+    work2.mkdir()
+    with union_mount(lowers=[upper, *lowers], upper=upper2, work=work2) as m:
+        assert chroot_run(m.mnt, ["/bin/busybox", "echo", "stacked"]).stdout == "stacked\n"
+        with (m.mnt / "etc" / "passwd").open("ab") as f:
+            f.write(b"more\n")
+        assert (m.mnt / "etc" / "passwd").read_bytes() == original_passwd + b"more\n"
+        assert os.stat(m.mnt / "etc" / "passwd").st_uid == 1
+    assert (upper2 / "etc" / "passwd").read_bytes() == original_passwd + b"more\n"
+
+
 def kernel_copies(layers: list[Path], dest: Path) -> list[Path]:
     """Copies of `layers` with their OCI whiteouts converted for kernel overlayfs (same order)."""
     dest.mkdir()
