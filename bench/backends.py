@@ -185,7 +185,9 @@ def _mount(name: str, lowers: list[Path], upper: Path, work: Path, mnt: Path) ->
         command = ["fuse-overlayfs", "-o", options, str(mnt)]
     elif name == "unionfs-fuse":
         branches = ":".join([f"{upper}=RW", *(f"{p}=RO" for p in lowers)])
-        command = ["unionfs", "-o", "cow,use_ino,allow_other,suid,dev", branches, str(mnt)]
+        # as root, what fuse-overlayfs and strata do as root; fusermount refuses them otherwise
+        options = "cow,use_ino" + (",allow_other,suid,dev" if os.geteuid() == 0 else "")
+        command = ["unionfs", "-o", options, branches, str(mnt)]
     elif name == "strata":
         layers = [arg for p in lowers for arg in ("--lower", str(p))]
         command = [*strata_command(), "mount", *layers, "--upper", str(upper)]
