@@ -196,12 +196,12 @@ class Builder:
     def build(self) -> ImageRecord:
         if os.geteuid() != 0:
             raise BuildError("strata build needs root (RUN and COPY mount the image's union)")
+        if not self.opts.context.is_dir():
+            raise BuildError(f"{self.opts.context}: the build context is not a directory")
         try:
             text = self.opts.dockerfile.read_text(errors="surrogateescape")
         except OSError as e:
             raise BuildError(f"{self.opts.dockerfile}: {e.strerror}") from None
-        if not self.opts.context.is_dir():
-            raise BuildError(f"{self.opts.context}: the build context is not a directory")
         try:
             dockerfile = parse(text)
         except DockerfileError as e:

@@ -367,3 +367,32 @@ def test_layers_held_by_a_build_survive_rmi_and_prune(tmp_path: Path) -> None:
         assert all(store.has_layer(d) for d in rec.layers)
     assert len(store.prune()) == len(rec.layers)
     assert store.layers() == []
+
+
+def test_interrupted_build_leaves_nothing_behind(strata: Strata) -> None:
+    import signal
+    import time
+
+    store = _load(strata)
+    ctx = strata.tmp / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM uniontest:1\nRUN echo started; sleep 60\n")
+    proc = strata.popen("build", "-t", "never:1", str(ctx), stdout=-1, stderr=-1)
+    try:
+        assert proc.stdout is not None
+        while "started" not in proc.stdout.readline():
+            assert proc.poll() is None
+        deadline = time.monotonic() + 10
+        while not strata.container_ids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1
+    assert "exit status 130" in err
+    assert store.find("never:1") is None
+    assert strata.container_ids() == []
+    assert os.listdir(store.tmp_dir) == []
