@@ -11,7 +11,7 @@ How each instruction is carried out:
   as a union with a fresh upper dir (`runtime.rootfs.UnionRootfs`, as a container's rootfs), the
   files are written through the mount, and the upper becomes the layer the same way. So copy-up,
   whiteouts and symlinks in the destination path (`/bin -> usr/bin`) behave as in a container.
-- ENV, ARG, USER, CMD, ENTRYPOINT, LABEL, MAINTAINER, EXPOSE: the config only (`empty_layer`
+- ENV, ARG, USER, CMD, ENTRYPOINT, LABEL, MAINTAINER, EXPOSE, SHELL, STOPSIGNAL: the config only (`empty_layer`
   in the history, as Docker); ARG is not recorded at all (only RUN sees its values).
 
 The cache: every step's result (the whole config and the layer list) is kept under
@@ -79,6 +79,8 @@ SUPPORTED: Final = frozenset(
         "LABEL",
         "MAINTAINER",
         "EXPOSE",
+        "SHELL",
+        "STOPSIGNAL",
     }
 )
 _FLAGS: Final = {"COPY": {"chown"}, "ADD": {"chown"}}
@@ -325,7 +327,7 @@ class Builder:
             self._arg(ins, self.args)
             return state
         if kw == "RUN":
-            argv = self._run_argv(ins)
+            argv = self._run_argv(ins, state)
             args = self._run_args(state)
             shown = " ".join(argv)
             if args:
@@ -430,12 +432,12 @@ class Builder:
 
     # -- RUN
 
-    def _run_argv(self, ins: Instruction) -> list[str]:
+    def _run_argv(self, ins: Instruction, state: _State) -> list[str]:
         if ins.exec_form is not None:
             if not ins.exec_form:
                 raise BuildError(f"{self._at(ins)}: RUN needs a command")
             return list(ins.exec_form)
-        return ["/bin/sh", "-c", ins.args]
+        return [*_shell(state), ins.args]
 
     def _run_args(self, state: _State) -> list[str]:
         """The build args a RUN sees (K=V, sorted): set ones that no ENV of the same name hides."""
@@ -577,7 +579,7 @@ class Builder:
 
     def _metadata(self, ins: Instruction, state: _State) -> tuple[_State, str]:
         """The new state and the history text of ENV USER CMD ENTRYPOINT LABEL MAINTAINER
-        EXPOSE."""
+        EXPOSE SHELL STOPSIGNAL."""
         new = _State(copy.deepcopy(state.config), list(state.layers))
         inner = new.inner
         kw = ins.keyword
@@ -602,7 +604,7 @@ class Builder:
             if ins.exec_form is not None:
                 argv = list(ins.exec_form)
             elif ins.args:
-                argv = ["/bin/sh", "-c", ins.args]
+                argv = [*_shell(state), ins.args]
             else:
                 argv = []
             if kw == "CMD":
@@ -613,6 +615,17 @@ class Builder:
                 if not self.cmd_set:  # as Docker: an inherited CMD does not suit a new ENTRYPOINT
                     inner.pop("Cmd", None)
             return new, f"{kw} {json.dumps(argv)}"
+        if kw == "SHELL":
+            if not ins.exec_form:
+                raise BuildError(f'{self._at(ins)}: SHELL needs the JSON form ["shell", "-c"]')
+            inner["Shell"] = list(ins.exec_form)
+            return new, f"SHELL {json.dumps(list(ins.exec_form))}"
+        if kw == "STOPSIGNAL":
+            name = self._expand(ins, ins.args, state)
+            if not _signal_ok(name):
+                raise BuildError(f"{self._at(ins)}: STOPSIGNAL {name}: not a signal")
+            inner["StopSignal"] = name
+            return new, f"STOPSIGNAL {name}"
         if kw == "MAINTAINER":
             new.config["author"] = ins.args
             return new, f"MAINTAINER {ins.args}"
@@ -645,6 +658,25 @@ def _describe(e: Exception) -> str:
         name = f"{os.fsdecode(e.filename)}: " if e.filename is not None else ""
         return f"{name}{e.strerror or e}"
     return str(e)
+
+
+def _shell(state: _State) -> list[str]:
+    """The shell of shell-form RUN, CMD and ENTRYPOINT: SHELL's (also the base image's), or
+    `/bin/sh -c`."""
+    shell = state.inner.get("Shell")
+    if isinstance(shell, list) and shell:
+        return [str(s) for s in shell]
+    return ["/bin/sh", "-c"]
+
+
+def _signal_ok(name: str) -> bool:
+    """STOPSIGNAL's argument: a signal name (with or without SIG) or number, as Docker takes."""
+    import signal
+
+    if name.isdigit():
+        return 0 < int(name) < signal.NSIG
+    upper = name.upper()
+    return hasattr(signal, upper if upper.startswith("SIG") else f"SIG{upper}")
 
 
 def _ports(word: str) -> list[str]:

@@ -396,3 +396,30 @@ def test_interrupted_build_leaves_nothing_behind(strata: Strata) -> None:
     assert store.find("never:1") is None
     assert strata.container_ids() == []
     assert os.listdir(store.tmp_dir) == []
+
+
+def test_shell_and_stopsignal(strata: Strata) -> None:
+    store = _load(strata)
+    ctx = strata.tmp / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        "FROM uniontest:1\n"
+        'SHELL ["/bin/echo", "via-echo"]\n'
+        "RUN hello there\n"
+        "CMD as shell form\n"
+        "STOPSIGNAL SIGUSR1\n"
+    )
+    done = strata.run("build", "-t", "shell:1", str(ctx), check=True)
+    assert "via-echo hello there" in done.stdout.splitlines()
+    config = store.get("shell:1").config["config"]
+    assert isinstance(config, dict)
+    assert config["Shell"] == ["/bin/echo", "via-echo"]
+    assert config["Cmd"] == ["/bin/echo", "via-echo", "as shell form"]
+    assert config["StopSignal"] == "SIGUSR1"
+    (ctx / "Dockerfile").write_text("FROM uniontest:1\nSTOPSIGNAL SIGNOPE\n")
+    bad = strata.run("build", str(ctx))
+    assert bad.returncode == 1
+    assert bad.stderr == "strata: Dockerfile:2: STOPSIGNAL SIGNOPE: not a signal\n"
+    (ctx / "Dockerfile").write_text("FROM uniontest:1\nSHELL /bin/bash -c\n")
+    bad = strata.run("build", str(ctx))
+    assert "Dockerfile:2: SHELL needs the JSON form" in bad.stderr
