@@ -7,7 +7,9 @@ Layout of `DATA_DIR/full` (or `DATA_DIR/quick`), each a directory of its own:
     small/     bench-small/rmtree (~10k entries, removed by rm-rf) and bench-small/keep (~10k)
     changes/   the "changes" layer on top: edited /etc files and a few new ones
     untar.tar  ~20k small files for the untar workload
-    merged/    all layers copied into one plain directory: the plain (no union) backend
+    merged/    all layers hard-linked into one plain directory: the plain (no union) backend;
+               hard links, not copies, so it reads the very blocks the unions read (a copy
+               would sit elsewhere on disk and in the host's cache, and cold reads differ)
     .complete  the stamp, written last (JSON: what was built); without it the tree is rebuilt
 
 The union backends stack `changes, small, bigfile, base` (top first). Everything is written
@@ -31,10 +33,12 @@ from typing import Final
 DEFAULT_DATA_DIR: Final = Path("/var/tmp/strata-bench")
 CACHED_ROOTFS: Final = Path("/var/cache/strata-tests/bookworm-minbase-python3")
 STAMP: Final = ".complete"
+DATA_VERSION: Final = 2  # bump when the layout changes: older cached data is rebuilt
 MIB: Final = 1 << 20
 
 BIG_FILE: Final = "bench-big/big.bin"
 RM_TREE: Final = "bench-small/rmtree"
+BIG_MODE: Final = 0o644
 UNTAR_DEST: Final = "bench-untar"
 
 
@@ -121,7 +125,7 @@ def prepare(data_dir: Path, scale: Scale, *, log: bool = True) -> DataSet:
             description = json.loads(stamp.read_text())
         except (OSError, ValueError):
             description = None
-        if isinstance(description, dict):
+        if isinstance(description, dict) and description.get("version") == DATA_VERSION:
             return DataSet(root, scale, description)
     if log:
         print(f"strata bench: building the {scale.name} data set in {root} (once)", flush=True)
@@ -148,8 +152,9 @@ def _build(root: Path, scale: Scale) -> dict[str, object]:
     merged = root / "merged"
     merged.mkdir()
     for layer in ("base", "bigfile", "small", "changes"):  # bottom first: upper files win
-        subprocess.run(["cp", "-a", "--", f"{root / layer}/.", str(merged)], check=True)
+        link_tree(root / layer, merged)
     return {
+        "version": DATA_VERSION,
         "scale": scale.name,
         "base": base_source,
         "base_entries": _count_entries(root / "base"),
@@ -158,7 +163,15 @@ def _build(root: Path, scale: Scale) -> dict[str, object]:
         f"and as many in /bench-small/keep",
         "tarball": f"{scale.tar_files} files of 0-4 KiB in 100 directories",
         "layers_top_first": ["changes", "small", "bigfile", "base"],
+        "plain": "merged/: the layers hard-linked into one directory (the same inodes)",
     }
+
+
+def link_tree(source: Path, dest: Path) -> None:
+    """Hard-link the tree `source` into `dest` (directories made, existing names replaced)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    command = ["cp", "-a", "--link", "--remove-destination", "--", f"{source}/.", str(dest)]
+    subprocess.run(command, check=True)
 
 
 def _make_debian_base(dest: Path) -> str:
@@ -208,6 +221,7 @@ def _make_big_layer(layer: Path, size: int) -> None:
             f.write(block)
         f.flush()
         os.fsync(f.fileno())
+    path.chmod(BIG_MODE)
 
 
 def _make_small_layer(layer: Path, scale: Scale) -> None:

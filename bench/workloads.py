@@ -13,21 +13,22 @@ How a run is prepared (by the harness, from the flags here):
   of earlier runs slow creates down until the caches are dropped; then `prewarm` reads the
   inputs that are not under test (the tarball, the tree to remove) so every backend starts alike.
 - `undo` puts the plain directory back after a run that changed it (the unions get a fresh
-  upper instead).
+  upper instead). The plain directory's files are hard links to the layers' (see data.py), so
+  an append or chmod there changes the layer's inode too until `undo` restores it; that is why
+  an interrupted plain run invalidates the whole data set (the harness removes its stamp).
 """
 
 from __future__ import annotations
 
 import os
 import random
-import stat
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from .data import BIG_FILE, RM_TREE, UNTAR_DEST, DataSet
+from .data import BIG_FILE, BIG_MODE, RM_TREE, UNTAR_DEST, DataSet, link_tree
 
 READ_CHUNK: Final = 1 << 20
 PAGE: Final = 4096
@@ -145,8 +146,7 @@ def chmod_big_file(root: Path, data: DataSet) -> None:
 
 
 def undo_chmod(root: Path, data: DataSet) -> None:
-    original = os.stat(data.root / "bigfile" / BIG_FILE).st_mode
-    os.chmod(root / BIG_FILE, stat.S_IMODE(original))
+    os.chmod(root / BIG_FILE, BIG_MODE)
 
 
 def untar(root: Path, data: DataSet) -> None:
@@ -175,7 +175,7 @@ def prewarm_tree(root: Path, data: DataSet) -> None:
 
 def undo_remove_tree(root: Path, data: DataSet) -> None:
     _run(["rm", "-rf", "--", str(root / RM_TREE)])
-    _run(["cp", "-a", "--", str(data.root / "small" / RM_TREE), str(root / RM_TREE)])
+    link_tree(data.root / "small" / RM_TREE, root / RM_TREE)
 
 
 # ---------------------------------------------------------------------------------------------
