@@ -58,6 +58,7 @@ from .dockerfile import (
     expand_words,
     name_values,
     parse,
+    raw_words,
 )
 from .store import ImageRecord, ImageStore, normalize_ref
 
@@ -268,7 +269,7 @@ class Builder:
     def _arg(self, ins: Instruction, scope: dict[str, str | None]) -> None:
         """ARG NAME[=default]...: a --build-arg overrides the default; in the stage, an ARG
         without a default takes the value of a global (before FROM) ARG of the same name."""
-        for word in ins.args.split():
+        for word in raw_words(ins.args, self.escape):
             name, sep, default = word.partition("=")
             if not name:
                 raise BuildError(f"{self._at(ins)}: ARG: empty name")

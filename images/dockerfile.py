@@ -276,7 +276,7 @@ def expand_words(text: str, env: Mapping[str, str], escape: str = "\\") -> list[
     return _Words(text, env, escape).words(split=True)
 
 
-def _raw_words(text: str, escape: str) -> list[str]:
+def raw_words(text: str, escape: str) -> list[str]:
     """Split on whitespace outside quotes, keeping quotes and escapes (Docker's parseWords)."""
     words: list[str] = []
     word = ""
@@ -311,7 +311,7 @@ def name_values(
 ) -> list[tuple[str, str]]:
     """The `NAME=value ...` pairs of ENV or LABEL (values expanded); with `legacy`, the old
     `NAME value with spaces` form too (DockerfileError if neither)."""
-    words = _raw_words(text, escape)
+    words = raw_words(text, escape)
     if not words:
         raise DockerfileError(0, "needs at least one argument")
     if "=" not in words[0]:

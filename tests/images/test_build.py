@@ -317,18 +317,18 @@ def test_run_sees_env_workdir_user_and_build_args(strata: Strata) -> None:
         "FROM uniontest:1\n"
         "ARG GLOBAL\n"
         "ARG LOCAL=l\n"
-        "ARG SHADOWED=arg\n"
+        "ARG SHADOWED=arg SPACED='two words'\n"
         "ENV SHADOWED=env\n"
         "WORKDIR /work/dir\n"
         "COPY . ctx/\n"
         "USER nobody\n"
-        'RUN echo "$GLOBAL $LOCAL $SHADOWED $(pwd) $(id -u)"; find ctx | sort\n'
+        'RUN echo "$GLOBAL $LOCAL $SHADOWED $(pwd) $(id -u) $SPACED"; find ctx | sort\n'
         'ENTRYPOINT ["echo"]\n'
     )
     done = strata.run("build", "-t", "env:1", "--build-arg", "LOCAL=override", str(ctx))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert "g override env /work/dir 65534" in lines
+    assert "g override env /work/dir 65534 two words" in lines
     start = lines.index("ctx")
     assert lines[start : start + 9] == [
         "ctx",
