@@ -423,3 +423,31 @@ def test_shell_and_stopsignal(strata: Strata) -> None:
     (ctx / "Dockerfile").write_text("FROM uniontest:1\nSHELL /bin/bash -c\n")
     bad = strata.run("build", str(ctx))
     assert "Dockerfile:2: SHELL needs the JSON form" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ([("../escape", tarfile.REGTYPE, "")], "'..' in member name"),
+        ([("link", tarfile.SYMTYPE, "/"), ("link/etc/x", tarfile.REGTYPE, "")], "symlink"),
+        ([("hard", tarfile.LNKTYPE, "/etc/passwd")], "hard link"),
+    ],
+)
+def test_add_of_a_hostile_tar_is_refused(
+    strata: Strata, members: list[tuple[str, bytes, str]], message: str
+) -> None:
+    from .hostile import layer_tar, member
+
+    store = _load(strata)
+    ctx = strata.tmp / "ctx"
+    ctx.mkdir()
+    tar = layer_tar([member(name, kind, link=link) for name, kind, link in members])
+    (ctx / "evil.tar").write_bytes(tar)
+    (ctx / "Dockerfile").write_text("FROM uniontest:1\nADD evil.tar /dst/\n")
+    done = strata.run("build", "-t", "evil:1", str(ctx))
+    assert done.returncode == 1
+    assert done.stderr.startswith("strata: Dockerfile:2: ADD failed: evil.tar: cannot extract")
+    assert message in done.stderr
+    assert store.find("evil:1") is None
+    assert not (strata.tmp / "escape").exists()
+    assert strata.container_ids() == []
