@@ -70,11 +70,9 @@ def _inspect_any(args: argparse.Namespace, runner: _Runner) -> int:
             found.append(inspect(store.state.find(ref)))
             continue
         except UsageError as e:
-            if "no such container" not in str(e):
-                raise
-        rec = store.find(ref)
-        if rec is None:
-            raise UsageError(f"no such container or image: {ref}", 1)
+            rec = store.find(ref) if "no such container" in str(e) else None
+            if rec is None:
+                raise  # the runtime's own message ("no such container: REF")
         found.append(_image_info(store, rec))
     print(json.dumps(found, indent=2))
     return 0

@@ -299,7 +299,7 @@ def test_build_from_scratch_and_inspect(strata: Strata) -> None:
     assert both[1]["Config"]["Cmd"] == ["/bin/hello"]
     missing = strata.run("inspect", "nosuch")
     assert missing.returncode == 1
-    assert missing.stderr == "strata: no such container or image: nosuch\n"
+    assert missing.stderr == "strata: no such container: nosuch\n"  # as before images existed
 
 
 def test_run_sees_env_workdir_user_and_build_args(strata: Strata) -> None:
