@@ -10,9 +10,10 @@ Every union gets a fresh, empty upper (and work) directory per run under the dat
 `scratch/`, so no run sees another's copy-ups. Unmounting targets only the mount point this
 module made, never anything found in the mount table, so other people's mounts are safe.
 
-The FUSE daemon's PID is found, after the mount is live, as the process whose command line
-holds our (unique) mount point as one argument and which has /dev/fuse open: that is the process
-serving the mount whatever the program's way of daemonizing.
+The FUSE daemon's PID is found, after the mount is live, as the holder of the mount's FUSE
+connection (named in /proc/PID/fdinfo of its /dev/fuse fd), or else as the process whose command
+line holds our (unique) mount point and which has /dev/fuse open: the process serving the mount,
+whatever the program's way of daemonizing.
 """
 
 from __future__ import annotations
@@ -242,7 +243,20 @@ def _alive(pid: int) -> bool:
 
 
 def _daemon_pid(mnt: Path) -> int | None:
-    """The process serving `mnt`: our mount point in its argv and /dev/fuse among its fds."""
+    """The process serving `mnt`.
+
+    First by the FUSE connection: the mount's minor device number names it, and the kernel
+    shows it in the fdinfo of each /dev/fuse fd (unionfs.cli's reader; no stat() of the mount,
+    which a hung daemon would hang). Else, on kernels whose fdinfo does not say, the process
+    with our unique mount point as one of its arguments and /dev/fuse open.
+    """
+    from unionfs.cli import fuse_device_holders, mounts_at
+
+    entries = mounts_at(mnt)
+    if entries:
+        pids = {pid for pid, _ in fuse_device_holders(entries[-1].minor)}
+        if len(pids) == 1:
+            return pids.pop()
     wanted = os.fsencode(mnt)
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():

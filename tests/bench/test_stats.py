@@ -201,3 +201,20 @@ def test_ratio_ranges_span_the_backends_spread() -> None:
         _result("seq-read-cold", "strata", 1.0, 2.0, 4.0),
     ]
     assert ratio_ranges(results, WORKLOADS)[("seq-read-cold", "strata")] == (0.25, 1.0)
+
+
+def test_a_backend_that_cannot_mount_fails_cleanly_and_leaves_nothing(tmp_path: Path) -> None:
+    from bench.backends import Backend, BackendError, mounted
+    from bench.data import QUICK, DataSet
+
+    scratch = tmp_path / "scratch"
+    with (
+        pytest.raises(BackendError, match="unknown backend bogus"),
+        mounted(
+            Backend("bogus", "union", "a backend nobody wrote"),
+            DataSet(tmp_path, QUICK, {}),
+            scratch,
+        ),
+    ):
+        pass
+    assert not scratch.exists()
