@@ -266,7 +266,9 @@ class Builder:
 
     # -- ARG and FROM
 
-    def _arg(self, ins: Instruction, scope: dict[str, str | None]) -> None:
+    def _arg(
+        self, ins: Instruction, scope: dict[str, str | None], state: _State | None = None
+    ) -> None:
         """ARG NAME[=default]...: a --build-arg overrides the default; in the stage, an ARG
         without a default takes the value of a global (before FROM) ARG of the same name."""
         for word in raw_words(ins.args, self.escape):
@@ -274,6 +276,8 @@ class Builder:
             if not name:
                 raise BuildError(f"{self._at(ins)}: ARG: empty name")
             env = {k: v for k, v in scope.items() if v is not None}
+            if state is not None:
+                env.update(state.env())
             value: str | None = None
             if sep:
                 try:
@@ -325,7 +329,7 @@ class Builder:
     def _step(self, ins: Instruction, state: _State) -> _State:
         kw = ins.keyword
         if kw == "ARG":
-            self._arg(ins, self.args)
+            self._arg(ins, self.args, state)
             return state
         if kw == "RUN":
             argv = self._run_argv(ins, state)

@@ -319,16 +319,17 @@ def test_run_sees_env_workdir_user_and_build_args(strata: Strata) -> None:
         "ARG LOCAL=l\n"
         "ARG SHADOWED=arg SPACED='two words'\n"
         "ENV SHADOWED=env\n"
+        "ARG FROM_ENV=$SHADOWED-$LOCAL\n"
         "WORKDIR /work/dir\n"
         "COPY . ctx/\n"
         "USER nobody\n"
-        'RUN echo "$GLOBAL $LOCAL $SHADOWED $(pwd) $(id -u) $SPACED"; find ctx | sort\n'
+        'RUN echo "$GLOBAL $LOCAL $SHADOWED $(pwd) $(id -u) $SPACED $FROM_ENV"; find ctx | sort\n'
         'ENTRYPOINT ["echo"]\n'
     )
     done = strata.run("build", "-t", "env:1", "--build-arg", "LOCAL=override", str(ctx))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert "g override env /work/dir 65534 two words" in lines
+    assert "g override env /work/dir 65534 two words env-override" in lines
     start = lines.index("ctx")
     assert lines[start : start + 9] == [
         "ctx",
