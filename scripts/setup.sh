@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare this machine to run and test strata: Debian packages, /dev/fuse, and a venv in .venv with
 # the project installed editable. Meant for Debian 12 as root; idempotent, and fast when nothing
-# changed (apt is skipped when every package is installed, pip when pyproject.toml is unchanged).
+# changed (apt is skipped when every package is installed, pip when pyproject.toml is unchanged,
+# the pyfuse3 build when the installed one carries the same patch).
 set -euo pipefail
 umask 022  # the venv must stay readable by unprivileged users (rootless tests run from it)
 
@@ -15,9 +16,10 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 # fuse3/libfuse3-dev/pkg-config/gcc/python3-dev build pyfuse3; python3-venv makes the venv;
 # busybox-static is the demo image; attr/acl are used by tests; fuse-overlayfs and unionfs-fuse are
 # comparison peers for tests and benchmarks; mmdebstrap builds the Debian rootfs of the slow tests;
-# uidmap (newuidmap) serves rootless containers with subordinate ids, iproute2 the bridge network.
+# uidmap (newuidmap) serves rootless containers with subordinate ids, iproute2 the bridge network;
+# patch applies scripts/pyfuse3/*.patch.
 packages=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc busybox-static attr acl
-          fuse-overlayfs unionfs-fuse mmdebstrap uidmap iproute2)
+          fuse-overlayfs unionfs-fuse mmdebstrap uidmap iproute2 patch)
 
 # The system interpreter on purpose: PATH may hold a pyenv or similar python that other users
 # cannot read.
@@ -74,7 +76,60 @@ else
     "$python" -m venv "$venv"
 fi
 
-# --- 4. the project, editable, with test extras ------------------------------------------------
+# --- 4. pyfuse3, patched -------------------------------------------------------------------------
+# The pyfuse3 sdist from PyPI with scripts/pyfuse3/*.patch applied (README: "pyfuse3 patch"):
+# directory handles can ask the kernel to cache listings, and init can ask for more capabilities
+# (FUSE_CAP_DONT_MASK). Installed before the project so pip never builds the stock one. The built
+# wheel is kept in a cache keyed by the patch, pyfuse3 version, python and libfuse, so a fresh venv
+# only installs it; nothing runs when the installed version (3.5.0+strata.pKEY) has this key.
+pyfuse3_version=3.5.0
+patch_dir=$repo/scripts/pyfuse3
+pf_key=$( { echo "pyfuse3 $pyfuse3_version python $want_version fuse3 $(pkg-config --modversion fuse3)"
+            cat "$patch_dir"/*.patch; } | sha256sum | cut -c1-12)
+pf_want=$pyfuse3_version+strata.p$pf_key  # the installed version is the stamp
+pf_cache=${XDG_CACHE_HOME:-$HOME/.cache}/strata/pyfuse3-$pf_key
+pip=("$venv/bin/python" -m pip -q --disable-pip-version-check)
+
+build_pyfuse3() {  # -> a wheel in $pf_cache; prints pip's and patch's output
+    local build rc=0
+    build=$(mktemp -d)
+    "${pip[@]}" download --no-binary :all: --no-deps -d "$build" "pyfuse3==$pyfuse3_version" \
+        && tar -xzf "$build/pyfuse3-$pyfuse3_version.tar.gz" -C "$build" || rc=1
+    for p in "$patch_dir"/*.patch; do
+        ((rc)) || patch -d "$build/pyfuse3-$pyfuse3_version" -p1 --forward <"$p" || rc=1
+    done
+    ((rc)) || SETUPTOOLS_SCM_PRETEND_VERSION=$pf_want \
+        "${pip[@]}" wheel --no-deps -w "$build/wheel" "$build/pyfuse3-$pyfuse3_version" || rc=1
+    ((rc)) || { mkdir -p "$pf_cache" && cp "$build"/wheel/pyfuse3-*.whl "$pf_cache/"; } || rc=1
+    rm -rf "$build"
+    return $rc
+}
+
+have_pf=$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("pyfuse3"))' \
+    2>/dev/null || true)
+if [[ $have_pf == "$pf_want" ]]; then
+    step "pyfuse3: $pf_want (patched) already installed"
+else
+    log=$(mktemp)
+    if ! compgen -G "$pf_cache/pyfuse3-*.whl" >/dev/null; then
+        step "pyfuse3: building $pf_want ($(cd "$patch_dir" && echo *.patch))"
+        if ! build_pyfuse3 >"$log" 2>&1; then
+            cat "$log" >&2
+            rm -rf "$log" "$pf_cache"
+            die "building the patched pyfuse3 failed"
+        fi
+    fi
+    step "pyfuse3: installing $pf_want (was: ${have_pf:-none})"
+    if ! "${pip[@]}" install --no-deps --force-reinstall "$pf_cache"/pyfuse3-*.whl >"$log" 2>&1
+    then
+        cat "$log" >&2
+        rm -f "$log"
+        die "installing the patched pyfuse3 failed"
+    fi
+    rm -f "$log"
+fi
+
+# --- 5. the project, editable, with test extras ------------------------------------------------
 # The stamp covers what an editable install depends on: pyproject.toml, the repo path, the python.
 want_stamp=$( { sha256sum pyproject.toml; echo "$repo $want_version"; } | sha256sum | cut -d' ' -f1)
 if [[ -f $stamp && $(cat "$stamp") == "$want_stamp" && -x $venv/bin/strata ]]; then
@@ -93,7 +148,7 @@ else
     echo "$want_stamp" >"$stamp"
 fi
 
-# --- 5. commands on the default PATH --------------------------------------------------------------
+# --- 6. commands on the default PATH --------------------------------------------------------------
 # mount(8) and fstab run `fuse-strata` through mount.fuse3 with a fixed PATH, so as root link the
 # commands into /usr/local/bin; a link or file that is not ours is left alone.
 if [[ $EUID -eq 0 ]]; then
