@@ -1554,15 +1554,22 @@ class UnionFS:
     def readdir(self, fh: int, start: int) -> Iterator[tuple[bytes, Attr, int]]:
         """Entries from position `start` as (name, attr, next position); no lookup counted.
 
-        The listing is a snapshot taken at the first read (and again on rewind), so positions
-        stay valid while the directory changes; names gone since are skipped.
+        The listing is a snapshot taken at the first read, so positions stay valid while the
+        directory changes; names gone since are skipped. A rewind appends the names that are new
+        since and keeps every position, as one handle may be read from several places (the FUSE
+        adapter keeps one per directory when the kernel sends no opendir).
         """
         handle = self._handles.get(fh)
         if not isinstance(handle, _DirHandle):
             raise fs_error(errno.EBADF)
         node = handle.node
         if handle.names is None or start == 0:
-            handle.names = [b".", b"..", *self._entries(node)]
+            names = [b".", b"..", *self._entries(node)]
+            old = handle.names
+            if old is not None and len(old) < 2 * len(names) + 64:  # else start afresh
+                known = set(old)
+                names = old + [n for n in names if n not in known]
+            handle.names = names
         for pos in range(start, len(handle.names)):
             name = handle.names[pos]
             try:
