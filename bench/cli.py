@@ -140,9 +140,16 @@ def run_bench(args: argparse.Namespace, runner: _Runner) -> int:
         cleanup_scratch(plan)
     elapsed = time.monotonic() - started
     names = [b.name for b in backends]
+    document = report(results, plan, argv=sys.argv, elapsed=elapsed)
+    meta = document["meta"]
+    assert isinstance(meta, dict)
+    print(
+        f"\nstrata bench: {data.scale.name} data in {data.root}, median of {repeat}; "
+        f"{meta['kernel'].split()[1]}, {meta['cpu_count']} cores, git {str(meta['git_sha'])[:10]}"
+        f"{' (unionfs/ changed since)' if meta['git_dirty'] else ''}, {meta['date']}\n"
+    )
     print(table(results, workloads, names))
     print(f"\n{len(workloads)} workloads x {len(backends)} backends x {repeat} in {elapsed:.0f}s")
-    document = report(results, plan, argv=sys.argv, elapsed=elapsed)
     if args.json is not None:
         write_json(document, args.json)
         print(f"JSON: {args.json}")
@@ -150,8 +157,6 @@ def run_bench(args: argparse.Namespace, runner: _Runner) -> int:
         from .harness import ratio_ranges, ratios
         from .plot import plot_ratios
 
-        meta = document["meta"]
-        assert isinstance(meta, dict)
         title = (
             f"strata bench{' --quick' if args.quick else ''}: speed vs kernel overlayfs "
             f"(median of {repeat}; {meta['date']}, git {str(meta['git_sha'])[:10]})"

@@ -59,7 +59,9 @@ def speed_factor(baseline_seconds: float, seconds: float) -> float | None:
 
 
 def format_seconds(seconds: float) -> str:
-    """A short human duration: 850µs, 12.3ms, 1.23s, 95.0s."""
+    """A short human duration: 0, 850µs, 12.3ms, 1.23s, 95.0s."""
+    if seconds == 0:
+        return "0"
     if seconds < 1e-3:
         return f"{seconds * 1e6:.0f}µs"
     if seconds < 1.0:

@@ -60,7 +60,7 @@ def test_relative_spread_is_half_the_spread_in_percent() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0.000_85, "850µs"), (0.0123, "12.3ms"), (1.234, "1.23s"), (95.04, "95.0s")],
+    [(0.0, "0"), (0.000_85, "850µs"), (0.0123, "12.3ms"), (1.234, "1.23s"), (95.04, "95.0s")],
 )
 def test_format_seconds(seconds: float, text: str) -> None:
     assert format_seconds(seconds) == text
