@@ -1583,7 +1583,9 @@ async def test_first_data_change_copies_the_data_and_drops_the_marker(
     fs = union()
     nodeid = await node(fs, "d/f")
     ino = (await attr(fs, "d/f")).ino
+    early = await fs.open(nodeid, os.O_RDONLY)  # opened on the lower file
     await fs.setattr(nodeid, SetAttr(mode=stat.S_IFREG | 0o640, uid=77, gid=88))
+    assert await fs.read(early, 0, 4) == BIG[:4]
     await fs.setxattr(nodeid, "user.kept", b"k")
     reader = await fs.open(nodeid, os.O_RDONLY)  # opened on the data below
     expected = BIG
@@ -1610,8 +1612,10 @@ async def test_first_data_change_copies_the_data_and_drops_the_marker(
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 77, 88)
     assert os.getxattr(up, "user.kept") == b"k"
     assert (await attr(fs, "d/f")).ino == ino
-    assert await fs.read(reader, 0, len(BIG) + 1) == expected  # the reader moved to the copy
+    assert await fs.read(reader, 0, len(BIG) + 1) == expected  # the readers moved to the copy
+    assert await fs.read(early, 0, len(BIG) + 1) == expected
     await fs.release(reader)
+    await fs.release(early)
     fs = union.remount(fs)
     assert await read(fs, "d/f", len(BIG) + 1) == expected
 
