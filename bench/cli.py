@@ -135,12 +135,12 @@ def run_bench(args: argparse.Namespace, runner: _Runner) -> int:
     plan = Plan(workloads, backends, data, repeat, scratch, data_dir / "state")
     started = time.monotonic()
     try:
-        results = run_plan(plan)
+        results, interrupted = run_plan(plan)
     finally:
         cleanup_scratch(plan)
     elapsed = time.monotonic() - started
     names = [b.name for b in backends]
-    document = report(results, plan, argv=sys.argv, elapsed=elapsed)
+    document = report(results, plan, argv=sys.argv, elapsed=elapsed, interrupted=interrupted)
     meta = document["meta"]
     assert isinstance(meta, dict)
     print(
@@ -150,6 +150,8 @@ def run_bench(args: argparse.Namespace, runner: _Runner) -> int:
     )
     print(table(results, workloads, names))
     print(f"\n{len(workloads)} workloads x {len(backends)} backends x {repeat} in {elapsed:.0f}s")
+    if interrupted:
+        print("interrupted (Ctrl-C): the figures above are what was measured until then")
     if args.json is not None:
         write_json(document, args.json)
         print(f"JSON: {args.json}")
@@ -171,6 +173,8 @@ def run_bench(args: argparse.Namespace, runner: _Runner) -> int:
             ranges=ratio_ranges(results, workloads),
         )
         print(f"plot: {args.plot}")
+    if interrupted:
+        return 130
     return 1 if any(r.status == "failed" for r in results) else 0
 
 

@@ -78,8 +78,11 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-def run_plan(plan: Plan, *, progress: TextIO = sys.stderr) -> list[Result]:
-    """Measure every runnable pair `plan.repeat` times; the results, in plan order."""
+def run_plan(plan: Plan, *, progress: TextIO = sys.stderr) -> tuple[list[Result], bool]:
+    """Measure every runnable pair `plan.repeat` times: (the results in plan order, whether
+    Ctrl-C cut the run short). An interrupted run keeps what it measured, so a long run that
+    has to be stopped still reports; pairs without a sample are marked skipped ("interrupted").
+    """
     results: dict[tuple[str, str], Result] = {}
     for workload in plan.workloads:
         for backend in plan.backends:
@@ -88,31 +91,41 @@ def run_plan(plan: Plan, *, progress: TextIO = sys.stderr) -> list[Result]:
             if reason is not None:
                 result.status, result.reason = reason
             results[(workload.id, backend.name)] = result
-    for index in range(plan.repeat):
-        for workload in plan.workloads:
-            for backend in plan.backends:
-                result = results[(workload.id, backend.name)]
-                if result.status != "ok":
-                    continue
-                try:
-                    seconds, cpu = _measure(workload, backend, plan)
-                except (BackendError, subprocess.CalledProcessError, OSError) as exc:
-                    result.status, result.reason = "failed", _one_line(exc)
-                    print(
-                        f"  {workload.id} on {backend.name}: failed: {result.reason}", file=progress
-                    )
-                    continue
-                result.samples.append(seconds)
-                if cpu is not None:
-                    result.daemon_cpu.append(cpu)
-                cpu_text = f", daemon cpu {format_seconds(cpu)}" if cpu is not None else ""
-                print(
-                    f"  [{index + 1}/{plan.repeat}] {workload.id:16} {backend.name:15} "
-                    f"{format_seconds(seconds)}{cpu_text}",
-                    file=progress,
-                    flush=True,
-                )
-    return list(results.values())
+    try:
+        for index in range(plan.repeat):
+            for workload in plan.workloads:
+                for backend in plan.backends:
+                    result = results[(workload.id, backend.name)]
+                    if result.status == "ok":
+                        _sample(result, workload, backend, plan, index, progress)
+    except KeyboardInterrupt:
+        for result in results.values():
+            if result.status == "ok" and not result.samples:
+                result.status, result.reason = "skipped", "interrupted (Ctrl-C)"
+        return list(results.values()), True
+    return list(results.values()), False
+
+
+def _sample(
+    result: Result, workload: Workload, backend: Backend, plan: Plan, index: int, progress: TextIO
+) -> None:
+    """Add one sample to `result`, or mark it failed with the reason."""
+    try:
+        seconds, cpu = _measure(workload, backend, plan)
+    except (BackendError, subprocess.CalledProcessError, OSError) as exc:
+        result.status, result.reason = "failed", _one_line(exc)
+        print(f"  {workload.id} on {backend.name}: failed: {result.reason}", file=progress)
+        return
+    result.samples.append(seconds)
+    if cpu is not None:
+        result.daemon_cpu.append(cpu)
+    cpu_text = f", daemon cpu {format_seconds(cpu)}" if cpu is not None else ""
+    print(
+        f"  [{index + 1}/{plan.repeat}] {workload.id:16} {backend.name:15} "
+        f"{format_seconds(seconds)}{cpu_text}",
+        file=progress,
+        flush=True,
+    )
 
 
 def _why_not(workload: Workload, backend: Backend, data: DataSet) -> tuple[str, str] | None:
@@ -340,6 +353,7 @@ def report(
     *,
     argv: Sequence[str],
     elapsed: float,
+    interrupted: bool = False,
 ) -> dict[str, object]:
     """Everything as JSON-ready data: raw samples, summaries, ratios, daemon CPU, the machine."""
     factor = ratios(results, plan.workloads)
@@ -371,6 +385,7 @@ def report(
             "argv": list(argv),
             "elapsed_seconds": round(elapsed, 1),
             "repeat": plan.repeat,
+            "interrupted": interrupted,
             "cold_caches_dropped": is_root(),
         },
         "data": plan.data.description | {"path": str(plan.data.root)},

@@ -125,9 +125,10 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(args: list[str], message: str
 
 
 @pytest.mark.fuse
-def test_ctrl_c_unmounts_and_cleans_up(data_dir: Path) -> None:
+def test_ctrl_c_unmounts_cleans_up_and_still_reports(data_dir: Path, tmp_path: Path) -> None:
     skip_unless_fuse()
-    command = [*STRATA, "bench", "--quick", "--data-dir", str(data_dir)]
+    out_json = tmp_path / "partial.json"
+    command = [*STRATA, "bench", "--quick", "--data-dir", str(data_dir), "--json", str(out_json)]
     command += ["--only", "untar", "--backends", "strata", "--repeat", "50"]
     # a session of its own: Ctrl-C at a terminal hits the whole foreground process group
     bench = subprocess.Popen(
@@ -149,3 +150,8 @@ def test_ctrl_c_unmounts_and_cleans_up(data_dir: Path) -> None:
     assert b"Traceback" not in stderr
     assert not mounts_under(data_dir)
     assert not list((data_dir / "scratch").glob("*"))
+    report = json.loads(out_json.read_text())
+    assert report["meta"]["interrupted"] is True
+    [result] = report["results"]
+    assert result["status"] in ("ok", "skipped")
+    assert result["status"] == "ok" or result["reason"] == "interrupted (Ctrl-C)"
