@@ -784,7 +784,11 @@ class UnionFS:
                 tmp = await self._build_copy(node, pfd, name, st, data, None)
                 if node.parent is parent and node.name == name:
                     pst = os.stat(pfd)
-                    _sys.renameat2(self._tmp_fd, tmp, pfd, name)
+                    # Swapped, not renamed over: ext4 (auto_da_alloc) would flush the whole new
+                    # file synchronously in a rename that replaces a file. The metacopy file
+                    # lands in the work dir (removed at the next mount if we crash now).
+                    _sys.renameat2(self._tmp_fd, tmp, pfd, name, _sys.RENAME_EXCHANGE)
+                    os.unlink(tmp, dir_fd=self._tmp_fd)
                     self._restore_times(pfd, pst)
                     node.redirect, node.data_src = None, None
                     break
