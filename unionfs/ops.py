@@ -8,6 +8,14 @@ Cache policy: strata is the only writer of the upper layer through the mount and
 are immutable, so the kernel may keep entries, attributes and page cache for a long time
 (`TIMEOUT`), and negative lookups are cached too. Changing layers under a live mount is
 unsupported (as with overlayfs).
+
+With the patched pyfuse3 (scripts/pyfuse3, `PATCHED`), directory listings are cached by the
+kernel too: opendir answers ENOSYS once, after which the kernel sends no opendir/releasedir, keeps
+each listing it read (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE) and asks `readdir` by inode. The kernel
+drops a cached listing itself when a request through the mount changes that directory (create,
+mknod, mkdir, symlink, link, unlink, rmdir, rename bump its version) or when it sees the
+directory's mtime change; what the core changes behind its back goes through `invalidate`. The
+mount also asks for FUSE_CAP_DONT_MASK, so the umask is applied here, and not under a default ACL.
 """
 
 from __future__ import annotations
@@ -26,6 +34,11 @@ from .core import Attr, Caller, SetAttr, UnionFS
 log = logging.getLogger(__name__)
 
 TIMEOUT: Final = 3600.0
+
+# scripts/pyfuse3/strata.patch: opendir may answer ENOSYS (readdir then gets the inode) or a
+# FileInfo, and init_connection() may ask for capabilities. Stock pyfuse3 works without them.
+PATCHED: Final = hasattr(pyfuse3, "STRATA_PATCH_LEVEL")
+_FUSE_CAPS: Final[dict[str, int]] = dict(getattr(pyfuse3, "FUSE_CAPS", {}))
 
 
 @contextlib.contextmanager
@@ -73,6 +86,9 @@ def _caller(ctx: pyfuse3.RequestContext) -> Caller:
     return Caller(uid=ctx.uid, gid=ctx.gid, umask=ctx.umask, pid=ctx.pid)
 
 
+_DEFAULT_ACL: Final = "system.posix_acl_default"
+
+
 class UnionOperations(pyfuse3.Operations):
     """pyfuse3 handlers for a `UnionFS`. `access()` is not implemented: the mount uses
     `default_permissions`, so the kernel checks permissions from our attributes."""
@@ -87,6 +103,18 @@ class UnionOperations(pyfuse3.Operations):
         fs.invalidate = self._invalidate
         # The core caches the Attr of lower-only objects; their encoded replies are reused too.
         self._entries: dict[int, tuple[Attr, pyfuse3.EntryAttributes]] = {}
+        # Without opendir (PATCHED), one core directory handle per directory node, kept until
+        # the kernel forgets the node: its listing snapshot keeps readdir positions valid.
+        self.cache_listings = PATCHED
+        self._dir_handles: dict[int, tuple[object, int]] = {}
+        self.dont_mask = False  # set when the kernel granted FUSE_CAP_DONT_MASK
+
+    def init_connection(self, conn: dict[str, int]) -> None:
+        """Called by the patched pyfuse3 during FUSE_INIT: the capabilities to ask for."""
+        want = _FUSE_CAPS.get("DONT_MASK", 0)
+        conn["want"] |= want
+        self.dont_mask = bool(want and conn["capable"] & want)
+        log.debug("fuse init: %s", conn)
 
     @staticmethod
     def _invalidate(nodeid: int) -> None:
@@ -94,6 +122,19 @@ class UnionOperations(pyfuse3.Operations):
             pyfuse3.invalidate_inode(pyfuse3.InodeT(nodeid), attr_only=True)
         except OSError as exc:  # the kernel may not know the node (yet): nothing to drop
             log.debug("invalidate_inode(%d): %s", nodeid, exc)
+
+    async def _masked(self, parent_inode: pyfuse3.InodeT, mode: int, umask: int) -> int:
+        """The mode for a new object: with FUSE_CAP_DONT_MASK the kernel leaves the umask to
+        us, and it must not apply under a default ACL (the upper fs then inherits the ACL)."""
+        if not self.dont_mask or not mode & umask:
+            return mode
+        try:
+            await self.fs.getxattr(parent_inode, _DEFAULT_ACL)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.ENOTSUP):
+                raise
+            return mode & ~umask
+        return mode
 
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         cached = self._entries.get(attr.nodeid)
@@ -120,6 +161,9 @@ class UnionOperations(pyfuse3.Operations):
             for ino, _ in inode_list:
                 if ino not in self.fs.inodes.nodes:
                     self._entries.pop(ino, None)
+                    dir_handle = self._dir_handles.pop(ino, None)
+                    if dir_handle is not None:
+                        await self.fs.releasedir(dir_handle[1])
         except Exception:
             log.exception("forget failed")
 
@@ -161,6 +205,7 @@ class UnionOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         with errno_boundary("mknod"):
+            mode = await self._masked(parent_inode, mode, ctx.umask)
             return to_entry(await self.fs.mknod(parent_inode, name, mode, rdev, _caller(ctx)))
 
     async def mkdir(
@@ -171,6 +216,7 @@ class UnionOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         with errno_boundary("mkdir"):
+            mode = await self._masked(parent_inode, mode, ctx.umask)
             return to_entry(await self.fs.mkdir(parent_inode, name, mode, _caller(ctx)))
 
     async def unlink(
@@ -233,6 +279,7 @@ class UnionOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         with errno_boundary("create"):
+            mode = await self._masked(parent_inode, mode, ctx.umask)
             fh, attr = await self.fs.create(parent_inode, name, mode, flags, _caller(ctx))
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True), to_entry(attr)
 
@@ -258,14 +305,30 @@ class UnionOperations(pyfuse3.Operations):
     async def opendir(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileHandleT:
+        if self.cache_listings:
+            # No more opendir/releasedir requests; the kernel caches listings (see above).
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         with errno_boundary("opendir"):
             return pyfuse3.FileHandleT(await self.fs.opendir(inode))
+
+    async def _dir_handle(self, inode: int) -> int:
+        """The core handle readdir uses for directory `inode` when there is no opendir."""
+        node = self.fs.inodes.get(inode)
+        known = self._dir_handles.get(inode)
+        if known is not None:
+            if known[0] is node:
+                return known[1]
+            await self.fs.releasedir(known[1])  # a new object under a reused node id
+        fh = await self.fs.opendir(inode)
+        self._dir_handles[inode] = (node, fh)
+        return fh
 
     async def readdir(
         self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
     ) -> None:
         with errno_boundary("readdir"):
-            for name, attr, next_id in self.fs.readdir(fh, start_id):
+            handle = await self._dir_handle(fh) if self.cache_listings else fh
+            for name, attr, next_id in self.fs.readdir(handle, start_id):
                 if not pyfuse3.readdir_reply(token, name, self._entry(attr), next_id):
                     break
                 if name not in (b".", b".."):  # the kernel takes no reference for these

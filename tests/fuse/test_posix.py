@@ -38,6 +38,7 @@ from tests.helpers.mounts import (
     skip_unless_root,
     tree_snapshot,
 )
+from unionfs.ops import PATCHED as PATCHED_PYFUSE3
 
 pytestmark = pytest.mark.fuse
 
@@ -540,8 +541,9 @@ def test_posix_acls_work_like_on_a_plain_directory(
 
 @pytest.mark.root
 @pytest.mark.xfail(
-    reason="pyfuse3 cannot ask for FUSE_DONT_MASK, so the kernel applies the umask before strata "
-    "sees the mode, also under a default ACL (README: differences from overlayfs)",
+    not PATCHED_PYFUSE3,
+    reason="stock pyfuse3 cannot ask for FUSE_DONT_MASK, so the kernel applies the umask before "
+    "strata sees the mode, also under a default ACL (README: pyfuse3 patch)",
     strict=True,
 )
 def test_default_acl_ignores_the_umask(
@@ -636,6 +638,60 @@ def test_directory_renames_with_mv(union_mount: StrataMountFactory, dirs: UnionD
             check(m.mnt)
         with union_mount(dirs) as m:
             check(m.mnt)
+
+
+def test_listings_follow_every_change_while_the_kernel_caches_them(
+    union_mount: StrataMountFactory, dirs: UnionDirs
+) -> None:
+    """With the patched pyfuse3 the kernel keeps directory listings; each namespace change must
+    still show in the next listing of every directory it touched (lower, merged, upper-only)."""
+    l0, l1 = dirs.lowers
+    put(l0 / "lo" / "a", b"a")
+    put(l0 / "lo" / "sub" / "s", b"s")
+    put(l1 / "lo" / "b", b"b")
+    put(l1 / "other" / "c", b"c")
+
+    def ls(path: Path) -> list[str]:
+        with os.scandir(path) as it:  # opendir + getdents, as ls does
+            return sorted(e.name for e in it)
+
+    with frozen_lowers(dirs), union_mount(dirs) as m:
+        lo, other = m.mnt / "lo", m.mnt / "other"
+        steps: list[tuple[Callable[[], object], dict[Path, list[str]]]] = [
+            (lambda: None, {lo: ["a", "b", "sub"], other: ["c"]}),
+            (lambda: put(lo / "new"), {lo: ["a", "b", "new", "sub"]}),
+            (lambda: os.unlink(lo / "a"), {lo: ["b", "new", "sub"]}),
+            (lambda: os.rename(lo / "b", other / "b"), {lo: ["new", "sub"], other: ["b", "c"]}),
+            (lambda: os.rename(lo / "sub", other / "sub"), {lo: ["new"], other: ["b", "c", "sub"]}),
+            (lambda: ls(other / "sub"), {other / "sub": ["s"]}),
+            (lambda: os.mkdir(lo / "d"), {lo: ["d", "new"]}),
+            (lambda: os.symlink("x", lo / "d" / "l"), {lo / "d": ["l"]}),
+            (lambda: os.link(lo / "new", lo / "d" / "h"), {lo / "d": ["h", "l"], lo: ["d", "new"]}),
+            (lambda: os.mkfifo(lo / "d" / "f"), {lo / "d": ["f", "h", "l"]}),
+            (lambda: os.rename(lo / "d" / "f", lo / "d" / "l"), {lo / "d": ["h", "l"]}),
+            (lambda: subprocess.run(["rm", "-r", str(lo / "d")], check=True), {lo: ["new"]}),
+            (lambda: os.unlink(other / "c"), {other: ["b", "sub"]}),
+            (lambda: put(other / "c", b"again"), {other: ["b", "c", "sub"]}),
+        ]
+        for i, (change, expected) in enumerate(steps):
+            change()
+            for path, names in expected.items():
+                assert ls(path) == names, (i, path)
+                assert ls(path) == names, (i, path, "second listing")
+        # a listing read while names are added keeps every unchanged name exactly once
+        for i in range(300):
+            put(lo / f"n{i:03}")
+        seen: list[str] = []
+        with os.scandir(lo) as it:
+            for k, e in enumerate(it):
+                seen.append(e.name)
+                if k == 100:
+                    put(lo / "zz-late")
+                    os.unlink(lo / "n299")
+        unchanged = {f"n{i:03}" for i in range(299)} | {"new"}
+        assert unchanged <= set(seen)
+        assert len(seen) == len(set(seen))
+        assert ls(lo) == sorted(unchanged | {"zz-late"})
 
 
 # -------------------------------------------------------------------------------------------------
