@@ -93,8 +93,11 @@ def run_plan(plan: Plan, *, progress: TextIO = sys.stderr) -> tuple[list[Result]
             results[(workload.id, backend.name)] = result
     try:
         for index in range(plan.repeat):
+            # each repeat starts with another backend, so no backend always runs first
+            shift = index % max(1, len(plan.backends))
+            rotated = [*plan.backends[shift:], *plan.backends[:shift]]
             for workload in plan.workloads:
-                for backend in plan.backends:
+                for backend in rotated:
                     result = results[(workload.id, backend.name)]
                     if result.status == "ok":
                         _sample(result, workload, backend, plan, index, progress)
@@ -170,14 +173,18 @@ def _measure(workload: Workload, backend: Backend, plan: Plan) -> tuple[float, f
 
 
 def _timed_run(workload: Workload, mount: Mounted, data: DataSet) -> tuple[float, float | None]:
-    if workload.writes:
+    """Prepare as workloads.py's docstring says, then time one run; (seconds, daemon CPU)."""
+    if workload.cold or workload.writes:
+        # the host's cache warm, ours empty: the same start for every backend
+        if workload.prewarm is not None:
+            workload.prewarm(mount.root, data)
+        elif not workload.writes:  # a writing workload cannot be its own warm-up
+            (workload.warmup or workload.run)(mount.root, data)
         drop_caches()
-    if workload.prewarm is not None:
+    elif workload.prewarm is not None:
         workload.prewarm(mount.root, data)
     if workload.warm:
         (workload.warmup or workload.run)(mount.root, data)
-    if workload.cold:
-        drop_caches()
     cpu_before = cpu_seconds(mount.daemon_pid) if mount.daemon_pid is not None else None
     started = time.perf_counter()
     workload.run(mount.root, data)

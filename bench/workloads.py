@@ -7,11 +7,16 @@ harness's Python is never the bottleneck; the reads use unbuffered os.read/os.pr
 microseconds against the milliseconds a request takes.
 
 How a run is prepared (by the harness, from the flags here):
-- cold: `sync; echo 3 > /proc/sys/vm/drop_caches` right before the timed run (root only).
+- cold: the same work once, untimed, then `sync; echo 3 > /proc/sys/vm/drop_caches` (root
+  only), then the timed run. Dropping empties this machine's caches but not the host's below
+  its virtual disk; without the untimed run, whichever backend comes first after a while reads
+  from the real disk and the next ones from the host's cache (the bimodal cold reads), so the
+  order of the backends would decide the figures. With it, every backend starts from the same
+  state: nothing cached here, everything in the host's cache.
+- writes (copy-up, untar, rm -rf): `prewarm` reads the inputs (the big file, the tarball, the
+  tree to remove) for the same reason, then caches are dropped, which also matters because on
+  this disk mass deletes of earlier runs slow creates down until caches are dropped.
 - warm: the same work once, untimed, right before the timed run, on the same mount.
-- writes (copy-up, untar, rm -rf): caches dropped first too, because on this disk mass deletes
-  of earlier runs slow creates down until the caches are dropped; then `prewarm` reads the
-  inputs that are not under test (the tarball, the tree to remove) so every backend starts alike.
 - `undo` puts the plain directory back after a run that changed it (the unions get a fresh
   upper instead). The plain directory's files are hard links to the layers' (see data.py), so
   an append or chmod there changes the layer's inode too until `undo` restores it; that is why
@@ -155,6 +160,10 @@ def untar(root: Path, data: DataSet) -> None:
     _run(["tar", "-C", str(dest), "-xf", str(data.tarball)])
 
 
+def prewarm_big_file(root: Path, data: DataSet) -> None:
+    read_big_file(root, data)
+
+
 def prewarm_tarball(root: Path, data: DataSet) -> None:
     _run(["cat", str(data.tarball)])
 
@@ -218,7 +227,7 @@ WORKLOADS: Final[tuple[Workload, ...]] = (
     Workload(
         "seq-read-cold",
         "sequential read of the big file, cold",
-        "os.read 1 MiB at a time to EOF after drop_caches",
+        "os.read 1 MiB at a time to EOF after an untimed read and drop_caches",
         read_big_file,
         cold=True,
     ),
@@ -232,14 +241,14 @@ WORKLOADS: Final[tuple[Workload, ...]] = (
     Workload(
         "rand-read-cold",
         "random 4 KiB reads of the big file, cold",
-        "os.pread of 4 KiB at random page offsets (fixed seed) after drop_caches",
+        "os.pread of 4 KiB at random page offsets (fixed seed); untimed run, drop_caches first",
         random_reads,
         cold=True,
     ),
     Workload(
         "find-cold",
         "find of the rootfs, cold",
-        "find ROOT -name 'bench-*' -prune -o -print after drop_caches",
+        "find ROOT -name 'bench-*' -prune -o -print; untimed run, drop_caches first",
         find_names,
         cold=True,
     ),
@@ -253,7 +262,7 @@ WORKLOADS: Final[tuple[Workload, ...]] = (
     Workload(
         "stat-cold",
         "lstat of every rootfs entry, cold",
-        "find ROOT ... -printf '%i %s %m %U %G %T@' (lstat per entry) after drop_caches",
+        "find ROOT ... -printf '%i %s %m %U %G %T@' (lstat each); untimed run, drop_caches first",
         stat_walk,
         cold=True,
     ),
@@ -270,6 +279,7 @@ WORKLOADS: Final[tuple[Workload, ...]] = (
         "open O_APPEND + write 4 KiB + close (a full copy-up in a union)",
         append_big_file,
         writes=True,
+        prewarm=prewarm_big_file,
         undo=undo_append,
     ),
     Workload(
@@ -278,6 +288,7 @@ WORKLOADS: Final[tuple[Workload, ...]] = (
         "os.chmod 0600 (a metadata copy-up)",
         chmod_big_file,
         writes=True,
+        prewarm=prewarm_big_file,
         undo=undo_chmod,
     ),
     Workload(
@@ -320,7 +331,7 @@ WORKLOADS: Final[tuple[Workload, ...]] = (
     Workload(
         "tar-usr-cold",
         "tar c /usr, cold",
-        "tar -C ROOT -cf - usr into a drained pipe after drop_caches",
+        "tar -C ROOT -cf - usr into a drained pipe; untimed run, drop_caches first",
         tar_usr,
         cold=True,
     ),
