@@ -156,7 +156,7 @@ def run_bench(args: argparse.Namespace, runner: _Runner) -> int:
         write_json(document, args.json)
         print(f"JSON: {args.json}")
     if args.plot is not None:
-        from .harness import ratio_ranges, ratios
+        from .harness import absolute_notes, ratio_ranges, ratios
         from .plot import plot_ratios
 
         title = (
@@ -171,6 +171,7 @@ def run_bench(args: argparse.Namespace, runner: _Runner) -> int:
             title=title,
             baselines={w.id: w.baseline for w in workloads},
             ranges=ratio_ranges(results, workloads),
+            row_notes=absolute_notes(results, workloads),
         )
         print(f"plot: {args.plot}")
     if interrupted:

@@ -317,6 +317,23 @@ def ratio_ranges(
     return out
 
 
+def absolute_notes(results: Sequence[Result], workloads: Sequence[Workload]) -> dict[str, str]:
+    """For rows not compared with overlay (container start-up): each backend's median time,
+    since there the absolute figure is what people compare ("podman 130 ms")."""
+    notes: dict[str, str] = {}
+    for workload in workloads:
+        if workload.baseline == "overlay":
+            continue
+        parts = [
+            f"{r.backend} {format_seconds(s.median)}"
+            for r in results
+            if r.workload == workload.id and (s := r.summary()) is not None
+        ]
+        if parts:
+            notes[workload.id] = ", ".join(parts)
+    return notes
+
+
 def table(results: Sequence[Result], workloads: Sequence[Workload], backends: Sequence[str]) -> str:
     """The terminal table, the daemon CPU table and the reasons for empty cells."""
     factor = ratios(results, workloads)

@@ -31,12 +31,14 @@ def plot_ratios(
     title: str,
     baselines: Mapping[str, str] | None = None,
     ranges: Mapping[tuple[str, str], tuple[float, float]] | None = None,
+    row_notes: Mapping[str, str] | None = None,
 ) -> None:
     """Draw the grouped bars of `ratios[(workload, backend)]` into `path` (PNG).
 
     The baseline of each row (overlay, or podman for container start-up) is the 1.0 line and
     gets no bar of its own; workloads without any factor are left out. `ranges` (the factor
-    over the backend's spread) become whiskers, so a noisy figure looks noisy.
+    over the backend's spread) become whiskers, so a noisy figure looks noisy. `row_notes` go
+    under a row's name (the absolute times of container start-up, whose target is one).
     """
     import matplotlib
 
@@ -96,6 +98,10 @@ def plot_ratios(
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _pos: f"{x:g}"))
     labels = [
         w if baselines.get(w, "overlay") == "overlay" else f"{w} (vs {baselines[w]})" for w in rows
+    ]
+    labels = [
+        f"{label}\n{(row_notes or {})[w]}" if w in (row_notes or {}) else label
+        for w, label in zip(rows, labels, strict=True)
     ]
     ax.set_yticks(range(len(rows)), labels)
     ax.set_ylim(len(rows) - 0.5, -0.5)

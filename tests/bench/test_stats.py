@@ -218,3 +218,16 @@ def test_a_backend_that_cannot_mount_fails_cleanly_and_leaves_nothing(tmp_path: 
     ):
         pass
     assert not scratch.exists()
+
+
+def test_absolute_notes_name_the_times_of_rows_not_compared_with_overlay() -> None:
+    from bench.harness import absolute_notes
+
+    results = [
+        _result("container-start", "strata", 0.2),
+        _result("container-start", "podman", 0.13),
+        _result("seq-read-cold", "strata", 1.0),
+    ]
+    assert absolute_notes(results, WORKLOADS) == {
+        "container-start": "strata 200.0ms, podman 130.0ms"
+    }
