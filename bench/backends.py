@@ -134,9 +134,9 @@ def mounted(backend: Backend, data: DataSet, scratch: Path) -> Iterator[Mounted]
     if backend.kind != "union":
         raise BackendError(f"{backend.name} does not mount a union")
     upper, work, mnt = scratch / "upper", scratch / "work", scratch / "mnt"
-    for directory in (upper, work, mnt):
-        directory.mkdir(parents=True)
     try:
+        for directory in (upper, work, mnt):
+            directory.mkdir(parents=True)
         try:
             with interrupts_deferred():  # a half-done mount must not escape the unmount below
                 _mount(backend.name, data.lowers, upper, work, mnt)
@@ -211,6 +211,8 @@ def _unmount(name: str, mnt: Path) -> None:
         if not os.path.ismount(mnt):
             break
         _helper(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if os.path.ismount(mnt):  # cannot happen after a lazy unmount, but never leave it silently
+        print(f"strata bench: could not unmount {mnt}; please unmount it", file=sys.stderr)
     if pid is not None:
         _wait_for_exit(pid)
 
