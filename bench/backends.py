@@ -208,18 +208,26 @@ def _unmount(name: str, mnt: Path) -> None:
     else:
         attempts = [["fusermount3", "-u", str(mnt)], ["fusermount3", "-u", "-z", str(mnt)]]
     for command in attempts:
-        if not os.path.ismount(mnt):
+        if not is_mounted(mnt):
             break
         _helper(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if os.path.ismount(mnt):  # cannot happen after a lazy unmount, but never leave it silently
+    if is_mounted(mnt):  # cannot happen after a lazy unmount, but never leave it silently
         print(f"strata bench: could not unmount {mnt}; please unmount it", file=sys.stderr)
     if pid is not None:
         _wait_for_exit(pid)
 
 
+def is_mounted(mnt: Path) -> bool:
+    """Whether something is mounted on `mnt`, from mountinfo: os.path.ismount() stats the path,
+    which fails on a mount whose daemon died (ENOTCONN) and would call it unmounted."""
+    from unionfs.cli import mounts_at
+
+    return bool(mounts_at(mnt))
+
+
 def _wait_for_mount(mnt: Path) -> None:
     deadline = time.monotonic() + MOUNT_TIMEOUT
-    while not os.path.ismount(mnt):
+    while not is_mounted(mnt):
         if time.monotonic() > deadline:
             raise BackendError(f"{mnt} did not get mounted within {MOUNT_TIMEOUT:g}s")
         time.sleep(0.02)

@@ -155,3 +155,18 @@ def test_ctrl_c_unmounts_cleans_up_and_still_reports(data_dir: Path, tmp_path: P
     [result] = report["results"]
     assert result["status"] in ("ok", "skipped")
     assert result["status"] == "ok" or result["reason"] == "interrupted (Ctrl-C)"
+
+
+@pytest.mark.fuse
+def test_a_dead_daemons_mount_is_still_unmounted(data_dir: Path) -> None:
+    skip_unless_fuse()
+    from bench.backends import backend_named, is_mounted, mounted
+    from bench.data import QUICK, prepare
+
+    data = prepare(data_dir, QUICK, log=False)
+    scratch = data_dir / "scratch" / "dead-daemon"
+    with mounted(backend_named("strata"), data, scratch) as mount:
+        assert mount.daemon_pid is not None
+        os.kill(mount.daemon_pid, signal.SIGKILL)  # the daemon we started, by its PID
+    assert not is_mounted(mount.root)
+    assert not scratch.exists()
