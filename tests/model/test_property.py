@@ -6,6 +6,9 @@ its flags, link, unlink, mkdir, rmdir) over a handful of names, so that they col
 runs the scenario on strata and on kernel overlayfs (index=on where supported, EXDEV for directory
 renames emulated) exactly as the hand-written table does, and fails on any difference.
 
+strata runs with metacopy=on (its default); the test runs twice, against the kernel's default
+copy-up and against the kernel with metacopy=on,redirect_dir=on (where the kernel has it).
+
 Settings: derandomized, 25 examples by default (a fixed set, so CI is deterministic).
     STRATA_HYPOTHESIS_EXAMPLES=500   run more examples
     STRATA_HYPOTHESIS_RANDOM=1       draw new examples each run
@@ -44,6 +47,7 @@ from tests.model.scenarios import (
     Unlink,
     Whiteout,
     Write,
+    kernel_supports_metacopy,
     run_differential,
     skip_unless_differential,
 )
@@ -253,13 +257,18 @@ def describe(scenario: Scenario) -> str:
         HealthCheck.filter_too_much,
     ],
 )
+@pytest.mark.parametrize("kernel_metacopy", [False, True], ids=["kernel", "kernel-metacopy"])
 @given(scenario=scenarios())
-def test_random_operations_match_kernel_overlayfs(tmp_path: Path, scenario: Scenario) -> None:
+def test_random_operations_match_kernel_overlayfs(
+    tmp_path: Path, kernel_metacopy: bool, scenario: Scenario
+) -> None:
     skip_unless_differential()
+    if kernel_metacopy and not kernel_supports_metacopy():
+        pytest.skip("kernel overlayfs here cannot mount with metacopy=on,redirect_dir=on")
     note(describe(scenario))
     base = Path(tempfile.mkdtemp(prefix="example-", dir=tmp_path))
     try:
-        problems = run_differential(scenario, base)
+        problems = run_differential(scenario, base, kernel_metacopy=kernel_metacopy)
         # An AssertionError, not pytest.fail(): Hypothesis then adds the falsifying example and
         # its @reproduce_failure line to the report.
         assert not problems, describe(scenario) + "\n\n" + "\n\n".join(problems)
