@@ -43,7 +43,7 @@ import shutil
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final, cast
@@ -423,12 +423,14 @@ class Builder:
             self.store.hold(self.staging, self.held)
         return _State(config, layers)
 
-    def _add_layer(self, upper: Path) -> str:
-        """The upper dir as a layer in the store, held by this build; its diff_id."""
+    def _add_layer(self, upper: Path, below: Sequence[Path]) -> str:
+        """The upper dir (over the lower layers `below`, top first) as a layer in the store, held
+        by this build; its diff_id."""
         from .commit import layer_from_upper
 
         self.layer_count += 1
-        diff_id, dest, tar_map = layer_from_upper(upper, self.staging, f"layer{self.layer_count}")
+        name = f"layer{self.layer_count}"
+        diff_id, dest, tar_map = layer_from_upper(upper, below, self.staging, name)
         with self.store.lock():
             self.store.add_layer(diff_id, dest, tar_map)
             self.held = sorted({*self.held, diff_id})
@@ -452,7 +454,7 @@ class Builder:
     def _run(
         self, ins: Instruction, state: _State, argv: list[str], args: list[str]
     ) -> tuple[_State, str]:
-        from runtime.container import CreateRequest, create, remove, run_attached
+        from runtime.container import CreateRequest, create, remove, run_attached, union_config
 
         root = self.store.state
         req = CreateRequest(
@@ -475,7 +477,7 @@ class Builder:
                 ) from None
             if code != 0:
                 raise BuildError(f"{self._at(ins)}: RUN {' '.join(argv)}: exit status {code}")
-            return state, self._add_layer(cdir.sub("upper"))
+            return state, self._add_layer(cdir.sub("upper"), union_config(cdir).lowers)
         finally:
             remove(root, cdir, force=True)
 
@@ -485,7 +487,7 @@ class Builder:
         inner = state.inner
         return ImageSpec(
             ref=f"{self.where} (build)",
-            layers=tuple(self.store.layer_path(d) for d in reversed(state.layers)),
+            layers=self._lowers(state),
             config=ImageConfig(
                 env=tuple(str(e) for e in inner.get("Env") or []),  # type: ignore[attr-defined]
                 workdir=str(inner.get("WorkingDir") or ""),
@@ -494,6 +496,10 @@ class Builder:
         )
 
     # -- COPY / ADD / WORKDIR: through a mount of the image so far
+
+    def _lowers(self, state: _State) -> tuple[Path, ...]:
+        """The image so far as union lower layers, top first."""
+        return tuple(self.store.layer_path(d) for d in reversed(state.layers))
 
     @contextlib.contextmanager
     def _mounted(self, state: _State) -> Iterator[tuple[Path, Path]]:
@@ -507,7 +513,7 @@ class Builder:
         empty, upper, work, mnt = (base / n for n in ("empty", "upper", "work", "mnt"))
         for d in (empty, upper, work, mnt):
             d.mkdir(parents=True, mode=0o755)
-        lowers = tuple(self.store.layer_path(d) for d in reversed(state.layers)) or (empty,)
+        lowers = self._lowers(state) or (empty,)
         try:
             with UnionRootfs(privileged=True) as daemon:
                 daemon.mount(
@@ -566,7 +572,7 @@ class Builder:
                     copier.copy(rel, target, as_dir=as_dir, extract=ins.keyword == "ADD")
             except (OSError, _CopyError) as e:
                 raise BuildError(f"{self._at(ins)}: {ins.keyword} failed: {_describe(e)}") from None
-        return state, self._add_layer(upper)
+        return state, self._add_layer(upper, self._lowers(state))
 
     def _workdir(self, state: _State, path: str) -> tuple[_State, str | None]:
         from runtime.mounts import resolve_in_root
@@ -578,7 +584,7 @@ class Builder:
             if not target.is_dir():
                 _make_dirs(target, mnt, None)
             changed = bool(os.listdir(upper))
-        return new, (self._add_layer(upper) if changed else None)
+        return new, (self._add_layer(upper, self._lowers(state)) if changed else None)
 
     # -- metadata-only instructions
 

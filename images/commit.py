@@ -28,11 +28,12 @@ import os
 import stat
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
 from runtime.state import RUNNING, ContainerDir, process_alive
+from unionfs import metacopy
 from unionfs.errors import UsageError
 from unionfs.whiteout import (
     OPAQUE_MARKER,
@@ -90,8 +91,13 @@ def _marker(name: str, mtime: int) -> tarfile.TarInfo:
     return info
 
 
-def write_changeset(upper: Path, out: Path) -> None:
-    """The OCI changeset of the upper dir `upper` as an uncompressed tar at `out`."""
+def write_changeset(upper: Path, out: Path, below: Sequence[Path]) -> None:
+    """The OCI changeset of the upper dir `upper` as an uncompressed tar at `out`.
+
+    `below` are the union's lower layers under `upper` (top first): a metacopy file in the upper
+    (a chmod, chown or utimes of a lower file: metadata only, see `unionfs.metacopy`) has no data
+    of its own, and its data is read from there -- opening it would store a hole.
+    """
     links: dict[tuple[int, int], str] = {}
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
         for rel in _entries(upper):
@@ -130,7 +136,10 @@ def write_changeset(upper: Path, out: Path) -> None:
                     continue
                 links[key] = rel
                 info.size = st.st_size
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                if any(a in attrs for a in metacopy.MARKER_XATTRS):
+                    fd = metacopy.open_data(upper, os.fsencode(rel), below)
+                else:
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 with os.fdopen(fd, "rb") as f:
                     tar.addfile(info, f)
             elif stat.S_ISLNK(st.st_mode):
@@ -147,12 +156,14 @@ def write_changeset(upper: Path, out: Path) -> None:
             # sockets are not kept (as docker)
 
 
-def layer_from_upper(upper: Path, staging: Path, name: str) -> tuple[str, Path, Path]:
-    """The upper dir `upper` as a layer extracted under `staging` (not yet in the store):
-    its diff_id, directory and tar map, for `ImageStore.add_layer`. `strata build` makes its
-    RUN and COPY layers with this too."""
+def layer_from_upper(
+    upper: Path, below: Sequence[Path], staging: Path, name: str
+) -> tuple[str, Path, Path]:
+    """The upper dir `upper` (over the lower layers `below`, top first) as a layer extracted
+    under `staging` (not yet in the store): its diff_id, directory and tar map, for
+    `ImageStore.add_layer`. `strata build` makes its RUN and COPY layers with this too."""
     raw_tar = staging / f"{name}.tar"
-    write_changeset(upper, raw_tar)
+    write_changeset(upper, raw_tar, below)
     dest = staging / name
     dest.mkdir()
     tar_map = staging / f"{name}.map"
@@ -191,6 +202,8 @@ def commit(
     store: ImageStore, container: str, reference: str | None, message: str = ""
 ) -> ImageRecord:
     """`strata commit`: see the module doc."""
+    from runtime.container import union_config
+
     tags = [normalize_ref(reference)] if reference else []
     cdir = store.state.find(container)
     upper = cdir.sub("upper")
@@ -199,7 +212,8 @@ def commit(
     base = _image_of(store, cdir)
     with store.staging() as staging:
         with _paused_if_running(cdir):
-            diff_id, dest, tar_map = layer_from_upper(upper, staging, "commit")
+            below = union_config(cdir).lowers
+            diff_id, dest, tar_map = layer_from_upper(upper, below, staging, "commit")
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         config = copy.deepcopy(base.config)
         config["created"] = created

@@ -13,6 +13,7 @@ import io
 import json
 import lzma
 import os
+import stat
 import tarfile
 from pathlib import Path
 
@@ -300,6 +301,36 @@ def test_build_from_scratch_and_inspect(strata: Strata) -> None:
     missing = strata.run("inspect", "nosuch")
     assert missing.returncode == 1
     assert missing.stderr == "strata: no such container: nosuch\n"  # as before images existed
+
+
+def test_run_chmod_of_a_lower_file_keeps_its_data_in_the_layer(strata: Strata) -> None:
+    """A RUN that only changes a lower file's metadata leaves a metacopy file (no data) in its
+    upper; the layer built from it must hold the data, and COPY --chown over an existing
+    directory must not lose anything either."""
+    store = _load(strata)
+    ctx = strata.tmp / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        "FROM uniontest:1\nRUN chmod 0600 /etc/passwd && touch -d @0 /bin/busybox\n"
+    )
+    strata.run("build", "-q", "-t", "mc", str(ctx), check=True)
+    rec = store.get("mc")
+    base = store.get("uniontest:1")
+    members = {m.name: m for m in _members(store, rec.layers[-1])}
+    layer = store.layer_path(rec.layers[-1])
+    for rel in ("etc/passwd", "bin/busybox"):
+        below = next(
+            store.layer_path(d) / rel
+            for d in reversed(base.layers)
+            if (store.layer_path(d) / rel).exists()
+        )
+        data = below.read_bytes()
+        assert members[rel].size == len(data) > 0
+        assert (layer / rel).read_bytes() == data
+    assert stat.S_IMODE(members["etc/passwd"].mode) == 0o600
+    assert members["bin/busybox"].mtime == 0
+    out = strata.run("run", "--rm", "mc", "sed", "-n", "1p", "/etc/passwd", check=True)
+    assert out.stdout.startswith("root:")
 
 
 def test_run_sees_env_workdir_user_and_build_args(strata: Strata) -> None:

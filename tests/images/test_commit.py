@@ -48,8 +48,8 @@ def test_changeset_without_root(tmp_path: Path) -> None:
     _setxattr_or_skip(upper / "d/b", "user.strata.origin", b"private")
     _setxattr_or_skip(upper / "d/b", "user.mine", b"kept")
     out, again = tmp_path / "one.tar", tmp_path / "two.tar"
-    write_changeset(upper, out)
-    write_changeset(upper, again)
+    write_changeset(upper, out, ())
+    write_changeset(upper, again, ())
     assert out.read_bytes() == again.read_bytes()  # deterministic
     with tarfile.open(out) as tar:
         members = {m.name: m for m in tar.getmembers()}
@@ -156,6 +156,34 @@ def test_commit_runs_and_round_trips(strata: Strata) -> None:
     (reloaded,) = load(again, out, say=lambda _: None)
     assert (reloaded.id, reloaded.layers) == (rec.id, rec.layers)
     strata.run("rm", "c1", check=True)
+
+
+def test_commit_of_metadata_only_copy_ups_stores_the_data(strata: Strata) -> None:
+    """chmod/chown/touch of a lower file copies only metadata up (metacopy): the upper file is a
+    hole with a marker, and the committed layer must still carry the data, read from below."""
+    strata.run("load", "-q", "-i", str(_archive("oci")), check=True)
+    script = "chmod 0600 /etc/passwd && chown 7:8 /bin/busybox && sed -n 1p /etc/passwd"
+    first = strata.run("run", "--name", "mc", "uniontest:1", "sh", "-c", script, check=True)
+    store = ImageStore(strata.root)
+    base_layers = [store.layer_path(d) for d in reversed(store.get("uniontest:1").layers)]
+    upper = strata.root / "containers"
+    (cdir,) = [p for p in upper.iterdir() if (p / "upper/etc/passwd").exists()]
+    marked = os.listxattr(cdir / "upper/etc/passwd", follow_symlinks=False)
+    assert [a for a in marked if a.endswith("strata.metacopy")], marked  # really metadata-only
+    strata.run("commit", "mc", "mc:1", check=True)
+    members = {m.name: m for m in _members(store, store.get("mc:1").layers[-1])}
+    want = {}
+    for rel in ("etc/passwd", "bin/busybox"):
+        src = next(layer / rel for layer in base_layers if (layer / rel).exists())
+        want[rel] = src.read_bytes()
+        assert members[rel].size == len(want[rel]) > 0
+    assert stat.S_IMODE(members["etc/passwd"].mode) == 0o600
+    assert (members["bin/busybox"].uid, members["bin/busybox"].gid) == (7, 8)
+    layer = store.layer_path(store.get("mc:1").layers[-1])
+    assert {rel: (layer / rel).read_bytes() for rel in want} == want
+    again = strata.run("run", "--rm", "mc:1", "sed", "-n", "1p", "/etc/passwd", check=True)
+    assert again.stdout == first.stdout
+    strata.run("rm", "mc", check=True)
 
 
 def test_commit_refusals(strata: Strata) -> None:
