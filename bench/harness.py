@@ -115,7 +115,7 @@ def _sample(
     """Add one sample to `result`, or mark it failed with the reason."""
     try:
         seconds, cpu = _measure(workload, backend, plan)
-    except (BackendError, subprocess.CalledProcessError, OSError) as exc:
+    except (BackendError, subprocess.SubprocessError, OSError) as exc:
         result.status, result.reason = "failed", _one_line(exc)
         print(f"  {workload.id} on {backend.name}: failed: {result.reason}", file=progress)
         return
@@ -276,6 +276,9 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, subprocess.CalledProcessError):
         command = exc.cmd if isinstance(exc.cmd, list) else [str(exc.cmd)]
         return f"{' '.join(str(c) for c in command[:3])}... exited with {exc.returncode}"
+    if isinstance(exc, subprocess.TimeoutExpired):
+        command = exc.cmd if isinstance(exc.cmd, list) else [str(exc.cmd)]
+        return f"{' '.join(str(c) for c in command[:3])}... timed out after {exc.timeout:g}s"
     return " ".join(str(exc).split()) or type(exc).__name__
 
 

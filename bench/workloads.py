@@ -36,6 +36,7 @@ from typing import Final
 from .data import BIG_FILE, BIG_MODE, RM_TREE, UNTAR_DEST, DataSet, link_tree
 
 READ_CHUNK: Final = 1 << 20
+COMMAND_TIMEOUT: Final = 900.0  # seconds; the slowest full-data command takes about 30
 PAGE: Final = 4096
 
 Action = Callable[[Path, DataSet], None]
@@ -220,7 +221,15 @@ def container_start(root: Path, data: DataSet) -> None:
 
 
 def _run(command: list[str]) -> None:
-    subprocess.run(command, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    """Run a workload's command; a hung mount makes it time out (a failed cell) instead of
+    stopping the whole run."""
+    subprocess.run(
+        command,
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        timeout=COMMAND_TIMEOUT,
+    )
 
 
 WORKLOADS: Final[tuple[Workload, ...]] = (

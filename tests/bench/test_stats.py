@@ -231,3 +231,17 @@ def test_absolute_notes_name_the_times_of_rows_not_compared_with_overlay() -> No
     assert absolute_notes(results, WORKLOADS) == {
         "container-start": "strata 200.0ms, podman 130.0ms"
     }
+
+
+def test_failures_are_described_in_one_line() -> None:
+    import subprocess
+
+    from bench.harness import _one_line
+
+    assert _one_line(subprocess.TimeoutExpired(["tar", "-C", "/m", "-xf", "t"], 900)) == (
+        "tar -C /m... timed out after 900s"
+    )
+    assert _one_line(subprocess.CalledProcessError(2, ["rm", "-rf", "--", "x"])) == (
+        "rm -rf --... exited with 2"
+    )
+    assert _one_line(OSError(5, "Input/output error")) == "[Errno 5] Input/output error"
