@@ -520,6 +520,8 @@ class UnionFS:
 
     def _stat(self, node: Node) -> os.stat_result:
         if not node.links and node.nodeid != ROOT:
+            if isinstance(node.unlinked_st, os.stat_result):
+                return node.unlinked_st
             for fd in node.open_fds.values():
                 return os.fstat(fd)
             raise fs_error(errno.ENOENT)
@@ -644,7 +646,13 @@ class UnionFS:
         return self._attr(node)
 
     def _setattr_unlinked(self, node: Node, changes: SetAttr) -> Attr:
-        """fchmod/fchown/futimens on an open file whose last name is gone."""
+        """fchmod/fchown/futimens on an open file whose last name is gone.
+
+        Only an upper file can be changed: the fds of a lower or metacopy file are on a lower
+        layer, which must never change, and a file without a name cannot be copied up.
+        """
+        if not node.upper or node.redirect is not None:
+            raise fs_error(errno.EROFS)
         fd = next(iter(node.open_fds.values()))
         if changes.uid is not None or changes.gid is not None:
             uid, gid = self._disk_ids(
@@ -1336,8 +1344,15 @@ class UnionFS:
         await self._remove(parent, name, node)
         self._fds.drop((node.nodeid, UPPER))
 
+    def _keep_stat_if_last_name(self, node: Node) -> None:
+        """Before an open metacopy file loses its last name: remember its metadata (see
+        Node.unlinked_st)."""
+        if node.redirect is not None and node.open_fds and len(node.links) == 1:
+            node.unlinked_st = self._stat(node)
+
     async def _remove(self, parent: Node, name: bytes, node: Node) -> None:
         await self.copy_up(parent)
+        self._keep_stat_if_last_name(node)
         pfd = self._dirfd(parent, UPPER)
         if self._in_lowers(parent, name):
             self._whiteout(parent, name)
@@ -1392,6 +1407,8 @@ class UnionFS:
         await self.copy_up(old_parent)
         ofd = self._dirfd(old_parent, UPPER)
         nfd = self._dirfd(new_parent, UPPER)
+        if dst is not None:
+            self._keep_stat_if_last_name(dst)
         src_in_lower = self._in_lowers(old_parent, old_name)
         dst_in_lower = self._in_lowers(new_parent, new_name)
         try:

@@ -75,6 +75,9 @@ class Node:
     # and where that data was found (a metacopy.DataSource, indexed from the layer below).
     redirect: bytes | None = None
     data_src: object = None
+    # os.stat_result of a metacopy file whose last name went while it was open: its open fds
+    # are on the data below, whose metadata is not the file's.
+    unlinked_st: object = None
     _lock: trio.Lock | None = None
 
     @property

@@ -1848,3 +1848,26 @@ async def test_lower_metacopy_file_finds_data_layers_below(
     assert await read(fs, "top") == b"good"
     assert await read(fs, "old/name") == b"good"
     assert await read(fs, "base/data") == b"NOPE"
+
+
+async def test_open_metacopy_file_keeps_its_metadata_after_unlink_and_lowers_stay_untouched(
+    union: UnionFactory, layers: Layers, upper: Path
+) -> None:
+    put(layers.lowers[0] / "f", b"lower data", 0o644)
+    put(layers.lowers[0] / "g", b"lower g", 0o644)
+    fs = union()
+    nodeid = await node(fs, "f")
+    await fs.setattr(nodeid, SetAttr(mode=stat.S_IFREG | 0o600, uid=5))
+    fh = await fs.open(nodeid, os.O_RDONLY)  # on the data below
+    await unlink(fs, "f")
+    a = await fs.getattr(nodeid)
+    assert (a.nlink, stat.S_IMODE(a.mode), a.uid) == (0, 0o600, 5)  # the metacopy file's
+    assert await fs.read(fh, 0, 100) == b"lower data"
+    # fchmod of a nameless file open on lower data cannot be done without changing a lower
+    await raises_errno(errno.EROFS, fs.setattr(nodeid, SetAttr(mode=stat.S_IFREG | 0o777)))
+    await fs.release(fh)
+    gid = await node(fs, "g")
+    gh = await fs.open(gid, os.O_RDONLY)  # a plain lower file, open, then unlinked
+    await unlink(fs, "g")
+    await raises_errno(errno.EROFS, fs.setattr(gid, SetAttr(mode=stat.S_IFREG | 0o777)))
+    await fs.release(gh)
