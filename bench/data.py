@@ -7,9 +7,10 @@ Layout of `DATA_DIR/full` (or `DATA_DIR/quick`), each a directory of its own:
     small/     bench-small/rmtree (~10k entries, removed by rm-rf) and bench-small/keep (~10k)
     changes/   the "changes" layer on top: edited /etc files and a few new ones
     untar.tar  ~20k small files for the untar workload
-    merged/    all layers hard-linked into one plain directory: the plain (no union) backend;
-               hard links, not copies, so it reads the very blocks the unions read (a copy
-               would sit elsewhere on disk and in the host's cache, and cold reads differ)
+    merged/    all layers copied into one plain directory: the plain (no union) backend; a
+               copy, not hard links: links would raise every lower file's st_nlink, and a union
+               treats a lower file with links as a hard-link group (strata copies its data on
+               chmod instead of metadata only), so the unions would measure other semantics
     .complete  the stamp, written last (JSON: what was built); without it the tree is rebuilt
 
 The union backends stack `changes, small, bigfile, base` (top first). Everything is written
@@ -33,7 +34,7 @@ from typing import Final
 DEFAULT_DATA_DIR: Final = Path("/var/tmp/strata-bench")
 CACHED_ROOTFS: Final = Path("/var/cache/strata-tests/bookworm-minbase-python3")
 STAMP: Final = ".complete"
-DATA_VERSION: Final = 2  # bump when the layout changes: older cached data is rebuilt
+DATA_VERSION: Final = 3  # bump when the layout changes: older cached data is rebuilt
 MIB: Final = 1 << 20
 
 BIG_FILE: Final = "bench-big/big.bin"
@@ -152,7 +153,7 @@ def _build(root: Path, scale: Scale) -> dict[str, object]:
     merged = root / "merged"
     merged.mkdir()
     for layer in ("base", "bigfile", "small", "changes"):  # bottom first: upper files win
-        link_tree(root / layer, merged)
+        copy_tree(root / layer, merged)
     return {
         "version": DATA_VERSION,
         "scale": scale.name,
@@ -163,14 +164,14 @@ def _build(root: Path, scale: Scale) -> dict[str, object]:
         f"and as many in /bench-small/keep",
         "tarball": f"{scale.tar_files} files of 0-4 KiB in 100 directories",
         "layers_top_first": ["changes", "small", "bigfile", "base"],
-        "plain": "merged/: the layers hard-linked into one directory (the same inodes)",
+        "plain": "merged/: a copy of the layers merged into one directory",
     }
 
 
-def link_tree(source: Path, dest: Path) -> None:
-    """Hard-link the tree `source` into `dest` (directories made, existing names replaced)."""
+def copy_tree(source: Path, dest: Path) -> None:
+    """Copy the tree `source` into `dest` (directories made, existing names replaced)."""
     dest.mkdir(parents=True, exist_ok=True)
-    command = ["cp", "-a", "--link", "--remove-destination", "--", f"{source}/.", str(dest)]
+    command = ["cp", "-a", "--remove-destination", "--", f"{source}/.", str(dest)]
     subprocess.run(command, check=True)
 
 

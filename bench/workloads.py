@@ -18,9 +18,8 @@ How a run is prepared (by the harness, from the flags here):
   this disk mass deletes of earlier runs slow creates down until caches are dropped.
 - warm: the same work once, untimed, right before the timed run, on the same mount.
 - `undo` puts the plain directory back after a run that changed it (the unions get a fresh
-  upper instead). The plain directory's files are hard links to the layers' (see data.py), so
-  an append or chmod there changes the layer's inode too until `undo` restores it; that is why
-  an interrupted plain run invalidates the whole data set (the harness removes its stamp).
+  upper instead); an interrupted plain run invalidates the whole data set (the harness removes
+  its stamp), since the plain copy was left changed.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from .data import BIG_FILE, BIG_MODE, RM_TREE, UNTAR_DEST, DataSet, link_tree
+from .data import BIG_FILE, BIG_MODE, RM_TREE, UNTAR_DEST, DataSet, copy_tree
 
 READ_CHUNK: Final = 1 << 20
 COMMAND_TIMEOUT: Final = 900.0  # seconds; the slowest full-data command takes about 30
@@ -147,7 +146,7 @@ def undo_append(root: Path, data: DataSet) -> None:
 
 
 def chmod_big_file(root: Path, data: DataSet) -> None:
-    """chmod the 1 GiB lower file: a metadata change, which still copies it up."""
+    """chmod the 1 GiB lower file: a metadata change; without metacopy it copies the data up."""
     os.chmod(root / BIG_FILE, 0o600)
 
 
@@ -185,7 +184,7 @@ def prewarm_tree(root: Path, data: DataSet) -> None:
 
 def undo_remove_tree(root: Path, data: DataSet) -> None:
     _run(["rm", "-rf", "--", str(root / RM_TREE)])
-    link_tree(data.root / "small" / RM_TREE, root / RM_TREE)
+    copy_tree(data.root / "small" / RM_TREE, root / RM_TREE)
 
 
 # ---------------------------------------------------------------------------------------------
