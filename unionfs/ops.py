@@ -292,7 +292,9 @@ class UnionOperations(pyfuse3.Operations):
             return await self.fs.write(fh, off, buf)
 
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
-        return None
+        # Nothing to do at close (writes go straight to the upper file, locks stay in the
+        # kernel): ENOSYS once makes the kernel stop sending FLUSH on every close.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         with errno_boundary("release"):
