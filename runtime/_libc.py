@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 from typing import Final
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -115,9 +114,9 @@ def umount2(target: str | bytes | os.PathLike[str], flags: int = 0) -> None:
 
 
 def pivot_root(new_root: str | os.PathLike[str], put_old: str | os.PathLike[str]) -> None:
-    number = _SYS_PIVOT_ROOT.get(platform.machine())
+    number = _SYS_PIVOT_ROOT.get(os.uname().machine)
     if number is None:
-        raise OSError(0, f"pivot_root: syscall number unknown on {platform.machine()}")
+        raise OSError(0, f"pivot_root: syscall number unknown on {os.uname().machine}")
     if _libc.syscall(ctypes.c_long(number), _b(new_root), _b(put_old)) != 0:
         raise _fail("pivot_root", new_root)
 
