@@ -212,6 +212,9 @@ def _run(args: argparse.Namespace, runner: _Runner) -> int:
     # The state root depends on who we are: pick it before entering a user namespace.
     root = _state_root(args) if args.detach or os.geteuid() != 0 else None
     if args.detach:
+        from .prefork import discard
+
+        discard()  # the detached monitor forks its own; it must not inherit this one
         daemon = None
         rootless, id_map = None, None
     else:
@@ -239,7 +242,9 @@ def _run(args: argparse.Namespace, runner: _Runner) -> int:
 
 
 def _prefork_daemon() -> tuple[bool, IdMap | None, UnionRootfs]:
-    from .rootfs import UnionRootfs
+    """The union daemon for a foreground run: the one `runtime.entry` forked at start-up (as
+    root), else one forked now (rootless: inside the user namespace, which it needs)."""
+    from .rootfs import UnionRootfs, take_preforked
 
     rootless = os.geteuid() != 0
     id_map = None
@@ -249,8 +254,10 @@ def _prefork_daemon() -> tuple[bool, IdMap | None, UnionRootfs]:
 
         id_map = rootless_map()
         enter_user_namespace(id_map)
-    daemon = UnionRootfs(privileged=not rootless)
-    daemon.start()
+    daemon = take_preforked(privileged=not rootless)
+    if daemon is None:
+        daemon = UnionRootfs(privileged=not rootless)
+        daemon.start()
     return rootless, id_map, daemon
 
 

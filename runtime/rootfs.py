@@ -33,7 +33,8 @@ from typing import Final
 from unionfs.config import MountOptions, UnionConfig, validate
 from unionfs.errors import UsageError
 
-from . import _libc
+from . import _libc, prefork
+from .prefork import CHILD_RESET_SIGNALS, fork_daemon
 from .trace import mark
 
 STOP_TIMEOUT: Final = 10.0  # seconds the daemon gets to unmount after SIGTERM
@@ -85,23 +86,7 @@ class UnionRootfs:
 
     def start(self) -> None:
         """Fork the daemon: it imports the union and waits for `mount()`."""
-        request_r, request_w = os.pipe()
-        report_r, report_w = os.pipe()
-        parent = os.getpid()
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _CHILD_RESET_SIGNALS)
-        try:
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the daemon
-                os.close(request_w)
-                os.close(report_r)
-                self._serve(request_r, report_w, parent, blocked)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        os.close(request_r)
-        os.close(report_w)
-        self.pid = pid
-        self._request_fd = request_w
-        self._report_fd = report_r
+        self.pid, self._request_fd, self._report_fd = fork_daemon()
 
     def mount(self, cfg: UnionConfig, mountpoint: Path, *, log_path: Path) -> None:
         """Check the layers (UsageError on bad ones) and ask the daemon to mount them."""
@@ -138,58 +123,6 @@ class UnionRootfs:
             return
         message = report.strip() or "the union daemon died before mounting"
         raise UsageError(f"cannot mount the container's rootfs: {message}", 125)
-
-    @staticmethod
-    def _serve(request_fd: int, report_fd: int, parent: int, mask: set[int]) -> None:
-        """The daemon: import, read the request, mount, report `ok`, serve until unmounted or
-        signalled; never returns. Without a request (the parent gave up) it exits quietly."""
-        status = 1
-        report = OneShotReport(report_fd)
-        try:
-            for sig in _CHILD_RESET_SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
-            _libc.set_pdeathsig(signal.SIGTERM)
-            if os.getppid() != parent:  # the parent died before prctl: nobody needs us
-                os._exit(1)
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            os.setsid()
-            os.chdir("/")
-            mark("daemon forked")
-            # trio, pyfuse3 and the core: only in the daemon. The collector would run dozens of
-            # times while they load and find nothing to free: off meanwhile, ~8% of the ~100 ms
-            # of imports that stand between `strata run` and the mount.
-            gc.disable()
-            from unionfs import mount
-
-            gc.enable()
-            mark("daemon imported")
-
-            data = _read_all(request_fd)
-            os.close(request_fd)
-            if not data:
-                report.sent = True
-                os._exit(0)
-            request = pickle.loads(data)
-            assert isinstance(request, _Request)
-            redirect_stdio(request.log_path)
-            logging.basicConfig(
-                level=logging.WARNING, format="%(asctime)s %(levelname)s:%(name)s:%(message)s"
-            )
-            mount.run(
-                request.cfg, request.opts, request.mountpoint, on_mounted=lambda: report("ok\n")
-            )
-            status = 0
-        except UsageError as exc:
-            report(f"{exc}\n")
-        except OSError as exc:
-            report(f"{exc.strerror or exc}\n")
-        except BaseException as exc:
-            report(f"{type(exc).__name__}: {exc}\n")
-            with contextlib.suppress(Exception):
-                logging.getLogger(__name__).exception("union daemon failed")
-        finally:
-            report("the union daemon stopped before mounting\n")
-            os._exit(status)
 
     # -- stopping
 
@@ -234,21 +167,69 @@ class UnionRootfs:
         self.stop()
 
 
-# Signals the caller may handle (forwarding to the container): the daemon starts with the
-# defaults and lets trio install its own handlers.
-_CHILD_RESET_SIGNALS: Final = {
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGWINCH,
-    signal.SIGCHLD,
-    signal.SIGALRM,
-    signal.SIGCONT,
-    signal.SIGPWR,
-}
+def take_preforked(*, privileged: bool) -> UnionRootfs | None:
+    """The daemon `runtime.entry` forked at start-up (`prefork.prefork()`, always privileged),
+    if there is one and a privileged one is wanted; the caller owns it now."""
+    if not privileged:
+        return None
+    forked = prefork.take()
+    if forked is None:
+        return None
+    daemon = UnionRootfs(privileged=True)
+    daemon.pid, daemon._request_fd, daemon._report_fd = forked
+    return daemon
+
+
+def serve_daemon(
+    request_fd: int, report_fd: int, parent: int, mask: set[int | signal.Signals]
+) -> None:
+    """The daemon: import, read the request, mount, report `ok`, serve until unmounted or
+    signalled; never returns. Without a request (the parent gave up) it exits quietly."""
+    status = 1
+    report = OneShotReport(report_fd)
+    try:
+        for sig in CHILD_RESET_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        _libc.set_pdeathsig(signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl: nobody needs us
+            os._exit(1)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.setsid()
+        os.chdir("/")
+        mark("daemon forked")
+        # trio, pyfuse3 and the core: only in the daemon. The collector would run dozens of
+        # times while they load and find nothing to free: off meanwhile, ~8% of the ~100 ms
+        # of imports that stand between `strata run` and the mount.
+        gc.disable()
+        from unionfs import mount
+
+        gc.enable()
+        mark("daemon imported")
+
+        data = _read_all(request_fd)
+        os.close(request_fd)
+        if not data:
+            report.sent = True
+            os._exit(0)
+        request = pickle.loads(data)
+        assert isinstance(request, _Request)
+        redirect_stdio(request.log_path)
+        logging.basicConfig(
+            level=logging.WARNING, format="%(asctime)s %(levelname)s:%(name)s:%(message)s"
+        )
+        mount.run(request.cfg, request.opts, request.mountpoint, on_mounted=lambda: report("ok\n"))
+        status = 0
+    except UsageError as exc:
+        report(f"{exc}\n")
+    except OSError as exc:
+        report(f"{exc.strerror or exc}\n")
+    except BaseException as exc:
+        report(f"{type(exc).__name__}: {exc}\n")
+        with contextlib.suppress(Exception):
+            logging.getLogger(__name__).exception("union daemon failed")
+    finally:
+        report("the union daemon stopped before mounting\n")
+        os._exit(status)
 
 
 def _write_all(fd: int, data: bytes) -> None:
