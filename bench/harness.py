@@ -441,8 +441,8 @@ def machine_description() -> dict[str, object]:
         "cpu_count": os.cpu_count(),
         "memory_bytes": _memory_bytes(),
         "machine": platform.machine(),
-        "fuse_overlayfs": _output(["fuse-overlayfs", "--version"]).split("\n", 1)[0],
-        "unionfs_fuse": _output(["unionfs", "--version"]).split("\n", 1)[0],
+        "fuse_overlayfs": _version_line(["fuse-overlayfs", "--version"], "fuse-overlayfs"),
+        "unionfs_fuse": _version_line(["unionfs", "--version"], "unionfs-fuse"),
         "podman": _output(["podman", "--version"]),
     }
 
@@ -453,6 +453,12 @@ def _output(command: list[str]) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return (result.stdout or result.stderr).strip()
+
+
+def _version_line(command: list[str], name: str) -> str:
+    """The line naming `name` in a `--version` output that also lists fusermount and libfuse."""
+    lines = _output(command).splitlines()
+    return next((line for line in lines if line.startswith(name)), lines[0] if lines else "")
 
 
 def _memory_bytes() -> int | None:
