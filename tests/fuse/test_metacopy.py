@@ -12,8 +12,6 @@ import contextlib
 import mmap
 import os
 import stat
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -115,28 +113,7 @@ def test_kill_during_data_copy_up_of_a_metacopy_file_leaves_no_torn_file(
         with union_mount(dirs) as m:
             os.chmod(m.mnt / "big", 0o640)  # metadata only: instant
             assert marker_of(up) == b"big"
-            dd = subprocess.Popen(
-                [
-                    "dd",
-                    "if=/dev/zero",
-                    f"of={m.mnt / 'big'}",
-                    "bs=4096",
-                    "count=1",
-                    f"seek={(GiB - 4096) // 4096}",
-                    "conv=notrunc",
-                    "status=none",
-                ],
-                stderr=subprocess.DEVNULL,
-            )
-            try:
-                deadline = time.monotonic() + 20
-                while not os.listdir(tmp):
-                    assert dd.poll() is None, "the data copy-up ended before it could be seen"
-                    assert time.monotonic() < deadline, "no data copy-up started"
-                m.kill_daemon()
-            finally:
-                dd.kill()
-                dd.wait()
+            m.kill_daemon_mid_copy_up("big", GiB, tmp)
             assert os.listdir(tmp), "the daemon finished the copy-up before it was killed"
             # still the whole metacopy file: its marker, size and the mode changed before
             assert marker_of(up) == b"big"

@@ -22,7 +22,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -746,28 +745,7 @@ def test_kill_during_copy_up_leaves_no_torn_file(
         with frozen_lowers(dirs, content=False):
             with union_mount(dirs) as m:
                 assert os.listdir(tmp) == []
-                dd = subprocess.Popen(
-                    [
-                        "dd",
-                        "if=/dev/zero",
-                        f"of={m.mnt / 'big'}",
-                        "bs=4096",
-                        "count=1",
-                        f"seek={(GiB - 4096) // 4096}",
-                        "conv=notrunc",
-                        "status=none",
-                    ],
-                    stderr=subprocess.DEVNULL,
-                )
-                try:
-                    deadline = time.monotonic() + 20
-                    while not os.listdir(tmp):
-                        assert dd.poll() is None, "the copy-up ended before it could be seen"
-                        assert time.monotonic() < deadline, "no copy-up started"
-                    m.kill_daemon()
-                finally:
-                    dd.kill()
-                    dd.wait()
+                m.kill_daemon_mid_copy_up("big", GiB, tmp)
                 leftovers = os.listdir(tmp)
                 assert leftovers, "the daemon finished the copy-up before it was killed"
                 assert not (dirs.upper / "big").exists(), "a half-built copy is visible"

@@ -197,6 +197,33 @@ class StrataMount:
             _fusermount("-uz", self.mnt)
         self._unmounted = True
 
+    def kill_daemon_mid_copy_up(self, name: str, size: int, tmp: Path) -> None:
+        """Write 4 KiB at the end of the `size`-byte file `name` (which copies its data up),
+        wait until that copy-up shows in the work dir's `tmp`, then SIGKILL the daemon: the
+        crash whose recovery the copy-up tests check. Fails if no copy-up was seen."""
+        dd = subprocess.Popen(
+            [
+                "dd",
+                "if=/dev/zero",
+                f"of={self.mnt / name}",
+                "bs=4096",
+                "count=1",
+                f"seek={(size - 4096) // 4096}",
+                "conv=notrunc",
+                "status=none",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while not os.listdir(tmp):
+                assert dd.poll() is None, "the copy-up ended before it could be seen"
+                assert time.monotonic() < deadline, "no copy-up started"
+            self.kill_daemon()
+        finally:
+            dd.kill()
+            dd.wait()
+
     def unmount(self) -> None:
         """Unmount and wait for the daemon; idempotent (also done by leaving the context)."""
         if self._unmounted:
