@@ -48,8 +48,8 @@ def test_changeset_without_root(tmp_path: Path) -> None:
     _setxattr_or_skip(upper / "d/b", "user.strata.origin", b"private")
     _setxattr_or_skip(upper / "d/b", "user.mine", b"kept")
     out, again = tmp_path / "one.tar", tmp_path / "two.tar"
-    write_changeset(upper, out, ())
-    write_changeset(upper, again, ())
+    write_changeset(upper, out, (), {})
+    write_changeset(upper, again, (), {})
     assert out.read_bytes() == again.read_bytes()  # deterministic
     with tarfile.open(out) as tar:
         members = {m.name: m for m in tar.getmembers()}
@@ -258,3 +258,22 @@ def test_pause_resumes_when_the_body_fails(strata: Strata) -> None:
     assert seen == ["T"]
     assert _states(init_pid)[init_pid] != "T"
     strata.run("rm", "-f", "busy", check=True)
+
+
+def test_changeset_owners_through_a_user_namespace_map(tmp_path: Path) -> None:
+    """Host owners become the container's: the user is root, subordinate ids count from 1,
+    anything unmapped is nobody (65534), as the container itself saw them."""
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    for name, owner in (("root", 1001), ("sub", 100004), ("stranger", 999)):
+        (upper / name).write_text(name)
+        try:
+            os.chown(upper / name, owner, owner)
+        except PermissionError:
+            pytest.skip("needs root to give files other owners")
+    out = tmp_path / "layer.tar"
+    id_map = {"uids": [[0, 1001, 1], [1, 100000, 65536]], "gids": [[0, 1001, 1]]}
+    write_changeset(upper, out, (), id_map)
+    with tarfile.open(out) as tar:
+        owners = {m.name: (m.uid, m.gid) for m in tar.getmembers()}
+    assert owners == {"root": (0, 0), "stranger": (65534, 65534), "sub": (5, 65534)}
