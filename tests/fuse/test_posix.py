@@ -693,6 +693,41 @@ def test_listings_follow_every_change_while_the_kernel_caches_them(
         assert ls(lo) == sorted(unchanged | {"zz-late"})
 
 
+def test_symlink_targets_follow_every_change_while_the_kernel_caches_them(
+    union_mount: StrataMountFactory, dirs: UnionDirs
+) -> None:
+    """With the patched pyfuse3 the kernel caches symlink targets (FUSE_CAP_CACHE_SYMLINKS):
+    a link replaced, renamed over, copied up or re-created must show its new target at once,
+    and paths through a link must resolve to it."""
+    l0, l1 = dirs.lowers
+    put(l1 / "t1" / "f", b"one")
+    put(l1 / "t2" / "f", b"two")
+    os.symlink("t1", l0 / "link")
+    os.symlink("t2", l0 / "other")
+    with frozen_lowers(dirs), union_mount(dirs) as m:
+        link = m.mnt / "link"
+
+        def seen() -> tuple[str, bytes]:
+            return os.readlink(link), (link / "f").read_bytes()
+
+        assert seen() == ("t1", b"one")
+        assert seen() == ("t1", b"one")  # now from the kernel's cache
+        os.unlink(link)
+        os.symlink("t2", link)
+        assert seen() == ("t2", b"two")
+        os.rename(m.mnt / "other", link)  # a lower link renamed over the upper one
+        assert seen() == ("t2", b"two")
+        os.symlink("t1", m.mnt / "new")
+        os.rename(m.mnt / "new", link)
+        assert seen() == ("t1", b"one")
+        os.lchown(link, 0, 0)  # metadata change: copy-up of a link keeps its target
+        assert seen() == ("t1", b"one")
+        subprocess.run(["ln", "-sfn", "t2", str(link)], check=True)
+        assert seen() == ("t2", b"two")
+    with union_mount(dirs) as m:  # and after a remount, from the upper
+        assert os.readlink(m.mnt / "link") == "t2"
+
+
 # -------------------------------------------------------------------------------------------------
 # copy-up: sparse, crash, concurrency, open readers
 
