@@ -16,14 +16,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mounts import StrataMountFactory, UnionDirs, file_hash, skip_unless_root
+from tests.helpers.mounts import (
+    CRASH_STRIDE,
+    StrataMountFactory,
+    UnionDirs,
+    file_hash,
+    make_strided_file,
+    skip_unless_root,
+)
 
 pytestmark = [pytest.mark.fuse, pytest.mark.root]
 
 KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
-STRIDE = 16 * KiB
 MARKER = "trusted.strata.metacopy"
 
 
@@ -88,23 +94,11 @@ def test_chmod_copies_metadata_only_and_every_read_sees_the_lower_data(
         assert stat.S_IMODE(os.stat(up).st_mode) == 0o600
 
 
-def _make_strided_file(path: Path, size: int) -> None:
-    """`size` bytes with 4 KiB of data at each STRIDE, holes between."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        os.ftruncate(fd, size)
-        block = b"L" * 4096
-        for off in range(0, size, STRIDE):
-            os.pwrite(fd, block, off)
-    finally:
-        os.close(fd)
-
-
 def test_kill_during_data_copy_up_of_a_metacopy_file_leaves_no_torn_file(
     union_mount: StrataMountFactory, dirs: UnionDirs
 ) -> None:
     big = dirs.lowers[0] / "big"
-    _make_strided_file(big, GiB)
+    make_strided_file(big, GiB)
     assert dirs.upper is not None
     assert dirs.work is not None
     up = dirs.upper / "big"
@@ -123,8 +117,8 @@ def test_kill_during_data_copy_up_of_a_metacopy_file_leaves_no_torn_file(
             assert os.listdir(tmp) == [], "leftovers of the copy-up were not cleaned"
             fd = os.open(m.mnt / "big", os.O_RDONLY)
             try:
-                for off in (0, STRIDE * 1000, GiB - STRIDE, GiB // 2 + 4096):
-                    expected = b"L" * 4096 if off % STRIDE == 0 else bytes(4096)
+                for off in (0, CRASH_STRIDE * 1000, GiB - CRASH_STRIDE, GiB // 2 + 4096):
+                    expected = b"L" * 4096 if off % CRASH_STRIDE == 0 else bytes(4096)
                     assert os.pread(fd, 4096, off) == expected, off
             finally:
                 os.close(fd)

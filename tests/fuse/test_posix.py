@@ -29,11 +29,13 @@ import pytest
 import xxhash
 
 from tests.helpers.mounts import (
+    CRASH_STRIDE,
     EntrySnapshot,
     StrataMountFactory,
     UnionDirs,
     diff_snapshots,
     file_hash,
+    make_strided_file,
     skip_unless_root,
     tree_snapshot,
 )
@@ -753,26 +755,11 @@ def test_sparse_copy_up_through_the_mount(union_mount: StrataMountFactory, dirs:
             os.close(fd)
 
 
-CRASH_STRIDE = 16 * KiB
-
-
-def _make_strided_file(path: Path, size: int) -> None:
-    """`size` bytes with 4 KiB of data at each CRASH_STRIDE, holes between."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        os.ftruncate(fd, size)
-        block = b"L" * 4096
-        for off in range(0, size, CRASH_STRIDE):
-            os.pwrite(fd, block, off)
-    finally:
-        os.close(fd)
-
-
 def test_kill_during_copy_up_leaves_no_torn_file(
     union_mount: StrataMountFactory, dirs: UnionDirs
 ) -> None:
     big = dirs.lowers[0] / "big"
-    _make_strided_file(big, GiB)
+    make_strided_file(big, GiB)
     assert dirs.upper is not None
     assert dirs.work is not None
     tmp = dirs.work / "strata" / "tmp"

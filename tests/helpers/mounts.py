@@ -96,6 +96,22 @@ def is_mounted(path: Path | str) -> bool:
     return bool(mounts_at(path))
 
 
+CRASH_STRIDE: Final = 16 * 1024
+
+
+def make_strided_file(path: Path, size: int) -> None:
+    """`size` bytes with 4 KiB of data at each CRASH_STRIDE, holes between: a big file that is
+    quick to write and whose copy (holes kept) is slow enough to be killed half-way."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.ftruncate(fd, size)
+        block = b"L" * 4096
+        for off in range(0, size, CRASH_STRIDE):
+            os.pwrite(fd, block, off)
+    finally:
+        os.close(fd)
+
+
 # -------------------------------------------------------------------------------------------------
 # strata in a child process
 
