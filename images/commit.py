@@ -28,10 +28,11 @@ import os
 import stat
 import tarfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
+from runtime.namespaces import IdMap
 from runtime.state import RUNNING, ContainerDir, process_alive
 from unionfs import metacopy
 from unionfs.errors import UsageError
@@ -91,20 +92,16 @@ def _marker(name: str, mtime: int) -> tarfile.TarInfo:
     return info
 
 
-def write_changeset(
-    upper: Path, out: Path, below: Sequence[Path], id_map: Mapping[str, Sequence[Sequence[int]]]
-) -> None:
+def write_changeset(upper: Path, out: Path, below: Sequence[Path], id_map: IdMap | None) -> None:
     """The OCI changeset of the upper dir `upper` as an uncompressed tar at `out`.
 
     `below` are the union's lower layers under `upper` (top first): a metacopy file in the upper
     (a chmod, chown or utimes of a lower file: metadata only, see `unionfs.metacopy`) has no data
     of its own, and its data is read from there -- opening it would store a hole.
-    `id_map` is the container's user namespace map (`{"uids"|"gids": [[inside, outside,
-    count], ...]}`, empty when it had none): a rootless container's files belong on disk to the
-    user and their subordinate ids, and the layer records the owners the container saw.
+    `id_map` is the container's user namespace map (None when it had none): a rootless
+    container's files belong on disk to the user and their subordinate ids, and the layer
+    records the owners the container saw.
     """
-    uid_of = _to_container(id_map.get("uids", ()))
-    gid_of = _to_container(id_map.get("gids", ()))
     links: dict[tuple[int, int], str] = {}
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
         for rel in _entries(upper):
@@ -120,7 +117,9 @@ def write_changeset(
                 continue
             info = tarfile.TarInfo(rel)
             info.mode = stat.S_IMODE(st.st_mode)
-            info.uid, info.gid = uid_of(st.st_uid), gid_of(st.st_gid)
+            info.uid, info.gid = st.st_uid, st.st_gid
+            if id_map is not None:
+                info.uid, info.gid = id_map.uid_inside(st.st_uid), id_map.gid_inside(st.st_gid)
             info.uname = info.gname = ""
             info.mtime = mtime
             attrs = _xattrs(path)
@@ -163,37 +162,19 @@ def write_changeset(
             # sockets are not kept (as docker)
 
 
-OVERFLOW_ID: Final = 65534  # what a user namespace shows for an id it does not map (nobody)
-
-
-def _to_container(ranges: Sequence[Sequence[int]]) -> Callable[[int], int]:
-    """Host id -> the id inside the container, for a map of [inside, outside, count] ranges;
-    no ranges: the identity (the container had no user namespace)."""
-    if not ranges:
-        return lambda host: host
-
-    def inside(host: int) -> int:
-        for first_inside, first_outside, count in ranges:
-            if first_outside <= host < first_outside + count:
-                return first_inside + host - first_outside
-        return OVERFLOW_ID
-
-    return inside
-
-
 def layer_from_upper(
     upper: Path,
     below: Sequence[Path],
     staging: Path,
     name: str,
-    id_map: Mapping[str, Sequence[Sequence[int]]] | None = None,
+    id_map: IdMap | None = None,
 ) -> tuple[str, Path, Path]:
     """The upper dir `upper` (over the lower layers `below`, top first) as a layer extracted
     under `staging` (not yet in the store): its diff_id, directory and tar map, for
     `ImageStore.add_layer`. `strata build` makes its RUN and COPY layers with this too.
     `id_map`: see `write_changeset`."""
     raw_tar = staging / f"{name}.tar"
-    write_changeset(upper, raw_tar, below, id_map or {})
+    write_changeset(upper, raw_tar, below, id_map)
     dest = staging / name
     dest.mkdir()
     tar_map = staging / f"{name}.map"
@@ -232,7 +213,7 @@ def commit(
     store: ImageStore, container: str, reference: str | None, message: str = ""
 ) -> ImageRecord:
     """`strata commit`: see the module doc."""
-    from runtime.container import union_config
+    from runtime.container import id_map_of, union_config
 
     tags = [normalize_ref(reference)] if reference else []
     cdir = store.state.find(container)
@@ -243,9 +224,8 @@ def commit(
     with store.staging() as staging:
         with _paused_if_running(cdir):
             below = union_config(cdir).lowers
-            diff_id, dest, tar_map = layer_from_upper(
-                upper, below, staging, "commit", cdir.config.id_map
-            )
+            id_map = id_map_of(cdir.config) if cdir.config.id_map else None
+            diff_id, dest, tar_map = layer_from_upper(upper, below, staging, "commit", id_map)
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         config = copy.deepcopy(base.config)
         config["created"] = created

@@ -123,6 +123,24 @@ class IdMap:
             "gids": [[r.inside, r.outside, r.count] for r in self.gids],
         }
 
+    def uid_inside(self, host: int) -> int:
+        """The uid a process in the namespace sees for the host uid `host`."""
+        return _inside(self.uids, host)
+
+    def gid_inside(self, host: int) -> int:
+        """The gid a process in the namespace sees for the host gid `host`."""
+        return _inside(self.gids, host)
+
+
+OVERFLOW_ID: Final = 65534  # what a user namespace shows for an id it does not map (nobody)
+
+
+def _inside(ranges: tuple[IdRange, ...], host: int) -> int:
+    for r in ranges:
+        if r.outside <= host < r.outside + r.count:
+            return r.inside + host - r.outside
+    return OVERFLOW_ID
+
 
 def _subordinate_range(path: str, name: str, ident: int) -> tuple[int, int] | None:
     """The first `start, count` for user `name` (or numeric `ident`) in /etc/subuid or subgid."""

@@ -16,6 +16,7 @@ from images.load import load
 from images.save import save
 from images.store import ImageStore
 from images.tarsplit import rebuild
+from runtime.namespaces import IdMap, IdRange
 from tests.runtime.conftest import Strata
 from tests.runtime.test_run import wait_running
 
@@ -48,8 +49,8 @@ def test_changeset_without_root(tmp_path: Path) -> None:
     _setxattr_or_skip(upper / "d/b", "user.strata.origin", b"private")
     _setxattr_or_skip(upper / "d/b", "user.mine", b"kept")
     out, again = tmp_path / "one.tar", tmp_path / "two.tar"
-    write_changeset(upper, out, (), {})
-    write_changeset(upper, again, (), {})
+    write_changeset(upper, out, (), None)
+    write_changeset(upper, again, (), None)
     assert out.read_bytes() == again.read_bytes()  # deterministic
     with tarfile.open(out) as tar:
         members = {m.name: m for m in tar.getmembers()}
@@ -272,7 +273,9 @@ def test_changeset_owners_through_a_user_namespace_map(tmp_path: Path) -> None:
         except PermissionError:
             pytest.skip("needs root to give files other owners")
     out = tmp_path / "layer.tar"
-    id_map = {"uids": [[0, 1001, 1], [1, 100000, 65536]], "gids": [[0, 1001, 1]]}
+    id_map = IdMap(
+        uids=(IdRange(0, 1001, 1), IdRange(1, 100000, 65536)), gids=(IdRange(0, 1001, 1),)
+    )
     write_changeset(upper, out, (), id_map)
     with tarfile.open(out) as tar:
         owners = {m.name: (m.uid, m.gid) for m in tar.getmembers()}
