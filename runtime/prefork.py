@@ -74,16 +74,11 @@ def take() -> tuple[int, int, int] | None:
 
 
 def discard() -> None:
-    """Stop a pre-forked daemon nobody took: it has mounted nothing, so SIGTERM ends it (its
-    signals are the defaults until it mounts) and closing the request pipe tells it too."""
-    daemon = take()
-    if daemon is None:
+    """Stop a pre-forked daemon nobody took (it has mounted nothing): `UnionRootfs.stop()`."""
+    if _preforked is None:
         return
-    pid, request_fd, report_fd = daemon
-    os.close(request_fd)
-    os.close(report_fd)
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    os.waitpid(pid, 0)
+    from .rootfs import take_preforked
+
+    daemon = take_preforked(privileged=True)
+    if daemon is not None:
+        daemon.stop()
