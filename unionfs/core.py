@@ -50,10 +50,6 @@ INLINE_COPY_MAX: Final = 256 * 1024  # smaller copies are cheaper inline than in
 S_IFWHT: Final = stat.S_IFCHR
 UPPER: Final = 0
 
-_O_OPEN_MASK: Final = (
-    os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_SYNC | os.O_DSYNC | os.O_NONBLOCK | os.O_NOATIME
-)
-
 
 @dataclass(frozen=True, slots=True)
 class Caller:
@@ -109,13 +105,6 @@ class _Child:
 
 
 @dataclass(slots=True)
-class _FileHandle:
-    node: Node
-    fd: int
-    writable: bool
-
-
-@dataclass(slots=True)
 class _DirHandle:
     node: Node
     names: list[bytes] | None = None
@@ -130,7 +119,11 @@ class UnionFS:
         self._fds = DirFds(limit=4096)
         self._listings: dict[tuple[int, int, int], Listing] = {}
         self._hardlinks: dict[int, HardlinkIndex] = {}
-        self._handles: dict[int, _FileHandle | _DirHandle] = {}
+        self._handles: dict[int, _DirHandle] = {}
+        # Nodes whose fd (Node.fd) is cached and may be closed again, least recently used first;
+        # pinned fds (files without a name) are not in it.
+        self._fd_lru: dict[Node, None] = {}
+        self.inodes.on_drop = self._drop_fd
         self._next_handle = itertools.count(1)
         self._tmp_counter = itertools.count(1)
         self._copy_limiter = trio.CapacityLimiter(2)
@@ -243,9 +236,10 @@ class UnionFS:
 
     def close(self) -> None:
         """Release every fd (at unmount)."""
-        for h in self._handles.values():
-            if isinstance(h, _FileHandle):
-                os.close(h.fd)
+        for node in list(self.inodes.nodes.values()):
+            self._drop_fd(node)
+        for node in list(self._fd_lru):
+            self._drop_fd(node)
         self._handles.clear()
         self._fds.close_all()
         for fd in (*self._root_fds, self._work_fd, self._tmp_fd, self._cache_fd, self._lock_fd):
@@ -522,8 +516,8 @@ class UnionFS:
         if not node.links and node.nodeid != ROOT:
             if isinstance(node.unlinked_st, os.stat_result):
                 return node.unlinked_st
-            for fd in node.open_fds.values():
-                return os.fstat(fd)
+            if node.fd >= 0:
+                return os.fstat(node.fd)
             raise fs_error(errno.ENOENT)
         if node.upper:
             fd, name = self._where(node, UPPER)
@@ -615,16 +609,8 @@ class UnionFS:
                 await self.copy_up(node, metadata_only=True)
             else:
                 await self.copy_up(node, data=changes.size != 0)
-        handle = self._handles.get(fh) if fh is not None else None
         if changes.size is not None:
-            if isinstance(handle, _FileHandle) and handle.writable:
-                os.ftruncate(handle.fd, changes.size)
-            else:
-                fd = self._open_upper(node, os.O_WRONLY)
-                try:
-                    os.ftruncate(fd, changes.size)
-                finally:
-                    os.close(fd)
+            os.ftruncate(await self._io_fd(node, write=True), changes.size)
         if not node.links and node.nodeid != ROOT:
             return self._setattr_unlinked(node, changes)
         dirfd, name = self._where(node, UPPER)
@@ -653,7 +639,9 @@ class UnionFS:
         """
         if not node.upper or node.redirect is not None:
             raise fs_error(errno.EROFS)
-        fd = next(iter(node.open_fds.values()))
+        fd = node.fd
+        if fd < 0:
+            raise fs_error(errno.ENOENT)
         if changes.uid is not None or changes.gid is not None:
             uid, gid = self._disk_ids(
                 -1 if changes.uid is None else changes.uid,
@@ -727,7 +715,7 @@ class UnionFS:
                 meta = metadata_only and self._can_metacopy(node)
                 await self._copy_up_one(node, data=data, meta=meta)
             node.upper = True
-            self._reopen_readers(node)
+            self._drop_fd(node)  # it was on the lower file
             if node.is_dir and self.invalidate is not None:
                 self.invalidate(node.nodeid)  # now merged: its st_nlink became 1
 
@@ -801,7 +789,7 @@ class UnionFS:
                     node.redirect, node.data_src = None, None
                     break
                 self._remove_tree(self._tmp_fd, tmp)  # renamed meanwhile: start over
-        self._reopen_readers(node)
+        self._drop_fd(node)  # it was on the data below
 
     def _relpath(self, node: Node) -> bytes:
         """node's path from the root of the union (= its path inside the layer holding it)."""
@@ -979,20 +967,6 @@ class UnionFS:
         if extra > 0:  # names left below still count, as in overlayfs (index=on)
             self._set_origin(fd, name, node.ino, extra)
             node.nlink_extra = extra
-
-    def _reopen_readers(self, node: Node) -> None:
-        """Point read-only fds opened on the lower file at the copy, so they see new data.
-
-        Not while the copy is a metacopy file: their fds are on its data already."""
-        if not node.open_fds or not stat.S_ISREG(node.kind) or node.redirect is not None:
-            return
-        for fh, fd in list(node.open_fds.items()):
-            handle = self._handles.get(fh)
-            if not isinstance(handle, _FileHandle) or handle.writable:
-                continue
-            new = self._open_upper(node, os.O_RDONLY)
-            os.dup2(new, fd)
-            os.close(new)
 
     def _open_upper(self, node: Node, flags: int) -> int:
         fd, name = self._where(node, UPPER)
@@ -1219,23 +1193,26 @@ class UnionFS:
             st = os.stat(fd_or_name, dir_fd=dir_fd, follow_symlinks=False)
             os.chmod(fd_or_name, stat.S_IMODE(st.st_mode) | perm & 0o7000, dir_fd=dir_fd)
 
-    async def create(
-        self, parent_id: int, name: bytes, mode: int, flags: int, caller: Caller
-    ) -> tuple[int, Attr]:
+    async def create(self, parent_id: int, name: bytes, mode: int, caller: Caller) -> Attr:
+        """A new regular file; the fd it was made with becomes its cached I/O fd."""
         parent, pfd, in_lower = await self._prepare_create(parent_id, name)
         uid, gid = self._owner(pfd, caller)
-        oflags = (flags & _O_OPEN_MASK & ~os.O_TRUNC) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        oflags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         perm = stat.S_IMODE(mode)
         dirfd, tmp = self._scratch(pfd, name, in_lower)
         # Created with the final mode (our umask is 0) so that a default ACL is applied to it.
         fd = os.open(tmp, oflags | os.O_NOFOLLOW, perm, dir_fd=dirfd)
-        os.fchown(fd, uid, gid)
-        self._keep_setid(fd, perm)
-        if in_lower:
-            self._place_new(dirfd, tmp, pfd, name, False)
-        node = self._finish_new(parent, name)
-        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-        return self._add_handle(node, fd, writable=writable), self._attr(node)
+        try:
+            os.fchown(fd, uid, gid)
+            self._keep_setid(fd, perm)
+            if in_lower:
+                self._place_new(dirfd, tmp, pfd, name, False)
+            node = self._finish_new(parent, name)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._keep_fd(node, fd, writable=True)
+        return self._attr(node)
 
     async def mkdir(self, parent_id: int, name: bytes, mode: int, caller: Caller) -> Attr:
         parent, pfd, in_lower = await self._prepare_create(parent_id, name)
@@ -1253,6 +1230,8 @@ class UnionFS:
     ) -> Attr:
         if stat.S_ISCHR(mode) and rdev == 0:
             raise fs_error(errno.EPERM, name)  # a user must not forge a whiteout
+        if stat.S_ISREG(mode):  # how the kernel creates files once create() said ENOSYS
+            return await self.create(parent_id, name, mode, caller)
         parent, pfd, in_lower = await self._prepare_create(parent_id, name)
         uid, gid = self._owner(pfd, caller)
         dirfd, tmp = self._scratch(pfd, name, in_lower)
@@ -1344,15 +1323,24 @@ class UnionFS:
         await self._remove(parent, name, node)
         self._fds.drop((node.nodeid, UPPER))
 
-    def _keep_stat_if_last_name(self, node: Node) -> None:
-        """Before an open metacopy file loses its last name: remember its metadata (see
-        Node.unlinked_st)."""
-        if node.redirect is not None and node.open_fds and len(node.links) == 1:
+    def _pin_if_last_name(self, node: Node) -> None:
+        """Before a file the kernel holds loses its last name: keep an fd, as it may still be
+        open (in no-open mode we cannot know), and for a metacopy file its metadata (see
+        Node.unlinked_st). The fd goes when the kernel forgets the node."""
+        if not stat.S_ISREG(node.kind) or len(node.links) != 1 or node.lookups <= 0:
+            return
+        if node.redirect is not None:
             node.unlinked_st = self._stat(node)
+        try:
+            fd, writable = self._open_io(node, write=False)
+        except OSError:
+            return  # metacopy data missing: reads of the unlinked file fail (EIO) as before
+        self._drop_fd(node)
+        node.fd, node.fd_writable, node.fd_pinned = fd, writable, True
 
     async def _remove(self, parent: Node, name: bytes, node: Node) -> None:
         await self.copy_up(parent)
-        self._keep_stat_if_last_name(node)
+        self._pin_if_last_name(node)
         pfd = self._dirfd(parent, UPPER)
         if self._in_lowers(parent, name):
             self._whiteout(parent, name)
@@ -1408,7 +1396,7 @@ class UnionFS:
         ofd = self._dirfd(old_parent, UPPER)
         nfd = self._dirfd(new_parent, UPPER)
         if dst is not None:
-            self._keep_stat_if_last_name(dst)
+            self._pin_if_last_name(dst)
         src_in_lower = self._in_lowers(old_parent, old_name)
         dst_in_lower = self._in_lowers(new_parent, new_name)
         try:
@@ -1513,19 +1501,63 @@ class UnionFS:
 
     # ------------------------------------------------------------------ files
 
-    def _add_handle(self, node: Node, fd: int, *, writable: bool) -> int:
-        fh = next(self._next_handle)
-        self._handles[fh] = _FileHandle(node, fd, writable)
-        node.open_fds[fh] = fd
-        return fh
+    FD_CACHE: Final = 512  # cached per-node fds (besides pinned ones); RLIMIT_NOFILE allows
 
-    def _file(self, fh: int) -> _FileHandle:
-        handle = self._handles.get(fh)
-        if not isinstance(handle, _FileHandle):
-            raise fs_error(errno.EBADF)
-        return handle
+    def _open_io(self, node: Node, *, write: bool) -> tuple[int, bool]:
+        """Open the file node's reads and writes go to: (fd, writable).
 
-    async def open(self, nodeid: int, flags: int) -> int:
+        The upper file read-write when possible (so one fd serves both); else read-only the
+        lower file or a metacopy file's data below (EIO if it is missing)."""
+        if node.upper and node.redirect is None:
+            dirfd, name = self._where(node, UPPER)
+            flags = os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                return os.open(name, os.O_RDWR | flags, dir_fd=dirfd), True
+            except OSError:
+                if write:
+                    raise
+                return os.open(name, os.O_RDONLY | flags, dir_fd=dirfd), False
+        return self._open_data(node), False
+
+    async def _io_fd(self, node: Node, *, write: bool) -> int:
+        """The fd for I/O on a regular file, opened on first use and cached on the node.
+
+        A write first copies a lower (or metacopy) file up with its data. A file whose last
+        name is gone keeps the fd pinned at unlink; it can be written only if it was an upper
+        file (a lower one cannot be copied up without a name)."""
+        if node.fd >= 0 and (node.fd_writable or not write):
+            if not node.fd_pinned:
+                self._fd_lru.pop(node, None)
+                self._fd_lru[node] = None
+            return node.fd
+        if not stat.S_ISREG(node.kind):
+            raise fs_error(errno.EISDIR if node.is_dir else errno.EINVAL)
+        if node.fd_pinned or (not node.links and node.nodeid != ROOT):
+            raise fs_error(errno.EROFS if node.fd >= 0 else errno.ENOENT)
+        if write:
+            self._check_writable()
+            await self.copy_up(node, data=True)
+        fd, writable = self._open_io(node, write=write)
+        self._keep_fd(node, fd, writable=writable)
+        return fd
+
+    def _keep_fd(self, node: Node, fd: int, *, writable: bool) -> None:
+        self._drop_fd(node)
+        node.fd, node.fd_writable = fd, writable
+        self._fd_lru[node] = None
+        while len(self._fd_lru) > self.FD_CACHE:
+            self._drop_fd(next(iter(self._fd_lru)))
+
+    def _drop_fd(self, node: Node) -> None:
+        """Close node's cached fd (after copy-up it is on the old file; or the node is gone)."""
+        self._fd_lru.pop(node, None)
+        if node.fd >= 0:
+            os.close(node.fd)
+        node.fd, node.fd_writable, node.fd_pinned = -1, False, False
+
+    async def open(self, nodeid: int, flags: int) -> None:
+        """An open(2) the kernel tells us of (not in no-open mode): copy up for writing, as
+        overlayfs does at open; O_TRUNC (atomic_o_trunc) truncates here."""
         node = self.inodes.get(nodeid)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         if writable or flags & os.O_TRUNC:
@@ -1533,34 +1565,24 @@ class UnionFS:
             await self.copy_up(node, data=not flags & os.O_TRUNC)
         if not node.links:
             raise fs_error(errno.ENOENT)
-        layer = UPPER if node.upper else node.lower
-        if layer == UPPER and node.redirect is None:
-            dirfd, name = self._where(node, layer)
-            fd = os.open(name, flags & _O_OPEN_MASK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
-        else:  # read-only: the lower file, or a metacopy file's data (EIO if it is missing)
-            fd = self._open_data(node)
-        return self._add_handle(node, fd, writable=writable)
+        if flags & os.O_TRUNC:
+            os.ftruncate(await self._io_fd(node, write=True), 0)
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
-        return os.pread(self._file(fh).fd, size, offset)
+    async def read(self, nodeid: int, offset: int, size: int) -> bytes:
+        return os.pread(await self._io_fd(self.inodes.get(nodeid), write=False), size, offset)
 
-    async def write(self, fh: int, offset: int, data: bytes) -> int:
-        return os.pwrite(self._file(fh).fd, data, offset)
+    async def write(self, nodeid: int, offset: int, data: bytes) -> int:
+        return os.pwrite(await self._io_fd(self.inodes.get(nodeid), write=True), data, offset)
 
-    async def fsync(self, fh: int, datasync: bool) -> None:
-        handle = self._file(fh)
-        if self.cfg.volatile or not handle.writable:
-            return
+    async def fsync(self, nodeid: int, datasync: bool) -> None:
+        node = self.inodes.get(nodeid)
+        if self.cfg.volatile or not node.upper or node.redirect is not None:
+            return  # nothing of it was written here
+        fd = await self._io_fd(node, write=False)
         if datasync:
-            os.fdatasync(handle.fd)
+            os.fdatasync(fd)
         else:
-            os.fsync(handle.fd)
-
-    async def release(self, fh: int) -> None:
-        handle = self._handles.pop(fh, None)
-        if isinstance(handle, _FileHandle):
-            handle.node.open_fds.pop(fh, None)
-            os.close(handle.fd)
+            os.fsync(fd)
 
     # ------------------------------------------------------------------ directories
 

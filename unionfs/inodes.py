@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, NewType
 
@@ -66,7 +67,11 @@ class Node:
     view: dict[bytes, LowerEntry] | None = None  # dirs: merged lower listing (cached)
     listings: dict[int, Listing] = field(default_factory=dict)  # dirs: layer -> its listing
     children: dict[bytes, Node] = field(default_factory=dict)
-    open_fds: dict[int, int] = field(default_factory=dict)  # handle -> fd, for reopen and fstat
+    # Regular files: the fd reads and writes use (see UnionFS._io_fd), -1 if none. Cached per
+    # node rather than per open: in FUSE's no-open mode the kernel sends no open/release at all.
+    fd: int = -1
+    fd_writable: bool = False
+    fd_pinned: bool = False  # the file's last name went while the kernel held it: keep the fd
     generation: int = 0
     nlink_extra: int = 0  # copied-up hard link: group names left in lower layers (still counted)
     attr: object = None  # core.Attr of a lower-only object (immutable until copy-up or unlink)
@@ -75,8 +80,8 @@ class Node:
     # and where that data was found (a metacopy.DataSource, indexed from the layer below).
     redirect: bytes | None = None
     data_src: object = None
-    # os.stat_result of a metacopy file whose last name went while it was open: its open fds
-    # are on the data below, whose metadata is not the file's.
+    # os.stat_result of a metacopy file whose last name went while the kernel held it: its fd
+    # is on the data below, whose metadata is not the file's.
     unlinked_st: object = None
     _lock: trio.Lock | None = None
 
@@ -109,6 +114,8 @@ class InodeTable:
 
     def __init__(self) -> None:
         self.nodes: dict[InodeNo, Node] = {}
+        # Called with a node that leaves the table (forgotten or superseded): close its fd.
+        self.on_drop: Callable[[Node], None] | None = None
 
     def add(self, node: Node) -> None:
         """Register a new node; an older object with the same number is superseded."""
@@ -117,6 +124,8 @@ class InodeTable:
             node.generation = old.generation + 1
             node.lookups += old.lookups  # the kernel's references are to the number
             old.links = []  # no name leads to the old object any more
+            if self.on_drop is not None:
+                self.on_drop(old)  # the kernel fails I/O on the old one (new generation)
         self.nodes[node.nodeid] = node
 
     def get(self, nodeid: int) -> Node:
@@ -153,12 +162,14 @@ class InodeTable:
     def _drop(self, node: Node, *, upward: bool = True) -> None:
         # Children the kernel does not hold (made by a union operation's own lookups) go too.
         for child in list(node.children.values()):
-            if child.lookups <= 0 and not child.open_fds:
+            if child.lookups <= 0:
                 self._drop(child, upward=False)
-        if node.children or node.open_fds:
-            return  # still reachable by name from a child or used by an open file
+        if node.children:
+            return  # still reachable by name from a child
         if self.nodes.get(node.nodeid) is node:
             del self.nodes[node.nodeid]
+        if self.on_drop is not None:
+            self.on_drop(node)
         for parent, name in node.links:
             if parent.children.get(name) is node:
                 del parent.children[name]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +55,7 @@ def run(
     cannot be made (mountpoint missing, already mounted, layers in use by another strata mount).
     """
     os.umask(0)  # modes come from the requests; the upper fs still applies default ACLs
+    _raise_fd_limit()
     try:
         fs = UnionFS(cfg)
     except OSError as exc:
@@ -74,6 +76,19 @@ def run(
             log.debug("unmounted %s (clean=%s)", mountpoint, clean)
     finally:
         fs.close()
+
+
+def _raise_fd_limit() -> None:
+    """Lift the soft RLIMIT_NOFILE to the hard one: the core keeps thousands of fds open (its
+    directory fd cache, an fd per recently used file, one per nameless file the kernel holds),
+    more than Debian's default soft limit of 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
 
 
 async def _serve() -> None:

@@ -16,6 +16,8 @@ drops a cached listing itself when a request through the mount changes that dire
 mknod, mkdir, symlink, link, unlink, rmdir, rename bump its version) or when it sees the
 directory's mtime change; what the core changes behind its back goes through `invalidate`. The
 mount also asks for FUSE_CAP_DONT_MASK, so the umask is applied here, and not under a default ACL.
+From patch level 2 open (and create) answer ENOSYS too: the kernel sends no OPEN/RELEASE, and
+file I/O arrives by inode, which the core serves from an fd cached per node (`NO_OPEN`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ TIMEOUT: Final = 3600.0
 # scripts/pyfuse3/strata.patch: opendir may answer ENOSYS (readdir then gets the inode) or a
 # FileInfo, and init_connection() may ask for capabilities. Stock pyfuse3 works without them.
 PATCHED: Final = hasattr(pyfuse3, "STRATA_PATCH_LEVEL")
+# Level 2 passes the inode in place of the handle once open() answered ENOSYS (FUSE's no-open
+# mode): the kernel then sends no OPEN/RELEASE for files, and we never see opens at all.
+NO_OPEN: Final = getattr(pyfuse3, "STRATA_PATCH_LEVEL", 0) >= 2
 _FUSE_CAPS: Final[dict[str, int]] = dict(getattr(pyfuse3, "FUSE_CAPS", {}))
 
 
@@ -108,6 +113,7 @@ class UnionOperations(pyfuse3.Operations):
         self.cache_listings = PATCHED
         self._dir_handles: dict[int, tuple[object, int]] = {}
         self.dont_mask = False  # set when the kernel granted FUSE_CAP_DONT_MASK
+        self.no_open = NO_OPEN
 
     def init_connection(self, conn: dict[str, int]) -> None:
         """Called by the patched pyfuse3 during FUSE_INIT: the capabilities to ask for.
@@ -118,6 +124,10 @@ class UnionOperations(pyfuse3.Operations):
         immutable and the union only ever replaces a link by a new inode."""
         want = _FUSE_CAPS.get("DONT_MASK", 0)
         conn["want"] |= want | _FUSE_CAPS.get("CACHE_SYMLINKS", 0)
+        if self.no_open:
+            # With atomic O_TRUNC the kernel leaves truncation to an OPEN we will not get; without
+            # it an O_TRUNC open sends SETATTR(size=0), which copies up and truncates.
+            conn["want"] &= ~_FUSE_CAPS.get("ATOMIC_O_TRUNC", 0)
         self.dont_mask = bool(want and conn["capable"] & want)
         log.debug("fuse init: %s", conn)
 
@@ -195,7 +205,7 @@ class UnionOperations(pyfuse3.Operations):
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
         with errno_boundary("setattr"):
-            return to_entry(await self.fs.setattr(inode, changes, fh))
+            return to_entry(await self.fs.setattr(inode, changes))
 
     async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
         with errno_boundary("readlink"):
@@ -271,9 +281,16 @@ class UnionOperations(pyfuse3.Operations):
     async def open(
         self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
+        """Files are read and written by inode (the core caches an fd per node), so an open has
+        nothing to set up. In no-open mode ENOSYS tells the kernel to stop sending OPEN and
+        RELEASE (two of the three requests of reading a small file); a lower file is then
+        copied up at its first write or truncate rather than at an open for writing.
+        Otherwise the handle is the inode, and opening for writing copies up as overlayfs does."""
+        if self.no_open:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         with errno_boundary("open"):
-            fh = await self.fs.open(inode, flags)
-        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)
+            await self.fs.open(inode, flags)
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(inode), keep_cache=True)
 
     async def create(
         self,
@@ -283,10 +300,12 @@ class UnionOperations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        if self.no_open:  # create's reply carries a handle; mknod + (no) open does not
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         with errno_boundary("create"):
             mode = await self._masked(parent_inode, mode, ctx.umask)
-            fh, attr = await self.fs.create(parent_inode, name, mode, flags, _caller(ctx))
-        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True), to_entry(attr)
+            attr = await self.fs.create(parent_inode, name, mode, _caller(ctx))
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(attr.ino), keep_cache=True), to_entry(attr)
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         with errno_boundary("read"):
@@ -302,8 +321,7 @@ class UnionOperations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
-        with errno_boundary("release"):
-            await self.fs.release(fh)
+        pass  # the core's fd belongs to the node and goes when the kernel forgets it
 
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         with errno_boundary("fsync"):

@@ -241,33 +241,26 @@ async def attr(fs: UnionFS, path: str) -> Attr:
 
 
 async def read(fs: UnionFS, path: str, size: int = 1 << 16, offset: int = 0) -> bytes:
-    fh = await fs.open(await node(fs, path), os.O_RDONLY)
-    try:
-        return await fs.read(fh, offset, size)
-    finally:
-        await fs.release(fh)
+    nodeid = await node(fs, path)
+    await fs.open(nodeid, os.O_RDONLY)
+    return await fs.read(nodeid, offset, size)
 
 
 async def write(
     fs: UnionFS, path: str, data: bytes, offset: int = 0, flags: int = os.O_RDWR
 ) -> None:
-    fh = await fs.open(await node(fs, path), flags)
-    try:
-        assert await fs.write(fh, offset, data) == len(data)
-    finally:
-        await fs.release(fh)
+    nodeid = await node(fs, path)
+    await fs.open(nodeid, flags)
+    assert await fs.write(nodeid, offset, data) == len(data)
 
 
 async def create(
     fs: UnionFS, path: str, data: bytes = b"", mode: int = 0o644, caller: Caller = ROOT_CALLER
 ) -> Attr:
     parent, name = await parent_and_name(fs, path)
-    fh, a = await fs.create(parent, name, stat.S_IFREG | mode, os.O_WRONLY, caller)
-    try:
-        if data:
-            await fs.write(fh, 0, data)
-    finally:
-        await fs.release(fh)
+    a = await fs.create(parent, name, stat.S_IFREG | mode, caller)
+    if data:
+        await fs.write(a.ino, 0, data)
     return a
 
 
@@ -449,7 +442,7 @@ async def test_reserved_names_are_hidden_and_cannot_be_made(
     for name in (b".wh.gone", b".wh.alsogone", b".wh.f", b".wh..wh..opq"):
         await raises_errno(errno.ENOENT, fs.lookup(ROOT, name))
     fnode = await node(fs, "f")
-    await raises_errno(errno.EPERM, fs.create(ROOT, b".wh.x", 0o100644, os.O_WRONLY, ROOT_CALLER))
+    await raises_errno(errno.EPERM, fs.create(ROOT, b".wh.x", 0o100644, ROOT_CALLER))
     await raises_errno(errno.EPERM, fs.mkdir(ROOT, b".wh.x", 0o40755, ROOT_CALLER))
     await raises_errno(errno.EPERM, fs.mkdir(ROOT, b".wh..wh..opq", 0o40755, ROOT_CALLER))
     await raises_errno(errno.EPERM, fs.mknod(ROOT, b".wh.x", stat.S_IFIFO | 0o644, 0, ROOT_CALLER))
@@ -566,13 +559,11 @@ class Trigger:
 
 
 async def _open_rw(fs: UnionFS) -> None:
-    fh = await fs.open(await node(fs, "d/f"), os.O_RDWR)
-    await fs.release(fh)
+    await fs.open(await node(fs, "d/f"), os.O_RDWR)
 
 
 async def _open_trunc(fs: UnionFS) -> None:
-    fh = await fs.open(await node(fs, "d/f"), os.O_WRONLY | os.O_TRUNC)
-    await fs.release(fh)
+    await fs.open(await node(fs, "d/f"), os.O_WRONLY | os.O_TRUNC)
 
 
 async def _truncate(fs: UnionFS) -> None:
@@ -784,9 +775,8 @@ async def test_reading_never_copies_up(
     fs = union()
     f = await node(fs, "d/f")
     assert await read(fs, "d/f") == b"data"
-    fh = await fs.open(f, os.O_RDONLY)
-    await fs.fsync(fh, False)
-    await fs.release(fh)
+    await fs.open(f, os.O_RDONLY)
+    await fs.fsync(f, False)
     await fs.getattr(f)
     assert await fs.getxattr(f, "user.x") == b"1"
     assert "user.x" in await fs.listxattr(f)
@@ -803,14 +793,11 @@ async def test_open_read_only_handle_sees_data_after_another_handle_copies_up(
     put(layers.lowers[0] / "f", b"old data")
     fs = union()
     f = await node(fs, "f")
-    reader = await fs.open(f, os.O_RDONLY)
-    assert await fs.read(reader, 0, 100) == b"old data"
-    writer = await fs.open(f, os.O_RDWR)
-    await fs.write(writer, 0, b"NEW")
-    assert await fs.read(reader, 0, 100) == b"NEW data"
-    await fs.release(writer)
-    assert await fs.read(reader, 0, 100) == b"NEW data"
-    await fs.release(reader)
+    await fs.open(f, os.O_RDONLY)
+    assert await fs.read(f, 0, 100) == b"old data"
+    await fs.open(f, os.O_RDWR)
+    await fs.write(f, 0, b"NEW")
+    assert await fs.read(f, 0, 100) == b"NEW data"
 
 
 async def test_concurrent_copy_ups_of_one_big_file_make_one_correct_copy(
@@ -822,19 +809,13 @@ async def test_concurrent_copy_ups_of_one_big_file_make_one_correct_copy(
     big = await node(fs, "big")
 
     async def writer(offset: int, data: bytes) -> None:
-        fh = await fs.open(big, os.O_RDWR)
-        try:
-            await fs.write(fh, offset, data)
-        finally:
-            await fs.release(fh)
+        await fs.open(big, os.O_RDWR)
+        await fs.write(big, offset, data)
 
     async def reader() -> None:
-        fh = await fs.open(big, os.O_RDONLY)
-        try:
-            await trio.lowlevel.checkpoint()
-            assert len(await fs.read(fh, 0, 4096)) == 4096
-        finally:
-            await fs.release(fh)
+        await fs.open(big, os.O_RDONLY)
+        await trio.lowlevel.checkpoint()
+        assert len(await fs.read(big, 0, 4096)) == 4096
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer, 0, b"A" * 100)
@@ -987,13 +968,13 @@ async def test_open_unlinked_files_report_nlink_0_and_stay_usable(
     handles = {}
     for name in ("upperfile", "lowerfile"):
         nodeid = await node(fs, name)
-        handles[name] = (nodeid, await fs.open(nodeid, os.O_RDONLY))
+        await fs.open(nodeid, os.O_RDONLY)
+        handles[name] = nodeid
         await fs.unlink(ROOT, name.encode())
-    for name, (nodeid, fh) in handles.items():
+    for name, nodeid in handles.items():
         a = await fs.getattr(nodeid)
         assert a.nlink == 0, name
-        assert await fs.read(fh, 0, 100) == name[:5].encode()
-        await fs.release(fh)
+        assert await fs.read(nodeid, 0, 100) == name[:5].encode()
     assert sorted(os.listdir(upper)) == ["lowerfile"]
     assert is_chardev_whiteout(upper / "lowerfile")
 
@@ -1008,12 +989,11 @@ async def test_unlink_during_copy_up_leaves_no_copy(
 
     async def writer() -> None:
         try:
-            fh = await fs.open(big, os.O_RDWR)
+            await fs.open(big, os.O_RDWR)
         except FileNotFoundError:
             outcome.append("ENOENT")
             return
-        await fs.write(fh, 0, b"W")
-        await fs.release(fh)
+        await fs.write(big, 0, b"W")
         outcome.append("written")
 
     async def remover() -> None:
@@ -1062,9 +1042,7 @@ async def test_names_over_255_bytes_are_too_long(union: UnionFactory, layers: La
     f = await node(fs, "f")
     long, ok = b"n" * 256, b"n" * 255
     await raises_errno(errno.ENAMETOOLONG, fs.lookup(ROOT, long))
-    await raises_errno(
-        errno.ENAMETOOLONG, fs.create(ROOT, long, 0o100644, os.O_WRONLY, ROOT_CALLER)
-    )
+    await raises_errno(errno.ENAMETOOLONG, fs.create(ROOT, long, 0o100644, ROOT_CALLER))
     await raises_errno(errno.ENAMETOOLONG, fs.mkdir(ROOT, long, 0o40755, ROOT_CALLER))
     await raises_errno(errno.ENAMETOOLONG, fs.mknod(ROOT, long, 0o10644, 0, ROOT_CALLER))
     await raises_errno(errno.ENAMETOOLONG, fs.symlink(ROOT, long, b"f", ROOT_CALLER))
@@ -1072,8 +1050,7 @@ async def test_names_over_255_bytes_are_too_long(union: UnionFactory, layers: La
     await raises_errno(errno.ENAMETOOLONG, fs.rename(ROOT, b"f", ROOT, long, 0))
     await raises_errno(errno.ENAMETOOLONG, fs.unlink(ROOT, long))
     await raises_errno(errno.ENAMETOOLONG, fs.rmdir(ROOT, long))
-    fh, _ = await fs.create(ROOT, ok, 0o100644, os.O_WRONLY, ROOT_CALLER)
-    await fs.release(fh)
+    await fs.create(ROOT, ok, 0o100644, ROOT_CALLER)
     assert (await fs.lookup(ROOT, ok)).nodeid
     assert sorted(await listdir(fs)) == [b"f", ok]
 
@@ -1110,7 +1087,7 @@ async def test_read_only_union_refuses_every_mutation(union: UnionFactory, layer
     fs = union(read_only=True)
     f, d = await node(fs, "f"), await node(fs, "d")
     mutations: list[Awaitable[object]] = [
-        fs.create(ROOT, b"new", 0o100644, os.O_WRONLY, ROOT_CALLER),
+        fs.create(ROOT, b"new", 0o100644, ROOT_CALLER),
         fs.mkdir(ROOT, b"new", 0o40755, ROOT_CALLER),
         fs.mknod(ROOT, b"new", stat.S_IFIFO | 0o644, 0, ROOT_CALLER),
         fs.symlink(ROOT, b"new", b"f", ROOT_CALLER),
@@ -1583,11 +1560,13 @@ async def test_first_data_change_copies_the_data_and_drops_the_marker(
     fs = union()
     nodeid = await node(fs, "d/f")
     ino = (await attr(fs, "d/f")).ino
-    early = await fs.open(nodeid, os.O_RDONLY)  # opened on the lower file
+    await fs.open(nodeid, os.O_RDONLY)
+    early = nodeid  # opened on the lower file
     await fs.setattr(nodeid, SetAttr(mode=stat.S_IFREG | 0o640, uid=77, gid=88))
     assert await fs.read(early, 0, 4) == BIG[:4]
     await fs.setxattr(nodeid, "user.kept", b"k")
-    reader = await fs.open(nodeid, os.O_RDONLY)  # opened on the data below
+    await fs.open(nodeid, os.O_RDONLY)
+    reader = nodeid  # opened on the data below
     expected = BIG
     if how == "write":
         await write(fs, "d/f", b"NEW", 10)
@@ -1614,8 +1593,6 @@ async def test_first_data_change_copies_the_data_and_drops_the_marker(
     assert (await attr(fs, "d/f")).ino == ino
     assert await fs.read(reader, 0, len(BIG) + 1) == expected  # the readers moved to the copy
     assert await fs.read(early, 0, len(BIG) + 1) == expected
-    await fs.release(reader)
-    await fs.release(early)
     fs = union.remount(fs)
     assert await read(fs, "d/f", len(BIG) + 1) == expected
 
@@ -1697,15 +1674,14 @@ async def test_concurrent_data_copy_ups_of_a_metacopy_file_make_one_copy(
     handles: list[int] = []
 
     async def open_rw() -> None:
-        handles.append(await fs.open(nodeid, os.O_RDWR))
+        await fs.open(nodeid, os.O_RDWR)
+        handles.append(nodeid)
 
     async with trio.open_nursery() as nursery:
         for _ in range(3):
             nursery.start_soon(open_rw)
     for i, fh in enumerate(handles):
         await fs.write(fh, i, b"X")
-    for fh in handles:
-        await fs.release(fh)
     assert (upper / "big").read_bytes() == b"XXX" + (BIG * 4)[3:]
     assert not is_metacopy(upper / "big")
 
@@ -1720,7 +1696,8 @@ async def test_metadata_change_during_a_data_copy_up_lands_on_the_copy(
     handles: list[int] = []
 
     async def open_rw() -> None:
-        handles.append(await fs.open(nodeid, os.O_RDWR))
+        await fs.open(nodeid, os.O_RDWR)
+        handles.append(nodeid)
 
     async def chmod() -> None:
         await trio.lowlevel.checkpoint()
@@ -1729,7 +1706,6 @@ async def test_metadata_change_during_a_data_copy_up_lands_on_the_copy(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(open_rw)
         nursery.start_soon(chmod)
-    await fs.release(handles[0])
     assert stat.S_IMODE(os.stat(upper / "big").st_mode) == 0o751
     assert not is_metacopy(upper / "big")
     assert (upper / "big").read_bytes() == BIG * 4
@@ -1814,7 +1790,8 @@ async def test_lower_metacopy_file_without_its_data_reads_eio(
     fs = union()
     a = await attr(fs, "d/f")  # attributes stay readable
     assert a.size == 4
-    await raises_errno(errno.EIO, fs.open(await node(fs, "d/f"), os.O_RDONLY))
+    await raises_errno(errno.EIO, fs.read(await node(fs, "d/f"), 0, 4))
+    await raises_errno(errno.EIO, fs.write(await node(fs, "d/f"), 0, b"x"))
     await raises_errno(errno.EIO, fs.open(await node(fs, "d/f"), os.O_RDWR))
     assert not (layers.upper / "d" / "f").exists()
 
@@ -1832,7 +1809,7 @@ async def test_hostile_marker_never_leaves_the_layers(
     _metacopy_layer(l1, "d/f", marker, 7)
     put(l0 / "keep", b"k")
     fs = union()
-    await raises_errno(errno.EIO, fs.open(await node(fs, "d/f"), os.O_RDONLY))
+    await raises_errno(errno.EIO, fs.read(await node(fs, "d/f"), 0, 4))
 
 
 async def test_lower_metacopy_file_finds_data_layers_below(
@@ -1858,16 +1835,16 @@ async def test_open_metacopy_file_keeps_its_metadata_after_unlink_and_lowers_sta
     fs = union()
     nodeid = await node(fs, "f")
     await fs.setattr(nodeid, SetAttr(mode=stat.S_IFREG | 0o600, uid=5))
-    fh = await fs.open(nodeid, os.O_RDONLY)  # on the data below
+    await fs.open(nodeid, os.O_RDONLY)
+    fh = nodeid  # on the data below
     await unlink(fs, "f")
     a = await fs.getattr(nodeid)
     assert (a.nlink, stat.S_IMODE(a.mode), a.uid) == (0, 0o600, 5)  # the metacopy file's
     assert await fs.read(fh, 0, 100) == b"lower data"
     # fchmod of a nameless file open on lower data cannot be done without changing a lower
     await raises_errno(errno.EROFS, fs.setattr(nodeid, SetAttr(mode=stat.S_IFREG | 0o777)))
-    await fs.release(fh)
     gid = await node(fs, "g")
-    gh = await fs.open(gid, os.O_RDONLY)  # a plain lower file, open, then unlinked
+    await fs.open(gid, os.O_RDONLY)
+    # a plain lower file, open, then unlinked
     await unlink(fs, "g")
     await raises_errno(errno.EROFS, fs.setattr(gid, SetAttr(mode=stat.S_IFREG | 0o777)))
-    await fs.release(gh)
