@@ -7,6 +7,7 @@ mount exists, and serves until `fusermount3 -u`, SIGINT or SIGTERM.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import resource
@@ -94,8 +95,29 @@ def _raise_fd_limit() -> None:
 async def _serve() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
-        await pyfuse3.main()
+        await _serve_requests()
         nursery.cancel_scope.cancel()
+
+
+def _is_connection_abort(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno == errno.ECONNABORTED
+
+
+async def _serve_requests() -> None:
+    """pyfuse3.main(), which also ends, without an error of ours, when the kernel aborted the
+    connection: an unmount does that while requests are still queued (say the RELEASEs of
+    hundreds of files closed just before it), and so does writing to its `abort` file in
+    /sys/fs/fuse/connections. Either way the mount is gone."""
+    try:
+        await pyfuse3.main()
+    except BaseExceptionGroup as group:
+        if group.split(_is_connection_abort)[1] is not None:
+            raise
+        log.info("the kernel ended the FUSE connection")
+    except OSError as exc:
+        if not _is_connection_abort(exc):
+            raise
+        log.info("the kernel ended the FUSE connection")
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

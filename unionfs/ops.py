@@ -113,7 +113,8 @@ class UnionOperations(pyfuse3.Operations):
         self.cache_listings = PATCHED
         self._dir_handles: dict[int, tuple[object, int]] = {}
         self.dont_mask = False  # set when the kernel granted FUSE_CAP_DONT_MASK
-        self.no_open = NO_OPEN
+        # STRATA_FUSE_OPEN=1 keeps OPEN/RELEASE (the stock-pyfuse3 path): for tests and A/B runs.
+        self.no_open = NO_OPEN and os.environ.get("STRATA_FUSE_OPEN") != "1"
 
     def init_connection(self, conn: dict[str, int]) -> None:
         """Called by the patched pyfuse3 during FUSE_INIT: the capabilities to ask for.
