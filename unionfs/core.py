@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 NAME_MAX: Final = 255
 INLINE_COPY_MAX: Final = 256 * 1024  # smaller copies are cheaper inline than in a thread
 S_IFWHT: Final = stat.S_IFCHR
+SHARED_WHITEOUT: Final = b"whiteout"  # in the work dir's tmp/: new whiteouts are links to it
 UPPER: Final = 0
 
 
@@ -130,6 +131,7 @@ class UnionFS:
         self._root_fds: list[int] = []  # index 0 = upper (-1 when read-only)
         self._work_fd = -1
         self._tmp_fd = -1
+        self._share_whiteouts = True
         self._cache_fd: int | None = None
         self._lock_fd = -1
         self.read_only = cfg.upper is None
@@ -1045,11 +1047,30 @@ class UnionFS:
         return bool(parent.lowers) and name in self._view(parent)
 
     def _make_whiteout_tmp(self) -> bytes:
-        tmp = self._tmpname()
+        """A new whiteout in the work dir: a hard link to one shared whiteout inode, as overlayfs
+        makes them (a link costs less than a new inode: `rm -rf` of a lower tree is mostly
+        this), or a new 0/0 character device where linking fails."""
         if self.whiteout_wh:
             raise AssertionError("chardev whiteout requested in .wh. mode")
-        os.mknod(tmp, S_IFWHT, os.makedev(0, 0), dir_fd=self._tmp_fd)  # c--------- as the kernel
+        tmp = self._tmpname()
+        if self._share_whiteouts:
+            try:
+                os.link(SHARED_WHITEOUT, tmp, src_dir_fd=self._tmp_fd, dst_dir_fd=self._tmp_fd)
+                return tmp
+            except FileNotFoundError:
+                self._mknod_whiteout(SHARED_WHITEOUT)
+                return self._make_whiteout_tmp()
+            except OSError as exc:
+                if exc.errno != errno.EMLINK:
+                    log.info("whiteouts are not shared: cannot link them: %s", exc)
+                    self._share_whiteouts = False
+                else:  # the link count is full: start a new shared inode
+                    os.unlink(SHARED_WHITEOUT, dir_fd=self._tmp_fd)
+        self._mknod_whiteout(tmp)
         return tmp
+
+    def _mknod_whiteout(self, name: bytes) -> None:
+        os.mknod(name, S_IFWHT, os.makedev(0, 0), dir_fd=self._tmp_fd)  # c--------- as the kernel
 
     def _whiteout(self, parent: Node, name: bytes) -> None:
         """Hide the lower `name` in parent; replaces any upper object there, atomically."""
