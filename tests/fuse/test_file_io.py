@@ -32,6 +32,8 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
         monkeypatch.setenv("STRATA_FUSE_OPEN", "1")
     elif not NO_OPEN:
         pytest.skip("stock pyfuse3: no no-open mode")
+    else:
+        monkeypatch.delenv("STRATA_FUSE_OPEN", raising=False)
     return str(request.param)
 
 
