@@ -17,9 +17,10 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 # busybox-static is the demo image; attr/acl are used by tests; fuse-overlayfs and unionfs-fuse are
 # comparison peers for tests and benchmarks; mmdebstrap builds the Debian rootfs of the slow tests;
 # uidmap (newuidmap) serves rootless containers with subordinate ids, iproute2 the bridge network;
-# patch applies scripts/pyfuse3/*.patch.
+# patch applies scripts/pyfuse3/*.patch; podman and runc run fuse-strata as a mount_program in
+# tests/fuse/test_podman.py and are the container start-up reference of the bench.
 packages=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc busybox-static attr acl
-          fuse-overlayfs unionfs-fuse mmdebstrap uidmap iproute2 patch)
+          fuse-overlayfs unionfs-fuse mmdebstrap uidmap iproute2 patch podman runc)
 
 # The system interpreter on purpose: PATH may hold a pyenv or similar python that other users
 # cannot read.
