@@ -603,7 +603,7 @@ class UnionFS:
         fd, name = self._where(node, UPPER if node.upper else node.lower)
         return os.readlink(name, dir_fd=fd)
 
-    async def setattr(self, nodeid: int, changes: SetAttr, fh: int | None = None) -> Attr:
+    async def setattr(self, nodeid: int, changes: SetAttr) -> Attr:
         node = self.inodes.get(nodeid)
         self._check_writable()
         if node.links or node.nodeid == ROOT:
@@ -969,10 +969,6 @@ class UnionFS:
         if extra > 0:  # names left below still count, as in overlayfs (index=on)
             self._set_origin(fd, name, node.ino, extra)
             node.nlink_extra = extra
-
-    def _open_upper(self, node: Node, flags: int) -> int:
-        fd, name = self._where(node, UPPER)
-        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
 
     # ------------------------------------------------------------------ materializing directories
 
@@ -1352,12 +1348,16 @@ class UnionFS:
             return
         if node.redirect is not None:
             node.unlinked_st = self._stat(node)
-        try:
-            fd, writable = self._open_io(node, write=False)
-        except OSError:
-            return  # metacopy data missing: reads of the unlinked file fail (EIO) as before
-        self._drop_fd(node)
-        node.fd, node.fd_writable, node.fd_pinned = fd, writable, True
+        upper_file = node.upper and node.redirect is None
+        if node.fd < 0 or (upper_file and not node.fd_writable):  # else the cached one will do
+            try:
+                fd, writable = self._open_io(node, write=False)
+            except OSError:
+                return  # metacopy data missing: reads of the unlinked file fail (EIO) as before
+            self._drop_fd(node)
+            node.fd, node.fd_writable = fd, writable
+        self._fd_lru.pop(node, None)
+        node.fd_pinned = True
 
     async def _remove(self, parent: Node, name: bytes, node: Node) -> None:
         await self.copy_up(parent)
@@ -1553,7 +1553,7 @@ class UnionFS:
             return node.fd
         if not stat.S_ISREG(node.kind):
             raise fs_error(errno.EISDIR if node.is_dir else errno.EINVAL)
-        if node.fd_pinned or (not node.links and node.nodeid != ROOT):
+        if not node.links:  # a pinned fd that cannot write, or none at all
             raise fs_error(errno.EROFS if node.fd >= 0 else errno.ENOENT)
         if write:
             self._check_writable()
