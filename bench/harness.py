@@ -235,20 +235,26 @@ def container_command(backend: Backend, plan: Plan) -> list[str]:
 
 
 def podman_command(plan: Plan) -> list[str]:
-    """podman with a private store under the data directory (the machine's own is untouched),
-    fuse-overlayfs as its mount program, and runc with cgroupfs (crun refuses this machine's
-    hybrid cgroups)."""
+    """podman with a private store under the data directory (the machine's own is untouched)
+    and fuse-overlayfs as its mount program."""
     store = plan.state / "podman"
+    return private_podman(store / "root", store / "run", "/usr/bin/fuse-overlayfs")
+
+
+def private_podman(root: Path, runroot: Path, mount_program: str | Path) -> list[str]:
+    """podman with its own store (`root`, `runroot`: podman wants the latter <= 50 characters)
+    over `mount_program`, and runc with cgroupfs (crun refuses this machine's hybrid cgroups).
+    tests/fuse/test_podman.py runs fuse-strata through it."""
     return [
         "podman",
         "--root",
-        str(store / "root"),
+        str(root),
         "--runroot",
-        str(store / "run"),
+        str(runroot),
         "--storage-driver",
         "overlay",
         "--storage-opt",
-        "overlay.mount_program=/usr/bin/fuse-overlayfs",
+        f"overlay.mount_program={mount_program}",
         "--runtime",
         "runc",
         "--cgroup-manager",

@@ -1,9 +1,10 @@
 """fuse-strata as podman's overlay `mount_program`: what a container engine does with it.
 
-podman with a private store (under the test's tmp dir), runc and cgroupfs as in
-bench/harness.py, and the busybox test image: run a container that writes, deletes and chmods
-(the daemon in FUSE's no-open mode), `podman diff`, `podman commit`, and a run of the committed
-image, whose files must hold what the container wrote and kept.
+podman with a private store (under the test's tmp dir), runc and cgroupfs, as the bench's
+podman row (bench.harness.private_podman), and the busybox test image: run a container that
+writes, deletes and chmods (the daemon in FUSE's no-open mode), `podman diff`, `podman
+commit`, and a run of the committed image, whose files must hold what the container wrote and
+kept.
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness import PODMAN_RUN_FLAGS, private_podman
 from tests.helpers.images import BUSYBOX_DOCKER_ARCHIVE
 from tests.helpers.mounts import skip_unless_fuse, skip_unless_root
 from unionfs.cli import read_mountinfo
 
 pytestmark = [pytest.mark.fuse, pytest.mark.root]
-
-# podman's defaults ask for more open files and processes than this machine's hard limits
-RUN_FLAGS = ("--network=host", "--ulimit=nofile=1024:1024", "--ulimit=nproc=1024:1024")
 
 
 def run(cmd: list[str]) -> str:
@@ -44,23 +43,7 @@ def podman(tmp_path: Path) -> Iterator[list[str]]:
         pytest.skip(f"test image missing: {BUSYBOX_DOCKER_ARCHIVE}")
     fuse_strata = Path(sys.executable).parent / "fuse-strata"
     runroot = Path(tempfile.mkdtemp(prefix="strata-podman-"))  # podman wants <= 50 characters
-    cmd = [
-        "podman",
-        "--root",
-        str(tmp_path / "root"),
-        "--runroot",
-        str(runroot),
-        "--storage-driver",
-        "overlay",
-        "--storage-opt",
-        f"overlay.mount_program={fuse_strata}",
-        "--runtime",
-        "runc",
-        "--cgroup-manager",
-        "cgroupfs",
-        "--events-backend",
-        "none",
-    ]
+    cmd = [*private_podman(tmp_path / "root", runroot, fuse_strata), "--events-backend", "none"]
     try:
         yield cmd
     finally:
@@ -80,7 +63,7 @@ def test_podman_runs_diffs_and_commits_a_container_on_fuse_strata(podman: list[s
     loaded = run([*podman, "load", "-i", str(BUSYBOX_DOCKER_ARCHIVE)])
     image = loaded.strip().splitlines()[-1].removeprefix("Loaded image: ").strip()
     script = "echo hi > /etc/newfile; rm /bin/ls; mkdir -p /opt/x; chmod 600 /etc/passwd; echo ok"
-    out = run([*podman, "run", *RUN_FLAGS, "--name", "c1", image, "sh", "-c", script])
+    out = run([*podman, "run", *PODMAN_RUN_FLAGS, "--name", "c1", image, "sh", "-c", script])
     assert out.strip() == "ok"
     diff = set(run([*podman, "diff", "c1"]).splitlines())
     assert {"A /etc/newfile", "D /bin/ls", "C /etc/passwd", "A /opt/x"} <= diff
@@ -90,6 +73,15 @@ def test_podman_runs_diffs_and_commits_a_container_on_fuse_strata(podman: list[s
         " head -c 5 /etc/passwd"  # the chmod'ed file kept its data
     )
     out = run(
-        [*podman, "run", "--rm", *RUN_FLAGS, "localhost/strata-committed:1", "sh", "-c", check]
+        [
+            *podman,
+            "run",
+            "--rm",
+            *PODMAN_RUN_FLAGS,
+            "localhost/strata-committed:1",
+            "sh",
+            "-c",
+            check,
+        ]
     )
     assert out.splitlines() == ["hi", "gone", "600", "/opt/x", "root:"]
