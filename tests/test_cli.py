@@ -27,7 +27,7 @@ import pytest
 
 from tests.helpers.mounts import skip_unless_fuse, skip_unless_root
 from unionfs import cli
-from unionfs.config import IdMapping, WhiteoutFormat
+from unionfs.config import DEFAULT_SPIN_US, IdMapping, WhiteoutFormat
 from unionfs.errors import UsageError
 
 BIN: Final = Path(sys.executable).parent
@@ -264,6 +264,9 @@ def test_options_engines_and_mount_pass_are_accepted() -> None:
         ("lowerdir=/a,suid=1", "unknown option 'suid'"),
         ("lowerdir=/a,metacopy=yes", "option 'metacopy=yes': expected metacopy=on or metacopy=off"),
         ("lowerdir=/a,xattr_permissions=2", "option 'xattr_permissions=2' is not supported"),
+        ("lowerdir=/a,spin=-1", "option 'spin=-1': expected microseconds from 0 to 100000"),
+        ("lowerdir=/a,spin=1ms", "option 'spin=1ms': expected microseconds from 0 to 100000"),
+        ("lowerdir=/a,spin=100001", "option 'spin=100001': expected microseconds from 0 to 100000"),
         ("lowerdir=/a,plugins=/p.so", "option 'plugins=/p.so' is not supported"),
         ("lowerdir=/a,upperdir=/u", "upperdir given without workdir"),
         ("lowerdir=/a,workdir=/w", "workdir given without upperdir"),
@@ -333,6 +336,13 @@ def test_metacopy_is_off_for_fuse_strata_and_on_for_strata_mount_by_default() ->
     assert cli.parse_strata_mount_args(["--lower", "/a", "/mnt"]).cfg.metacopy
     off = cli.parse_strata_mount_args(["--lower", "/a", "-o", "metacopy=off", "/mnt"])
     assert not off.cfg.metacopy
+
+
+def test_spin_option_sets_how_long_the_daemon_polls() -> None:
+    assert parse("-o", "lowerdir=/a", "/mnt").opts.spin_us == DEFAULT_SPIN_US
+    assert parse("-o", "lowerdir=/a,spin=0", "/mnt").opts.spin_us == 0
+    req = cli.parse_strata_mount_args(["--lower", "/a", "-o", "spin=250", "/mnt"])
+    assert req.opts.spin_us == 250
 
 
 def test_strata_mount_options_and_flags() -> None:

@@ -38,7 +38,14 @@ from pathlib import Path
 from typing import Final, NamedTuple, NoReturn
 
 from . import __version__
-from .config import IdMapping, MountOptions, UnionConfig, WhiteoutFormat, validate
+from .config import (
+    DEFAULT_SPIN_US,
+    IdMapping,
+    MountOptions,
+    UnionConfig,
+    WhiteoutFormat,
+    validate,
+)
 from .errors import UsageError
 
 STRATA: Final = "strata"
@@ -243,6 +250,7 @@ class _OptionState:
     gid_map: tuple[IdMapping, ...] = ()
     whiteout: WhiteoutFormat = WhiteoutFormat.AUTO
     metacopy: bool | None = None  # None: the command's default (on for strata, off for fuse-strata)
+    spin_us: int = DEFAULT_SPIN_US
 
     def __post_init__(self) -> None:
         # Running as root: like fuse-overlayfs, let everyone in (the kernel checks the modes)
@@ -309,6 +317,10 @@ class _OptionState:
             if value not in ("on", "off"):
                 raise UsageError(f"option '{item}': expected metacopy=on or metacopy=off")
             self.metacopy = value == "on"
+        elif name == "spin":
+            if not value.isdigit() or int(value) > 100_000:
+                raise UsageError(f"option '{item}': expected microseconds from 0 to 100000")
+            self.spin_us = int(value)
         elif name in ("fsname", "subtype"):
             if not _NAME_VALUE.fullmatch(value):
                 raise UsageError(f"option '{item}': empty, or contains spaces, quotes or commas")
@@ -332,6 +344,7 @@ class _OptionState:
             read_only=self.read_only,
             debug=self.debug,
             extra=tuple(extra),
+            spin_us=self.spin_us,
         )
 
     def union_config(
@@ -403,6 +416,8 @@ options:
   whiteout=auto|chardev|wh            how whiteouts are written (default auto)
   metacopy=on|off                     metadata-only copy-up (default off for fuse-strata:
                                       engines read the upper directly; on for strata mount)
+  spin=US                             keep polling for requests this long before sleeping
+                                      (default 100; 0 never polls)
 ignored: context=, noacl, static_nlink, userxattr, timeout=, threaded=, private, nofail,
 _netdev, auto, noauto, user, users, defaults, x-*, relatime and other atime spellings.
 As root the defaults are allow_other, default_permissions and suid.

@@ -14,6 +14,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from .errors import UsageError
 
@@ -61,6 +62,9 @@ class UnionConfig:
         return self.upper is None
 
 
+DEFAULT_SPIN_US: Final = 100
+
+
 @dataclass(frozen=True, slots=True)
 class MountOptions:
     """Options for the kernel mount only; they do not change what the core does."""
@@ -71,6 +75,10 @@ class MountOptions:
     read_only: bool = False
     debug: bool = False
     extra: tuple[str, ...] = field(default=())  # passed to the kernel as-is (dev, suid, ...)
+    # How long the daemon keeps polling /dev/fuse after it ran out of requests before it sleeps
+    # (patched pyfuse3 level 4; 0: never). Waking a sleeping daemon for the next request costs
+    # as much as serving it on a VM; the poll is skipped while requests come further apart.
+    spin_us: int = DEFAULT_SPIN_US
 
 
 def _check_dir(path: Path, what: str) -> Path:

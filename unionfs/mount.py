@@ -21,7 +21,7 @@ import trio
 from .config import MountOptions, UnionConfig
 from .core import UnionFS
 from .errors import UsageError
-from .ops import UnionOperations
+from .ops import CAN_SPIN, UnionOperations
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ def run(
             pyfuse3.init(UnionOperations(fs), os.fspath(mountpoint), fuse_options(cfg, opts))
         except RuntimeError as exc:
             raise UsageError(f"cannot mount on {mountpoint}: {exc}") from None
+        if CAN_SPIN:
+            pyfuse3.set_spin(opts.spin_us)
         clean = False
         try:
             if on_mounted is not None:

@@ -43,6 +43,8 @@ PATCHED: Final = hasattr(pyfuse3, "STRATA_PATCH_LEVEL")
 # Level 2 passes the inode in place of the handle once open() answered ENOSYS (FUSE's no-open
 # mode): the kernel then sends no OPEN/RELEASE for files, and we never see opens at all.
 NO_OPEN: Final = getattr(pyfuse3, "STRATA_PATCH_LEVEL", 0) >= 2
+# Level 4 can poll /dev/fuse between requests (pyfuse3.set_spin; unionfs/mount.py sets it).
+CAN_SPIN: Final = hasattr(pyfuse3, "set_spin")
 _FUSE_CAPS: Final[dict[str, int]] = dict(getattr(pyfuse3, "FUSE_CAPS", {}))
 
 
