@@ -308,7 +308,8 @@ class UnionOperations(pyfuse3.Operations):
         with errno_boundary("create"):
             mode = await self._masked(parent_inode, mode, ctx.umask)
             attr = await self.fs.create(parent_inode, name, mode, _caller(ctx))
-        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(attr.ino), keep_cache=True), to_entry(attr)
+        info = pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(attr.nodeid), keep_cache=True)
+        return info, to_entry(attr)
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         with errno_boundary("read"):
