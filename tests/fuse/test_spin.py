@@ -60,7 +60,7 @@ def test_a_stream_of_requests_does_not_starve_a_copy_up_in_a_thread(
     dirs = UnionDirs.create(tmp_path, nlowers=1)
     big = dirs.lowers[0] / "big"
     with open(big, "wb") as f:
-        f.write(os.urandom(1 << 20) * (4 * INLINE_COPY_MAX >> 20 or 1) + b"tail")
+        f.write(os.urandom(4 * INLINE_COPY_MAX) + b"tail")
     (dirs.lowers[0] / "x").write_bytes(b"x")
     stop, started = tmp_path / "stop", tmp_path / "started"
     with union_mount(dirs, extra_args=["-o", f"spin={spin}"]) as m:
