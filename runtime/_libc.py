@@ -42,7 +42,17 @@ CLONE_NEWPID: Final = 0x20000000
 CLONE_NEWNET: Final = 0x40000000
 
 PR_SET_PDEATHSIG: Final = 1
+PR_SET_DUMPABLE: Final = 4
+PR_SET_NAME: Final = 15
+PR_SET_SECCOMP: Final = 22
+PR_CAPBSET_DROP: Final = 24
 PR_SET_CHILD_SUBREAPER: Final = 36
+PR_SET_NO_NEW_PRIVS: Final = 38
+PR_CAP_AMBIENT: Final = 47
+PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
+SECCOMP_MODE_FILTER: Final = 2
+
+_LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
 
 # pivot_root(2) by machine: glibc does not wrap it. (x86_64's 155 is not everyone's.)
 _SYS_PIVOT_ROOT: Final[dict[str, int]] = {
@@ -70,6 +80,7 @@ _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 _libc.unshare.argtypes = (ctypes.c_int,)
 _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
 _libc.sethostname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
+_libc.capset.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
 _libc.prctl.argtypes = (
     ctypes.c_int,
     ctypes.c_ulong,
@@ -138,9 +149,97 @@ def sethostname(name: str) -> None:
         raise _fail("sethostname", name)
 
 
-def prctl(option: int, arg2: int = 0) -> None:
-    if _libc.prctl(option, arg2, 0, 0, 0) != 0:
+def prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
+    if _libc.prctl(option, arg2, arg3, 0, 0) != 0:
         raise _fail(f"prctl({option})")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    )
+
+
+def capset(*, effective: int, permitted: int, inheritable: int) -> None:
+    """capset(2) of this process's three capability sets (64-bit masks)."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in (0, 1):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    if _libc.capset(ctypes.byref(header), data) != 0:
+        raise _fail("capset")
+
+
+def capbset_drop(number: int) -> None:
+    """Drop capability `number` from the bounding set."""
+    prctl(PR_CAPBSET_DROP, number)
+
+
+def clear_ambient_caps() -> None:
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+
+
+def set_no_new_privs() -> None:
+    """execve() can no longer grant privileges (set-uid bits, file capabilities)."""
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def set_dumpable(on: bool) -> None:
+    """A non-dumpable process cannot be ptraced, and its /proc files (environ, maps, exe, fd)
+    are closed to processes without CAP_SYS_PTRACE."""
+    prctl(PR_SET_DUMPABLE, int(on))
+
+
+def set_name(name: str) -> None:
+    """The process's `comm` (what ps and /proc/PID/status show as its name; 15 bytes)."""
+    raw = ctypes.create_string_buffer(name.encode()[:15])
+    prctl(PR_SET_NAME, ctypes.addressof(raw))
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+def load_seccomp_program(program: bytes) -> None:
+    """Install a classic-BPF seccomp filter (an array of `struct sock_filter`, as libseccomp's
+    seccomp_export_bpf() writes it) on this process and its future children. Needs
+    CAP_SYS_ADMIN in the user namespace, or no_new_privs set."""
+    if not program or len(program) % 8:
+        raise OSError(0, f"seccomp: not a BPF program ({len(program)} bytes)")
+    code = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.addressof(code))
+    if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0) != 0:
+        raise _fail("seccomp filter")
+
+
+def scrub_command_line(title: str) -> None:
+    """Overwrite this process's argv and environment memory, which /proc/PID/cmdline and
+    /proc/PID/environ show, so that they read `title` and nothing. The kernel reads up to the
+    first NUL once the byte at the end of argv is not a NUL (the setproctitle convention)."""
+    with open("/proc/self/stat", "rb") as f:
+        raw = f.read()
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    # fields 48-51 of stat(5) (arg_start, arg_end, env_start, env_end); index 0 is field 3
+    arg_start, arg_end, env_start, env_end = (int(x) for x in fields[45:49])
+    if env_end > env_start:
+        ctypes.memset(env_start, 0, env_end - env_start)
+    size = arg_end - arg_start
+    text = title.encode()[: max(size - 2, 0)]
+    if size <= 0:
+        return
+    ctypes.memset(arg_start, 0, size)
+    ctypes.memmove(arg_start, text, len(text))
+    if size > len(text) + 1:
+        ctypes.memset(arg_end - 1, 0x20, 1)
 
 
 def set_pdeathsig(signum: int) -> None:

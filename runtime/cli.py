@@ -89,6 +89,23 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
     )
     parser.add_argument("--entrypoint", default=None, metavar="CMD", help="override it")
     parser.add_argument(
+        "--cap-add", action="append", default=[], metavar="CAP",
+        help="add a capability to the default set (NET_ADMIN or CAP_NET_ADMIN; ALL)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cap-drop", action="append", default=[], metavar="CAP",
+        help="drop a capability from the default set (ALL: every one)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--privileged", action="store_true",
+        help="every capability, no seccomp filter, no masked paths, /sys writable",
+    )  # fmt: skip
+    parser.add_argument(
+        "--security-opt", action="append", default=[], metavar="OPT",
+        help="seccomp=unconfined|PROFILE.json, no-new-privileges, systempaths=unconfined,"
+        " label=disable, apparmor=unconfined",
+    )  # fmt: skip
+    parser.add_argument(
         "-m", "--memory", default="", metavar="SIZE", help="memory limit (512m, 2g; cgroups)"
     )
     parser.add_argument(
@@ -135,6 +152,7 @@ def _create_request(
     from .container import CreateRequest
     from .images import layers_image, lookup_image
     from .process import check_user, parse_env_assignments, read_env_file
+    from .security import parse_options
     from .state import Volume
 
     rest = list(args.rest)
@@ -172,6 +190,12 @@ def _create_request(
     entrypoint = None
     if args.entrypoint is not None:
         entrypoint = (args.entrypoint,) if args.entrypoint else ()
+    sec = parse_options(
+        privileged=args.privileged,
+        cap_add=args.cap_add,
+        cap_drop=args.cap_drop,
+        security_opt=args.security_opt,
+    )
     return CreateRequest(
         image=image,
         argv=tuple(rest),
@@ -193,6 +217,7 @@ def _create_request(
         pids_limit=args.pids_limit,
         rootless=rootless,
         id_map=id_map,
+        security=sec,
     )
 
 
@@ -316,7 +341,8 @@ def _exec(args: argparse.Namespace, runner: _Runner) -> int:
         raise UsageError("exec: no command given", 125)
     if args.user is not None:
         check_user(args.user)
-    cdir = _state_root(args).find(args.container)
+    root = _state_root(args)
+    cdir = root.find(args.container)
     cfg = cdir.config
     spec = ProcessSpec(
         argv=tuple(command),
@@ -330,7 +356,7 @@ def _exec(args: argparse.Namespace, runner: _Runner) -> int:
         tty=args.tty,
         interactive=args.interactive,
     )
-    return exec_in(cdir, spec)
+    return exec_in(root, cdir, spec)
 
 
 def _add_ps_arguments(parser: argparse.ArgumentParser) -> None:

@@ -37,7 +37,7 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Final, NoReturn
@@ -45,7 +45,7 @@ from typing import Final, NoReturn
 from unionfs.config import UnionConfig
 from unionfs.errors import UsageError
 
-from . import _libc, console, mounts, namespaces, network
+from . import _libc, capabilities, console, mounts, namespaces, network, security
 from .cgroups import Limits
 from .images import ImageSpec
 from .init import FORWARDED, deliver, exit_code, run_init
@@ -53,6 +53,7 @@ from .namespaces import IdMap, IdRange, Namespace
 from .network import DEFAULT_SUBNET
 from .process import ExecError, ProcessSpec, exec_process
 from .rootfs import OneShotReport, UnionRootfs, detach_if_mounted, redirect_stdio
+from .security import Confinement, SecurityOptions
 from .state import (
     CREATED,
     EXITED,
@@ -106,6 +107,7 @@ class CreateRequest:
     auto_remove: bool = False
     memory: int = 0
     pids_limit: int = 0
+    security: SecurityOptions = field(default_factory=SecurityOptions)
     # Who runs it, decided before the caller may have entered a user namespace (where it is
     # root): None means "look at our own ids now".
     rootless: bool | None = None
@@ -135,6 +137,10 @@ def container_config(root: StateRoot, req: CreateRequest, cid: str) -> Container
     id_map: dict[str, list[list[int]]] = {}
     if rootless:
         id_map = (req.id_map or rootless_map()).to_json()
+    sec = req.security
+    seccomp = sec.seccomp
+    if seccomp not in (security.SECCOMP_DEFAULT, security.SECCOMP_UNCONFINED):
+        seccomp = security.SECCOMP_PROFILE
     return ContainerConfig(
         id=cid,
         name=req.name or f"strata_{cid[:8]}",
@@ -158,7 +164,41 @@ def container_config(root: StateRoot, req: CreateRequest, cid: str) -> Container
         id_map=id_map,
         memory=req.memory,
         pids_limit=req.pids_limit,
+        capabilities=tuple(capabilities.sorted_names(sec.capabilities())),
+        privileged=sec.privileged,
+        cap_add=sec.cap_add,
+        cap_drop=sec.cap_drop,
+        security_opt=sec.security_opt,
+        seccomp="unconfined" if sec.privileged else seccomp,
+        seccomp_origin=sec.seccomp if seccomp == security.SECCOMP_PROFILE else "",
+        no_new_privileges=sec.no_new_privileges,
+        mask_paths=sec.mask_paths and not sec.privileged,
     )
+
+
+def confinement_of(root: StateRoot, cdir: ContainerDir) -> Confinement:
+    """What the container's processes apply to themselves before exec (runtime.security)."""
+    cfg = cdir.config
+    return security.confinement(
+        caps=capabilities.recorded(cfg.capabilities),
+        seccomp=cfg.seccomp,
+        no_new_privileges=cfg.no_new_privileges,
+        container_dir=cdir.path,
+        cache_dir=root.seccomp_cache,
+    )
+
+
+def _check_profile(root: StateRoot, req: CreateRequest) -> bytes | None:
+    """A --security-opt seccomp=FILE profile, read and compiled once to refuse a bad one before
+    anything is created; its bytes (None without a profile file)."""
+    from . import seccomp as sc
+
+    sec = req.security
+    if sec.privileged or sec.seccomp in (security.SECCOMP_DEFAULT, security.SECCOMP_UNCONFINED):
+        return None
+    profile, raw = sc.read_profile(sec.seccomp)
+    sc.program(profile, sec.capabilities(), root.seccomp_cache, where=sec.seccomp)
+    return raw
 
 
 def create(root: StateRoot, req: CreateRequest) -> ContainerDir:
@@ -170,6 +210,7 @@ def create(root: StateRoot, req: CreateRequest) -> ContainerDir:
                 raise UsageError(f"image {req.image.ref}: layer {layer} is gone (removed?)", 125)
         if req.name:
             root.check_name(req.name)
+        profile = _check_profile(root, req)
         cid = root.new_id()
         config = container_config(root, req, cid)
         staging = root.staging_dir(cid)
@@ -180,6 +221,8 @@ def create(root: StateRoot, req: CreateRequest) -> ContainerDir:
             build_init_layer(staging / "init", req.image.layers, req.volumes)
             for name in mounts.ETC_FILES:
                 (staging / name).touch(mode=0o644)
+            if profile is not None:
+                (staging / security.PROFILE_FILE).write_bytes(profile)
             return root.commit(staging, config)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -347,6 +390,7 @@ class _Plan:
     process: ProcessSpec
     init: bool
     can_setgroups: bool
+    confinement: Confinement
 
 
 def _ns_parent(plan: _Plan, sock: socket.socket) -> NoReturn:
@@ -390,7 +434,9 @@ def _pid1(plan: _Plan, sock: socket.socket) -> NoReturn:
         if msg != "go":
             os._exit(code)
         if plan.init:
-            code = run_init(lambda: _fork_command(plan, sock, slave))
+            code = run_init(
+                lambda: _fork_command(plan, sock, slave), confine=lambda: _confine_init(plan)
+            )
             os._exit(code)
         exec_process(
             plan.process,
@@ -398,6 +444,7 @@ def _pid1(plan: _Plan, sock: socket.socket) -> NoReturn:
             slave=slave,
             handled_signals=FORWARDED,
             can_setgroups=plan.can_setgroups,
+            confinement=plan.confinement,
             pdeathsig=signal.SIGKILL,
         )
     except ExecError as exc:
@@ -415,17 +462,39 @@ def _pid1(plan: _Plan, sock: socket.socket) -> NoReturn:
 def _fork_command(plan: _Plan, sock: socket.socket, slave: int | None) -> int:
     pid = os.fork()
     if pid == 0:
+        _libc.set_dumpable(True)  # the command's process; exec makes it so anyway
         exec_process(
             plan.process,
             report=lambda status, message: _send(sock, f"error {status} {message}"),
             slave=slave,
             handled_signals=FORWARDED,
             can_setgroups=plan.can_setgroups,
+            confinement=plan.confinement,
         )
     sock.close()
     if slave is not None:
         os.close(slave)
     return pid
+
+
+INIT_TITLE: Final = "strata-init"
+
+
+def _hide_init() -> None:
+    """--init's PID 1 is this Python process: its command line and environment would show the
+    host's (the interpreter, the venv, strata's arguments). They are overwritten, and the
+    process is made non-dumpable, which closes its /proc files (exe, maps, environ, fd) and
+    ptrace to the container's processes."""
+    _libc.set_dumpable(False)
+    _libc.scrub_command_line(INIT_TITLE)
+    _libc.set_name(INIT_TITLE)
+
+
+def _confine_init(plan: _Plan) -> None:
+    """The init, confined as the container's root: after it has forked the command, which
+    confines itself (it may need to switch users first)."""
+    plan.confinement.enter()
+    plan.confinement.finish(0)
 
 
 def _prepare_root(plan: _Plan, sock: socket.socket) -> int | None:
@@ -443,19 +512,25 @@ def _prepare_root(plan: _Plan, sock: socket.socket) -> int | None:
             os._exit(START_FAILED)
         network.connect_container_side(*plan.bridge)
     _libc.mount(rootfs, rootfs, None, _libc.MS_BIND | _libc.MS_REC)
+    cfg = cdir.config
     mounts.mount_all(
         rootfs,
         etc_dir=cdir.path,
-        volumes=[mounts.BindMount(v.source, v.target, v.read_only) for v in cdir.config.volumes],
+        volumes=[mounts.BindMount(v.source, v.target, v.read_only) for v in cfg.volumes],
         devpts_gid=plan.devpts_gid,
+        privileged=cfg.privileged,
+        masked=cfg.mask_paths,
     )
     os.chdir(rootfs)
     _libc.pivot_root(".", ".")
     _libc.umount2(".", _libc.MNT_DETACH)  # the old root, stacked on top by pivot_root(".", ".")
     os.chdir("/")
     mark("pivot_root done")
+    if plan.init:
+        _hide_init()
     if plan.process.tty:
         master, slave = os.openpty()
+        mounts.bind_console(Path("/"), os.ttyname(slave))
         _send(sock, "ready", [master])
         os.close(master)
         return slave
@@ -648,6 +723,7 @@ class Monitor:
             ),
             init=cfg.init,
             can_setgroups=_setgroups_allowed(),
+            confinement=confinement_of(self.root, self.cdir),
         )
 
     def _spawn(self, plan: _Plan) -> None:
@@ -978,12 +1054,14 @@ def _remove_layer_tree(cdir: ContainerDir, path: Path) -> None:
 # exec
 
 
-def exec_in(cdir: ContainerDir, spec: ProcessSpec) -> int:
+def exec_in(root: StateRoot, cdir: ContainerDir, spec: ProcessSpec) -> int:
     """Run `spec` in the running container: join its namespaces, fork (the PID namespace applies
-    to children), wait for it, forward signals; its exit code."""
+    to children), wait for it, forward signals; its exit code. The command is confined as the
+    container's own processes are."""
     state = cdir.effective_state()
     if state.status != RUNNING or not process_alive(state.init_pid, state.init_start):
         raise UsageError(f"container {cdir.name} is not running", 1)
+    confinement = confinement_of(root, cdir)
     pid1 = state.init_pid
     can_setgroups = _setgroups_allowed(str(pid1))  # while the host's /proc is ours
     kinds = list(namespaces.JOIN_ORDER)
@@ -1018,6 +1096,7 @@ def exec_in(cdir: ContainerDir, spec: ProcessSpec) -> int:
             slave=slave,
             handled_signals=FORWARDED,
             can_setgroups=can_setgroups,
+            confinement=confinement,
         )
     os.close(err_w)
     if slave is not None:

@@ -81,14 +81,16 @@ def deliver(pid: int, sig: int, *, is_namespace_init: bool) -> bool:
     return False
 
 
-def run_init(start_child: Callable[[], int]) -> int:
-    """Be PID 1: start the command (`start_child()` forks it and returns its pid), forward
-    signals to it, reap every child, and return the command's exit code once it has exited.
+def run_init(start_child: Callable[[], int], confine: Callable[[], None]) -> int:
+    """Be PID 1: start the command (`start_child()` forks it and returns its pid), confine
+    ourselves (`confine()`: the container's capabilities and seccomp filter), forward signals to
+    the command, reap every child, and return the command's exit code once it has exited.
 
     Call with FORWARDED signals blocked: they stay pending until the handlers are in place, so
     nothing sent during start-up is lost.
     """
     child = start_child()
+    confine()
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):

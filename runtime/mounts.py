@@ -3,7 +3,9 @@
 `CONTAINER_MOUNTS` is the default set (/proc, /dev as a tmpfs with a fresh devpts, /dev/shm,
 /dev/mqueue, /sys read-only); `DEVICE_NODES` are bound from the host's /dev (a bind works in a user
 namespace, mknod does not); `DEV_LINKS` are the usual symlinks. `mount_all()` mounts them under the
-rootfs before pivot_root, together with the container's /etc files and its volumes.
+rootfs before pivot_root, together with the container's /etc files and its volumes, and then
+hides `MASKED_PATHS` and makes `READONLY_PATHS` read-only (podman's lists; not with --privileged):
+the kernel's knobs and the host's hardware stay out of a container's reach.
 
 Every target is resolved inside the rootfs with `resolve_in_root()`, which follows symlinks as if the
 rootfs were `/`: an image (or a container's earlier writes) cannot make a mount land on the host.
@@ -47,7 +49,7 @@ class BindMount:
 _NOSUID_NODEV_NOEXEC: Final = MS_NOSUID | MS_NODEV | MS_NOEXEC
 
 PROC: Final = Mount("/proc", "proc", "proc", _NOSUID_NODEV_NOEXEC)
-DEV: Final = Mount("/dev", "tmpfs", "tmpfs", MS_NOSUID, "mode=755,size=65536k")
+DEV: Final = Mount("/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k")
 DEVPTS: Final = Mount(
     "/dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"
 )
@@ -68,6 +70,19 @@ DEV_LINKS: Final[tuple[tuple[str, str], ...]] = (
     ("stderr", "/proc/self/fd/2"),
     ("ptmx", "pts/ptmx"),
 )
+
+# Hidden: a file gets /dev/null bound over it, a directory an empty read-only tmpfs (runc's
+# maskPath). Kernel memory, keys and timers of the host, firmware and power capping.
+MASKED_PATHS: Final = (
+    "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)  # fmt: skip
+# Read-only: /proc/sys (kernel.core_pattern, vm.drop_caches, ...), sysrq, and what drives the
+# host's buses, filesystems and interrupts. All of /sys is read-only already.
+READONLY_PATHS: Final = (
+    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+)  # fmt: skip
 
 # Files of /etc that each container gets from its state dir.
 ETC_FILES: Final = ("hostname", "hosts", "resolv.conf")
@@ -155,21 +170,47 @@ def remount_read_only(target: Path) -> None:
     _libc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | locked)
 
 
-def mount_sys(rootfs: Path) -> None:
-    """A fresh sysfs, read-only. In a user namespace the kernel allows that only in a network
-    namespace the user namespace owns; otherwise the host's /sys is bound, every mount in it
-    read-only."""
+def mount_sys(rootfs: Path, *, writable: bool = False) -> None:
+    """A fresh sysfs, read-only unless `writable` (--privileged). In a user namespace the kernel
+    allows that only in a network namespace the user namespace owns; otherwise the host's /sys
+    is bound, every mount in it read-only (unless `writable`)."""
     target = resolve_in_root(rootfs, "/sys")
     os.makedirs(target, exist_ok=True)
     try:
-        _libc.mount(SYSFS.source, target, SYSFS.fstype, SYSFS.flags)
+        flags = SYSFS.flags & ~MS_RDONLY if writable else SYSFS.flags
+        _libc.mount(SYSFS.source, target, SYSFS.fstype, flags)
         return
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EACCES):
             raise
     bind("/sys", target)
-    for below in _mounts_below(target):
-        remount_read_only(below)
+    if not writable:
+        for below in _mounts_below(target):
+            remount_read_only(below)
+
+
+def mask_paths(rootfs: Path) -> None:
+    """Hide MASKED_PATHS and make READONLY_PATHS read-only (those that exist)."""
+    for path in MASKED_PATHS:
+        target = resolve_in_root(rootfs, path)
+        try:
+            if os.path.isdir(target):
+                _libc.mount("tmpfs", target, "tmpfs", MS_RDONLY)
+            else:
+                _libc.mount("/dev/null", target, None, MS_BIND)
+        except FileNotFoundError:
+            continue
+    for path in READONLY_PATHS:
+        target = resolve_in_root(rootfs, path)
+        if os.path.lexists(target):
+            _libc.mount(target, target, None, MS_BIND | MS_REC)
+            remount_read_only(target)
+
+
+def bind_console(rootfs: Path, pty: str) -> None:
+    """The container's terminal (a pty of its devpts, `/dev/pts/N`) as /dev/console, as runc
+    does with a terminal."""
+    bind(resolve_in_root(rootfs, pty), resolve_in_root(rootfs, "/dev/console"), recursive=False)
 
 
 def _mounts_below(path: Path) -> list[Path]:
@@ -216,12 +257,17 @@ def mount_all(
     etc_dir: Path,
     volumes: Sequence[BindMount],
     devpts_gid: int | None,
+    privileged: bool = False,
+    masked: bool = True,
 ) -> None:
-    """Everything a container gets, below `rootfs` (still seen from the host's side)."""
+    """Everything a container gets, below `rootfs` (still seen from the host's side):
+    `privileged` leaves /sys writable; `masked` hides and protects the kernel's paths."""
     mount_at(rootfs, PROC)
     populate_dev(rootfs, devpts_gid=devpts_gid)
-    mount_sys(rootfs)
+    mount_sys(rootfs, writable=privileged)
     for name in ETC_FILES:
         bind(etc_dir / name, resolve_in_root(rootfs, f"/etc/{name}"), recursive=False)
     for volume in volumes:
         bind(volume.source, resolve_in_root(rootfs, volume.target), read_only=volume.read_only)
+    if masked:
+        mask_paths(rootfs)

@@ -20,12 +20,15 @@ import signal
 import termios
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from unionfs.errors import UsageError
 
 from . import _libc
 from .images import DEFAULT_PATH
+
+if TYPE_CHECKING:
+    from .security import Confinement
 
 _USER_PART: Final = re.compile(r"[a-zA-Z0-9_.][a-zA-Z0-9_.-]*\$?")
 
@@ -204,10 +207,13 @@ def exec_process(
     slave: int | None,
     handled_signals: Iterable[int],
     can_setgroups: bool,
+    confinement: Confinement | None,
     pdeathsig: int | None = None,
 ) -> NoReturn:
-    """Switch user, stdio, working dir, environment; exec `spec.argv`. Never returns: a failure
-    is reported with `report(code, message)` and the process exits with that code."""
+    """Confine the process (`confinement`: bounding set and seccomp before the switch of user,
+    the final capabilities after it; see runtime.security), switch user, stdio, working dir,
+    environment; exec `spec.argv`. Never returns: a failure is reported with
+    `report(code, message)` and the process exits with that code."""
     code = 125
     try:
         identity = resolve_user(spec.user)
@@ -219,8 +225,12 @@ def exec_process(
             null = os.open("/dev/null", os.O_RDONLY)
             os.dup2(null, 0)
             os.close(null)
+        if confinement is not None:
+            confinement.enter()
         if identity.uid != os.getuid() or identity.gid != os.getgid() or can_setgroups:
             _become(identity, can_setgroups=can_setgroups)
+        if confinement is not None:
+            confinement.finish(identity.uid)
         if pdeathsig is not None:  # a change of credentials cleared it
             _libc.set_pdeathsig(pdeathsig)
         try:

@@ -89,13 +89,20 @@ def table(rows: Sequence[dict[str, object]], *, full: bool = False) -> str:
 
 def inspect(cdir: ContainerDir) -> dict[str, object]:
     """One container as `inspect` shows it: its config, state and paths."""
+    from . import capabilities, mounts, security
+
     cfg = cdir.config
     state = cdir.effective_state()
+    caps = capabilities.sorted_names(capabilities.recorded(cfg.capabilities))
     return {
         "Id": cfg.id,
         "Name": cfg.name,
         "Created": cfg.created,
         "Image": cfg.image,
+        # podman's names: what the command holds (none for a user other than root), and the
+        # bounding set of every process of the container
+        "EffectiveCaps": caps if capabilities.runs_as_root(cfg.user) else [],
+        "BoundingCaps": caps,
         "State": {
             "Status": state.status,
             "Running": state.status == RUNNING,
@@ -124,6 +131,14 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             "Binds": [f"{v.source}:{v.target}{':ro' if v.read_only else ''}" for v in cfg.volumes],
             "Rootless": cfg.rootless,
             "IdMap": cfg.id_map,
+            "Privileged": cfg.privileged,
+            "CapAdd": list(cfg.cap_add),
+            "CapDrop": list(cfg.cap_drop),
+            "SecurityOpt": list(cfg.security_opt),
+            "Seccomp": security.describe(cfg.seccomp, cfg.seccomp_origin),
+            "NoNewPrivileges": cfg.no_new_privileges,
+            "MaskedPaths": list(mounts.MASKED_PATHS) if cfg.mask_paths else [],
+            "ReadonlyPaths": list(mounts.READONLY_PATHS) if cfg.mask_paths else [],
         },
         "NetworkSettings": {"IPAddress": state.ip},
         "GraphDriver": {

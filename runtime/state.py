@@ -12,6 +12,8 @@ Layout (`--root`, default /var/lib/strata as root, $XDG_DATA_HOME/strata otherwi
         hostname hosts resolv.conf   bound over the container's /etc files
         log                    output of a detached container
         union.log              the union daemon's log
+        seccomp.json           the --security-opt seccomp=FILE profile, as it was at create
+    seccomp/<key>.bpf          compiled seccomp programs, by profile, capabilities and kernel
 
 Each JSON file is written to a temporary name and renamed into place, so a reader never sees a
 half-written file, even without the lock. A new container is built under `containers/.new-<id>`
@@ -128,6 +130,17 @@ class ContainerConfig:
     id_map: dict[str, list[list[int]]] = field(default_factory=dict)
     memory: int = 0
     pids_limit: int = 0
+    # security (runtime.security): the capability set (None: the default, for containers made
+    # before strata recorded it), the options as given, the seccomp mode
+    capabilities: tuple[str, ...] | None = None
+    privileged: bool = False
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    security_opt: tuple[str, ...] = ()
+    seccomp: str = "default"
+    seccomp_origin: str = ""
+    no_new_privileges: bool = False
+    mask_paths: bool = True
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
@@ -138,10 +151,14 @@ class ContainerConfig:
     def from_json(cls, data: dict[str, object]) -> ContainerConfig:
         known = set(cls.__dataclass_fields__)
         values = {k: v for k, v in data.items() if k in known}
-        for key in ("layers", "argv", "env"):
+        for key in ("layers", "argv", "env", "cap_add", "cap_drop", "security_opt"):
             items = values.get(key) or []
             assert isinstance(items, list | tuple)
             values[key] = tuple(str(i) for i in items)
+        caps = values.get("capabilities")
+        if caps is not None:
+            assert isinstance(caps, list | tuple)
+            values["capabilities"] = tuple(str(c) for c in caps)
         raw_volumes = data.get("volumes") or []
         assert isinstance(raw_volumes, list)
         values["volumes"] = tuple(Volume(**v) for v in raw_volumes)
@@ -220,6 +237,8 @@ class StateRoot:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.containers_dir = path / "containers"
+        # compiled seccomp programs, by content (runtime.seccomp.program)
+        self.seccomp_cache = path / "seccomp"
 
     def ensure(self) -> None:
         self.containers_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
