@@ -483,3 +483,27 @@ def test_add_of_a_hostile_tar_is_refused(
     assert store.find("evil:1") is None
     assert not (strata.tmp / "escape").exists()
     assert strata.container_ids() == []
+
+
+def test_run_steps_are_confined_as_containers_are(strata: Strata) -> None:
+    """A RUN step gets the defaults of `strata run`: podman's capabilities, the seccomp filter,
+    a read-only /proc/sys; mount(2) fails."""
+    _load(strata)
+    ctx = strata.tmp / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        "FROM uniontest:1\n"
+        "RUN grep -E '^(CapEff|Seccomp):' /proc/self/status;"
+        " echo 1 > /proc/sys/vm/drop_caches || echo sys-ro;"
+        " mkdir -p /m; mount -t tmpfs t /m || echo no-mount\n"
+    )
+    done = strata.run("build", "-t", "confined", str(ctx))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    start = lines.index("CapEff:\t00000000800405fb")
+    assert lines[start : start + 4] == [
+        "CapEff:\t00000000800405fb",
+        "Seccomp:\t2",
+        "sys-ro",
+        "no-mount",
+    ]

@@ -161,3 +161,28 @@ def test_rootless_limits_without_a_delegated_cgroup_are_skipped_with_a_warning(
     if done.stderr:  # a cgroup we may write to would make it work instead
         assert done.stderr.startswith("strata: warning: --pids-limit ignored")
         assert done.stderr.count("\n") == 1
+
+
+def test_rootless_containers_get_the_same_confinement(
+    rootless: tuple[Strata, list[str], bool],
+) -> None:
+    """Inside its user namespace a rootless container has podman's capability set and the
+    default seccomp filter, /proc/sys is read-only and mount(2) fails, for run, --init and
+    exec alike."""
+    strata, image, _ = rootless
+    script = (
+        "grep -E '^(CapEff|CapBnd|Seccomp):' /proc/self/status;"
+        " echo 1 > /proc/sys/vm/drop_caches || echo sys-ro;"
+        " mkdir -p /m; mount -t tmpfs t /m || echo no-mount"
+    )
+    expected = ["CapEff:\t00000000800405fb", "CapBnd:\t00000000800405fb", "Seccomp:\t2",
+                "sys-ro", "no-mount"]  # fmt: skip
+    for init in ([], ["--init"]):
+        done = strata.run("run", "--rm", *init, *image, "/bin/sh", "-c", script)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == expected
+    strata.run("run", "-d", "--name", "c", "--network", "none", *image, "/bin/sleep", "60",
+               check=True)  # fmt: skip
+    inside = strata.run("exec", "c", "/bin/sh", "-c", script)
+    assert inside.stdout.splitlines() == expected, inside.stderr
+    assert strata.run("rm", "-f", "c").returncode == 0
