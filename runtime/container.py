@@ -191,11 +191,11 @@ def confinement_of(root: StateRoot, cdir: ContainerDir) -> Confinement:
 def _check_profile(root: StateRoot, req: CreateRequest) -> bytes | None:
     """A --security-opt seccomp=FILE profile, read and compiled once to refuse a bad one before
     anything is created; its bytes (None without a profile file)."""
-    from . import seccomp as sc
-
     sec = req.security
     if sec.privileged or sec.seccomp in (security.SECCOMP_DEFAULT, security.SECCOMP_UNCONFINED):
         return None
+    from . import seccomp as sc
+
     profile, raw = sc.read_profile(sec.seccomp)
     sc.program(profile, sec.capabilities(), root.seccomp_cache, where=sec.seccomp)
     return raw

@@ -4,8 +4,9 @@
 /dev/mqueue, /sys read-only); `DEVICE_NODES` are bound from the host's /dev (a bind works in a user
 namespace, mknod does not); `DEV_LINKS` are the usual symlinks. `mount_all()` mounts them under the
 rootfs before pivot_root, together with the container's /etc files and its volumes, and then
-hides `MASKED_PATHS` and makes `READONLY_PATHS` read-only (podman's lists; not with --privileged):
-the kernel's knobs and the host's hardware stay out of a container's reach.
+hides `MASKED_PATHS` and makes `READONLY_PATHS` read-only (docker's and podman's lists; not with
+--privileged or systempaths=unconfined): the kernel's knobs and the host's hardware stay out of
+a container's reach.
 
 Every target is resolved inside the rootfs with `resolve_in_root()`, which follows symlinks as if the
 rootfs were `/`: an image (or a container's earlier writes) cannot make a mount land on the host.
@@ -72,11 +73,12 @@ DEV_LINKS: Final[tuple[tuple[str, str], ...]] = (
 )
 
 # Hidden: a file gets /dev/null bound over it, a directory an empty read-only tmpfs (runc's
-# maskPath). Kernel memory, keys and timers of the host, firmware and power capping.
+# maskPath). Kernel memory, keys and timers of the host, its sound, SCSI and block devices,
+# firmware, power capping and SELinux: docker's list and podman's together.
 MASKED_PATHS: Final = (
-    "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
-    "/sys/devices/virtual/powercap",
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+    "/sys/firmware", "/sys/devices/virtual/powercap", "/sys/dev/block", "/sys/fs/selinux",
 )  # fmt: skip
 # Read-only: /proc/sys (kernel.core_pattern, vm.drop_caches, ...), sysrq, and what drives the
 # host's buses, filesystems and interrupts. All of /sys is read-only already.
