@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,18 @@ def test_bad_run_input_is_one_line_and_changes_nothing(
     argv: list[str] = []
     for arg in args:
         argv += busybox if arg == "{img}" else [arg]
-    done = strata.run("run", "--rm", *argv)
+    assert_refused(strata, strata.run("run", "--rm", *argv), code, message, before)
+
+
+def assert_refused(
+    strata: Strata,
+    done: subprocess.CompletedProcess[str],
+    code: int,
+    message: str,
+    before: list[str],
+) -> None:
+    """`done` failed with `code` and one line holding `message`, and the state root is as it
+    was (`before`, from `listing()`) with nothing mounted."""
     assert done.returncode == code, done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("strata: ")

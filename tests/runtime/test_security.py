@@ -20,8 +20,8 @@ from typing import Final
 import pytest
 
 from runtime import mounts
-from tests.runtime.conftest import Strata, fuse_mounts_below
-from tests.runtime.test_bad_input import listing
+from tests.runtime.conftest import Strata
+from tests.runtime.test_bad_input import assert_refused, listing
 from tests.runtime.test_run import wait_running
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
@@ -365,12 +365,7 @@ def test_bad_security_input_is_one_line_and_changes_nothing(
     before = listing(strata.root)
     for command in ("run", "create"):
         done = strata.run(command, *args, *busybox, "/bin/true")
-        assert done.returncode == 125, done.stderr
-        assert done.stderr.count("\n") == 1, done.stderr
-        assert done.stderr.startswith("strata: ")
-        assert message in done.stderr
-        assert listing(strata.root) == before
-        assert not fuse_mounts_below(strata.tmp)
+        assert_refused(strata, done, 125, message, before)
 
 
 def test_label_and_apparmor_opt_outs_are_accepted(strata: Strata, busybox: list[str]) -> None:
