@@ -159,7 +159,26 @@ fi
 "$venv/bin/python" -m compileall -q -j 0 unionfs runtime images bench >/dev/null ||
     step "bytecode: compileall failed; commands start slower"
 
-# --- 7. commands on the default PATH --------------------------------------------------------------
+# --- 7. docker's seccomp profile, for the tests ---------------------------------------------------
+# tests/runtime/test_security.py compares strata's default filter with docker's own default.json,
+# as Debian ships it in golang-github-docker-docker-dev (the .deb is fetched and unpacked, not
+# installed: it would pull in a Go tree). Skipped quietly when apt cannot fetch it.
+docker_profile=/var/cache/strata-tests/docker-seccomp-default.json
+if [[ $EUID -eq 0 && ! -s $docker_profile ]]; then
+    fetch=$(mktemp -d)
+    chmod 755 "$fetch"  # apt's _apt user downloads into it
+    if (cd "$fetch" && apt-get download -qq golang-github-docker-docker-dev >/dev/null 2>&1) &&
+        dpkg-deb -x "$fetch"/golang-github-docker-docker-dev_*.deb "$fetch/x"; then
+        mkdir -p "$(dirname "$docker_profile")"
+        cp "$fetch"/x/usr/share/gocode/src/github.com/docker/docker/profiles/seccomp/default.json \
+            "$docker_profile" && step "docker's seccomp profile: $docker_profile"
+    else
+        step "docker's seccomp profile: could not fetch golang-github-docker-docker-dev (a test skips)"
+    fi
+    rm -rf "$fetch"
+fi
+
+# --- 8. commands on the default PATH --------------------------------------------------------------
 # mount(8) and fstab run `fuse-strata` through mount.fuse3 with a fixed PATH, so as root link the
 # commands into /usr/local/bin; a link or file that is not ours is left alone.
 if [[ $EUID -eq 0 ]]; then

@@ -191,6 +191,28 @@ def test_a_profile_file_that_denies_mkdir(
     assert unconfined["CapEff"] == PODMAN_CAPS
 
 
+DOCKER_PROFILE: Final = Path("/var/cache/strata-tests/docker-seccomp-default.json")
+
+
+def test_the_default_filter_denies_what_dockers_own_profile_denies(
+    strata: Strata, image: list[str]
+) -> None:
+    """docker's default.json (20.10, as Debian ships it; scripts/setup.sh fetches it) brought
+    with --security-opt gives the probe the same answers as strata's default filter, with and
+    without CAP_SYS_ADMIN, but for AF_VSOCK sockets, which docker refuses only since 23.0."""
+    if not DOCKER_PROFILE.exists():
+        pytest.skip(f"{DOCKER_PROFILE} is missing (scripts/setup.sh fetches it as root)")
+    for extra in ([], ["--cap-add", "SYS_ADMIN"]):
+        ours = run_ok(strata, *extra, *image, "/syscalls")
+        docker = run_ok(strata, *extra, "--security-opt", f"seccomp={DOCKER_PROFILE}", *image,
+                        "/syscalls")  # fmt: skip
+        ours_by_name = dict(line.split() for line in ours.splitlines())
+        docker_by_name = dict(line.split() for line in docker.splitlines())
+        differ = {k for k in ours_by_name if ours_by_name[k] != docker_by_name[k]}
+        assert differ == {"socket_vsock"}, (extra, ours_by_name, docker_by_name)
+        assert ours_by_name["socket_vsock"] == str(EPERM)
+
+
 def test_docker_format_profile_with_conditions(
     strata: Strata, image: list[str], tmp_path: Path
 ) -> None:
