@@ -192,18 +192,27 @@ def mount_sys(rootfs: Path, *, writable: bool = False) -> None:
 
 
 def mask_paths(rootfs: Path) -> None:
-    """Hide MASKED_PATHS and make READONLY_PATHS read-only (those that exist)."""
+    """Hide MASKED_PATHS and make READONLY_PATHS read-only (those that exist). They all lie in
+    the container's fresh /proc and /sys, which hold nothing of the image: only those two are
+    resolved in the rootfs, the rest is the kernel's own tree."""
+    tops = {top: resolve_in_root(rootfs, top) for top in ("/proc", "/sys")}
+
+    def host_path(path: str) -> Path:
+        top, _, rest = path[1:].partition("/")
+        return tops[f"/{top}"] / rest
+
     for path in MASKED_PATHS:
-        target = resolve_in_root(rootfs, path)
+        target = host_path(path)
         try:
-            if os.path.isdir(target):
-                _libc.mount("tmpfs", target, "tmpfs", MS_RDONLY)
-            else:
-                _libc.mount("/dev/null", target, None, MS_BIND)
+            is_dir = stat.S_ISDIR(os.lstat(target).st_mode)
         except FileNotFoundError:
             continue
+        if is_dir:
+            _libc.mount("tmpfs", target, "tmpfs", MS_RDONLY)
+        else:
+            _libc.mount("/dev/null", target, None, MS_BIND)
     for path in READONLY_PATHS:
-        target = resolve_in_root(rootfs, path)
+        target = host_path(path)
         if os.path.lexists(target):
             _libc.mount(target, target, None, MS_BIND | MS_REC)
             remount_read_only(target)

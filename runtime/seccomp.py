@@ -30,7 +30,7 @@ from typing import Final
 from unionfs.errors import UsageError
 
 # The version of the compiled program's cache key: bump it when compile() changes its output.
-_CACHE_FORMAT: Final = "strata-seccomp-1"
+_CACHE_FORMAT: Final = "strata-seccomp-2"
 
 ACTIONS: Final = frozenset(
     {
@@ -44,6 +44,7 @@ OPERATORS: Final = (
 )  # fmt: skip
 EPERM: Final = 1
 ENOSYS: Final = 38
+_ATTR_OPTIMIZE: Final = 8  # SCMP_FLTATR_CTL_OPTIMIZE (libseccomp >= 2.5)
 
 # The machine as uname(2) names it -> the name docker's `arches` conditions use (Go's GOARCH),
 # and the libseccomp architecture of its native ABI.
@@ -448,6 +449,11 @@ def compile_program(profile: Profile, caps: frozenset[str], *, where: str = "def
     kernel = _running_kernel()
     default = action_value(profile.default_action, profile.default_errno)
     filt = sc.SyscallFilter(default)
+    with contextlib.suppress(OSError):  # libseccomp < 2.5 has only the linear filter
+        # a binary search on the syscall number instead of a list: the kernel emulates the filter
+        # for every syscall when it is loaded (to cache what it always allows), and that
+        # emulation is most of the load's 1.6-3.5 ms; measured 0.8 ms less per start
+        filt.set_attr(_ATTR_OPTIMIZE, 2)
     native = _NATIVE_ARCH.get(machine)
     arches = (
         profile.architectures
