@@ -169,7 +169,7 @@ def container_config(root: StateRoot, req: CreateRequest, cid: str) -> Container
         cap_add=sec.cap_add,
         cap_drop=sec.cap_drop,
         security_opt=sec.security_opt,
-        seccomp="unconfined" if sec.privileged else seccomp,
+        seccomp=security.SECCOMP_UNCONFINED if sec.privileged else seccomp,
         seccomp_origin=sec.seccomp if seccomp == security.SECCOMP_PROFILE else "",
         no_new_privileges=sec.no_new_privileges,
         mask_paths=sec.mask_paths and not sec.privileged,

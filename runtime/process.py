@@ -207,7 +207,7 @@ def exec_process(
     slave: int | None,
     handled_signals: Iterable[int],
     can_setgroups: bool,
-    confinement: Confinement | None,
+    confinement: Confinement,
     pdeathsig: int | None = None,
 ) -> NoReturn:
     """Confine the process (`confinement`: bounding set and seccomp before the switch of user,
@@ -225,12 +225,10 @@ def exec_process(
             null = os.open("/dev/null", os.O_RDONLY)
             os.dup2(null, 0)
             os.close(null)
-        if confinement is not None:
-            confinement.enter()
+        confinement.enter()
         if identity.uid != os.getuid() or identity.gid != os.getgid() or can_setgroups:
             _become(identity, can_setgroups=can_setgroups)
-        if confinement is not None:
-            confinement.finish(identity.uid)
+        confinement.finish(identity.uid)
         if pdeathsig is not None:  # a change of credentials cleared it
             _libc.set_pdeathsig(pdeathsig)
         try:
