@@ -152,6 +152,16 @@ out=$(run "$strata" run --rm --hostname demo --lower "$layers/update" --lower "$
 printf '%s\n' "$out"
 grep -q '^pid 1 on demo$' <<<"$out" || fail "the container's shell is not PID 1 on host 'demo'"
 ok "the container ran as PID 1 in its own namespaces; its layer was removed with --rm"
+# Confined by default as podman confines a container: its capabilities, a seccomp filter, a
+# read-only /proc/sys; mounting fails.
+out=$(run "$strata" run --rm --lower "$layers/update" --lower "$layers/base" /bin/sh -c \
+    'grep -E "^(CapEff|Seccomp):" /proc/self/status
+     { echo 1 > /proc/sys/vm/drop_caches; } 2>/dev/null || echo "/proc/sys: read-only"
+     mkdir -p /m; mount -t tmpfs none /m 2>/dev/null || echo "mount: not permitted"')
+printf '%s\n' "$out"
+grep -q $'^CapEff:\t00000000800405fb$' <<<"$out" && grep -q $'^Seccomp:\t2$' <<<"$out" &&
+    grep -q '^mount: not permitted$' <<<"$out" || fail "the container is not confined"
+ok "the container had podman's capabilities and a seccomp filter, and could not mount"
 is_mounted && fail "strata run left a mount behind"
 [[ $(fingerprint) == "$before" ]] || fail "the container changed a lower layer"
 ok "nothing left mounted, lower layers unchanged"
