@@ -12,8 +12,15 @@ and created by hand:
   symlink, `symlink-then-write`, is rejected), and nothing is ever opened following a symlink;
 - a hard link must name a non-directory member already extracted in this layer (a symlink is
   linked itself, never followed);
-- device nodes need root; sizes beyond `MAX_MEMBER_SIZE` or the free space are rejected before
-  anything is read.
+- device nodes need root (rootless, they are skipped and counted, as podman does);
+- a member that replaces another (tar's rule: the later one wins) takes only its own metadata: a
+  directory's saved mode, owner and times go with it when it is replaced;
+- metadata (owner, xattrs, mode, times) is applied through a descriptor of the parent directory,
+  walked from the layer root with O_NOFOLLOW, to a last component that is never followed;
+- the bytes written are bounded (`limit`: by default the free space minus a reserve), so a
+  decompression bomb stops early; sparse members are written as holes;
+- the tar is read strictly: a header that is not valid in the middle of the stream fails the
+  layer (tarfile alone ends the archive there without a word).
 
 Kept: modes (setuid too), numeric owners (as root), mtimes, `SCHILY.xattr.*` PAX records,
 symlinks, hard links, fifos, devices. `.wh.` whiteouts and `.wh..wh..opq` markers stay as the
@@ -27,20 +34,57 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import stat
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Final, cast
 
 log = logging.getLogger(__name__)
 
 MAX_MEMBER_SIZE: Final = 1 << 40  # 1 TiB: anything larger is a hostile or broken header
 _COPY_CHUNK: Final = 1 << 20
+# Left free on the store's filesystem by default: 5 % of it, at most 1 GiB.
+RESERVE_FRACTION: Final = 0.05
+RESERVE_MAX: Final = 1 << 30
 
 
 class LayerError(Exception):
     """A layer that cannot be extracted safely (the message names the member)."""
+
+
+LIMIT_VARIABLE: Final = "STRATA_MAX_LAYER_SIZE"
+_SIZE: Final = re.compile(r"(\d+)([kmgt]?)", re.IGNORECASE)
+
+
+def default_limit(dest: Path) -> int:
+    """How many bytes an extraction into `dest` may write: the free space minus a reserve, and
+    at most $STRATA_MAX_LAYER_SIZE (bytes, or a number with k, m, g or t) when it is set."""
+    vfs = os.statvfs(dest)
+    reserve = min(RESERVE_MAX, int(vfs.f_blocks * vfs.f_frsize * RESERVE_FRACTION))
+    limit = max(0, vfs.f_bavail * vfs.f_frsize - reserve)
+    setting = os.environ.get(LIMIT_VARIABLE, "").strip()
+    if setting:
+        m = _SIZE.fullmatch(setting)
+        if m is None:
+            raise LayerError(f"{LIMIT_VARIABLE}={setting}: expected a size such as 500m or 20g")
+        limit = min(limit, int(m[1]) << 10 * " kmgt".index(m[2].lower() or " "))
+    return limit
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """tarfile ends an archive quietly at a broken header after the first member; docker and
+    podman refuse it ("invalid tar header"), and so does this."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.HeaderError as e:
+            if type(e).__name__ in ("EOFHeaderError", "EmptyHeaderError"):
+                raise  # the end of the archive: zero blocks, or the end of the data
+            raise LayerError(f"invalid tar header at byte {tar.offset}: {e}") from None
 
 
 def member_path(name: str) -> str:
@@ -58,13 +102,24 @@ def member_path(name: str) -> str:
 
 
 class _Extractor:
-    def __init__(self, dest: Path, *, progress: Callable[[int], None] | None) -> None:
+    def __init__(
+        self,
+        dest: Path,
+        *,
+        progress: Callable[[int], None] | None,
+        limit: int | None,
+        warn: Callable[[str], None],
+    ) -> None:
+        self.warn = warn
         self.dest = dest
         self.is_root = os.geteuid() == 0
         self.dirs: dict[str, tarfile.TarInfo] = {}  # metadata applied last (children change mtimes)
         self.linkable: set[str] = set()  # members a hard link may name
         self.progress = progress
         self.payloads: list[tuple[str, int, int, int]] = []  # rel, tar offset, size, inode
+        self.limit = default_limit(dest) if limit is None else limit
+        self.written = 0
+        self.skipped_devices = 0
 
     def real(self, rel: str) -> str:
         return os.path.join(self.dest, rel) if rel else str(self.dest)
@@ -100,7 +155,9 @@ class _Extractor:
             shutil.rmtree(path)
             prefix = rel + "/"
             self.linkable = {m for m in self.linkable if not m.startswith(prefix)}
-            self.dirs = {m: i for m, i in self.dirs.items() if not m.startswith(prefix)}
+            self.dirs = {
+                m: i for m, i in self.dirs.items() if m != rel and not m.startswith(prefix)
+            }
         else:
             os.unlink(path)
         self.linkable.discard(rel)
@@ -115,10 +172,11 @@ class _Extractor:
             raise LayerError(f"{name!r}: the layer root must be a directory")
         if info.size > MAX_MEMBER_SIZE:
             raise LayerError(f"{name!r}: absurd size {info.size}")
-        if info.isreg() and info.size > 0:
-            vfs = os.statvfs(self.dest)
-            if info.size > vfs.f_bavail * vfs.f_frsize:
-                raise LayerError(f"{name!r}: size {info.size} exceeds the free space")
+        if info.isreg():
+            self.account(name, _data_size(info))
+        if (info.ischr() or info.isblk()) and not self.is_root:
+            self.skipped_devices += 1  # podman skips them too: only root may make one
+            return
         self.check_parents(name, rel)
         path = self.real(rel)
         self.clear(rel, keep_dir=info.isdir())
@@ -138,15 +196,22 @@ class _Extractor:
         elif info.isfifo():
             os.mkfifo(path, 0o600)
         elif info.ischr() or info.isblk():
-            if not self.is_root:
-                raise LayerError(f"{name!r}: device node (needs root)")
             kind = stat.S_IFCHR if info.ischr() else stat.S_IFBLK
             os.mknod(path, kind | 0o600, os.makedev(info.devmajor, info.devminor))
         else:
             raise LayerError(f"{name!r}: unsupported member type {info.type!r}")
         if not info.islnk():
-            self.apply(info, path)
+            self.apply(info, rel)
             self.linkable.add(rel)  # a hard link to a symlink links the symlink itself
+
+    def account(self, name: str, size: int) -> None:
+        """Count `size` more bytes against the limit, before they are written."""
+        self.written += size
+        if self.written > self.limit:
+            raise LayerError(
+                f"{name!r}: the layer expands beyond {self.limit} bytes (the free space of the"
+                " store, less a reserve): a decompression bomb, or too little space"
+            )
 
     def link(self, info: tarfile.TarInfo, rel: str, path: str) -> None:
         try:
@@ -161,55 +226,114 @@ class _Extractor:
         os.link(self.real(target), path, follow_symlinks=False)
 
     def write_file(self, tar: tarfile.TarFile, info: tarfile.TarInfo, path: str) -> None:
+        """The member's data. A sparse member's holes stay holes: its data blocks, stored one
+        after the other in the archive, are read from the stream and written at their offsets,
+        then the file is extended to its size (tarfile would hand out every hole as zeros)."""
         fd = os.open(
             path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
         )
         with os.fdopen(fd, "wb") as out:
-            src = tar.extractfile(info)
-            if src is None:
-                raise LayerError(f"{info.name!r}: no data")
-            left = info.size
-            while left > 0:
-                chunk = src.read(min(left, _COPY_CHUNK))
-                if not chunk:
-                    raise LayerError(f"{info.name!r}: truncated")
-                out.write(chunk)
-                left -= len(chunk)
-                if self.progress is not None:
-                    self.progress(len(chunk))
+            if info.issparse():
+                src = cast(IO[bytes] | None, tar.fileobj)
+                if src is None or src.tell() != info.offset_data:
+                    raise LayerError(f"{info.name!r}: cannot read the sparse member's data")
+            else:
+                src = tar.extractfile(info)
+                if src is None:
+                    raise LayerError(f"{info.name!r}: no data")
+            for offset, size in _data_blocks(info):
+                out.seek(offset)
+                left = size
+                while left > 0:
+                    chunk = src.read(min(left, _COPY_CHUNK))
+                    if not chunk:
+                        raise LayerError(f"{info.name!r}: truncated")
+                    out.write(chunk)
+                    left -= len(chunk)
+                    if self.progress is not None:
+                        self.progress(len(chunk))
+            out.truncate(info.size)
 
-    def apply(self, info: tarfile.TarInfo, path: str) -> None:
-        """Owner, xattrs, mode and mtime of `path` (never following a symlink)."""
-        if self.is_root:
-            os.lchown(path, info.uid, info.gid)
-        for key, value in info.pax_headers.items():
-            if key.startswith("SCHILY.xattr."):
-                attr = key[len("SCHILY.xattr.") :]
-                raw = value.encode("utf-8", "surrogateescape")
-                try:
-                    os.setxattr(path, attr, raw, follow_symlinks=False)
-                except OSError as e:
-                    if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
-                        raise
-                    log.warning("%s: xattr %s not kept: %s", info.name, attr, e.strerror)
-        if not info.issym():
-            os.chmod(path, stat.S_IMODE(info.mode))
-        os.utime(path, ns=(int(info.mtime * 1e9),) * 2, follow_symlinks=False)
+    def apply(self, info: tarfile.TarInfo, rel: str) -> None:
+        """Owner, xattrs, mode and mtime of the member at `rel`: through a descriptor of its
+        parent directory (walked without following a symlink), on a last component that is
+        never followed either, so nothing outside the layer can be touched."""
+        parent, name = self.open_parent(rel)
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            if self.is_root:
+                os.chown(name, info.uid, info.gid, dir_fd=parent, follow_symlinks=False)
+            for key, value in info.pax_headers.items():
+                if key.startswith("SCHILY.xattr."):
+                    attr = key[len("SCHILY.xattr.") :]
+                    raw = value.encode("utf-8", "surrogateescape")
+                    try:
+                        os.setxattr(
+                            f"/proc/self/fd/{parent}/{name}", attr, raw, follow_symlinks=False
+                        )
+                    except OSError as e:
+                        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
+                            raise
+                        log.warning("%s: xattr %s not kept: %s", info.name, attr, e.strerror)
+            if not stat.S_ISLNK(st.st_mode):  # checked: chmod cannot follow it
+                os.chmod(name, stat.S_IMODE(info.mode), dir_fd=parent)
+            os.utime(name, ns=(int(info.mtime * 1e9),) * 2, dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(parent)
+
+    def open_parent(self, rel: str) -> tuple[int, str]:
+        """An O_PATH descriptor of the directory holding `rel` and its last name (`.` for the
+        layer root), walked from the layer root without following any symlink."""
+        fd = os.open(self.dest, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        if not rel:
+            return fd, "."
+        *parents, name = rel.split("/")
+        try:
+            for part in parents:
+                child = os.open(
+                    part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                )
+                os.close(fd)
+                fd = child
+        except OSError as e:
+            os.close(fd)
+            raise LayerError(f"{rel!r}: a parent is not a directory ({e.strerror})") from None
+        return fd, name
 
     def finish(self) -> None:
         for rel in sorted(self.dirs, key=lambda r: r.count("/") + bool(r), reverse=True):
-            self.apply(self.dirs[rel], self.real(rel))
+            self.apply(self.dirs[rel], rel)
+        if self.skipped_devices:
+            self.warn(f"skipped {self.skipped_devices} device node(s): only root may make them")
+
+
+def _data_blocks(info: tarfile.TarInfo) -> list[tuple[int, int]]:
+    """(offset, size) of a regular member's data: one block, or a sparse member's map."""
+    sparse: list[tuple[int, int]] | None = info.sparse  # type: ignore[assignment]
+    return [(0, info.size)] if sparse is None else sparse
+
+
+def _data_size(info: tarfile.TarInfo) -> int:
+    """The bytes a regular member writes (a sparse member's holes are free)."""
+    return sum(size for _, size in _data_blocks(info))
 
 
 def extract_layer(
-    stream: IO[bytes], dest: Path, *, progress: Callable[[int], None] | None = None
+    stream: IO[bytes],
+    dest: Path,
+    *,
+    progress: Callable[[int], None] | None = None,
+    limit: int | None = None,
+    warn: Callable[[str], None] = log.warning,
 ) -> list[tuple[str, int, int, int]]:
-    """Extract the uncompressed tar `stream` into the empty directory `dest` (see module doc).
+    """Extract the uncompressed tar `stream` into the empty directory `dest` (see module doc),
+    writing at most `limit` bytes of data (None: `default_limit(dest)`); what is skipped is
+    told to `warn` in one line.
 
     Returns where regular files' contents were: (path, offset in the tar, size, inode)."""
-    extractor = _Extractor(dest, progress=progress)
+    extractor = _Extractor(dest, progress=progress, limit=limit, warn=warn)
     try:
-        with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:
+        with tarfile.open(fileobj=stream, mode="r|", errorlevel=2, tarinfo=_StrictTarInfo) as tar:
             for info in tar:
                 extractor.add(tar, info)
         extractor.finish()

@@ -35,7 +35,7 @@ from typing import IO, Any, Final, cast
 
 from unionfs.errors import UsageError
 
-from .extract import LayerError, extract_layer, member_path
+from .extract import LayerError, default_limit, extract_layer, member_path
 from .store import ImageRecord, ImageStore, hex_of, normalize_ref
 from .tarsplit import write_map
 
@@ -50,13 +50,18 @@ class LoadError(UsageError):
 
 
 class _HashingReader(io.RawIOBase):
-    """Reads through `raw`, hashing every byte."""
+    """Reads through `raw`, hashing every byte; with `tee`, writes them there too, at most
+    `tee_limit` of them (LayerError beyond: the uncompressed tar is kept beside the layer, so it
+    counts against the space a layer may take)."""
 
-    def __init__(self, raw: IO[bytes], tee: IO[bytes] | None = None) -> None:
+    def __init__(
+        self, raw: IO[bytes], tee: IO[bytes] | None = None, tee_limit: int | None = None
+    ) -> None:
         self.raw = raw
         self.hash = hashlib.sha256()
         self.count = 0
         self.tee = tee
+        self.tee_limit = tee_limit
 
     def readable(self) -> bool:
         return True
@@ -68,6 +73,12 @@ class _HashingReader(io.RawIOBase):
         self.hash.update(data)
         self.count += n
         if self.tee is not None:
+            if self.tee_limit is not None and self.count > self.tee_limit:
+                raise LayerError(
+                    f"the layer expands beyond {self.tee_limit} bytes of tar (half the free"
+                    " space of the store, less a reserve): a decompression bomb, or too little"
+                    " space"
+                )
             self.tee.write(data)
         return n
 
@@ -295,16 +306,35 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
+def _warn(name: str) -> Callable[[str], None]:
+    def warn(message: str) -> None:
+        print(f"strata: warning: {name}: {message}", file=sys.stderr, flush=True)
+
+    return warn
+
+
 def _extract_verified(
     stream: IO[bytes], dest: Path, map_dest: Path, name: str, progress: _Progress | None
 ) -> str:
     """Extract the (maybe compressed) layer `stream` into `dest`, its tar map into `map_dest`;
     return its diff_id (sha256 of the uncompressed tar)."""
     raw_tar = dest.with_name(dest.name + ".raw")
+    # the uncompressed tar (kept for the tar map) and the files extracted from it share the
+    # space a layer may take: at most half each (files never take more than their tar)
+    try:
+        half = default_limit(dest) // 2
+    except LayerError as e:
+        raise LoadError(str(e)) from None
     with open(raw_tar, "wb") as tee:
-        tar_hash = _HashingReader(_decompressed(stream), tee)
+        tar_hash = _HashingReader(_decompressed(stream), tee, tee_limit=half)
         try:
-            payloads = extract_layer(io.BufferedReader(tar_hash, 1 << 20), dest, progress=progress)
+            payloads = extract_layer(
+                io.BufferedReader(tar_hash, 1 << 20),
+                dest,
+                progress=progress,
+                limit=half,
+                warn=_warn(name),
+            )
             tar_hash.drain()
         except LayerError as e:
             raise LoadError(f"{name}: {e}") from None

@@ -6,8 +6,13 @@ successful escape would write into. No root needed (the device case pretends not
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
+import stat
+import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -111,15 +116,33 @@ def test_absurd_size_rejected(setup: tuple[ImageStore, Path], tmp_path: Path) ->
     _check_rejected(store, canary, archive, "huge")
 
 
-def test_device_rejected_when_not_root(
-    setup: tuple[ImageStore, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_devices_are_skipped_with_one_warning_when_not_root(
+    setup: tuple[ImageStore, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    store, canary = setup
+    """Rootless, every mmdebstrap/debootstrap tarball's /dev nodes cannot be made: they are
+    skipped and counted, as podman does, and the rest of the layer loads."""
+    store, _ = setup
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    dev = member("dev/null", tarfile.CHRTYPE, mode=0o666)
-    dev[0].devmajor, dev[0].devminor = 1, 3
-    archive = docker_archive(tmp_path / "dev.tar", [layer_tar([dev])])
-    _check_rejected(store, canary, archive, "dev/null")
+    devices = []
+    for name, (major, minor) in {"dev/null": (1, 3), "dev/zero": (1, 5), "dev/sda": (8, 0)}.items():
+        dev = member(name, tarfile.BLKTYPE if name == "dev/sda" else tarfile.CHRTYPE, mode=0o666)
+        dev[0].devmajor, dev[0].devminor = major, minor
+        devices.append(dev)
+    layer = layer_tar(
+        [member("dev", tarfile.DIRTYPE, mode=0o755), *devices, member("f", data=b"x")]
+    )
+    archive = docker_archive(tmp_path / "dev.tar", [layer], tag="localhost/dev:1")
+    (rec,) = load(store, archive, say=lambda _: None)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("strata: warning: ")
+    assert "skipped 3 device node(s)" in err
+    path = store.layer_path(rec.layers[0])
+    assert sorted(os.listdir(path / "dev")) == []
+    assert (path / "f").read_bytes() == b"x"
 
 
 def test_symlinks_with_any_target_are_kept(tmp_path: Path) -> None:
@@ -138,8 +161,6 @@ def test_symlinks_with_any_target_are_kept(tmp_path: Path) -> None:
             member("hl", tarfile.LNKTYPE, link="etc/localtime"),  # links the symlink itself
         ]
     )
-    import io
-
     extract.extract_layer(io.BytesIO(data), dest)
     assert os.readlink(dest / "etc/localtime") == "/usr/share/zoneinfo/UTC"
     assert os.readlink(dest / "up") == "../../.."
@@ -147,3 +168,165 @@ def test_symlinks_with_any_target_are_kept(tmp_path: Path) -> None:
     assert (dest / "f2").read_text() == "three"
     assert os.lstat(dest / "hl").st_ino == os.lstat(dest / "etc/localtime").st_ino
     assert (dest / "f").stat().st_mtime == 1_700_000_000
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 12: metadata never lands outside the layer, bombs and broken tars are refused
+
+
+def _extract(tmp_path: Path, data: bytes, **kwargs: object) -> Path:
+    dest = tmp_path / "layer"
+    dest.mkdir()
+    extract.extract_layer(io.BytesIO(data), dest, **kwargs)  # type: ignore[arg-type]
+    return dest
+
+
+def test_a_replaced_directory_takes_its_metadata_with_it(tmp_path: Path) -> None:
+    """A directory `x` (mode 04777) and then a symlink `x` to a host path: the directory's saved
+    mode was applied through the symlink, making a host file setuid and world-writable."""
+    canary = tmp_path / "canary"
+    canary.mkdir(mode=0o700)
+    (canary / "file").write_text("canary\n")
+    os.chmod(canary / "file", 0o600)
+    before = {p: os.stat(p) for p in (canary, canary / "file")}
+    data = layer_tar(
+        [
+            member("x", tarfile.DIRTYPE, mode=0o4777),
+            member("x", tarfile.SYMTYPE, link=str(canary / "file")),
+            member("y", tarfile.DIRTYPE, mode=0o777),
+            member("y", tarfile.SYMTYPE, link=str(canary)),
+            member("z", tarfile.DIRTYPE, mode=0o4777),
+            member("z", data=b"a file now", mode=0o640),
+        ]
+    )
+    dest = _extract(tmp_path, data)
+    for path, st in before.items():
+        now = os.stat(path)
+        assert (now.st_mode, now.st_uid, now.st_mtime_ns) == (st.st_mode, st.st_uid, st.st_mtime_ns)
+    assert os.readlink(dest / "x") == str(canary / "file")
+    assert os.readlink(dest / "y") == str(canary)
+    assert stat.S_IMODE(os.lstat(dest / "z").st_mode) == 0o640  # its own mode, not the dir's
+
+
+def _pax_sparse(name: str, realsize: int, blocks: list[tuple[int, bytes]]) -> bytes:
+    """A GNU sparse member in PAX format 1.0 (what GNU tar writes with --sparse --format=pax):
+    the map of data blocks, then the blocks, in the member's data area."""
+    sparse_map = f"{len(blocks)}\n" + "".join(f"{off}\n{len(d)}\n" for off, d in blocks)
+    head = sparse_map.encode()
+    head += b"\0" * (-len(head) % tarfile.BLOCKSIZE)
+    body = head + b"".join(d for _, d in blocks)
+    info = tarfile.TarInfo(f"GNUSparseFile.0/{name}")
+    info.size = len(body)
+    info.mtime = 1_700_000_000
+    info.mode = 0o644
+    info.pax_headers = {
+        "GNU.sparse.major": "1",
+        "GNU.sparse.minor": "0",
+        "GNU.sparse.name": name,
+        "GNU.sparse.realsize": str(realsize),
+    }
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(body))
+        after = tarfile.TarInfo("after")
+        after.size = 5
+        tar.addfile(after, io.BytesIO(b"after"))
+    return buf.getvalue()
+
+
+def test_sparse_members_are_written_as_holes(tmp_path: Path) -> None:
+    """A 20 GiB sparse member (a few KB in the archive) was written out as 20 GiB of zeros."""
+    size = 20 << 30
+    data = _pax_sparse("big", size, [(0, b"head"), (1 << 30, b"middle"), (size - 4, b"tail")])
+    assert len(data) < 16 * 1024
+    dest = _extract(tmp_path, data)
+    st = os.stat(dest / "big")
+    assert st.st_size == size
+    assert st.st_blocks * 512 < 1 << 20  # holes, not zeros
+    with open(dest / "big", "rb") as f:
+        assert f.read(4) == b"head"
+        f.seek(1 << 30)
+        assert f.read(6) == b"middle"
+        f.seek(size - 4)
+        assert f.read() == b"tail"
+    assert (dest / "after").read_bytes() == b"after"
+
+
+@pytest.fixture
+def small_store(tmp_path: Path) -> Iterator[ImageStore]:
+    """An image store on a 32 MiB tmpfs of its own (root: it mounts), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield ImageStore(mnt / "root")
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_decompression_bomb_stops_early_and_changes_nothing(
+    small_store: ImageStore, tmp_path: Path
+) -> None:
+    """A gzip layer of a few hundred KB that expands to 256 MiB, loaded into a store with 32 MiB:
+    the only guard was "each member fits the free space". Now the bytes written are counted
+    against the free space less a reserve, and the load stops there."""
+    good = docker_archive(tmp_path / "good.tar", [layer_tar([member("ok", data=b"ok\n")])])
+    load(small_store, good, say=lambda _: None)
+    zeros = layer_tar([member(f"zeros{i}", data=b"\0" * (16 << 20)) for i in range(16)])
+    bomb = gzip.compress(zeros, compresslevel=9)
+    assert len(bomb) < 1 << 20
+    archive = docker_archive(tmp_path / "bomb.tar", [bomb], tag="localhost/bomb:1")
+    before = _snapshot(small_store.path)
+    free = os.statvfs(small_store.path).f_bavail
+    with pytest.raises(LoadError, match="expands beyond") as err:
+        load(small_store, archive, say=lambda _: None)
+    assert "\n" not in str(err.value)
+    assert _snapshot(small_store.path) == before
+    assert os.statvfs(small_store.path).f_bavail == free  # nothing kept
+
+
+def test_the_limit_can_be_set(
+    setup: tuple[ImageStore, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _ = setup
+    archive = docker_archive(
+        tmp_path / "4m.tar", [layer_tar([member("f", data=b"x" * (4 << 20))])], tag="localhost/m:1"
+    )
+    before = _snapshot(store.path)
+    monkeypatch.setenv("STRATA_MAX_LAYER_SIZE", "2m")
+    with pytest.raises(LoadError, match="expands beyond 1048576 bytes"):
+        load(store, archive, say=lambda _: None)
+    assert _snapshot(store.path) == before
+    monkeypatch.setenv("STRATA_MAX_LAYER_SIZE", "lots")
+    with pytest.raises(LoadError, match="STRATA_MAX_LAYER_SIZE=lots: expected a size"):
+        load(store, archive, say=lambda _: None)
+    monkeypatch.setenv("STRATA_MAX_LAYER_SIZE", "16M")
+    assert load(store, archive, say=lambda _: None)
+
+
+def test_extraction_counts_bytes_before_writing_them(tmp_path: Path) -> None:
+    data = layer_tar([member("a", data=b"x" * 1000), member("b", data=b"y" * 1000)])
+    with pytest.raises(extract.LayerError, match="'b': the layer expands beyond 1500 bytes"):
+        _extract(tmp_path, data, limit=1500)
+    assert not (tmp_path / "layer/b").exists()
+
+
+def test_a_tar_broken_in_the_middle_is_refused(
+    setup: tuple[ImageStore, Path], tmp_path: Path
+) -> None:
+    """A header with a bad checksum after the first member: tarfile ended the archive there and
+    the image silently lacked everything after it; podman says "invalid tar header"."""
+    store, _ = setup
+    data = bytearray(
+        layer_tar([member("first", data=b"1"), member("second", data=b"2"), member("third")])
+    )
+    second = data.index(b"second")
+    data[second + 148 : second + 156] = b"0000000\0"  # the header checksum field
+    archive = docker_archive(tmp_path / "broken.tar", [bytes(data)])
+    before = _snapshot(store.path)
+    with pytest.raises(LoadError, match="invalid tar header") as err:
+        load(store, archive, say=lambda _: None)
+    assert "\n" not in str(err.value)
+    assert _snapshot(store.path) == before
