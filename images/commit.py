@@ -103,6 +103,9 @@ def write_changeset(upper: Path, out: Path, below: Sequence[Path], id_map: IdMap
     records the owners the container saw.
     """
     links: dict[tuple[int, int], str] = {}
+    # the namespace of the markers the container's union wrote: trusted.* as root, user.* in a
+    # rootless container's user namespace (unionfs.metacopy)
+    ns = "trusted" if id_map is None else "user"
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
         for rel in _entries(upper):
             path = os.path.join(upper, rel)
@@ -142,8 +145,8 @@ def write_changeset(upper: Path, out: Path, below: Sequence[Path], id_map: IdMap
                     continue
                 links[key] = rel
                 info.size = st.st_size
-                if any(a in attrs for a in metacopy.MARKER_XATTRS):
-                    fd = metacopy.open_data(upper, os.fsencode(rel), below)
+                if f"{ns}.{metacopy.MARKER_NAME}" in attrs:
+                    fd = metacopy.open_data(upper, os.fsencode(rel), below, ns)
                 else:
                     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 with os.fdopen(fd, "rb") as f:

@@ -22,7 +22,9 @@ and created by hand:
 - the tar is read strictly: a header that is not valid in the middle of the stream fails the
   layer (tarfile alone ends the archive there without a word).
 
-Kept: modes (setuid too), numeric owners (as root), mtimes, `SCHILY.xattr.*` PAX records,
+Kept: modes (setuid too), numeric owners (as root), mtimes, `SCHILY.xattr.*` PAX records but the
+union's own (`trusted.strata.*`, `*.overlay.*`: an image must not forge a marker; dropped with a
+warning),
 symlinks, hard links, fifos, devices. `.wh.` whiteouts and `.wh..wh..opq` markers stay as the
 empty files the layer has: the union reads them as whiteouts and never shows them.
 
@@ -40,6 +42,8 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Final, cast
+
+from unionfs.whiteout import is_private_xattr
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +124,7 @@ class _Extractor:
         self.limit = default_limit(dest) if limit is None else limit
         self.written = 0
         self.skipped_devices = 0
+        self.stripped_xattrs = 0
 
     def real(self, rel: str) -> str:
         return os.path.join(self.dest, rel) if rel else str(self.dest)
@@ -266,6 +271,9 @@ class _Extractor:
             for key, value in info.pax_headers.items():
                 if key.startswith("SCHILY.xattr."):
                     attr = key[len("SCHILY.xattr.") :]
+                    if is_private_xattr(attr):
+                        self.stripped_xattrs += 1
+                        continue
                     raw = value.encode("utf-8", "surrogateescape")
                     try:
                         os.setxattr(
@@ -305,6 +313,11 @@ class _Extractor:
             self.apply(self.dirs[rel], rel)
         if self.skipped_devices:
             self.warn(f"skipped {self.skipped_devices} device node(s): only root may make them")
+        if self.stripped_xattrs:
+            self.warn(
+                f"dropped {self.stripped_xattrs} xattr(s) private to the union (*.strata.*,"
+                " *.overlay.*): an image cannot set them"
+            )
 
 
 def _data_blocks(info: tarfile.TarInfo) -> list[tuple[int, int]]:

@@ -30,7 +30,7 @@ import trio
 from . import _sys, metacopy
 from .config import UnionConfig, WhiteoutFormat
 from .errors import UsageError, fs_error
-from .inodes import ROOT, InodeNo, InodeTable, LowerEntry, Node, encode_ino
+from .inodes import ROOT, InodeNo, InodeTable, LowerEntry, Node, decode_ino, encode_ino
 from .layers import DirFds, HardlinkIndex, Listing, hardlink_index, is_whiteout_entry, read_listing
 from .whiteout import (
     OPAQUE_MARKER,
@@ -146,6 +146,9 @@ class UnionFS:
         # markers already in a layer are read whatever the option says.
         self.metacopy_xattr: str | None = None
         self._metacopy_layer_xattr = ""
+        # The namespace of strata's private xattrs that this mount honours (metacopy markers):
+        # "trusted" when mounted by root, "user" otherwise, as overlayfs's userxattr option.
+        self.private_ns = "trusted" if _sys.is_initial_root() else "user"
         self._marker_layers: list[bool] = []  # per layer: may it hold metacopy files?
         self._open()
 
@@ -161,7 +164,8 @@ class UnionFS:
         for lower in cfg.lowers:
             self._root_fds.append(os.open(lower, _sys.O_PATHDIR))
         self._marker_layers = [
-            fd >= 0 and metacopy.layer_may_hold_markers(fd) for fd in self._root_fds
+            fd >= 0 and metacopy.layer_may_hold_markers(fd, self.private_ns)
+            for fd in self._root_fds
         ]
         root = Node(
             nodeid=ROOT,
@@ -210,6 +214,7 @@ class UnionFS:
             self.can_rename_whiteout = True
         for attr_ns in ("trusted", "user"):
             if _sys.can_set_xattr(self._tmp_fd, f"{attr_ns}.strata.probe"):
+                self.private_ns = attr_ns
                 self.origin_xattr = f"{attr_ns}.strata.origin"
                 self.opaque_xattr = f"{attr_ns}.overlay.opaque"
                 if self.cfg.metacopy:
@@ -358,12 +363,29 @@ class UnionFS:
         below (shadowed or whited out in a higher layer), which overlayfs keeps counting."""
         if self.origin_xattr is not None:
             raw = _sys.getxattr(dirfd, name, self.origin_xattr)
-            if raw is not None and len(raw) == 8:
-                return struct.unpack("<Q", raw)[0], 0
-            if raw is not None and len(raw) == 12:
-                ino, extra = struct.unpack("<QI", raw)
+            if raw is not None:
+                if len(raw) == 8:
+                    ino, extra = struct.unpack("<Q", raw)[0], 0
+                elif len(raw) == 12:
+                    ino, extra = struct.unpack("<QI", raw)
+                else:
+                    raise self._bad_marker(name, "origin", raw)
+                if not self._is_lower_ino(ino) or extra > 0xFFFF:
+                    raise self._bad_marker(name, "origin", raw)
                 return ino, extra
         return encode_ino(UPPER, st.st_ino), 0
+
+    def _is_lower_ino(self, ino: int) -> bool:
+        """Could `ino` be the number of an object of a lower layer (what an origin records)?"""
+        layer, real = decode_ino(ino)
+        return 1 <= layer < len(self._root_fds) and real > 1
+
+    @staticmethod
+    def _bad_marker(name: bytes, what: str, raw: bytes) -> OSError:
+        """EIO for the one object whose private marker is not one strata could have written;
+        logged once per lookup, and the rest of the mount is unaffected."""
+        log.warning("%r: ignoring a bad %s marker %r: served as EIO", name, what, raw[:64])
+        return fs_error(errno.EIO, name)
 
     def _set_origin(self, dirfd: int, name: bytes, ino: int, extra: int = 0) -> None:
         if self.origin_xattr is not None:
@@ -432,7 +454,7 @@ class UnionFS:
         root says it may hold some, and never on empty files: those are never metacopied)."""
         if not self._marker_layers[layer] or not stat.S_ISREG(st.st_mode) or st.st_size == 0:
             return None
-        return metacopy.read_marker(dirfd, name)
+        return metacopy.read_marker(dirfd, name, self.private_ns)
 
     def _node_for(self, parent: Node, name: bytes, child: _Child) -> Node:
         """The node for a resolved name: the known one if it is the same object, else a new one."""
@@ -444,6 +466,10 @@ class UnionFS:
         if node is None:
             node = self.inodes.find(child.ino)
             if node is not None and (node.is_dir or node.kind != kind):
+                if node.links or node.nodeid == ROOT:
+                    # a live directory, or another kind of object, has this number: only a
+                    # forged origin marker can make an upper object claim it
+                    raise fs_error(errno.EIO, name)
                 node = None  # directories have one name; a stale entry is replaced
         if node is None:
             node = Node(
@@ -815,7 +841,7 @@ class UnionFS:
             return node.data_src
         base = (UPPER if node.upper else node.lower) + 1
         size = self._stat(node).st_size
-        found = metacopy.find_data(self._root_fds[base:], node.redirect, size)
+        found = metacopy.find_data(self._root_fds[base:], node.redirect, size, self.private_ns)
         src = dataclasses.replace(found, layer=found.layer + base)
         node.data_src = src
         return src
@@ -1640,6 +1666,10 @@ class UnionFS:
                 child = self._lookup(node, name)
             except FileNotFoundError:
                 continue
+            except OSError as exc:
+                if exc.errno != errno.EIO:
+                    raise
+                continue  # a broken object (logged): the rest of the listing is still served
             yield name, self._attr(child), pos + 1
 
     async def releasedir(self, fh: int) -> None:

@@ -40,6 +40,12 @@ def encode_ino(layer: int, real_ino: int) -> int:
     return (layer << _LAYER_SHIFT) | max(digest, 2)
 
 
+def decode_ino(ino: int) -> tuple[int, int]:
+    """(layer, number in the layer) of an st_ino made by `encode_ino` (hashed numbers stay
+    hashed)."""
+    return ino >> _LAYER_SHIFT, ino & _INO_MASK
+
+
 @dataclass(frozen=True, slots=True)
 class LowerEntry:
     """A name as the lower layers of one directory show it: the layers holding it, top first.

@@ -21,6 +21,12 @@ A layer root that may hold metacopy files carries `trusted.strata.metacopy-layer
 one), set before the first marker is written; the union looks for markers (one getxattr per
 regular file) only in layers that carry it.
 
+Which namespace is honoured is fixed by how the union is mounted, as overlayfs does with its
+`userxattr` option: a mount by root reads only `trusted.*` (which only root can set), a rootless
+one only `user.*`. Every function that reads markers takes that namespace (`ns`): on a root
+mount a user who owns an upper file could otherwise set `user.strata.metacopy` on it and read
+any file of the layers below through it.
+
 `open_data()` is the entry point for code outside the union that reads a layer directly (e.g.
 turning an upper directory into an image layer).
 """
@@ -39,9 +45,8 @@ from . import _sys
 from .whiteout import OPAQUE_MARKER, OPAQUE_XATTRS, WH_PREFIX, is_opaque_value
 
 MARKER_NAME: Final = "strata.metacopy"  # prefixed with "trusted." or "user."
-MARKER_XATTRS: Final = ("trusted." + MARKER_NAME, "user." + MARKER_NAME)
 LAYER_NAME: Final = "strata.metacopy-layer"
-LAYER_XATTRS: Final = ("trusted." + LAYER_NAME, "user." + LAYER_NAME)
+NAMESPACES: Final = ("trusted", "user")
 PATH_MAX: Final = 4096
 
 
@@ -68,18 +73,14 @@ def split_relpath(raw: bytes) -> tuple[bytes, ...] | None:
     return parts
 
 
-def read_marker(dirfd: int, name: bytes) -> bytes | None:
-    """The recorded path of the metacopy file `name` in `dirfd` (either namespace), or None."""
-    for attr in MARKER_XATTRS:
-        value = _sys.getxattr(dirfd, name, attr)
-        if value is not None:
-            return value
-    return None
+def read_marker(dirfd: int, name: bytes, ns: str) -> bytes | None:
+    """The recorded path of the metacopy file `name` in `dirfd` (namespace `ns`), or None."""
+    return _sys.getxattr(dirfd, name, f"{ns}.{MARKER_NAME}")
 
 
-def layer_may_hold_markers(root_fd: int) -> bool:
+def layer_may_hold_markers(root_fd: int, ns: str) -> bool:
     """Does this layer root carry the flag set before any metacopy file was made in it?"""
-    return any(_sys.getxattr(root_fd, b".", attr) is not None for attr in LAYER_XATTRS)
+    return _sys.getxattr(root_fd, b".", f"{ns}.{LAYER_NAME}") is not None
 
 
 def _eio(relpath: bytes, why: str) -> OSError:
@@ -108,7 +109,7 @@ def _whited_out(fd: int, name: bytes) -> bool:
 
 
 def _stat_in_layer(
-    root_fd: int, parts: tuple[bytes, ...], relpath: bytes
+    root_fd: int, parts: tuple[bytes, ...], relpath: bytes, ns: str
 ) -> tuple[os.stat_result, bytes | None] | None:
     """(stat, marker) of the regular file at parts in one layer; None when the layer does not
     have the path and does not hide it either (look further down); EIO when it hides it."""
@@ -136,14 +137,14 @@ def _stat_in_layer(
                 raise
             if not stat.S_ISREG(st.st_mode):
                 raise _eio(relpath, "is not a regular file")
-            return st, read_marker(cur, part)
+            return st, read_marker(cur, part, ns)
         return None  # pragma: no cover - parts is never empty
     finally:
         for fd in fds:
             os.close(fd)
 
 
-def find_data(layers: Sequence[int], relpath: bytes, size: int) -> DataSource:
+def find_data(layers: Sequence[int], relpath: bytes, size: int, ns: str) -> DataSource:
     """Resolve a marker: the data of a metacopy file of `size` bytes whose marker is `relpath`.
 
     `layers` are the root fds (O_PATH is fine) of the layers below the one holding the marker,
@@ -156,7 +157,7 @@ def find_data(layers: Sequence[int], relpath: bytes, size: int) -> DataSource:
         if parts is None:
             raise _eio(relpath, "path in the marker is invalid")
         for i in range(base, len(layers)):
-            found = _stat_in_layer(layers[i], parts, relpath)
+            found = _stat_in_layer(layers[i], parts, relpath, ns)
             if found is None:
                 continue
             st, marker = found
@@ -187,13 +188,14 @@ def open_in_layer(root_fd: int, relpath: bytes) -> int:
             os.close(fd)
 
 
-def open_data(layer: Path | int, relpath: bytes, below: Sequence[Path | int]) -> int:
+def open_data(layer: Path | int, relpath: bytes, below: Sequence[Path | int], ns: str) -> int:
     """An O_RDONLY fd with the data of the regular file at `relpath` in `layer`; caller closes it.
 
     For a plain file that is the file itself; for a metacopy file it is its data in the layers
     `below` (root paths or fds, top first: the layers the union had under `layer`). This is what
     a reader of a bare upper directory must use instead of opening the file (an image commit
-    would otherwise store a hole). Raises OSError(EIO) when a metacopy file's data is missing.
+    would otherwise store a hole). `ns` is the namespace the union that wrote `layer` used.
+    Raises OSError(EIO) when a metacopy file's data is missing.
     """
     owned: list[int] = []
     try:
@@ -209,14 +211,14 @@ def open_data(layer: Path | int, relpath: bytes, below: Sequence[Path | int]) ->
         parts = split_relpath(relpath)
         if parts is None:
             raise OSError(errno.EINVAL, "not a layer-relative path", os.fsdecode(relpath))
-        found = _stat_in_layer(top, parts, relpath)
+        found = _stat_in_layer(top, parts, relpath, ns)
         if found is None:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fsdecode(relpath))
         st, marker = found
         if marker is None:
             return open_in_layer(top, relpath)
         roots = [root(x) for x in below]
-        src = find_data(roots, marker, st.st_size)
+        src = find_data(roots, marker, st.st_size, ns)
         return open_in_layer(roots[src.layer], src.relpath)
     finally:
         for fd in owned:

@@ -330,3 +330,26 @@ def test_a_tar_broken_in_the_middle_is_refused(
         load(store, archive, say=lambda _: None)
     assert "\n" not in str(err.value)
     assert _snapshot(store.path) == before
+
+
+def test_the_unions_private_xattrs_are_dropped_from_layers(tmp_path: Path) -> None:
+    """A layer cannot bring metacopy, origin or opaque markers of the union: a root extraction
+    would set them (trusted.* is settable by root) and the union would honour them."""
+    warnings: list[str] = []
+    root = member(".", tarfile.DIRTYPE, mode=0o755)
+    root[0].pax_headers = {"SCHILY.xattr.trusted.strata.metacopy-layer": "y"}
+    f = member("f", data=b"0123456789")
+    f[0].pax_headers = {
+        "SCHILY.xattr.trusted.strata.metacopy": "etc/shadow",
+        "SCHILY.xattr.user.strata.origin": "x",
+        "SCHILY.xattr.user.keep": "kept",
+    }
+    d = member("d", tarfile.DIRTYPE, mode=0o755)
+    d[0].pax_headers = {"SCHILY.xattr.trusted.overlay.opaque": "y"}
+    dest = _extract(tmp_path, layer_tar([root, f, d]), warn=warnings.append)
+    assert os.getxattr(dest / "f", "user.keep") == b"kept"
+    for path in (dest, dest / "f", dest / "d"):
+        assert not [a for a in os.listxattr(path) if ".strata." in a or ".overlay." in a]
+    assert warnings == [
+        "dropped 4 xattr(s) private to the union (*.strata.*, *.overlay.*): an image cannot set them"
+    ]

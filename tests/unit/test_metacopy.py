@@ -62,7 +62,7 @@ def test_split_relpath_accepts_only_plain_layer_relative_paths(
 
 def test_open_data_of_a_plain_file_opens_the_file(tmp_path: Path) -> None:
     put(tmp_path / "upper" / "d" / "f", b"plain")
-    assert read_fd(metacopy.open_data(tmp_path / "upper", b"d/f", [])) == b"plain"
+    assert read_fd(metacopy.open_data(tmp_path / "upper", b"d/f", [], "trusted")) == b"plain"
 
 
 def test_open_data_of_a_metacopy_file_opens_its_data_below(tmp_path: Path) -> None:
@@ -70,11 +70,11 @@ def test_open_data_of_a_metacopy_file_opens_its_data_below(tmp_path: Path) -> No
     make_metacopy(upper, "renamed", b"d/f", 4)
     put(top / "unrelated")
     put(base / "d" / "f", b"data")
-    assert read_fd(metacopy.open_data(upper, b"renamed", [top, base])) == b"data"
+    assert read_fd(metacopy.open_data(upper, b"renamed", [top, base], "trusted")) == b"data"
     # fds work as well as paths, and stay open
     fds = [os.open(p, os.O_PATH | os.O_DIRECTORY) for p in (upper, top, base)]
     try:
-        assert read_fd(metacopy.open_data(fds[0], b"renamed", fds[1:])) == b"data"
+        assert read_fd(metacopy.open_data(fds[0], b"renamed", fds[1:], "trusted")) == b"data"
         os.fstat(fds[2])
     finally:
         for fd in fds:
@@ -86,7 +86,7 @@ def test_open_data_follows_a_chain_of_metacopy_layers(tmp_path: Path) -> None:
     make_metacopy(upper, "a", b"b", 3)
     make_metacopy(mid, "b", b"c", 3)
     put(base / "c", b"abc")
-    assert read_fd(metacopy.open_data(upper, b"a", [mid, base])) == b"abc"
+    assert read_fd(metacopy.open_data(upper, b"a", [mid, base], "trusted")) == b"abc"
 
 
 @pytest.mark.parametrize("marker", [b"../outside", b"/etc/passwd", b"gone"])
@@ -96,7 +96,7 @@ def test_open_data_of_a_metacopy_file_without_data_is_eio(tmp_path: Path, marker
     put(tmp_path / "outside", b"outside")
     base.mkdir()
     with pytest.raises(OSError, match="metacopy") as info:
-        metacopy.open_data(upper, b"f", [base])
+        metacopy.open_data(upper, b"f", [base], "trusted")
     assert info.value.errno == errno.EIO
 
 
@@ -106,5 +106,5 @@ def test_open_data_never_follows_a_symlink_in_the_layer(tmp_path: Path) -> None:
     upper.mkdir()
     os.symlink(tmp_path / "outside", upper / "d")
     with pytest.raises(OSError, match="metacopy") as info:
-        metacopy.open_data(upper, b"d/f", [])
+        metacopy.open_data(upper, b"d/f", [], "trusted")
     assert info.value.errno == errno.EIO
