@@ -779,9 +779,12 @@ class UnionFS:
             name = node.name
             src_fd = self._dirfd(parent, node.lower)
             marker = self._relpath(node) if meta else None
-            tmp = await self._build_copy(node, src_fd, name, self._stat(node), data, marker)
+            st = self._stat(node)
+            tmp = await self._build_copy(node, src_fd, name, st, data, marker)
             if node.parent is parent and node.name == name and parent.upper:
                 self._rename_into_place(tmp, parent, name)
+                if stat.S_ISREG(st.st_mode) and marker is None and data and st.st_size > 0:
+                    self._sync_dir(self._dirfd(parent, UPPER))
                 node.redirect, node.data_src = marker, None
                 return
             self._remove_tree(self._tmp_fd, tmp)  # renamed or unlinked meanwhile: start over
@@ -814,6 +817,8 @@ class UnionFS:
                     _sys.renameat2(self._tmp_fd, tmp, pfd, name, _sys.RENAME_EXCHANGE)
                     os.unlink(tmp, dir_fd=self._tmp_fd)
                     self._restore_times(pfd, pst)
+                    if data and st.st_size > 0:
+                        self._sync_dir(pfd)
                     node.redirect, node.data_src = None, None
                     break
                 self._remove_tree(self._tmp_fd, tmp)  # renamed meanwhile: start over
@@ -874,9 +879,33 @@ class UnionFS:
         """Build node's copy in the work dir from (src_fd, name) and its metadata `st`.
 
         A regular file gets its data from wherever node's data is (`_open_data`); with a
-        `marker` it gets none, only its size (a hole) and the metacopy xattr.
+        `marker` it gets none, only its size (a hole) and the metacopy xattr. Copied data is
+        fsync'ed before the copy is returned (not with `volatile`), as overlayfs does: the copy
+        is renamed into place next, and after a power loss the name must not show an empty or
+        torn file. On any error (ENOSPC, EDQUOT, EIO...) the partial copy is removed at once,
+        so a full filesystem is not kept full by it, and the error goes to the caller.
         """
         tmp = self._tmpname()
+        try:
+            await self._build_copy_at(node, src_fd, name, st, data, marker, tmp)
+        except BaseException:
+            try:
+                self._remove_tree(self._tmp_fd, tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        return tmp
+
+    async def _build_copy_at(
+        self,
+        node: Node,
+        src_fd: int,
+        name: bytes,
+        st: os.stat_result,
+        data: bool,
+        marker: bytes | None,
+        tmp: bytes,
+    ) -> None:
         mode = st.st_mode
         if stat.S_ISREG(mode):
             # The data is opened first: missing metacopy data (EIO) leaves nothing behind.
@@ -900,6 +929,8 @@ class UnionFS:
                         )
                     elif src >= 0:
                         _sys.copy_data(src, dst, st.st_size)
+                    if src >= 0 and not self.cfg.volatile:
+                        await trio.to_thread.run_sync(os.fsync, dst, limiter=self._copy_limiter)
                 finally:
                     os.close(dst)
             finally:
@@ -910,7 +941,17 @@ class UnionFS:
         else:
             os.mknod(tmp, mode, st.st_rdev, dir_fd=self._tmp_fd)
         self._copy_meta(src_fd, name, self._tmp_fd, tmp, st, self._origin_of(node))
-        return tmp
+
+    def _sync_dir(self, fd: int) -> None:
+        """Make a rename of a data copy into the upper directory `fd` durable (not with
+        `volatile`): the copy itself was synced before it was renamed."""
+        if self.cfg.volatile:
+            return
+        dfd = os.open(_sys.fd_path(fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
     def _copy_meta(
         self, src_fd: int, name: bytes, dst_fd: int, dst: bytes, st: os.stat_result, origin: int
