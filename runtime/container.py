@@ -592,7 +592,15 @@ class Monitor:
                 self._release(previous, exc)
                 raise
             self.relay.cleaning = True
-            self._record_exit(code)
+            try:
+                self._record_exit(code)
+            except OSError as exc:  # a full disk: the command's status still is the answer
+                print(
+                    f"strata: warning: could not record the exit of {self.cfg.name}:"
+                    f" {exc.strerror}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             mark("exit recorded")
             return code
         except _Interrupted as exc:
@@ -1013,8 +1021,11 @@ def reconcile(root: StateRoot, cdir: ContainerDir) -> ContainerState:
 
 
 def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
-    """Remove a container and its writable layer (-f: stop it first)."""
-    if cdir.effective_state().status == RUNNING:
+    """Remove a container and its writable layer (-f: stop it first). Nothing is written on
+    the way, so that this works on a full disk too (and frees its space first)."""
+    state = cdir.effective_state()
+    # the caller may be the container's own monitor (run --rm) whose exit could not be recorded
+    if state.status == RUNNING and state.monitor_pid != os.getpid():
         if not force:
             raise UsageError(f"container {cdir.name} is running: stop it first, or use -f", 1)
         with contextlib.suppress(UsageError):
@@ -1023,7 +1034,8 @@ def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
     with root.lock():
         if not cdir.path.exists():
             return
-        reconcile(root, cdir)
+        if os.geteuid() == 0 and cdir.effective_state().status != RUNNING:
+            detach_if_mounted(cdir.rootfs)
         doomed = cdir.path.with_name(f".rm-{cdir.id}")
         os.rename(cdir.path, doomed)  # gone from listings at once; removal may take a while
     _remove_layer_tree(cdir, doomed)

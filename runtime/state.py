@@ -65,10 +65,15 @@ def now() -> str:
 def write_json(path: Path, data: object) -> None:
     """Write `data` as JSON to `path` atomically (temporary file + rename)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.rename(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk must not keep the half-written copy
+            os.unlink(tmp)
+        raise
 
 
 def read_json(path: Path) -> dict[str, object]:
