@@ -42,6 +42,7 @@ from .tarsplit import write_map
 _GZIP: Final = b"\x1f\x8b"
 _ZSTD: Final = b"\x28\xb5\x2f\xfd"
 _PROGRESS_MIN: Final = 8 << 20  # show progress for layers at least this big
+_MAX_JSON: Final = 64 << 20  # manifests and configs larger than this are refused
 
 
 class LoadError(UsageError):
@@ -113,12 +114,12 @@ class _Source:
 
     def exists(self, name: str) -> bool:
         if self.tar is None:
-            return (self.path / member_path(name)).is_file()
-        return member_path(name) in self.members
+            return (self.path / _inside(name)).is_file()
+        return _inside(name) in self.members
 
     @contextmanager
     def open(self, name: str) -> Iterator[IO[bytes]]:
-        rel = member_path(name)
+        rel = _inside(name)
         if self.tar is None:
             target = self.path / rel
             if target.is_symlink() or not target.is_file():
@@ -141,15 +142,21 @@ class _Source:
             yield member
 
     def size(self, name: str) -> int:
-        rel = member_path(name)
+        rel = _inside(name)
         if self.tar is None:
             return os.path.getsize(self.path / rel)
         info = self.members.get(rel)
         return info.size if info is not None else 0
 
-    def read(self, name: str, digest: str | None = None) -> bytes:
+    def read(self, name: str, digest: str | None = None, size: int | None = None) -> bytes:
+        """The file `name` (at most 64 MiB: manifests and configs), checked against the digest
+        and the size its descriptor gives."""
         with self.open(name) as f:
-            data = f.read()
+            data = f.read(_MAX_JSON + 1)
+        if len(data) > _MAX_JSON:
+            raise LoadError(f"{name}: larger than {_MAX_JSON} bytes")
+        if size is not None and len(data) != size:
+            raise LoadError(f"{name}: {len(data)} bytes, its descriptor says {size}")
         if digest is not None and hashlib.sha256(data).hexdigest() != hex_of(digest):
             raise LoadError(f"{name}: content does not match its digest {digest}")
         return data
@@ -162,7 +169,8 @@ class _Source:
 @dataclass
 class _Image:
     raw_config: bytes
-    layers: list[tuple[str, str | None]]  # (path in the input, blob digest if known)
+    # (path in the input, blob digest if known, size its descriptor gives if any)
+    layers: list[tuple[str, str | None, int | None]]
     tags: list[str]
 
 
@@ -190,38 +198,70 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _json(data: bytes, what: str) -> dict[str, Any]:
+def _inside(name: str) -> str:
+    """A path named by a manifest, as a clean path inside the archive or layout; LoadError
+    when it is absolute or climbs out with `..`."""
     try:
-        value = json.loads(data)
+        return member_path(name)
+    except LayerError as e:
+        raise LoadError(f"{name!r}: not a path inside the archive ({e})") from None
+
+
+def _parse(data: bytes, what: str) -> object:
+    try:
+        return json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
-        raise LoadError(f"{what}: invalid JSON ({e})") from None
+        raise LoadError(f"{what}: invalid JSON ({str(e)[:100]})") from None
+    except RecursionError:
+        raise LoadError(f"{what}: invalid JSON (nested too deeply)") from None
+
+
+def _json(data: bytes, what: str) -> dict[str, Any]:
+    value = _parse(data, what)
     if not isinstance(value, dict):
         raise LoadError(f"{what}: not a JSON object")
     return value
 
 
+def _field(obj: dict[str, Any], key: str, kind: type, what: str) -> Any:
+    """obj[key] when it is a `kind`; LoadError naming it otherwise."""
+    value = obj.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise LoadError(f"{what}: {key!r} missing or not a JSON {_KIND_NAMES[kind]}")
+    return value
+
+
+_KIND_NAMES: Final[dict[type, str]] = {str: "string", list: "array", dict: "object", int: "number"}
+
+
 def _tag_of(ref: str) -> list[str]:
+    """The stored form of a tag an archive names; an invalid one fails the load, as in docker."""
     try:
         return [normalize_ref(ref)]
-    except UsageError:
-        return []
+    except UsageError as e:
+        raise LoadError(f"the archive names an {e}") from None
 
 
 def _docker_images(src: _Source) -> list[_Image]:
-    manifest = json.loads(src.read("manifest.json"))
+    manifest = _parse(src.read("manifest.json"), "manifest.json")
     if not isinstance(manifest, list):
         raise LoadError("manifest.json: not a list")
     found = []
     for entry in manifest:
-        config_name = str(entry["Config"])
+        if not isinstance(entry, dict):
+            raise LoadError("manifest.json: an entry is not a JSON object")
+        config_name = _field(entry, "Config", str, "manifest.json")
         stem = os.path.basename(config_name).removesuffix(".json")
         digest = f"sha256:{stem}" if len(stem) == 64 else None
         raw = src.read(config_name, digest)
-        layers: list[tuple[str, str | None]] = []
-        for name in entry["Layers"]:
-            base = os.path.basename(str(name))
-            blob = f"sha256:{base}" if len(base) == 64 and "blobs/" in str(name) else None
-            layers.append((str(name), blob))
+        layers: list[tuple[str, str | None, int | None]] = []
+        for name in _field(entry, "Layers", list, "manifest.json"):
+            if not isinstance(name, str):
+                raise LoadError("manifest.json: a layer name is not a string")
+            _inside(name)
+            base = os.path.basename(name)
+            blob = f"sha256:{base}" if len(base) == 64 and "blobs/" in name else None
+            layers.append((name, blob, None))
         tags = [t for ref in entry.get("RepoTags") or [] for t in _tag_of(str(ref))]
         found.append(_Image(raw, layers, tags))
     return found
@@ -237,28 +277,44 @@ def _oci_images(src: _Source) -> list[_Image]:
     pending = [(m, None) for m in index.get("manifests") or []]
     while pending:
         desc, name = pending.pop(0)
-        assert isinstance(desc, dict)
+        if not isinstance(desc, dict):
+            raise LoadError("index.json: a descriptor is not a JSON object")
         annotations = desc.get("annotations") or {}
+        if not isinstance(annotations, dict):
+            raise LoadError("index.json: annotations is not a JSON object")
         ref = annotations.get("io.containerd.image.name") or annotations.get(
             "org.opencontainers.image.ref.name"
         )
         name = ref or name
-        data = _json(src.read(_blob(str(desc["digest"])), str(desc["digest"])), "manifest")
+        digest = _field(desc, "digest", str, "descriptor")
+        data = _json(src.read(_blob(digest), digest, _size(desc)), "manifest")
         media = str(data.get("mediaType") or desc.get("mediaType") or "")
         if "index" in media or "manifest.list" in media or "manifests" in data:
             nested = [m for m in data.get("manifests") or [] if _usable(m)]
             pending += [(m, name) for m in nested[:1]]
             continue
-        config = data["config"]
-        assert isinstance(config, dict)
-        raw = src.read(_blob(str(config["digest"])), str(config["digest"]))
-        layers: list[tuple[str, str | None]] = [
-            (_blob(str(layer["digest"])), str(layer["digest"]))
-            for layer in data.get("layers") or []
-        ]
+        config = _field(data, "config", dict, "manifest")
+        config_digest = _field(config, "digest", str, "manifest config")
+        raw = src.read(_blob(config_digest), config_digest, _size(config))
+        layers: list[tuple[str, str | None, int | None]] = []
+        for layer in _field(data, "layers", list, "manifest") if "layers" in data else []:
+            if not isinstance(layer, dict):
+                raise LoadError("manifest: a layer descriptor is not a JSON object")
+            layer_digest = _field(layer, "digest", str, "layer descriptor")
+            layers.append((_blob(layer_digest), layer_digest, _size(layer)))
         tags = _tag_of(str(name)) if name and ("/" in str(name) or ":" in str(name)) else []
         found.append(_Image(raw, layers, tags))
     return found
+
+
+def _size(desc: dict[str, Any]) -> int | None:
+    """The `size` an OCI descriptor gives (it must match the blob)."""
+    size = desc.get("size")
+    if size is None:
+        return None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise LoadError(f"descriptor {desc.get('digest')}: size {size!r} is not a byte count")
+    return size
 
 
 def _usable(desc: object) -> bool:
@@ -415,12 +471,20 @@ def load(
             for image in images:
                 config = _json(image.raw_config, "image config")
                 rootfs = config.get("rootfs") or {}
+                if not isinstance(rootfs, dict) or not isinstance(
+                    rootfs.get("diff_ids") or [], list
+                ):
+                    raise LoadError("image config: rootfs.diff_ids is not a JSON array")
                 diff_ids = [hex_of(str(d)) for d in rootfs.get("diff_ids") or []]
                 if len(diff_ids) != len(image.layers):
                     raise LoadError(
                         f"config has {len(diff_ids)} diff_ids for {len(image.layers)} layers"
                     )
-                for (name, blob), diff_id in zip(image.layers, diff_ids, strict=True):
+                for (name, blob, size), diff_id in zip(image.layers, diff_ids, strict=True):
+                    if size is not None and src.size(name) != size:
+                        raise LoadError(
+                            f"layer {name}: {src.size(name)} bytes, its descriptor says {size}"
+                        )
                     _load_layer(store, src, name, blob, diff_id, staging, progress)
                 with store.lock():
                     _add_layers(store, staging, diff_ids)

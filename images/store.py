@@ -38,13 +38,24 @@ from unionfs.errors import UsageError
 
 HELD: Final = "held.json"
 _HEX: Final = re.compile(r"[0-9a-f]{64}")
-_REF: Final = re.compile(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?")
+# The distribution reference grammar (distribution/reference): [domain[:port]/]path[:tag], where
+# the path is lower-case components separated by '/', each alphanumerics joined by '.', '_',
+# '__' or dashes; a name is at most 255 characters.
+_DOMAIN_PART: Final = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN: Final = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_COMPONENT: Final = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REF: Final = re.compile(
+    rf"(?P<name>(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*)(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+)
 
 
 def normalize_ref(ref: str) -> str:
-    """`name[:tag]` as stored: a tag (`latest` by default), `localhost/` for a bare name."""
-    if not _REF.fullmatch(ref) and not re.fullmatch(r"[a-z0-9.-]+(:\d+)?/.+", ref):
-        raise UsageError(f"invalid image reference {ref!r}", 125)
+    """`name[:tag]` as stored: a tag (`latest` by default), `localhost/` for a bare name.
+    UsageError unless `ref` follows the distribution reference grammar."""
+    m = _REF.fullmatch(ref)
+    if m is None or len(m["name"]) > 255:
+        shown = ref if len(ref) <= 100 else ref[:100] + "..."
+        raise UsageError(f"invalid image reference {shown!r}", 125)
     name, sep, tag = ref.rpartition(":")
     if not sep or "/" in tag:
         name, tag = ref, "latest"

@@ -16,17 +16,23 @@ import sys
 
 
 def strata_main() -> int:
-    """`strata COMMAND ...` (see unionfs.cli.strata_main), with the early fork for `run`."""
-    if sys.argv[1:2] == ["run"] and os.geteuid() == 0:
-        from . import prefork
+    """`strata COMMAND ...` (see unionfs.cli.strata_main), with the early fork for `run`.
 
-        prefork.prefork()
-        try:
-            from unionfs.cli import strata_main as main
+    Ctrl-C before the command's own error boundary is in place (while modules are imported)
+    ends it quietly with 130, as Ctrl-C does later, instead of a Python traceback."""
+    try:
+        if sys.argv[1:2] == ["run"] and os.geteuid() == 0:
+            from . import prefork
 
-            return main()
-        finally:
-            prefork.discard()
-    from unionfs.cli import strata_main as main
+            prefork.prefork()
+            try:
+                from unionfs.cli import strata_main as main
 
-    return main()
+                return main()
+            finally:
+                prefork.discard()
+        from unionfs.cli import strata_main as main
+
+        return main()
+    except KeyboardInterrupt:
+        return 130

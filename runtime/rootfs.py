@@ -18,6 +18,7 @@ left mounted (a lazy unmount is the last resort).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -30,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from unionfs.config import MountOptions, UnionConfig, validate
+from unionfs.config import MountOptions, UnionConfig, unique_lowers, validate
 from unionfs.errors import UsageError
 
 from . import _libc, prefork
@@ -93,7 +94,7 @@ class UnionRootfs:
         if self.pid is None:
             self.start()
         assert self._request_fd is not None, "mount() once"
-        cfg = validate(cfg)
+        cfg = validate(dataclasses.replace(cfg, lowers=unique_lowers(cfg.lowers)))
         request = _Request(
             cfg, mount_options(cfg, privileged=self.privileged), mountpoint, log_path
         )

@@ -898,3 +898,42 @@ def test_an_fstab_line_works_with_mount_T(layers: Layers) -> None:
         umounted = run("umount", layers.mnt)
         assert umounted.returncode == 0, umounted.stderr
         assert not mounts_at(layers.mnt)
+
+
+def test_a_lower_layer_given_twice_or_inside_another_is_refused(tmp_path: Path) -> None:
+    """As kernel overlayfs refuses overlapping layers (issue 12: `--lower l1 --lower l1`
+    mounted)."""
+    (tmp_path / "l1/sub").mkdir(parents=True)
+    (tmp_path / "m").mkdir()
+    l1 = str(tmp_path / "l1")
+    twice = run(STRATA, "mount", "--lower", l1, "--lower", l1 + "/", tmp_path / "m")
+    assert assert_one_line_error(twice, "strata") == f"strata: lower layer {l1}: given twice"
+    nested = run(STRATA, "mount", "--lower", l1 + "/sub", "--lower", l1, tmp_path / "m")
+    assert "one is inside the other" in assert_one_line_error(nested, "strata")
+    assert not os.path.ismount(tmp_path / "m")
+    assert cli_unique(l1, l1 + "/", l1 + "/sub") == (l1, l1 + "/sub")
+
+
+def cli_unique(*paths: str) -> tuple[str, ...]:
+    from unionfs.config import unique_lowers
+
+    return tuple(str(p) for p in unique_lowers([Path(p) for p in paths]))
+
+
+def test_an_unexpected_error_is_one_line_with_status_125(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug still ends in one line (issue 12: it named a `-d` flag most commands lack); the
+    traceback is there with STRATA_DEBUG=1."""
+
+    def broken() -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.delenv("STRATA_DEBUG", raising=False)
+    assert cli._Runner("strata").run(broken) == 125
+    assert capsys.readouterr().err == (
+        "strata: unexpected error: RuntimeError: a bug (STRATA_DEBUG=1 shows the traceback)\n"
+    )
+    monkeypatch.setenv("STRATA_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli._Runner("strata").run(broken)

@@ -750,11 +750,14 @@ class _Runner:
             return 130
         except SystemExit as exc:  # argparse --help/--version
             return exc.code if isinstance(exc.code, int) else 0
-        except Exception as exc:  # a bug: one line, or the whole story with -d
-            if self.debug:
+        except Exception as exc:  # a bug: one line, or the whole story with $STRATA_DEBUG
+            if self.debug or os.environ.get("STRATA_DEBUG"):
                 raise
-            self.say(f"unexpected error: {type(exc).__name__}: {exc} (run with -d for details)")
-            return 1
+            self.say(
+                f"unexpected error: {type(exc).__name__}: {exc}"
+                " (STRATA_DEBUG=1 shows the traceback)"
+            )
+            return 125
 
     def say(self, message: str) -> None:
         one_line = " ".join(message.split())

@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -98,6 +99,34 @@ def _inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
+def _check_no_overlap(lowers: Sequence[Path]) -> None:
+    """Refuse a lower layer given twice, or inside another one (as kernel overlayfs refuses
+    overlapping layers): UsageError naming both."""
+    seen: dict[Path, Path] = {}
+    for lower in lowers:
+        if lower in seen:
+            raise UsageError(f"lower layer {lower}: given twice")
+        seen[lower] = lower
+    for lower in lowers:
+        for parent in lower.parents:
+            if parent in seen:
+                raise UsageError(f"lower layers {parent} and {lower}: one is inside the other")
+
+
+def unique_lowers(lowers: Sequence[Path]) -> tuple[Path, ...]:
+    """The layers with each repeat dropped but its topmost occurrence. An image may hold one
+    layer twice (two steps that made the same changes); the lower copy is then shadowed, name
+    for name, by the upper one, so dropping it changes nothing that the union shows."""
+    seen: set[str] = set()
+    kept = []
+    for lower in lowers:
+        key = os.path.realpath(lower)
+        if key not in seen:
+            seen.add(key)
+            kept.append(lower)
+    return tuple(kept)
+
+
 def validate(cfg: UnionConfig) -> UnionConfig:
     """Check the layers and return the config with every path resolved (lower paths may be symlinks).
 
@@ -109,6 +138,7 @@ def validate(cfg: UnionConfig) -> UnionConfig:
     for lower in lowers:
         if not os.access(lower, os.R_OK | os.X_OK):
             raise UsageError(f"lower layer {lower}: not readable")
+    _check_no_overlap(lowers)
     upper = work = None
     if cfg.upper is not None or cfg.work is not None:
         if cfg.upper is None or cfg.work is None:

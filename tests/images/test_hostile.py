@@ -7,12 +7,14 @@ successful escape would write into. No root needed (the device case pretends not
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import json
 import os
 import stat
 import subprocess
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -353,3 +355,139 @@ def test_the_unions_private_xattrs_are_dropped_from_layers(tmp_path: Path) -> No
     assert warnings == [
         "dropped 4 xattr(s) private to the union (*.strata.*, *.overlay.*): an image cannot set them"
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 12, finding 8: malformed manifests are one clear line, never "unexpected error"
+
+
+def _manifest(files: dict[str, bytes]) -> list[dict[str, object]]:
+    value = json.loads(files["manifest.json"])
+    assert isinstance(value, list)
+    return value
+
+
+def _set_manifest(files: dict[str, bytes], value: object) -> None:
+    files["manifest.json"] = json.dumps(value).encode()
+
+
+def _layer_path(files: dict[str, bytes], path: str) -> None:
+    manifest = _manifest(files)
+    manifest[0]["Layers"] = [path]
+    _set_manifest(files, manifest)
+
+
+def _tag(files: dict[str, bytes], tag: str) -> None:
+    manifest = _manifest(files)
+    manifest[0]["RepoTags"] = [tag]
+    _set_manifest(files, manifest)
+
+
+MALFORMED: dict[str, tuple[Callable[[dict[str, bytes]], None], str]] = {
+    "nested json": (
+        lambda f: f.__setitem__("manifest.json", b"[" * 100_000),
+        "manifest.json: invalid JSON (nested too deeply)",
+    ),
+    "dotdot layer path": (
+        lambda f: _layer_path(f, "../../../etc/passwd"),
+        "'../../../etc/passwd': not a path inside the archive",
+    ),
+    "absolute layer path": (
+        lambda f: _layer_path(f, "/etc/passwd"),
+        "'/etc/passwd': not a path inside the archive",
+    ),
+    "entry not an object": (lambda f: _set_manifest(f, ["x"]), "an entry is not a JSON object"),
+    "no config": (
+        lambda f: _set_manifest(f, [{"Layers": []}]),
+        "manifest.json: 'Config' missing or not a JSON string",
+    ),
+    "layers not a list": (
+        lambda f: _set_manifest(f, [{**_manifest(f)[0], "Layers": "x"}]),
+        "'Layers' missing or not a JSON array",
+    ),
+    "tag with dotdot": (
+        lambda f: _tag(f, "localhost/../../../x:1"),
+        "invalid image reference 'localhost/../../../x:1'",
+    ),
+    "invalid tag": (lambda f: _tag(f, "Not A Tag!"), "invalid image reference 'Not A Tag!'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_archives_are_one_line(
+    setup: tuple[ImageStore, Path], tmp_path: Path, case: str
+) -> None:
+    store, _ = setup
+    mangle, message = MALFORMED[case]
+    archive = docker_archive(
+        tmp_path / "bad.tar", [layer_tar([member("f", data=b"x")])], mangle=mangle
+    )
+    before = _snapshot(store.path)
+    tags = sorted(t for r in store.images() for t in r.tags)
+    with pytest.raises(LoadError) as err:
+        load(store, archive, say=lambda _: None)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+    assert err.value.exit_code == 125
+    assert _snapshot(store.path) == before
+    assert sorted(t for r in store.images() for t in r.tags) == tags
+
+
+def _oci_layout(path: Path, *, layer_size_delta: int = 0) -> Path:
+    """A one-layer OCI image layout; the layer descriptor's size is off by `layer_size_delta`."""
+    blobs = path / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def blob(data: bytes) -> tuple[str, int]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return f"sha256:{digest}", len(data)
+
+    layer = layer_tar([member("f", data=b"x")])
+    layer_digest, layer_size = blob(layer)
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        }
+    ).encode()
+    config_digest, config_size = blob(config)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"digest": config_digest, "size": config_size},
+            "layers": [{"digest": layer_digest, "size": layer_size + layer_size_delta}],
+        }
+    ).encode()
+    manifest_digest, manifest_size = blob(manifest)
+    (path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (path / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "digest": manifest_digest,
+                        "size": manifest_size,
+                        "annotations": {"org.opencontainers.image.ref.name": "localhost/oci:1"},
+                    }
+                ],
+            }
+        )
+    )
+    return path
+
+
+def test_a_wrong_oci_descriptor_size_is_refused(
+    setup: tuple[ImageStore, Path], tmp_path: Path
+) -> None:
+    store, _ = setup
+    before = _snapshot(store.path)
+    with pytest.raises(LoadError, match="its descriptor says") as err:
+        load(store, _oci_layout(tmp_path / "bad", layer_size_delta=-1), say=lambda _: None)
+    assert "\n" not in str(err.value)
+    assert _snapshot(store.path) == before
+    (rec,) = load(store, _oci_layout(tmp_path / "good"), say=lambda _: None)
+    assert rec.tags == ("localhost/oci:1",)
