@@ -307,6 +307,37 @@ def _oci_images(src: _Source) -> list[_Image]:
     return found
 
 
+def check_config(config: dict[str, Any]) -> None:
+    """The image config's fields that strata uses have the types the OCI spec gives them, so
+    that nothing later trips over a hostile value; LoadError (one line) naming the field."""
+
+    def strings(value: object, what: str) -> None:
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            raise LoadError(f"image config: {what} is not an array of strings")
+
+    inner = config.get("config")
+    if inner is not None:
+        if not isinstance(inner, dict):
+            raise LoadError("image config: config is not a JSON object")
+        for key in ("Env", "Entrypoint", "Cmd"):
+            strings(inner.get(key), f"config.{key}")
+        for key in ("WorkingDir", "User", "StopSignal"):
+            if inner.get(key) is not None and not isinstance(inner[key], str):
+                raise LoadError(f"image config: config.{key} is not a string")
+        for key in ("ExposedPorts", "Volumes", "Labels"):
+            if inner.get(key) is not None and not isinstance(inner[key], dict):
+                raise LoadError(f"image config: config.{key} is not a JSON object")
+    history = config.get("history")
+    if history is not None and not (
+        isinstance(history, list) and all(isinstance(h, dict) for h in history)
+    ):
+        raise LoadError("image config: history is not an array of objects")
+    if config.get("created") is not None and not isinstance(config["created"], str):
+        raise LoadError("image config: created is not a string")
+
+
 def _size(desc: dict[str, Any]) -> int | None:
     """The `size` an OCI descriptor gives (it must match the blob)."""
     size = desc.get("size")
@@ -470,6 +501,7 @@ def load(
         with store.staging() as staging:
             for image in images:
                 config = _json(image.raw_config, "image config")
+                check_config(config)
                 rootfs = config.get("rootfs") or {}
                 if not isinstance(rootfs, dict) or not isinstance(
                     rootfs.get("diff_ids") or [], list

@@ -233,9 +233,11 @@ class ImageStore:
         return None
 
     def get(self, ref: str) -> ImageRecord:
+        """The image `ref` names; "no such image" exits 1, as in docker's image commands (a
+        `run` or `create` of a missing image is 125: runtime.images)."""
         rec = self.find(ref)
         if rec is None:
-            raise UsageError(f"no such image: {ref}", 125)
+            raise UsageError(f"no such image: {ref}", 1)
         return rec
 
     def write(self, rec: ImageRecord) -> None:

@@ -35,6 +35,8 @@ def parse_memory(text: str) -> int:
     if m is None:
         raise UsageError(f"--memory {text}: expected a size such as 512m or 2g", 125)
     size = int(m[1]) * _UNITS[m[2].lower()]
+    if size >= 2**63:
+        raise UsageError(f"--memory {text}: too large", 125)
     if size < MIN_MEMORY:
         raise UsageError(f"--memory {text}: the minimum is 6m", 125)
     return size

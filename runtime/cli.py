@@ -185,8 +185,8 @@ def _create_request(
         from .cgroups import parse_memory
 
         memory = parse_memory(args.memory)
-    if args.pids_limit < 0:
-        raise UsageError(f"--pids-limit {args.pids_limit}: must be positive", 125)
+    if not 0 <= args.pids_limit < 2**63:
+        raise UsageError(f"--pids-limit {args.pids_limit}: expected 0 to 2^63-1", 125)
     entrypoint = None
     if args.entrypoint is not None:
         entrypoint = (args.entrypoint,) if args.entrypoint else ()

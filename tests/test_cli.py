@@ -937,3 +937,45 @@ def test_an_unexpected_error_is_one_line_with_status_125(
     monkeypatch.setenv("STRATA_DEBUG", "1")
     with pytest.raises(RuntimeError, match="a bug"):
         cli._Runner("strata").run(broken)
+
+
+SUBCOMMANDS: Final = (
+    "mount", "umount", "run", "create", "start", "exec", "ps", "stop", "kill", "rm", "logs",
+    "inspect", "load", "save", "import", "commit", "build", "images", "rmi", "tag", "history",
+    "image", "bench",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_usage_errors_exit_125_in_every_subcommand(command: str) -> None:
+    """docker's convention (issue 12, finding 9: argparse's 2 in some, 125 promised)."""
+    result = run(STRATA, command, "--no-such-option")
+    assert result.returncode == 125, result.stderr
+    assert assert_one_line_error(result, "strata").startswith("strata: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["rm", "nosuch"], 1, "no such container: nosuch"),
+        (["stop", "nosuch"], 1, "no such container: nosuch"),
+        (["kill", "nosuch"], 1, "no such container: nosuch"),
+        (["logs", "nosuch"], 1, "no such container: nosuch"),
+        (["start", "nosuch"], 1, "no such container: nosuch"),
+        (["exec", "nosuch", "true"], 1, "no such container: nosuch"),
+        (["rmi", "nosuch:1"], 1, "no such image: nosuch:1"),
+        (["history", "nosuch:1"], 1, "no such image: nosuch:1"),
+        (["tag", "nosuch:1", "other:1"], 1, "no such image: nosuch:1"),
+        (["run", "nosuch:1"], 125, "no such image: nosuch:1"),
+        (["create", "nosuch:1"], 125, "no such image: nosuch:1"),
+    ],
+)
+def test_not_found_exits_as_docker_does(
+    tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    """A name that is not there: 1 in the management commands, 125 when run or create cannot
+    make a container, as docker answers."""
+    root = ["--root", str(tmp_path / "state")]
+    result = run(STRATA, args[0], *root, *args[1:])
+    assert result.returncode == code, result.stderr
+    assert message in assert_one_line_error(result, "strata")

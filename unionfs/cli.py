@@ -745,7 +745,7 @@ class _Runner:
             return exc.exit_code
         except OSError as exc:
             self.say(describe_os_error(exc))
-            return 1
+            return 125
         except KeyboardInterrupt:
             return 130
         except SystemExit as exc:  # argparse --help/--version

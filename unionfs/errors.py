@@ -7,9 +7,10 @@ import os
 
 
 class UsageError(Exception):
-    """Bad input from the command line: printed as one line, exit status `exit_code`."""
+    """Bad input from the command line: printed as one line, exit status `exit_code` (docker's
+    125, "strata itself failed", unless the caller says otherwise)."""
 
-    def __init__(self, message: str, exit_code: int = 2) -> None:
+    def __init__(self, message: str, exit_code: int = 125) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 

@@ -491,3 +491,49 @@ def test_a_wrong_oci_descriptor_size_is_refused(
     assert _snapshot(store.path) == before
     (rec,) = load(store, _oci_layout(tmp_path / "good"), say=lambda _: None)
     assert rec.tags == ("localhost/oci:1",)
+
+
+def _config(files: dict[str, bytes], change: dict[str, object]) -> None:
+    """Replace the image config by one with `change` merged in (and a manifest naming it)."""
+    name = str(_manifest(files)[0]["Config"])
+    config = json.loads(files.pop(name))
+    for key, value in change.items():
+        if key.startswith("config."):
+            config.setdefault("config", {})[key[7:]] = value
+        else:
+            config[key] = value
+    raw = json.dumps(config).encode()
+    new = f"{hashlib.sha256(raw).hexdigest()}.json"
+    files[new] = raw
+    manifest = _manifest(files)
+    manifest[0]["Config"] = new
+    _set_manifest(files, manifest)
+
+
+BAD_CONFIGS: dict[str, tuple[dict[str, object], str]] = {
+    "config a string": ({"config": "x"}, "config is not a JSON object"),
+    "env a string": ({"config.Env": "PATH=/bin"}, "config.Env is not an array of strings"),
+    "cmd of numbers": ({"config.Cmd": [1, 2]}, "config.Cmd is not an array of strings"),
+    "user a number": ({"config.User": 1000}, "config.User is not a string"),
+    "history strings": ({"history": ["x"]}, "history is not an array of objects"),
+    "rootfs a string": ({"rootfs": "x"}, "rootfs.diff_ids is not a JSON array"),
+    "created a number": ({"created": 1e400}, "created is not a string"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_mistyped_config_values_are_one_line(
+    setup: tuple[ImageStore, Path], tmp_path: Path, case: str
+) -> None:
+    store, _ = setup
+    change, message = BAD_CONFIGS[case]
+    archive = docker_archive(
+        tmp_path / "bad.tar",
+        [layer_tar([member("f", data=b"x")])],
+        mangle=lambda files: _config(files, change),
+    )
+    before = _snapshot(store.path)
+    with pytest.raises(LoadError, match=message) as err:
+        load(store, archive, say=lambda _: None)
+    assert "\n" not in str(err.value)
+    assert _snapshot(store.path) == before

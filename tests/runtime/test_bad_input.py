@@ -50,7 +50,7 @@ CASES = [
     ("bad hostname", ["--hostname", "a b", "{img}", "/bin/true"], 125, "--hostname"),
     ("bad subnet", ["--network", "bridge", "--subnet", "10.0.0.0/33", "{img}", "/bin/true"], 125,
      "--subnet"),
-    ("unknown option", ["--frobnicate", "{img}", "/bin/true"], 2, "unrecognized arguments"),
+    ("unknown option", ["--frobnicate", "{img}", "/bin/true"], 125, "unrecognized arguments"),
 ]  # fmt: skip
 
 
