@@ -46,3 +46,44 @@ def test_rootless_commit_records_container_owners(rootless: tuple[Strata, list[s
     run = strata.run("run", "--rm", "rc:1", "stat", "-c", "%u %g", "/opt/new", check=True)
     assert run.stdout == "0 0\n"
     strata.run("rm", "rc", check=True)
+
+
+def test_rootless_import_of_a_rootfs_tarball_with_device_nodes(
+    rootless: tuple[Strata, list[str], bool],
+) -> None:
+    """Every mmdebstrap/debootstrap tarball holds /dev nodes, which only root may make: a
+    rootless import skips them with one warning naming how many (it stopped with "device node
+    (needs root)"), as podman does, and the image runs."""
+    import io
+    import tarfile
+
+    from .hostile import member
+
+    strata, _, _ = rootless
+    with open("/bin/busybox", "rb") as f:
+        busybox = f.read()
+    sh = member("bin/busybox", data=busybox, mode=0o755)
+    devices = []
+    for name, (major, minor) in {"dev/null": (1, 3), "dev/zero": (1, 5), "dev/tty": (5, 0)}.items():
+        dev = member(name, tarfile.CHRTYPE, mode=0o666)
+        dev[0].devmajor, dev[0].devminor = major, minor
+        devices.append(dev)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in [
+            member("bin", tarfile.DIRTYPE, mode=0o755),
+            sh,
+            member("bin/sh", tarfile.SYMTYPE, link="busybox"),
+            member("dev", tarfile.DIRTYPE, mode=0o755),
+            *devices,
+        ]:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    rootfs = Path(strata.env["HOME"]) / "rootfs.tar"
+    rootfs.write_bytes(buf.getvalue())
+    os.chown(rootfs, strata.user or 0, strata.group or 0)
+    done = strata.run("import", str(rootfs), "devs:1")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("\n") == 1
+    assert "skipped 3 device node(s)" in done.stderr
+    run = strata.run("run", "--rm", "devs:1", "/bin/sh", "-c", "echo ran", check=True)
+    assert run.stdout == "ran\n"
