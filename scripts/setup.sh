@@ -20,9 +20,11 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 # patch applies scripts/pyfuse3/*.patch; podman and runc run fuse-strata as a mount_program in
 # tests/fuse/test_podman.py and are the container start-up reference of the bench; libseccomp2
 # compiles containers' seccomp filters (through pyseccomp), and the security tests build their
-# static probes with gcc (libc6-dev comes with it).
+# static probes with gcc (libc6-dev comes with it); strace shows the durability tests the order of
+# a copy-up's fsync and rename.
 packages=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc busybox-static attr acl
-          fuse-overlayfs unionfs-fuse mmdebstrap uidmap iproute2 patch podman runc libseccomp2)
+          fuse-overlayfs unionfs-fuse mmdebstrap uidmap iproute2 patch podman runc libseccomp2
+          strace)
 
 # The system interpreter on purpose: PATH may hold a pyenv or similar python that other users
 # cannot read.
