@@ -375,6 +375,21 @@ class UnionFS:
                 return ino, extra
         return encode_ino(UPPER, st.st_ino), 0
 
+    def _same_object(self, node: Node, child: _Child) -> bool:
+        """May the upper object `child` share `node`'s number (found by its origin)? Only as a
+        name of one hard-link group: the same upper inode as the node's upper copy, or, for a
+        node still below, a lower object with several links (its copy-up links every name).
+        A file claiming the number of any other live file is a forged origin."""
+        if node.upper:
+            try:
+                dirfd, other = self._where(node, UPPER)
+                st = os.stat(other, dir_fd=dirfd, follow_symlinks=False)
+            except OSError:
+                return True  # its upper copy is gone: nothing to mistake this one for
+            return (st.st_dev, st.st_ino) == (child.st.st_dev, child.st.st_ino)
+        lower = node.lower_st
+        return isinstance(lower, os.stat_result) and lower.st_nlink > 1
+
     def _is_lower_ino(self, ino: int) -> bool:
         """Could `ino` be the number of an object of a lower layer (what an origin records)?"""
         layer, real = decode_ino(ino)
@@ -469,8 +484,12 @@ class UnionFS:
                 if node.links or node.nodeid == ROOT:
                     # a live directory, or another kind of object, has this number: only a
                     # forged origin marker can make an upper object claim it
-                    raise fs_error(errno.EIO, name)
+                    raise self._bad_marker(name, "origin", b"(the number of another object)")
                 node = None  # directories have one name; a stale entry is replaced
+            elif node is not None and child.upper and node.links and not self._same_object(
+                node, child
+            ):
+                raise self._bad_marker(name, "origin", b"(the number of another file)")
         if node is None:
             node = Node(
                 nodeid=InodeNo(child.ino),

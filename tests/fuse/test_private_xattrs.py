@@ -114,3 +114,22 @@ def test_a_bad_origin_makes_one_object_eio_and_leaves_the_mount_working(
         assert sorted(os.listdir(m.mnt / "dir")) == ["inside"]
         # listings carry attributes (READDIRPLUS): the broken object is left out of them
         assert sorted(os.listdir(m.mnt)) == ["dir", "plain", "secret", "tmp"]
+
+
+def test_an_origin_claiming_another_live_files_number_is_eio(
+    union_mount: StrataMountFactory, dirs: UnionDirs
+) -> None:
+    """An upper file whose origin names another (single-link) lower file: once that file is
+    known, the forged one is EIO instead of being served as the same object."""
+    assert dirs.upper is not None
+    with union_mount(dirs) as m:
+        (m.mnt / "forged").write_bytes(b"forged\n")
+    plain_ino = os.stat(dirs.lowers[0] / "plain").st_ino
+    os.setxattr(
+        dirs.upper / "forged", "trusted.strata.origin", struct.pack("<Q", 1 << 56 | plain_ino)
+    )
+    with union_mount(dirs, allowed_log_errors=["bad origin marker"]) as m:
+        assert (m.mnt / "plain").read_bytes() == b"plain\n"
+        with pytest.raises(OSError, match="Input/output error"):
+            (m.mnt / "forged").read_bytes()
+        assert (m.mnt / "plain").read_bytes() == b"plain\n"
