@@ -12,6 +12,7 @@ without interruption, which is what keeps the in-memory state and the layers con
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -486,8 +487,11 @@ class UnionFS:
                     # forged origin marker can make an upper object claim it
                     raise self._bad_marker(name, "origin", b"(the number of another object)")
                 node = None  # directories have one name; a stale entry is replaced
-            elif node is not None and child.upper and node.links and not self._same_object(
-                node, child
+            elif (
+                node is not None
+                and child.upper
+                and node.links
+                and not self._same_object(node, child)
             ):
                 raise self._bad_marker(name, "origin", b"(the number of another file)")
         if node is None:
@@ -908,10 +912,8 @@ class UnionFS:
         try:
             await self._build_copy_at(node, src_fd, name, st, data, marker, tmp)
         except BaseException:
-            try:
+            with contextlib.suppress(OSError):  # never hide the error that stopped the copy
                 self._remove_tree(self._tmp_fd, tmp)
-            except FileNotFoundError:
-                pass
             raise
         return tmp
 

@@ -8,14 +8,19 @@ rename that the kernel may persist before the data is what left an empty or torn
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.mounts import StrataMount, UnionDirs, skip_unless_fuse, skip_unless_root
+from tests.helpers.mounts import (
+    StrataMount,
+    UnionDirs,
+    append_bytes,
+    skip_unless_fuse,
+    skip_unless_root,
+)
 
 pytestmark = [pytest.mark.fuse, pytest.mark.root]
 
@@ -35,14 +40,6 @@ class TracedMount(StrataMount):
                 *super().command]  # fmt: skip
 
 
-def append(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
 def traced_copy_up(tmp_path: Path, *options: str) -> list[str]:
     """The fsync and renameat2 calls of a mount in which one lower file is appended to."""
     skip_unless_root()
@@ -54,7 +51,7 @@ def traced_copy_up(tmp_path: Path, *options: str) -> list[str]:
     trace = tmp_path / "strace.log"
     extra = ["-o", ",".join(options)] if options else []
     with TracedMount(dirs, trace=trace, log_path=tmp_path / "daemon.log", extra_args=extra) as m:
-        append(m.mnt / "f", b"new\n")
+        append_bytes(m.mnt / "f", b"new\n")
     assert dirs.upper is not None
     assert (dirs.upper / "f").read_bytes() == b"old\n" * 100_000 + b"new\n"
     return [

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mounts import StrataMountFactory, UnionDirs, skip_unless_root
+from tests.helpers.mounts import StrataMountFactory, UnionDirs, append_bytes, skip_unless_root
 
 pytestmark = [pytest.mark.fuse, pytest.mark.root]
 
@@ -44,14 +44,6 @@ def small_upper(tmp_path: Path) -> Iterator[UnionDirs]:
         subprocess.run(["umount", str(disk)], check=True)
 
 
-def append(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
 def test_enospc_during_copy_up_removes_the_partial_copy(
     union_mount: StrataMountFactory, small_upper: UnionDirs
 ) -> None:
@@ -61,12 +53,12 @@ def test_enospc_during_copy_up_removes_the_partial_copy(
     free = os.statvfs(dirs.upper).f_bavail
     with union_mount(dirs) as m:
         with pytest.raises(OSError, match="No space left") as err:
-            append(m.mnt / "big", b"more")
+            append_bytes(m.mnt / "big", b"more")
         assert err.value.errno == errno.ENOSPC
         assert os.listdir(dirs.work / "strata" / "tmp") == []  # not kept until the next mount
         assert os.statvfs(dirs.upper).f_bavail >= free - 8  # the space is back
         # the mount works on: the file is unchanged, and a small copy-up fits
         assert os.path.getsize(m.mnt / "big") == 16 * MiB
-        append(m.mnt / "small", b"more\n")
+        append_bytes(m.mnt / "small", b"more\n")
         assert (m.mnt / "small").read_bytes() == b"small\nmore\n"
     assert not (dirs.upper / "big").exists()

@@ -99,6 +99,15 @@ def is_mounted(path: Path | str) -> bool:
 CRASH_STRIDE: Final = 16 * 1024
 
 
+def append_bytes(path: Path, data: bytes) -> None:
+    """One O_APPEND write of `data` to `path` (through a mount: a copy-up of a lower file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
 def make_strided_file(path: Path, size: int) -> None:
     """`size` bytes with 4 KiB of data at each CRASH_STRIDE, holes between: a big file that is
     quick to write and whose copy (holes kept) is slow enough to be killed half-way."""
@@ -841,6 +850,7 @@ __all__ = [
     "StrataMount",
     "StrataMountFactory",
     "UnionDirs",
+    "append_bytes",
     "chroot_run",
     "convert_oci_whiteouts",
     "copy_tree",
