@@ -494,6 +494,18 @@ class UnionFS:
                 and not self._same_object(node, child)
             ):
                 raise self._bad_marker(name, "origin", b"(the number of another file)")
+            elif (
+                node is not None
+                and not child.upper
+                and node.upper
+                and node.links
+                and child.st.st_nlink <= 1
+            ):
+                # A lower file with one name whose number an upper file at another name holds:
+                # only a forged origin does that (a copy-up of it would be at this name, and a
+                # rename of the copy leaves a whiteout here). Refused rather than served as the
+                # forger: no name shows another object's content.
+                raise self._bad_marker(name, "origin", b"(its number is claimed by another file)")
         if node is None:
             node = Node(
                 nodeid=InodeNo(child.ino),

@@ -133,3 +133,22 @@ def test_an_origin_claiming_another_live_files_number_is_eio(
         with pytest.raises(OSError, match="Input/output error"):
             (m.mnt / "forged").read_bytes()
         assert (m.mnt / "plain").read_bytes() == b"plain\n"
+
+
+def test_a_forged_origin_never_shows_one_files_content_under_another_name(
+    union_mount: StrataMountFactory, dirs: UnionDirs
+) -> None:
+    """The forged file looked up first: the real one, looked up next, is refused (EIO) rather
+    than served as the forged file's node; the forged file keeps its own content."""
+    assert dirs.upper is not None
+    with union_mount(dirs) as m:
+        (m.mnt / "forged").write_bytes(b"forged\n")
+    plain_ino = os.stat(dirs.lowers[0] / "plain").st_ino
+    value = struct.pack("<Q", 1 << 56 | plain_ino)
+    os.setxattr(dirs.upper / "forged", "trusted.strata.origin", value)
+    with union_mount(dirs, allowed_log_errors=["bad origin marker"]) as m:
+        assert (m.mnt / "forged").read_bytes() == b"forged\n"
+        with pytest.raises(OSError, match="Input/output error"):
+            (m.mnt / "plain").read_bytes()
+        assert (m.mnt / "forged").read_bytes() == b"forged\n"
+        assert (m.mnt / "dir/inside").read_bytes() == b"inside\n"
