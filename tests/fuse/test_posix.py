@@ -768,6 +768,7 @@ def test_kill_during_copy_up_leaves_no_torn_file(
             with union_mount(dirs) as m:
                 assert os.listdir(tmp) == []
                 m.kill_daemon_mid_copy_up("big", GiB, tmp)
+                os.sync()  # what a power loss now would leave: no name for the half copy
                 leftovers = os.listdir(tmp)
                 assert leftovers, "the daemon finished the copy-up before it was killed"
                 assert not (dirs.upper / "big").exists(), "a half-built copy is visible"
@@ -787,7 +788,8 @@ def test_kill_during_copy_up_leaves_no_torn_file(
                     os.pwrite(fd, b"W" * 4096, 4096)
                 finally:
                     os.close(fd)
-            assert os.stat(dirs.upper / "big").st_size == GiB
+            os.sync()
+            assert os.stat(dirs.upper / "big").st_size == GiB  # the new file, never an empty one
             with open(dirs.upper / "big", "rb") as f:
                 assert f.read(8192) == b"L" * 4096 + b"W" * 4096
     finally:
