@@ -979,3 +979,31 @@ def test_not_found_exits_as_docker_does(
     result = run(STRATA, args[0], *root, *args[1:])
     assert result.returncode == code, result.stderr
     assert message in assert_one_line_error(result, "strata")
+
+
+def test_ctrl_c_while_strata_starts_is_quiet(tmp_path: Path) -> None:
+    """SIGINT while strata is still importing its modules (issue 12: a Python traceback): exit
+    status 130 and no traceback. Python's verbose import log is the readiness signal: the
+    signal goes out as the command line module starts to load."""
+    env = dict(os.environ, PYTHONVERBOSE="1")
+    proc = subprocess.Popen(
+        [str(STRATA), "images", "--root", str(tmp_path / "state")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stderr is not None
+    seen = []
+    for raw in proc.stderr:
+        line = raw.decode(errors="replace")
+        seen.append(line)
+        if "unionfs/cli.py" in line or "import 'unionfs.cli'" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    proc.wait(timeout=COMMAND_TIMEOUT)
+    assert any("unionfs/cli" in line for line in seen)
+    assert "Traceback" not in rest
+    assert proc.returncode == 130
