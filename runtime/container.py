@@ -138,9 +138,6 @@ def container_config(root: StateRoot, req: CreateRequest, cid: str) -> Container
     if rootless:
         id_map = (req.id_map or rootless_map()).to_json()
     sec = req.security
-    seccomp = sec.seccomp
-    if seccomp not in (security.SECCOMP_DEFAULT, security.SECCOMP_UNCONFINED):
-        seccomp = security.SECCOMP_PROFILE
     return ContainerConfig(
         id=cid,
         name=req.name or f"strata_{cid[:8]}",
@@ -169,8 +166,8 @@ def container_config(root: StateRoot, req: CreateRequest, cid: str) -> Container
         cap_add=sec.cap_add,
         cap_drop=sec.cap_drop,
         security_opt=sec.security_opt,
-        seccomp=security.SECCOMP_UNCONFINED if sec.privileged else seccomp,
-        seccomp_origin=sec.seccomp if seccomp == security.SECCOMP_PROFILE else "",
+        seccomp=sec.seccomp_mode,
+        seccomp_origin=sec.profile_file or "",
         no_new_privileges=sec.no_new_privileges,
         mask_paths=sec.mask_paths and not sec.privileged,
     )
@@ -192,12 +189,13 @@ def _check_profile(root: StateRoot, req: CreateRequest) -> bytes | None:
     """A --security-opt seccomp=FILE profile, read and compiled once to refuse a bad one before
     anything is created; its bytes (None without a profile file)."""
     sec = req.security
-    if sec.privileged or sec.seccomp in (security.SECCOMP_DEFAULT, security.SECCOMP_UNCONFINED):
+    path = sec.profile_file
+    if path is None:
         return None
     from . import seccomp as sc
 
-    profile, raw = sc.read_profile(sec.seccomp)
-    sc.program(profile, sec.capabilities(), root.seccomp_cache, where=sec.seccomp)
+    profile, raw = sc.read_profile(path)
+    sc.program(profile, sec.capabilities(), root.seccomp_cache, where=path)
     return raw
 
 

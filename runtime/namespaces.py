@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from unionfs import _sys
+
 from . import _libc
 
 
@@ -239,8 +241,4 @@ def _run_map_helpers(pid: int, id_map: IdMap) -> int:
 
 def in_user_namespace() -> bool:
     """Whether this process runs in a user namespace other than the initial one."""
-    try:
-        with open("/proc/self/uid_map") as f:
-            return f.read().split() != ["0", "0", "4294967295"]
-    except OSError:
-        return False
+    return not _sys.in_initial_user_namespace()

@@ -53,6 +53,20 @@ class SecurityOptions:
     def capabilities(self) -> frozenset[str]:
         return capabilities.resolve(self.cap_add, self.cap_drop, privileged=self.privileged)
 
+    @property
+    def profile_file(self) -> str | None:
+        """The seccomp profile file to read at create, if one applies (not with --privileged)."""
+        if self.privileged or self.seccomp in (SECCOMP_DEFAULT, SECCOMP_UNCONFINED):
+            return None
+        return self.seccomp
+
+    @property
+    def seccomp_mode(self) -> str:
+        """What the container records: default, unconfined (also --privileged) or profile."""
+        if self.privileged:
+            return SECCOMP_UNCONFINED
+        return SECCOMP_PROFILE if self.profile_file is not None else self.seccomp
+
 
 def _split(values: Iterable[str]) -> tuple[str, ...]:
     """`--cap-add A,B --cap-add C` -> (A, B, C), as podman takes them."""

@@ -162,10 +162,9 @@ def can_set_xattr(dirfd: int, attr: str) -> bool:
         os.unlink(name, dir_fd=dirfd)
 
 
-def is_initial_root() -> bool:
-    """Root of the initial user namespace (who alone may set trusted.* xattrs)?"""
-    if os.geteuid() != 0:
-        return False
+def in_initial_user_namespace() -> bool:
+    """Does this process run in the initial user namespace (where root may set trusted.*
+    xattrs)? True where /proc/self/uid_map cannot be read (no user namespaces)."""
     try:
         with open("/proc/self/uid_map") as f:
             return f.read().split() == ["0", "0", "4294967295"]

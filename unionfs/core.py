@@ -149,7 +149,8 @@ class UnionFS:
         self._metacopy_layer_xattr = ""
         # The namespace of strata's private xattrs that this mount honours (metacopy markers):
         # "trusted" when mounted by root, "user" otherwise, as overlayfs's userxattr option.
-        self.private_ns = "trusted" if _sys.is_initial_root() else "user"
+        root = os.geteuid() == 0 and _sys.in_initial_user_namespace()
+        self.private_ns = "trusted" if root else "user"
         self._marker_layers: list[bool] = []  # per layer: may it hold metacopy files?
         self._open()
 
