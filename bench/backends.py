@@ -118,7 +118,7 @@ def strata_command() -> list[str]:
     return [
         sys.executable,
         "-c",
-        "import sys; from unionfs.cli import strata_main as m; sys.exit(m())",
+        "import sys; from strata.cli import main as m; sys.exit(m())",
     ]
 
 
@@ -220,7 +220,7 @@ def _unmount(name: str, mnt: Path) -> None:
 def is_mounted(mnt: Path) -> bool:
     """Whether something is mounted on `mnt`, from mountinfo: os.path.ismount() stats the path,
     which fails on a mount whose daemon died (ENOTCONN) and would call it unmounted."""
-    from unionfs.cli import mounts_at
+    from unionfs.mountinfo import mounts_at
 
     return bool(mounts_at(mnt))
 
@@ -256,11 +256,11 @@ def _daemon_pid(mnt: Path) -> int | None:
     """The process serving `mnt`.
 
     First by the FUSE connection: the mount's minor device number names it, and the kernel
-    shows it in the fdinfo of each /dev/fuse fd (unionfs.cli's reader; no stat() of the mount,
+    shows it in the fdinfo of each /dev/fuse fd (unionfs.mountinfo's reader; no stat() of the mount,
     which a hung daemon would hang). Else, on kernels whose fdinfo does not say, the process
     with our unique mount point as one of its arguments and /dev/fuse open.
     """
-    from unionfs.cli import fuse_device_holders, mounts_at
+    from unionfs.mountinfo import fuse_device_holders, mounts_at
 
     entries = mounts_at(mnt)
     if entries:

@@ -1,4 +1,4 @@
-"""`strata bench`: the subcommand record that unionfs.cli registers lazily.
+"""`strata bench`: the subcommand record that `strata.cli` lists.
 
 This module is imported whenever `strata`'s parser is built (also for `strata mount`), so it
 imports only the standard library at the top; the harness, the data builder and matplotlib are
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from unionfs.cli import Subcommand, _Runner
+from unionfs.command import Runner, Subcommand
 from unionfs.errors import UsageError
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def _check_output_path(option: str, path: Path | None, suffix: str) -> None:
         raise UsageError(f"{option} {path}: directory {path.parent} does not exist")
 
 
-def run_bench(args: argparse.Namespace, runner: _Runner) -> int:
+def run_bench(args: argparse.Namespace, runner: Runner) -> int:
     """Check the arguments, build or reuse the data, measure, then print and write the report."""
     workloads = select_workloads(args.only)
     backends = select_backends(args.backends)

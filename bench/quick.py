@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import sys
 
-from unionfs.cli import strata_main
+from unionfs import __version__
+from unionfs.command import dispatch
+
+from .cli import SUBCOMMANDS
 
 SKETCH_ARGS = [
     "--only",
@@ -24,7 +27,8 @@ SKETCH_ARGS = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    return strata_main(["bench", *SKETCH_ARGS, *(sys.argv[1:] if argv is None else argv)])
+    args = ["bench", *SKETCH_ARGS, *(sys.argv[1:] if argv is None else argv)]
+    return dispatch("strata", "the benchmark sketch", __version__, SUBCOMMANDS, args)
 
 
 if __name__ == "__main__":

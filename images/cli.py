@@ -1,9 +1,9 @@
 """The image store's `strata` subcommands: load, save, import, commit, images, rmi, tag, history, image.
 
-`unionfs.cli` appends `SUBCOMMANDS` and passes the runtime's subcommands through
-`with_image_store()`, which makes `strata run/create IMAGE` find images in the store of the
-state root they use (the runtime picks it before entering a user namespace, where the default
-root would differ, and hands it to the resolver). Handlers import what they need.
+`strata.cli` lists `SUBCOMMANDS`, hands `resolve` to the runtime's subcommands, which makes
+`strata run/create IMAGE` find images in the store of the state root they use (the runtime picks
+it before entering a user namespace, where the default root would differ, and passes it on), and
+uses `INSPECT` for `strata inspect`. Handlers import what they need.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
-from unionfs.cli import Subcommand, _Runner
+from runtime.cli import add_inspect_arguments
+from unionfs.command import Runner, Subcommand
 from unionfs.errors import UsageError
 
 if TYPE_CHECKING:
@@ -37,7 +37,8 @@ def _store(args: argparse.Namespace) -> ImageStore:
     return ImageStore(_root_of(args))
 
 
-def _resolve(ref: str, root: Path) -> ImageSpec | None:
+def resolve(ref: str, root: Path) -> ImageSpec | None:
+    """The image `ref` in the store of state root `root`, or None (a runtime `Resolver`)."""
     from .store import ImageStore
 
     store = ImageStore(root)
@@ -45,21 +46,7 @@ def _resolve(ref: str, root: Path) -> ImageSpec | None:
     return None if rec is None else store.spec(rec, ref)
 
 
-def with_image_store(subcommands: Sequence[Subcommand]) -> tuple[Subcommand, ...]:
-    """The runtime's subcommands, `run` and `create` resolving images in the store, and
-    `inspect` falling back to images for names no container has (as `docker inspect`)."""
-    from runtime.images import register_resolver
-
-    register_resolver(_resolve)
-    return tuple(
-        Subcommand(s.name, "show containers or images as JSON", s.add_arguments, _inspect_any)
-        if s.name == "inspect"
-        else s
-        for s in subcommands
-    )
-
-
-def _inspect_any(args: argparse.Namespace, runner: _Runner) -> int:
+def _inspect_any(args: argparse.Namespace, runner: Runner) -> int:
     """`strata inspect NAME...`: each a container (id, prefix, name) or else an image."""
     from runtime.report import inspect
 
@@ -95,7 +82,7 @@ def _add_load(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress")
 
 
-def _run_load(args: argparse.Namespace, runner: _Runner) -> int:
+def _run_load(args: argparse.Namespace, runner: Runner) -> int:
     from .load import load, load_stream
 
     store = _store(args)
@@ -120,7 +107,7 @@ def _add_save(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _run_save(args: argparse.Namespace, runner: _Runner) -> int:
+def _run_save(args: argparse.Namespace, runner: Runner) -> int:
     from .save import save
 
     save(_store(args), args.image, Path(args.output), args.format)
@@ -141,7 +128,7 @@ def _add_import(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _run_import(args: argparse.Namespace, runner: _Runner) -> int:
+def _run_import(args: argparse.Namespace, runner: Runner) -> int:
     from .load import import_rootfs
 
     store = _store(args)
@@ -157,7 +144,7 @@ def _add_commit(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--message", default="", help="a comment for the history entry")
 
 
-def _run_commit(args: argparse.Namespace, runner: _Runner) -> int:
+def _run_commit(args: argparse.Namespace, runner: Runner) -> int:
     from .commit import commit
 
     rec = commit(_store(args), args.container, args.reference, args.message)
@@ -181,7 +168,7 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
 
 
-def _run_build(args: argparse.Namespace, runner: _Runner) -> int:
+def _run_build(args: argparse.Namespace, runner: Runner) -> int:
     from .build import BuildOptions, build
 
     context = Path(args.context)
@@ -239,7 +226,7 @@ def _human(n: float) -> str:
     return f"{n:.3g} TB"
 
 
-def _run_images(args: argparse.Namespace, runner: _Runner) -> int:
+def _run_images(args: argparse.Namespace, runner: Runner) -> int:
     store = _store(args)
     records = store.images()
     if args.quiet:
@@ -277,13 +264,13 @@ def _image_info(store: ImageStore, rec: ImageRecord) -> dict[str, object]:
     }
 
 
-def _run_inspect(args: argparse.Namespace, runner: _Runner) -> int:
+def _run_inspect(args: argparse.Namespace, runner: Runner) -> int:
     store = _store(args)
     print(json.dumps([_image_info(store, store.get(args.image))], indent=2))
     return 0
 
 
-def _run_history(args: argparse.Namespace, runner: _Runner) -> int:
+def _run_history(args: argparse.Namespace, runner: Runner) -> int:
     store = _store(args)
     rec = store.get(args.image)
     history = rec.config.get("history") or []
@@ -306,7 +293,7 @@ def _add_tag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", metavar="NAME[:TAG]")
 
 
-def _run_tag(args: argparse.Namespace, runner: _Runner) -> int:
+def _run_tag(args: argparse.Namespace, runner: Runner) -> int:
     _store(args).tag(args.image, args.target)
     return 0
 
@@ -317,7 +304,7 @@ def _add_rmi(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE")
 
 
-def _run_rmi(args: argparse.Namespace, runner: _Runner) -> int:
+def _run_rmi(args: argparse.Namespace, runner: Runner) -> int:
     store = _store(args)
     for ref in args.images:
         for line in store.remove(ref, force=args.force):
@@ -329,7 +316,7 @@ def _add_prune(parser: argparse.ArgumentParser) -> None:
     _add_root(parser)
 
 
-def _run_prune(args: argparse.Namespace, runner: _Runner) -> int:
+def _run_prune(args: argparse.Namespace, runner: Runner) -> int:
     for line in _store(args).prune():
         print(line)
     return 0
@@ -356,7 +343,7 @@ def _add_image(parser: argparse.ArgumentParser) -> None:
         add(sub.add_parser(name, help=f"image {name}"))
 
 
-def _run_image(args: argparse.Namespace, runner: _Runner) -> int:
+def _run_image(args: argparse.Namespace, runner: Runner) -> int:
     args.root = args.root or args.group_root
     return _IMAGE_COMMANDS[args.image_command][1](args, runner)
 
@@ -377,4 +364,8 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         _add_image,
         _run_image,
     ),
+)
+
+INSPECT: Final = Subcommand(
+    "inspect", "show containers or images as JSON", add_inspect_arguments, _inspect_any
 )

@@ -16,9 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
+from unionfs import libc
 from unionfs.errors import UsageError
-
-from . import _libc
 
 # linux/capability.h, by number.
 NAMES: Final[tuple[str, ...]] = (
@@ -126,12 +125,12 @@ def drop_bounding(keep: frozenset[str]) -> None:
     nor a set-uid program or file capability it runs, can regain one (needs CAP_SETPCAP)."""
     for number in range(last_cap() + 1):
         if NAMES[number] not in keep:
-            _libc.capbset_drop(number)
+            libc.capbset_drop(number)
 
 
 def set_process_caps(names: frozenset[str], *, uid: int) -> None:
     """The final sets of a process that is about to exec: all of `names` effective and
     permitted for root, nothing for another user; inheritable and ambient empty."""
     bits = mask(names) if uid == 0 else 0
-    _libc.capset(effective=bits, permitted=bits, inheritable=0)
-    _libc.clear_ambient_caps()
+    libc.capset(effective=bits, permitted=bits, inheritable=0)
+    libc.clear_ambient_caps()

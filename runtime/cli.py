@@ -1,7 +1,7 @@
 """The runtime's `strata` subcommands: run, create, start, exec, ps, stop, kill, rm, logs, inspect.
 
-`unionfs.cli` appends `SUBCOMMANDS` to its own. This module imports only the standard library's
-argparse-level modules and `unionfs.cli`; each handler imports what it needs, so `strata --help`
+`strata.cli` lists `subcommands()`. This module imports only the standard library's
+argparse-level modules and `unionfs.command`; each handler imports what it needs, so `strata --help`
 and `strata mount` do not pay for the runtime.
 
 Errors are one line with Docker's exit statuses: 125 when strata itself fails (bad input, the
@@ -17,11 +17,12 @@ import os
 import sys
 from typing import TYPE_CHECKING, Final
 
-from unionfs.cli import Subcommand, _Runner
+from unionfs.command import Runner, Subcommand
 from unionfs.errors import UsageError
 
 if TYPE_CHECKING:
     from .container import CreateRequest
+    from .images import Resolver
     from .namespaces import IdMap
     from .rootfs import UnionRootfs
     from .state import ContainerDir, StateRoot
@@ -144,6 +145,7 @@ def _parse_volume(spec: str) -> tuple[str, str, bool]:
 def _create_request(
     args: argparse.Namespace,
     root: StateRoot,
+    resolver: Resolver | None,
     *,
     rootless: bool | None = None,
     id_map: IdMap | None = None,
@@ -163,7 +165,7 @@ def _create_request(
     else:
         if not rest:
             raise UsageError("no image given (IMAGE or --lower DIR)", 125)
-        image = lookup_image(rest.pop(0), root.path)
+        image = lookup_image(rest.pop(0), root.path, resolver)
     env: list[str] = []
     for path in args.env_file:
         env += read_env_file(path)
@@ -226,7 +228,7 @@ def _check_hostname(name: str) -> None:
         raise UsageError(f"--hostname {name!r}: letters, digits, '-' and '.', at most 64", 125)
 
 
-def _run(args: argparse.Namespace, runner: _Runner) -> int:
+def _run(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) -> int:
     """`strata run`. In the foreground the union daemon is forked first thing (see
     `rootfs.UnionRootfs`); rootless, that needs the user namespace, so it is entered first
     (after the state root, which depends on who we are, has been picked)."""
@@ -250,7 +252,7 @@ def _run(args: argparse.Namespace, runner: _Runner) -> int:
         from .container import create, run_attached, start_detached
 
         _check_hostname(args.hostname)
-        req = _create_request(args, root, rootless=rootless, id_map=id_map)
+        req = _create_request(args, root, resolver, rootless=rootless, id_map=id_map)
         cdir = create(root, req)
         mark("created")
         if args.detach:
@@ -267,7 +269,7 @@ def _run(args: argparse.Namespace, runner: _Runner) -> int:
 
 
 def _prefork_daemon() -> tuple[bool, IdMap | None, UnionRootfs]:
-    """The union daemon for a foreground run: the one `runtime.entry` forked at start-up (as
+    """The union daemon for a foreground run: the one `strata.entry` forked at start-up (as
     root), else one forked now (rootless: inside the user namespace, which it needs)."""
     from .rootfs import UnionRootfs, take_preforked
 
@@ -286,13 +288,13 @@ def _prefork_daemon() -> tuple[bool, IdMap | None, UnionRootfs]:
     return rootless, id_map, daemon
 
 
-def _create(args: argparse.Namespace, runner: _Runner) -> int:
+def _create(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) -> int:
     runner.debug = bool(args.debug)
     from .container import create
 
     _check_hostname(args.hostname)
     root = _state_root(args)
-    cdir = create(root, _create_request(args, root))
+    cdir = create(root, _create_request(args, root, resolver))
     print(cdir.id, flush=True)
     return 0
 
@@ -305,7 +307,7 @@ def _add_start_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("containers", nargs="+", metavar="CONTAINER")
 
 
-def _start(args: argparse.Namespace, runner: _Runner) -> int:
+def _start(args: argparse.Namespace, runner: Runner) -> int:
     from .container import run_attached, start_detached
 
     root = _state_root(args)
@@ -330,7 +332,7 @@ def _add_exec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARG...]")
 
 
-def _exec(args: argparse.Namespace, runner: _Runner) -> int:
+def _exec(args: argparse.Namespace, runner: Runner) -> int:
     from .container import exec_in
     from .process import ProcessSpec, check_user, merge_env, parse_env_assignments
 
@@ -367,7 +369,7 @@ def _add_ps_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("table", "json"), default="table")
 
 
-def _ps(args: argparse.Namespace, runner: _Runner) -> int:
+def _ps(args: argparse.Namespace, runner: Runner) -> int:
     import json
 
     from .report import describe, table
@@ -397,7 +399,7 @@ def _add_stop_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("containers", nargs="+", metavar="CONTAINER")
 
 
-def _stop(args: argparse.Namespace, runner: _Runner) -> int:
+def _stop(args: argparse.Namespace, runner: Runner) -> int:
     from .container import stop
 
     root = _state_root(args)
@@ -429,7 +431,7 @@ def parse_signal(text: str) -> int:
     raise UsageError(f"unknown signal {text!r}", 125)
 
 
-def _kill(args: argparse.Namespace, runner: _Runner) -> int:
+def _kill(args: argparse.Namespace, runner: Runner) -> int:
     from .container import signal_container
 
     sig = parse_signal(args.signal)
@@ -446,7 +448,7 @@ def _add_rm_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("containers", nargs="+", metavar="CONTAINER")
 
 
-def _rm(args: argparse.Namespace, runner: _Runner) -> int:
+def _rm(args: argparse.Namespace, runner: Runner) -> int:
     from .container import remove
 
     root = _state_root(args)
@@ -467,7 +469,7 @@ def _add_logs_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("container", metavar="CONTAINER")
 
 
-def _logs(args: argparse.Namespace, runner: _Runner) -> int:
+def _logs(args: argparse.Namespace, runner: Runner) -> int:
     from .report import follow_log
 
     cdir = _state_root(args).find(args.container)
@@ -475,12 +477,12 @@ def _logs(args: argparse.Namespace, runner: _Runner) -> int:
     return 0
 
 
-def _add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     _add_root(parser)
     parser.add_argument("containers", nargs="+", metavar="CONTAINER")
 
 
-def _inspect(args: argparse.Namespace, runner: _Runner) -> int:
+def _inspect(args: argparse.Namespace, runner: Runner) -> int:
     import json
 
     from .report import inspect
@@ -491,25 +493,28 @@ def _inspect(args: argparse.Namespace, runner: _Runner) -> int:
     return 0
 
 
-SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (
-    Subcommand(
-        "run",
-        "run a command in a new container",
-        lambda p: _add_create_arguments(p, run=True),
-        _run,
-    ),
-    Subcommand(
-        "create",
-        "create a container (start it with 'strata start')",
-        lambda p: _add_create_arguments(p, run=False),
-        _create,
-    ),
-    Subcommand("start", "start created or stopped containers", _add_start_arguments, _start),
-    Subcommand("exec", "run a command in a running container", _add_exec_arguments, _exec),
-    Subcommand("ps", "list containers", _add_ps_arguments, _ps),
-    Subcommand("stop", "stop containers (SIGTERM, then SIGKILL)", _add_stop_arguments, _stop),
-    Subcommand("kill", "send a signal to containers", _add_kill_arguments, _kill),
-    Subcommand("rm", "remove containers and their writable layers", _add_rm_arguments, _rm),
-    Subcommand("logs", "show a detached container's output", _add_logs_arguments, _logs),
-    Subcommand("inspect", "show containers as JSON", _add_inspect_arguments, _inspect),
-)
+def subcommands(resolver: Resolver | None = None) -> tuple[Subcommand, ...]:
+    """The runtime's subcommands; `run` and `create` look IMAGE up with `resolver` first (the
+    image store's, handed over by `strata.cli`), then as a rootfs directory."""
+    return (
+        Subcommand(
+            "run",
+            "run a command in a new container",
+            lambda p: _add_create_arguments(p, run=True),
+            lambda args, runner: _run(args, runner, resolver),
+        ),
+        Subcommand(
+            "create",
+            "create a container (start it with 'strata start')",
+            lambda p: _add_create_arguments(p, run=False),
+            lambda args, runner: _create(args, runner, resolver),
+        ),
+        Subcommand("start", "start created or stopped containers", _add_start_arguments, _start),
+        Subcommand("exec", "run a command in a running container", _add_exec_arguments, _exec),
+        Subcommand("ps", "list containers", _add_ps_arguments, _ps),
+        Subcommand("stop", "stop containers (SIGTERM, then SIGKILL)", _add_stop_arguments, _stop),
+        Subcommand("kill", "send a signal to containers", _add_kill_arguments, _kill),
+        Subcommand("rm", "remove containers and their writable layers", _add_rm_arguments, _rm),
+        Subcommand("logs", "show a detached container's output", _add_logs_arguments, _logs),
+        Subcommand("inspect", "show containers as JSON", add_inspect_arguments, _inspect),
+    )

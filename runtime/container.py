@@ -42,10 +42,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Final, NoReturn
 
+from unionfs import libc
 from unionfs.config import UnionConfig
 from unionfs.errors import UsageError
 
-from . import _libc, capabilities, console, mounts, namespaces, network, security
+from . import capabilities, console, mounts, namespaces, network, security
 from .cgroups import Limits
 from .images import ImageSpec
 from .init import FORWARDED, deliver, exit_code, run_init
@@ -397,12 +398,12 @@ def _ns_parent(plan: _Plan, sock: socket.socket) -> NoReturn:
     try:
         for sig in FORWARDED:
             signal.signal(sig, signal.SIG_DFL)  # still blocked: nothing arrives here
-        _libc.set_pdeathsig(signal.SIGKILL)
+        libc.set_pdeathsig(signal.SIGKILL)
         if os.getppid() != plan.monitor_pid:
             os._exit(code)
         mark("ns parent forked")
         try:
-            _libc.unshare(plan.flags)
+            libc.unshare(plan.flags)
         except OSError as exc:
             _send(sock, f"error {START_FAILED} cannot create namespaces: {exc.strerror}")
             os._exit(code)
@@ -425,7 +426,7 @@ def _pid1(plan: _Plan, sock: socket.socket) -> NoReturn:
         _send(sock, f"error {status} {message}")
 
     try:
-        _libc.set_pdeathsig(signal.SIGKILL)
+        libc.set_pdeathsig(signal.SIGKILL)
         os.setsid()
         slave = _prepare_root(plan, sock)
         msg, _ = _recv(sock)
@@ -460,7 +461,7 @@ def _pid1(plan: _Plan, sock: socket.socket) -> NoReturn:
 def _fork_command(plan: _Plan, sock: socket.socket, slave: int | None) -> int:
     pid = os.fork()
     if pid == 0:
-        _libc.set_dumpable(True)  # the command's process; exec makes it so anyway
+        libc.set_dumpable(True)  # the command's process; exec makes it so anyway
         exec_process(
             plan.process,
             report=lambda status, message: _send(sock, f"error {status} {message}"),
@@ -483,9 +484,9 @@ def _hide_init() -> None:
     host's (the interpreter, the venv, strata's arguments). They are overwritten, and the
     process is made non-dumpable, which closes its /proc files (exe, maps, environ, fd) and
     ptrace to the container's processes."""
-    _libc.set_dumpable(False)
-    _libc.scrub_command_line(INIT_TITLE)
-    _libc.set_name(INIT_TITLE)
+    libc.set_dumpable(False)
+    libc.scrub_command_line(INIT_TITLE)
+    libc.set_name(INIT_TITLE)
 
 
 def _confine_init(plan: _Plan) -> None:
@@ -500,8 +501,8 @@ def _prepare_root(plan: _Plan, sock: socket.socket) -> int | None:
     cdir = plan.cdir
     rootfs = cdir.rootfs
     mark("pid 1 forked")
-    _libc.mount(None, "/", None, _libc.MS_REC | _libc.MS_SLAVE)
-    _libc.sethostname(cdir.config.hostname)
+    libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
+    libc.sethostname(cdir.config.hostname)
     if plan.own_network:
         network.loopback_up()
     if plan.bridge is not None:
@@ -509,7 +510,7 @@ def _prepare_root(plan: _Plan, sock: socket.socket) -> int | None:
         if msg != "net":
             os._exit(START_FAILED)
         network.connect_container_side(*plan.bridge)
-    _libc.mount(rootfs, rootfs, None, _libc.MS_BIND | _libc.MS_REC)
+    libc.mount(rootfs, rootfs, None, libc.MS_BIND | libc.MS_REC)
     cfg = cdir.config
     mounts.mount_all(
         rootfs,
@@ -520,8 +521,8 @@ def _prepare_root(plan: _Plan, sock: socket.socket) -> int | None:
         masked=cfg.mask_paths,
     )
     os.chdir(rootfs)
-    _libc.pivot_root(".", ".")
-    _libc.umount2(".", _libc.MNT_DETACH)  # the old root, stacked on top by pivot_root(".", ".")
+    libc.pivot_root(".", ".")
+    libc.umount2(".", libc.MNT_DETACH)  # the old root, stacked on top by pivot_root(".", ".")
     os.chdir("/")
     mark("pivot_root done")
     if plan.init:

@@ -1,9 +1,9 @@
 """What the runtime needs to know about an image, and how an image reference is found.
 
 An `ImageSpec` is its layers (directories, top first, as strata's `--lower`) and the parts of its
-config that shape the process (env, entrypoint, cmd, working dir, user). The image store (a later
-issue) adds a resolver with `register_resolver()`; until then an image is either a rootfs
-directory given by path (a one-layer image) or the layers given with `--lower`.
+config that shape the process (env, entrypoint, cmd, working dir, user). An image reference is
+looked up with a `Resolver` (the image store's, handed down by `strata.cli`); failing that it is
+a rootfs directory given by path (a one-layer image). `--lower` gives the layers directly.
 """
 
 from __future__ import annotations
@@ -65,20 +65,14 @@ class ImageSpec:
 
 # (reference, state root) -> the image, or None when this resolver does not know it
 Resolver = Callable[[str, Path], "ImageSpec | None"]
-_resolvers: list[Resolver] = []
 
 
-def register_resolver(resolver: Resolver) -> None:
-    """Add a way to find images by reference (tried in order before the directory fallback)."""
-    _resolvers.append(resolver)
-
-
-def lookup_image(ref: str, root: Path) -> ImageSpec:
-    """The image called `ref` (in the image store of state root `root`, or a rootfs directory);
-    UsageError "no such image" when nothing knows it."""
+def lookup_image(ref: str, root: Path, resolver: Resolver | None = None) -> ImageSpec:
+    """The image called `ref`: what `resolver` finds for it (the image store of state root
+    `root`), else a rootfs directory; UsageError "no such image" when neither knows it."""
     if not ref:
         raise UsageError("no image given", 125)
-    for resolver in _resolvers:
+    if resolver is not None:
         spec = resolver(ref, root)
         if spec is not None:
             return spec

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from . import _libc
-from ._libc import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT
+from unionfs import libc
+from unionfs.libc import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +131,7 @@ def resolve_in_root(root: Path, path: str) -> Path:
 def mount_at(rootfs: Path, m: Mount) -> None:
     target = resolve_in_root(rootfs, m.target)
     os.makedirs(target, exist_ok=True)
-    _libc.mount(m.source, target, m.fstype, m.flags, m.data)
+    libc.mount(m.source, target, m.fstype, m.flags, m.data)
 
 
 def bind(
@@ -144,7 +144,7 @@ def bind(
         os.makedirs(target.parent, exist_ok=True)
         os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
     flags = MS_BIND | (MS_REC if recursive else 0)
-    _libc.mount(source, target, None, flags)
+    libc.mount(source, target, None, flags)
     if read_only:
         remount_read_only(target)
 
@@ -163,13 +163,13 @@ def remount_read_only(target: Path) -> None:
             (os.ST_NOSUID, MS_NOSUID),
             (os.ST_NODEV, MS_NODEV),
             (os.ST_NOEXEC, MS_NOEXEC),
-            (os.ST_NOATIME, _libc.MS_NOATIME),
-            (os.ST_NODIRATIME, _libc.MS_NODIRATIME),
-            (os.ST_RELATIME, _libc.MS_RELATIME),
+            (os.ST_NOATIME, libc.MS_NOATIME),
+            (os.ST_NODIRATIME, libc.MS_NODIRATIME),
+            (os.ST_RELATIME, libc.MS_RELATIME),
         ):
             if st.f_flag & vfs_flag:
                 locked |= ms_flag
-    _libc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | locked)
+    libc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | locked)
 
 
 def mount_sys(rootfs: Path, *, writable: bool = False) -> None:
@@ -180,7 +180,7 @@ def mount_sys(rootfs: Path, *, writable: bool = False) -> None:
     os.makedirs(target, exist_ok=True)
     try:
         flags = SYSFS.flags & ~MS_RDONLY if writable else SYSFS.flags
-        _libc.mount(SYSFS.source, target, SYSFS.fstype, flags)
+        libc.mount(SYSFS.source, target, SYSFS.fstype, flags)
         return
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EACCES):
@@ -208,13 +208,13 @@ def mask_paths(rootfs: Path) -> None:
         except FileNotFoundError:
             continue
         if is_dir:
-            _libc.mount("tmpfs", target, "tmpfs", MS_RDONLY)
+            libc.mount("tmpfs", target, "tmpfs", MS_RDONLY)
         else:
-            _libc.mount("/dev/null", target, None, MS_BIND)
+            libc.mount("/dev/null", target, None, MS_BIND)
     for path in READONLY_PATHS:
         target = host_path(path)
         if os.path.lexists(target):
-            _libc.mount(target, target, None, MS_BIND | MS_REC)
+            libc.mount(target, target, None, MS_BIND | MS_REC)
             remount_read_only(target)
 
 
@@ -249,7 +249,7 @@ def populate_dev(rootfs: Path, *, devpts_gid: int | None) -> None:
         target = dev / m.target.removeprefix("/dev/") if m is not DEV else dev
         os.makedirs(target, exist_ok=True)
         try:
-            _libc.mount(m.source, target, m.fstype, m.flags, m.data)
+            libc.mount(m.source, target, m.fstype, m.flags, m.data)
         except OSError:
             if m is not MQUEUE:  # a kernel without POSIX message queues: no /dev/mqueue
                 raise

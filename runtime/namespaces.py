@@ -17,20 +17,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from unionfs import _sys
-
-from . import _libc
+from unionfs import _sys, libc
 
 
 class Namespace(enum.Enum):
     """A namespace kind: its clone flag and its name under /proc/PID/ns/."""
 
-    USER = ("user", _libc.CLONE_NEWUSER)
-    MNT = ("mnt", _libc.CLONE_NEWNS)
-    PID = ("pid", _libc.CLONE_NEWPID)
-    UTS = ("uts", _libc.CLONE_NEWUTS)
-    IPC = ("ipc", _libc.CLONE_NEWIPC)
-    NET = ("net", _libc.CLONE_NEWNET)
+    USER = ("user", libc.CLONE_NEWUSER)
+    MNT = ("mnt", libc.CLONE_NEWNS)
+    PID = ("pid", libc.CLONE_NEWPID)
+    UTS = ("uts", libc.CLONE_NEWUTS)
+    IPC = ("ipc", libc.CLONE_NEWIPC)
+    NET = ("net", libc.CLONE_NEWNET)
 
     def __init__(self, proc_name: str, flag: int) -> None:
         self.proc_name = proc_name
@@ -57,7 +55,7 @@ def flags_of(namespaces: Iterable[Namespace]) -> int:
 
 
 def unshare(namespaces: Iterable[Namespace]) -> None:
-    _libc.unshare(flags_of(namespaces))
+    libc.unshare(flags_of(namespaces))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,7 +85,7 @@ def join_namespaces(pid: int, fds: dict[Namespace, int]) -> None:
         for ns in JOIN_ORDER:
             fd = fds.get(ns)
             if fd is not None:
-                _libc.setns(fd, ns.flag, what=f"/proc/{pid}/ns/{ns.proc_name}")
+                libc.setns(fd, ns.flag, what=f"/proc/{pid}/ns/{ns.proc_name}")
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -189,9 +187,9 @@ def enter_user_namespace(id_map: IdMap, extra: Iterable[Namespace] = (Namespace.
     The process must be single-threaded. Afterwards it is root in the new namespace with full
     capabilities there, and can mount FUSE, proc (in a new pid namespace), tmpfs and binds.
     """
-    flags = _libc.CLONE_NEWUSER | flags_of(extra)
+    flags = libc.CLONE_NEWUSER | flags_of(extra)
     if not id_map.needs_helpers:
-        _libc.unshare(flags)
+        libc.unshare(flags)
         _write_own_maps(id_map)
         return
     go_r, go_w = os.pipe()
@@ -207,7 +205,7 @@ def enter_user_namespace(id_map: IdMap, extra: Iterable[Namespace] = (Namespace.
             os._exit(status)
     os.close(go_r)
     try:
-        _libc.unshare(flags)
+        libc.unshare(flags)
     except BaseException:
         os.close(go_w)
         os.waitpid(helper, 0)

@@ -1,6 +1,6 @@
 """Forking the union daemon with nothing but `os` and `signal` imported.
 
-`UnionRootfs.start()` forks through here, and so does `runtime.entry` for a root `strata run`
+`UnionRootfs.start()` forks through here, and so does `strata.entry` for a root `strata run`
 before anything else is imported: the daemon's ~100 ms of imports (trio, pyfuse3, the union core;
 `runtime.rootfs` itself is imported in the child) then overlap all of the parent's start-up.
 The parent keeps the write end of the request pipe and the read end of the report pipe; see

@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, NoReturn
 
+from unionfs import libc
 from unionfs.errors import UsageError
 
-from . import _libc
 from .images import DEFAULT_PATH
 
 if TYPE_CHECKING:
@@ -230,7 +230,7 @@ def exec_process(
             _become(identity, can_setgroups=can_setgroups)
         confinement.finish(identity.uid)
         if pdeathsig is not None:  # a change of credentials cleared it
-            _libc.set_pdeathsig(pdeathsig)
+            libc.set_pdeathsig(pdeathsig)
         try:
             os.chdir(spec.workdir or "/")
         except OSError as exc:

@@ -31,10 +31,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
+from unionfs import libc
 from unionfs.config import MountOptions, UnionConfig, unique_lowers, validate
 from unionfs.errors import UsageError
 
-from . import _libc, prefork
+from . import prefork
 from .prefork import CHILD_RESET_SIGNALS, fork_daemon
 from .trace import mark
 
@@ -169,7 +170,7 @@ class UnionRootfs:
 
 
 def take_preforked(*, privileged: bool) -> UnionRootfs | None:
-    """The daemon `runtime.entry` forked at start-up (`prefork.prefork()`, always privileged),
+    """The daemon `strata.entry` forked at start-up (`prefork.prefork()`, always privileged),
     if there is one and a privileged one is wanted; the caller owns it now."""
     if not privileged:
         return None
@@ -191,7 +192,7 @@ def serve_daemon(
     try:
         for sig in CHILD_RESET_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
-        _libc.set_pdeathsig(signal.SIGTERM)
+        libc.set_pdeathsig(signal.SIGTERM)
         if os.getppid() != parent:  # the parent died before prctl: nobody needs us
             os._exit(1)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -295,18 +296,18 @@ def _wait_exit(pid: int, timeout: float) -> bool:
 
 
 def is_mounted(path: Path) -> bool:
-    from unionfs.cli import mounts_at
+    from unionfs.mountinfo import mounts_at
 
     return bool(mounts_at(path))
 
 
 def detach_if_mounted(path: Path) -> None:
     """Lazily unmount whatever is still mounted at `path` (a daemon that died uncleanly)."""
-    from unionfs.cli import mounts_at
+    from unionfs.mountinfo import mounts_at
 
     for _ in mounts_at(path):
         try:
-            _libc.umount2(path, _libc.MNT_DETACH)
+            libc.umount2(path, libc.MNT_DETACH)
         except OSError as exc:
             log.warning("cannot detach %s: %s", path, exc.strerror)
             return

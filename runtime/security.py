@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from unionfs import libc
 from unionfs.errors import UsageError
 
-from . import _libc, capabilities
+from . import capabilities
 
 SECCOMP_DEFAULT: Final = "default"
 SECCOMP_UNCONFINED: Final = "unconfined"
@@ -135,9 +136,9 @@ class Confinement:
     def enter(self) -> None:
         capabilities.drop_bounding(self.capabilities)
         if self.no_new_privileges:
-            _libc.set_no_new_privs()
+            libc.set_no_new_privs()
         if self.seccomp_program is not None:
-            _libc.load_seccomp_program(self.seccomp_program)
+            libc.load_seccomp_program(self.seccomp_program)
 
     def finish(self, uid: int) -> None:
         capabilities.set_process_caps(self.capabilities, uid=uid)

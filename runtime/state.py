@@ -325,7 +325,7 @@ class StateRoot:
 
 def remove_tree(path: Path) -> None:
     """Remove a container dir, refusing to descend into anything still mounted below it."""
-    from unionfs.cli import read_mountinfo
+    from unionfs.mountinfo import read_mountinfo
 
     prefix = str(path) + "/"
     mounted = [m.mountpoint for m in read_mountinfo() if str(m.mountpoint).startswith(prefix)]

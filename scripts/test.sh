@@ -29,6 +29,7 @@ check() {
 
 check "ruff" "$venv/bin/ruff" check .
 check "mypy" "$venv/bin/mypy"
+check "import layering" "$venv/bin/lint-imports" --no-cache
 check "pytest" "$venv/bin/pytest" -q "$@"
 # The mount tests once more with the kernel sending OPEN/RELEASE (as with a stock pyfuse3; the
 # patched one runs in FUSE's no-open mode), unless only a subset was asked for.

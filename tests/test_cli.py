@@ -25,8 +25,9 @@ from typing import Final
 
 import pytest
 
+import strata.cli as strata_cli
 from tests.helpers.mounts import skip_unless_fuse, skip_unless_root
-from unionfs import cli
+from unionfs import cli, command, libc, mountinfo, options
 from unionfs.config import DEFAULT_SPIN_US, IdMapping, WhiteoutFormat
 from unionfs.errors import UsageError
 
@@ -38,8 +39,8 @@ MOUNT_TIMEOUT: Final = 30.0
 EXIT_TIMEOUT: Final = 15.0
 
 
-def parse(*argv: str, euid: int = 0) -> cli.MountRequest:
-    return cli.parse_fuse_overlayfs_args(list(argv), euid=euid)
+def parse(*argv: str, euid: int = 0) -> options.MountRequest:
+    return options.parse_fuse_overlayfs_args(list(argv), euid=euid)
 
 
 def parse_error(*argv: str) -> str:
@@ -304,7 +305,7 @@ def test_help_and_version_exit_0_on_stdout(capsys: pytest.CaptureFixture[str]) -
     assert capsys.readouterr().out.startswith("usage: fuse-strata ")
     assert cli.fuse_strata_main(["-o", "lowerdir=/a", "/mnt", "--version"]) == 0
     assert "0.1.0" in capsys.readouterr().out
-    assert cli.strata_main(["--version"]) == 0
+    assert strata_cli.main(["--version"]) == 0
     assert "0.1.0" in capsys.readouterr().out
 
 
@@ -319,7 +320,7 @@ def test_main_prints_one_line_and_fails(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_strata_mount_takes_lowers_top_first() -> None:
-    req = cli.parse_strata_mount_args(
+    req = options.parse_strata_mount_args(
         ["--lower", "/top", "--lower", "/a:b", "--upper", "/u", "--work", "/w", "/mnt"], euid=1000
     )
     assert req.cfg.lowers == (Path("/top"), Path("/a:b"))
@@ -333,20 +334,20 @@ def test_metacopy_is_off_for_fuse_strata_and_on_for_strata_mount_by_default() ->
     # look empty to them. strata's own stack reads the marker back.
     assert not parse("-o", "lowerdir=/a", "/mnt").cfg.metacopy
     assert parse("-o", "lowerdir=/a,metacopy=on", "/mnt").cfg.metacopy
-    assert cli.parse_strata_mount_args(["--lower", "/a", "/mnt"]).cfg.metacopy
-    off = cli.parse_strata_mount_args(["--lower", "/a", "-o", "metacopy=off", "/mnt"])
+    assert options.parse_strata_mount_args(["--lower", "/a", "/mnt"]).cfg.metacopy
+    off = options.parse_strata_mount_args(["--lower", "/a", "-o", "metacopy=off", "/mnt"])
     assert not off.cfg.metacopy
 
 
 def test_spin_option_sets_how_long_the_daemon_polls() -> None:
     assert parse("-o", "lowerdir=/a", "/mnt").opts.spin_us == DEFAULT_SPIN_US
     assert parse("-o", "lowerdir=/a,spin=0", "/mnt").opts.spin_us == 0
-    req = cli.parse_strata_mount_args(["--lower", "/a", "-o", "spin=250", "/mnt"])
+    req = options.parse_strata_mount_args(["--lower", "/a", "-o", "spin=250", "/mnt"])
     assert req.opts.spin_us == 250
 
 
 def test_strata_mount_options_and_flags() -> None:
-    req = cli.parse_strata_mount_args(
+    req = options.parse_strata_mount_args(
         ["--lower", "/a", "-f", "--whiteout", "wh", "-o", "volatile,nodev", "-o", "ro", "/mnt"],
         euid=0,
     )
@@ -356,7 +357,7 @@ def test_strata_mount_options_and_flags() -> None:
     assert req.opts.read_only
     assert req.opts.allow_other
     assert set(req.opts.extra) == {"nodev", "suid"}
-    assert cli.parse_strata_mount_args(["--lower", "/a", "-d", "/mnt"]).opts.debug
+    assert options.parse_strata_mount_args(["--lower", "/a", "-d", "/mnt"]).opts.debug
 
 
 @pytest.mark.parametrize(
@@ -371,7 +372,7 @@ def test_strata_mount_options_and_flags() -> None:
 )
 def test_strata_mount_bad_arguments(argv: list[str], message: str) -> None:
     with pytest.raises(UsageError) as info:
-        cli.parse_strata_mount_args(argv)
+        options.parse_strata_mount_args(argv)
     assert str(info.value).startswith(message)
 
 
@@ -384,7 +385,7 @@ def _no_mounts_left_behind(tmp_path: Path) -> Iterator[None]:
     """Unmount (lazily) whatever a test left mounted below its tmp_path, and fail it for that."""
     yield
     root = Path(os.path.realpath(tmp_path))
-    leftovers = [m for m in cli.read_mountinfo() if root in m.mountpoint.parents]
+    leftovers = [m for m in mountinfo.read_mountinfo() if root in m.mountpoint.parents]
     for m in reversed(leftovers):
         force_unmount(m.mountpoint)
     assert not leftovers, f"mounts left behind: {[str(m.mountpoint) for m in leftovers]}"
@@ -409,8 +410,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], prog: str) -
     return lines[0]
 
 
-def mounts_at(path: Path) -> list[cli.MountEntry]:
-    return cli.mounts_at(Path(os.path.realpath(path)))
+def mounts_at(path: Path) -> list[mountinfo.MountEntry]:
+    return mountinfo.mounts_at(Path(os.path.realpath(path)))
 
 
 def alive(pid: int) -> bool:
@@ -426,7 +427,7 @@ def alive(pid: int) -> bool:
 def daemon_pids(mnt: Path) -> set[int]:
     """The processes serving the FUSE mount at `mnt` (holding its /dev/fuse connection)."""
     top = mounts_at(mnt)[-1]
-    return {pid for pid, _ in cli.fuse_device_holders(top.minor)}
+    return {pid for pid, _ in mountinfo.fuse_device_holders(top.minor)}
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -738,7 +739,7 @@ def test_fuse_strata_daemonizes_and_returns_once_the_mount_is_live(layers: Layer
         assert (layers.mnt / "both").read_text() == "from lower1\n"  # right away
         assert (layers.mnt / "base-only").read_text() == "base\n"
         assert (layers.mnt / "upper-only").read_text() == "upper\n"
-        assert cli.statfs_type(layers.mnt) == cli.FUSE_SUPER_MAGIC
+        assert libc.statfs_type(layers.mnt) == mountinfo.FUSE_SUPER_MAGIC
         pids = daemon_pids(layers.mnt)
         assert pids
         for pid in pids:
@@ -930,13 +931,13 @@ def test_an_unexpected_error_is_one_line_with_status_125(
         raise RuntimeError("a bug")
 
     monkeypatch.delenv("STRATA_DEBUG", raising=False)
-    assert cli._Runner("strata").run(broken) == 125
+    assert command.Runner("strata").run(broken) == 125
     assert capsys.readouterr().err == (
         "strata: unexpected error: RuntimeError: a bug (STRATA_DEBUG=1 shows the traceback)\n"
     )
     monkeypatch.setenv("STRATA_DEBUG", "1")
     with pytest.raises(RuntimeError, match="a bug"):
-        cli._Runner("strata").run(broken)
+        command.Runner("strata").run(broken)
 
 
 SUBCOMMANDS: Final = (

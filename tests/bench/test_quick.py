@@ -19,7 +19,7 @@ from tests.helpers.mounts import skip_unless_fuse
 STRATA = [
     sys.executable,
     "-c",
-    "import sys; from unionfs.cli import strata_main as m; sys.exit(m())",
+    "import sys; from strata.cli import main as m; sys.exit(m())",
 ]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -21,7 +21,7 @@ import pytest
 from bench.harness import PODMAN_RUN_FLAGS, private_podman
 from tests.helpers.images import BUSYBOX_DOCKER_ARCHIVE
 from tests.helpers.mounts import skip_unless_fuse, skip_unless_root
-from unionfs.cli import read_mountinfo
+from unionfs.mountinfo import read_mountinfo
 
 pytestmark = [pytest.mark.fuse, pytest.mark.root]
 

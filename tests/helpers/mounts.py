@@ -32,8 +32,8 @@ from typing import Final, NamedTuple, Self
 import pytest
 import xxhash
 
-from unionfs.cli import MountEntry
-from unionfs.cli import mounts_at as cli_mounts_at
+from unionfs.mountinfo import MountEntry
+from unionfs.mountinfo import mounts_at as cli_mounts_at
 
 MOUNT_TIMEOUT: Final = 30.0  # seconds for the daemon to make its mount
 EXIT_TIMEOUT: Final = 15.0  # seconds for the daemon to exit after its mount is gone

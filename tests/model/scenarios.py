@@ -38,8 +38,6 @@ bookkeeping xattrs, seen when the kernel reads its upper directly). Nothing else
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import functools
 import os
@@ -66,6 +64,7 @@ from tests.helpers.mounts import (
     skip_unless_kernel_overlay,
     tree_snapshot,
 )
+from unionfs import libc
 
 RENAME_NOREPLACE: Final = 1 << 0
 RENAME_EXCHANGE: Final = 1 << 1
@@ -555,16 +554,8 @@ class RemoveTree(Op):
         return f"rm -r {show_path(self.path)}"
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_renameat2 = _libc.renameat2
-_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-_renameat2.restype = ctypes.c_int
-
-
 def renameat2(old: bytes, new: bytes, flags: int) -> None:
-    if _renameat2(_AT_FDCWD, old, _AT_FDCWD, new, flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), os.fsdecode(new))
+    libc.renameat2(_AT_FDCWD, old, _AT_FDCWD, new, flags)
 
 
 @dataclass(frozen=True)

@@ -180,11 +180,11 @@ def test_image_lookup(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not a directory"):
         images.lookup_image(str(tmp_path / "file"), root)
     spec = images.ImageSpec("named", (rootfs,), images.ImageConfig(cmd=("/bin/sh",)))
-    images.register_resolver(lambda ref, r: spec if (ref, r) == ("named", root) else None)
-    try:
-        assert images.lookup_image("named", root) is spec
-    finally:
-        images._resolvers.clear()
+    def resolver(ref: str, r: Path) -> images.ImageSpec | None:
+        return spec if (ref, r) == ("named", root) else None
+
+    assert images.lookup_image("named", root, resolver) is spec
+    assert images.lookup_image(str(rootfs), root, resolver).layers == (rootfs,)
     two = images.layers_image([str(rootfs), str(tmp_path)])
     assert two.layers == (rootfs, tmp_path)
     with pytest.raises(UsageError, match="does not exist"):

@@ -2,7 +2,7 @@
 
 The daemon spends ~100 ms importing trio, pyfuse3 and the union core, and the container cannot
 start before it has mounted the rootfs. Forked from `runtime.cli` it starts only after the
-command line (unionfs.cli, the runtime's and the store's modules, argparse) has been imported
+command line (strata.cli, the runtime's and the store's modules, argparse) has been imported
 and parsed, ~40 ms in; forked here it starts right after the interpreter. Only this module and
 `runtime.prefork` (os and signal) are imported first. A daemon nobody takes (`strata run --help`, a bad option,
 `run -d`) is stopped before the command returns; rootless runs fork later, inside their user
@@ -16,22 +16,22 @@ import sys
 
 
 def strata_main() -> int:
-    """`strata COMMAND ...` (see unionfs.cli.strata_main), with the early fork for `run`.
+    """`strata COMMAND ...` (see strata.cli.main), with the early fork for `run`.
 
     Ctrl-C before the command's own error boundary is in place (while modules are imported)
     ends it quietly with 130, as Ctrl-C does later, instead of a Python traceback."""
     try:
         if sys.argv[1:2] == ["run"] and os.geteuid() == 0:
-            from . import prefork
+            from runtime import prefork
 
             prefork.prefork()
             try:
-                from unionfs.cli import strata_main as main
+                from .cli import main
 
                 return main()
             finally:
                 prefork.discard()
-        from unionfs.cli import strata_main as main
+        from .cli import main
 
         return main()
     except KeyboardInterrupt:

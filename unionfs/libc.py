@@ -1,4 +1,8 @@
-"""The only home of the runtime's foreign calls: thin ctypes wrappers over libc.
+"""The only home of strata's foreign calls: thin ctypes wrappers over libc.
+
+The union core (renameat2), the mount tools (statfs, umount2) and the runtime (mount, unshare,
+setns, pivot_root, capabilities, seccomp, prctl) all call libc through here, so the library
+is loaded once and every wrapper fails the same way.
 
 Each wrapper raises `OSError(errno, message, target)` naming what it acted on, so an error that
 reaches the command line reads as one line ("mount /c/rootfs/proc: Operation not permitted").
@@ -122,6 +126,31 @@ def mount(
 def umount2(target: str | bytes | os.PathLike[str], flags: int = 0) -> None:
     if _libc.umount2(_b(target), flags) != 0:
         raise _fail("umount", target)
+
+
+class _Statfs(ctypes.Structure):
+    # f_type is the first field (__fsword_t, a long); the rest is not read.
+    _fields_ = (("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 256))
+
+
+def statfs_type(path: str | bytes | os.PathLike[str]) -> int:
+    """statfs(2) f_type, which os.statvfs does not report."""
+    buf = _Statfs()
+    if _libc.statfs(_b(path), ctypes.byref(buf)) != 0:
+        raise _fail("statfs", path)
+    return int(buf.f_type)
+
+
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+_renameat2.restype = ctypes.c_int
+
+
+def renameat2(olddirfd: int, oldname: bytes, newdirfd: int, newname: bytes, flags: int = 0) -> None:
+    """renameat2(2) on (dirfd, name) pairs; raises OSError naming the new name."""
+    if _renameat2(olddirfd, oldname, newdirfd, newname, flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), os.fsdecode(newname))
 
 
 def pivot_root(new_root: str | os.PathLike[str], put_old: str | os.PathLike[str]) -> None:
