@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
 
+from unionfs.mountinfo import fuse_device_holders, is_mounted, mounts_at
+
 from .data import DataSet
 
 MOUNT_TIMEOUT: Final = 30.0
@@ -217,14 +219,6 @@ def _unmount(name: str, mnt: Path) -> None:
         _wait_for_exit(pid)
 
 
-def is_mounted(mnt: Path) -> bool:
-    """Whether something is mounted on `mnt`, from mountinfo: os.path.ismount() stats the path,
-    which fails on a mount whose daemon died (ENOTCONN) and would call it unmounted."""
-    from unionfs.mountinfo import mounts_at
-
-    return bool(mounts_at(mnt))
-
-
 def _wait_for_mount(mnt: Path) -> None:
     deadline = time.monotonic() + MOUNT_TIMEOUT
     while not is_mounted(mnt):
@@ -260,7 +254,6 @@ def _daemon_pid(mnt: Path) -> int | None:
     which a hung daemon would hang). Else, on kernels whose fdinfo does not say, the process
     with our unique mount point as one of its arguments and /dev/fuse open.
     """
-    from unionfs.mountinfo import fuse_device_holders, mounts_at
 
     entries = mounts_at(mnt)
     if entries:

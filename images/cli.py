@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from runtime.cli import add_inspect_arguments
+from runtime.cli import add_inspect_arguments, add_root, root_path
 from unionfs.command import Runner, Subcommand
 from unionfs.errors import UsageError
 
@@ -25,16 +25,10 @@ if TYPE_CHECKING:
     from .store import ImageRecord, ImageStore
 
 
-def _root_of(args: argparse.Namespace) -> Path:
-    from runtime.state import default_root
-
-    return Path(os.path.abspath(args.root)) if args.root else default_root()
-
-
 def _store(args: argparse.Namespace) -> ImageStore:
     from .store import ImageStore
 
-    return ImageStore(_root_of(args))
+    return ImageStore(root_path(args))
 
 
 def resolve(ref: str, root: Path) -> ImageSpec | None:
@@ -65,17 +59,11 @@ def _inspect_any(args: argparse.Namespace, runner: Runner) -> int:
     return 0
 
 
-def _add_root(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--root", metavar="DIR", help="state root (as for strata run; or $STRATA_ROOT)"
-    )
-
-
 # -- load / import ---------------------------------------------------------------------------
 
 
 def _add_load(parser: argparse.ArgumentParser) -> None:
-    _add_root(parser)
+    add_root(parser)
     parser.add_argument(
         "-i", "--input", metavar="FILE", help="archive or OCI layout (default: stdin)"
     )
@@ -99,7 +87,7 @@ def _run_load(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _add_save(parser: argparse.ArgumentParser) -> None:
-    _add_root(parser)
+    add_root(parser)
     parser.add_argument("image", metavar="IMAGE")
     parser.add_argument("-o", "--output", required=True, metavar="FILE")
     parser.add_argument(
@@ -115,7 +103,7 @@ def _run_save(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _add_import(parser: argparse.ArgumentParser) -> None:
-    _add_root(parser)
+    add_root(parser)
     parser.add_argument("file", metavar="ROOTFS.tar", help="a rootfs tarball ('-': stdin)")
     parser.add_argument("reference", nargs="?", metavar="NAME[:TAG]")
     parser.add_argument(
@@ -138,7 +126,7 @@ def _run_import(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _add_commit(parser: argparse.ArgumentParser) -> None:
-    _add_root(parser)
+    add_root(parser)
     parser.add_argument("container", metavar="CONTAINER")
     parser.add_argument("reference", nargs="?", metavar="NAME[:TAG]")
     parser.add_argument("-m", "--message", default="", help="a comment for the history entry")
@@ -153,7 +141,7 @@ def _run_commit(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _add_build(parser: argparse.ArgumentParser) -> None:
-    _add_root(parser)
+    add_root(parser)
     parser.add_argument("context", metavar="CONTEXT", help="the build context directory")
     parser.add_argument(
         "-f", "--file", metavar="DOCKERFILE", help="the Dockerfile (default: CONTEXT/Dockerfile)"
@@ -200,7 +188,7 @@ def _run_build(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _add_images(parser: argparse.ArgumentParser) -> None:
-    _add_root(parser)
+    add_root(parser)
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.add_argument("-q", "--quiet", action="store_true", help="only ids")
 
@@ -247,7 +235,7 @@ def _run_images(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _add_ref(parser: argparse.ArgumentParser) -> None:
-    _add_root(parser)
+    add_root(parser)
     parser.add_argument("image", metavar="IMAGE")
 
 
@@ -288,7 +276,7 @@ def _run_history(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _add_tag(parser: argparse.ArgumentParser) -> None:
-    _add_root(parser)
+    add_root(parser)
     parser.add_argument("image", metavar="IMAGE")
     parser.add_argument("target", metavar="NAME[:TAG]")
 
@@ -299,7 +287,7 @@ def _run_tag(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _add_rmi(parser: argparse.ArgumentParser) -> None:
-    _add_root(parser)
+    add_root(parser)
     parser.add_argument("-f", "--force", action="store_true", help="even if containers use it")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
 
@@ -313,7 +301,7 @@ def _run_rmi(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _add_prune(parser: argparse.ArgumentParser) -> None:
-    _add_root(parser)
+    add_root(parser)
 
 
 def _run_prune(args: argparse.Namespace, runner: Runner) -> int:

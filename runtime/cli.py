@@ -15,6 +15,7 @@ import argparse
 import gc
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from unionfs.command import Runner, Subcommand
@@ -31,7 +32,8 @@ _NETWORKS: Final = ("none", "host", "bridge")
 DEFAULT_NETWORK: Final = "host"
 
 
-def _add_root(parser: argparse.ArgumentParser) -> None:
+def add_root(parser: argparse.ArgumentParser) -> None:
+    """`--root DIR`: where containers and images live (the image store's commands take it too)."""
     parser.add_argument(
         "--root",
         metavar="DIR",
@@ -40,16 +42,21 @@ def _add_root(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def root_path(args: argparse.Namespace) -> Path:
+    """The state root `--root` names, else the default for this user."""
+    from .state import default_root
+
+    return Path(os.path.abspath(args.root)) if args.root else default_root()
+
+
 def _state_root(args: argparse.Namespace) -> StateRoot:
-    from pathlib import Path
+    from .state import StateRoot
 
-    from .state import StateRoot, default_root
-
-    return StateRoot(Path(os.path.abspath(args.root)) if args.root else default_root())
+    return StateRoot(root_path(args))
 
 
 def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None:
-    _add_root(parser)
+    add_root(parser)
     parser.add_argument("--name", default="", help="a unique name for the container")
     parser.add_argument(
         "--lower",
@@ -300,7 +307,7 @@ def _create(args: argparse.Namespace, runner: Runner, resolver: Resolver | None)
 
 
 def _add_start_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_root(parser)
+    add_root(parser)
     parser.add_argument(
         "-a", "--attach", action="store_true", help="stay attached (output, exit status)"
     )
@@ -322,7 +329,7 @@ def _start(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _add_exec_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_root(parser)
+    add_root(parser)
     parser.add_argument("-i", "--interactive", action="store_true")
     parser.add_argument("-t", "--tty", action="store_true")
     parser.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
@@ -362,7 +369,7 @@ def _exec(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _add_ps_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_root(parser)
+    add_root(parser)
     parser.add_argument("-a", "--all", action="store_true", help="also stopped containers")
     parser.add_argument("-q", "--quiet", action="store_true", help="only ids")
     parser.add_argument("--no-trunc", action="store_true", help="full ids and commands")
@@ -391,7 +398,7 @@ def _ps(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _add_stop_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_root(parser)
+    add_root(parser)
     parser.add_argument(
         "-t", "--time", type=float, default=10.0, metavar="SECONDS",
         help="wait this long after SIGTERM before SIGKILL (default 10)",
@@ -410,7 +417,7 @@ def _stop(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _add_kill_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_root(parser)
+    add_root(parser)
     parser.add_argument("-s", "--signal", default="KILL", help="name or number (default KILL)")
     parser.add_argument("containers", nargs="+", metavar="CONTAINER")
 
@@ -443,7 +450,7 @@ def _kill(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _add_rm_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_root(parser)
+    add_root(parser)
     parser.add_argument("-f", "--force", action="store_true", help="kill it first if running")
     parser.add_argument("containers", nargs="+", metavar="CONTAINER")
 
@@ -464,7 +471,7 @@ def _rm(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _add_logs_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_root(parser)
+    add_root(parser)
     parser.add_argument("-f", "--follow", action="store_true", help="until the container stops")
     parser.add_argument("container", metavar="CONTAINER")
 
@@ -478,7 +485,7 @@ def _logs(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_root(parser)
+    add_root(parser)
     parser.add_argument("containers", nargs="+", metavar="CONTAINER")
 
 

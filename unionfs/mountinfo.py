@@ -64,7 +64,8 @@ def mounts_at(path: Path) -> list[MountEntry]:
 
 
 def is_mounted(path: Path) -> bool:
-    """Whether something is mounted on `path` (already resolved)."""
+    """Whether something is mounted on `path` (already resolved). From mountinfo, because
+    os.path.ismount() stats the path, which fails on a mount whose daemon died (ENOTCONN)."""
     return bool(mounts_at(path))
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.workloads import WORKLOAD_IDS
-from tests.helpers.mounts import skip_unless_fuse
+from tests.helpers.mounts import is_mounted, skip_unless_fuse
 
 STRATA = [
     sys.executable,
@@ -160,7 +160,7 @@ def test_ctrl_c_unmounts_cleans_up_and_still_reports(data_dir: Path, tmp_path: P
 @pytest.mark.fuse
 def test_a_dead_daemons_mount_is_still_unmounted(data_dir: Path) -> None:
     skip_unless_fuse()
-    from bench.backends import backend_named, is_mounted, mounted
+    from bench.backends import backend_named, mounted
     from bench.data import QUICK, prepare
 
     data = prepare(data_dir, QUICK, log=False)

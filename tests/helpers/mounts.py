@@ -32,8 +32,8 @@ from typing import Final, NamedTuple, Self
 import pytest
 import xxhash
 
+from unionfs import mountinfo
 from unionfs.mountinfo import MountEntry
-from unionfs.mountinfo import mounts_at as cli_mounts_at
 
 MOUNT_TIMEOUT: Final = 30.0  # seconds for the daemon to make its mount
 EXIT_TIMEOUT: Final = 15.0  # seconds for the daemon to exit after its mount is gone
@@ -89,11 +89,11 @@ def _kernel_has_overlay() -> bool:
 
 def mounts_at(path: Path | str) -> list[MountEntry]:
     """Mounts whose mount point is `path` (after realpath), oldest first."""
-    return cli_mounts_at(Path(os.path.realpath(path)))
+    return mountinfo.mounts_at(Path(os.path.realpath(path)))
 
 
 def is_mounted(path: Path | str) -> bool:
-    return bool(mounts_at(path))
+    return mountinfo.is_mounted(Path(os.path.realpath(path)))
 
 
 CRASH_STRIDE: Final = 16 * 1024
