@@ -24,17 +24,13 @@ from pathlib import Path
 from typing import Final
 
 from unionfs.errors import UsageError
+from unionfs.mountinfo import read_mountinfo
 
 _TIMEOUT: Final = 10.0
 
 
 def _cgroup2_mount() -> Path | None:
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            if right.split(" ", 1)[0] == "cgroup2":
-                return Path(left.split(" ")[4].replace("\\040", " "))
-    return None
+    return next((m.mountpoint for m in read_mountinfo() if m.fstype == "cgroup2"), None)
 
 
 def own_cgroup(pid: int, container_id: str) -> Path | None:

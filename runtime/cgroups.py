@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Final
 
 from unionfs.errors import UsageError
+from unionfs.mountinfo import read_mountinfo
 
 _SIZE: Final = re.compile(r"(\d+)([bkmg]?)b?", re.IGNORECASE)
 _UNITS: Final = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -58,16 +59,12 @@ def _mounted_hierarchies() -> tuple[Path | None, dict[str, Path]]:
     """The cgroup2 mount point and the v1 mount point of each controller."""
     v2 = None
     v1: dict[str, Path] = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fstype, _, options = right.split(" ", 2)
-            point = Path(left.split(" ")[4].replace("\\040", " "))
-            if fstype == "cgroup2" and v2 is None:
-                v2 = point
-            elif fstype == "cgroup":
-                for option in options.strip().split(","):
-                    v1.setdefault(option, point)
+    for m in read_mountinfo():
+        if m.fstype == "cgroup2" and v2 is None:
+            v2 = m.mountpoint
+        elif m.fstype == "cgroup":
+            for option in m.super_options.split(","):
+                v1.setdefault(option, m.mountpoint)
     return v2, v1
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Final
 
 from unionfs import libc
 from unionfs.libc import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT
+from unionfs.mountinfo import mounts_under
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +187,7 @@ def mount_sys(rootfs: Path, *, writable: bool = False) -> None:
             raise
     bind("/sys", target)
     if not writable:
-        for below in _mounts_below(target):
+        for below in mounts_under(target):
             remount_read_only(below)
 
 
@@ -222,19 +222,6 @@ def bind_console(rootfs: Path, pty: str) -> None:
     """The container's terminal (a pty of its devpts, `/dev/pts/N`) as /dev/console, as runc
     does with a terminal."""
     bind(resolve_in_root(rootfs, pty), resolve_in_root(rootfs, "/dev/console"), recursive=False)
-
-
-def _mounts_below(path: Path) -> list[Path]:
-    """`path` and every mount point under it, top-down (from /proc/self/mountinfo)."""
-    found = []
-    prefix = str(path).rstrip("/") + "/"
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            field = line.split(b" ")[4].decode()
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
-            if point == str(path) or point.startswith(prefix):
-                found.append(Path(point))
-    return found
 
 
 def populate_dev(rootfs: Path, *, devpts_gid: int | None) -> None:

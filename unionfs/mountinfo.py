@@ -31,6 +31,7 @@ class MountEntry(NamedTuple):
     mountpoint: Path
     fstype: str
     source: str
+    super_options: str = ""  # the filesystem's own options (cgroup v1: its controllers)
 
 
 def _unescape_mountinfo(field_: str) -> str:
@@ -44,7 +45,7 @@ def read_mountinfo() -> list[MountEntry]:
             left, _, right = os.fsdecode(raw.rstrip(b"\n")).partition(" - ")
             fields = left.split(" ")
             major, _, minor = fields[2].partition(":")
-            fstype, source, *_ = right.split(" ")
+            fstype, source, *rest = right.split(" ")
             entries.append(
                 MountEntry(
                     mount_id=int(fields[0]),
@@ -53,6 +54,7 @@ def read_mountinfo() -> list[MountEntry]:
                     mountpoint=Path(_unescape_mountinfo(fields[4])),
                     fstype=fstype,
                     source=_unescape_mountinfo(source),
+                    super_options=rest[0] if rest else "",
                 )
             )
     return entries
@@ -71,7 +73,11 @@ def is_mounted(path: Path) -> bool:
 
 def mounts_under(path: Path) -> list[Path]:
     """`path` and every mount point below it, in mountinfo order (parents before children)."""
-    return [m.mountpoint for m in read_mountinfo() if m.mountpoint == path or path in m.mountpoint.parents]
+    return [
+        m.mountpoint
+        for m in read_mountinfo()
+        if m.mountpoint == path or path in m.mountpoint.parents
+    ]
 
 
 def resolve_parent(path: Path) -> Path:
