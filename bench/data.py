@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-DEFAULT_DATA_DIR: Final = Path("/var/tmp/strata-bench")
 CACHED_ROOTFS: Final = Path("/var/cache/strata-tests/bookworm-minbase-python3")
 STAMP: Final = ".complete"
 DATA_VERSION: Final = 3  # bump when the layout changes: older cached data is rebuilt

@@ -27,18 +27,14 @@ MS_REMOUNT: Final = 0x20
 MS_NOATIME: Final = 0x400
 MS_NODIRATIME: Final = 0x800
 MS_BIND: Final = 0x1000
-MS_MOVE: Final = 0x2000
 MS_REC: Final = 0x4000
-MS_PRIVATE: Final = 1 << 18
 MS_SLAVE: Final = 1 << 19
 MS_RELATIME: Final = 1 << 21
-MS_STRICTATIME: Final = 1 << 24
 
 MNT_DETACH: Final = 0x2
 
 # clone/unshare/setns flags (linux/sched.h)
 CLONE_NEWNS: Final = 0x00020000
-CLONE_NEWCGROUP: Final = 0x02000000
 CLONE_NEWUTS: Final = 0x04000000
 CLONE_NEWIPC: Final = 0x08000000
 CLONE_NEWUSER: Final = 0x10000000
