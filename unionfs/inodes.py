@@ -14,12 +14,13 @@ import errno
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, NewType
+from typing import TYPE_CHECKING, Final, NewType
 
 import trio
 import xxhash
 
-from .layers import Listing
+if TYPE_CHECKING:
+    from .layers import Listing
 
 InodeNo = NewType("InodeNo", int)
 ROOT: Final = InodeNo(1)
@@ -183,4 +184,4 @@ class InodeTable:
                     self._drop(parent)
 
 
-__all__ = ["ROOT", "InodeNo", "InodeTable", "Listing", "LowerEntry", "Node", "encode_ino"]
+__all__ = ["ROOT", "InodeNo", "InodeTable", "LowerEntry", "Node", "encode_ino"]

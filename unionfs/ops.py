@@ -31,7 +31,8 @@ from typing import Final
 
 import pyfuse3
 
-from .core import Attr, Caller, SetAttr, UnionFS
+from .attrs import Attr, Caller, SetAttr
+from .core import UnionFS
 
 log = logging.getLogger(__name__)
 

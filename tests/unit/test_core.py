@@ -29,8 +29,10 @@ from tests.helpers.mounts import (
     skip_unless_root,
     tree_snapshot,
 )
+from unionfs.attrs import Attr, Caller, SetAttr
 from unionfs.config import UnionConfig, WhiteoutFormat, validate
-from unionfs.core import SHARED_WHITEOUT, Attr, Caller, SetAttr, UnionFS
+from unionfs.core import UnionFS
+from unionfs.dirops import SHARED_WHITEOUT
 from unionfs.errors import UsageError
 from unionfs.inodes import ROOT
 
@@ -655,8 +657,8 @@ async def test_copy_up_keeps_metadata(
     st = os.lstat(up)
     assert (await attr(fs, trigger.result)).ino == ino, "st_ino changed by copy-up"
     assert (await attr(fs, "d")).ino == dir_ino
-    assert fs.origin_xattr is not None
-    assert os.getxattr(up, fs.origin_xattr) == struct.pack("<Q", ino)
+    assert fs.work.origin_xattr is not None
+    assert os.getxattr(up, fs.work.origin_xattr) == struct.pack("<Q", ino)
     data = up.read_bytes()
     if metacopy and trigger.metadata_only:  # a hole of the right size, the data stays below
         assert data == bytes(len(LOWER_DATA))
@@ -679,7 +681,7 @@ async def test_copy_up_keeps_metadata(
         expected["user.added"] = b"new"
     if trigger.name == "removexattr":
         del expected["user.extra"]
-    private = (fs.origin_xattr, "trusted.strata.metacopy")
+    private = (fs.work.origin_xattr, "trusted.strata.metacopy")
     assert {k: v for k, v in got.items() if k not in private} == expected
     # the parent came up first, with its own metadata
     dst = os.lstat(upper / "d")
@@ -1024,16 +1026,16 @@ async def test_private_xattrs_are_not_listed_gettable_or_settable(
     fs = union()
     f, d = await node(fs, "f"), await node(fs, "d")
     await fs.setxattr(f, "user.other", b"2")  # copies f up, with an origin xattr
-    assert fs.origin_xattr is not None
-    assert fs.origin_xattr in os.listxattr(upper / "f")
+    assert fs.work.origin_xattr is not None
+    assert fs.work.origin_xattr in os.listxattr(upper / "f")
     assert sorted(await fs.listxattr(f)) == ["user.mine", "user.other"]
     assert await fs.listxattr(d) == []
     for target in (f, d):
-        for name in (*PRIVATE_XATTRS, fs.origin_xattr):
+        for name in (*PRIVATE_XATTRS, fs.work.origin_xattr):
             await raises_errno(errno.ENODATA, fs.getxattr(target, name))
             assert await errno_of(fs.setxattr(target, name, b"y")) in (errno.EPERM, errno.EACCES)
             assert await errno_of(fs.removexattr(target, name)) in (errno.ENODATA, errno.EPERM)
-    assert os.getxattr(upper / "f", fs.origin_xattr) == struct.pack("<Q", (await attr(fs, "f")).ino)
+    assert os.getxattr(upper / "f", fs.work.origin_xattr) == struct.pack("<Q", (await attr(fs, "f")).ino)
     assert "trusted.overlay.opaque" not in xattrs(upper / "f")
 
 
