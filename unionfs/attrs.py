@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 
 from . import copyup, fileio, readdir
 from .errors import fs_error
-from .inodes import ROOT, InodeNo, Node
+from .inodes import ROOT, FileNode, InodeNo, Node
 from .layers import UPPER
 
 if TYPE_CHECKING:
+    from .config import IdMapping
     from .core import UnionFS
 
 log = logging.getLogger(__name__)
@@ -27,18 +28,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who asks: new objects are owned by uid/gid; umask applies where the kernel left it to us."""
+    """Who asks: new objects are owned by uid/gid (the umask is applied by the adapter)."""
 
     uid: int = 0
     gid: int = 0
-    umask: int = 0o022
-    pid: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Attr:
-    nodeid: InodeNo
-    ino: int
+    nodeid: InodeNo  # == st_ino
     mode: int
     nlink: int
     uid: int
@@ -67,26 +65,26 @@ class SetAttr:
 
 def node_stat(fs: UnionFS, node: Node) -> os.stat_result:
     if not node.links and node.nodeid != ROOT:
-        if isinstance(node.unlinked_st, os.stat_result):
-            return node.unlinked_st
-        if node.fd >= 0:
-            return os.fstat(node.fd)
+        if isinstance(node, FileNode):
+            if node.unlinked_st is not None:
+                return node.unlinked_st
+            if node.fd >= 0:
+                return os.fstat(node.fd)
         raise fs_error(errno.ENOENT)
     if node.upper:
         fd, name = fs.layers.where(node, UPPER)
         return os.stat(name, dir_fd=fd, follow_symlinks=False)
-    if node.lower_st is None:
+    st = node.lower_st
+    if st is None:
         fd, name = fs.layers.where(node, node.lower)
-        node.lower_st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-    assert isinstance(node.lower_st, os.stat_result)
-    return node.lower_st
+        st = node.lower_st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    return st
 
 
 def node_attr(fs: UnionFS, node: Node) -> Attr:
     """The attributes the kernel sees; cached for objects only in lower layers, which cannot
     change until they are copied up or lose a name (both drop the cache)."""
     if node.attr is not None and not node.upper:
-        assert isinstance(node.attr, Attr)
         return node.attr
     attr = make_attr(fs, node, node_stat(fs, node))
     if not node.upper and node.links:
@@ -98,9 +96,10 @@ def make_attr(fs: UnionFS, node: Node, st: os.stat_result) -> Attr:
     nlink = st.st_nlink
     if not node.links and node.nodeid != ROOT:
         nlink = 0
-    elif node.upper and node.nlink_extra:
-        nlink += node.nlink_extra
-    elif node.is_dir and len(node.lowers) + node.upper > 1:
+    elif isinstance(node, FileNode):
+        if node.upper and node.nlink_extra:
+            nlink += node.nlink_extra
+    elif len(node.lowers) + node.upper > 1:
         if not node.opaque_checked:
             readdir.lower_view(fs, node)  # cuts node.lowers at an opaque layer
         if len(node.lowers) + node.upper > 1:
@@ -116,7 +115,7 @@ def make_attr(fs: UnionFS, node: Node, st: os.stat_result) -> Attr:
     if cfg.squash_gid is not None:
         gid = cfg.squash_gid
     blocks = st.st_blocks
-    if node.redirect is not None:
+    if isinstance(node, FileNode) and node.redirect is not None:
         try:  # a metacopy file reports its data's blocks, as overlayfs does
             src = fileio.data_source(fs, node)
         except OSError:
@@ -125,7 +124,6 @@ def make_attr(fs: UnionFS, node: Node, st: os.stat_result) -> Attr:
             blocks = src.st.st_blocks
     return Attr(
         nodeid=node.nodeid,
-        ino=node.ino,
         mode=st.st_mode,
         nlink=nlink,
         uid=uid,
@@ -194,6 +192,8 @@ def setattr_unlinked(fs: UnionFS, node: Node, changes: SetAttr) -> Attr:
     Only an upper file can be changed: the fds of a lower or metacopy file are on a lower
     layer, which must never change, and a file without a name cannot be copied up.
     """
+    if not isinstance(node, FileNode):
+        raise fs_error(errno.ENOENT)
     if not node.upper or node.redirect is not None:
         raise fs_error(errno.EROFS)
     fd = node.fd
@@ -220,12 +220,9 @@ def setattr_unlinked(fs: UnionFS, node: Node, changes: SetAttr) -> Attr:
     return node_attr(fs, node)
 
 
-def _map_id(value: int, mapping: tuple[object, ...], *, inward: bool) -> int:
+def _map_id(value: int, mapping: tuple[IdMapping, ...], *, inward: bool) -> int:
     """Translate an id through uidmapping=/gidmapping= ranges (unmapped ids pass unchanged)."""
-    from .config import IdMapping
-
     for m in mapping:
-        assert isinstance(m, IdMapping)
         src, dst = (m.outside, m.inside) if inward else (m.inside, m.outside)
         if src <= value < src + m.count:
             return dst + (value - src)

@@ -38,14 +38,7 @@ from pathlib import Path
 from typing import Final, NamedTuple, NoReturn
 
 from . import __version__
-from .config import (
-    DEFAULT_SPIN_US,
-    IdMapping,
-    MountOptions,
-    UnionConfig,
-    WhiteoutFormat,
-    validate,
-)
+from .config import DEFAULT_SPIN_US, IdMapping, MountOptions, UnionConfig, WhiteoutFormat, validate
 from .errors import UsageError
 
 STRATA: Final = "strata"

@@ -15,17 +15,16 @@ import logging
 import os
 import stat
 import struct
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import trio
 
 from . import _sys, attrs, fileio, lookup
 from .errors import fs_error
-from .inodes import ROOT, Node
+from .inodes import ROOT, DirNode, FileNode, Node
 from .layers import UPPER
-from .whiteout import (
-    is_private_xattr,
-)
+from .whiteout import is_private_xattr
 from .workdir import remove_tree, restore_times
 
 if TYPE_CHECKING:
@@ -68,7 +67,7 @@ async def copy_up(
         for ancestor in reversed(chain[1:]):
             await copy_up_node(fs, ancestor, data=True, metadata_only=False)
         await copy_up_node(fs, node, data=data, metadata_only=metadata_only)
-    if node.redirect is not None and node.upper:
+    if isinstance(node, FileNode) and node.redirect is not None and node.upper:
         if not metadata_only:
             await copy_up_data(fs, node, data=data)
         else:
@@ -80,7 +79,7 @@ async def copy_up_node(fs: UnionFS, node: Node, *, data: bool, metadata_only: bo
     async with node.lock:
         if node.upper:
             return
-        if node.is_dir:
+        if isinstance(node, DirNode):
             copy_up_dir(fs, node)
         elif stat.S_ISREG(node.kind) and attrs.node_stat(fs, node).st_nlink > 1:
             # No metacopy for hard links: a later data copy-up would have to move every
@@ -90,12 +89,13 @@ async def copy_up_node(fs: UnionFS, node: Node, *, data: bool, metadata_only: bo
             meta = metadata_only and can_metacopy(fs, node)
             await copy_up_one(fs, node, data=data, meta=meta)
         node.upper = True
-        fileio.drop_fd(fs, node)  # it was on the lower file
-        if node.is_dir and fs.invalidate is not None:
+        if isinstance(node, FileNode):
+            fileio.drop_fd(fs, node)  # it was on the lower file
+        elif fs.invalidate is not None:
             fs.invalidate(node.nodeid)  # now merged: its st_nlink became 1
 
 
-def can_metacopy(fs: UnionFS, node: Node) -> bool:
+def can_metacopy(fs: UnionFS, node: FileNode) -> bool:
     """A metadata change of this lower node may leave its data below (an empty file has
     nothing worth deferring, and is never a metacopy file)."""
     return (
@@ -105,18 +105,18 @@ def can_metacopy(fs: UnionFS, node: Node) -> bool:
     )
 
 
-def copy_up_dir(fs: UnionFS, node: Node) -> None:
+def copy_up_dir(fs: UnionFS, node: DirNode) -> None:
     parent = node.parent
     assert parent is not None
     src_fd, name = fs.layers.where(node, node.lower)
     st = attrs.node_stat(fs, node)
     tmp = fs.work.tmpname()
     os.mkdir(tmp, 0o700, dir_fd=fs.work.tmp_fd)
-    copy_meta(fs, src_fd, name, fs.work.tmp_fd, tmp, st, origin_of(fs, node))
+    copy_meta(fs, src_fd, name, fs.work.tmp_fd, tmp, st, node.nodeid)
     rename_into_place(fs, tmp, parent, node.name)
 
 
-async def copy_up_one(fs: UnionFS, node: Node, *, data: bool, meta: bool = False) -> None:
+async def copy_up_one(fs: UnionFS, node: FileNode, *, data: bool, meta: bool = False) -> None:
     """Copy a non-directory up; retried if it was moved while its data was copied.
 
     `meta`: make a metacopy file whose marker records the path the file has now, which is
@@ -130,7 +130,7 @@ async def copy_up_one(fs: UnionFS, node: Node, *, data: bool, meta: bool = False
         src_fd = fs.layers.dirfd(parent, node.lower)
         marker = relpath(fs, node) if meta else None
         st = attrs.node_stat(fs, node)
-        tmp = await build_copy(fs, node, src_fd, name, st, data, marker)
+        tmp = await build_copy(fs, CopyUpCtx(node, src_fd, name, st, data, marker))
         if node.parent is parent and node.name == name and parent.upper:
             rename_into_place(fs, tmp, parent, name)
             if stat.S_ISREG(st.st_mode) and marker is None and data and st.st_size > 0:
@@ -143,7 +143,7 @@ async def copy_up_one(fs: UnionFS, node: Node, *, data: bool, meta: bool = False
         await copy_up(fs, node.parent or parent)
 
 
-async def copy_up_data(fs: UnionFS, node: Node, *, data: bool) -> None:
+async def copy_up_data(fs: UnionFS, node: FileNode, *, data: bool) -> None:
     """Give a metacopy upper file its data (none with data=False), atomically.
 
     The whole file is built in the work dir -- data from where the marker leads, metadata
@@ -159,7 +159,7 @@ async def copy_up_data(fs: UnionFS, node: Node, *, data: bool) -> None:
             name = node.name
             pfd = fs.layers.dirfd(parent, UPPER)
             st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-            tmp = await build_copy(fs, node, pfd, name, st, data, None)
+            tmp = await build_copy(fs, CopyUpCtx(node, pfd, name, st, data))
             if node.parent is parent and node.name == name:
                 pst = os.stat(pfd)
                 # Swapped, not renamed over: ext4 (auto_da_alloc) would flush the whole new
@@ -198,18 +198,27 @@ def mark_upper_layer(fs: UnionFS) -> None:
     fs.layers.marker_layers[UPPER] = True
 
 
-async def build_copy(
-    fs: UnionFS,
-    node: Node,
-    src_fd: int,
-    name: bytes,
-    st: os.stat_result,
-    data: bool,
-    marker: bytes | None,
-) -> bytes:
-    """Build node's copy in the work dir from (src_fd, name) and its metadata `st`.
+@dataclass(frozen=True, slots=True)
+class CopyUpCtx:
+    """What one copy of a non-directory needs, gathered once (overlayfs's `ovl_copy_up_ctx`).
 
-    A regular file gets its data from wherever node's data is (`_open_data`); with a
+    The copy is made from `name` in the directory `src_fd` (the lower file, or a metacopy upper
+    file getting its data) with the metadata `st`. `data`: copy the data (False when the caller
+    empties the file at once). `marker`: make a metacopy file recording this path instead.
+    """
+
+    node: FileNode
+    src_fd: int
+    name: bytes
+    st: os.stat_result
+    data: bool
+    marker: bytes | None = None
+
+
+async def build_copy(fs: UnionFS, ctx: CopyUpCtx) -> bytes:
+    """Build the copy `ctx` describes in the work dir and return its name there.
+
+    A regular file gets its data from wherever node's data is (`fileio.open_data`); with a
     `marker` it gets none, only its size (a hole) and the metacopy xattr. Copied data is
     fsync'ed before the copy is returned (not with `volatile`), as overlayfs does: the copy
     is renamed into place next, and after a power loss the name must not show an empty or
@@ -218,7 +227,7 @@ async def build_copy(
     """
     tmp = fs.work.tmpname()
     try:
-        await build_copy_at(fs, node, src_fd, name, st, data, marker, tmp)
+        await build_copy_at(fs, ctx, tmp)
     except BaseException:
         with contextlib.suppress(OSError):  # never hide the error that stopped the copy
             remove_tree(fs.work.tmp_fd, tmp)
@@ -226,20 +235,13 @@ async def build_copy(
     return tmp
 
 
-async def build_copy_at(
-    fs: UnionFS,
-    node: Node,
-    src_fd: int,
-    name: bytes,
-    st: os.stat_result,
-    data: bool,
-    marker: bytes | None,
-    tmp: bytes,
-) -> None:
+async def build_copy_at(fs: UnionFS, ctx: CopyUpCtx, tmp: bytes) -> None:
+    st, marker = ctx.st, ctx.marker
     mode = st.st_mode
     if stat.S_ISREG(mode):
         # The data is opened first: missing metacopy data (EIO) leaves nothing behind.
-        src = fileio.open_data(fs, node) if marker is None and data and st.st_size > 0 else -1
+        wanted = marker is None and ctx.data and st.st_size > 0
+        src = fileio.open_data(fs, ctx.node) if wanted else -1
         try:
             dst = os.open(
                 tmp,
@@ -267,10 +269,10 @@ async def build_copy_at(
             if src >= 0:
                 os.close(src)
     elif stat.S_ISLNK(mode):
-        os.symlink(os.readlink(name, dir_fd=src_fd), tmp, dir_fd=fs.work.tmp_fd)
+        os.symlink(os.readlink(ctx.name, dir_fd=ctx.src_fd), tmp, dir_fd=fs.work.tmp_fd)
     else:
         os.mknod(tmp, mode, st.st_rdev, dir_fd=fs.work.tmp_fd)
-    copy_meta(fs, src_fd, name, fs.work.tmp_fd, tmp, st, origin_of(fs, node))
+    copy_meta(fs, ctx.src_fd, ctx.name, fs.work.tmp_fd, tmp, st, ctx.node.nodeid)
 
 
 def sync_dir(fs: UnionFS, fd: int) -> None:
@@ -307,11 +309,7 @@ def copy_meta(
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst_fd, follow_symlinks=False)
 
 
-def origin_of(fs: UnionFS, node: Node) -> int:
-    return node.ino
-
-
-def rename_into_place(fs: UnionFS, tmp: bytes, parent: Node, name: bytes) -> None:
+def rename_into_place(fs: UnionFS, tmp: bytes, parent: DirNode, name: bytes) -> None:
     """Move a finished copy from the work dir into parent's upper dir, keeping its times."""
     pfd = fs.layers.dirfd(parent, UPPER)
     pst = os.stat(pfd)
@@ -323,7 +321,7 @@ def rename_into_place(fs: UnionFS, tmp: bytes, parent: Node, name: bytes) -> Non
     restore_times(pfd, pst)
 
 
-async def copy_up_hardlinked(fs: UnionFS, node: Node, *, data: bool) -> None:
+async def copy_up_hardlinked(fs: UnionFS, node: FileNode, *, data: bool) -> None:
     """Copy up a multiply-linked lower file once and link every visible name to the copy."""
     await copy_up_one(fs, node, data=data)
     parent = node.parent
@@ -335,13 +333,15 @@ async def copy_up_hardlinked(fs: UnionFS, node: Node, *, data: bool) -> None:
     group = index.get(st.st_ino, [])
     for path in group:
         try:
-            dirnode = fs.inodes.get(ROOT)
+            dirnode: Node = fs.root
             for comp in path[:-1]:
                 dirnode = lookup.lookup_node(fs, dirnode, comp)
         except OSError:
             continue  # hidden by a whiteout or a replaced directory
+        if not isinstance(dirnode, DirNode):
+            continue  # replaced by a non-directory
         other = lookup.resolve(fs, dirnode, path[-1])
-        if other is None or other.upper or other.ino != node.ino:
+        if other is None or other.upper or other.ino != node.nodeid:
             continue  # whited out, already up, or shadowed by another file
         fs.inodes.link(node, dirnode, path[-1])
         await copy_up(fs, dirnode)
@@ -358,5 +358,5 @@ async def copy_up_hardlinked(fs: UnionFS, node: Node, *, data: bool) -> None:
     fd, name = fs.layers.where(node, UPPER)
     extra = len(group) - os.stat(name, dir_fd=fd, follow_symlinks=False).st_nlink
     if extra > 0:  # names left below still count, as in overlayfs (index=on)
-        set_origin(fs, fd, name, node.ino, extra)
+        set_origin(fs, fd, name, node.nodeid, extra)
         node.nlink_extra = extra

@@ -33,7 +33,7 @@ from . import rename as renames
 from .attrs import Attr
 from .config import UnionConfig
 from .errors import fs_error
-from .inodes import ROOT, InodeNo, InodeTable, Node
+from .inodes import ROOT, DirNode, FileNode, InodeNo, InodeTable, Node
 from .layers import UPPER, LayerStack, is_upper_opaque
 from .lookup import lookup_node
 from .workdir import WorkDir
@@ -56,7 +56,7 @@ class UnionFS:
         self.next_handle = itertools.count(1)
         # Nodes whose fd (Node.fd) is cached and may be closed again, least recently used first;
         # pinned fds (files without a name) are not in it.
-        self.fd_lru: dict[Node, None] = {}
+        self.fd_lru: dict[FileNode, None] = {}
         self.inodes.on_drop = self._drop_fd
         self.copy_limiter = trio.CapacityLimiter(2)
         # Learnt while serving: the kernel may refuse to link whiteouts or RENAME_WHITEOUT.
@@ -65,7 +65,7 @@ class UnionFS:
         # Set by the FUSE adapter: drop the kernel's cached attributes of a node whose attributes
         # changed by something other than a request on that node itself.
         self.invalidate: Callable[[int], None] | None = None
-        root = Node(
+        root = DirNode(
             nodeid=ROOT,
             kind=stat.S_IFDIR,
             links=[],
@@ -77,6 +77,7 @@ class UnionFS:
         if not self.read_only and is_upper_opaque(self.layers.root_fds[UPPER], b"."):
             root.lowers = ()
         self.inodes.add(root)
+        self.root = root
 
     def close(self) -> None:
         """Release every fd (at unmount)."""
@@ -89,7 +90,8 @@ class UnionFS:
         self.work.close()
 
     def _drop_fd(self, node: Node) -> None:
-        fileio.drop_fd(self, node)
+        if isinstance(node, FileNode):
+            fileio.drop_fd(self, node)
 
     def check_writable(self) -> None:
         if self.read_only:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final
 
 from . import _sys, attrs, copyup, fileio, lookup, readdir
 from .errors import fs_error
-from .inodes import Node
+from .inodes import DirNode, FileNode, Node
 from .layers import UPPER, is_whiteout_entry
 from .whiteout import (
     NAME_MAX,
@@ -69,7 +69,7 @@ def make_opaque(fs: UnionFS, dirfd: int, name: bytes) -> None:
     os.close(fd)
 
 
-def in_lowers(fs: UnionFS, parent: Node, name: bytes) -> bool:
+def in_lowers(fs: UnionFS, parent: DirNode, name: bytes) -> bool:
     return bool(parent.lowers) and name in readdir.lower_view(fs, parent)
 
 
@@ -101,7 +101,7 @@ def mknod_whiteout(fs: UnionFS, name: bytes) -> None:
     os.mknod(name, S_IFWHT, os.makedev(0, 0), dir_fd=fs.work.tmp_fd)  # c--------- as the kernel
 
 
-def whiteout(fs: UnionFS, parent: Node, name: bytes) -> None:
+def whiteout(fs: UnionFS, parent: DirNode, name: bytes) -> None:
     """Hide the lower `name` in parent; replaces any upper object there, atomically."""
     pfd = fs.layers.dirfd(parent, UPPER)
     try:
@@ -142,13 +142,11 @@ def check_new_name(fs: UnionFS, name: bytes) -> None:
         raise fs_error(errno.EPERM, name)  # would forge a whiteout or an opaque marker
 
 
-async def prepare_create(fs: UnionFS, parent_id: int, name: bytes) -> tuple[Node, int, bool]:
+async def prepare_create(fs: UnionFS, parent_id: int, name: bytes) -> tuple[DirNode, int, bool]:
     """Parent copied up, name free: returns (parent, upper fd, whether lower had name)."""
     fs.check_writable()
     check_new_name(fs, name)
-    parent = fs.inodes.get(parent_id)
-    if not parent.is_dir:
-        raise fs_error(errno.ENOTDIR, name)
+    parent = fs.inodes.get_dir(parent_id, name)
     if lookup.resolve(fs, parent, name) is not None:
         raise fs_error(errno.EEXIST, name)
     await copyup.copy_up(fs, parent)
@@ -194,7 +192,7 @@ def place_new(fs: UnionFS, src_fd: int, tmp: bytes, pfd: int, name: bytes, is_di
     remove_whiteout_file(pfd, name)
 
 
-def finish_new(fs: UnionFS, parent: Node, name: bytes) -> Node:
+def finish_new(fs: UnionFS, parent: DirNode, name: bytes) -> Node:
     node = lookup.lookup_node(fs, parent, name)
     node.lookups += 1
     return node
@@ -227,6 +225,7 @@ async def create(fs: UnionFS, parent_id: int, name: bytes, mode: int, caller: Ca
         if in_lower:
             place_new(fs, dirfd, tmp, pfd, name, False)
         node = finish_new(fs, parent, name)
+        assert isinstance(node, FileNode)  # made as a regular file just now
     except BaseException:
         os.close(fd)
         raise
@@ -278,7 +277,7 @@ async def symlink(fs: UnionFS, parent_id: int, name: bytes, target: bytes, calle
 async def link(fs: UnionFS, nodeid: int, new_parent_id: int, new_name: bytes) -> Attr:
     fs.check_writable()
     node = fs.inodes.get(nodeid)
-    if node.is_dir:
+    if isinstance(node, DirNode):
         raise fs_error(errno.EPERM, new_name)
     if not node.links:
         raise fs_error(errno.ENOENT, new_name)
@@ -296,9 +295,9 @@ async def link(fs: UnionFS, nodeid: int, new_parent_id: int, new_name: bytes) ->
 
 async def unlink(fs: UnionFS, parent_id: int, name: bytes) -> None:
     fs.check_writable()
-    parent = fs.inodes.get(parent_id)
+    parent = fs.inodes.get_dir(parent_id, name)
     node = lookup.lookup_node(fs, parent, name)
-    if node.is_dir:
+    if isinstance(node, DirNode):
         raise fs_error(errno.EISDIR, name)
     if not node.upper and stat.S_ISREG(node.kind) and attrs.node_stat(fs, node).st_nlink > 1:
         # The other names must see st_nlink drop (as overlayfs with index=on): move the
@@ -309,9 +308,9 @@ async def unlink(fs: UnionFS, parent_id: int, name: bytes) -> None:
 
 async def rmdir(fs: UnionFS, parent_id: int, name: bytes) -> None:
     fs.check_writable()
-    parent = fs.inodes.get(parent_id)
+    parent = fs.inodes.get_dir(parent_id, name)
     node = lookup.lookup_node(fs, parent, name)
-    if not node.is_dir:
+    if not isinstance(node, DirNode):
         raise fs_error(errno.ENOTDIR, name)
     if readdir.entries(fs, node):
         raise fs_error(errno.ENOTEMPTY, name)
@@ -319,7 +318,7 @@ async def rmdir(fs: UnionFS, parent_id: int, name: bytes) -> None:
     fs.layers.fds.drop((node.nodeid, UPPER))
 
 
-async def remove(fs: UnionFS, parent: Node, name: bytes, node: Node) -> None:
+async def remove(fs: UnionFS, parent: DirNode, name: bytes, node: Node) -> None:
     await copyup.copy_up(fs, parent)
     fileio.pin_if_last_name(fs, node)
     pfd = fs.layers.dirfd(parent, UPPER)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final
 
 from . import _sys, attrs, copyup, metacopy
 from .errors import fs_error
-from .inodes import Node
+from .inodes import DirNode, FileNode, Node
 from .layers import UPPER
 
 if TYPE_CHECKING:
@@ -28,13 +28,13 @@ log = logging.getLogger(__name__)
 FD_CACHE: Final = 512  # cached per-node fds (besides pinned ones); RLIMIT_NOFILE allows
 
 
-def data_source(fs: UnionFS, node: Node) -> metacopy.DataSource | None:
+def data_source(fs: UnionFS, node: FileNode) -> metacopy.DataSource | None:
     """Where the data of a metacopy node is (absolute layer index); None for a file that
     holds its own data. Cached: the layers below the marker never change while mounted.
     Raises OSError(EIO) when the data is missing."""
     if node.redirect is None:
         return None
-    if isinstance(node.data_src, metacopy.DataSource):
+    if node.data_src is not None:
         return node.data_src
     base = (UPPER if node.upper else node.lower) + 1
     size = attrs.node_stat(fs, node).st_size
@@ -44,7 +44,7 @@ def data_source(fs: UnionFS, node: Node) -> metacopy.DataSource | None:
     return src
 
 
-def open_data(fs: UnionFS, node: Node) -> int:
+def open_data(fs: UnionFS, node: FileNode) -> int:
     """A read-only fd with node's data: its own file, or where its metacopy marker leads."""
     src = data_source(fs, node)
     if src is not None:
@@ -56,8 +56,10 @@ def open_data(fs: UnionFS, node: Node) -> int:
 def pin_if_last_name(fs: UnionFS, node: Node) -> None:
     """Before a file the kernel holds loses its last name: keep an fd, as it may still be
     open (in no-open mode we cannot know), and for a metacopy file its metadata (see
-    Node.unlinked_st). The fd goes when the kernel forgets the node."""
-    if not stat.S_ISREG(node.kind) or len(node.links) != 1 or node.lookups <= 0:
+    FileNode.unlinked_st). The fd goes when the kernel forgets the node."""
+    if not isinstance(node, FileNode) or not stat.S_ISREG(node.kind):
+        return
+    if len(node.links) != 1 or node.lookups <= 0:
         return
     if node.redirect is not None:
         node.unlinked_st = attrs.node_stat(fs, node)
@@ -73,7 +75,7 @@ def pin_if_last_name(fs: UnionFS, node: Node) -> None:
     node.fd_pinned = True
 
 
-def open_io(fs: UnionFS, node: Node, *, write: bool) -> tuple[int, bool]:
+def open_io(fs: UnionFS, node: FileNode, *, write: bool) -> tuple[int, bool]:
     """Open the file node's reads and writes go to: (fd, writable).
 
     The upper file read-write when possible (so one fd serves both); else read-only the
@@ -96,13 +98,13 @@ async def io_fd(fs: UnionFS, node: Node, *, write: bool) -> int:
     A write first copies a lower (or metacopy) file up with its data. A file whose last
     name is gone keeps the fd pinned at unlink; it can be written only if it was an upper
     file (a lower one cannot be copied up without a name)."""
-    if node.fd >= 0 and (node.fd_writable or not write):
+    if isinstance(node, FileNode) and node.fd >= 0 and (node.fd_writable or not write):
         if not node.fd_pinned:
             fs.fd_lru.pop(node, None)
             fs.fd_lru[node] = None
         return node.fd
-    if not stat.S_ISREG(node.kind):
-        raise fs_error(errno.EISDIR if node.is_dir else errno.EINVAL)
+    if not isinstance(node, FileNode) or not stat.S_ISREG(node.kind):
+        raise fs_error(errno.EISDIR if isinstance(node, DirNode) else errno.EINVAL)
     if not node.links:  # a pinned fd that cannot write, or none at all
         raise fs_error(errno.EROFS if node.fd >= 0 else errno.ENOENT)
     if write:
@@ -113,7 +115,7 @@ async def io_fd(fs: UnionFS, node: Node, *, write: bool) -> int:
     return fd
 
 
-def keep_fd(fs: UnionFS, node: Node, fd: int, *, writable: bool) -> None:
+def keep_fd(fs: UnionFS, node: FileNode, fd: int, *, writable: bool) -> None:
     drop_fd(fs, node)
     node.fd, node.fd_writable = fd, writable
     fs.fd_lru[node] = None
@@ -121,7 +123,7 @@ def keep_fd(fs: UnionFS, node: Node, fd: int, *, writable: bool) -> None:
         drop_fd(fs, next(iter(fs.fd_lru)))
 
 
-def drop_fd(fs: UnionFS, node: Node) -> None:
+def drop_fd(fs: UnionFS, node: FileNode) -> None:
     """Close node's cached fd (after copy-up it is on the old file; or the node is gone)."""
     fs.fd_lru.pop(node, None)
     if node.fd >= 0:
@@ -149,7 +151,7 @@ async def write(fs: UnionFS, nodeid: int, offset: int, data: bytes) -> int:
 
 async def fsync(fs: UnionFS, nodeid: int, datasync: bool) -> None:
     node = fs.inodes.get(nodeid)
-    if fs.cfg.volatile or not node.upper or node.redirect is not None:
+    if fs.cfg.volatile or not node.upper or (isinstance(node, FileNode) and node.redirect):
         return  # nothing of it was written here
     fd = await io_fd(fs, node, write=False)
     if datasync:

@@ -21,7 +21,7 @@ import xxhash
 
 from . import _sys, metacopy
 from .errors import fs_error
-from .inodes import ROOT, Node
+from .inodes import ROOT, DirNode, Node
 from .whiteout import (
     OPAQUE_MARKER,
     OPAQUE_XATTRS,
@@ -264,7 +264,7 @@ class LayerStack:
                 os.close(fd)
         self.root_fds = []
 
-    def dirfd(self, node: Node, layer: int) -> int:
+    def dirfd(self, node: DirNode, layer: int) -> int:
         """O_PATH fd of directory `node` in `layer`, opened component by component, no-follow."""
         if node.nodeid == ROOT:
             return self.root_fds[layer]
@@ -301,7 +301,7 @@ class LayerStack:
             raise fs_error(errno.ENOENT, node.name)
         return self.dirfd(parent, layer), node.name
 
-    def listing(self, node: Node, layer: int) -> Listing:
+    def listing(self, node: DirNode, layer: int) -> Listing:
         """The listing of directory node in a lower layer (shared by every node on that dir)."""
         listing = node.listings.get(layer)
         if listing is None:
@@ -315,7 +315,7 @@ class LayerStack:
             node.listings[layer] = listing
         return listing
 
-    def lower_stat(self, parent: Node, layer: int, name: bytes) -> os.stat_result:
+    def lower_stat(self, parent: DirNode, layer: int, name: bytes) -> os.stat_result:
         listing = self.listing(parent, layer)
         st = listing.stats.get(name)
         return st if st is not None else listing.stat(self.dirfd(parent, layer), name)

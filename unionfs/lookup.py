@@ -19,14 +19,9 @@ from typing import TYPE_CHECKING
 
 from . import _sys, metacopy, readdir
 from .errors import fs_error
-from .inodes import ROOT, InodeNo, Node, decode_ino, encode_ino
+from .inodes import ROOT, DirNode, FileNode, InodeNo, Node, decode_ino, encode_ino
 from .layers import UPPER, is_upper_opaque
-from .whiteout import (
-    NAME_MAX,
-    has_whiteout_file,
-    is_chardev_whiteout,
-    is_reserved_name,
-)
+from .whiteout import NAME_MAX, has_whiteout_file, is_chardev_whiteout, is_reserved_name
 
 if TYPE_CHECKING:
     from .core import UnionFS
@@ -95,7 +90,7 @@ def bad_marker(fs: UnionFS, name: bytes, what: str, raw: bytes) -> OSError:
     return fs_error(errno.EIO, name)
 
 
-def resolve(fs: UnionFS, parent: Node, name: bytes) -> Resolved | None:
+def resolve(fs: UnionFS, parent: DirNode, name: bytes) -> Resolved | None:
     """What `name` in directory `parent` is in the union, or None (absent or whited out)."""
     if is_reserved_name(name):
         return None
@@ -149,16 +144,16 @@ def marker(fs: UnionFS, layer: int, dirfd: int, name: bytes, st: os.stat_result)
     return metacopy.read_marker(dirfd, name, fs.layers.private_ns)
 
 
-def node_for(fs: UnionFS, parent: Node, name: bytes, child: Resolved) -> Node:
+def node_for(fs: UnionFS, parent: DirNode, name: bytes, child: Resolved) -> Node:
     """The node for a resolved name: the known one if it is the same object, else a new one."""
     node = parent.children.get(name)
     kind = stat.S_IFMT(child.st.st_mode)
-    if node is not None and (node.ino != child.ino or node.kind != kind):
+    if node is not None and (node.nodeid != child.ino or node.kind != kind):
         fs.inodes.unlink(node, parent, name)
         node = None
     if node is None:
         node = fs.inodes.find(child.ino)
-        if node is not None and (node.is_dir or node.kind != kind):
+        if node is not None and (isinstance(node, DirNode) or node.kind != kind):
             if node.links or node.nodeid == ROOT:
                 # a live directory, or another kind of object, has this number: only a
                 # forged origin marker can make an upper object claim it
@@ -179,26 +174,24 @@ def node_for(fs: UnionFS, parent: Node, name: bytes, child: Resolved) -> Node:
             # forger: no name shows another object's content.
             raise bad_marker(fs, name, "origin", b"(its number is claimed by another file)")
     if node is None:
-        node = Node(
-            nodeid=InodeNo(child.ino),
-            kind=kind,
-            links=[],
-            upper=child.upper,
-            lower=child.lower,
-            lowers=child.lowers,
-        )
+        ino = InodeNo(child.ino)
+        if kind == stat.S_IFDIR:
+            node = DirNode(ino, kind, [], child.upper, child.lower, lowers=child.lowers)
+        else:
+            node = FileNode(ino, kind, [], child.upper, child.lower)
         fs.inodes.add(node)
     else:
         node.upper = node.upper or child.upper
-        if node.is_dir and node.lowers != child.lowers and not node.opaque_checked:
+        if isinstance(node, DirNode) and node.lowers != child.lowers and not node.opaque_checked:
             node.lowers = child.lowers
             node.view = None
-    if child.upper:
-        node.nlink_extra = child.nlink_extra
-    else:
+    if not child.upper:
         node.lower_st = child.st
-    if (child.upper or not node.upper) and node.redirect != child.redirect:
-        node.redirect, node.data_src = child.redirect, None
+    if isinstance(node, FileNode):
+        if child.upper:
+            node.nlink_extra = child.nlink_extra
+        if (child.upper or not node.upper) and node.redirect != child.redirect:
+            node.redirect, node.data_src = child.redirect, None
     fs.inodes.link(node, parent, name)
     return node
 
@@ -206,7 +199,7 @@ def node_for(fs: UnionFS, parent: Node, name: bytes, child: Resolved) -> Node:
 def lookup_node(fs: UnionFS, parent: Node, name: bytes) -> Node:
     if len(name) > NAME_MAX:
         raise fs_error(errno.ENAMETOOLONG, name)
-    if not parent.is_dir:
+    if not isinstance(parent, DirNode):
         raise fs_error(errno.ENOTDIR, name)
     if name == b".":
         return parent

@@ -18,12 +18,9 @@ from typing import TYPE_CHECKING
 
 from . import _sys, attrs, lookup
 from .errors import fs_error
-from .inodes import LowerEntry, Node
+from .inodes import DirNode, LowerEntry
 from .layers import UPPER, is_whiteout_entry
-from .whiteout import (
-    is_reserved_name,
-    whiteout_target,
-)
+from .whiteout import is_reserved_name, whiteout_target
 
 if TYPE_CHECKING:
     from .attrs import Attr
@@ -34,11 +31,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class DirHandle:
-    node: Node
+    node: DirNode
     names: list[bytes] | None = None
 
 
-def lower_view(fs: UnionFS, node: Node) -> dict[bytes, LowerEntry]:
+def lower_view(fs: UnionFS, node: DirNode) -> dict[bytes, LowerEntry]:
     """The merged lower listing of directory `node` (cached: lower layers never change).
 
     Walks node.lowers top-down; a whiteout or a non-directory stops a name, an opaque
@@ -74,7 +71,7 @@ def lower_view(fs: UnionFS, node: Node) -> dict[bytes, LowerEntry]:
     return view
 
 
-def entries(fs: UnionFS, node: Node) -> list[bytes]:
+def entries(fs: UnionFS, node: DirNode) -> list[bytes]:
     """The merged listing of directory node (no '.', '..'), upper first then lowers."""
     names: list[bytes] = []
     hidden: set[bytes] = set()
@@ -105,7 +102,7 @@ def entries(fs: UnionFS, node: Node) -> list[bytes]:
 
 async def opendir(fs: UnionFS, nodeid: int) -> int:
     node = fs.inodes.get(nodeid)
-    if not node.is_dir:
+    if not isinstance(node, DirNode):
         raise fs_error(errno.ENOTDIR)
     fh = next(fs.next_handle)
     fs.dir_handles[fh] = DirHandle(node)

@@ -15,11 +15,9 @@ from typing import TYPE_CHECKING
 
 from . import _sys, copyup, dirops, fileio, lookup, readdir
 from .errors import fs_error
-from .inodes import Node
+from .inodes import DirNode, Node
 from .layers import UPPER
-from .whiteout import (
-    remove_whiteout_file,
-)
+from .whiteout import remove_whiteout_file
 
 if TYPE_CHECKING:
     from .core import UnionFS
@@ -27,7 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-async def materialize(fs: UnionFS, node: Node) -> None:
+async def materialize(fs: UnionFS, node: DirNode) -> None:
     """Copy a merged directory's whole visible subtree up and make it opaque (for rename).
 
     Each copied entry is identical to what was visible, so an interruption leaves the union
@@ -42,7 +40,7 @@ async def materialize(fs: UnionFS, node: Node) -> None:
             child = lookup.lookup_node(fs, node, name)
         except FileNotFoundError:
             continue  # whited out in the upper
-        if child.is_dir:
+        if isinstance(child, DirNode):
             await materialize(fs, child)
         else:
             await copyup.copy_up(fs, child, metadata_only=True)
@@ -52,13 +50,13 @@ async def materialize(fs: UnionFS, node: Node) -> None:
     forget_lowers(fs, node)
 
 
-def forget_lowers(fs: UnionFS, node: Node) -> None:
+def forget_lowers(fs: UnionFS, node: DirNode) -> None:
     """node and everything known below it now live in the upper layer only."""
-    stack = [node]
+    stack: list[Node] = [node]
     while stack:
         cur = stack.pop()
         cur.upper = True
-        if cur.is_dir:
+        if isinstance(cur, DirNode):
             cur.lowers = ()
             cur.view = None
             cur.listings = {}
@@ -85,8 +83,8 @@ async def rename(
     ):
         raise fs_error(errno.EINVAL, new_name)
     dirops.check_new_name(fs, new_name)
-    old_parent = fs.inodes.get(old_parent_id)
-    new_parent = fs.inodes.get(new_parent_id)
+    old_parent = fs.inodes.get_dir(old_parent_id, old_name)
+    new_parent = fs.inodes.get_dir(new_parent_id, new_name)
     src = lookup.lookup_node(fs, old_parent, old_name)
     try:
         dst: Node | None = lookup.lookup_node(fs, new_parent, new_name)
@@ -102,13 +100,13 @@ async def rename(
         await exchange(fs, old_parent, old_name, src, new_parent, new_name, dst)
         return
     if dst is not None:
-        if src.is_dir and not dst.is_dir:
+        if isinstance(src, DirNode) and not isinstance(dst, DirNode):
             raise fs_error(errno.ENOTDIR, new_name)
-        if not src.is_dir and dst.is_dir:
+        if not isinstance(src, DirNode) and isinstance(dst, DirNode):
             raise fs_error(errno.EISDIR, new_name)
-        if dst.is_dir and readdir.entries(fs, dst):
+        if isinstance(dst, DirNode) and readdir.entries(fs, dst):
             raise fs_error(errno.ENOTEMPTY, new_name)
-    if src.is_dir and is_ancestor(src, new_parent):
+    if isinstance(src, DirNode) and is_ancestor(src, new_parent):
         raise fs_error(errno.EINVAL, new_name)
     await move_up(fs, src)
     await copyup.copy_up(fs, new_parent)
@@ -130,7 +128,7 @@ async def rename(
             _sys.renameat2(ofd, old_name, nfd, new_name, _sys.RENAME_NOREPLACE)
             if src_in_lower:
                 dirops.whiteout(fs, old_parent, old_name)
-    elif not src.is_dir and not stat.S_ISDIR(dst_st.st_mode):
+    elif not isinstance(src, DirNode) and not stat.S_ISDIR(dst_st.st_mode):
         _sys.renameat2(ofd, old_name, nfd, new_name)
         if src_in_lower:
             dirops.whiteout(fs, old_parent, old_name)
@@ -143,11 +141,11 @@ async def rename(
         else:
             dirops.remove_upper(fs, ofd, old_name, dst_st)
     remove_whiteout_file(nfd, new_name)
-    if src.is_dir and dst_in_lower:
+    if isinstance(src, DirNode) and dst_in_lower:
         dirops.make_opaque(fs, nfd, new_name)
     if dst is not None:
         fs.inodes.unlink(dst, new_parent, new_name)
-        if dst.is_dir:
+        if isinstance(dst, DirNode):
             fs.layers.fds.drop((dst.nodeid, UPPER))
     fs.inodes.unlink(src, old_parent, old_name)
     fs.inodes.link(src, new_parent, new_name)
@@ -170,7 +168,7 @@ def rename_whiteout(fs: UnionFS, ofd: int, old: bytes, nfd: int, new: bytes) -> 
 
 async def move_up(fs: UnionFS, node: Node) -> None:
     """Get node into the upper layer in a form that can be renamed there."""
-    if node.is_dir:
+    if isinstance(node, DirNode):
         await materialize(fs, node)
     else:
         await copyup.copy_up(fs, node, metadata_only=True)  # a metacopy file keeps its marker
@@ -178,7 +176,7 @@ async def move_up(fs: UnionFS, node: Node) -> None:
 
 def moved(fs: UnionFS, node: Node) -> None:
     """A directory moved: its fds follow it, but cached lower state no longer applies."""
-    if node.is_dir:
+    if isinstance(node, DirNode):
         forget_lowers(fs, node)
         for layer in range(1, len(fs.layers.root_fds)):
             fs.layers.fds.drop((node.nodeid, layer))
@@ -195,15 +193,15 @@ def is_ancestor(node: Node, other: Node) -> bool:
 
 async def exchange(
     fs: UnionFS,
-    old_parent: Node,
+    old_parent: DirNode,
     old_name: bytes,
     src: Node,
-    new_parent: Node,
+    new_parent: DirNode,
     new_name: bytes,
     dst: Node,
 ) -> None:
-    if (src.is_dir and is_ancestor(src, new_parent)) or (
-        dst.is_dir and is_ancestor(dst, old_parent)
+    if (isinstance(src, DirNode) and is_ancestor(src, new_parent)) or (
+        isinstance(dst, DirNode) and is_ancestor(dst, old_parent)
     ):
         raise fs_error(errno.EINVAL, new_name)
     await move_up(fs, src)
@@ -213,9 +211,9 @@ async def exchange(
     ofd = fs.layers.dirfd(old_parent, UPPER)
     nfd = fs.layers.dirfd(new_parent, UPPER)
     _sys.renameat2(ofd, old_name, nfd, new_name, _sys.RENAME_EXCHANGE)
-    if src.is_dir and dirops.in_lowers(fs, new_parent, new_name):
+    if isinstance(src, DirNode) and dirops.in_lowers(fs, new_parent, new_name):
         dirops.make_opaque(fs, nfd, new_name)
-    if dst.is_dir and dirops.in_lowers(fs, old_parent, old_name):
+    if isinstance(dst, DirNode) and dirops.in_lowers(fs, old_parent, old_name):
         dirops.make_opaque(fs, ofd, old_name)
     fs.inodes.unlink(src, old_parent, old_name)
     fs.inodes.unlink(dst, new_parent, new_name)

@@ -12,9 +12,7 @@ from . import _sys, copyup
 from .errors import fs_error
 from .inodes import Node
 from .layers import UPPER
-from .whiteout import (
-    is_private_xattr,
-)
+from .whiteout import is_private_xattr
 
 if TYPE_CHECKING:
     from .core import UnionFS

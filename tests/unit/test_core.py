@@ -53,7 +53,7 @@ PRIVATE_XATTRS = (
 # A valid VFS_CAP_REVISION_2 value: effective, permitted = CAP_NET_BIND_SERVICE.
 CAPABILITY = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)
 ROOT_CALLER = Caller(uid=0, gid=0)
-USER = Caller(uid=1000, gid=1000, umask=0o022)
+USER = Caller(uid=1000, gid=1000)
 KiB = 1 << 10
 MiB = 1 << 20
 
@@ -263,7 +263,7 @@ async def create(
     parent, name = await parent_and_name(fs, path)
     a = await fs.create(parent, name, stat.S_IFREG | mode, caller)
     if data:
-        await fs.write(a.ino, 0, data)
+        await fs.write(a.nodeid, 0, data)
     return a
 
 
@@ -482,7 +482,7 @@ async def test_readdir_merges_upper_then_lowers_without_duplicates(
     assert set(names[2:4]) == {b"a", b"c"}  # upper first
     # d_ino is st_ino; the next position is strictly increasing
     for name, a, _ in entries[2:]:
-        assert a.ino == (await fs.lookup(ROOT, name)).ino
+        assert a.nodeid == (await fs.lookup(ROOT, name)).nodeid
     positions = [pos for _, _, pos in entries]
     assert positions == sorted(set(positions))
 
@@ -648,15 +648,15 @@ async def test_copy_up_keeps_metadata(
     fs = union(metacopy=metacopy)
     # the invariant snapshot just read the lower file (relatime): its atime is now
     lower_times = (os.lstat(f).st_atime_ns, LOWER_TIMES[1])
-    ino = (await attr(fs, "d/f")).ino
-    dir_ino = (await attr(fs, "d")).ino
+    ino = (await attr(fs, "d/f")).nodeid
+    dir_ino = (await attr(fs, "d")).nodeid
 
     await trigger.run(fs)
 
     up = upper / trigger.result
     st = os.lstat(up)
-    assert (await attr(fs, trigger.result)).ino == ino, "st_ino changed by copy-up"
-    assert (await attr(fs, "d")).ino == dir_ino
+    assert (await attr(fs, trigger.result)).nodeid == ino, "st_ino changed by copy-up"
+    assert (await attr(fs, "d")).nodeid == dir_ino
     assert fs.work.origin_xattr is not None
     assert os.getxattr(up, fs.work.origin_xattr) == struct.pack("<Q", ino)
     data = up.read_bytes()
@@ -1035,7 +1035,7 @@ async def test_private_xattrs_are_not_listed_gettable_or_settable(
             await raises_errno(errno.ENODATA, fs.getxattr(target, name))
             assert await errno_of(fs.setxattr(target, name, b"y")) in (errno.EPERM, errno.EACCES)
             assert await errno_of(fs.removexattr(target, name)) in (errno.ENODATA, errno.EPERM)
-    assert os.getxattr(upper / "f", fs.work.origin_xattr) == struct.pack("<Q", (await attr(fs, "f")).ino)
+    assert os.getxattr(upper / "f", fs.work.origin_xattr) == struct.pack("<Q", (await attr(fs, "f")).nodeid)
     assert "trusted.overlay.opaque" not in xattrs(upper / "f")
 
 
@@ -1132,20 +1132,20 @@ async def test_copy_up_of_hard_linked_lower_file_links_all_names(
     os.link(lower / "a", lower / "d" / "b")
     put(lower / "other", b"not linked")
     fs = union()
-    ino = (await attr(fs, "a")).ino
-    assert (await attr(fs, "d/b")).ino == ino
+    ino = (await attr(fs, "a")).nodeid
+    assert (await attr(fs, "d/b")).nodeid == ino
     assert (await attr(fs, "a")).nlink == 2
     await write(fs, "a", b"new")
     assert await read(fs, "d/b") == b"new"
     ua, ub = os.lstat(upper / "a"), os.lstat(upper / "d" / "b")
     assert ua.st_ino == ub.st_ino
     assert ua.st_nlink == 2
-    assert (await attr(fs, "d/b")).ino == ino
+    assert (await attr(fs, "d/b")).nodeid == ino
     assert not (upper / "other").exists()
 
     fs = union.remount(fs)
-    assert (await attr(fs, "d/b")).ino == ino  # looked up first this time
-    assert (await attr(fs, "a")).ino == ino
+    assert (await attr(fs, "d/b")).nodeid == ino  # looked up first this time
+    assert (await attr(fs, "a")).nodeid == ino
     assert await read(fs, "d/b") == b"new"
     assert (await attr(fs, "a")).nlink == 2
 
@@ -1180,7 +1180,7 @@ async def test_hard_link_copy_up_through_a_name_not_looked_up_first(
     assert await read(fs, "shadowed") == b"another file"
     assert os.lstat(upper / "x" / "a").st_ino == os.lstat(upper / "y" / "b").st_ino
     assert not (upper / "shadowed").exists()
-    assert (await attr(fs, "x/a")).ino == (await attr(fs, "y/b")).ino
+    assert (await attr(fs, "x/a")).nodeid == (await attr(fs, "y/b")).nodeid
 
 
 async def test_link_of_lower_file_copies_it_up(
@@ -1188,9 +1188,9 @@ async def test_link_of_lower_file_copies_it_up(
 ) -> None:
     put(layers.lowers[0] / "d" / "f", b"data")
     fs = union()
-    ino = (await attr(fs, "d/f")).ino
+    ino = (await attr(fs, "d/f")).nodeid
     a = await fs.link(await node(fs, "d/f"), ROOT, b"g")
-    assert a.ino == ino
+    assert a.nodeid == ino
     assert a.nlink == 2
     assert os.lstat(upper / "d" / "f").st_ino == os.lstat(upper / "g").st_ino
     assert await read(fs, "g") == b"data"
@@ -1212,13 +1212,13 @@ async def test_rename_of_lower_directory_materializes_it(
     put(lower / "d" / "sub" / "y", b"y")
     os.symlink("x", lower / "d" / "lnk")
     fs = union()
-    ino = (await attr(fs, "d")).ino
+    ino = (await attr(fs, "d")).nodeid
     await rename(fs, "d", "e")
     assert not await exists(fs, "d")
     assert sorted(await listdir(fs, "e")) == [b"lnk", b"sub", b"x"]
     assert await read(fs, "e/sub/y") == b"y"
     assert await fs.readlink(await node(fs, "e/lnk")) == b"x"
-    assert (await attr(fs, "e")).ino == ino
+    assert (await attr(fs, "e")).nodeid == ino
     assert is_chardev_whiteout(upper / "d")
     # materialized as metacopy files: the data stays at the old path below
     assert os.getxattr(upper / "e" / "sub" / "y", "trusted.strata.metacopy") == b"d/sub/y"
@@ -1226,7 +1226,7 @@ async def test_rename_of_lower_directory_materializes_it(
     assert await read(fs, "e/sub/y") == b"y"
     assert sorted(await listdir(fs, "e")) == [b"lnk", b"sub", b"x"]
     assert await listdir(fs) == [b"e"]
-    assert (await attr(fs, "e")).ino == ino
+    assert (await attr(fs, "e")).nodeid == ino
 
 
 @pytest.mark.parametrize("whiteout_inside", [False, True], ids=["plain", "whiteout-inside"])
@@ -1312,12 +1312,12 @@ async def test_rename_exchange_swaps_lower_file_and_lower_directory(
     put(layers.lowers[1] / "d" / "x", b"x")
     put(layers.lowers[2] / "d" / "y", b"y")
     fs = union()
-    a_ino, d_ino = (await attr(fs, "a")).ino, (await attr(fs, "d")).ino
+    a_ino, d_ino = (await attr(fs, "a")).nodeid, (await attr(fs, "d")).nodeid
     await rename(fs, "a", "d", RENAME_EXCHANGE)
     assert await read(fs, "d") == b"A"
     assert sorted(await listdir(fs, "a")) == [b"x", b"y"]
-    assert (await attr(fs, "d")).ino == a_ino
-    assert (await attr(fs, "a")).ino == d_ino
+    assert (await attr(fs, "d")).nodeid == a_ino
+    assert (await attr(fs, "a")).nodeid == d_ino
     fs = union.remount(fs)
     assert await read(fs, "d") == b"A"
     assert sorted(await listdir(fs, "a")) == [b"x", b"y"]
@@ -1374,26 +1374,26 @@ async def test_st_ino_is_stable_across_copy_up_and_remount(
     put(layers.lowers[0] / "d" / "g", b"g")
     fs = union()
     paths = ["d", "d/sub", "d/sub/f", "d/g"]
-    before = {p: (await attr(fs, p)).ino for p in paths}
+    before = {p: (await attr(fs, p)).nodeid for p in paths}
     assert len(set(before.values())) == len(paths)
     await write(fs, "d/sub/f", b"F")
     await fs.setxattr(await node(fs, "d/g"), "user.x", b"1")
     new = await create(fs, "d/new", b"n")
     await mkdir(fs, "d/newdir")
-    newdir = (await attr(fs, "d/newdir")).ino
-    assert {p: (await attr(fs, p)).ino for p in paths} == before
+    newdir = (await attr(fs, "d/newdir")).nodeid
+    assert {p: (await attr(fs, p)).nodeid for p in paths} == before
     fh = await fs.opendir(await node(fs, "d"))
-    d_inos = {name: a.ino for name, a, _ in fs.readdir(fh, 0)}
+    d_inos = {name: a.nodeid for name, a, _ in fs.readdir(fh, 0)}
     await fs.releasedir(fh)
     assert d_inos[b"g"] == before["d/g"]
     assert d_inos[b"sub"] == before["d/sub"]
-    assert d_inos[b"new"] == new.ino
+    assert d_inos[b"new"] == new.nodeid
 
     fs = union.remount(fs)
-    assert {p: (await attr(fs, p)).ino for p in paths} == before
-    assert (await attr(fs, "d/new")).ino == new.ino
-    assert (await attr(fs, "d/newdir")).ino == newdir
-    assert (await attr(fs, "")).ino == ROOT
+    assert {p: (await attr(fs, p)).nodeid for p in paths} == before
+    assert (await attr(fs, "d/new")).nodeid == new.nodeid
+    assert (await attr(fs, "d/newdir")).nodeid == newdir
+    assert (await attr(fs, "")).nodeid == ROOT
 
 
 async def test_forgotten_nodes_come_back_with_the_same_numbers(
@@ -1404,14 +1404,14 @@ async def test_forgotten_nodes_come_back_with_the_same_numbers(
     os.link(layers.lowers[0] / "d" / "g", layers.lowers[0] / "h")
     fs = union()
     paths = ["d", "d/f", "d/g", "h"]
-    before = {p: (await attr(fs, p)).ino for p in paths}
+    before = {p: (await attr(fs, p)).nodeid for p in paths}
     await write(fs, "d/f", b"F")
     await write(fs, "h", b"G")
     # the kernel forgets everything it was given (every lookup counted one reference)
     held = [(int(n.nodeid), n.lookups) for n in fs.inodes.nodes.values() if n.nodeid != ROOT]
     fs.forget(held)
     assert list(fs.inodes.nodes) == [ROOT]
-    assert {p: (await attr(fs, p)).ino for p in paths} == before
+    assert {p: (await attr(fs, p)).nodeid for p in paths} == before
     assert await read(fs, "d/g") == b"G"
 
 
@@ -1546,7 +1546,7 @@ async def test_chmod_copies_metadata_only_and_reads_come_from_below(
     assert st.st_size == len(BIG)
     assert st.st_blocks * 512 < 64 * KiB  # a hole
     after = await attr(fs, "d/f")
-    assert (after.ino, after.size, stat.S_IMODE(after.mode)) == (before.ino, len(BIG), 0o600)
+    assert (after.nodeid, after.size, stat.S_IMODE(after.mode)) == (before.nodeid, len(BIG), 0o600)
     assert after.blocks == lower_st.st_blocks  # as overlayfs: the data's blocks
     assert await read(fs, "d/f", len(BIG)) == BIG
     assert await read(fs, "d/f", 10, len(BIG) - 5) == BIG[-5:]
@@ -1562,7 +1562,7 @@ async def test_first_data_change_copies_the_data_and_drops_the_marker(
     put(layers.lowers[0] / "d" / "f", BIG)
     fs = union()
     nodeid = await node(fs, "d/f")
-    ino = (await attr(fs, "d/f")).ino
+    ino = (await attr(fs, "d/f")).nodeid
     await fs.open(nodeid, os.O_RDONLY)
     early = nodeid  # opened on the lower file
     await fs.setattr(nodeid, SetAttr(mode=stat.S_IFREG | 0o640, uid=77, gid=88))
@@ -1593,7 +1593,7 @@ async def test_first_data_change_copies_the_data_and_drops_the_marker(
     st = os.stat(up)
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 77, 88)
     assert os.getxattr(up, "user.kept") == b"k"
-    assert (await attr(fs, "d/f")).ino == ino
+    assert (await attr(fs, "d/f")).nodeid == ino
     assert await fs.read(reader, 0, len(BIG) + 1) == expected  # the readers moved to the copy
     assert await fs.read(early, 0, len(BIG) + 1) == expected
     fs = union.remount(fs)
