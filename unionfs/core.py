@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import os
 import stat
 from collections.abc import Callable
@@ -32,11 +33,13 @@ from . import _sys, attrs, dirops, fileio, readdir, xattrs
 from . import rename as renames
 from .attrs import Attr
 from .config import UnionConfig
-from .errors import fs_error
+from .errors import LayerCorruptError, fs_error
 from .inodes import ROOT, DirNode, FileNode, InodeNo, InodeTable, Node
 from .layers import UPPER, LayerStack, is_upper_opaque
 from .lookup import lookup_node
 from .workdir import WorkDir
+
+log = logging.getLogger(__name__)
 
 
 class UnionFS:
@@ -45,6 +48,8 @@ class UnionFS:
     def __init__(self, cfg: UnionConfig) -> None:
         self.cfg = cfg
         self.read_only = cfg.upper is None
+        # Set when a corrupt layer is detected (`layer_corrupt`): no more mutations.
+        self.failsafe = False
         self.inodes = InodeTable()
         self.work = WorkDir.open(cfg)
         try:
@@ -94,8 +99,23 @@ class UnionFS:
             fileio.drop_fd(self, node)
 
     def check_writable(self) -> None:
-        if self.read_only:
+        if self.read_only or self.failsafe:
             raise fs_error(errno.EROFS)
+
+    def layer_corrupt(self, layer: int, problem: str) -> LayerCorruptError:
+        """The error for a corrupt `layer` (index), after turning the union read-only.
+
+        s3ql's failsafe: every later mutation fails with EROFS, reads of healthy files go on.
+        One line is logged per detection, an error the first time (when the union turns
+        read-only), a warning after that.
+        """
+        where = str(self.cfg.upper if layer == UPPER else self.cfg.lowers[layer - 1])
+        if not self.failsafe:
+            self.failsafe = True
+            log.error("corrupt layer %s: %s; the union is read-only from now on", where, problem)
+        else:
+            log.warning("corrupt layer %s: %s", where, problem)
+        return LayerCorruptError(problem, where)
 
     # ------------------------------------------------------------------ the hot paths
 

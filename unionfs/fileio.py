@@ -16,7 +16,7 @@ import stat
 from typing import TYPE_CHECKING, Final
 
 from . import _sys, attrs, copyup, metacopy
-from .errors import fs_error
+from .errors import LayerCorruptError, fs_error
 from .inodes import DirNode, FileNode, Node
 from .layers import UPPER
 
@@ -31,14 +31,20 @@ FD_CACHE: Final = 512  # cached per-node fds (besides pinned ones); RLIMIT_NOFIL
 def data_source(fs: UnionFS, node: FileNode) -> metacopy.DataSource | None:
     """Where the data of a metacopy node is (absolute layer index); None for a file that
     holds its own data. Cached: the layers below the marker never change while mounted.
-    Raises OSError(EIO) when the data is missing."""
+    Raises LayerCorruptError (EIO, the union turns read-only) when the data is missing."""
     if node.redirect is None:
         return None
     if node.data_src is not None:
         return node.data_src
-    base = (UPPER if node.upper else node.lower) + 1
+    layer = UPPER if node.upper else node.lower
+    base = layer + 1
     size = attrs.node_stat(fs, node).st_size
-    found = metacopy.find_data(fs.layers.root_fds[base:], node.redirect, size, fs.layers.private_ns)
+    try:
+        found = metacopy.find_data(
+            fs.layers.root_fds[base:], node.redirect, size, fs.layers.private_ns
+        )
+    except LayerCorruptError as exc:  # the layer holding the marker does not fit those below
+        raise fs.layer_corrupt(layer, exc.problem) from None
     src = dataclasses.replace(found, layer=found.layer + base)
     node.data_src = src
     return src
@@ -146,6 +152,7 @@ async def open(fs: UnionFS, nodeid: int, flags: int) -> None:
 
 
 async def write(fs: UnionFS, nodeid: int, offset: int, data: bytes) -> int:
+    fs.check_writable()  # also for an fd that is already open for writing
     return os.pwrite(await io_fd(fs, fs.inodes.get(nodeid), write=True), data, offset)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import _sys, metacopy, readdir
-from .errors import fs_error
+from .errors import LayerCorruptError, fs_error
 from .inodes import ROOT, DirNode, FileNode, InodeNo, Node, decode_ino, encode_ino
 from .layers import UPPER, is_upper_opaque
 from .whiteout import NAME_MAX, has_whiteout_file, is_chardev_whiteout, is_reserved_name
@@ -83,11 +83,11 @@ def is_lower_ino(fs: UnionFS, ino: int) -> bool:
     return 1 <= layer < len(fs.layers.root_fds) and real > 1
 
 
-def bad_marker(fs: UnionFS, name: bytes, what: str, raw: bytes) -> OSError:
-    """EIO for the one object whose private marker is not one strata could have written;
-    logged once per lookup, and the rest of the mount is unaffected."""
-    log.warning("%r: ignoring a bad %s marker %r: served as EIO", name, what, raw[:64])
-    return fs_error(errno.EIO, name)
+def bad_marker(fs: UnionFS, name: bytes, what: str, raw: bytes) -> LayerCorruptError:
+    """EIO for the object whose private marker (always in the upper layer) is not one strata
+    could have written: the upper layer is corrupt, and the union turns read-only; every
+    other object stays readable."""
+    return fs.layer_corrupt(UPPER, f"bad {what} marker {raw[:64]!r} on {os.fsdecode(name)!r}")
 
 
 def resolve(fs: UnionFS, parent: DirNode, name: bytes) -> Resolved | None:
