@@ -8,7 +8,6 @@ copies up (metadata only where metacopy allows), a truncate copies the data too.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ from .layers import UPPER
 if TYPE_CHECKING:
     from .config import IdMapping
     from .core import UnionFS
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import logging
 import os
 import stat
 from typing import TYPE_CHECKING, Final
@@ -23,7 +22,6 @@ from .layers import UPPER
 if TYPE_CHECKING:
     from .core import UnionFS
 
-log = logging.getLogger(__name__)
 
 FD_CACHE: Final = 512  # cached per-node fds (besides pinned ones); RLIMIT_NOFILE allows
 

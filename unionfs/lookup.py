@@ -10,7 +10,6 @@ corrupt layer (`bad_marker`).
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 import struct
@@ -25,8 +24,6 @@ from .whiteout import NAME_MAX, has_whiteout_file, is_chardev_whiteout, is_reser
 
 if TYPE_CHECKING:
     from .core import UnionFS
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)

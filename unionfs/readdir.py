@@ -9,7 +9,6 @@ whiteouts below is empty for rmdir.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -25,8 +24,6 @@ from .whiteout import is_reserved_name, whiteout_target
 if TYPE_CHECKING:
     from .attrs import Attr
     from .core import UnionFS
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)

@@ -8,7 +8,6 @@ so an interruption leaves the union unchanged.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 from typing import TYPE_CHECKING
@@ -21,8 +20,6 @@ from .whiteout import remove_whiteout_file
 
 if TYPE_CHECKING:
     from .core import UnionFS
-
-log = logging.getLogger(__name__)
 
 
 async def materialize(fs: UnionFS, node: DirNode) -> None:

@@ -4,7 +4,6 @@ listed, read or set (no user can forge a marker); setting one copies up metadata
 from __future__ import annotations
 
 import errno
-import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -16,8 +15,6 @@ from .whiteout import is_private_xattr
 
 if TYPE_CHECKING:
     from .core import UnionFS
-
-log = logging.getLogger(__name__)
 
 
 def xattr_where(fs: UnionFS, node: Node) -> tuple[int, bytes]:
