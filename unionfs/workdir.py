@@ -129,13 +129,17 @@ class WorkDir:
 
 def clean_tmp(tmp_fd: int) -> None:
     """Remove what an interrupted copy-up or removal left in the work dir (never visible)."""
-    rfd = os.open(b".", _sys.O_DIR, dir_fd=tmp_fd)
+    for name in _names(tmp_fd):
+        remove_tree(tmp_fd, name)
+
+
+def _names(dirfd: int) -> list[bytes]:
+    """The entries of the directory `dirfd` (an O_PATH fd cannot be listed itself)."""
+    rfd = os.open(b".", _sys.O_DIR, dir_fd=dirfd)
     try:
-        names = os.listdir(rfd)
+        return [os.fsencode(name) for name in os.listdir(rfd)]
     finally:
         os.close(rfd)
-    for name in names:
-        remove_tree(tmp_fd, os.fsencode(name))
 
 
 def remove_tree(dirfd: int, name: bytes) -> None:
@@ -153,13 +157,8 @@ def remove_tree(dirfd: int, name: bytes) -> None:
             raise
     sub = os.open(name, _sys.O_PATHDIR, dir_fd=dirfd)
     try:
-        rfd = os.open(b".", _sys.O_DIR, dir_fd=sub)
-        try:
-            names = os.listdir(rfd)
-        finally:
-            os.close(rfd)
-        for child in names:
-            remove_tree(sub, os.fsencode(child))
+        for child in _names(sub):
+            remove_tree(sub, child)
     finally:
         os.close(sub)
     os.rmdir(name, dir_fd=dirfd)

@@ -36,18 +36,20 @@ async def listxattr(fs: UnionFS, nodeid: int) -> list[str]:
 async def setxattr(fs: UnionFS, nodeid: int, attr: str, value: bytes, flags: int = 0) -> None:
     if is_private_xattr(attr):
         raise fs_error(errno.EPERM)
-    fs.check_writable()
-    node = fs.inodes.get(nodeid)
-    await copyup.copy_up(fs, node, metadata_only=True)
-    fd, name = fs.layers.where(node, UPPER)
+    fd, name = await _upper_copy(fs, nodeid)
     _sys.setxattr(fd, name, attr, value, flags)
 
 
 async def removexattr(fs: UnionFS, nodeid: int, attr: str) -> None:
     if is_private_xattr(attr):
         raise fs_error(errno.ENODATA)
+    fd, name = await _upper_copy(fs, nodeid)
+    _sys.removexattr(fd, name, attr)
+
+
+async def _upper_copy(fs: UnionFS, nodeid: int) -> tuple[int, bytes]:
+    """Where an xattr change goes: the node's upper copy (a metadata-only copy-up first)."""
     fs.check_writable()
     node = fs.inodes.get(nodeid)
     await copyup.copy_up(fs, node, metadata_only=True)
-    fd, name = fs.layers.where(node, UPPER)
-    _sys.removexattr(fd, name, attr)
+    return fs.layers.where(node, UPPER)
