@@ -43,7 +43,14 @@ log = logging.getLogger(__name__)
 
 
 class UnionFS:
-    """A union of `cfg.lowers` (read-only) under `cfg.upper` (writable), served by node ids."""
+    """A union of `cfg.lowers` (read-only) under `cfg.upper` (writable), served by node ids.
+
+    State the modules share: `inodes` (nodes by id, names, lookup counts), `layers` (root fds,
+    dir fd cache, lower listings), `work` (the work dir and what was probed there, frozen),
+    `fd_lru` (file fds that may be closed again), `dir_handles` (readdir snapshots), and two
+    flags learnt while serving: `share_whiteouts`, `can_rename_whiteout`. `read_only` is a union
+    without an upper layer; `failsafe` one that found a corrupt layer.
+    """
 
     def __init__(self, cfg: UnionConfig) -> None:
         self.cfg = cfg
