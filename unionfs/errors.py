@@ -16,10 +16,18 @@ class UsageError(Exception):
 
 
 class LayerCorruptError(OSError):
-    """A layer holds something the union cannot make sense of (served as EIO)."""
+    """A layer holds what strata could not have written: a forged or broken origin or metacopy
+    marker, metacopy data that is missing. Served as EIO; the union that detects it turns
+    read-only (s3ql's failsafe), since writing on top of a layer it cannot make sense of could
+    only make things worse, while the healthy files stay readable.
 
-    def __init__(self, message: str) -> None:
-        super().__init__(errno.EIO, message)
+    `layer` names the layer (its path) once the union knows which one it is.
+    """
+
+    def __init__(self, problem: str, layer: str = "") -> None:
+        super().__init__(errno.EIO, f"corrupt layer {layer}: {problem}" if layer else problem)
+        self.problem = problem
+        self.layer = layer
 
 
 def fs_error(code: int, what: bytes | str = b"") -> OSError:

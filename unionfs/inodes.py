@@ -11,15 +11,20 @@ reused), the new node gets a higher generation, which tells the kernel the old o
 from __future__ import annotations
 
 import errno
-import stat
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, NewType
+from typing import TYPE_CHECKING, Final, NewType, TypeAlias
 
 import trio
 import xxhash
 
-from .layers import Listing
+from .errors import fs_error
+
+if TYPE_CHECKING:
+    from .attrs import Attr
+    from .layers import Listing
+    from .metacopy import DataSource
 
 InodeNo = NewType("InodeNo", int)
 ROOT: Final = InodeNo(1)
@@ -58,46 +63,23 @@ class LowerEntry:
 
 
 @dataclass(eq=False, slots=True)
-class Node:
-    """One union object the kernel (or a union operation in progress) holds a reference to."""
+class BaseNode:
+    """One union object the kernel (or a union operation in progress) holds a reference to.
+
+    What every object has; a directory is a `DirNode`, anything else a `FileNode` (`Node` is
+    either, so that a test of one kind leaves the other).
+    """
 
     nodeid: InodeNo  # == st_ino
     kind: int  # stat.S_IFMT bits
-    links: list[tuple[Node, bytes]]  # (parent, name) pairs; empty once unlinked; root has none
+    links: list[tuple[DirNode, bytes]]  # (parent, name) pairs; empty once unlinked; root has none
     upper: bool  # the object exists in the upper layer at its names
     lower: int  # lower layer holding it (non-dirs) or its top lower layer (dirs); 0 = none
-    lowers: tuple[int, ...] = ()  # dirs: lower layers merged into it, top first
-    lower_st: object = None  # os.stat_result of the lower object (immutable, so cached)
     lookups: int = 0
-    opaque_checked: bool = False  # dirs: `lowers` has been cut at the first opaque layer
-    view: dict[bytes, LowerEntry] | None = None  # dirs: merged lower listing (cached)
-    listings: dict[int, Listing] = field(default_factory=dict)  # dirs: layer -> its listing
-    children: dict[bytes, Node] = field(default_factory=dict)
-    # Regular files: the fd reads and writes use (see UnionFS._io_fd), -1 if none. Cached per
-    # node rather than per open: in FUSE's no-open mode the kernel sends no open/release at all.
-    fd: int = -1
-    fd_writable: bool = False
-    fd_pinned: bool = False  # the file's last name went while the kernel held it: keep the fd
     generation: int = 0
-    nlink_extra: int = 0  # copied-up hard link: group names left in lower layers (still counted)
-    attr: object = None  # core.Attr of a lower-only object (immutable until copy-up or unlink)
-    # Metacopy (unionfs/metacopy.py): the path recorded in the marker of the file the union serves
-    # (the upper one if `upper`, else the one in `lower`), None for a file that holds its data;
-    # and where that data was found (a metacopy.DataSource, indexed from the layer below).
-    redirect: bytes | None = None
-    data_src: object = None
-    # os.stat_result of a metacopy file whose last name went while the kernel held it: its fd
-    # is on the data below, whose metadata is not the file's.
-    unlinked_st: object = None
+    lower_st: os.stat_result | None = None  # of the lower object (immutable, so cached)
+    attr: Attr | None = None  # of a lower-only object (immutable until copy-up or unlink)
     _lock: trio.Lock | None = None
-
-    @property
-    def ino(self) -> int:
-        return self.nodeid
-
-    @property
-    def is_dir(self) -> bool:
-        return self.kind == stat.S_IFDIR
 
     @property
     def lock(self) -> trio.Lock:
@@ -107,12 +89,46 @@ class Node:
         return self._lock
 
     @property
-    def parent(self) -> Node | None:
+    def parent(self) -> DirNode | None:
         return self.links[0][0] if self.links else None
 
     @property
     def name(self) -> bytes:
         return self.links[0][1] if self.links else b""
+
+
+@dataclass(eq=False, slots=True)
+class DirNode(BaseNode):
+    """A directory: the lower layers merged into it and what is known of its entries."""
+
+    lowers: tuple[int, ...] = ()  # lower layers merged into it, top first
+    opaque_checked: bool = False  # `lowers` has been cut at the first opaque layer
+    view: dict[bytes, LowerEntry] | None = None  # merged lower listing (cached)
+    listings: dict[int, Listing] = field(default_factory=dict)  # layer -> its listing
+    children: dict[bytes, Node] = field(default_factory=dict)
+
+
+@dataclass(eq=False, slots=True)
+class FileNode(BaseNode):
+    """Anything but a directory; the fd and metacopy state apply to regular files only."""
+
+    # The fd reads and writes use (see fileio.io_fd), -1 if none. Cached per node rather than
+    # per open: in FUSE's no-open mode the kernel sends no open/release at all.
+    fd: int = -1
+    fd_writable: bool = False
+    fd_pinned: bool = False  # the file's last name went while the kernel held it: keep the fd
+    nlink_extra: int = 0  # copied-up hard link: group names left in lower layers (still counted)
+    # Metacopy (unionfs/metacopy.py): the path recorded in the marker of the file the union serves
+    # (the upper one if `upper`, else the one in `lower`), None for a file that holds its data;
+    # and where that data was found (indexed from the layer below).
+    redirect: bytes | None = None
+    data_src: DataSource | None = None
+    # Of a metacopy file whose last name went while the kernel held it: its fd is on the data
+    # below, whose metadata is not the file's.
+    unlinked_st: os.stat_result | None = None
+
+
+Node: TypeAlias = DirNode | FileNode
 
 
 class InodeTable:
@@ -140,12 +156,19 @@ class InodeTable:
             raise OSError(errno.ESTALE, "stale node id", str(nodeid))
         return node
 
+    def get_dir(self, nodeid: int, name: bytes) -> DirNode:
+        """The directory `nodeid`, to act on `name` in it (ENOTDIR if it is none)."""
+        node = self.get(nodeid)
+        if not isinstance(node, DirNode):
+            raise fs_error(errno.ENOTDIR, name)
+        return node
+
     def find(self, ino: int) -> Node | None:
         """The live node with this st_ino (how hard links find their shared node)."""
         node = self.nodes.get(InodeNo(ino))
         return node if node is not None and node.links else None
 
-    def link(self, node: Node, parent: Node, name: bytes) -> None:
+    def link(self, node: Node, parent: DirNode, name: bytes) -> None:
         for p, n in node.links:
             if p is parent and n == name:
                 break
@@ -153,7 +176,7 @@ class InodeTable:
             node.links.append((parent, name))
         parent.children[name] = node
 
-    def unlink(self, node: Node, parent: Node, name: bytes) -> None:
+    def unlink(self, node: Node, parent: DirNode, name: bytes) -> None:
         """Forget that `name` in `parent` is `node` (after unlink, rename-over, rmdir)."""
         node.links = [(p, n) for p, n in node.links if not (p is parent and n == name)]
         node.attr = None
@@ -166,12 +189,13 @@ class InodeTable:
             self._drop(node)
 
     def _drop(self, node: Node, *, upward: bool = True) -> None:
-        # Children the kernel does not hold (made by a union operation's own lookups) go too.
-        for child in list(node.children.values()):
-            if child.lookups <= 0:
-                self._drop(child, upward=False)
-        if node.children:
-            return  # still reachable by name from a child
+        if isinstance(node, DirNode):
+            # Children the kernel does not hold (made by a union operation's own lookups) go too.
+            for child in list(node.children.values()):
+                if child.lookups <= 0:
+                    self._drop(child, upward=False)
+            if node.children:
+                return  # still reachable by name from a child
         if self.nodes.get(node.nodeid) is node:
             del self.nodes[node.nodeid]
         if self.on_drop is not None:
@@ -183,4 +207,13 @@ class InodeTable:
                     self._drop(parent)
 
 
-__all__ = ["ROOT", "InodeNo", "InodeTable", "Listing", "LowerEntry", "Node", "encode_ino"]
+__all__ = [
+    "ROOT",
+    "DirNode",
+    "FileNode",
+    "InodeNo",
+    "InodeTable",
+    "LowerEntry",
+    "Node",
+    "encode_ino",
+]

@@ -15,10 +15,13 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 import xxhash
 
-from . import _sys
+from . import _sys, metacopy
+from .errors import fs_error
+from .inodes import ROOT, DirNode, Node
 from .whiteout import (
     OPAQUE_MARKER,
     OPAQUE_XATTRS,
@@ -28,8 +31,12 @@ from .whiteout import (
     whiteout_target,
 )
 
+if TYPE_CHECKING:
+    from .config import UnionConfig
+
 DT_DIR = stat.S_IFDIR
 DT_OTHER = 0
+UPPER: Final = 0  # the index of the upper layer; lowers follow, top first
 
 
 @dataclass(slots=True)
@@ -205,3 +212,118 @@ def _walk_links(dirfd: int, prefix: tuple[bytes, ...], index: HardlinkIndex) -> 
         finally:
             if owned:
                 os.close(fd)
+
+
+def is_upper_opaque(dirfd: int, name: bytes) -> bool:
+    """Is the upper directory `name` in `dirfd` opaque (by any xattr form or the marker file)?"""
+    for attr in OPAQUE_XATTRS:
+        if is_opaque_value(_sys.getxattr(dirfd, name, attr)):
+            return True
+    try:
+        os.stat(name + b"/" + OPAQUE_MARKER, dir_fd=dirfd, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
+class LayerStack:
+    """The layers of one union, and what is cached about them while it is mounted.
+
+    `root_fds[0]` is the upper layer (-1 for a read-only union), then the lowers top first. Lower
+    listings are shared by every node on one lower directory (keyed by its identity), hard-link
+    indexes are built once per lower layer, and `marker_layers` says which layers may hold
+    metacopy files (the upper one turns True when the first marker is written).
+    """
+
+    def __init__(self, cfg: UnionConfig, private_ns: str) -> None:
+        self.cfg = cfg
+        self.root_fds: list[int] = []
+        self.fds = DirFds(limit=4096)
+        self._listings: dict[tuple[int, int, int], Listing] = {}
+        self._hardlinks: dict[int, HardlinkIndex] = {}
+        # The namespace of strata's private xattrs that this mount honours (metacopy markers).
+        self.private_ns = private_ns
+        try:
+            if cfg.upper is not None and cfg.work is not None:
+                self.root_fds.append(os.open(cfg.upper, _sys.O_PATHDIR))
+            else:
+                self.root_fds.append(-1)
+            for lower in cfg.lowers:
+                self.root_fds.append(os.open(lower, _sys.O_PATHDIR))
+        except BaseException:
+            self.close()
+            raise
+        self.marker_layers = [
+            fd >= 0 and metacopy.layer_may_hold_markers(fd, private_ns) for fd in self.root_fds
+        ]
+
+    def close(self) -> None:
+        self.fds.close_all()
+        for fd in self.root_fds:
+            if fd >= 0:
+                os.close(fd)
+        self.root_fds = []
+
+    def dirfd(self, node: DirNode, layer: int) -> int:
+        """O_PATH fd of directory `node` in `layer`, opened component by component, no-follow."""
+        if node.nodeid == ROOT:
+            return self.root_fds[layer]
+        fd = self.fds.get((node.nodeid, layer))
+        if fd is not None:
+            return fd
+        chain: list[Node] = []
+        cur: Node | None = node
+        base = -1
+        while cur is not None:
+            if cur.nodeid == ROOT:
+                base = self.root_fds[layer]
+                break
+            cached = self.fds.get((cur.nodeid, layer))
+            if cached is not None:
+                base = cached
+                break
+            chain.append(cur)
+            cur = cur.parent
+        if cur is None:
+            raise fs_error(errno.ENOENT, node.name)  # unlinked directory
+        for step in reversed(chain):
+            fd = os.open(step.name, _sys.O_PATHDIR, dir_fd=base)
+            self.fds.put((step.nodeid, layer), fd)
+            base = fd
+        return base
+
+    def where(self, node: Node, layer: int) -> tuple[int, bytes]:
+        """(fd of the directory holding node in layer, name) — (root fd, '.') for the root."""
+        if node.nodeid == ROOT:
+            return self.root_fds[layer], b"."
+        parent = node.parent
+        if parent is None:
+            raise fs_error(errno.ENOENT, node.name)
+        return self.dirfd(parent, layer), node.name
+
+    def listing(self, node: DirNode, layer: int) -> Listing:
+        """The listing of directory node in a lower layer (shared by every node on that dir)."""
+        listing = node.listings.get(layer)
+        if listing is None:
+            dirfd = self.dirfd(node, layer)
+            st = os.fstat(dirfd)
+            key = (layer, st.st_dev, st.st_ino)
+            listing = self._listings.get(key)
+            if listing is None:
+                listing = read_listing(dirfd)
+                self._listings[key] = listing
+            node.listings[layer] = listing
+        return listing
+
+    def lower_stat(self, parent: DirNode, layer: int, name: bytes) -> os.stat_result:
+        listing = self.listing(parent, layer)
+        st = listing.stats.get(name)
+        return st if st is not None else listing.stat(self.dirfd(parent, layer), name)
+
+    def hardlinks(self, layer: int, cache_fd: int | None) -> HardlinkIndex:
+        """The hard-link index of lower `layer` (built at its first use, then kept)."""
+        index = self._hardlinks.get(layer)
+        if index is None:
+            index = hardlink_index(self.root_fds[layer], self.cfg.lowers[layer - 1], cache_fd)
+            self._hardlinks[layer] = index
+        return index

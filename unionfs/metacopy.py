@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Final
 
 from . import _sys
+from .errors import LayerCorruptError
 from .whiteout import OPAQUE_MARKER, OPAQUE_XATTRS, WH_PREFIX, is_opaque_value
 
 MARKER_NAME: Final = "strata.metacopy"  # prefixed with "trusted." or "user."
@@ -83,8 +84,8 @@ def layer_may_hold_markers(root_fd: int, ns: str) -> bool:
     return _sys.getxattr(root_fd, b".", f"{ns}.{LAYER_NAME}") is not None
 
 
-def _eio(relpath: bytes, why: str) -> OSError:
-    return OSError(errno.EIO, f"metacopy data {why}", os.fsdecode(relpath))
+def _eio(relpath: bytes, why: str) -> LayerCorruptError:
+    return LayerCorruptError(f"metacopy data {why}: {os.fsdecode(relpath)!r}")
 
 
 def _dir_is_opaque(fd: int) -> bool:
@@ -148,8 +149,8 @@ def find_data(layers: Sequence[int], relpath: bytes, size: int, ns: str) -> Data
     """Resolve a marker: the data of a metacopy file of `size` bytes whose marker is `relpath`.
 
     `layers` are the root fds (O_PATH is fine) of the layers below the one holding the marker,
-    top first. Metacopy files met on the way are followed further down. Raises OSError(EIO)
-    when the data is missing, never returns a wrong or empty file.
+    top first. Metacopy files met on the way are followed further down. Raises
+    LayerCorruptError (EIO) when the data is missing, never returns a wrong or empty file.
     """
     base = 0
     while True:
@@ -195,7 +196,7 @@ def open_data(layer: Path | int, relpath: bytes, below: Sequence[Path | int], ns
     `below` (root paths or fds, top first: the layers the union had under `layer`). This is what
     a reader of a bare upper directory must use instead of opening the file (an image commit
     would otherwise store a hole). `ns` is the namespace the union that wrote `layer` used.
-    Raises OSError(EIO) when a metacopy file's data is missing.
+    Raises LayerCorruptError (EIO) when a metacopy file's data is missing.
     """
     owned: list[int] = []
     try:

@@ -31,7 +31,9 @@ from typing import Final
 
 import pyfuse3
 
-from .core import Attr, Caller, SetAttr, UnionFS
+from .attrs import Attr, Caller, SetAttr
+from .core import UnionFS
+from .inodes import Node
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ def _negative_entry() -> pyfuse3.EntryAttributes:
 
 
 def _caller(ctx: pyfuse3.RequestContext) -> Caller:
-    return Caller(uid=ctx.uid, gid=ctx.gid, umask=ctx.umask, pid=ctx.pid)
+    return Caller(uid=ctx.uid, gid=ctx.gid)
 
 
 _DEFAULT_ACL: Final = "system.posix_acl_default"
@@ -113,7 +115,7 @@ class UnionOperations(pyfuse3.Operations):
         # Without opendir (PATCHED), one core directory handle per directory node, kept until
         # the kernel forgets the node: its listing snapshot keeps readdir positions valid.
         self.cache_listings = PATCHED
-        self._dir_handles: dict[int, tuple[object, int]] = {}
+        self._dir_handles: dict[int, tuple[Node, int]] = {}
         self.dont_mask = False  # set when the kernel granted FUSE_CAP_DONT_MASK
         # STRATA_FUSE_OPEN=1 keeps OPEN/RELEASE (the stock-pyfuse3 path): for tests and A/B runs.
         self.no_open = NO_OPEN and os.environ.get("STRATA_FUSE_OPEN") != "1"

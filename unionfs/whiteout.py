@@ -8,9 +8,11 @@ opaque xattrs of the kernel (`trusted.overlay.opaque`), of unprivileged overlayf
 
 from __future__ import annotations
 
+import os
 import stat
 from typing import Final
 
+NAME_MAX: Final = 255
 WH_PREFIX: Final = b".wh."
 OPAQUE_MARKER: Final = b".wh..wh..opq"
 OPAQUE_XATTRS: Final = (
@@ -52,3 +54,24 @@ def is_private_xattr(attr: str) -> bool:
 
 def is_opaque_value(value: bytes | None) -> bool:
     return value is not None and value.rstrip(b"\0") in (b"y", b"Y", b"1")
+
+
+def has_whiteout_file(dirfd: int, name: bytes) -> bool:
+    """Is there a `.wh.NAME` marker for name in this upper directory?"""
+    if len(name) + len(WH_PREFIX) > NAME_MAX:
+        return False  # cannot exist
+    try:
+        os.stat(WH_PREFIX + name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def remove_whiteout_file(dirfd: int, name: bytes) -> None:
+    """Remove a `.wh.` marker for name (after something new was put at name)."""
+    if len(name) + len(WH_PREFIX) > NAME_MAX:
+        return
+    try:
+        os.unlink(WH_PREFIX + name, dir_fd=dirfd)
+    except FileNotFoundError:
+        pass

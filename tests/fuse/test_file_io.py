@@ -1,4 +1,4 @@
-"""File I/O by inode through a real mount (unionfs/core.py `_io_fd`, FUSE's no-open mode).
+"""File I/O by inode through a real mount (unionfs/fileio.py `io_fd`, FUSE's no-open mode).
 
 The daemon keeps one fd per file node rather than one per open (with the patched pyfuse3 the
 kernel sends no OPEN/RELEASE at all), so these tests pin down what that must not change: O_TRUNC,
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.mounts import StrataMount, StrataMountFactory, UnionDirs
-from unionfs.core import UnionFS
+from unionfs.fileio import FD_CACHE
 from unionfs.ops import NO_OPEN
 
 pytestmark = [pytest.mark.fuse]
@@ -143,7 +143,7 @@ def test_files_unlinked_or_renamed_over_while_open_stay_usable(
 def test_more_open_files_than_the_fd_cache_all_read_right_and_fds_stay_bounded(
     union_mount: StrataMountFactory, dirs: UnionDirs
 ) -> None:
-    count = UnionFS.FD_CACHE + 200
+    count = FD_CACHE + 200
     lower = dirs.lowers[0] / "many"
     lower.mkdir()
     for i in range(count):
@@ -161,7 +161,7 @@ def test_more_open_files_than_the_fd_cache_all_read_right_and_fds_stay_bounded(
                     # round, so drop it for this file first
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                     assert os.pread(fd, 100, 0) == b"%d" % i * 3
-            assert daemon_fds(m) <= base + UnionFS.FD_CACHE + 10
+            assert daemon_fds(m) <= base + FD_CACHE + 10
         finally:
             for fd in fds:
                 os.close(fd)

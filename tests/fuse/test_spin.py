@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.mounts import StrataMount, StrataMountFactory, UnionDirs
-from unionfs.core import INLINE_COPY_MAX
+from unionfs.copyup import INLINE_COPY_MAX
 from unionfs.ops import CAN_SPIN
 
 pytestmark = [

@@ -9,14 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from tests.helpers.mounts import skip_unless_root
+from unionfs.attrs import Caller, SetAttr
 from unionfs.config import IdMapping, UnionConfig, validate
-from unionfs.core import Caller, SetAttr, UnionFS
+from unionfs.core import UnionFS
 from unionfs.inodes import ROOT
-
-pytestmark = pytest.mark.root
 
 
 def _layers(tmp_path: Path) -> tuple[Path, Path, Path]:

@@ -9,15 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mounts import skip_unless_root
 from unionfs import metacopy
-
-pytestmark = pytest.mark.root
-
-
-@pytest.fixture(autouse=True)
-def _needs_root() -> None:
-    skip_unless_root()  # trusted.* xattrs
 
 
 def put(path: Path, data: bytes = b"") -> Path:
@@ -65,6 +57,7 @@ def test_open_data_of_a_plain_file_opens_the_file(tmp_path: Path) -> None:
     assert read_fd(metacopy.open_data(tmp_path / "upper", b"d/f", [], "trusted")) == b"plain"
 
 
+@pytest.mark.root
 def test_open_data_of_a_metacopy_file_opens_its_data_below(tmp_path: Path) -> None:
     upper, top, base = tmp_path / "upper", tmp_path / "top", tmp_path / "base"
     make_metacopy(upper, "renamed", b"d/f", 4)
@@ -81,6 +74,7 @@ def test_open_data_of_a_metacopy_file_opens_its_data_below(tmp_path: Path) -> No
             os.close(fd)
 
 
+@pytest.mark.root
 def test_open_data_follows_a_chain_of_metacopy_layers(tmp_path: Path) -> None:
     upper, mid, base = tmp_path / "upper", tmp_path / "mid", tmp_path / "base"
     make_metacopy(upper, "a", b"b", 3)
@@ -89,6 +83,7 @@ def test_open_data_follows_a_chain_of_metacopy_layers(tmp_path: Path) -> None:
     assert read_fd(metacopy.open_data(upper, b"a", [mid, base], "trusted")) == b"abc"
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("marker", [b"../outside", b"/etc/passwd", b"gone"])
 def test_open_data_of_a_metacopy_file_without_data_is_eio(tmp_path: Path, marker: bytes) -> None:
     upper, base = tmp_path / "upper", tmp_path / "base"

@@ -1,0 +1,226 @@
+"""Inode attributes: what the kernel sees of a node (`Attr`), and changing them (kernel inode.c).
+
+Attributes of objects only in lower layers are cached (those layers never change while mounted);
+ids pass through uidmapping=/gidmapping= and squash_to_* here and nowhere else. A metadata change
+copies up (metadata only where metacopy allows), a truncate copies the data too.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import copyup, fileio, readdir
+from .errors import fs_error
+from .inodes import ROOT, FileNode, InodeNo, Node
+from .layers import UPPER
+
+if TYPE_CHECKING:
+    from .config import IdMapping
+    from .core import UnionFS
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asks: new objects are owned by uid/gid (the umask is applied by the adapter)."""
+
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    nodeid: InodeNo  # == st_ino
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    blocks: int
+    blksize: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    generation: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SetAttr:
+    """The fields of a setattr request that are to change (None = leave alone)."""
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+
+def node_stat(fs: UnionFS, node: Node) -> os.stat_result:
+    if not node.links and node.nodeid != ROOT:
+        if isinstance(node, FileNode):
+            if node.unlinked_st is not None:
+                return node.unlinked_st
+            if node.fd >= 0:
+                return os.fstat(node.fd)
+        raise fs_error(errno.ENOENT)
+    if node.upper:
+        fd, name = fs.layers.where(node, UPPER)
+        return os.stat(name, dir_fd=fd, follow_symlinks=False)
+    st = node.lower_st
+    if st is None:
+        fd, name = fs.layers.where(node, node.lower)
+        st = node.lower_st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    return st
+
+
+def node_attr(fs: UnionFS, node: Node) -> Attr:
+    """The attributes the kernel sees; cached for objects only in lower layers, which cannot
+    change until they are copied up or lose a name (both drop the cache)."""
+    if node.attr is not None and not node.upper:
+        return node.attr
+    attr = make_attr(fs, node, node_stat(fs, node))
+    if not node.upper and node.links:
+        node.attr = attr
+    return attr
+
+
+def make_attr(fs: UnionFS, node: Node, st: os.stat_result) -> Attr:
+    nlink = st.st_nlink
+    if not node.links and node.nodeid != ROOT:
+        nlink = 0
+    elif isinstance(node, FileNode):
+        if node.upper and node.nlink_extra:
+            nlink += node.nlink_extra
+    elif len(node.lowers) + node.upper > 1:
+        if not node.opaque_checked:
+            readdir.lower_view(fs, node)  # cuts node.lowers at an opaque layer
+        if len(node.lowers) + node.upper > 1:
+            nlink = 1  # a merged directory: overlayfs does not count its subdirs either
+    uid, gid = st.st_uid, st.st_gid
+    cfg = fs.cfg
+    if cfg.uid_map:
+        uid = _map_id(uid, cfg.uid_map, inward=True)
+    if cfg.gid_map:
+        gid = _map_id(gid, cfg.gid_map, inward=True)
+    if cfg.squash_uid is not None:
+        uid = cfg.squash_uid
+    if cfg.squash_gid is not None:
+        gid = cfg.squash_gid
+    blocks = st.st_blocks
+    if isinstance(node, FileNode) and node.redirect is not None:
+        try:  # a metacopy file reports its data's blocks, as overlayfs does
+            src = fileio.data_source(fs, node)
+        except OSError:
+            src = None  # missing data: opening fails with EIO, attributes stay readable
+        if src is not None:
+            blocks = src.st.st_blocks
+    return Attr(
+        nodeid=node.nodeid,
+        mode=st.st_mode,
+        nlink=nlink,
+        uid=uid,
+        gid=gid,
+        rdev=st.st_rdev,
+        size=st.st_size,
+        blocks=blocks,
+        blksize=st.st_blksize,
+        atime_ns=st.st_atime_ns,
+        mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+        generation=node.generation,
+    )
+
+
+def disk_ids(fs: UnionFS, uid: int, gid: int) -> tuple[int, int]:
+    """The ids stored on disk for union ids (inverse of uidmapping=/gidmapping=)."""
+    if fs.cfg.uid_map and uid != -1:
+        uid = _map_id(uid, fs.cfg.uid_map, inward=False)
+    if fs.cfg.gid_map and gid != -1:
+        gid = _map_id(gid, fs.cfg.gid_map, inward=False)
+    return uid, gid
+
+
+async def readlink(fs: UnionFS, nodeid: int) -> bytes:
+    node = fs.inodes.get(nodeid)
+    fd, name = fs.layers.where(node, UPPER if node.upper else node.lower)
+    return os.readlink(name, dir_fd=fd)
+
+
+async def setattr(fs: UnionFS, nodeid: int, changes: SetAttr) -> Attr:
+    node = fs.inodes.get(nodeid)
+    fs.check_writable()
+    if node.links or node.nodeid == ROOT:
+        if changes.size is None:  # chmod, chown, utimes: the data may stay below
+            await copyup.copy_up(fs, node, metadata_only=True)
+        else:
+            await copyup.copy_up(fs, node, data=changes.size != 0)
+    if changes.size is not None:
+        os.ftruncate(await fileio.io_fd(fs, node, write=True), changes.size)
+    if not node.links and node.nodeid != ROOT:
+        return setattr_unlinked(fs, node, changes)
+    dirfd, name = fs.layers.where(node, UPPER)
+    if changes.uid is not None or changes.gid is not None:
+        uid, gid = disk_ids(
+            fs,
+            -1 if changes.uid is None else changes.uid,
+            -1 if changes.gid is None else changes.gid,
+        )
+        os.chown(name, uid, gid, dir_fd=dirfd, follow_symlinks=False)
+    if changes.mode is not None and not stat.S_ISLNK(node.kind):
+        os.chmod(name, stat.S_IMODE(changes.mode), dir_fd=dirfd)
+    if changes.atime_ns is not None or changes.mtime_ns is not None:
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+        times = (
+            st.st_atime_ns if changes.atime_ns is None else changes.atime_ns,
+            st.st_mtime_ns if changes.mtime_ns is None else changes.mtime_ns,
+        )
+        os.utime(name, ns=times, dir_fd=dirfd, follow_symlinks=False)
+    return node_attr(fs, node)
+
+
+def setattr_unlinked(fs: UnionFS, node: Node, changes: SetAttr) -> Attr:
+    """fchmod/fchown/futimens on an open file whose last name is gone.
+
+    Only an upper file can be changed: the fds of a lower or metacopy file are on a lower
+    layer, which must never change, and a file without a name cannot be copied up.
+    """
+    if not isinstance(node, FileNode):
+        raise fs_error(errno.ENOENT)
+    if not node.upper or node.redirect is not None:
+        raise fs_error(errno.EROFS)
+    fd = node.fd
+    if fd < 0:
+        raise fs_error(errno.ENOENT)
+    if changes.uid is not None or changes.gid is not None:
+        uid, gid = disk_ids(
+            fs,
+            -1 if changes.uid is None else changes.uid,
+            -1 if changes.gid is None else changes.gid,
+        )
+        os.fchown(fd, uid, gid)
+    if changes.mode is not None:
+        os.fchmod(fd, stat.S_IMODE(changes.mode))
+    if changes.atime_ns is not None or changes.mtime_ns is not None:
+        st = os.fstat(fd)
+        os.utime(
+            fd,
+            ns=(
+                st.st_atime_ns if changes.atime_ns is None else changes.atime_ns,
+                st.st_mtime_ns if changes.mtime_ns is None else changes.mtime_ns,
+            ),
+        )
+    return node_attr(fs, node)
+
+
+def _map_id(value: int, mapping: tuple[IdMapping, ...], *, inward: bool) -> int:
+    """Translate an id through uidmapping=/gidmapping= ranges (unmapped ids pass unchanged)."""
+    for m in mapping:
+        src, dst = (m.outside, m.inside) if inward else (m.inside, m.outside)
+        if src <= value < src + m.count:
+            return dst + (value - src)
+    return value
