@@ -1,39 +1,23 @@
-"""The only home of the syscalls Python's os module lacks or gets subtly wrong for us.
+"""The union's file-system calls on top of `os`: opens, xattrs, data copies and the probes the
+work dir runs (the foreign calls themselves, such as renameat2, live in `unionfs.libc`).
 
 Everything here works on a directory fd plus one name component (never a joined path), so no
 symlink inside a layer is ever followed: xattr calls go through `/proc/self/fd/DIRFD/NAME` with
 follow_symlinks=False (the magic link resolves the directory we already hold; NAME is a single
-component looked up without following), renames go through renameat2, data copies keep holes.
+component looked up without following), data copies keep holes.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
 from typing import Final
 
-RENAME_NOREPLACE: Final = 1 << 0
-RENAME_EXCHANGE: Final = 1 << 1
-RENAME_WHITEOUT: Final = 1 << 2
-
 FICLONE: Final = 0x40049409
 
 O_DIR: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 O_PATHDIR: Final = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-_libc = ctypes.CDLL(None, use_errno=True)  # libc is loaded already; find_library forks ldconfig
-_renameat2 = _libc.renameat2
-_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-_renameat2.restype = ctypes.c_int
-
-
-def renameat2(olddirfd: int, oldname: bytes, newdirfd: int, newname: bytes, flags: int = 0) -> None:
-    """renameat2(2) on (dirfd, name) pairs; raises OSError."""
-    if _renameat2(olddirfd, oldname, newdirfd, newname, flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), os.fsdecode(newname))
 
 
 def open_lower(name: bytes, flags: int, dir_fd: int) -> int:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from . import _sys, attrs, fileio, lookup
+from . import _sys, attrs, fileio, libc, lookup
 from .errors import fs_error
 from .inodes import ROOT, DirNode, FileNode, Node
 from .layers import UPPER
@@ -165,7 +165,7 @@ async def copy_up_data(fs: UnionFS, node: FileNode, *, data: bool) -> None:
                 # Swapped, not renamed over: ext4 (auto_da_alloc) would flush the whole new
                 # file synchronously in a rename that replaces a file. The metacopy file
                 # lands in the work dir (removed at the next mount if we crash now).
-                _sys.renameat2(fs.work.tmp_fd, tmp, pfd, name, _sys.RENAME_EXCHANGE)
+                libc.renameat2(fs.work.tmp_fd, tmp, pfd, name, libc.RENAME_EXCHANGE)
                 os.unlink(tmp, dir_fd=fs.work.tmp_fd)
                 restore_times(pfd, pst)
                 if data and st.st_size > 0:
@@ -314,7 +314,7 @@ def rename_into_place(fs: UnionFS, tmp: bytes, parent: DirNode, name: bytes) -> 
     pfd = fs.layers.dirfd(parent, UPPER)
     pst = os.stat(pfd)
     try:
-        _sys.renameat2(fs.work.tmp_fd, tmp, pfd, name, _sys.RENAME_NOREPLACE)
+        libc.renameat2(fs.work.tmp_fd, tmp, pfd, name, libc.RENAME_NOREPLACE)
     except FileExistsError:
         # Already there (e.g. linked by a hard-link group copy-up); the copy is not needed.
         remove_tree(fs.work.tmp_fd, tmp)

@@ -15,7 +15,7 @@ import os
 import stat
 from typing import TYPE_CHECKING, Final
 
-from . import _sys, attrs, copyup, fileio, lookup, readdir
+from . import _sys, attrs, copyup, fileio, libc, lookup, readdir
 from .errors import fs_error
 from .inodes import DirNode, FileNode, Node
 from .layers import UPPER, is_whiteout_entry
@@ -118,18 +118,18 @@ def whiteout(fs: UnionFS, parent: DirNode, name: bytes) -> None:
         return
     tmp = make_whiteout_tmp(fs)
     if st is None:
-        _sys.renameat2(fs.work.tmp_fd, tmp, pfd, name, _sys.RENAME_NOREPLACE)
+        libc.renameat2(fs.work.tmp_fd, tmp, pfd, name, libc.RENAME_NOREPLACE)
     elif stat.S_ISDIR(st.st_mode):
-        _sys.renameat2(fs.work.tmp_fd, tmp, pfd, name, _sys.RENAME_EXCHANGE)
+        libc.renameat2(fs.work.tmp_fd, tmp, pfd, name, libc.RENAME_EXCHANGE)
         remove_tree(fs.work.tmp_fd, tmp)
     else:
-        _sys.renameat2(fs.work.tmp_fd, tmp, pfd, name)
+        libc.renameat2(fs.work.tmp_fd, tmp, pfd, name)
 
 
 def remove_upper(fs: UnionFS, pfd: int, name: bytes, st: os.stat_result) -> None:
     if stat.S_ISDIR(st.st_mode):
         tmp = fs.work.tmpname()
-        _sys.renameat2(pfd, name, fs.work.tmp_fd, tmp)
+        libc.renameat2(pfd, name, fs.work.tmp_fd, tmp)
         remove_tree(fs.work.tmp_fd, tmp)
     else:
         os.unlink(name, dir_fd=pfd)
@@ -183,12 +183,12 @@ def place_new(fs: UnionFS, src_fd: int, tmp: bytes, pfd: int, name: bytes, is_di
             st = None
         if st is not None:
             if is_dir:  # rename(2) cannot put a directory over a character device
-                _sys.renameat2(src_fd, tmp, pfd, name, _sys.RENAME_EXCHANGE)
+                libc.renameat2(src_fd, tmp, pfd, name, libc.RENAME_EXCHANGE)
                 os.unlink(tmp, dir_fd=src_fd)
             else:
-                _sys.renameat2(src_fd, tmp, pfd, name)
+                libc.renameat2(src_fd, tmp, pfd, name)
             return
-    _sys.renameat2(src_fd, tmp, pfd, name, _sys.RENAME_NOREPLACE)
+    libc.renameat2(src_fd, tmp, pfd, name, libc.RENAME_NOREPLACE)
     remove_whiteout_file(pfd, name)
 
 

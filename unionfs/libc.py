@@ -137,6 +137,10 @@ def statfs_type(path: str | bytes | os.PathLike[str]) -> int:
     return int(buf.f_type)
 
 
+RENAME_NOREPLACE: Final = 1 << 0
+RENAME_EXCHANGE: Final = 1 << 1
+RENAME_WHITEOUT: Final = 1 << 2
+
 _renameat2 = _libc.renameat2
 _renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
 _renameat2.restype = ctypes.c_int

@@ -12,7 +12,7 @@ import os
 import stat
 from typing import TYPE_CHECKING
 
-from . import _sys, copyup, dirops, fileio, lookup, readdir
+from . import copyup, dirops, fileio, libc, lookup, readdir
 from .errors import fs_error
 from .inodes import DirNode, Node
 from .layers import UPPER
@@ -75,8 +75,8 @@ async def rename(
     opaque), so renaming directories never fails with EXDEV.
     """
     fs.check_writable()
-    if flags & ~(_sys.RENAME_NOREPLACE | _sys.RENAME_EXCHANGE) or flags == (
-        _sys.RENAME_NOREPLACE | _sys.RENAME_EXCHANGE
+    if flags & ~(libc.RENAME_NOREPLACE | libc.RENAME_EXCHANGE) or flags == (
+        libc.RENAME_NOREPLACE | libc.RENAME_EXCHANGE
     ):
         raise fs_error(errno.EINVAL, new_name)
     dirops.check_new_name(fs, new_name)
@@ -89,9 +89,9 @@ async def rename(
         dst = None
     if dst is src:
         return  # two names of one object: rename(2) does nothing
-    if flags & _sys.RENAME_NOREPLACE and dst is not None:
+    if flags & libc.RENAME_NOREPLACE and dst is not None:
         raise fs_error(errno.EEXIST, new_name)
-    if flags & _sys.RENAME_EXCHANGE:
+    if flags & libc.RENAME_EXCHANGE:
         if dst is None:
             raise fs_error(errno.ENOENT, new_name)
         await exchange(fs, old_parent, old_name, src, new_parent, new_name, dst)
@@ -122,17 +122,17 @@ async def rename(
         if src_in_lower and rename_whiteout(fs, ofd, old_name, nfd, new_name):
             pass
         else:
-            _sys.renameat2(ofd, old_name, nfd, new_name, _sys.RENAME_NOREPLACE)
+            libc.renameat2(ofd, old_name, nfd, new_name, libc.RENAME_NOREPLACE)
             if src_in_lower:
                 dirops.whiteout(fs, old_parent, old_name)
     elif not isinstance(src, DirNode) and not stat.S_ISDIR(dst_st.st_mode):
-        _sys.renameat2(ofd, old_name, nfd, new_name)
+        libc.renameat2(ofd, old_name, nfd, new_name)
         if src_in_lower:
             dirops.whiteout(fs, old_parent, old_name)
     else:
         # A directory (or a whiteout a directory moves over): swap, then deal with what
         # landed at the old name.
-        _sys.renameat2(ofd, old_name, nfd, new_name, _sys.RENAME_EXCHANGE)
+        libc.renameat2(ofd, old_name, nfd, new_name, libc.RENAME_EXCHANGE)
         if src_in_lower:
             dirops.whiteout(fs, old_parent, old_name)
         else:
@@ -154,7 +154,7 @@ def rename_whiteout(fs: UnionFS, ofd: int, old: bytes, nfd: int, new: bytes) -> 
     if not fs.can_rename_whiteout:
         return False
     try:
-        _sys.renameat2(ofd, old, nfd, new, _sys.RENAME_WHITEOUT)
+        libc.renameat2(ofd, old, nfd, new, libc.RENAME_WHITEOUT)
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.EPERM, errno.EOPNOTSUPP):
             raise
@@ -207,7 +207,7 @@ async def exchange(
     await copyup.copy_up(fs, new_parent)
     ofd = fs.layers.dirfd(old_parent, UPPER)
     nfd = fs.layers.dirfd(new_parent, UPPER)
-    _sys.renameat2(ofd, old_name, nfd, new_name, _sys.RENAME_EXCHANGE)
+    libc.renameat2(ofd, old_name, nfd, new_name, libc.RENAME_EXCHANGE)
     if isinstance(src, DirNode) and dirops.in_lowers(fs, new_parent, new_name):
         dirops.make_opaque(fs, nfd, new_name)
     if isinstance(dst, DirNode) and dirops.in_lowers(fs, old_parent, old_name):
