@@ -21,7 +21,7 @@ from unionfs.cli import Subcommand, _Runner
 from unionfs.errors import UsageError
 
 if TYPE_CHECKING:
-    from .container import CreateRequest
+    from .create import CreateRequest
     from .namespaces import IdMap
     from .rootfs import UnionRootfs
     from .state import ContainerDir, StateRoot
@@ -149,7 +149,7 @@ def _create_request(
     id_map: IdMap | None = None,
 ) -> CreateRequest:
     from . import network
-    from .container import CreateRequest
+    from .create import CreateRequest
     from .images import layers_image, lookup_image
     from .process import check_user, parse_env_assignments, read_env_file
     from .security import parse_options
@@ -247,7 +247,8 @@ def _run(args: argparse.Namespace, runner: _Runner) -> int:
     if root is None:
         root = _state_root(args)
     try:
-        from .container import create, run_attached, start_detached
+        from .create import create
+        from .lifecycle import run_attached, start_detached
 
         _check_hostname(args.hostname)
         req = _create_request(args, root, rootless=rootless, id_map=id_map)
@@ -274,7 +275,7 @@ def _prefork_daemon() -> tuple[bool, IdMap | None, UnionRootfs]:
     rootless = os.geteuid() != 0
     id_map = None
     if rootless:
-        from .container import rootless_map
+        from .create import rootless_map
         from .namespaces import enter_user_namespace
 
         id_map = rootless_map()
@@ -288,7 +289,7 @@ def _prefork_daemon() -> tuple[bool, IdMap | None, UnionRootfs]:
 
 def _create(args: argparse.Namespace, runner: _Runner) -> int:
     runner.debug = bool(args.debug)
-    from .container import create
+    from .create import create
 
     _check_hostname(args.hostname)
     root = _state_root(args)
@@ -306,7 +307,7 @@ def _add_start_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _start(args: argparse.Namespace, runner: _Runner) -> int:
-    from .container import run_attached, start_detached
+    from .lifecycle import run_attached, start_detached
 
     root = _state_root(args)
     if args.attach:
@@ -331,7 +332,7 @@ def _add_exec_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _exec(args: argparse.Namespace, runner: _Runner) -> int:
-    from .container import exec_in
+    from .exec import exec_in
     from .process import ProcessSpec, check_user, merge_env, parse_env_assignments
 
     command = list(args.command)
@@ -398,7 +399,7 @@ def _add_stop_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _stop(args: argparse.Namespace, runner: _Runner) -> int:
-    from .container import stop
+    from .lifecycle import stop
 
     root = _state_root(args)
     for ref in args.containers:
@@ -430,7 +431,7 @@ def parse_signal(text: str) -> int:
 
 
 def _kill(args: argparse.Namespace, runner: _Runner) -> int:
-    from .container import signal_container
+    from .lifecycle import signal_container
 
     sig = parse_signal(args.signal)
     root = _state_root(args)
@@ -447,7 +448,7 @@ def _add_rm_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _rm(args: argparse.Namespace, runner: _Runner) -> int:
-    from .container import remove
+    from .lifecycle import remove
 
     root = _state_root(args)
     status = 0

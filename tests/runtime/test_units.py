@@ -13,7 +13,7 @@ import pytest
 
 from runtime import images, mounts, namespaces, network
 from runtime.cli import _parse_volume, parse_signal
-from runtime.container import CreateRequest, build_init_layer, container_config
+from runtime.create import CreateRequest, build_init_layer, container_config
 from runtime.init import deliver, exit_code
 from runtime.process import (
     ExecError,
