@@ -425,15 +425,10 @@ class Builder:
     def _spec(self, state: _State) -> ImageSpec:
         from runtime.images import ImageConfig, ImageSpec
 
-        inner = state.inner
         return ImageSpec(
             ref=f"{self.where} (build)",
             layers=self._lowers(state),
-            config=ImageConfig(
-                env=tuple(str(e) for e in inner.get("Env") or []),  # type: ignore[attr-defined]
-                workdir=str(inner.get("WorkingDir") or ""),
-                user=str(inner.get("User") or ""),
-            ),
+            config=ImageConfig.from_oci(state.config),  # RUN gives its argv and no entrypoint
         )
 
     # -- COPY / ADD / WORKDIR: through a mount of the image so far

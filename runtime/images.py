@@ -9,7 +9,7 @@ directory given by path (a one-layer image) or the layers given with `--lower`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -51,6 +51,26 @@ class ImageConfig:
             cmd=strings("cmd"),
             workdir=str(data.get("workdir") or ""),
             user=str(data.get("user") or ""),
+        )
+
+
+    @classmethod
+    def from_oci(cls, image_config: Mapping[str, object]) -> ImageConfig:
+        """The fields of an OCI image config (the whole document: its `config` object holds
+        them); values were type-checked when the image was loaded (images.load.check_config)."""
+        inner = image_config.get("config") or {}
+        assert isinstance(inner, dict)
+
+        def strings(key: str) -> tuple[str, ...]:
+            value = inner.get(key) or []
+            return tuple(str(v) for v in value) if isinstance(value, list) else (str(value),)
+
+        return cls(
+            env=strings("Env"),
+            entrypoint=strings("Entrypoint"),
+            cmd=strings("Cmd"),
+            workdir=str(inner.get("WorkingDir") or ""),
+            user=str(inner.get("User") or ""),
         )
 
 
