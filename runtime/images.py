@@ -39,19 +39,9 @@ class ImageConfig:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> ImageConfig:
-        def strings(key: str) -> tuple[str, ...]:
-            value = data.get(key) or []
-            assert isinstance(value, list)
-            return tuple(str(v) for v in value)
-
-        return cls(
-            env=strings("env"),
-            entrypoint=strings("entrypoint"),
-            cmd=strings("cmd"),
-            workdir=str(data.get("workdir") or ""),
-            user=str(data.get("user") or ""),
-        )
+    def from_json(cls, data: Mapping[str, object]) -> ImageConfig:
+        """From `to_json()`'s form (a container's recorded config)."""
+        return cls._from_fields(data, ("env", "entrypoint", "cmd", "workdir", "user"))
 
 
     @classmethod
@@ -60,17 +50,23 @@ class ImageConfig:
         them); values were type-checked when the image was loaded (images.load.check_config)."""
         inner = image_config.get("config") or {}
         assert isinstance(inner, dict)
+        return cls._from_fields(inner, ("Env", "Entrypoint", "Cmd", "WorkingDir", "User"))
+
+    @classmethod
+    def _from_fields(cls, data: Mapping[str, object], keys: tuple[str, ...]) -> ImageConfig:
+        """The fields named `keys` (env, entrypoint, cmd, workdir, user) of `data`."""
+        env, entrypoint, cmd, workdir, user = keys
 
         def strings(key: str) -> tuple[str, ...]:
-            value = inner.get(key) or []
+            value = data.get(key) or []
             return tuple(str(v) for v in value) if isinstance(value, list) else (str(value),)
 
         return cls(
-            env=strings("Env"),
-            entrypoint=strings("Entrypoint"),
-            cmd=strings("Cmd"),
-            workdir=str(inner.get("WorkingDir") or ""),
-            user=str(inner.get("User") or ""),
+            env=strings(env),
+            entrypoint=strings(entrypoint),
+            cmd=strings(cmd),
+            workdir=str(data.get(workdir) or ""),
+            user=str(data.get(user) or ""),
         )
 
 

@@ -21,9 +21,8 @@ from typing import Final
 import pytest
 
 from runtime import mounts, security
-from tests.runtime.conftest import Strata
+from tests.runtime.conftest import Strata, wait_running
 from tests.runtime.test_bad_input import assert_refused, listing
-from tests.runtime.test_run import wait_running
 from unionfs.errors import UsageError
 
 PODMAN_CAPS: Final = "00000000800405fb"
