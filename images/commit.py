@@ -216,7 +216,7 @@ def commit(
     store: ImageStore, container: str, reference: str | None, message: str = ""
 ) -> ImageRecord:
     """`strata commit`: see the module doc."""
-    from runtime.container import id_map_of, union_config
+    from runtime.create import id_map_of, union_config
 
     tags = [normalize_ref(reference)] if reference else []
     cdir = store.state.find(container)

@@ -7,8 +7,11 @@ Two ways, as runc has them:
   `cgroup.events`; thaw with 0;
 - otherwise every process of the container's PID namespace gets SIGSTOP (PID 1 too: SIGSTOP is
   one of the two signals an ancestor namespace can always send to a namespace's init). Processes
-  forked meanwhile are caught by scanning again until a scan finds none new; then each must be
-  seen stopped. Resuming sends SIGCONT to exactly the processes stopped here.
+  forked meanwhile are caught by scanning again once every process found so far is seen stopped,
+  until such a scan finds none new: a fork under way when its parent gets SIGSTOP still
+  completes (since Linux 4.20 a signal to one process no longer restarts it) and its child is
+  not stopped, but a process seen stopped has finished its fork, so after that scan nothing is
+  left to fork. Resuming sends SIGCONT to exactly the processes stopped here.
 
 `paused()` always resumes, also when the body (or the pausing itself) fails.
 """
@@ -83,21 +86,19 @@ def _stop_all(init_pid: int, stopped: list[int]) -> None:
     if ns is None:
         raise UsageError("the container stopped while being paused", 125)
     deadline = time.monotonic() + _TIMEOUT
-    while True:
-        new = sorted(_members(ns) - set(stopped))
-        if not new:
-            break
+    while new := sorted(_members(ns) - set(stopped)):
         for pid in new:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
             stopped.append(pid)
+        # Only a scan made once all are stopped can be sure to see every child.
+        for pid in stopped:
+            while _state(pid) not in ("T", "t", "X", "Z"):
+                if time.monotonic() > deadline:
+                    raise UsageError(f"could not pause the container (process {pid})", 125)
+                time.sleep(0.005)
         if time.monotonic() > deadline:
             raise UsageError("could not pause the container (it keeps forking)", 125)
-    for pid in stopped:
-        while _state(pid) not in ("T", "t", "X", "Z"):
-            if time.monotonic() > deadline:
-                raise UsageError(f"could not pause the container (process {pid})", 125)
-            time.sleep(0.005)
 
 
 def _freeze(group: Path, value: int) -> None:

@@ -104,20 +104,7 @@ class ImageRecord:
 
     @property
     def runtime_config(self) -> ImageConfig:
-        cfg = self.config.get("config") or {}
-        assert isinstance(cfg, dict)
-
-        def strings(key: str) -> tuple[str, ...]:
-            value = cfg.get(key) or []
-            return tuple(str(v) for v in value) if isinstance(value, list) else (str(value),)
-
-        return ImageConfig(
-            env=strings("Env"),
-            entrypoint=strings("Entrypoint"),
-            cmd=strings("Cmd"),
-            workdir=str(cfg.get("WorkingDir") or ""),
-            user=str(cfg.get("User") or ""),
-        )
+        return ImageConfig.from_oci(self.config)
 
     @property
     def created(self) -> str:

@@ -14,7 +14,6 @@ path length + path (relative to the layer directory).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import stat
 import struct
@@ -87,12 +86,3 @@ def rebuild(map_path: Path, layer: Path) -> Iterator[bytes]:
                         left -= len(chunk)
             else:
                 raise ValueError(f"{map_path}: corrupt tar map")
-
-
-def digest_of(map_path: Path, layer: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    for chunk in rebuild(map_path, layer):
-        h.update(chunk)
-        size += len(chunk)
-    return h.hexdigest(), size

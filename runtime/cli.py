@@ -22,7 +22,7 @@ from unionfs.command import Runner, Subcommand
 from unionfs.errors import UsageError
 
 if TYPE_CHECKING:
-    from .container import CreateRequest
+    from .create import CreateRequest
     from .images import Resolver
     from .namespaces import IdMap
     from .rootfs import UnionRootfs
@@ -158,7 +158,7 @@ def _create_request(
     id_map: IdMap | None = None,
 ) -> CreateRequest:
     from . import network
-    from .container import CreateRequest
+    from .create import CreateRequest
     from .images import layers_image, lookup_image
     from .process import check_user, parse_env_assignments, read_env_file
     from .security import parse_options
@@ -256,7 +256,8 @@ def _run(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) ->
     if root is None:
         root = _state_root(args)
     try:
-        from .container import create, run_attached, start_detached
+        from .create import create
+        from .lifecycle import run_attached, start_detached
 
         _check_hostname(args.hostname)
         req = _create_request(args, root, resolver, rootless=rootless, id_map=id_map)
@@ -283,7 +284,7 @@ def _prefork_daemon() -> tuple[bool, IdMap | None, UnionRootfs]:
     rootless = os.geteuid() != 0
     id_map = None
     if rootless:
-        from .container import rootless_map
+        from .create import rootless_map
         from .namespaces import enter_user_namespace
 
         id_map = rootless_map()
@@ -297,7 +298,7 @@ def _prefork_daemon() -> tuple[bool, IdMap | None, UnionRootfs]:
 
 def _create(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) -> int:
     runner.debug = bool(args.debug)
-    from .container import create
+    from .create import create
 
     _check_hostname(args.hostname)
     root = _state_root(args)
@@ -315,7 +316,7 @@ def _add_start_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _start(args: argparse.Namespace, runner: Runner) -> int:
-    from .container import run_attached, start_detached
+    from .lifecycle import run_attached, start_detached
 
     root = _state_root(args)
     if args.attach:
@@ -340,7 +341,7 @@ def _add_exec_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _exec(args: argparse.Namespace, runner: Runner) -> int:
-    from .container import exec_in
+    from .exec import exec_in
     from .process import ProcessSpec, check_user, merge_env, parse_env_assignments
 
     command = list(args.command)
@@ -407,7 +408,7 @@ def _add_stop_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _stop(args: argparse.Namespace, runner: Runner) -> int:
-    from .container import stop
+    from .lifecycle import stop
 
     root = _state_root(args)
     for ref in args.containers:
@@ -439,7 +440,7 @@ def parse_signal(text: str) -> int:
 
 
 def _kill(args: argparse.Namespace, runner: Runner) -> int:
-    from .container import signal_container
+    from .lifecycle import signal_container
 
     sig = parse_signal(args.signal)
     root = _state_root(args)
@@ -456,7 +457,7 @@ def _add_rm_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _rm(args: argparse.Namespace, runner: Runner) -> int:
-    from .container import remove
+    from .lifecycle import remove
 
     root = _state_root(args)
     status = 0

@@ -9,7 +9,7 @@ a rootfs directory given by path (a one-layer image). `--lower` gives the layers
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -39,18 +39,34 @@ class ImageConfig:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> ImageConfig:
+    def from_json(cls, data: Mapping[str, object]) -> ImageConfig:
+        """From `to_json()`'s form (a container's recorded config)."""
+        return cls._from_fields(data, ("env", "entrypoint", "cmd", "workdir", "user"))
+
+
+    @classmethod
+    def from_oci(cls, image_config: Mapping[str, object]) -> ImageConfig:
+        """The fields of an OCI image config (the whole document: its `config` object holds
+        them); values were type-checked when the image was loaded (images.load.check_config)."""
+        inner = image_config.get("config") or {}
+        assert isinstance(inner, dict)
+        return cls._from_fields(inner, ("Env", "Entrypoint", "Cmd", "WorkingDir", "User"))
+
+    @classmethod
+    def _from_fields(cls, data: Mapping[str, object], keys: tuple[str, ...]) -> ImageConfig:
+        """The fields named `keys` (env, entrypoint, cmd, workdir, user) of `data`."""
+        env, entrypoint, cmd, workdir, user = keys
+
         def strings(key: str) -> tuple[str, ...]:
             value = data.get(key) or []
-            assert isinstance(value, list)
-            return tuple(str(v) for v in value)
+            return tuple(str(v) for v in value) if isinstance(value, list) else (str(value),)
 
         return cls(
-            env=strings("env"),
-            entrypoint=strings("entrypoint"),
-            cmd=strings("cmd"),
-            workdir=str(data.get("workdir") or ""),
-            user=str(data.get("user") or ""),
+            env=strings(env),
+            entrypoint=strings(entrypoint),
+            cmd=strings(cmd),
+            workdir=str(data.get(workdir) or ""),
+            user=str(data.get(user) or ""),
         )
 
 

@@ -240,3 +240,13 @@ def _run_map_helpers(pid: int, id_map: IdMap) -> int:
 def in_user_namespace() -> bool:
     """Whether this process runs in a user namespace other than the initial one."""
     return not _sys.in_initial_user_namespace()
+
+
+def setgroups_allowed(pid: str = "self") -> bool:
+    """Whether setgroups(2) is allowed in the user namespace of `pid` (no if "deny" was written
+    there, as a process mapping only its own ids must)."""
+    try:
+        with open(f"/proc/{pid}/setgroups") as f:
+            return f.read().strip() == "allow"
+    except OSError:
+        return True

@@ -27,7 +27,6 @@ from unionfs.errors import UsageError
 
 BRIDGE: Final = "strata0"
 DEFAULT_SUBNET: Final = "10.90.0.0/16"
-MODES: Final = ("none", "host", "bridge")
 
 _SIOCGIFFLAGS: Final = 0x8913
 _SIOCSIFFLAGS: Final = 0x8914

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from unionfs import libc
+from unionfs import libc, startup
 from unionfs.config import MountOptions, UnionConfig, unique_lowers, validate
 from unionfs.errors import UsageError
 
@@ -112,19 +112,9 @@ class UnionRootfs:
         """Block until the daemon reports the mount live; UsageError with its message if not."""
         assert self._report_fd is not None, "start() first"
         fd, self._report_fd = self._report_fd, None
-        try:
-            chunks = []
-            while chunk := os.read(fd, 4096):
-                chunks.append(chunk)
-                if b"\n" in chunk:
-                    break
-        finally:
-            os.close(fd)
-        report = b"".join(chunks).decode(errors="replace")
-        if report == "ok\n":
-            return
-        message = report.strip() or "the union daemon died before mounting"
-        raise UsageError(f"cannot mount the container's rootfs: {message}", 125)
+        failure = startup.wait_for_start(fd, died="the union daemon died before mounting")
+        if failure is not None:
+            raise UsageError(f"cannot mount the container's rootfs: {failure.message}", 125)
 
     # -- stopping
 
@@ -188,7 +178,7 @@ def serve_daemon(
     """The daemon: import, read the request, mount, report `ok`, serve until unmounted or
     signalled; never returns. Without a request (the parent gave up) it exits quietly."""
     status = 1
-    report = OneShotReport(report_fd)
+    report = startup.StartupReport(report_fd)
     try:
         for sig in CHILD_RESET_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
@@ -211,7 +201,7 @@ def serve_daemon(
         data = _read_all(request_fd)
         os.close(request_fd)
         if not data:
-            report.sent = True
+            report.close()
             os._exit(0)
         request = pickle.loads(data)
         assert isinstance(request, _Request)
@@ -219,18 +209,18 @@ def serve_daemon(
         logging.basicConfig(
             level=logging.WARNING, format="%(asctime)s %(levelname)s:%(name)s:%(message)s"
         )
-        mount.run(request.cfg, request.opts, request.mountpoint, on_mounted=lambda: report("ok\n"))
+        mount.run(request.cfg, request.opts, request.mountpoint, on_mounted=report.ok)
         status = 0
     except UsageError as exc:
-        report(f"{exc}\n")
+        report.fail(exc.exit_code, str(exc))
     except OSError as exc:
-        report(f"{exc.strerror or exc}\n")
+        report.fail(1, str(exc.strerror or exc))
     except BaseException as exc:
-        report(f"{type(exc).__name__}: {exc}\n")
+        report.fail(1, f"{type(exc).__name__}: {exc}")
         with contextlib.suppress(Exception):
             logging.getLogger(__name__).exception("union daemon failed")
     finally:
-        report("the union daemon stopped before mounting\n")
+        report.fail(1, "the union daemon stopped before mounting")
         os._exit(status)
 
 
@@ -244,22 +234,6 @@ def _read_all(fd: int) -> bytes:
     while chunk := os.read(fd, 65536):
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-class OneShotReport:
-    """The child's half of a start-up pipe: the first `send()` reaches the parent (who reads
-    until EOF or a newline), later ones are dropped; the pipe closes after the first."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.sent = False
-
-    def __call__(self, text: str) -> None:
-        if not self.sent:
-            self.sent = True
-            with contextlib.suppress(OSError):
-                os.write(self.fd, text.encode())
-            os.close(self.fd)
 
 
 def redirect_stdio(log_path: Path, *, stdout_to_log: bool = False, mode: int = 0o644) -> None:
@@ -293,12 +267,6 @@ def _wait_exit(pid: int, timeout: float) -> bool:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
     return True
-
-
-def is_mounted(path: Path) -> bool:
-    from unionfs.mountinfo import mounts_at
-
-    return bool(mounts_at(path))
 
 
 def detach_if_mounted(path: Path) -> None:

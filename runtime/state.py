@@ -324,7 +324,9 @@ class StateRoot:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a container dir, refusing to descend into anything still mounted below it."""
+    """rm -rf of a tree in the state root (a container dir, an image layer or staging dir),
+    refusing to descend into anything still mounted below it: the one home of this for runtime
+    and images."""
     from unionfs.mountinfo import read_mountinfo
 
     prefix = str(path) + "/"

@@ -46,7 +46,6 @@ PR_SET_DUMPABLE: Final = 4
 PR_SET_NAME: Final = 15
 PR_SET_SECCOMP: Final = 22
 PR_CAPBSET_DROP: Final = 24
-PR_SET_CHILD_SUBREAPER: Final = 36
 PR_SET_NO_NEW_PRIVS: Final = 38
 PR_CAP_AMBIENT: Final = 47
 PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
@@ -274,7 +273,3 @@ def scrub_command_line(title: str) -> None:
 def set_pdeathsig(signum: int) -> None:
     """Ask the kernel to send `signum` to this process when its parent (thread) exits."""
     prctl(PR_SET_PDEATHSIG, signum)
-
-
-def set_child_subreaper() -> None:
-    prctl(PR_SET_CHILD_SUBREAPER, 1)

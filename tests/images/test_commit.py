@@ -17,8 +17,7 @@ from images.save import save
 from images.store import ImageStore
 from images.tarsplit import rebuild
 from runtime.namespaces import IdMap, IdRange
-from tests.runtime.conftest import Strata
-from tests.runtime.test_run import wait_running
+from tests.runtime.conftest import Strata, container_processes, wait_for, wait_running
 
 from .test_load import IMAGE_ID, _archive
 
@@ -202,19 +201,7 @@ def test_commit_refusals(strata: Strata) -> None:
 
 def _states(init_pid: int) -> dict[int, str]:
     """pid -> state letter of every process in the PID namespace of `init_pid`."""
-    ns = os.stat(f"/proc/{init_pid}/ns/pid").st_ino
-    found = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{name}/ns/pid").st_ino != ns:
-                continue
-            data = Path(f"/proc/{name}/stat").read_bytes()
-        except OSError:
-            continue
-        found[int(name)] = data[data.rindex(b")") + 2 :][:1].decode()
-    return found
+    return {pid: p.state for pid, p in container_processes(init_pid).items()}
 
 
 def test_commit_of_a_running_container_pauses_and_resumes_it(strata: Strata) -> None:
@@ -225,6 +212,9 @@ def test_commit_of_a_running_container_pauses_and_resumes_it(strata: Strata) -> 
     )
     strata.run("run", "-d", "--name", "busy", "uniontest:1", "sh", "-c", script, check=True)
     wait_running(strata, "busy")
+    # A tick written: the shell has forked its background sleep (the test wants two processes).
+    ticks = strata.container_dir("busy") / "upper" / "ticks"
+    wait_for(ticks.exists, "the container's first tick")
     init_pid = int(strata.inspect("busy")["State"]["Pid"])  # type: ignore[index]
     from images.pause import own_cgroup, paused
 

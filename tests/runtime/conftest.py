@@ -11,11 +11,12 @@ processes the test started are ever killed (by removing its containers).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -165,6 +166,80 @@ class Strata:
             self.run("rm", "-f", *ids, timeout=60)
         if errors:
             pytest.fail("union daemon errors:\n" + "\n".join(errors), pytrace=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Proc:
+    """One process of a container, as /proc/PID/stat shows it from the host."""
+
+    pid: int
+    comm: str
+    state: str  # R, S, T, Z, ...
+    pgrp: int
+    tpgid: int  # the foreground process group of its terminal (-1 without one)
+
+
+def container_processes(init_pid: int) -> dict[int, Proc]:
+    """Every process in the PID namespace whose init is `init_pid` (host pid), zombies too."""
+    ns = os.stat(f"/proc/{init_pid}/ns/pid").st_ino
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{name}/ns/pid").st_ino != ns:
+                continue
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        comm = data[data.index(b"(") + 1 : data.rindex(b")")].decode(errors="replace")
+        fields = data[data.rindex(b")") + 2 :].decode().split()
+        found[int(name)] = Proc(int(name), comm, fields[0], int(fields[2]), int(fields[5]))
+    return found
+
+
+def runs_its_command(init_pid: int) -> bool:
+    """Whether the container's command has been exec'd: one of its processes runs a program
+    other than this Python (strata's PID 1 is a fork of it until `go`, --init's stays one)."""
+    python = os.stat(sys.executable)
+    for pid in container_processes(init_pid):
+        try:
+            exe = os.stat(f"/proc/{pid}/exe")
+        except OSError:
+            continue  # a zombie, or gone
+        if (exe.st_dev, exe.st_ino) != (python.st_dev, python.st_ino):
+            return True
+    return False
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Poll `condition` until it holds (AssertionError naming `what` after `timeout` s)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def wait_running(strata: Strata, ref: str, timeout: float = 20.0) -> dict[str, object]:
+    """The container's inspect data once its command runs (exec'd, not only recorded)."""
+    info: dict[str, object] = {}
+
+    def started() -> bool:
+        nonlocal info
+        if not strata.container_ids():
+            return False
+        done = strata.run("inspect", ref)
+        if done.returncode != 0:
+            return False
+        (info,) = json.loads(done.stdout)
+        state = info["State"]
+        assert isinstance(state, dict)
+        return bool(state["Running"] and state["Pid"]) and runs_its_command(int(state["Pid"]))
+
+    wait_for(started, f"container {ref} to run its command", timeout)
+    return info
 
 
 def lowers_args(layers_base_first: Sequence[Path]) -> list[str]:

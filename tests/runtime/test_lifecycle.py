@@ -12,8 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.runtime.conftest import Strata, fuse_mounts_below
-from tests.runtime.test_run import wait_running
+from tests.runtime.conftest import Strata, fuse_mounts_below, wait_for, wait_running
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
 
@@ -26,14 +25,16 @@ def ps(strata: Strata, *args: str) -> list[dict[str, object]]:
 
 
 def wait_exited(strata: Strata, ref: str, timeout: float = 20.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = strata.inspect(ref)["State"]
-        assert isinstance(state, dict)
-        if state["Status"] == "exited":
-            return state
-        time.sleep(0.05)
-    raise AssertionError(f"container {ref} did not exit")
+    wait_for(lambda: status(strata, ref) == "exited", f"container {ref} to exit", timeout)
+    state = strata.inspect(ref)["State"]
+    assert isinstance(state, dict)
+    return state
+
+
+def status(strata: Strata, ref: str) -> object:
+    state = strata.inspect(ref)["State"]
+    assert isinstance(state, dict)
+    return state["Status"]
 
 
 def test_create_start_ps_inspect_rm(strata: Strata, busybox: list[str]) -> None:
@@ -72,10 +73,7 @@ def test_detached_container_logs_exec_stop_restart_kill_rm(
     (row,) = ps(strata)
     assert (row["Id"], row["State"]) == (cid, "running")
 
-    deadline = time.monotonic() + 10
-    while "started" not in strata.run("logs", "d1").stdout:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for(lambda: "started" in strata.run("logs", "d1").stdout, "the log line", 10)
 
     inside = strata.run("exec", "d1", "/bin/sh", "-c", "echo $$; ps -o pid,comm; hostname")
     assert inside.returncode == 0, inside.stderr
@@ -154,10 +152,7 @@ def test_a_container_whose_processes_were_killed_shows_exited_and_can_restart(
     assert all(pids)
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while strata.inspect("z1")["State"]["Status"] != "exited":  # type: ignore[index]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for(lambda: status(strata, "z1") == "exited", "z1 to show as exited", 10)
     assert [r["State"] for r in ps(strata, "-a")] == ["exited"]
 
     restarted = strata.run("start", "-a", "z1", timeout=30)  # the dead mount is detached first

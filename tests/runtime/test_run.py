@@ -4,7 +4,6 @@ mount or a process behind)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
@@ -17,26 +16,9 @@ import pytest
 
 from tests.helpers.images import DebianRootfs
 from tests.helpers.mounts import tree_snapshot
-from tests.runtime.conftest import Strata, fuse_mounts_below
+from tests.runtime.conftest import Strata, fuse_mounts_below, wait_for, wait_running
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
-
-
-def wait_running(strata: Strata, ref: str, timeout: float = 20.0) -> dict[str, object]:
-    """The container's inspect data once its command runs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ids = strata.container_ids()
-        if ids:
-            done = strata.run("inspect", ref)
-            if done.returncode == 0:
-                (info,) = json.loads(done.stdout)
-                state = info["State"]
-                if state["Running"] and state["Pid"]:
-                    time.sleep(0.1)  # past `go`: the command has been exec'd
-                    return info  # type: ignore[no-any-return]
-        time.sleep(0.05)
-    raise AssertionError(f"container {ref} did not start")
 
 
 def test_busybox_runs_as_pid_1_with_its_hostname_and_sees_only_its_processes(
@@ -213,10 +195,7 @@ def test_sigkill_of_strata_run_takes_the_container_and_the_mount_down(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    deadline = time.monotonic() + 10
-    while fuse_mounts_below(strata.tmp) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not fuse_mounts_below(strata.tmp)
+    wait_for(lambda: not fuse_mounts_below(strata.tmp), "the rootfs to be unmounted", 10)
     info = strata.inspect("k2")
     state = info["State"]
     assert isinstance(state, dict)
@@ -227,12 +206,18 @@ def test_sigkill_of_strata_run_takes_the_container_and_the_mount_down(
 def test_tiny_init_is_pid_1_reaps_orphans_and_runs_the_command_as_its_child(
     strata: Strata, busybox: list[str]
 ) -> None:
-    script = "echo $$; sh -c 'sleep 0.2 &'; sleep 0.8; ps -o stat,comm | grep -c ^Z; true"
+    # The orphan: `true`, whose parent exits at once. `$(...)` returns once both have closed
+    # its pipe, i.e. exited; then the orphan's /proc entry goes when the init reaps it.
+    script = (
+        "echo $$; orphan=$(sh -c 'true & echo $!'); i=0;"
+        " while [ -e /proc/$orphan ] && [ $i -lt 200 ]; do i=$((i + 1)); sleep 0.05; done;"
+        " ps -o stat,comm | grep -c ^Z; true"
+    )
     done = strata.run("run", "--rm", "--init", *busybox, "/bin/sh", "-c", script)
     assert done.returncode == 0, done.stderr
     pid, zombies = done.stdout.split()
     assert pid == "2"  # PID 1 is the init
-    assert zombies == "0"  # the orphaned sleep was reaped
+    assert zombies == "0"  # the orphan was reaped
 
 
 def test_env_workdir_and_user(strata: Strata, busybox: list[str], tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """A container is a security boundary: capabilities, seccomp, masked and read-only /proc and /sys,
 a bare /dev, --privileged, --cap-add/--cap-drop, --security-opt; the same for exec and --init.
+The parser of --security-opt (runtime.security) is tested first, without a container.
 
 The expected sets are podman's, as podman 4.3.1 shows them on this machine (`podman run` of the
 busybox test image: CapEff/CapPrm/CapBnd `00000000800405fb`, CapInh and CapAmb 0, `Seccomp: 2`;
@@ -19,16 +20,37 @@ from typing import Final
 
 import pytest
 
-from runtime import mounts
-from tests.runtime.conftest import Strata
+from runtime import mounts, security
+from tests.runtime.conftest import Strata, wait_running
 from tests.runtime.test_bad_input import assert_refused, listing
-from tests.runtime.test_run import wait_running
-
-pytestmark = [pytest.mark.root, pytest.mark.fuse]
+from unionfs.errors import UsageError
 
 PODMAN_CAPS: Final = "00000000800405fb"
 PROBES: Final = Path(__file__).parent / "probes"
 EPERM: Final = 1
+
+
+def test_security_opt_values() -> None:
+    opts = security.parse_options(
+        privileged=False,
+        cap_add=["NET_ADMIN,SYS_TIME"],
+        cap_drop=[],
+        security_opt=["no-new-privileges", "label=disable", "apparmor=unconfined",
+                      "seccomp=unconfined", "systempaths=unconfined"],
+    )  # fmt: skip
+    assert opts.cap_add == ("NET_ADMIN", "SYS_TIME")
+    assert (opts.no_new_privileges, opts.seccomp, opts.mask_paths) == (True, "unconfined", False)
+    colon = security.parse_options(
+        privileged=False, cap_add=[], cap_drop=[], security_opt=["no-new-privileges:false"]
+    )
+    assert colon.no_new_privileges is False
+    relative = security.parse_options(
+        privileged=False, cap_add=[], cap_drop=[], security_opt=["seccomp=p.json"]
+    )
+    assert Path(relative.seccomp).is_absolute()
+    for bad in ("label=level:s0", "apparmor=docker-default", "seccomp=", "nope"):
+        with pytest.raises(UsageError, match="unknown option"):
+            security.parse_options(privileged=False, cap_add=[], cap_drop=[], security_opt=[bad])
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +99,8 @@ def filesystem_root(path: Path) -> Path:
 # the escape and the syscalls
 
 
+@pytest.mark.root
+@pytest.mark.fuse
 def test_open_by_handle_at_escape_is_refused(
     strata: Strata, image: list[str], tmp_path: Path
 ) -> None:
@@ -90,6 +114,8 @@ def test_open_by_handle_at_escape_is_refused(
     assert set(escaped.stdout.split()) == set(os.listdir(host_root))
 
 
+@pytest.mark.root
+@pytest.mark.fuse
 def test_the_syscalls_docker_denies_fail_with_eperm(strata: Strata, image: list[str]) -> None:
     out = run_ok(strata, *image, "/syscalls")
     results = dict(line.split() for line in out.splitlines())
@@ -112,6 +138,8 @@ def test_the_syscalls_docker_denies_fail_with_eperm(strata: Strata, image: list[
 # capabilities
 
 
+@pytest.mark.root
+@pytest.mark.fuse
 def test_default_capabilities_and_seccomp_are_podmans(strata: Strata, busybox: list[str]) -> None:
     root = status_fields(run_ok(strata, *busybox, "cat", "/proc/self/status"))
     assert root["CapEff"] == root["CapPrm"] == root["CapBnd"] == PODMAN_CAPS
@@ -122,6 +150,8 @@ def test_default_capabilities_and_seccomp_are_podmans(strata: Strata, busybox: l
     assert (user["CapBnd"], user["Seccomp"]) == (PODMAN_CAPS, "2")
 
 
+@pytest.mark.root
+@pytest.mark.fuse
 def test_cap_add_cap_drop_and_privileged(strata: Strata, busybox: list[str]) -> None:
     # NET_ADMIN: change the loopback device of the container's own network namespace
     # (`ip link add dummy0 type dummy` needs the dummy driver, which this kernel lacks)
@@ -162,6 +192,8 @@ def test_cap_add_cap_drop_and_privileged(strata: Strata, busybox: list[str]) -> 
 # seccomp profiles
 
 
+@pytest.mark.root
+@pytest.mark.fuse
 def test_a_profile_file_that_denies_mkdir(
     strata: Strata, busybox: list[str], tmp_path: Path
 ) -> None:
@@ -194,6 +226,8 @@ def test_a_profile_file_that_denies_mkdir(
 DOCKER_PROFILE: Final = Path("/var/cache/strata-tests/docker-seccomp-default.json")
 
 
+@pytest.mark.root
+@pytest.mark.fuse
 def test_the_default_filter_denies_what_dockers_own_profile_denies(
     strata: Strata, image: list[str]
 ) -> None:
@@ -213,6 +247,8 @@ def test_the_default_filter_denies_what_dockers_own_profile_denies(
         assert ours_by_name["socket_vsock"] == str(EPERM)
 
 
+@pytest.mark.root
+@pytest.mark.fuse
 def test_docker_format_profile_with_conditions(
     strata: Strata, image: list[str], tmp_path: Path
 ) -> None:
@@ -237,6 +273,8 @@ def test_docker_format_profile_with_conditions(
 # /proc, /sys, /dev
 
 
+@pytest.mark.root
+@pytest.mark.fuse
 def test_proc_sys_and_dev_are_protected(strata: Strata, busybox: list[str]) -> None:
     script = r"""
         echo 1 > /proc/sys/vm/drop_caches && echo wrote-drop-caches
@@ -268,6 +306,8 @@ def test_proc_sys_and_dev_are_protected(strata: Strata, busybox: list[str]) -> N
     assert with_tty.stdout.strip() == "/dev/console"
 
 
+@pytest.mark.root
+@pytest.mark.fuse
 def test_masked_and_read_only_paths_are_mounted(strata: Strata, busybox: list[str]) -> None:
     out = run_ok(strata, *busybox, "cat", "/proc/self/mountinfo")
     points = {line.split()[4]: line.split()[5] for line in out.splitlines()}
@@ -284,6 +324,8 @@ def test_masked_and_read_only_paths_are_mounted(strata: Strata, busybox: list[st
 # --init, exec, no-new-privileges, inspect
 
 
+@pytest.mark.root
+@pytest.mark.fuse
 def test_init_shows_nothing_of_the_host_and_is_confined(strata: Strata, busybox: list[str]) -> None:
     script = (
         "od -An -c /proc/1/cmdline | tr -d ' \\n'; echo; cat /proc/1/comm;"
@@ -306,6 +348,8 @@ def test_init_shows_nothing_of_the_host_and_is_confined(strata: Strata, busybox:
     assert user == "CapEff:\t" + "0" * 16 + "\n"
 
 
+@pytest.mark.root
+@pytest.mark.fuse
 def test_exec_gets_the_containers_confinement(
     strata: Strata, busybox: list[str], tmp_path: Path
 ) -> None:
@@ -341,6 +385,8 @@ def test_exec_gets_the_containers_confinement(
     strata.run("rm", "-f", "box", check=True)
 
 
+@pytest.mark.root
+@pytest.mark.fuse
 def test_inspect_of_a_privileged_container(strata: Strata, busybox: list[str]) -> None:
     strata.run("create", "--name", "p", "--privileged", *busybox, "true", check=True)
     info = strata.inspect("p")
@@ -369,6 +415,8 @@ BAD: Final = [
 ]
 
 
+@pytest.mark.root
+@pytest.mark.fuse
 @pytest.mark.parametrize(("args", "message"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
 def test_bad_security_input_is_one_line_and_changes_nothing(
     strata: Strata, busybox: list[str], tmp_path: Path, args: list[str], message: str
@@ -390,6 +438,8 @@ def test_bad_security_input_is_one_line_and_changes_nothing(
         assert_refused(strata, done, 125, message, before)
 
 
+@pytest.mark.root
+@pytest.mark.fuse
 def test_label_and_apparmor_opt_outs_are_accepted(strata: Strata, busybox: list[str]) -> None:
     out = run_ok(strata, "--security-opt", "label=disable", "--security-opt",
                  "apparmor=unconfined", *busybox, "grep", "Seccomp:", "/proc/self/status")  # fmt: skip

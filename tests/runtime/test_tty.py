@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.runtime.conftest import STRATA, Strata
+from tests.runtime.conftest import STRATA, Strata, container_processes, wait_for, wait_running
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
 
@@ -96,15 +96,36 @@ def test_interactive_shell_through_a_pty(strata: Strata, busybox: list[str]) -> 
 def test_window_size_changes_and_ctrl_c_reach_the_container(
     strata: Strata, busybox: list[str]
 ) -> None:
-    term = Terminal([STRATA, "run", "--root", str(strata.root), "--rm", "-it", *busybox, "/bin/sh"])
+    term = Terminal(
+        [
+            STRATA,
+            "run",
+            "--root",
+            str(strata.root),
+            "--rm",
+            "-it",
+            "--name",
+            "t",
+            *busybox,
+            "/bin/sh",
+        ]
+    )
     try:
         term.read_until(b"# ")
         term.resize(40, 120)
         os.kill(term.pid, signal.SIGWINCH)
         term.type("stty size\r")
         term.read_until(b"40 120")
+        init_pid = int(wait_running(strata, "t")["State"]["Pid"])  # type: ignore[index]
         term.type("sleep 30\r")
-        time.sleep(0.5)
+        # Ctrl-C must find the sleep as the terminal's foreground job: exec'd, in its own group.
+        wait_for(
+            lambda: any(
+                p.comm == "sleep" and p.pgrp == p.tpgid
+                for p in container_processes(init_pid).values()
+            ),
+            "the sleep to be the foreground job",
+        )
         started = time.monotonic()
         term.type("\x03")  # Ctrl-C: the pty's line discipline signals the foreground job
         term.type("echo status $?\r")

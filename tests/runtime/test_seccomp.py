@@ -1,6 +1,6 @@
-"""The security settings below the runtime: capability sets as docker computes them, the
---security-opt parser, seccomp profiles (docker's and the OCI format) and their compiled,
-cached programs. No container runs here (tests/runtime/test_security.py runs them)."""
+"""runtime.seccomp: profiles (docker's own and the OCI format) read with their conditions, and
+their compiled programs, cached by content. No container runs here (tests/runtime/test_security.py
+runs them)."""
 
 from __future__ import annotations
 
@@ -9,53 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import capabilities, seccomp, security
-from unionfs.errors import UsageError
-
-
-def test_capability_sets_follow_docker() -> None:
-    assert capabilities.mask(capabilities.DEFAULT) == 0x800405FB
-    assert capabilities.resolve([], []) == capabilities.DEFAULT
-    assert capabilities.resolve(["net_admin", "CAP_NET_RAW"], ["chown"]) == (
-        capabilities.DEFAULT | {"NET_ADMIN", "NET_RAW"}
-    ) - {"CHOWN"}
-    assert capabilities.resolve(["KILL"], ["ALL"]) == {"KILL"}
-    assert capabilities.resolve(["ALL"], ["MKNOD"]) == capabilities.available() - {"MKNOD"}
-    assert capabilities.resolve(["KILL"], ["ALL"], privileged=True) == capabilities.available()
-    assert capabilities.sorted_names({"SETFCAP", "CHOWN"}) == ["CAP_CHOWN", "CAP_SETFCAP"]
-    assert capabilities.recorded(None) == capabilities.DEFAULT
-    assert capabilities.recorded(["CAP_KILL"]) == {"KILL"}
-
-
-@pytest.mark.parametrize("name", ["NET_WIZARD", "CAP_", "", "cap_all_of_them"])
-def test_unknown_capabilities_are_refused(name: str) -> None:
-    with pytest.raises(UsageError, match="unknown capability") as info:
-        capabilities.resolve([name], [])
-    assert info.value.exit_code == 125
-
-
-def test_security_opt_values() -> None:
-    opts = security.parse_options(
-        privileged=False,
-        cap_add=["NET_ADMIN,SYS_TIME"],
-        cap_drop=[],
-        security_opt=["no-new-privileges", "label=disable", "apparmor=unconfined",
-                      "seccomp=unconfined", "systempaths=unconfined"],
-    )  # fmt: skip
-    assert opts.cap_add == ("NET_ADMIN", "SYS_TIME")
-    assert (opts.no_new_privileges, opts.seccomp, opts.mask_paths) == (True, "unconfined", False)
-    colon = security.parse_options(
-        privileged=False, cap_add=[], cap_drop=[], security_opt=["no-new-privileges:false"]
-    )
-    assert colon.no_new_privileges is False
-    relative = security.parse_options(
-        privileged=False, cap_add=[], cap_drop=[], security_opt=["seccomp=p.json"]
-    )
-    assert Path(relative.seccomp).is_absolute()
-    for bad in ("label=level:s0", "apparmor=docker-default", "seccomp=", "nope"):
-        with pytest.raises(UsageError, match="unknown option"):
-            security.parse_options(privileged=False, cap_add=[], cap_drop=[], security_opt=[bad])
-
+from runtime import capabilities, seccomp
 
 DOCKER_PROFILE = {
     "defaultAction": "SCMP_ACT_ERRNO",

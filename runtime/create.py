@@ -1,0 +1,241 @@
+"""Creating a container: its config (the image's defaults under the command line's choices), its
+directory, writable layer and init layer; nothing runs yet.
+
+A container gets strata's own top lower layer (`init/`): the mount points the runtime needs
+(/proc, /sys, /dev, /etc/{hostname,hosts,resolv.conf}, volume targets), with the image's own
+ownership and modes where the image has them. Docker does the same ("-init" layer): the container's
+upper layer only ever holds what the container itself wrote, and `--read-only` works on images
+that lack a mount point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unionfs.config import UnionConfig
+from unionfs.errors import UsageError
+
+from . import capabilities, mounts, namespaces, security
+from .images import ImageSpec
+from .namespaces import IdMap, IdRange
+from .network import DEFAULT_SUBNET
+from .security import Confinement, SecurityOptions
+from .state import ContainerConfig, ContainerDir, StateRoot, Volume, now, remove_tree
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRequest:
+    """Everything `create`/`run` was asked for, already checked for syntax."""
+
+    image: ImageSpec
+    argv: tuple[str, ...]  # empty: the image's entrypoint + cmd
+    entrypoint: tuple[str, ...] | None = None
+    env: tuple[str, ...] = ()  # -e and --env-file, K=V, in order
+    workdir: str = ""
+    user: str | None = None
+    hostname: str = ""
+    name: str = ""
+    volumes: tuple[Volume, ...] = ()
+    network: str = "host"
+    subnet: str = DEFAULT_SUBNET
+    read_only: bool = False
+    tty: bool = False
+    interactive: bool = False
+    init: bool = False
+    auto_remove: bool = False
+    memory: int = 0
+    pids_limit: int = 0
+    security: SecurityOptions = field(default_factory=SecurityOptions)
+    # Who runs it, decided before the caller may have entered a user namespace (where it is
+    # root): None means "look at our own ids now".
+    rootless: bool | None = None
+    id_map: IdMap | None = None
+
+
+def rootless_map() -> IdMap:
+    return namespaces.rootless_id_map(os.getuid(), os.getgid(), namespaces.current_user_name())
+
+
+def container_config(root: StateRoot, req: CreateRequest, cid: str) -> ContainerConfig:
+    from .process import merge_env
+
+    image = req.image.config
+    entrypoint = req.entrypoint if req.entrypoint is not None else image.entrypoint
+    argv = (*entrypoint, *(req.argv or (image.cmd if req.entrypoint is None else ())))
+    if not argv:
+        raise UsageError("no command given and the image defines none", 125)
+    hostname = req.hostname or cid[:12]
+    env = merge_env(
+        image.env,
+        [f"HOSTNAME={hostname}"],
+        ["TERM=xterm"] if req.tty else [],
+        req.env,
+    )
+    rootless = req.rootless if req.rootless is not None else os.geteuid() != 0
+    id_map: dict[str, list[list[int]]] = {}
+    if rootless:
+        id_map = (req.id_map or rootless_map()).to_json()
+    sec = req.security
+    return ContainerConfig(
+        id=cid,
+        name=req.name or f"strata_{cid[:8]}",
+        created=now(),
+        image=req.image.ref,
+        layers=tuple(str(p) for p in req.image.layers),
+        argv=argv,
+        env=env,
+        workdir=req.workdir or image.workdir or "/",
+        user=req.user if req.user is not None else image.user,
+        hostname=hostname,
+        network=req.network,
+        subnet=req.subnet if req.network == "bridge" else "",
+        volumes=req.volumes,
+        read_only=req.read_only,
+        tty=req.tty,
+        interactive=req.interactive,
+        init=req.init,
+        auto_remove=req.auto_remove,
+        rootless=rootless,
+        id_map=id_map,
+        memory=req.memory,
+        pids_limit=req.pids_limit,
+        capabilities=tuple(capabilities.sorted_names(sec.capabilities())),
+        privileged=sec.privileged,
+        cap_add=sec.cap_add,
+        cap_drop=sec.cap_drop,
+        security_opt=sec.security_opt,
+        seccomp=sec.seccomp_mode,
+        seccomp_origin=sec.profile_file or "",
+        no_new_privileges=sec.no_new_privileges,
+        mask_paths=sec.mask_paths and not sec.privileged,
+    )
+
+
+def confinement_of(root: StateRoot, cdir: ContainerDir) -> Confinement:
+    """What the container's processes apply to themselves before exec (runtime.security)."""
+    cfg = cdir.config
+    return security.confinement(
+        caps=capabilities.recorded(cfg.capabilities),
+        seccomp=cfg.seccomp,
+        no_new_privileges=cfg.no_new_privileges,
+        container_dir=cdir.path,
+        cache_dir=root.seccomp_cache,
+    )
+
+
+def _check_profile(root: StateRoot, req: CreateRequest) -> bytes | None:
+    """A --security-opt seccomp=FILE profile, read and compiled once to refuse a bad one before
+    anything is created; its bytes (None without a profile file)."""
+    sec = req.security
+    path = sec.profile_file
+    if path is None:
+        return None
+    from . import seccomp as sc
+
+    profile, raw = sc.read_profile(path)
+    sc.program(profile, sec.capabilities(), root.seccomp_cache, where=path)
+    return raw
+
+
+def create(root: StateRoot, req: CreateRequest) -> ContainerDir:
+    """Make a container (its dir, writable layer, init layer); nothing runs yet."""
+    with root.lock():
+        # The image was resolved before the lock was taken: an `rmi` may have removed it since.
+        for layer in req.image.layers:
+            if not layer.is_dir():
+                raise UsageError(f"image {req.image.ref}: layer {layer} is gone (removed?)", 125)
+        if req.name:
+            root.check_name(req.name)
+        profile = _check_profile(root, req)
+        cid = root.new_id()
+        config = container_config(root, req, cid)
+        staging = root.staging_dir(cid)
+        try:
+            staging.mkdir(mode=0o700)
+            for sub in ("rootfs",) if req.read_only else ("rootfs", "upper", "work"):
+                (staging / sub).mkdir(mode=0o755 if sub != "work" else 0o700)
+            build_init_layer(staging / "init", req.image.layers, req.volumes)
+            for name in mounts.ETC_FILES:
+                (staging / name).touch(mode=0o644)
+            if profile is not None:
+                (staging / security.PROFILE_FILE).write_bytes(profile)
+            return root.commit(staging, config)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                remove_tree(staging)
+            raise
+
+
+def _image_stat(layers: Sequence[Path], rel: str) -> os.stat_result | None:
+    """The path's attributes in the topmost layer that has it (whiteouts are not considered:
+    this only picks modes and owners for strata's own mount points)."""
+    for layer in layers:
+        try:
+            return os.lstat(layer / rel)
+        except OSError:
+            continue
+    return None
+
+
+def build_init_layer(init: Path, layers: Sequence[Path], volumes: Sequence[Volume]) -> None:
+    """strata's top lower layer: mount points, with the image's owner/mode where it has them."""
+    dirs = list(mounts.MOUNTPOINT_DIRS)
+    files = list(mounts.MOUNTPOINT_FILES)
+    for volume in volumes:
+        rel = os.path.normpath(volume.target).lstrip("/")
+        (dirs if os.path.isdir(volume.source) else files).append(rel)
+    init.mkdir(mode=0o755)
+    root_st = _image_stat(layers, ".")
+    if root_st is not None:
+        _copy_attrs(init, root_st)
+    made: set[str] = set()
+
+    def make_dir(rel: str) -> None:
+        if not rel or rel in made:
+            return
+        make_dir(os.path.dirname(rel))
+        made.add(rel)
+        path = init / rel
+        st = _image_stat(layers, rel)
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            st = None  # a symlink or file in the image: strata's dir shadows it (as Docker's)
+        path.mkdir(mode=0o755, exist_ok=True)
+        if st is not None:
+            _copy_attrs(path, st)
+
+    for rel in dirs:
+        make_dir(rel)
+    for rel in files:
+        make_dir(os.path.dirname(rel))
+        path = init / rel
+        if not path.exists():
+            path.touch(mode=0o644)
+
+
+def _copy_attrs(path: Path, st: os.stat_result) -> None:
+    with contextlib.suppress(OSError):
+        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+    with contextlib.suppress(OSError):
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+    with contextlib.suppress(OSError):
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def union_config(cdir: ContainerDir) -> UnionConfig:
+    cfg = cdir.config
+    lowers = (cdir.sub("init"), *(Path(p) for p in cfg.layers))
+    if cfg.read_only:
+        return UnionConfig(lowers=lowers)
+    return UnionConfig(lowers=lowers, upper=cdir.sub("upper"), work=cdir.sub("work"))
+
+
+def id_map_of(cfg: ContainerConfig) -> IdMap:
+    def ranges(key: str) -> tuple[IdRange, ...]:
+        return tuple(IdRange(*r) for r in cfg.id_map.get(key, []))
+
+    return IdMap(uids=ranges("uids"), gids=ranges("gids"))

@@ -1,0 +1,389 @@
+"""The monitor: one run of a container, from mounting its rootfs to recording its exit status.
+
+It is `strata run` itself (or, with -d, a daemon forked from it) and the parent of the
+container's processes:
+
+    monitor    waits for the container, forwards signals (runtime.signals), relays a pty,
+    │          unmounts and records the exit status.
+    ├─ union daemon   forked (runtime.rootfs), mounts the rootfs and serves it; lives in the
+    │                 monitor's mount namespace (the host's, or the rootless user+mount namespace).
+    └─ ns parent      forked, unshares the namespaces and forks the container's PID 1
+       └─ PID 1       (runtime.pid1).
+
+Each child gets PR_SET_PDEATHSIG from its parent, so killing the monitor with SIGKILL kills the
+container and makes the daemon unmount. The monitor and PID 1 talk in control messages
+(runtime.control).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+
+from . import console, namespaces, network
+from .cgroups import Limits
+from .control import START_FAILED, StartError, check_error, recv, send
+from .create import confinement_of, id_map_of, union_config
+from .init import FORWARDED, exit_code
+from .namespaces import Namespace
+from .pid1 import Plan, ns_parent
+from .process import ProcessSpec
+from .rootfs import UnionRootfs, detach_if_mounted
+from .signals import Interrupted, SignalRelay
+from .state import (
+    EXITED,
+    RUNNING,
+    ContainerDir,
+    ContainerState,
+    StateRoot,
+    now,
+    process_start_time,
+)
+from .trace import mark
+
+
+class Monitor:
+    """One run of a container, from mounting its rootfs to recording its exit status."""
+
+    def __init__(
+        self, root: StateRoot, cdir: ContainerDir, *, daemon: UnionRootfs | None = None
+    ) -> None:
+        self.root = root
+        self.cdir = cdir
+        self.daemon = daemon  # a union daemon forked early, or None to fork one here
+        self.cfg = cdir.config
+        self.relay = SignalRelay()
+        self.sock: socket.socket | None = None
+        self.ns_parent: int | None = None
+        self.init_pid = 0
+        self.master: int | None = None
+        self.address = ""
+        self.daemon_pid = 0
+        self.rootfs: UnionRootfs | None = None
+        self.limits = Limits(cdir.config.id, memory=cdir.config.memory, pids=cdir.config.pids_limit)
+
+    # -- the whole life
+
+    def run(self, *, on_started: Callable[[], None] | None = None) -> int:
+        """Start the container, wait for it, clean up; its exit code. StartError if it could
+        not start (the recorded state is then put back as it was)."""
+        self.relay.install()
+        try:
+            try:
+                previous = self._claim()
+            except BaseException:
+                if self.daemon is not None:
+                    self.daemon.stop()
+                raise
+            try:
+                code = self._run(on_started)
+            except BaseException as exc:
+                self.relay.cleaning = True
+                self._release(previous, exc)
+                raise
+            self.relay.cleaning = True
+            try:
+                self._record_exit(code)
+            except OSError as exc:  # a full disk: the command's status still is the answer
+                print(
+                    f"strata: warning: could not record the exit of {self.cfg.name}:"
+                    f" {exc.strerror}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            mark("exit recorded")
+            return code
+        except Interrupted as exc:
+            raise StartError(
+                f"interrupted by {signal.Signals(exc.signum).name}", 128 + exc.signum
+            ) from None
+        finally:
+            self.relay.restore()
+
+    def _claim(self) -> ContainerState:
+        """Mark the container running (refusing one that is), allocate its address."""
+        with self.root.lock():
+            previous = reconcile(self.root, self.cdir)  # a dead rootfs mount is detached
+            if previous.status == RUNNING:
+                raise StartError(f"container {self.cfg.name} is already running", START_FAILED)
+            if self.cfg.network == "bridge":
+                used = [
+                    c.read_state().ip
+                    for c in self.root.containers()
+                    if c.id != self.cfg.id and c.effective_state().status == RUNNING
+                ]
+                self.address = network.allocate_address(network.parse_subnet(self.cfg.subnet), used)
+            me = os.getpid()
+            self.cdir.write_state(
+                ContainerState(
+                    status=RUNNING,
+                    monitor_pid=me,
+                    monitor_start=process_start_time(me) or 0,
+                    started_at=now(),
+                    ip=self.address,
+                )
+            )
+        return previous
+
+    def _release(self, previous: ContainerState, exc: BaseException) -> None:
+        with contextlib.suppress(OSError), self.root.lock():
+            if self.cdir.path.exists():
+                self.cdir.write_state(previous if previous.status != RUNNING else ContainerState())
+
+    def _record_exit(self, code: int) -> None:
+        with self.root.lock():
+            state = self.cdir.read_state()
+            self.cdir.write_state(
+                state.replace(
+                    status=EXITED,
+                    exit_code=code,
+                    finished_at=now(),
+                    init_pid=0,
+                    init_start=0,
+                    daemon_pid=0,
+                    ip="",
+                )
+            )
+
+    def _run(self, on_started: Callable[[], None] | None) -> int:
+        cfg = self.cfg
+        if cfg.rootless and not namespaces.in_user_namespace():
+            namespaces.enter_user_namespace(id_map_of(cfg))
+        self._write_etc_files()
+        mark("etc files written")
+        with contextlib.ExitStack() as stack:
+            rootfs = self.daemon or UnionRootfs(privileged=not cfg.rootless)
+            self.daemon = None
+            stack.callback(rootfs.stop)
+            stack.callback(self.limits.remove)  # after the container's processes are gone
+            rootfs.mount(
+                union_config(self.cdir), self.cdir.rootfs, log_path=self.cdir.sub("union.log")
+            )
+            plan = self._plan()
+            rootfs.wait_mounted()
+            mark("rootfs mounted")
+            stack.callback(self._reap_container)
+            self.rootfs = rootfs
+            self.daemon_pid = rootfs.pid or 0
+            self._spawn(plan)
+            self._handshake(self.daemon_pid)
+            mark("command started")
+            if on_started is not None:
+                on_started()
+            status = self._wait()
+            mark("container exited")
+            code = exit_code(status)
+            if self.relay.emulated is not None and code == 128 + signal.SIGKILL:
+                code = 128 + self.relay.emulated
+            return code
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- before the fork
+
+    def _write_etc_files(self) -> None:
+        cfg = self.cfg
+        files = {
+            "hostname": f"{cfg.hostname}\n",
+            "hosts": network.hosts_file(cfg.hostname, self.address or None),
+            "resolv.conf": network.resolv_conf(cfg.network),
+        }
+        for name, text in files.items():
+            path = self.cdir.sub(name)
+            tmp = path.with_name(f".{name}.tmp")
+            tmp.write_text(text)
+            os.chmod(tmp, 0o644)
+            os.rename(tmp, path)
+
+    def _plan(self) -> Plan:
+        cfg = self.cfg
+        kinds = [Namespace.MNT, Namespace.UTS, Namespace.IPC, Namespace.PID]
+        own_network = cfg.network != "host"
+        if own_network:
+            kinds.append(Namespace.NET)
+        bridge = None
+        if cfg.network == "bridge":
+            bridge = (self.address, network.parse_subnet(cfg.subnet))
+        self.relay.is_namespace_init = not cfg.init
+        return Plan(
+            cdir=self.cdir,
+            monitor_pid=os.getpid(),
+            flags=namespaces.flags_of(kinds),
+            own_network=own_network,
+            bridge=bridge,
+            devpts_gid=None if cfg.rootless else 5,
+            process=ProcessSpec(
+                argv=cfg.argv,
+                env=cfg.env,
+                workdir=cfg.workdir,
+                user=cfg.user,
+                tty=cfg.tty,
+                interactive=cfg.interactive,
+            ),
+            init=cfg.init,
+            can_setgroups=namespaces.setgroups_allowed(),
+            confinement=confinement_of(self.root, self.cdir),
+        )
+
+    def _spawn(self, plan: Plan) -> None:
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - child
+                parent_sock.close()
+                ns_parent(plan, child_sock)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        child_sock.close()
+        self.sock = parent_sock
+        self.ns_parent = pid
+
+    # -- start-up conversation
+
+    def _expect(self) -> tuple[str, list[int]]:
+        assert self.sock is not None
+        msg, fds = recv(self.sock)
+        if msg is None:
+            raise StartError("the container died while starting", START_FAILED)
+        check_error(msg)
+        return msg, fds
+
+    def _handshake(self, daemon_pid: int) -> None:
+        """`pid` (from the ns parent) and `ready` (from PID 1) may come in either order, except
+        with a bridge, where PID 1 waits for `net`, which needs the pid."""
+        assert self.sock is not None
+        assert self.ns_parent is not None
+        ready: list[int] | None = None
+        while not self.init_pid or ready is None:
+            msg, fds = self._expect()
+            if msg.startswith("pid ") and not self.init_pid:
+                self.init_pid = int(msg.split()[1])
+                self._record_pids(daemon_pid)
+            elif msg == "ready" and ready is None:
+                ready = fds
+            else:
+                raise StartError(f"unexpected message from the container: {msg!r}")
+        if ready:
+            self.master = ready[0]
+            self.relay.master = self.master
+            console.copy_window_size(sys.stdin.fileno(), self.master)
+        # From here on signals go to the container: set the target before "go" so that an
+        # interrupt cannot abort a command that already runs.
+        self.relay.target = self.init_pid
+        send(self.sock, "go")
+        last, _ = recv(self.sock)
+        self.sock.close()
+        self.sock = None
+        if last is not None:
+            self.relay.target = None
+            check_error(last)
+
+    def _record_pids(self, daemon_pid: int) -> None:
+        assert self.sock is not None
+        assert self.ns_parent is not None
+        with self.root.lock():
+            state = self.cdir.read_state()
+            self.cdir.write_state(
+                state.replace(
+                    init_pid=self.init_pid,
+                    init_start=process_start_time(self.init_pid) or 0,
+                    daemon_pid=daemon_pid,
+                )
+            )
+            if self.cfg.network == "bridge":
+                net = network.parse_subnet(self.cfg.subnet)
+                network.connect_host_side(net, self.cfg.id, self.ns_parent)
+        if self.limits.wanted():
+            for warning in self.limits.apply(self.init_pid):
+                print(f"strata: warning: {warning}", file=sys.stderr, flush=True)
+        if self.cfg.network == "bridge":
+            send(self.sock, "net")
+
+    # -- while it runs
+
+    def _wait(self) -> int:
+        """Wait for the container (relaying its pty with -t); its wait status. Should the union
+        daemon die first, the container is killed: its root is gone."""
+        assert self.ns_parent is not None
+        result: list[int] = []
+
+        def finished(block: bool = False) -> bool:
+            while not result:
+                try:
+                    pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+                except ChildProcessError:
+                    return True
+                if pid == 0:
+                    return False
+                if pid == self.ns_parent:
+                    result.append(status)
+                elif pid == self.daemon_pid:
+                    self._daemon_died(status)
+            return True
+
+        if self.master is None:
+            finished(block=True)
+        else:
+            stdin = sys.stdin.fileno() if self.cfg.interactive else None
+            with (
+                console.raw_terminal(sys.stdin.fileno())
+                if stdin is not None
+                else contextlib.nullcontext()
+            ):
+                console.relay(
+                    self.master, stdin=stdin, stdout=sys.stdout.fileno(), finished=finished
+                )
+            os.close(self.master)
+            self.master = self.relay.master = None
+        self.ns_parent = None
+        return result[0] if result else 128 + signal.SIGKILL
+
+    def _daemon_died(self, status: int) -> None:
+        self.daemon_pid = 0
+        if self.rootfs is not None:
+            self.rootfs.reaped()  # its pid may be reused: never signal it again
+        print(
+            f"strata: the union daemon died ({exit_code(status)}); stopping the container",
+            file=sys.stderr,
+            flush=True,
+        )
+        for target in (self.init_pid, self.ns_parent):
+            if target:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(target, signal.SIGKILL)
+
+    def _reap_container(self) -> None:
+        """After a failed start (or an exception): kill what was forked and reap it."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.master is not None:
+            os.close(self.master)
+            self.master = None
+        pid, self.ns_parent = self.ns_parent, None
+        self.relay.target = None
+        if pid is None:
+            return
+        for target in (self.init_pid, pid):
+            if target:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(target, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def reconcile(root: StateRoot, cdir: ContainerDir) -> ContainerState:
+    """Write down that a container whose monitor died is exited, and detach a dead rootfs
+    mount it left (call with the lock held)."""
+    recorded = cdir.read_state()
+    state = cdir.effective_state()
+    if state != recorded:
+        state = state.replace(init_pid=0, init_start=0, daemon_pid=0, ip="")
+        cdir.write_state(state)
+    if state.status != RUNNING and os.geteuid() == 0:
+        detach_if_mounted(cdir.rootfs)
+    return state
