@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, NoReturn
 
-from . import __version__, libc
+from . import __version__, libc, startup
 from .command import Runner, Subcommand, describe_os_error, dispatch
 from .config import MountOptions, UnionConfig, validate
 from .errors import UsageError
@@ -196,8 +196,8 @@ def check_mountpoint_outside_layers(cfg: UnionConfig, mountpoint: Path) -> None:
 def _daemonize(cfg: UnionConfig, opts: MountOptions, mountpoint: Path, *, prog: str) -> int:
     """Fork; the child serves the mount, the parent waits until it is live and exits.
 
-    The child reports over a pipe: `ok` once mounted (then it detaches stdio), or
-    `<exit status> <message>` on failure. EOF without a report means it died.
+    The child reports over a pipe (`unionfs.startup`): `ok` once mounted (then it detaches
+    stdio), or an exit status and message on failure. EOF without a report means it died.
     """
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
@@ -208,20 +208,18 @@ def _daemonize(cfg: UnionConfig, opts: MountOptions, mountpoint: Path, *, prog: 
         _serve_as_daemon(cfg, opts, mountpoint, write_fd)
     os.close(write_fd)
     try:
-        report = _read_all(read_fd)
+        line = startup.read_report(read_fd)
     except KeyboardInterrupt:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         raise
-    finally:
-        os.close(read_fd)
-    if report == b"ok\n":
+    failure = None if line is None else startup.parse_report(line)
+    if line is not None and failure is None:
         _check_live(mountpoint, pid)
         return 0
     _, status = os.waitpid(pid, 0)
-    if report:
-        code, _, message = report.decode(errors="replace").partition(" ")
-        raise UsageError(message.strip(), int(code) if code.isdigit() else 1)
+    if failure is not None:
+        raise UsageError(failure.message.strip(), failure.code)
     raise UsageError(f"the mount daemon died without a word ({_describe_status(status)})", 1)
 
 
@@ -229,18 +227,10 @@ def _serve_as_daemon(
     cfg: UnionConfig, opts: MountOptions, mountpoint: Path, report_fd: int
 ) -> NoReturn:
     """The daemon child: its own session, `/` as cwd, serve until unmounted, never return."""
-    reported = False
-
-    def report(data: bytes) -> None:
-        nonlocal reported
-        if not reported:
-            reported = True
-            with contextlib.suppress(OSError):
-                os.write(report_fd, data)
-            os.close(report_fd)
+    report = startup.StartupReport(report_fd)
 
     def on_mounted() -> None:
-        report(b"ok\n")
+        report.ok()
         _detach_stdio()
 
     status = 1
@@ -253,13 +243,13 @@ def _serve_as_daemon(
         status = 0
     except UsageError as exc:
         status = exc.exit_code
-        report(f"{status} {exc}\n".encode())
+        report.fail(status, str(exc))
     except OSError as exc:
-        report(f"1 {describe_os_error(exc)}\n".encode())
+        report.fail(1, describe_os_error(exc))
     except BaseException as exc:  # the daemon has nobody else to tell; then it must exit
-        report(f"1 cannot mount: {type(exc).__name__}: {exc}\n".encode())
+        report.fail(1, f"cannot mount: {type(exc).__name__}: {exc}")
     finally:
-        report(b"1 the mount daemon stopped before mounting\n")
+        report.fail(1, "the mount daemon stopped before mounting")
         os._exit(status)
 
 
@@ -273,13 +263,6 @@ def _detach_stdio() -> None:
         os.dup2(null, fd)
     if null > 2:
         os.close(null)
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _describe_status(status: int) -> str:
