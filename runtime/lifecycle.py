@@ -20,7 +20,8 @@ from .control import START_FAILED, StartError
 from .create import id_map_of
 from .init import FORWARDED, deliver
 from .monitor import Monitor
-from .rootfs import UnionRootfs, detach_if_mounted, redirect_stdio
+from .rootfs import UnionRootfs, detach_if_mounted
+from .rootfs_daemon import redirect_stdio
 from .state import RUNNING, ContainerDir, StateRoot, process_alive, remove_tree
 from .trace import mark
 

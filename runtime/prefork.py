@@ -2,9 +2,10 @@
 
 `UnionRootfs.start()` forks through here, and so does `strata.entry` for a root `strata run`
 before anything else is imported: the daemon's ~100 ms of imports (trio, pyfuse3, the union core;
-`runtime.rootfs` itself is imported in the child) then overlap all of the parent's start-up.
+`runtime.rootfs_daemon`, the child's side, is imported in the child) then overlap all of the
+parent's start-up.
 The parent keeps the write end of the request pipe and the read end of the report pipe; see
-`runtime.rootfs` for what travels over them.
+`runtime.rootfs` and `runtime.rootfs_daemon` for what travels over them.
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ def fork_daemon() -> tuple[int, int, int]:
                 os.close(request_w)
                 os.close(report_r)
                 gc.disable()  # imports only from here to the mount (see serve_daemon)
-                from .rootfs import serve_daemon
+                from .rootfs_daemon import serve_daemon
 
-                serve_daemon(request_r, report_w, parent, blocked)
+                serve_daemon(request_r, report_w, parent, blocked, CHILD_RESET_SIGNALS)
             finally:
                 os._exit(1)
     finally:
@@ -74,11 +75,16 @@ def take() -> tuple[int, int, int] | None:
 
 
 def discard() -> None:
-    """Stop a pre-forked daemon nobody took (it has mounted nothing): `UnionRootfs.stop()`."""
-    if _preforked is None:
+    """Stop a pre-forked daemon nobody took (it has mounted nothing): with no request it would
+    exit by itself once its pipes close; SIGTERM ends it sooner if it is still importing."""
+    daemon = take()
+    if daemon is None:
         return
-    from .rootfs import take_preforked
-
-    daemon = take_preforked(privileged=True)
-    if daemon is not None:
-        daemon.stop()
+    pid, request_fd, report_fd = daemon
+    os.close(request_fd)
+    os.close(report_fd)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    os.waitpid(pid, 0)
