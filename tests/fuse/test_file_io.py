@@ -19,7 +19,7 @@ import pytest
 
 from tests.helpers.mounts import StrataMount, StrataMountFactory, UnionDirs
 from unionfs.core import UnionFS
-from unionfs.ops import NO_OPEN
+from unionfs.ops import FEATURES
 
 pytestmark = [pytest.mark.fuse]
 
@@ -30,7 +30,7 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     them (stock pyfuse3, or STRATA_FUSE_OPEN=1), where the handle is the inode."""
     if request.param == "open":
         monkeypatch.setenv("STRATA_FUSE_OPEN", "1")
-    elif not NO_OPEN:
+    elif not FEATURES.no_open:
         pytest.skip("stock pyfuse3: no no-open mode")
     else:
         monkeypatch.delenv("STRATA_FUSE_OPEN", raising=False)
