@@ -25,14 +25,14 @@ venv_stock=$repo/.venv-stock
 failed=()
 checks=()
 check() {
-    local name=$1
+    local name=$1 start=$SECONDS
     shift
     printf '\n== %s\n' "$name"
     if "$@"; then
-        printf '%s: passed\n' "$name"
+        printf '%s: passed (%d s)\n' "$name" $((SECONDS - start))
         checks+=("$name")
     else
-        printf '%s: FAILED (exit %s)\n' "$name" "$?"
+        printf '%s: FAILED (exit %s, %d s)\n' "$name" "$?" $((SECONDS - start))
         failed+=("$name")
     fi
 }
