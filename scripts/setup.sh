@@ -105,7 +105,7 @@ pyfuse3_version=3.5.0
 patch_dir=$repo/scripts/pyfuse3
 pf_base="pyfuse3 $pyfuse3_version python $want_version fuse3 $(pkg-config --modversion fuse3)"
 
-build_pyfuse3() {  # VENV CACHE VERSION [PATCH...] -> a wheel in CACHE; prints pip's and patch's output
+build_pyfuse3() {  # VENV CACHE VERSION [PATCH...] -> a wheel in CACHE; prints pip's, patch's output
     local venv=$1 cache=$2 version=$3 build rc=0 p
     shift 3
     local pip=("$venv/bin/python" -m pip -q --disable-pip-version-check)

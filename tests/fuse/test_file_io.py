@@ -31,7 +31,7 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     if request.param == "open":
         monkeypatch.setenv("STRATA_FUSE_OPEN", "1")
     elif not FEATURES.no_open:
-        pytest.skip("stock pyfuse3: no no-open mode")
+        pytest.skip("stock pyfuse3: no no-open mode (FEATURES.no_open, scripts/pyfuse3)")
     else:
         monkeypatch.delenv("STRATA_FUSE_OPEN", raising=False)
     return str(request.param)

@@ -22,7 +22,9 @@ from unionfs.ops import FEATURES
 
 pytestmark = [
     pytest.mark.fuse,
-    pytest.mark.skipif(not FEATURES.spin, reason="stock pyfuse3: no spin (scripts/pyfuse3)"),
+    pytest.mark.skipif(
+        not FEATURES.spin, reason="stock pyfuse3: no set_spin (FEATURES.spin, scripts/pyfuse3)"
+    ),
 ]
 
 # A client that sends one uncached request (GETXATTR) after another until `stop` exists, for
