@@ -126,7 +126,8 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
         "rest",
         nargs=argparse.REMAINDER,
         metavar="IMAGE [CMD [ARG...]]",
-        help="a rootfs directory (or nothing, with --lower), then the command",
+        help="an image of the store (NAME[:TAG] or an id prefix) or a rootfs directory"
+        " (nothing, with --lower), then the command",
     )
 
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Prepare this machine to run and test strata: Debian packages, /dev/fuse, and a venv in .venv with
-# the project installed editable. Meant for Debian 12 as root; idempotent, and fast when nothing
-# changed (apt is skipped when every package is installed, pip when pyproject.toml is unchanged,
-# the pyfuse3 build when the installed one carries the same patch).
+# the patched pyfuse3 and the project installed editable. With --stock, also .venv-stock: the same
+# project over the stock pyfuse3 from PyPI (what `pip install strata` gives), for the test pass
+# of scripts/test.sh that checks strata without the patch. Meant for Debian 12 as root;
+# idempotent, and fast when nothing changed (apt is skipped when every package is installed, pip
+# when pyproject.toml is unchanged, the pyfuse3 build when a venv holds the wanted build).
 set -euo pipefail
 umask 022  # the venv must stay readable by unprivileged users (rootless tests run from it)
 
@@ -12,6 +14,14 @@ cd "$repo"
 
 step() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+stock=0
+for arg in "$@"; do
+    case $arg in
+        --stock) stock=1 ;;
+        *) die "unknown argument '$arg' (usage: setup.sh [--stock])" ;;
+    esac
+done
 
 # fuse3/libfuse3-dev/pkg-config/gcc/python3-dev build pyfuse3; python3-venv makes the venv;
 # busybox-static is the demo image; attr/acl are used by tests; fuse-overlayfs and unionfs-fuse are
@@ -30,7 +40,7 @@ packages=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc busybox-sta
 # cannot read.
 python=/usr/bin/python3
 venv=$repo/.venv
-stamp=$venv/.strata-setup-stamp
+venv_stock=$repo/.venv-stock
 
 # --- 1. Debian packages ----------------------------------------------------------------------
 missing=()
@@ -63,15 +73,19 @@ else
     die "/dev/fuse is not usable by $(id -un)"
 fi
 
-# --- 3. venv -----------------------------------------------------------------------------------
+# --- 3. venvs: python, pyfuse3, the project --------------------------------------------------
 [[ -x $python ]] || die "$python not found (install python3)"
 want_version=$("$python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')
-have_version=$("$venv/bin/python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' \
-    2>/dev/null || true)
-have_home=$(sed -n 's/^home *= *//p' "$venv/pyvenv.cfg" 2>/dev/null || true)
-if [[ $have_version == "$want_version" && $have_home == "$(dirname "$python")" ]]; then
-    step "venv: $venv exists (python $have_version from $python)"
-else
+
+make_venv() {  # VENV: (re)create it unless it has the wanted python
+    local venv=$1 have_version have_home
+    have_version=$("$venv/bin/python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' \
+        2>/dev/null || true)
+    have_home=$(sed -n 's/^home *= *//p' "$venv/pyvenv.cfg" 2>/dev/null || true)
+    if [[ $have_version == "$want_version" && $have_home == "$(dirname "$python")" ]]; then
+        step "venv: $venv exists (python $have_version from $python)"
+        return
+    fi
     if [[ -e $venv ]]; then
         step "venv: recreating $venv (found python '${have_version:-none}' from '${have_home:-?}')"
         rm -rf "$venv"
@@ -79,67 +93,84 @@ else
         step "venv: creating $venv with $python $want_version"
     fi
     "$python" -m venv "$venv"
-fi
+}
 
-# --- 4. pyfuse3, patched -------------------------------------------------------------------------
-# The pyfuse3 sdist from PyPI with scripts/pyfuse3/*.patch applied (README: "pyfuse3 patch"):
-# directory handles can ask the kernel to cache listings, and init can ask for more capabilities
-# (FUSE_CAP_DONT_MASK). Installed before the project so pip never builds the stock one. The built
-# wheel is kept in a cache keyed by the patch, pyfuse3 version, python and libfuse, so a fresh venv
-# only installs it; nothing runs when the installed version (3.5.0+strata.pKEY) has this key.
+# pyfuse3 is built from its PyPI sdist, with scripts/pyfuse3/*.patch applied for .venv
+# (scripts/pyfuse3/README.md describes each hunk; unionfs/fusefeatures.py probes them) and as
+# released for .venv-stock. Installed before the project so pip never builds another one. Each
+# built wheel is kept in a cache keyed by the patches (none for stock), pyfuse3 version, python
+# and libfuse, so a fresh venv only installs it; nothing runs when the venv's pyfuse3 version
+# (3.5.0+strata.pKEY, or 3.5.0 for stock) is the wanted one.
 pyfuse3_version=3.5.0
 patch_dir=$repo/scripts/pyfuse3
-pf_key=$( { echo "pyfuse3 $pyfuse3_version python $want_version fuse3 $(pkg-config --modversion fuse3)"
-            cat "$patch_dir"/*.patch; } | sha256sum | cut -c1-12)
-pf_want=$pyfuse3_version+strata.p$pf_key  # the installed version is the stamp
-pf_cache=${XDG_CACHE_HOME:-$HOME/.cache}/strata/pyfuse3-$pf_key
-pip=("$venv/bin/python" -m pip -q --disable-pip-version-check)
+pf_base="pyfuse3 $pyfuse3_version python $want_version fuse3 $(pkg-config --modversion fuse3)"
 
-build_pyfuse3() {  # -> a wheel in $pf_cache; prints pip's and patch's output
-    local build rc=0
+build_pyfuse3() {  # VENV CACHE VERSION [PATCH...] -> a wheel in CACHE; prints pip's, patch's output
+    local venv=$1 cache=$2 version=$3 build rc=0 p
+    shift 3
+    local pip=("$venv/bin/python" -m pip -q --disable-pip-version-check)
     build=$(mktemp -d)
-    "${pip[@]}" download --no-binary :all: --no-deps -d "$build" "pyfuse3==$pyfuse3_version" \
+    # --no-binary pyfuse3, not :all:, which would also build its build dependencies (Cython)
+    # from source just to read pyfuse3's metadata: minutes of compiling.
+    "${pip[@]}" download --no-binary pyfuse3 --no-deps -d "$build" "pyfuse3==$pyfuse3_version" \
         && tar -xzf "$build/pyfuse3-$pyfuse3_version.tar.gz" -C "$build" || rc=1
-    for p in "$patch_dir"/*.patch; do
+    for p in "$@"; do
         ((rc)) || patch -d "$build/pyfuse3-$pyfuse3_version" -p1 --forward <"$p" || rc=1
     done
-    ((rc)) || SETUPTOOLS_SCM_PRETEND_VERSION=$pf_want \
+    ((rc)) || SETUPTOOLS_SCM_PRETEND_VERSION=$version \
         "${pip[@]}" wheel --no-deps -w "$build/wheel" "$build/pyfuse3-$pyfuse3_version" || rc=1
-    ((rc)) || { mkdir -p "$pf_cache" && cp "$build"/wheel/pyfuse3-*.whl "$pf_cache/"; } || rc=1
+    ((rc)) || { mkdir -p "$cache" && cp "$build"/wheel/pyfuse3-*.whl "$cache/"; } || rc=1
     rm -rf "$build"
     return $rc
 }
 
-have_pf=$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("pyfuse3"))' \
-    2>/dev/null || true)
-if [[ $have_pf == "$pf_want" ]]; then
-    step "pyfuse3: $pf_want (patched) already installed"
-else
+install_pyfuse3() {  # VENV patched|stock
+    local venv=$1 kind=$2 key want cache have log
+    local patches=()
+    if [[ $kind == patched ]]; then
+        patches=("$patch_dir"/*.patch)
+        key=$( { echo "$pf_base"; cat "${patches[@]}"; } | sha256sum | cut -c1-12)
+        want=$pyfuse3_version+strata.p$key
+    else
+        key=stock-$(echo "$pf_base" | sha256sum | cut -c1-12)
+        want=$pyfuse3_version
+    fi
+    cache=${XDG_CACHE_HOME:-$HOME/.cache}/strata/pyfuse3-$key
+    have=$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("pyfuse3"))' \
+        2>/dev/null || true)
+    if [[ $have == "$want" ]]; then
+        step "pyfuse3: $want ($kind) already installed in $venv"
+        return
+    fi
     log=$(mktemp)
-    if ! compgen -G "$pf_cache/pyfuse3-*.whl" >/dev/null; then
-        step "pyfuse3: building $pf_want ($(cd "$patch_dir" && echo *.patch))"
-        if ! build_pyfuse3 >"$log" 2>&1; then
+    if ! compgen -G "$cache/pyfuse3-*.whl" >/dev/null; then
+        step "pyfuse3: building $want ($kind${patches:+: $(cd "$patch_dir" && echo *.patch)})"
+        if ! build_pyfuse3 "$venv" "$cache" "$want" "${patches[@]}" >"$log" 2>&1; then
             cat "$log" >&2
-            rm -rf "$log" "$pf_cache"
-            die "building the patched pyfuse3 failed"
+            rm -rf "$log" "$cache"
+            die "building the $kind pyfuse3 failed"
         fi
     fi
-    step "pyfuse3: installing $pf_want (was: ${have_pf:-none})"
-    if ! "${pip[@]}" install --no-deps --force-reinstall "$pf_cache"/pyfuse3-*.whl >"$log" 2>&1
-    then
+    step "pyfuse3: installing $want ($kind) into $venv (was: ${have:-none})"
+    if ! "$venv/bin/python" -m pip -q --disable-pip-version-check install --no-deps \
+        --force-reinstall "$cache"/pyfuse3-*.whl >"$log" 2>&1; then
         cat "$log" >&2
         rm -f "$log"
-        die "installing the patched pyfuse3 failed"
+        die "installing the $kind pyfuse3 failed"
     fi
     rm -f "$log"
-fi
+}
 
-# --- 5. the project, editable, with test extras ------------------------------------------------
-# The stamp covers what an editable install depends on: pyproject.toml, the repo path, the python.
+# The project, editable, with the test extras. The stamp covers what an editable install depends
+# on: pyproject.toml, the repo path, the python.
 want_stamp=$( { sha256sum pyproject.toml; echo "$repo $want_version"; } | sha256sum | cut -d' ' -f1)
-if [[ -f $stamp && $(cat "$stamp") == "$want_stamp" && -x $venv/bin/strata ]]; then
-    step "pip: strata already installed (pyproject.toml unchanged)"
-else
+install_project() {  # VENV
+    local venv=$1 log
+    local stamp=$venv/.strata-setup-stamp
+    if [[ -f $stamp && $(cat "$stamp") == "$want_stamp" && -x $venv/bin/strata ]]; then
+        step "pip: strata already installed in $venv (pyproject.toml unchanged)"
+        return
+    fi
     step "pip: installing strata editable with test extras into $venv"
     rm -f "$stamp"
     log=$(mktemp)
@@ -147,13 +178,22 @@ else
     then
         cat "$log" >&2
         rm -f "$log"
-        die "pip install failed"
+        die "pip install into $venv failed"
     fi
     rm -f "$log"
     echo "$want_stamp" >"$stamp"
+}
+
+make_venv "$venv"
+install_pyfuse3 "$venv" patched
+install_project "$venv"
+if ((stock)); then
+    make_venv "$venv_stock"
+    install_pyfuse3 "$venv_stock" stock
+    install_project "$venv_stock"
 fi
 
-# --- 6. bytecode ----------------------------------------------------------------------------------
+# --- 4. bytecode ----------------------------------------------------------------------------------
 # pip compiles what it installs, but not an editable project's own sources, and with
 # PYTHONDONTWRITEBYTECODE set (as on some hosts) Python never writes them either: every `strata
 # run` would then compile the modules it imports again (about 30 ms of its 150). Up-to-date files
@@ -161,7 +201,7 @@ fi
 "$venv/bin/python" -m compileall -q -j 0 unionfs runtime images bench >/dev/null ||
     step "bytecode: compileall failed; commands start slower"
 
-# --- 7. docker's seccomp profile, for the tests ---------------------------------------------------
+# --- 5. docker's seccomp profile, for the tests ---------------------------------------------------
 # tests/runtime/test_security.py compares strata's default filter with docker's own default.json,
 # as Debian ships it in golang-github-docker-docker-dev (the .deb is fetched and unpacked, not
 # installed: it would pull in a Go tree). Skipped quietly when apt cannot fetch it.
@@ -180,7 +220,7 @@ if [[ $EUID -eq 0 && ! -s $docker_profile ]]; then
     rm -rf "$fetch"
 fi
 
-# --- 8. commands on the default PATH --------------------------------------------------------------
+# --- 6. commands on the default PATH --------------------------------------------------------------
 # mount(8) and fstab run `fuse-strata` through mount.fuse3 with a fixed PATH, so as root link the
 # commands into /usr/local/bin; a link or file that is not ours is left alone.
 if [[ $EUID -eq 0 ]]; then

@@ -77,8 +77,8 @@ class MountOptions:
     debug: bool = False
     extra: tuple[str, ...] = field(default=())  # passed to the kernel as-is (dev, suid, ...)
     # How long the daemon keeps polling /dev/fuse after it ran out of requests before it sleeps
-    # (patched pyfuse3 level 4; 0: never). Waking a sleeping daemon for the next request costs
-    # as much as serving it on a VM; the poll is skipped while requests come further apart.
+    # (the patched pyfuse3's set_spin; 0: never). Waking a sleeping daemon for the next request
+    # costs as much as serving it on a VM; the poll is skipped while requests come further apart.
     spin_us: int = DEFAULT_SPIN_US
 
 

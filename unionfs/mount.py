@@ -21,7 +21,7 @@ import trio
 from .config import MountOptions, UnionConfig
 from .core import UnionFS
 from .errors import UsageError
-from .ops import CAN_SPIN, UnionOperations
+from .ops import FEATURES, UnionOperations
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def run(
             pyfuse3.init(UnionOperations(fs), os.fspath(mountpoint), fuse_options(cfg, opts))
         except RuntimeError as exc:
             raise UsageError(f"cannot mount on {mountpoint}: {exc}") from None
-        if CAN_SPIN:
+        if FEATURES.spin:
             pyfuse3.set_spin(opts.spin_us)
         clean = False
         try:

@@ -9,15 +9,16 @@ are immutable, so the kernel may keep entries, attributes and page cache for a l
 (`TIMEOUT`), and negative lookups are cached too. Changing layers under a live mount is
 unsupported (as with overlayfs).
 
-With the patched pyfuse3 (scripts/pyfuse3, `PATCHED`), directory listings are cached by the
-kernel too: opendir answers ENOSYS once, after which the kernel sends no opendir/releasedir, keeps
-each listing it read (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE) and asks `readdir` by inode. The kernel
-drops a cached listing itself when a request through the mount changes that directory (create,
-mknod, mkdir, symlink, link, unlink, rmdir, rename bump its version) or when it sees the
-directory's mtime change; what the core changes behind its back goes through `invalidate`. The
-mount also asks for FUSE_CAP_DONT_MASK, so the umask is applied here, and not under a default ACL.
-From patch level 2 open (and create) answer ENOSYS too: the kernel sends no OPEN/RELEASE, and
-file I/O arrives by inode, which the core serves from an fd cached per node (`NO_OPEN`).
+With the patched pyfuse3 (scripts/pyfuse3; `FEATURES.no_opendir`), directory listings are cached
+by the kernel too: opendir answers ENOSYS once, after which the kernel sends no opendir/releasedir,
+keeps each listing it read (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE) and asks `readdir` by inode. The
+kernel drops a cached listing itself when a request through the mount changes that directory
+(create, mknod, mkdir, symlink, link, unlink, rmdir, rename bump its version) or when it sees the
+directory's mtime change; what the core changes behind its back goes through `invalidate`. With
+`FEATURES.fuse_caps` the mount also asks for FUSE_CAP_DONT_MASK, so the umask is applied here, and
+not under a default ACL. With `FEATURES.no_open`, open (and create) answer ENOSYS too: the kernel
+sends no OPEN/RELEASE, and file I/O arrives by inode, which the core serves from an fd cached per
+node. Each feature is probed on its own (`fusefeatures.probe`); stock pyfuse3 works without them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Final
 
 import pyfuse3
 
+from . import fusefeatures
 from .attrs import Attr, Caller, SetAttr
 from .core import UnionFS
 from .inodes import Node
@@ -39,15 +41,8 @@ log = logging.getLogger(__name__)
 
 TIMEOUT: Final = 3600.0
 
-# scripts/pyfuse3/strata.patch: opendir may answer ENOSYS (readdir then gets the inode) or a
-# FileInfo, and init_connection() may ask for capabilities. Stock pyfuse3 works without them.
-PATCHED: Final = hasattr(pyfuse3, "STRATA_PATCH_LEVEL")
-# Level 2 passes the inode in place of the handle once open() answered ENOSYS (FUSE's no-open
-# mode): the kernel then sends no OPEN/RELEASE for files, and we never see opens at all.
-NO_OPEN: Final = getattr(pyfuse3, "STRATA_PATCH_LEVEL", 0) >= 2
-# Level 4 can poll /dev/fuse between requests (pyfuse3.set_spin; unionfs/mount.py sets it).
-CAN_SPIN: Final = hasattr(pyfuse3, "set_spin")
-_FUSE_CAPS: Final[dict[str, int]] = dict(getattr(pyfuse3, "FUSE_CAPS", {}))
+# What the installed pyfuse3 adds to the stock release (scripts/pyfuse3/strata.patch).
+FEATURES: Final = fusefeatures.probe(pyfuse3)
 
 
 @contextlib.contextmanager
@@ -112,13 +107,13 @@ class UnionOperations(pyfuse3.Operations):
         fs.invalidate = self._invalidate
         # The core caches the Attr of lower-only objects; their encoded replies are reused too.
         self._entries: dict[int, tuple[Attr, pyfuse3.EntryAttributes]] = {}
-        # Without opendir (PATCHED), one core directory handle per directory node, kept until
-        # the kernel forgets the node: its listing snapshot keeps readdir positions valid.
-        self.cache_listings = PATCHED
+        # Without opendir (no-opendir mode), one core directory handle per directory node, kept
+        # until the kernel forgets the node: its listing snapshot keeps readdir positions valid.
+        self.cache_listings = FEATURES.no_opendir
         self._dir_handles: dict[int, tuple[Node, int]] = {}
         self.dont_mask = False  # set when the kernel granted FUSE_CAP_DONT_MASK
         # STRATA_FUSE_OPEN=1 keeps OPEN/RELEASE (the stock-pyfuse3 path): for tests and A/B runs.
-        self.no_open = NO_OPEN and os.environ.get("STRATA_FUSE_OPEN") != "1"
+        self.no_open = FEATURES.no_open and os.environ.get("STRATA_FUSE_OPEN") != "1"
 
     def init_connection(self, conn: dict[str, int]) -> None:
         """Called by the patched pyfuse3 during FUSE_INIT: the capabilities to ask for.
@@ -127,12 +122,13 @@ class UnionOperations(pyfuse3.Operations):
         READLINK at every path walk through a link (a third of the requests of `python3 -c
         pass` in a Debian chroot). A symlink's target never changes in place: lower layers are
         immutable and the union only ever replaces a link by a new inode."""
-        want = _FUSE_CAPS.get("DONT_MASK", 0)
-        conn["want"] |= want | _FUSE_CAPS.get("CACHE_SYMLINKS", 0)
+        caps = FEATURES.fuse_caps
+        want = caps.get("DONT_MASK", 0)
+        conn["want"] |= want | caps.get("CACHE_SYMLINKS", 0)
         if self.no_open:
             # With atomic O_TRUNC the kernel leaves truncation to an OPEN we will not get; without
             # it an O_TRUNC open sends SETATTR(size=0), which copies up and truncates.
-            conn["want"] &= ~_FUSE_CAPS.get("ATOMIC_O_TRUNC", 0)
+            conn["want"] &= ~caps.get("ATOMIC_O_TRUNC", 0)
         self.dont_mask = bool(want and conn["capable"] & want)
         log.debug("fuse init: %s", conn)
 

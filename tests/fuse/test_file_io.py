@@ -19,7 +19,7 @@ import pytest
 
 from tests.helpers.mounts import StrataMount, StrataMountFactory, UnionDirs
 from unionfs.fileio import FD_CACHE
-from unionfs.ops import NO_OPEN
+from unionfs.ops import FEATURES
 
 pytestmark = [pytest.mark.fuse]
 
@@ -30,8 +30,8 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     them (stock pyfuse3, or STRATA_FUSE_OPEN=1), where the handle is the inode."""
     if request.param == "open":
         monkeypatch.setenv("STRATA_FUSE_OPEN", "1")
-    elif not NO_OPEN:
-        pytest.skip("stock pyfuse3: no no-open mode")
+    elif not FEATURES.no_open:
+        pytest.skip("stock pyfuse3: no no-open mode (FEATURES.no_open, scripts/pyfuse3)")
     else:
         monkeypatch.delenv("STRATA_FUSE_OPEN", raising=False)
     return str(request.param)

@@ -39,7 +39,7 @@ from tests.helpers.mounts import (
     skip_unless_root,
     tree_snapshot,
 )
-from unionfs.ops import PATCHED as PATCHED_PYFUSE3
+from unionfs.ops import FEATURES
 
 pytestmark = pytest.mark.fuse
 
@@ -542,7 +542,7 @@ def test_posix_acls_work_like_on_a_plain_directory(
 
 @pytest.mark.root
 @pytest.mark.xfail(
-    not PATCHED_PYFUSE3,
+    not FEATURES.fuse_caps,
     reason="stock pyfuse3 cannot ask for FUSE_DONT_MASK, so the kernel applies the umask before "
     "strata sees the mode, also under a default ACL (README: pyfuse3 patch)",
     strict=True,

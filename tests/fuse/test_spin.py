@@ -1,4 +1,4 @@
-"""The daemon's poll of /dev/fuse between requests (`-o spin=US`, pyfuse3 patch level 4).
+"""The daemon's poll of /dev/fuse between requests (`-o spin=US`, with the pyfuse3 patch).
 
 After serving a request the daemon keeps reading the (non-blocking) FUSE fd for a while before it
 sleeps, because waking it for the next request costs as much as serving it. That must not cost
@@ -19,11 +19,13 @@ import pytest
 
 from tests.helpers.mounts import StrataMount, StrataMountFactory, UnionDirs
 from unionfs.copyup import INLINE_COPY_MAX
-from unionfs.ops import CAN_SPIN
+from unionfs.ops import FEATURES
 
 pytestmark = [
     pytest.mark.fuse,
-    pytest.mark.skipif(not CAN_SPIN, reason="stock pyfuse3: no spin (scripts/pyfuse3)"),
+    pytest.mark.skipif(
+        not FEATURES.spin, reason="stock pyfuse3: no set_spin (FEATURES.spin, scripts/pyfuse3)"
+    ),
 ]
 
 # A client that sends one uncached request (GETXATTR) after another until `stop` exists, for
