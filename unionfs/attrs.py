@@ -1,20 +1,21 @@
-"""Inode attributes: what the kernel sees of a node (`Attr`), and changing them (kernel inode.c).
+"""Inode attributes: what the kernel sees of a node (`Attr`), read from its stat (kernel inode.c).
 
 Attributes of objects only in lower layers are cached (those layers never change while mounted);
-ids pass through uidmapping=/gidmapping= and squash_to_* here and nowhere else. A metadata change
-copies up (metadata only where metacopy allows), a truncate copies the data too.
+ids pass through uidmapping=/gidmapping= and squash_to_* here and nowhere else. A metacopy file
+reports the blocks of its data, so where that data is (`data_source`) is found here too. Nothing
+here copies up: changing attributes (writes.py) sits above copyup.py, which uses this module.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
-import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import copyup, fileio, readdir
-from .errors import fs_error
+from . import metacopy
+from .errors import LayerCorruptError, fs_error
 from .inodes import ROOT, FileNode, InodeNo, Node
 from .layers import UPPER
 
@@ -89,6 +90,28 @@ def node_attr(fs: UnionFS, node: Node) -> Attr:
     return attr
 
 
+def data_source(fs: UnionFS, node: FileNode) -> metacopy.DataSource | None:
+    """Where the data of a metacopy node is (absolute layer index); None for a file that
+    holds its own data. Cached: the layers below the marker never change while mounted.
+    Raises LayerCorruptError (EIO, the union turns read-only) when the data is missing."""
+    if node.redirect is None:
+        return None
+    if node.data_src is not None:
+        return node.data_src
+    layer = UPPER if node.upper else node.lower
+    base = layer + 1
+    size = node_stat(fs, node).st_size
+    try:
+        found = metacopy.find_data(
+            fs.layers.root_fds[base:], node.redirect, size, fs.layers.private_ns
+        )
+    except LayerCorruptError as exc:  # the layer holding the marker does not fit those below
+        raise fs.layer_corrupt(layer, exc.problem) from None
+    src = dataclasses.replace(found, layer=found.layer + base)
+    node.data_src = src
+    return src
+
+
 def make_attr(fs: UnionFS, node: Node, st: os.stat_result) -> Attr:
     nlink = st.st_nlink
     if not node.links and node.nodeid != ROOT:
@@ -98,7 +121,7 @@ def make_attr(fs: UnionFS, node: Node, st: os.stat_result) -> Attr:
             nlink += node.nlink_extra
     elif len(node.lowers) + node.upper > 1:
         if not node.opaque_checked:
-            readdir.lower_view(fs, node)  # cuts node.lowers at an opaque layer
+            fs.layers.lower_view(node)  # cuts node.lowers at an opaque layer
         if len(node.lowers) + node.upper > 1:
             nlink = 1  # a merged directory: overlayfs does not count its subdirs either
     uid, gid = st.st_uid, st.st_gid
@@ -114,7 +137,7 @@ def make_attr(fs: UnionFS, node: Node, st: os.stat_result) -> Attr:
     blocks = st.st_blocks
     if isinstance(node, FileNode) and node.redirect is not None:
         try:  # a metacopy file reports its data's blocks, as overlayfs does
-            src = fileio.data_source(fs, node)
+            src = data_source(fs, node)
         except OSError:
             src = None  # missing data: opening fails with EIO, attributes stay readable
         if src is not None:
@@ -149,72 +172,6 @@ async def readlink(fs: UnionFS, nodeid: int) -> bytes:
     node = fs.inodes.get(nodeid)
     fd, name = fs.layers.where(node, UPPER if node.upper else node.lower)
     return os.readlink(name, dir_fd=fd)
-
-
-async def setattr(fs: UnionFS, nodeid: int, changes: SetAttr) -> Attr:
-    node = fs.inodes.get(nodeid)
-    fs.check_writable()
-    if node.links or node.nodeid == ROOT:
-        if changes.size is None:  # chmod, chown, utimes: the data may stay below
-            await copyup.copy_up(fs, node, metadata_only=True)
-        else:
-            await copyup.copy_up(fs, node, data=changes.size != 0)
-    if changes.size is not None:
-        os.ftruncate(await fileio.io_fd(fs, node, write=True), changes.size)
-    if not node.links and node.nodeid != ROOT:
-        return setattr_unlinked(fs, node, changes)
-    dirfd, name = fs.layers.where(node, UPPER)
-    if changes.uid is not None or changes.gid is not None:
-        uid, gid = disk_ids(
-            fs,
-            -1 if changes.uid is None else changes.uid,
-            -1 if changes.gid is None else changes.gid,
-        )
-        os.chown(name, uid, gid, dir_fd=dirfd, follow_symlinks=False)
-    if changes.mode is not None and not stat.S_ISLNK(node.kind):
-        os.chmod(name, stat.S_IMODE(changes.mode), dir_fd=dirfd)
-    if changes.atime_ns is not None or changes.mtime_ns is not None:
-        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-        times = (
-            st.st_atime_ns if changes.atime_ns is None else changes.atime_ns,
-            st.st_mtime_ns if changes.mtime_ns is None else changes.mtime_ns,
-        )
-        os.utime(name, ns=times, dir_fd=dirfd, follow_symlinks=False)
-    return node_attr(fs, node)
-
-
-def setattr_unlinked(fs: UnionFS, node: Node, changes: SetAttr) -> Attr:
-    """fchmod/fchown/futimens on an open file whose last name is gone.
-
-    Only an upper file can be changed: the fds of a lower or metacopy file are on a lower
-    layer, which must never change, and a file without a name cannot be copied up.
-    """
-    if not isinstance(node, FileNode):
-        raise fs_error(errno.ENOENT)
-    if not node.upper or node.redirect is not None:
-        raise fs_error(errno.EROFS)
-    fd = node.fd
-    if fd < 0:
-        raise fs_error(errno.ENOENT)
-    if changes.uid is not None or changes.gid is not None:
-        uid, gid = disk_ids(
-            fs,
-            -1 if changes.uid is None else changes.uid,
-            -1 if changes.gid is None else changes.gid,
-        )
-        os.fchown(fd, uid, gid)
-    if changes.mode is not None:
-        os.fchmod(fd, stat.S_IMODE(changes.mode))
-    if changes.atime_ns is not None or changes.mtime_ns is not None:
-        st = os.fstat(fd)
-        os.utime(
-            fd,
-            ns=(
-                st.st_atime_ns if changes.atime_ns is None else changes.atime_ns,
-                st.st_mtime_ns if changes.mtime_ns is None else changes.mtime_ns,
-            ),
-        )
-    return node_attr(fs, node)
 
 
 def _map_id(value: int, mapping: tuple[IdMapping, ...], *, inward: bool) -> int:

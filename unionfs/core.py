@@ -4,13 +4,13 @@ Pure Python over real directories; never imports pyfuse3. Every entry point spea
 vocabulary (node ids, bytes names, flags) and returns an `Attr` or raises OSError with an errno;
 ops.py maps that to FUSE at one boundary. Tests drive this class directly on temp dirs.
 
-The work is done in one module per concern, in overlayfs's shape: lookup.py (namei.c),
-readdir.py, copyup.py (copy_up.c), dirops.py and rename.py (dir.c), attrs.py (inode.c), fileio.py
-(file.c), xattrs.py; layers.py holds the `LayerStack` and workdir.py the `WorkDir` (super.c's
-probes). Their functions take the `UnionFS` as their first argument, as the kernel's take the
-superblock, and the entry points below are those functions themselves, not wrappers around them,
-so a request costs no more calls than when this was one class. The hot paths (lookup, getattr,
-read) are written out here.
+The work is done in one module per concern, in overlayfs's shape: lookup.py (namei.c), readdir.py,
+copyup.py (copy_up.c), dirops.py and rename.py (dir.c), attrs.py and writes.py (inode.c), fileio.py
+and writes.py (file.c), xattrs.py; layers.py holds the `LayerStack` and workdir.py the `WorkDir`
+(super.c's probes). Their functions take the `UnionFS` as their first argument, as the kernel's
+take the superblock, and the entry points below are those functions themselves, not wrappers around
+them, so a request costs no more calls than when this was one class. The hot paths (lookup,
+getattr, read) are written out here.
 
 Layer indices: 0 is the upper layer, 1..n the lower layers top first (as in overlayfs.rst and in
 st_ino's high bits). Functions are async only where they may wait (copy-up of big files runs in a
@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import trio
 
-from . import _sys, attrs, dirops, fileio, readdir, xattrs
+from . import _sys, attrs, dirops, fileio, readdir, writes, xattrs
 from . import rename as renames
 from .attrs import Attr
 from .config import UnionConfig
@@ -136,7 +136,7 @@ class UnionFS:
         return attrs.node_attr(self, self.inodes.get(nodeid))
 
     async def read(self, nodeid: int, offset: int, size: int) -> bytes:
-        fd = await fileio.io_fd(self, self.inodes.get(nodeid), write=False)
+        fd = fileio.io_fd(self, self.inodes.get(nodeid), write=False)
         return os.pread(fd, size, offset)
 
     # ------------------------------------------------------------------ lookup counts
@@ -158,7 +158,7 @@ class UnionFS:
     # ------------------------------------------------------------------ the other entry points
 
     readlink = attrs.readlink
-    setattr = attrs.setattr
+    setattr = writes.setattr
     create = dirops.create
     mkdir = dirops.mkdir
     mknod = dirops.mknod
@@ -167,8 +167,8 @@ class UnionFS:
     unlink = dirops.unlink
     rmdir = dirops.rmdir
     rename = renames.rename
-    open = fileio.open
-    write = fileio.write
+    open = writes.open
+    write = writes.write
     fsync = fileio.fsync
     opendir = readdir.opendir
     releasedir = readdir.releasedir

@@ -70,7 +70,7 @@ def make_opaque(fs: UnionFS, dirfd: int, name: bytes) -> None:
 
 
 def in_lowers(fs: UnionFS, parent: DirNode, name: bytes) -> bool:
-    return bool(parent.lowers) and name in readdir.lower_view(fs, parent)
+    return bool(parent.lowers) and name in fs.layers.lower_view(parent)
 
 
 def make_whiteout_tmp(fs: UnionFS) -> bytes:

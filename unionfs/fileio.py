@@ -3,19 +3,19 @@
 The fd belongs to the node rather than to an open: in FUSE's no-open mode the kernel sends no
 open or release at all. Fds are kept in an LRU of `FD_CACHE`; a file whose last name went while
 the kernel held it keeps its fd pinned until it is forgotten. A metacopy file is read from where
-its marker leads (`data_source`), and its first write copies the data up.
+its marker leads (`attrs.data_source`). A write's fd comes through writes.py, which copies the
+file up with its data first; this module sits below copyup.py, which drops and opens fds here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import stat
 from typing import TYPE_CHECKING, Final
 
-from . import _sys, attrs, copyup, metacopy
-from .errors import LayerCorruptError, fs_error
+from . import _sys, attrs, metacopy
+from .errors import fs_error
 from .inodes import DirNode, FileNode, Node
 from .layers import UPPER
 
@@ -26,31 +26,9 @@ if TYPE_CHECKING:
 FD_CACHE: Final = 512  # cached per-node fds (besides pinned ones); RLIMIT_NOFILE allows
 
 
-def data_source(fs: UnionFS, node: FileNode) -> metacopy.DataSource | None:
-    """Where the data of a metacopy node is (absolute layer index); None for a file that
-    holds its own data. Cached: the layers below the marker never change while mounted.
-    Raises LayerCorruptError (EIO, the union turns read-only) when the data is missing."""
-    if node.redirect is None:
-        return None
-    if node.data_src is not None:
-        return node.data_src
-    layer = UPPER if node.upper else node.lower
-    base = layer + 1
-    size = attrs.node_stat(fs, node).st_size
-    try:
-        found = metacopy.find_data(
-            fs.layers.root_fds[base:], node.redirect, size, fs.layers.private_ns
-        )
-    except LayerCorruptError as exc:  # the layer holding the marker does not fit those below
-        raise fs.layer_corrupt(layer, exc.problem) from None
-    src = dataclasses.replace(found, layer=found.layer + base)
-    node.data_src = src
-    return src
-
-
 def open_data(fs: UnionFS, node: FileNode) -> int:
     """A read-only fd with node's data: its own file, or where its metacopy marker leads."""
-    src = data_source(fs, node)
+    src = attrs.data_source(fs, node)
     if src is not None:
         return metacopy.open_in_layer(fs.layers.root_fds[src.layer], src.relpath)
     dirfd, name = fs.layers.where(node, UPPER if node.upper else node.lower)
@@ -96,27 +74,30 @@ def open_io(fs: UnionFS, node: FileNode, *, write: bool) -> tuple[int, bool]:
     return open_data(fs, node), False
 
 
-async def io_fd(fs: UnionFS, node: Node, *, write: bool) -> int:
+def io_fd(fs: UnionFS, node: Node, *, write: bool) -> int:
     """The fd for I/O on a regular file, opened on first use and cached on the node.
 
-    A write first copies a lower (or metacopy) file up with its data. A file whose last
-    name is gone keeps the fd pinned at unlink; it can be written only if it was an upper
-    file (a lower one cannot be copied up without a name)."""
+    A write needs the file up with its data first (`writes.writable_fd` copies it up, then
+    comes here). A file whose last name is gone keeps the fd pinned at unlink; it can be
+    written only if it was an upper file (a lower one cannot be copied up without a name)."""
     if isinstance(node, FileNode) and node.fd >= 0 and (node.fd_writable or not write):
         if not node.fd_pinned:
             fs.fd_lru.pop(node, None)
             fs.fd_lru[node] = None
         return node.fd
+    file = check_io(node)
+    fd, writable = open_io(fs, file, write=write)
+    keep_fd(fs, file, fd, writable=writable)
+    return fd
+
+
+def check_io(node: Node) -> FileNode:
+    """node, if it is a regular file with a name to do I/O on; else the error I/O gets."""
     if not isinstance(node, FileNode) or not stat.S_ISREG(node.kind):
         raise fs_error(errno.EISDIR if isinstance(node, DirNode) else errno.EINVAL)
     if not node.links:  # a pinned fd that cannot write, or none at all
         raise fs_error(errno.EROFS if node.fd >= 0 else errno.ENOENT)
-    if write:
-        fs.check_writable()
-        await copyup.copy_up(fs, node, data=True)
-    fd, writable = open_io(fs, node, write=write)
-    keep_fd(fs, node, fd, writable=writable)
-    return fd
+    return node
 
 
 def keep_fd(fs: UnionFS, node: FileNode, fd: int, *, writable: bool) -> None:
@@ -135,30 +116,11 @@ def drop_fd(fs: UnionFS, node: FileNode) -> None:
     node.fd, node.fd_writable, node.fd_pinned = -1, False, False
 
 
-async def open(fs: UnionFS, nodeid: int, flags: int) -> None:
-    """An open(2) the kernel tells us of (not in no-open mode): copy up for writing, as
-    overlayfs does at open; O_TRUNC (atomic_o_trunc) truncates here."""
-    node = fs.inodes.get(nodeid)
-    writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-    if writable or flags & os.O_TRUNC:
-        fs.check_writable()
-        await copyup.copy_up(fs, node, data=not flags & os.O_TRUNC)
-    if not node.links:
-        raise fs_error(errno.ENOENT)
-    if flags & os.O_TRUNC:
-        os.ftruncate(await io_fd(fs, node, write=True), 0)
-
-
-async def write(fs: UnionFS, nodeid: int, offset: int, data: bytes) -> int:
-    fs.check_writable()  # also for an fd that is already open for writing
-    return os.pwrite(await io_fd(fs, fs.inodes.get(nodeid), write=True), data, offset)
-
-
 async def fsync(fs: UnionFS, nodeid: int, datasync: bool) -> None:
     node = fs.inodes.get(nodeid)
     if fs.cfg.volatile or not node.upper or (isinstance(node, FileNode) and node.redirect):
         return  # nothing of it was written here
-    fd = await io_fd(fs, node, write=False)
+    fd = io_fd(fs, node, write=False)
     if datasync:
         os.fdatasync(fd)
     else:

@@ -1,9 +1,11 @@
 """Layer-relative, no-follow access to layer directories, and what is cached about lower layers.
 
-Lower layers are immutable while mounted, so a directory of a lower layer is listed once (`Listing`)
-and its entries are stat'ed at most once. Directory fds are cached (`DirFds`, LRU) so that reaching a
-deep directory costs one `openat` per component only the first time; every open is relative to the
-parent's fd with O_NOFOLLOW, so nothing inside a layer can lead the daemon outside it.
+Lower layers are immutable while mounted, so a directory of a lower layer is listed once
+(`Listing`) and its entries are stat'ed at most once; the merge of a directory's lower listings
+(`LayerStack.lower_view`) is made once too, for lookup and readdir both. Directory fds are cached
+(`DirFds`, LRU) so that reaching a deep directory costs one `openat` per component only the first
+time; every open is relative to the parent's fd with O_NOFOLLOW, so nothing inside a layer can lead
+the daemon outside it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import xxhash
 
 from . import _sys, metacopy
 from .errors import fs_error
-from .inodes import ROOT, DirNode, Node
+from .inodes import ROOT, DirNode, LowerEntry, Node
 from .whiteout import (
     OPAQUE_MARKER,
     OPAQUE_XATTRS,
@@ -314,6 +316,41 @@ class LayerStack:
                 self._listings[key] = listing
             node.listings[layer] = listing
         return listing
+
+    def lower_view(self, node: DirNode) -> dict[bytes, LowerEntry]:
+        """The merged lower listing of directory `node` (cached: lower layers never change).
+
+        Walks node.lowers top-down; a whiteout or a non-directory stops a name, an opaque
+        directory stops everything below it (and cuts node.lowers there).
+        """
+        if node.view is not None:
+            return node.view
+        view: dict[bytes, LowerEntry] = {}
+        stopped: set[bytes] = set()
+        kept: list[int] = []
+        for layer in node.lowers:
+            listing = self.listing(node, layer)
+            kept.append(layer)
+            for name, kind in listing.kinds.items():
+                if name in stopped:
+                    continue
+                is_dir = kind == stat.S_IFDIR
+                entry = view.get(name)
+                if entry is None:
+                    view[name] = LowerEntry((layer,), is_dir)
+                    if not is_dir:
+                        stopped.add(name)
+                elif is_dir:
+                    view[name] = LowerEntry((*entry.layers, layer), True)
+                else:
+                    stopped.add(name)
+            stopped.update(listing.whiteouts)
+            if listing.opaque:
+                break
+        node.lowers = tuple(kept)
+        node.opaque_checked = True
+        node.view = view
+        return view
 
     def lower_stat(self, parent: DirNode, layer: int, name: bytes) -> os.stat_result:
         listing = self.listing(parent, layer)

@@ -1,7 +1,7 @@
 """Lookup: resolve one name across the layers to a node (kernel namei.c).
 
 The upper layer is asked first; a whiteout, a non-directory or an opaque directory stops the walk
-down the lowers, whose merged listing (`readdir.lower_view`) answers for every lower layer at
+down the lowers, whose merged listing (`LayerStack.lower_view`) answers for every lower layer at
 once. An upper object copied up from below carries an origin xattr that keeps its st_ino, so one
 object keeps one node across copy-up and remount; a marker that strata could not have written is a
 corrupt layer (`bad_marker`).
@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import _sys, metacopy, readdir
+from . import _sys, metacopy
 from .errors import LayerCorruptError, fs_error
 from .inodes import ROOT, DirNode, FileNode, InodeNo, Node, decode_ino, encode_ino
 from .layers import UPPER, is_upper_opaque
@@ -91,7 +91,7 @@ def resolve(fs: UnionFS, parent: DirNode, name: bytes) -> Resolved | None:
     """What `name` in directory `parent` is in the union, or None (absent or whited out)."""
     if is_reserved_name(name):
         return None
-    view = readdir.lower_view(fs, parent) if parent.lowers else {}
+    view = fs.layers.lower_view(parent) if parent.lowers else {}
     entry = view.get(name)
     if parent.upper:
         fd = fs.layers.dirfd(parent, UPPER)

@@ -1,23 +1,22 @@
 """Listing directories: the merge of a directory's layers (kernel readdir.c).
 
-`lower_view` merges the lower listings of a directory once (lower layers never change), which
-lookup uses too; `entries` adds the upper layer on top, hiding whited-out names; a readdir handle
-lists a snapshot so that its positions survive concurrent changes. A merged directory with only
-whiteouts below is empty for rmdir.
+The lower listings of a directory are merged once (`LayerStack.lower_view`: lower layers never
+change, and lookup, below this module, uses the merge too); `entries` adds the upper layer on top,
+hiding whited-out names; a readdir handle lists a snapshot so that its positions survive
+concurrent changes. A merged directory with only whiteouts below is empty for rmdir.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import _sys, attrs, lookup
 from .errors import fs_error
-from .inodes import DirNode, LowerEntry
+from .inodes import DirNode
 from .layers import UPPER, is_whiteout_entry
 from .whiteout import is_reserved_name, whiteout_target
 
@@ -30,42 +29,6 @@ if TYPE_CHECKING:
 class DirHandle:
     node: DirNode
     names: list[bytes] | None = None
-
-
-def lower_view(fs: UnionFS, node: DirNode) -> dict[bytes, LowerEntry]:
-    """The merged lower listing of directory `node` (cached: lower layers never change).
-
-    Walks node.lowers top-down; a whiteout or a non-directory stops a name, an opaque
-    directory stops everything below it (and cuts node.lowers there).
-    """
-    if node.view is not None:
-        return node.view
-    view: dict[bytes, LowerEntry] = {}
-    stopped: set[bytes] = set()
-    kept: list[int] = []
-    for layer in node.lowers:
-        listing = fs.layers.listing(node, layer)
-        kept.append(layer)
-        for name, kind in listing.kinds.items():
-            if name in stopped:
-                continue
-            is_dir = kind == stat.S_IFDIR
-            entry = view.get(name)
-            if entry is None:
-                view[name] = LowerEntry((layer,), is_dir)
-                if not is_dir:
-                    stopped.add(name)
-            elif is_dir:
-                view[name] = LowerEntry((*entry.layers, layer), True)
-            else:
-                stopped.add(name)
-        stopped.update(listing.whiteouts)
-        if listing.opaque:
-            break
-    node.lowers = tuple(kept)
-    node.opaque_checked = True
-    node.view = view
-    return view
 
 
 def entries(fs: UnionFS, node: DirNode) -> list[bytes]:
@@ -93,7 +56,7 @@ def entries(fs: UnionFS, node: DirNode) -> list[bytes]:
         finally:
             os.close(rfd)
     if node.lowers:
-        names.extend(n for n in lower_view(fs, node) if n not in seen and n not in hidden)
+        names.extend(n for n in fs.layers.lower_view(node) if n not in seen and n not in hidden)
     return names
 
 

@@ -31,7 +31,7 @@ async def materialize(fs: UnionFS, node: DirNode) -> None:
     await copyup.copy_up(fs, node)
     if not node.lowers:
         return
-    view = readdir.lower_view(fs, node)
+    view = fs.layers.lower_view(node)
     for name in list(view):
         try:
             child = lookup.lookup_node(fs, node, name)
