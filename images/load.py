@@ -362,10 +362,8 @@ def _decompressed(raw: IO[bytes]) -> IO[bytes]:
     if head.startswith(_GZIP):
         return cast(IO[bytes], gzip.GzipFile(fileobj=rest, mode="rb"))
     if head.startswith(_ZSTD):
-        try:
-            import zstandard
-        except ImportError:
-            raise LoadError("zstd layer: install the 'zstandard' module") from None
+        import zstandard  # a dependency; imported only for zstd layers
+
         return cast(
             IO[bytes],
             zstandard.ZstdDecompressor().stream_reader(

@@ -50,7 +50,7 @@ def traced_copy_up(tmp_path: Path, *options: str) -> list[str]:
     (dirs.lowers[0] / "f").write_bytes(b"old\n" * 100_000)  # above INLINE_COPY_MAX: a thread
     trace = tmp_path / "strace.log"
     extra = ["-o", ",".join(options)] if options else []
-    # With OPEN/RELEASE (STRATA_FUSE_OPEN=1) the RELEASE of the appended file can still be in
+    # With OPEN/RELEASE (STRATA_FUSE_OPEN=1, or the stock pyfuse3) the RELEASE of the appended file can still be in
     # the daemon, slowed by strace, when the kernel ends the connection at the unmount: pyfuse3
     # then logs that its reply failed (as in tests/fuse/test_file_io.py).
     late_release = [r"fuse_release\(\): fuse_reply_\* failed"]
