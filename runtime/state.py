@@ -327,10 +327,9 @@ def remove_tree(path: Path) -> None:
     """rm -rf of a tree in the state root (a container dir, an image layer or staging dir),
     refusing to descend into anything still mounted below it: the one home of this for runtime
     and images."""
-    from unionfs.mountinfo import read_mountinfo
+    from unionfs.mountinfo import mounts_under
 
-    prefix = str(path) + "/"
-    mounted = [m.mountpoint for m in read_mountinfo() if str(m.mountpoint).startswith(prefix)]
+    mounted = [point for point in mounts_under(path) if point != path]
     if mounted:
         raise UsageError(f"{mounted[0]} is still mounted; not removing {path}", 1)
 

@@ -66,3 +66,26 @@ def test_process_identity_survives_pid_reuse_checks() -> None:
         proc.kill()
         proc.wait()
     assert not process_alive(proc.pid, start)
+
+
+@pytest.mark.root
+def test_remove_tree_refuses_a_tree_with_a_mount_below_it(tmp_path: Path) -> None:
+    """A container dir with something still mounted inside is left whole (rm -rf would descend
+    into the mount); the mount point itself may be what is being removed."""
+    from runtime.state import remove_tree
+    from tests.helpers.mounts import skip_unless_root
+    from unionfs import libc
+
+    skip_unless_root()
+    tree = tmp_path / "container"
+    (tree / "rootfs").mkdir(parents=True)
+    (tree / "keep").write_text("data")
+    libc.mount("tmpfs", tree / "rootfs", "tmpfs")
+    try:
+        with pytest.raises(UsageError, match=r"rootfs is still mounted; not removing"):
+            remove_tree(tree)
+        assert (tree / "keep").read_text() == "data"
+    finally:
+        libc.umount2(tree / "rootfs")
+    remove_tree(tree)
+    assert not tree.exists()
