@@ -119,6 +119,9 @@ class _Extractor:
         self.is_root = os.geteuid() == 0
         self.dirs: dict[str, tarfile.TarInfo] = {}  # metadata applied last (children change mtimes)
         self.linkable: set[str] = set()  # members a hard link may name
+        # directories this extraction made or checked: what is below one needs no lstat walk
+        # (only the extraction writes here, and `clear` forgets the ones it removes)
+        self.real_dirs: set[str] = {""}
         self.progress = progress
         self.payloads: list[tuple[str, int, int, int]] = []  # rel, tar offset, size, inode
         self.limit = default_limit(dest) if limit is None else limit
@@ -131,19 +134,22 @@ class _Extractor:
 
     def check_parents(self, member: str, rel: str) -> None:
         """Every parent of `rel` is a real directory (created when missing)."""
+        if rel.rpartition("/")[0] in self.real_dirs:
+            return
         parts = rel.split("/")[:-1]
         path = str(self.dest)
-        for part in parts:
+        for i, part in enumerate(parts):
             path = os.path.join(path, part)
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
                 os.mkdir(path, 0o755)
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                raise LayerError(f"{member!r}: under a symlink ({part!r})")
-            if not stat.S_ISDIR(st.st_mode):
-                raise LayerError(f"{member!r}: a parent is not a directory ({part!r})")
+            else:
+                if stat.S_ISLNK(st.st_mode):
+                    raise LayerError(f"{member!r}: under a symlink ({part!r})")
+                if not stat.S_ISDIR(st.st_mode):
+                    raise LayerError(f"{member!r}: a parent is not a directory ({part!r})")
+            self.real_dirs.add("/".join(parts[: i + 1]))
 
     def clear(self, rel: str, *, keep_dir: bool) -> None:
         """Remove what is at `rel` (a later member replaces an earlier one, as tar does)."""
@@ -160,6 +166,7 @@ class _Extractor:
             shutil.rmtree(path)
             prefix = rel + "/"
             self.linkable = {m for m in self.linkable if not m.startswith(prefix)}
+            self.real_dirs = {d for d in self.real_dirs if d != rel and not d.startswith(prefix)}
             self.dirs = {
                 m: i for m, i in self.dirs.items() if m != rel and not m.startswith(prefix)
             }
@@ -189,15 +196,18 @@ class _Extractor:
             if not os.path.isdir(path):
                 os.mkdir(path, 0o700)
             self.dirs[rel] = info
+            self.real_dirs.add(rel)
             return
         if info.islnk():
             self.link(info, rel, path)
         elif info.issym():
             os.symlink(info.linkname, path)
         elif info.isreg():
-            self.write_file(tar, info, path)
+            ino = self.write_file(tar, info, path)
             if not info.issparse():  # a sparse member's stored data is not the file's bytes
-                self.payloads.append((rel, info.offset_data, info.size, os.lstat(path).st_ino))
+                self.payloads.append((rel, info.offset_data, info.size, ino))
+            self.linkable.add(rel)
+            return  # write_file applied the metadata, through the file's descriptor
         elif info.isfifo():
             os.mkfifo(path, 0o600)
         elif info.ischr() or info.isblk():
@@ -230,10 +240,12 @@ class _Extractor:
         self.check_parents(info.name, target)
         os.link(self.real(target), path, follow_symlinks=False)
 
-    def write_file(self, tar: tarfile.TarFile, info: tarfile.TarInfo, path: str) -> None:
-        """The member's data. A sparse member's holes stay holes: its data blocks, stored one
-        after the other in the archive, are read from the stream and written at their offsets,
-        then the file is extended to its size (tarfile would hand out every hole as zeros)."""
+    def write_file(self, tar: tarfile.TarFile, info: tarfile.TarInfo, path: str) -> int:
+        """The member's data, then its metadata (through the descriptor of the file just
+        created: no path walk); its inode number. A sparse member's holes stay holes: its data
+        blocks, stored one after the other in the archive, are read from the stream and written
+        at their offsets, then the file is extended to its size (tarfile would hand out every
+        hole as zeros)."""
         fd = os.open(
             path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
         )
@@ -257,7 +269,48 @@ class _Extractor:
                     left -= len(chunk)
                     if self.progress is not None:
                         self.progress(len(chunk))
-            out.truncate(info.size)
+            if info.issparse():
+                out.truncate(info.size)
+            out.flush()
+            self.set_metadata(fd, info)
+            return os.fstat(fd).st_ino
+
+    def set_metadata(
+        self, target: int | str, info: tarfile.TarInfo, parent: int | None = None
+    ) -> None:
+        """Owner, xattrs, mode and mtime, in that order (chown clears setuid bits): on a
+        descriptor, or on the name `target` in the directory `parent` (never followed)."""
+        if isinstance(target, int):
+            if self.is_root:
+                os.chown(target, info.uid, info.gid)
+            self.set_xattrs(target, info)
+            os.chmod(target, stat.S_IMODE(info.mode))
+            os.utime(target, ns=(int(info.mtime * 1e9),) * 2)
+            return
+        assert parent is not None
+        st = os.stat(target, dir_fd=parent, follow_symlinks=False)
+        if self.is_root:
+            os.chown(target, info.uid, info.gid, dir_fd=parent, follow_symlinks=False)
+        self.set_xattrs(f"/proc/self/fd/{parent}/{target}", info)
+        if not stat.S_ISLNK(st.st_mode):  # checked: chmod cannot follow it
+            os.chmod(target, stat.S_IMODE(info.mode), dir_fd=parent)
+        os.utime(target, ns=(int(info.mtime * 1e9),) * 2, dir_fd=parent, follow_symlinks=False)
+
+    def set_xattrs(self, target: int | str, info: tarfile.TarInfo) -> None:
+        for key, value in info.pax_headers.items():
+            if key.startswith("SCHILY.xattr."):
+                attr = key[len("SCHILY.xattr.") :]
+                if is_private_xattr(attr):
+                    self.stripped_xattrs += 1
+                    continue
+                raw = value.encode("utf-8", "surrogateescape")
+                try:
+                    # a descriptor is the file itself; a name is never followed
+                    os.setxattr(target, attr, raw, follow_symlinks=isinstance(target, int))
+                except OSError as e:
+                    if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
+                        raise
+                    log.warning("%s: xattr %s not kept: %s", info.name, attr, e.strerror)
 
     def apply(self, info: tarfile.TarInfo, rel: str) -> None:
         """Owner, xattrs, mode and mtime of the member at `rel`: through a descriptor of its
@@ -265,27 +318,7 @@ class _Extractor:
         never followed either, so nothing outside the layer can be touched."""
         parent, name = self.open_parent(rel)
         try:
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-            if self.is_root:
-                os.chown(name, info.uid, info.gid, dir_fd=parent, follow_symlinks=False)
-            for key, value in info.pax_headers.items():
-                if key.startswith("SCHILY.xattr."):
-                    attr = key[len("SCHILY.xattr.") :]
-                    if is_private_xattr(attr):
-                        self.stripped_xattrs += 1
-                        continue
-                    raw = value.encode("utf-8", "surrogateescape")
-                    try:
-                        os.setxattr(
-                            f"/proc/self/fd/{parent}/{name}", attr, raw, follow_symlinks=False
-                        )
-                    except OSError as e:
-                        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
-                            raise
-                        log.warning("%s: xattr %s not kept: %s", info.name, attr, e.strerror)
-            if not stat.S_ISLNK(st.st_mode):  # checked: chmod cannot follow it
-                os.chmod(name, stat.S_IMODE(info.mode), dir_fd=parent)
-            os.utime(name, ns=(int(info.mtime * 1e9),) * 2, dir_fd=parent, follow_symlinks=False)
+            self.set_metadata(name, info, parent)
         finally:
             os.close(parent)
 

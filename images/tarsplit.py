@@ -17,6 +17,7 @@ import gzip
 import os
 import stat
 import struct
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Final
@@ -28,7 +29,7 @@ Payload = tuple[str, int, int, int]  # path in the layer, offset in the tar, siz
 
 def write_map(raw_tar: Path, layer: Path, payloads: Sequence[Payload], dest: Path) -> None:
     """The map of `raw_tar` (extracted into `layer`, file contents at `payloads`) into `dest`."""
-    names = [p[0] for p in payloads]
+    times_named = Counter(p[0] for p in payloads)
     kept = []
     for rel, offset, size, ino in payloads:
         try:
@@ -37,7 +38,7 @@ def write_map(raw_tar: Path, layer: Path, payloads: Sequence[Payload], dest: Pat
             continue
         if (
             size > 0
-            and names.count(rel) == 1
+            and times_named[rel] == 1
             and stat.S_ISREG(st.st_mode)
             and st.st_ino == ino
             and st.st_size == size
