@@ -8,9 +8,12 @@ The order keeps the store consistent whatever happens (an error, a cut connectio
    default this host's), then the config, each checked against its digest and size bound.
 3. The config's `rootfs.diff_ids` say which layers the store already has: those are not
    downloaded. The others are downloaded in parallel (3 at a time) into a staging directory of
-   the store, each checked against its digest while it streams, *before* a byte of it is parsed;
-   then each is extracted (2 at a time, in threads) and checked against its diff_id, exactly as
-   `strata load` does (`images.load.extract_verified`).
+   the store, each checked against its digest while it streams, and extracted (2 at a time, in
+   threads) as it arrives, exactly as `strata load` extracts (`images.load.extract_verified`,
+   which checks the diff_id). The extraction reads the blob's file behind the download and
+   sees its end only once the whole blob matched its digest: a layer is kept only when both
+   its digest and its diff_id match, and a download that fails or restarts from zero throws
+   the extraction away (after a restart, the complete blob is extracted again).
 4. Only when every layer is in place are they renamed into the store and the image recorded
    (under the store's lock). Until then nothing is visible, and the staging directory goes away
    on any failure.
@@ -18,13 +21,17 @@ The order keeps the store consistent whatever happens (an error, a cut connectio
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import IO, Any, Final, TextIO, cast
 
 import trio
 
@@ -297,36 +304,168 @@ async def _fetch_layers(
     async def one(layer: _Layer) -> None:
         blob = staging / f"blob-{hex_of(layer.digest)}"
         short = hex_of(layer.digest)[:12]
-        async with downloads:
-            advance = reporter.bar(f"blob {short}", layer.size)
-            with open(blob, "wb") as out:
-                await session.fetch_blob(repo, layer.digest, layer.size, out, advance)
         dest = staging / layer.diff_id
         dest.mkdir()
+        growing = _GrowingBlob(blob)
 
         def extract() -> str:
-            with open(blob, "rb") as stream:
+            def from_file(stream: IO[bytes]) -> str:
                 return extract_verified(
                     stream, dest, staging / f"{layer.diff_id}.map", f"layer {short}", None
                 )
 
+            try:
+                with growing.reader() as stream:
+                    return from_file(stream)
+            except _Restarted:
+                growing.wait()  # the download started again from zero: extract it whole
+                shutil.rmtree(dest)
+                dest.mkdir()
+                with open(blob, "rb") as stream:
+                    return from_file(stream)
+
+        async def download() -> None:
+            try:
+                async with downloads:
+                    advance = reporter.bar(f"blob {short}", layer.size)
+                    await session.fetch_blob(
+                        repo, layer.digest, layer.size, cast(IO[bytes], growing), advance
+                    )
+            except BaseException:
+                growing.end(failed=True)
+                raise
+            growing.end(failed=False)
+            if advance is None:
+                reporter.say(f"Copying blob {short} done")
+
+        got: list[str] = []
+
+        async def extract_task() -> None:
+            try:
+                got.append(await trio.to_thread.run_sync(extract, limiter=extracts))
+            except _Aborted:
+                pass  # the download failed: its error is the one to tell
+            except LoadError as e:
+                growing.end(failed=True)  # no use downloading the rest
+                raise RegistryError(f"{ref}: {e}") from None
+
         try:
-            got = await trio.to_thread.run_sync(extract, limiter=extracts)
-        except LoadError as e:
-            raise RegistryError(f"{ref}: {e}") from None
+            async with trio.open_nursery() as inner:
+                inner.start_soon(download)
+                inner.start_soon(extract_task)
         finally:
-            os.unlink(blob)
-        if got != layer.diff_id:
+            growing.close()
+            blob.unlink(missing_ok=True)
+        if got != [layer.diff_id]:
             raise RegistryError(
                 f"{ref}: layer {short}: uncompressed content does not match diff_id"
                 f" sha256:{layer.diff_id}"
             )
-        if advance is None:
-            reporter.say(f"Copying blob {short} done")
 
     async with trio.open_nursery() as nursery:
         for layer in wanted.values():
             nursery.start_soon(one, layer)
+
+
+class _Restarted(Exception):
+    """The download of the blob being extracted started again from its first byte."""
+
+
+class _Aborted(Exception):
+    """The download of the blob being extracted failed."""
+
+
+class _GrowingBlob:
+    """A blob's file as the download writes it (`write`, `seek(0)` + `truncate` for a restart,
+    then `end`) and as the extraction reads it meanwhile (`reader`, in a thread).
+
+    The reader waits for bytes that are not written yet, and it sees the end of the file only
+    after `end(failed=False)`, which the download calls once the whole blob matched its digest:
+    so an extraction cannot finish with bytes that turned out wrong. A failed download makes
+    the reader raise `_Aborted`, a restart `_Restarted`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = open(path, "wb", buffering=0)  # noqa: SIM115 (closed by close())
+        self.cond = threading.Condition()
+        self.size = 0
+        self.ended = False
+        self.failed = False
+        self.restarted = False
+
+    # the download's side (the trio thread); only the calls fetch_blob makes
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while view:
+            view = view[self.file.write(view) or 0 :]
+        with self.cond:
+            self.size += len(data)
+            self.cond.notify_all()
+        return len(data)
+
+    def seek(self, offset: int) -> int:
+        with self.cond:
+            self.restarted = True
+            self.size = 0
+            self.cond.notify_all()
+        return self.file.seek(offset)
+
+    def truncate(self) -> int:
+        return self.file.truncate()
+
+    def end(self, *, failed: bool) -> None:
+        with self.cond:
+            if not self.ended:
+                self.ended, self.failed = True, failed
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        self.end(failed=True)
+        self.file.close()
+
+    # the extraction's side (its thread)
+
+    def wait(self) -> None:
+        """Until the download ends; _Aborted if it failed."""
+        with self.cond:
+            while not self.ended:
+                self.cond.wait()
+            if self.failed:
+                raise _Aborted
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[IO[bytes]]:
+        with open(self.path, "rb") as f:
+            yield cast(IO[bytes], io.BufferedReader(_GrowingReader(self, f), 1 << 20))
+
+
+class _GrowingReader(io.RawIOBase):
+    def __init__(self, blob: _GrowingBlob, file: io.BufferedReader) -> None:
+        self.blob = blob
+        self.file = file
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        blob = self.blob
+        with blob.cond:
+            while True:
+                if blob.restarted:
+                    raise _Restarted
+                if blob.ended and blob.failed:
+                    raise _Aborted
+                if self.pos < blob.size or blob.ended:
+                    break
+                blob.cond.wait()
+            available = blob.size - self.pos
+        if available <= 0:
+            return 0
+        n = self.file.readinto(buffer[: min(len(buffer), available)])
+        self.pos += n or 0
+        return n or 0
 
 
 def _document(manifest: Manifest, host: str) -> dict[str, Any]:
