@@ -22,6 +22,7 @@ from unionfs.errors import UsageError
 if TYPE_CHECKING:
     from runtime.images import ImageSpec
 
+    from .distribution import Options
     from .store import ImageRecord, ImageStore
 
 
@@ -310,6 +311,188 @@ def _run_prune(args: argparse.Namespace, runner: Runner) -> int:
     return 0
 
 
+# -- registries: pull / login / logout ---------------------------------------------------------
+
+
+def _bool(text: str) -> bool:
+    value = text.lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def add_registry_options(parser: argparse.ArgumentParser, *, creds: bool = True) -> None:
+    """The options of every command that talks to a registry (podman's names)."""
+    parser.add_argument(
+        "--tls-verify",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="BOOL",
+        help="require HTTPS with a trusted certificate (default: yes, except for registries"
+        " on loopback addresses or listed insecure in registries.conf)",
+    )
+    parser.add_argument(
+        "--cert-dir", metavar="DIR", help="CA certificates (*.crt) and client keys for TLS"
+    )
+    parser.add_argument(
+        "--authfile",
+        metavar="PATH",
+        help="the auth file (default: $REGISTRY_AUTH_FILE or containers' auth.json)",
+    )
+    if creds:
+        parser.add_argument("--creds", metavar="USER[:PASSWORD]", help="credentials to use")
+    parser.add_argument(
+        "--retry", type=int, default=3, metavar="N", help="retries of a failed request (3)"
+    )
+    parser.add_argument(
+        "--retry-delay",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="pause between retries (default: 1 s, doubling; a registry's Retry-After wins)",
+    )
+
+
+def registry_options(args: argparse.Namespace) -> Options:
+    from .auth import Credentials
+    from .distribution import Options
+
+    if args.retry < 0:
+        raise UsageError("--retry: give a count >= 0", 125)
+    if args.retry_delay is not None and args.retry_delay < 0:
+        raise UsageError("--retry-delay: give seconds >= 0", 125)
+    creds = getattr(args, "creds", None)
+    return Options(
+        tls_verify=args.tls_verify,
+        cert_dir=Path(args.cert_dir) if args.cert_dir else None,
+        creds=Credentials.parse(creds) if creds else None,
+        authfile=Path(args.authfile) if args.authfile else None,
+        retries=args.retry,
+        retry_delay=args.retry_delay,
+    )
+
+
+def _add_pull(parser: argparse.ArgumentParser) -> None:
+    add_root(parser)
+    add_registry_options(parser)
+    parser.add_argument(
+        "--platform", metavar="OS/ARCH[/VARIANT]", help="the platform to pick from an index"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
+    parser.add_argument("image", metavar="NAME[:TAG|@DIGEST]")
+
+
+def pull_image(
+    store: ImageStore, ref: str, options: Options, *, platform: str | None, quiet: bool
+) -> ImageRecord:
+    """Pull `ref` into `store`, reporting progress on stderr unless `quiet`."""
+    from .distribution import run_async
+    from .pull import Platform, Reporter, pull
+
+    chosen = Platform.parse(platform) if platform else None
+    with Reporter(quiet=quiet) as reporter:
+        return run_async(
+            lambda: pull(store, ref, options=options, platform=chosen, reporter=reporter)
+        )
+
+
+def _run_pull(args: argparse.Namespace, runner: Runner) -> int:
+    rec = pull_image(
+        _store(args),
+        args.image,
+        registry_options(args),
+        platform=args.platform,
+        quiet=args.quiet,
+    )
+    print(rec.id)
+    return 0
+
+
+def _add_login(parser: argparse.ArgumentParser) -> None:
+    add_registry_options(parser, creds=False)
+    parser.add_argument("-u", "--username", metavar="USER")
+    parser.add_argument("-p", "--password", metavar="PASSWORD")
+    parser.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
+    parser.add_argument("registry", metavar="REGISTRY", help="host[:port][/namespace]")
+
+
+def _registry_key(text: str) -> str:
+    """A login key: `host[:port][/namespace]`, with any scheme and trailing slash dropped."""
+    key = text.removeprefix("https://").removeprefix("http://").rstrip("/")
+    if not key or " " in key:
+        raise UsageError(f"invalid registry {text!r}", 125)
+    return "docker.io" + key[len("index.docker.io") :] if key.startswith("index.docker.io") else key
+
+
+def _run_login(args: argparse.Namespace, runner: Runner) -> int:
+    import dataclasses
+    import getpass
+
+    from .auth import Credentials, store_credentials
+    from .distribution import Session, run_async
+    from .registries import load_conf
+
+    key = _registry_key(args.registry)
+    user, password = args.username, args.password
+    if args.password_stdin:
+        if args.password is not None:
+            raise UsageError("--password and --password-stdin are mutually exclusive", 125)
+        password = sys.stdin.readline().rstrip("\r\n")
+    if user is None:
+        if not sys.stdin.isatty():
+            raise UsageError("login: give --username (no terminal to ask on)", 125)
+        user = input("Username: ")
+    if password is None:
+        if not sys.stdin.isatty():
+            raise UsageError("login: give --password-stdin (no terminal to ask on)", 125)
+        password = getpass.getpass("Password: ")
+    if not user:
+        raise UsageError("login: the username is empty", 125)
+    creds = Credentials(user, password)
+    options = dataclasses.replace(registry_options(args), creds=creds)
+    conf = load_conf()
+    host = key.partition("/")[0]
+    api = "registry-1.docker.io" if host == "docker.io" else host
+
+    async def check() -> None:
+        async with Session(api, conf, options, insecure=conf.insecure(host)) as session:
+            await session.login()
+
+    run_async(check)
+    store_credentials(key, creds, options.authfile)
+    print("Login Succeeded!")
+    return 0
+
+
+def _add_logout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--authfile", metavar="PATH", help="the auth file")
+    parser.add_argument("-a", "--all", action="store_true", help="remove every login")
+    parser.add_argument("registry", nargs="?", metavar="REGISTRY")
+
+
+def _run_logout(args: argparse.Namespace, runner: Runner) -> int:
+    from .auth import remove_credentials
+
+    authfile = Path(args.authfile) if args.authfile else None
+    if args.all:
+        remove_credentials(None, authfile)
+        print("Removed login credentials for all registries")
+        return 0
+    if not args.registry:
+        raise UsageError("logout: give REGISTRY or --all", 125)
+    key = _registry_key(args.registry)
+    if not remove_credentials(key, authfile):
+        raise UsageError(f"not logged into {key}", 125)
+    print(f"Removed login credentials for {key}")
+    return 0
+
+
 _IMAGE_COMMANDS = {
     "ls": (_add_images, _run_images),
     "inspect": (_add_ref, _run_inspect),
@@ -321,6 +504,7 @@ _IMAGE_COMMANDS = {
     "import": (_add_import, _run_import),
     "save": (_add_save, _run_save),
     "build": (_add_build, _run_build),
+    "pull": (_add_pull, _run_pull),
 }
 
 
@@ -342,13 +526,16 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("import", "make a one-layer image from a rootfs tarball", _add_import, _run_import),
     Subcommand("commit", "make an image from a container's changes", _add_commit, _run_commit),
     Subcommand("build", "build an image from a Dockerfile", _add_build, _run_build),
+    Subcommand("pull", "fetch an image from a registry", _add_pull, _run_pull),
+    Subcommand("login", "store credentials for a registry", _add_login, _run_login),
+    Subcommand("logout", "remove stored registry credentials", _add_logout, _run_logout),
     Subcommand("images", "list images", _add_images, _run_images),
     Subcommand("rmi", "remove images (and the layers nothing else uses)", _add_rmi, _run_rmi),
     Subcommand("tag", "add a name to an image", _add_tag, _run_tag),
     Subcommand("history", "an image's history", _add_ref, _run_history),
     Subcommand(
         "image",
-        "image commands: ls inspect history rm tag prune load import save build",
+        "image commands: ls inspect history rm tag prune load import save build pull",
         _add_image,
         _run_image,
     ),

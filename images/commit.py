@@ -44,7 +44,7 @@ from unionfs.whiteout import (
     is_private_xattr,
 )
 
-from .load import _extract_verified
+from .load import extract_verified
 from .store import ImageRecord, ImageStore, normalize_ref
 
 _OPQ: Final = OPAQUE_MARKER.decode()
@@ -183,7 +183,7 @@ def layer_from_upper(
     tar_map = staging / f"{name}.map"
     try:
         with open(raw_tar, "rb") as stream:
-            diff_id = _extract_verified(stream, dest, tar_map, name, None)
+            diff_id = extract_verified(stream, dest, tar_map, name, None)
     finally:
         os.unlink(raw_tar)
     return diff_id, dest, tar_map

@@ -216,7 +216,7 @@ def _parse(data: bytes, what: str) -> object:
         raise LoadError(f"{what}: invalid JSON (nested too deeply)") from None
 
 
-def _json(data: bytes, what: str) -> dict[str, Any]:
+def json_object(data: bytes, what: str) -> dict[str, Any]:
     value = _parse(data, what)
     if not isinstance(value, dict):
         raise LoadError(f"{what}: not a JSON object")
@@ -272,7 +272,7 @@ def _blob(digest: str) -> str:
 
 
 def _oci_images(src: _Source) -> list[_Image]:
-    index = _json(src.read("index.json"), "index.json")
+    index = json_object(src.read("index.json"), "index.json")
     found = []
     pending = [(m, None) for m in index.get("manifests") or []]
     while pending:
@@ -287,7 +287,7 @@ def _oci_images(src: _Source) -> list[_Image]:
         )
         name = ref or name
         digest = _field(desc, "digest", str, "descriptor")
-        data = _json(src.read(_blob(digest), digest, _size(desc)), "manifest")
+        data = json_object(src.read(_blob(digest), digest, _size(desc)), "manifest")
         media = str(data.get("mediaType") or desc.get("mediaType") or "")
         if "index" in media or "manifest.list" in media or "manifests" in data:
             nested = [m for m in data.get("manifests") or [] if _usable(m)]
@@ -398,7 +398,7 @@ def _warn(name: str) -> Callable[[str], None]:
     return warn
 
 
-def _extract_verified(
+def extract_verified(
     stream: IO[bytes], dest: Path, map_dest: Path, name: str, progress: _Progress | None
 ) -> str:
     """Extract the (maybe compressed) layer `stream` into `dest`, its tar map into `map_dest`;
@@ -456,7 +456,7 @@ def _load_layer(
                 got = tar_hash.hexdigest()
             else:
                 dest.mkdir()
-                got = _extract_verified(
+                got = extract_verified(
                     stream, dest, staging / f"{diff_id}.map", f"layer {name}", bar
                 )
         finally:
@@ -470,7 +470,7 @@ def _load_layer(
         )
 
 
-def _add_layers(store: ImageStore, staging: Path, diff_ids: Sequence[str]) -> None:
+def add_layers(store: ImageStore, staging: Path, diff_ids: Sequence[str]) -> None:
     """Move the layers extracted into `staging` into place (with the lock held)."""
     for diff_id in diff_ids:
         if (staging / diff_id).exists():
@@ -498,7 +498,7 @@ def load(
         # the lock is taken to record each image
         with store.staging() as staging:
             for image in images:
-                config = _json(image.raw_config, "image config")
+                config = json_object(image.raw_config, "image config")
                 check_config(config)
                 rootfs = config.get("rootfs") or {}
                 if not isinstance(rootfs, dict) or not isinstance(
@@ -517,7 +517,7 @@ def load(
                         )
                     _load_layer(store, src, name, blob, diff_id, staging, progress)
                 with store.lock():
-                    _add_layers(store, staging, diff_ids)
+                    add_layers(store, staging, diff_ids)
                     rec = store.add_image(image.raw_config, config, diff_ids, image.tags)
                 records.append(rec)
                 for tag in rec.tags if image.tags else ():
@@ -601,7 +601,7 @@ def import_rootfs(
             except OSError as e:
                 raise LoadError(f"{file}: {e.strerror}") from None
         try:
-            diff_id = _extract_verified(stream, dest, staging / "layer.map", file, None)
+            diff_id = extract_verified(stream, dest, staging / "layer.map", file, None)
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()

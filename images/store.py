@@ -22,6 +22,7 @@ root's exclusive lock.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -36,23 +37,16 @@ from runtime.images import ImageConfig, ImageSpec
 from runtime.state import StateRoot, now, read_json, remove_tree, write_json
 from unionfs.errors import UsageError
 
+from .reference import NAME_TAG
+
 HELD: Final = "held.json"
 _HEX: Final = re.compile(r"[0-9a-f]{64}")
-# The distribution reference grammar (distribution/reference): [domain[:port]/]path[:tag], where
-# the path is lower-case components separated by '/', each alphanumerics joined by '.', '_',
-# '__' or dashes; a name is at most 255 characters.
-_DOMAIN_PART: Final = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN: Final = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
-_COMPONENT: Final = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REF: Final = re.compile(
-    rf"(?P<name>(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*)(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
-)
 
 
 def normalize_ref(ref: str) -> str:
     """`name[:tag]` as stored: a tag (`latest` by default), `localhost/` for a bare name.
     UsageError unless `ref` follows the distribution reference grammar."""
-    m = _REF.fullmatch(ref)
+    m = NAME_TAG.fullmatch(ref)
     if m is None or len(m["name"]) > 255:
         shown = ref if len(ref) <= 100 else ref[:100] + "..."
         raise UsageError(f"invalid image reference {shown!r}", 125)
@@ -78,6 +72,8 @@ class ImageRecord:
     tags: tuple[str, ...]
     config: dict[str, object]
     loaded: str
+    # `name@sha256:<manifest digest>` of each registry manifest it was pulled by or pushed as
+    digests: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -86,11 +82,14 @@ class ImageRecord:
             "tags": list(self.tags),
             "config": self.config,
             "loaded": self.loaded,
+            "digests": list(self.digests),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> ImageRecord:
         layers, tags, config = data["layers"], data["tags"], data["config"]
+        digests = data.get("digests") or []
+        assert isinstance(digests, list)
         assert isinstance(layers, list)
         assert isinstance(tags, list)
         assert isinstance(config, dict)
@@ -100,6 +99,7 @@ class ImageRecord:
             tags=tuple(str(x) for x in tags),
             config=config,
             loaded=str(data.get("loaded", "")),
+            digests=tuple(str(x) for x in digests),
         )
 
     @property
@@ -208,7 +208,7 @@ class ImageStore:
         except UsageError:
             wanted = None
         for rec in images:
-            if wanted in rec.tags or ref in rec.tags:
+            if wanted in rec.tags or ref in rec.tags or ref in rec.digests:
                 return rec
         prefix = ref.removeprefix("sha256:")
         if re.fullmatch(r"[0-9a-f]{1,64}", prefix):
@@ -234,9 +234,15 @@ class ImageStore:
         return (self.configs_dir / image_id).read_bytes()
 
     def add_image(
-        self, raw_config: bytes, config: dict[str, object], layers: list[str], tags: list[str]
+        self,
+        raw_config: bytes,
+        config: dict[str, object],
+        layers: list[str],
+        tags: list[str],
+        digests: tuple[str, ...] = (),
     ) -> ImageRecord:
-        """Record an image whose layers are in place; tags move to it (with the lock held)."""
+        """Record an image whose layers are in place; tags move to it, repository digests
+        (`name@sha256:...`) are added to its own (with the lock held)."""
         image_id = hashlib.sha256(raw_config).hexdigest()
         cfg_path = self.configs_dir / image_id
         tmp = cfg_path.with_name(f".{image_id}.{os.getpid()}.tmp")
@@ -248,11 +254,24 @@ class ImageStore:
             self.untag_everywhere(tag)
             if tag not in all_tags:
                 all_tags.append(tag)
+        all_digests = tuple(dict.fromkeys((*(old.digests if old else ()), *digests)))
         rec = ImageRecord(
-            id=image_id, layers=tuple(layers), tags=tuple(all_tags), config=config, loaded=now()
+            id=image_id,
+            layers=tuple(layers),
+            tags=tuple(all_tags),
+            config=config,
+            loaded=now(),
+            digests=all_digests,
         )
         self.write(rec)
         return rec
+
+    def add_digest(self, image_id: str, digest_ref: str) -> None:
+        """Remember that `image_id` is `name@sha256:...` in a registry (after a push)."""
+        with self.lock():
+            rec = self.get(image_id)
+            if digest_ref not in rec.digests:
+                self.write(dataclasses.replace(rec, digests=(*rec.digests, digest_ref)))
 
     def untag_everywhere(self, tag: str) -> None:
         for rec in self.images():
@@ -409,7 +428,7 @@ def _remove_unless_busy(path: Path) -> None:
 
 
 def _with_tags(rec: ImageRecord, tags: tuple[str, ...]) -> ImageRecord:
-    return ImageRecord(rec.id, rec.layers, tags, rec.config, rec.loaded)
+    return dataclasses.replace(rec, tags=tags)
 
 
 def layer_size(path: Path) -> int:
