@@ -234,35 +234,43 @@ def test_two_hosts_share_layers(strata: Strata, tmp_path: Path) -> None:
     configure(strata, tmp_path)
     host_b = Strata(root=tmp_path / "state-b", tmp=tmp_path, env=dict(strata.env))
     with RegistryServer(tmp_path / "registry") as reg:
-        strata.run("load", "-i", str(BUSYBOX_OCI_ARCHIVE), check=True)
-        strata.run("push", "-q", "uniontest:1", f"{reg.host}/shared:1", check=True)
-        assert len(reg.blob_puts()) == 5  # 4 layers, the config
-        b1 = host_b.run("pull", "-q", f"{reg.host}/shared:1", check=True)
-        assert b1.stdout == f"{IMAGE_ID}\n"
-        ctx = tmp_path / "ctx"
-        ctx.mkdir()
-        (ctx / "extra.txt").write_text("extra\n")
-        (ctx / "Containerfile").write_text("FROM localhost/uniontest:1\nCOPY extra.txt /opt/\n")
-        built = strata.run("build", "-q", "-t", "second:1", str(ctx), check=True)
-        second_id = built.stdout.strip().removeprefix("sha256:")
-        puts = len(reg.blob_puts())
-        strata.run("push", "-q", "second:1", f"{reg.host}/shared:2", check=True)
-        new_puts = reg.blob_puts()[puts:]
-        assert len(new_puts) == 2, new_puts  # the COPY layer and the config
-        gets = len(reg.requests())
-        b2 = host_b.run("pull", "-q", f"{reg.host}/shared:2", check=True)
-        assert b2.stdout == f"{second_id}\n"
-        fetched = blob_digests(
-            [r.path for r in reg.requests()[gets:] if r.method == "GET" and r.status in (200, 206)]
-        )
-        new_layer = layer_digests(reg, "2", "shared")[-1]
-        assert sorted(fetched) == sorted([new_layer, f"sha256:{second_id}"])
-        run = host_b.run("run", "--rm", "second:1", "cat", "/opt/extra.txt")
-        # (B knows it by its registry name only)
-        assert run.returncode == 125
-        run = host_b.run("run", "--rm", f"{reg.host}/shared:2", "cat", "/opt/extra.txt", check=True)
-        assert run.stdout == "extra\n"
-        host_b.cleanup()
+        try:
+            strata.run("load", "-i", str(BUSYBOX_OCI_ARCHIVE), check=True)
+            strata.run("push", "-q", "uniontest:1", f"{reg.host}/shared:1", check=True)
+            assert len(reg.blob_puts()) == 5  # 4 layers, the config
+            b1 = host_b.run("pull", "-q", f"{reg.host}/shared:1", check=True)
+            assert b1.stdout == f"{IMAGE_ID}\n"
+            ctx = tmp_path / "ctx"
+            ctx.mkdir()
+            (ctx / "extra.txt").write_text("extra\n")
+            (ctx / "Dockerfile").write_text("FROM localhost/uniontest:1\nCOPY extra.txt /opt/\n")
+            built = strata.run("build", "-q", "-t", "second:1", str(ctx), check=True)
+            second_id = built.stdout.strip().removeprefix("sha256:")
+            puts = len(reg.blob_puts())
+            strata.run("push", "-q", "second:1", f"{reg.host}/shared:2", check=True)
+            new_puts = reg.blob_puts()[puts:]
+            assert len(new_puts) == 2, new_puts  # the COPY layer and the config
+            gets = len(reg.requests())
+            b2 = host_b.run("pull", "-q", f"{reg.host}/shared:2", check=True)
+            assert b2.stdout == f"{second_id}\n"
+            fetched = blob_digests(
+                [
+                    r.path
+                    for r in reg.requests()[gets:]
+                    if r.method == "GET" and r.status in (200, 206)
+                ]
+            )
+            new_layer = layer_digests(reg, "2", "shared")[-1]
+            assert sorted(fetched) == sorted([new_layer, f"sha256:{second_id}"])
+            run = host_b.run("run", "--rm", "second:1", "cat", "/opt/extra.txt")
+            # (B knows it by its registry name only)
+            assert run.returncode == 125
+            run = host_b.run(
+                "run", "--rm", f"{reg.host}/shared:2", "cat", "/opt/extra.txt", check=True
+            )
+            assert run.stdout == "extra\n"
+        finally:
+            host_b.cleanup()  # B's containers (the fixture checks A's root only)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.registry import FaultProxy, RegistryServer, free_port
+from tests.helpers.images import BUSYBOX_OCI_ARCHIVE
+from tests.helpers.mounts import skip_unless_root
+from tests.helpers.registry import FaultProxy, RegistryServer, free_port, seed
 from tests.runtime.conftest import Strata
 
 from .registry_fixtures import (
@@ -31,11 +35,6 @@ from .registry_fixtures import (
 __all__ = ["client", "proxy", "registry"]  # fixtures, used by name
 
 FAST = ("--retry", "2", "--retry-delay", "0")
-
-
-def _pull(client: Strata, ref: str, *args: str) -> tuple[StoreState, object]:
-    before = StoreState.of(client.root)
-    return before, client.run("pull", "-q", *args, ref)
 
 
 def _big_layer(registry: RegistryServer) -> tuple[str, int]:
@@ -67,10 +66,29 @@ def test_connection_refused(client: Strata) -> None:
     assert f"127.0.0.1:{port}" in line
 
 
-def test_wrong_credentials(client: Strata, tmp_path: Path) -> None:
-    from tests.helpers.images import BUSYBOX_OCI_ARCHIVE
-    from tests.helpers.registry import seed
+@pytest.mark.root
+def test_unknown_host(client: Strata) -> None:
+    """A name that resolves nowhere. This machine's resolver asks a nameserver elsewhere, so the
+    pull runs in a network namespace of its own: there the lookup fails at once, and no query
+    leaves the machine."""
+    skip_unless_root()
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    before = StoreState.of(client.root)
+    done = subprocess.run(
+        ["unshare", "--net", *client.argv("pull", "-q", *FAST, f"nonexistent.invalid/{REPO}:1")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=client.env,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    line = assert_failed_cleanly(done, client.root, before)
+    assert "nonexistent.invalid" in line
 
+
+def test_wrong_credentials(client: Strata, tmp_path: Path) -> None:
     with RegistryServer(tmp_path / "tls", tls=True, users={"alice": "s3cret"}) as reg:
         seed(reg, BUSYBOX_OCI_ARCHIVE, f"{REPO}:1")
         certs = ("--cert-dir", str(reg.cert_dir))
