@@ -284,6 +284,7 @@ def _add_ref(parser: argparse.ArgumentParser) -> None:
 def _image_info(store: ImageStore, rec: ImageRecord) -> dict[str, object]:
     return {
         **_summary(store, rec),
+        "RepoDigests": list(rec.digests),
         "Config": rec.config.get("config") or {},
         "Architecture": rec.config.get("architecture"),
         "Os": rec.config.get("os"),
