@@ -41,6 +41,7 @@ import trio
 from unionfs.errors import UsageError
 
 from .auth import Credentials, find_credentials
+from .registries import Options as Options
 from .registries import RegistriesConf, certs_dir_for
 
 log = logging.getLogger(__name__)
@@ -69,18 +70,6 @@ class RegistryError(UsageError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message, 125)
         self.status = status
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    """What the user chose on the command line for talking to registries."""
-
-    tls_verify: bool | None = None  # None: as registries.conf and the host's address say
-    cert_dir: Path | None = None
-    creds: Credentials | None = None
-    authfile: Path | None = None
-    retries: int = 3
-    retry_delay: float | None = None  # None: 1 s, doubling
 
 
 @dataclass(frozen=True, slots=True)
