@@ -155,3 +155,15 @@ def test_multi_platform_index(tmp_path: Path) -> None:
         info = json.loads(out)
         assert info["Architecture"] == "arm64"
         assert info["Digest"] == index.digest  # skopeo names the reference, the index
+
+
+def test_a_registry_that_exits_fails_fast_with_its_log(tmp_path: Path) -> None:
+    class Broken(RegistryServer):
+        def _config(self) -> str:
+            return f"version: 0.1\nhttp:\n  addr: 127.0.0.1:{self.port}\nstorage:\n  nosuch: {{}}\n"
+
+    with (
+        pytest.raises(RuntimeError, match=r"exited early:\n(?s:.*)nosuch"),
+        Broken(tmp_path / "reg"),
+    ):
+        pass
