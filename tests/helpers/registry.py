@@ -309,9 +309,6 @@ class TokenServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        with self._lock:
-            for fault in self.faults:
-                fault.release.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
