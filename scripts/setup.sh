@@ -31,10 +31,11 @@ done
 # tests/fuse/test_podman.py and are the container start-up reference of the bench; libseccomp2
 # compiles containers' seccomp filters (through pyseccomp), and the security tests build their
 # static probes with gcc (libc6-dev comes with it); strace shows the durability tests the order of
-# a copy-up's fsync and rename.
+# a copy-up's fsync and rename; skopeo seeds the registry tests' registries and reads back what
+# `strata push` wrote (an independent client, from containers/image, as podman's).
 packages=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc busybox-static attr acl
           fuse-overlayfs unionfs-fuse mmdebstrap uidmap iproute2 patch podman runc libseccomp2
-          strace)
+          strace skopeo)
 
 # The system interpreter on purpose: PATH may hold a pyenv or similar python that other users
 # cannot read.
@@ -220,7 +221,27 @@ if [[ $EUID -eq 0 && ! -s $docker_profile ]]; then
     rm -rf "$fetch"
 fi
 
-# --- 6. commands on the default PATH --------------------------------------------------------------
+# --- 6. a registry for the registry tests -------------------------------------------------------
+# tests/helpers/registry.py runs Debian's docker-registry (distribution 2.8.2) on 127.0.0.1 with a
+# config of its own per test. The package is fetched and unpacked, not installed: installing it
+# would start a registry service listening on all interfaces. Skipped quietly when apt cannot
+# fetch it (the registry tests then skip).
+registry_dir=/var/cache/strata-tests/docker-registry
+if [[ $EUID -eq 0 && ! -x $registry_dir/usr/bin/docker-registry ]]; then
+    fetch=$(mktemp -d)
+    chmod 755 "$fetch"  # apt's _apt user downloads into it
+    if (cd "$fetch" && apt-get download -qq docker-registry >/dev/null 2>&1) &&
+        dpkg-deb -x "$fetch"/docker-registry_*.deb "$fetch/x"; then
+        rm -rf "$registry_dir"
+        mkdir -p "$(dirname "$registry_dir")"
+        mv "$fetch/x" "$registry_dir" && step "docker-registry: $registry_dir/usr/bin/docker-registry"
+    else
+        step "docker-registry: could not fetch the package (the registry tests skip)"
+    fi
+    rm -rf "$fetch"
+fi
+
+# --- 7. commands on the default PATH --------------------------------------------------------------
 # mount(8) and fstab run `fuse-strata` through mount.fuse3 with a fixed PATH, so as root link the
 # commands into /usr/local/bin; a link or file that is not ours is left alone.
 if [[ $EUID -eq 0 ]]; then
