@@ -17,7 +17,7 @@ The order, per layer (a few in parallel):
    closing empty `PUT ?digest=` (chunked). Every `Location` may be relative or absolute and may
    carry a query, so the next URL is always resolved against the last one.
 
-Then the config blob, and last the manifest (`PUT /v2/<name>/manifests/<tag>`): a registry only
+Then the config blob (the same way, from memory), and last the manifest (`PUT /v2/<name>/manifests/<tag>`): a registry only
 accepts a manifest whose blobs it has, and a reader never sees the tag before its content. The
 registry's `Docker-Content-Digest` must be the sha256 of what was sent. Only then is the digest
 recorded in the store (`name@sha256:...`, which later pushes mount from).
@@ -350,13 +350,16 @@ async def push(
     mounts = mount_sources(rec, target)
     reporter.say("Getting image source signatures")
     async with Session(target.host, conf, options, insecure=target.insecure) as session:
+        await session.ping()  # the scheme (an insecure registry may be plain HTTP) before any URL
         up = _Uploader(session, target, mounts[0] if mounts else None, reporter)
         with store.staging() as staging:
             store.hold(staging, rec.layers)
             sizes = await _push_layers(store, staging, up, rec.layers, reporter)
         config_digest = f"sha256:{rec.id}"
         if await up.size_if_present(config_digest) is None:
-            await up.upload_bytes(await up.start_upload(config_digest), config_digest, config)
+            location = await up.try_mount(config_digest)
+            if location is not None:
+                await up.upload_bytes(location, config_digest, config)
         reporter.say(f"Copying config {rec.id[:12]} done")
         manifest = oci_manifest(rec.id, config, [(d, sizes[d]) for d in rec.layers])
         reporter.say("Writing manifest to image destination")
