@@ -1,0 +1,241 @@
+"""`strata push` against a real registry (Debian's docker-registry on 127.0.0.1).
+
+What is pushed is what `strata save --format oci-archive` writes, byte for byte (the manifest
+digest is the same); a second push sends no blob; a push to another repository of the same
+registry mounts the blobs instead of sending them; big blobs go up in chunks; a pull of what
+was pushed is the same image. Failures are one line and exit 125. No test needs root.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from images.load import import_rootfs, load
+from images.save import save
+from images.store import ImageStore
+from tests.helpers.images import BUSYBOX_OCI_ARCHIVE
+from tests.helpers.registry import (
+    LoggedRequest,
+    RegistryServer,
+    free_port,
+    sha256_digest,
+    skip_unless_registry,
+    skopeo,
+    skopeo_args,
+    skopeo_inspect,
+)
+from tests.runtime.conftest import Strata
+
+from .hostile import layer_tar, member
+
+IMAGE_ID = "3d1c289ad1a5d8c3658fb1563c193b1ab0cb6c81c146fbce02e24a1c80993931"
+LAYERS = 4  # the busybox test image's layers (PROVENANCE.md)
+PODMAN_LINES = ("Getting image source signatures", "Writing manifest to image destination")
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[RegistryServer]:
+    """An empty plain-HTTP registry, anonymous push and pull."""
+    skip_unless_registry()
+    with RegistryServer(tmp_path / "registry") as reg:
+        yield reg
+
+
+def _client(tmp_path: Path, name: str = "state") -> Strata:
+    """`strata` with a private state root, registries.conf and auth file."""
+    conf = tmp_path / "registries.conf"
+    conf.write_text("unqualified-search-registries = []\n")
+    handle = Strata(root=tmp_path / name, tmp=tmp_path)
+    handle.env["CONTAINERS_REGISTRIES_CONF"] = str(conf)
+    handle.env["REGISTRY_AUTH_FILE"] = str(tmp_path / "auth.json")
+    handle.env.pop("STRATA_PUSH_CHUNK_SIZE", None)
+    return handle
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Strata:
+    """A client whose store holds the busybox test image as uniontest:1."""
+    handle = _client(tmp_path)
+    load(ImageStore(handle.root), BUSYBOX_OCI_ARCHIVE, say=lambda _line: None)
+    return handle
+
+
+def _saved_manifest(root: Path, ref: str, tmp: Path) -> bytes:
+    """The manifest bytes `strata save --format oci-archive` writes for `ref`."""
+    out = tmp / "saved.tar"
+    save(ImageStore(root), ref, out, "oci-archive")
+    with tarfile.open(out) as tar:
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+        digest = index["manifests"][0]["digest"]
+        member = tar.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}")
+        assert member is not None
+        return member.read()
+
+
+def _uploads(reg: RegistryServer, since: int = 0) -> list[LoggedRequest]:
+    """Requests that carry blob bytes (PATCH, or the PUT closing an upload)."""
+    return [
+        r
+        for r in reg.requests()[since:]
+        if r.method in ("PUT", "PATCH") and "/blobs/uploads/" in r.path
+    ]
+
+
+def _one_line(done: object) -> str:
+    """A failed push: exit 125, nothing on stdout, one `strata: ...` line on stderr."""
+    import subprocess
+
+    assert isinstance(done, subprocess.CompletedProcess)
+    assert done.returncode == 125, (done.returncode, done.stderr)
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("strata: "), lines[0]
+    return str(lines[0])
+
+
+def test_push_sends_what_save_writes(client: Strata, registry: RegistryServer) -> None:
+    digestfile = client.tmp / "digest"
+    done = client.run(
+        "push", "uniontest:1", f"{registry.host}/team/app:1", "--digestfile", str(digestfile)
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert (lines[0], lines[-1]) == PODMAN_LINES
+    assert sum(line.startswith("Copying blob ") and line.endswith(" done") for line in lines) == 4
+    assert f"Copying config {IMAGE_ID[:12]} done" in lines
+
+    saved = _saved_manifest(client.root, "uniontest:1", client.tmp)
+    raw = skopeo(
+        registry, "inspect", "--raw", *skopeo_args(registry), f"docker://{registry.host}/team/app:1"
+    )
+    assert raw.rstrip("\n").encode() == saved  # what the registry serves is what save writes
+    digest = sha256_digest(saved)
+    assert digestfile.read_text() == digest
+    assert skopeo_inspect(registry, "team/app:1")["Digest"] == digest
+    assert registry.get_manifest("team/app", "1")[0] == saved
+    rec = ImageStore(client.root).get("uniontest:1")
+    assert f"{registry.host}/team/app@{digest}" in rec.digests
+    assert len(registry.blob_puts()) == LAYERS + 1  # the layers and the config, once each
+
+
+def test_second_push_sends_no_blob(client: Strata, registry: RegistryServer) -> None:
+    dest = f"{registry.host}/app:1"
+    client.run("push", "-q", "uniontest:1", dest, check=True)
+    before = len(registry.requests())
+    done = client.run("image", "push", "uniontest:1", dest, check=True)
+    assert _uploads(registry, before) == []
+    assert sum(line.endswith("skipped: already exists") for line in done.stderr.splitlines()) == 4
+    manifest_puts = [r for r in registry.requests()[before:] if "/manifests/" in r.path]
+    assert [(r.method, r.status) for r in manifest_puts] == [("PUT", 201)]
+
+
+def test_push_to_another_repository_mounts_the_blobs(
+    client: Strata, registry: RegistryServer
+) -> None:
+    client.run("push", "-q", "uniontest:1", f"{registry.host}/first:1", check=True)
+    before = len(registry.requests())
+    done = client.run("push", "uniontest:1", f"{registry.host}/second:1", check=True)
+    after = registry.requests()[before:]
+    mounts = [r for r in after if r.method == "POST" and "mount=" in r.path]
+    assert len(mounts) == LAYERS + 1
+    assert all("from=first" in r.path and r.status == 201 for r in mounts)
+    assert _uploads(registry, before) == []
+    assert "Copying blob" in done.stderr
+    assert (
+        skopeo_inspect(registry, "second:1")["Digest"]
+        == skopeo_inspect(registry, "first:1")["Digest"]
+    )
+
+
+def test_chunked_upload_and_pull_back(client: Strata, registry: RegistryServer) -> None:
+    chunk = 256 << 10
+    client.env["STRATA_PUSH_CHUNK_SIZE"] = str(chunk)
+    client.run("push", "-q", "uniontest:1", f"{registry.host}/big:1", check=True)
+    patches = [r for r in registry.requests() if r.method == "PATCH"]
+    manifest = json.loads(registry.get_manifest("big", "1")[0])
+    sizes = [layer["size"] for layer in manifest["layers"]]
+    assert len(patches) == sum(-(-size // chunk) for size in sizes if size > chunk) > 1
+    assert all(r.status == 202 for r in patches)
+
+    other = _client(client.tmp, "other")
+    done = other.run("pull", "-q", f"{registry.host}/big:1", check=True)
+    assert done.stdout.strip() == IMAGE_ID
+
+
+def test_push_of_a_qualified_name_needs_no_destination(
+    client: Strata, registry: RegistryServer
+) -> None:
+    client.run("tag", "uniontest:1", f"{registry.host}/named:2", check=True)
+    client.run("push", "-q", f"{registry.host}/named:2", check=True)
+    assert skopeo_inspect(registry, "named:2")["Digest"].startswith("sha256:")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nosuch:1", "HOST/x:1"], "no such image: nosuch:1"),
+        (["uniontest:1"], "give a destination"),
+        (["uniontest:1", "short:1"], "does not name a registry"),
+        (["uniontest:1", "localhost/x:1"], "does not name a registry"),
+        (["uniontest:1", "HOST/Bad//x"], "invalid image reference"),
+        (["uniontest:1", f"HOST/x@sha256:{'0' * 64}"], "give a tag"),
+    ],
+)
+def test_bad_push_is_one_line(
+    client: Strata, registry: RegistryServer, args: list[str], message: str
+) -> None:
+    done = client.run("push", *(a.replace("HOST", registry.host) for a in args))
+    assert message in _one_line(done)
+    assert [r for r in registry.requests() if r.path != "/v2/"] == []  # refused before any work
+
+
+def test_push_to_nothing_listening_is_one_line(client: Strata) -> None:
+    done = client.run("push", "--retry", "0", "uniontest:1", f"127.0.0.1:{free_port()}/x:1")
+    line = _one_line(done)
+    assert "connect" in line or "refused" in line
+
+
+def test_push_refuses_a_layer_changed_on_disk(tmp_path: Path, registry: RegistryServer) -> None:
+    client = _client(tmp_path)
+    store = ImageStore(client.root)
+    rootfs = tmp_path / "rootfs.tar"
+    rootfs.write_bytes(layer_tar([member("f", data=b"one\n"), member("g", data=b"x")]))
+    rec = import_rootfs(store, str(rootfs), "small:1")
+    (store.layer_path(rec.layers[0]) / "f").write_bytes(b"two\n")
+    done = client.run("push", "-q", "small:1", f"{registry.host}/small:1")
+    assert "changed on disk" in _one_line(done)
+    assert not [r for r in registry.requests() if "/manifests/" in r.path]
+    assert ImageStore(client.root).get("small:1").digests == ()
+    assert list((store.tmp_dir).iterdir()) == []
+
+
+def test_push_needs_credentials_where_the_registry_asks(client: Strata, tmp_path: Path) -> None:
+    skip_unless_registry()
+    with RegistryServer(tmp_path / "auth", tls=True, users={"alice": "secret"}) as reg:
+        tls = ["--cert-dir", str(reg.cert_dir)]
+        done = client.run("push", "-q", *tls, "uniontest:1", f"{reg.host}/private:1")
+        assert "authentication required" in _one_line(done)
+        done = client.run(
+            "push", "-q", *tls, "--creds", "alice:wrong", "uniontest:1", f"{reg.host}/p:1"
+        )
+        assert "wrong username or password" in _one_line(done)
+        client.run(
+            "push",
+            "-q",
+            *tls,
+            "--creds",
+            "alice:secret",
+            "uniontest:1",
+            f"{reg.host}/p:1",
+            check=True,
+        )
+        assert reg.get_manifest("p", "1")[0] == _saved_manifest(
+            client.root, "uniontest:1", tmp_path
+        )
