@@ -95,7 +95,7 @@ def _load(path: Path) -> dict[str, object]:
 
 
 def _auths(path: Path) -> dict[str, object]:
-    auths = _load(path).get("auths") or {}
+    auths = _load(path).get("auths", {})
     if not isinstance(auths, dict):
         raise AuthFileError(f"{path}: 'auths' is not a JSON object")
     return auths
@@ -135,7 +135,7 @@ def store_credentials(key: str, creds: Credentials, authfile: Path | None = None
     """Write `creds` for `key` (registry or namespace) into the auth file; its path."""
     path = authfile or default_auth_file()
     data = _load(path)
-    auths = data.get("auths") or {}
+    auths = data.get("auths", {})
     if not isinstance(auths, dict):
         raise AuthFileError(f"{path}: 'auths' is not a JSON object")
     auths[key] = {"auth": creds.encoded()}
@@ -148,7 +148,7 @@ def remove_credentials(key: str | None, authfile: Path | None = None) -> bool:
     """Remove the entry for `key` (every entry when None); whether there was one."""
     path = authfile or default_auth_file()
     data = _load(path)
-    auths = data.get("auths") or {}
+    auths = data.get("auths", {})
     if not isinstance(auths, dict):
         raise AuthFileError(f"{path}: 'auths' is not a JSON object")
     if key is None:

@@ -57,6 +57,8 @@ from .dockerfile import (
     parse,
     raw_words,
 )
+from .policy import obtain
+from .registries import Options
 from .store import ImageRecord, ImageStore, normalize_ref
 
 if TYPE_CHECKING:
@@ -70,6 +72,10 @@ class BuildOptions:
     tags: tuple[str, ...] = ()
     build_args: Mapping[str, str] = field(default_factory=dict)
     no_cache: bool = False
+    pull: str = "missing"  # FROM images: images.policy's policies
+    registry: Options = field(default_factory=Options)
+    platform: str | None = None
+    quiet: bool = False  # no pull progress
 
 
 @dataclass(slots=True)
@@ -252,7 +258,17 @@ class Builder:
                 layers=[],
             )
         else:
-            rec = self.store.find(ref)
+            try:
+                rec = obtain(
+                    self.store,
+                    ref,
+                    self.opts.pull,
+                    self.opts.registry,
+                    platform=self.opts.platform,
+                    quiet=self.opts.quiet,
+                )
+            except UsageError as e:
+                raise BuildError(f"{self._at(ins)}: FROM {ref}: {e}") from None
             if rec is None:
                 raise BuildError(f"{self._at(ins)}: FROM {ref}: no such image in the store")
             state = _State(config=copy.deepcopy(rec.config), layers=list(rec.layers))

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from runtime.cli import add_inspect_arguments, add_root, root_path
+from runtime.images import ImageSource
 from unionfs.command import Runner, Subcommand
 from unionfs.errors import UsageError
 
 if TYPE_CHECKING:
-    from runtime.images import ImageSpec
+    from runtime.images import ImageSpec, Resolver
 
-    from .distribution import Options
+    from .registries import Options
     from .store import ImageRecord, ImageStore
 
 
@@ -32,13 +33,37 @@ def _store(args: argparse.Namespace) -> ImageStore:
     return ImageStore(root_path(args))
 
 
-def resolve(ref: str, root: Path) -> ImageSpec | None:
-    """The image `ref` in the store of state root `root`, or None (a runtime `Resolver`)."""
-    from .store import ImageStore
+def _add_image_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `run` and `create` take for getting their image from a registry (podman's names)."""
+    parser.add_argument(
+        "--pull",
+        default="missing",
+        choices=("missing", "always", "never"),
+        help="pull the image: when missing (default), always, or never",
+    )
+    parser.add_argument(
+        "--platform", metavar="OS/ARCH[/VARIANT]", help="the platform to pull from an index"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no pull progress on stderr")
+    add_registry_options(parser)
 
-    store = ImageStore(root)
-    rec = store.find(ref)
-    return None if rec is None else store.spec(rec, ref)
+
+def _resolver_for(args: argparse.Namespace) -> Resolver:
+    """The store's resolver for `run`/`create` with these options: it pulls per `--pull`."""
+
+    def resolver(ref: str, root: Path) -> ImageSpec | None:
+        from .policy import obtain
+        from .store import ImageStore
+
+        store = ImageStore(root)
+        options = registry_options(args)
+        rec = obtain(store, ref, args.pull, options, platform=args.platform, quiet=args.quiet)
+        return None if rec is None else store.spec(rec, ref)
+
+    return resolver
+
+
+IMAGE_SOURCE: Final = ImageSource(_add_image_source_arguments, _resolver_for)
 
 
 def _inspect_any(args: argparse.Namespace, runner: Runner) -> int:
@@ -155,6 +180,18 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-cache", action="store_true", help="do not use the build cache")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
+    parser.add_argument(
+        "--pull",
+        nargs="?",
+        const="always",
+        default="missing",
+        choices=("missing", "always", "never"),
+        help="pull FROM images: when missing (default), always (bare --pull), or never",
+    )
+    parser.add_argument(
+        "--platform", metavar="OS/ARCH[/VARIANT]", help="the platform to pull FROM images for"
+    )
+    add_registry_options(parser)
 
 
 def _run_build(args: argparse.Namespace, runner: Runner) -> int:
@@ -177,6 +214,10 @@ def _run_build(args: argparse.Namespace, runner: Runner) -> int:
         tags=tuple(args.tag),
         build_args=build_args,
         no_cache=args.no_cache,
+        pull=args.pull,
+        registry=registry_options(args),
+        platform=args.platform,
+        quiet=args.quiet,
     )
     say = (lambda _line: None) if args.quiet else (lambda line: print(line, flush=True))
     rec = build(_store(args), opts, say)
@@ -243,6 +284,7 @@ def _add_ref(parser: argparse.ArgumentParser) -> None:
 def _image_info(store: ImageStore, rec: ImageRecord) -> dict[str, object]:
     return {
         **_summary(store, rec),
+        "RepoDigests": list(rec.digests),
         "Config": rec.config.get("config") or {},
         "Architecture": rec.config.get("architecture"),
         "Os": rec.config.get("os"),
@@ -359,7 +401,7 @@ def add_registry_options(parser: argparse.ArgumentParser, *, creds: bool = True)
 
 def registry_options(args: argparse.Namespace) -> Options:
     from .auth import Credentials
-    from .distribution import Options
+    from .registries import Options
 
     if args.retry < 0:
         raise UsageError("--retry: give a count >= 0", 125)

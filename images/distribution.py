@@ -27,6 +27,7 @@ import email.utils
 import hashlib
 import logging
 import re
+import socket
 import ssl
 import time
 import urllib.parse
@@ -41,6 +42,7 @@ import trio
 from unionfs.errors import UsageError
 
 from .auth import Credentials, find_credentials
+from .registries import Options as Options
 from .registries import RegistriesConf, certs_dir_for
 
 log = logging.getLogger(__name__)
@@ -69,18 +71,6 @@ class RegistryError(UsageError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message, 125)
         self.status = status
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    """What the user chose on the command line for talking to registries."""
-
-    tls_verify: bool | None = None  # None: as registries.conf and the host's address say
-    cert_dir: Path | None = None
-    creds: Credentials | None = None
-    authfile: Path | None = None
-    retries: int = 3
-    retry_delay: float | None = None  # None: 1 s, doubling
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,35 +109,51 @@ def parse_challenge(header: str) -> _Challenge | None:
     return _Challenge(scheme.lower(), params)
 
 
+def _causes(e: BaseException) -> list[BaseException]:
+    """`e`, its causes and contexts, and the members of any exception group among them."""
+    found: list[BaseException] = []
+    pending: list[BaseException] = [e]
+    while pending:
+        x = pending.pop(0)
+        if any(x is f for f in found):
+            continue
+        found.append(x)
+        if isinstance(x, BaseExceptionGroup):
+            pending += list(x.exceptions)
+        for nxt in (x.__cause__, x.__context__):
+            if nxt is not None:
+                pending.append(nxt)
+    return found
+
+
 def _describe_transport(e: httpx.HTTPError) -> str:
     """A short reason for a transport failure, without httpx's class names."""
-    cause: BaseException | None = e
-    while cause is not None:
+    causes = _causes(e)
+    for cause in causes:
         if isinstance(cause, ssl.SSLCertVerificationError):
             return f"TLS certificate not trusted ({cause.verify_message})"
         if isinstance(cause, ssl.SSLError):
             return f"TLS failed ({cause.reason or cause})"
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve the host name ({cause.strerror})"
         if isinstance(cause, ConnectionRefusedError):
             return "connection refused"
-        cause = cause.__cause__ or cause.__context__
+    for cause in causes:
+        if isinstance(cause, OSError) and cause.errno is not None and cause.strerror:
+            return cause.strerror.lower() if cause.strerror[0].isupper() else cause.strerror
     if isinstance(e, httpx.TooManyRedirects):
         return "too many redirects"
     if isinstance(e, httpx.TimeoutException):
         return "timed out"
     if isinstance(e, httpx.RemoteProtocolError):
         return "the connection was closed mid-response"
-    text = str(e) or type(e).__name__
-    if "Name or service not known" in text or "No address associated" in text or "nodename" in text:
-        return "unknown host"
-    if "All connection attempts failed" in text:
-        return "connection refused"
-    return text.splitlines()[0][:200]
+    return (str(e) or type(e).__name__).splitlines()[0][:200]
 
 
 def _permanent(e: httpx.HTTPError) -> bool:
     """Transport failures that a retry cannot mend."""
     reason = _describe_transport(e)
-    return reason.startswith("TLS") or reason in ("unknown host", "too many redirects")
+    return reason.startswith(("TLS", "cannot resolve")) or reason == "too many redirects"
 
 
 class Session:
@@ -208,12 +214,12 @@ class Session:
         """Find the scheme (for insecure registries) and the auth challenge: `GET /v2/`."""
         assert self._client is not None
         try:
-            resp = await self._retrying(lambda: self._client_get("/v2/"), "/v2/")
+            resp = await self._retrying(lambda: self._client_get("/v2/"), "")
         except RegistryError:
             if not self.insecure or self._scheme == "http":
                 raise
             self._scheme = "http"
-            resp = await self._retrying(lambda: self._client_get("/v2/"), "/v2/")
+            resp = await self._retrying(lambda: self._client_get("/v2/"), "")
         self._scheme_known = True
         if resp.status_code == 401:
             self._challenge = parse_challenge(resp.headers.get("www-authenticate", ""))
@@ -373,7 +379,8 @@ class Session:
                 assert isinstance(resp, httpx.Response)
             except httpx.HTTPError as e:
                 if _permanent(e) or tries >= self.options.retries:
-                    raise RegistryError(f"{self.host}: {what}: {_describe_transport(e)}") from None
+                    where = f"{self.host}: {what}" if what else self.host
+                    raise RegistryError(f"{where}: {_describe_transport(e)}") from None
                 log.info("%s: %s: %s; retrying in %.1f s", self.host, what, e, delay)
             else:
                 if resp.status_code not in _RETRY_STATUS:
@@ -382,7 +389,7 @@ class Session:
                 await resp.aclose()
                 if tries >= self.options.retries or (after is not None and after > MAX_RETRY_AFTER):
                     raise RegistryError(
-                        f"{self.host}: {what}: {_status_text(resp.status_code)}"
+                        f"{self.host}: {what or 'GET /v2/'}: {_status_text(resp.status_code)}"
                         + (f" (retried {tries} times)" if tries else ""),
                         resp.status_code,
                     )

@@ -30,6 +30,7 @@ NAME_TAG: Final = re.compile(
 )
 _FULL: Final = re.compile(rf"{NAME_TAG.pattern}(?:@(?P<digest>{_DIGEST}))?")
 _DOMAIN_RE: Final = re.compile(DOMAIN)
+_PATH: Final = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 
 DOCKER_HUB: Final = "docker.io"
 DOCKER_HUB_API: Final = "registry-1.docker.io"
@@ -98,6 +99,8 @@ def parse(ref: str) -> Reference:
         domain, path = first, rest
     else:
         domain, path = "", name
+    if _PATH.fullmatch(path) is None:
+        raise UsageError(f"invalid image reference {ref!r}: repository names are lower case", 125)
     if domain in ("index.docker.io", DOCKER_HUB_API):
         domain = DOCKER_HUB
     if domain == DOCKER_HUB and "/" not in path:

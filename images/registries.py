@@ -39,6 +39,7 @@ from typing import Final
 
 from unionfs.errors import UsageError
 
+from .auth import Credentials
 from .reference import Reference, parse
 
 SYSTEM_CONF: Final = Path("/etc/containers/registries.conf")
@@ -48,6 +49,18 @@ CERTS_DIRS: Final = (Path("/etc/containers/certs.d"), Path("/etc/docker/certs.d"
 class RegistriesConfError(UsageError):
     def __init__(self, message: str) -> None:
         super().__init__(message, 125)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What the user chose on the command line for talking to registries."""
+
+    tls_verify: bool | None = None  # None: as registries.conf and the host's address say
+    cert_dir: Path | None = None
+    creds: Credentials | None = None
+    authfile: Path | None = None
+    retries: int = 3
+    retry_delay: float | None = None  # None: 1 s, doubling
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +89,8 @@ class RegistriesConf:
     search: tuple[str, ...] = ()
     entries: tuple[RegistryEntry, ...] = ()
     aliases: dict[str, str] = field(default_factory=dict)
-    sources: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()  # the files read
+    consulted: tuple[str, ...] = ()  # the files looked for (some may not exist)
 
     def entry_for(self, name: str) -> RegistryEntry | None:
         """The `[[registry]]` whose prefix matches `name` (domain/path) most closely."""
@@ -126,7 +140,7 @@ class RegistriesConf:
                 else target
             ]
         if not self.search:
-            where = ", ".join(self.sources) if self.sources else str(SYSTEM_CONF)
+            where = ", ".join(self.consulted or self.sources) or str(SYSTEM_CONF)
             raise RegistriesConfError(
                 f"short name {str(ref)!r}: no unqualified-search-registries are configured"
                 f" ({where}); use a fully qualified name such as docker.io/library/{ref}"
@@ -181,7 +195,8 @@ def load_conf(files: list[Path] | None = None) -> RegistriesConf:
     entries: dict[str, RegistryEntry] = {}
     aliases: dict[str, str] = {}
     sources: list[str] = []
-    for path in conf_files() if files is None else files:
+    paths = conf_files() if files is None else files
+    for path in paths:
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:
@@ -205,7 +220,13 @@ def load_conf(files: list[Path] | None = None) -> RegistriesConf:
             if not isinstance(target, str):
                 raise RegistriesConfError(f"{path}: alias {name!r} is not a string")
             aliases[name] = target
-    return RegistriesConf(tuple(search), tuple(entries.values()), aliases, tuple(sources))
+    return RegistriesConf(
+        tuple(search),
+        tuple(entries.values()),
+        aliases,
+        tuple(sources),
+        tuple(str(p) for p in paths) or (str(SYSTEM_CONF),),
+    )
 
 
 def _strings(value: object, path: Path, key: str) -> list[str]:

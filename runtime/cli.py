@@ -23,7 +23,7 @@ from unionfs.errors import UsageError
 
 if TYPE_CHECKING:
     from .create import CreateRequest
-    from .images import Resolver
+    from .images import ImageSource, Resolver
     from .namespaces import IdMap
     from .rootfs import UnionRootfs
     from .state import ContainerDir, StateRoot
@@ -502,21 +502,31 @@ def _inspect(args: argparse.Namespace, runner: Runner) -> int:
     return 0
 
 
-def subcommands(resolver: Resolver | None = None) -> tuple[Subcommand, ...]:
-    """The runtime's subcommands; `run` and `create` look IMAGE up with `resolver` first (the
-    image store's, handed over by `strata.cli`), then as a rootfs directory."""
+def subcommands(source: ImageSource | None = None) -> tuple[Subcommand, ...]:
+    """The runtime's subcommands; `run` and `create` look IMAGE up with `source`'s resolver
+    first (the image store's, handed over by `strata.cli`, which pulls what is missing), then as
+    a rootfs directory."""
+
+    def add(parser: argparse.ArgumentParser, *, run: bool) -> None:
+        _add_create_arguments(parser, run=run)
+        if source is not None:
+            source.add_arguments(parser)
+
+    def resolver(args: argparse.Namespace) -> Resolver | None:
+        return None if source is None else source.resolver(args)
+
     return (
         Subcommand(
             "run",
             "run a command in a new container",
-            lambda p: _add_create_arguments(p, run=True),
-            lambda args, runner: _run(args, runner, resolver),
+            lambda p: add(p, run=True),
+            lambda args, runner: _run(args, runner, resolver(args)),
         ),
         Subcommand(
             "create",
             "create a container (start it with 'strata start')",
-            lambda p: _add_create_arguments(p, run=False),
-            lambda args, runner: _create(args, runner, resolver),
+            lambda p: add(p, run=False),
+            lambda args, runner: _create(args, runner, resolver(args)),
         ),
         Subcommand("start", "start created or stopped containers", _add_start_arguments, _start),
         Subcommand("exec", "run a command in a running container", _add_exec_arguments, _exec),

@@ -8,6 +8,7 @@ a rootfs directory given by path (a one-layer image). `--lower` gives the layers
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,6 @@ class ImageConfig:
     def from_json(cls, data: Mapping[str, object]) -> ImageConfig:
         """From `to_json()`'s form (a container's recorded config)."""
         return cls._from_fields(data, ("env", "entrypoint", "cmd", "workdir", "user"))
-
 
     @classmethod
     def from_oci(cls, image_config: Mapping[str, object]) -> ImageConfig:
@@ -81,6 +81,16 @@ class ImageSpec:
 
 # (reference, state root) -> the image, or None when this resolver does not know it
 Resolver = Callable[[str, Path], "ImageSpec | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSource:
+    """Where `run` and `create` get images beyond rootfs directories (the image store, handed
+    down by `strata.cli`): the options it adds to their command line (`--pull`, registry
+    options) and, for the parsed options, the resolver to use."""
+
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    resolver: Callable[[argparse.Namespace], Resolver]
 
 
 def lookup_image(ref: str, root: Path, resolver: Resolver | None = None) -> ImageSpec:

@@ -107,5 +107,3 @@ def redirect_stdio(log_path: Path, *, stdout_to_log: bool = False, mode: int = 0
     os.dup2(logfd, 2)
     os.close(null)
     os.close(logfd)
-
-

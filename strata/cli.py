@@ -2,7 +2,7 @@
 
 This is the top of the one-way house: it imports the union's, the runtime's, the image store's
 and the bench's command modules, and none of them imports it. The runtime finds images through
-the store's resolver, handed to it here (`runtime.cli.subcommands(resolver=...)`), and `inspect`
+the store's `ImageSource`, handed to it here (`runtime.cli.subcommands(...)`), and `inspect`
 is the store's, which knows containers and images alike (as `docker inspect`). Each command
 module imports only the standard library and small modules at the top, so building the parser
 stays cheap; handlers import what they need.
@@ -27,7 +27,7 @@ def subcommands() -> tuple[Subcommand, ...]:
     """All of `strata`'s subcommands, in the order `strata --help` lists them."""
     containers = tuple(
         images.cli.INSPECT if sub.name == "inspect" else sub
-        for sub in runtime.cli.subcommands(resolver=images.cli.resolve)
+        for sub in runtime.cli.subcommands(images.cli.IMAGE_SOURCE)
     )
     return (*unionfs.cli.SUBCOMMANDS, *containers, *images.cli.SUBCOMMANDS, *bench.cli.SUBCOMMANDS)
 

@@ -6,6 +6,8 @@ Markers (declared in pyproject.toml): `fuse` mounts a real FUSE filesystem, `roo
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,27 @@ from tests.helpers.images import (
 from tests.helpers.mounts import kernel_overlay as kernel_overlay
 from tests.helpers.mounts import skip_unless_root
 from tests.helpers.mounts import union_mount as union_mount
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_registry_configuration(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every test, and every strata it starts, sees an empty registries.conf and a private
+    auth file: a short name never reaches a search registry of this machine's configuration,
+    and no test reads or writes real credentials. Registry tests point these at their own."""
+    base = tmp_path_factory.mktemp("registry-config")
+    conf = base / "registries.conf"
+    conf.write_text("unqualified-search-registries = []\n")
+    saved = {k: os.environ.get(k) for k in ("CONTAINERS_REGISTRIES_CONF", "REGISTRY_AUTH_FILE")}
+    os.environ["CONTAINERS_REGISTRIES_CONF"] = str(conf)
+    os.environ["REGISTRY_AUTH_FILE"] = str(base / "auth.json")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

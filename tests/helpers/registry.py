@@ -1025,7 +1025,11 @@ class FaultProxy:
             timeout = HTTP_TIMEOUT
 
             def _any(self) -> None:
-                owner._handle(self)
+                try:
+                    owner._handle(self)
+                except (ConnectionError, TimeoutError):
+                    # the client gave up (an oversized body, a redirect loop): not our error
+                    self.close_connection = True
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
 
@@ -1077,6 +1081,7 @@ class FaultProxy:
         length: int | None = None,
         fault: str | None = None,
     ) -> None:
+        self._record(req, status, fault)  # first: the client may hang up while we write
         req.send_response(status)
         for name, value in headers:
             req.send_header(name, value)
@@ -1085,7 +1090,6 @@ class FaultProxy:
         if req.command != "HEAD":
             req.wfile.write(body)
         req.wfile.flush()
-        self._record(req, status, fault)
 
     def _handle(self, req: http.server.BaseHTTPRequestHandler) -> None:
         body = self._read_body(req)
@@ -1116,6 +1120,7 @@ class FaultProxy:
             self._send(req, status, headers, bytes(altered), fault="corrupt")
             return
         if fault is not None and fault.kind == "cut" and req.command != "HEAD":
+            self._record(req, status, "cut")
             req.send_response(status)
             for name, value in headers:
                 req.send_header(name, value)
@@ -1124,7 +1129,6 @@ class FaultProxy:
             req.wfile.write(data[: fault.cut_after])
             req.wfile.flush()
             req.close_connection = True
-            self._record(req, status, "cut")
             with contextlib.suppress(OSError):
                 req.connection.shutdown(socket.SHUT_RDWR)
             return
