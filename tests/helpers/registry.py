@@ -721,7 +721,7 @@ class RegistryServer:
 # putting images in
 
 
-def _container_env(directory: Path) -> dict[str, str]:
+def container_env(directory: Path) -> dict[str, str]:
     """An environment for skopeo/podman that reads no machine-wide registry config or creds."""
     directory.mkdir(parents=True, exist_ok=True)
     conf = directory / "registries.conf"
@@ -757,7 +757,7 @@ def skopeo(registry: RegistryServer, *args: str, timeout: float = 120.0) -> str:
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_container_env(registry.directory / "skopeo"),
+        env=container_env(registry.directory / "skopeo"),
         stdin=subprocess.DEVNULL,
         check=False,
     )

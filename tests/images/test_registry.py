@@ -24,6 +24,7 @@ from tests.helpers.registry import (
     RegistryServer,
     TestCA,
     TokenServer,
+    container_env,
     push_index,
     seed,
     skopeo_inspect,
@@ -155,7 +156,7 @@ def _saved_manifest(strata: Strata, ref: str, tmp: Path) -> dict[str, object]:
     return manifest
 
 
-def _private_podman(tmp: Path, env: dict[str, str]) -> tuple[list[str], Path]:
+def _private_podman(tmp: Path) -> tuple[list[str], Path]:
     runroot = Path(tempfile.mkdtemp(prefix="strata-pr", dir="/tmp"))  # podman: < 50 characters
     base = [
         "podman",
@@ -199,24 +200,34 @@ def test_push_then_skopeo_and_podman(strata: Strata, registry: RegistryServer) -
     info = skopeo_inspect(registry, "pushed:1")
     assert info["Env"] == ["PATH=/bin", "FOO=bar"]
     # podman, with a private store, pulls it and runs it
-    base, runroot = _private_podman(strata.tmp, strata.env)
+    base, runroot = _private_podman(strata.tmp)
+    env = container_env(strata.tmp / "podman-config")  # podman wants the auth file to exist
     try:
         pulled = subprocess.run(
             [*base, "pull", "-q", "--tls-verify=false", dest],
             capture_output=True,
             text=True,
             timeout=120,
-            env=strata.env,
+            env=env,
             check=False,
         )
         assert pulled.returncode == 0, pulled.stderr
         assert pulled.stdout.strip() == IMAGE_ID
         ran = subprocess.run(
-            [*base, "run", "--rm", "--network=none", dest],
+            # podman raises nofile/nproc to limits this machine does not grant (as bench/)
+            [
+                *base,
+                "run",
+                "--rm",
+                "--network=none",
+                "--ulimit=nofile=1024:1024",
+                "--ulimit=nproc=1024:1024",
+                dest,
+            ],
             capture_output=True,
             text=True,
             timeout=120,
-            env=strata.env,
+            env=env,
             check=False,
         )
         assert ran.returncode == 0, ran.stderr
