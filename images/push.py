@@ -221,7 +221,7 @@ class _Uploader:
         location = resp.headers.get("location")
         if not location:
             raise RegistryError(f"{self.host}: the registry opened an upload without a Location")
-        return str(urllib.parse.urljoin(base, str(location)))
+        return resolve_location(base, str(location))
 
     async def upload(
         self,
@@ -237,7 +237,7 @@ class _Uploader:
         if size <= chunk:
             resp = await self._request(
                 "PUT",
-                _with_digest(location, digest),
+                with_digest(location, digest),
                 headers={
                     "Content-Type": "application/octet-stream",
                     "Content-Length": str(size),
@@ -265,7 +265,7 @@ class _Uploader:
                 start = end
             resp = await self._request(
                 "PUT",
-                _with_digest(location, digest),
+                with_digest(location, digest),
                 headers={"Content-Length": "0"},
                 what=f"blob {short}",
             )
@@ -275,7 +275,7 @@ class _Uploader:
     async def upload_bytes(self, location: str, digest: str, data: bytes) -> None:
         resp = await self._request(
             "PUT",
-            _with_digest(location, digest),
+            with_digest(location, digest),
             headers={"Content-Type": "application/octet-stream"},
             content=data,
             what=f"blob {hex_of(digest)[:12]}",
@@ -297,7 +297,13 @@ class _Uploader:
         return digest
 
 
-def _with_digest(location: str, digest: str) -> str:
+def resolve_location(base: str, location: str) -> str:
+    """An upload's `Location` as a URL: registries send absolute URLs, or paths (relative to the
+    request that got the answer, behind a proxy that rewrites hosts), with a query to keep."""
+    return urllib.parse.urljoin(base, location)
+
+
+def with_digest(location: str, digest: str) -> str:
     """The upload URL with `digest=` added to whatever query the registry put there."""
     sep = "&" if urllib.parse.urlsplit(location).query else ("" if location.endswith("?") else "?")
     return f"{location}{sep}{urllib.parse.urlencode({'digest': digest})}"

@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from images.load import import_rootfs, load
+from images.push import resolve_location, with_digest
 from images.save import save
 from images.store import ImageStore
 from tests.helpers.images import BUSYBOX_OCI_ARCHIVE
 from tests.helpers.registry import (
+    FaultProxy,
     LoggedRequest,
     RegistryServer,
     free_port,
@@ -240,3 +242,81 @@ def test_push_needs_credentials_where_the_registry_asks(client: Strata, tmp_path
         assert reg.get_manifest("p", "1")[0] == _saved_manifest(
             client.root, "uniontest:1", tmp_path
         )
+
+
+def test_push_retries_a_failed_upload(client: Strata, registry: RegistryServer) -> None:
+    """A 500 on a chunk and on a closing PUT: each is sent again (with its bytes), and the
+    pushed image is whole."""
+    client.env["STRATA_PUSH_CHUNK_SIZE"] = str(1 << 20)
+    with FaultProxy(registry) as proxy:
+        proxy.fail(r"^PATCH .*/blobs/uploads/", 500, times=1)
+        proxy.fail(r"^PUT .*/blobs/uploads/.*digest=", 503, times=1)
+        client.run(
+            "push",
+            "-q",
+            "--retry-delay",
+            "0",
+            "uniontest:1",
+            f"{proxy.host}/retried:1",
+            check=True,
+        )
+        assert [r.status for r in proxy.requests("PATCH")][:2] == [500, 202]
+        assert 503 in [r.status for r in proxy.requests("PUT", "/blobs/uploads/")]
+    saved = _saved_manifest(client.root, "uniontest:1", client.tmp)
+    assert registry.get_manifest("retried", "1")[0] == saved
+    for layer in json.loads(saved)["layers"]:
+        assert sha256_digest(registry.get_blob("retried", layer["digest"])) == layer["digest"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "status", "message"),
+    [
+        (r"^PUT .*/manifests/", 503, "server error (HTTP 503) (retried 1 times)"),
+        (r"^POST .*/blobs/uploads/", 403, "access denied (HTTP 403)"),
+        (r"^PUT .*/blobs/uploads/", 404, "not found (HTTP 404)"),
+    ],
+)
+def test_registry_refusal_is_one_line(
+    client: Strata, registry: RegistryServer, pattern: str, status: int, message: str
+) -> None:
+    with FaultProxy(registry) as proxy:
+        proxy.fail(pattern, status)
+        done = client.run(
+            "push",
+            "-q",
+            "--retry",
+            "1",
+            "--retry-delay",
+            "0",
+            "uniontest:1",
+            f"{proxy.host}/refused:1",
+        )
+    assert message in _one_line(done)
+    assert ImageStore(client.root).get("uniontest:1").digests == ()
+    assert list(ImageStore(client.root).tmp_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("base", "location", "expected"),
+    [
+        (
+            "http://r:5000/v2/a/blobs/uploads/",
+            "/v2/a/blobs/uploads/u1?_state=x%3D",
+            "http://r:5000/v2/a/blobs/uploads/u1?_state=x%3D",
+        ),
+        ("https://r/v2/a/blobs/uploads/", "u2", "https://r/v2/a/blobs/uploads/u2"),
+        ("http://r/v2/a/blobs/uploads/", "https://blobs.r/up/3?s=1", "https://blobs.r/up/3?s=1"),
+    ],
+)
+def test_upload_locations_resolve_against_the_request(
+    base: str, location: str, expected: str
+) -> None:
+    assert resolve_location(base, location) == expected
+
+
+def test_digest_joins_the_locations_query() -> None:
+    digest = f"sha256:{'a' * 64}"
+    encoded = f"sha256%3A{'a' * 64}"
+    assert with_digest("http://r/u/1", digest) == f"http://r/u/1?digest={encoded}"
+    assert with_digest("http://r/u/1?_state=x", digest) == f"http://r/u/1?_state=x&digest={encoded}"
+    assert with_digest("http://r/u/1?", digest) == f"http://r/u/1?digest={encoded}"
