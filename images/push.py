@@ -358,11 +358,13 @@ async def push(
         await session.ping()  # the scheme (an insecure registry may be plain HTTP) before any URL
         reporter.say("Getting image source signatures")
         up = _Uploader(session, target, mounts[0] if mounts else None, reporter)
+        config_digest = f"sha256:{rec.id}"
+        # asked alone first: its answer brings the token the parallel layer requests then share
+        has_config = await up.size_if_present(config_digest) is not None
         with store.staging() as staging:
             store.hold(staging, rec.layers)
             sizes = await _push_layers(store, staging, up, rec.layers, reporter)
-        config_digest = f"sha256:{rec.id}"
-        if await up.size_if_present(config_digest) is None:
+        if not has_config:
             location = await up.try_mount(config_digest)
             if location is not None:
                 await up.upload_bytes(location, config_digest, config)

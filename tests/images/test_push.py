@@ -24,6 +24,8 @@ from tests.helpers.registry import (
     FaultProxy,
     LoggedRequest,
     RegistryServer,
+    TestCA,
+    TokenServer,
     free_port,
     sha256_digest,
     skip_unless_registry,
@@ -320,3 +322,23 @@ def test_digest_joins_the_locations_query() -> None:
     assert with_digest("http://r/u/1", digest) == f"http://r/u/1?digest={encoded}"
     assert with_digest("http://r/u/1?_state=x", digest) == f"http://r/u/1?_state=x&digest={encoded}"
     assert with_digest("http://r/u/1?", digest) == f"http://r/u/1?digest={encoded}"
+
+
+def test_mount_asks_the_token_service_for_pull_on_the_source(
+    client: Strata, tmp_path: Path
+) -> None:
+    skip_unless_registry()
+    ca = TestCA(tmp_path / "ca")
+    with (
+        TokenServer(ca, users={"bob": "pw"}) as tokens,
+        RegistryServer(tmp_path / "tok", token=tokens, ca=ca) as reg,
+    ):
+        creds = ["--creds", "bob:pw"]
+        client.run("push", "-q", *creds, "uniontest:1", f"{reg.host}/first:1", check=True)
+        before = len(reg.requests())
+        client.run("push", "-q", *creds, "uniontest:1", f"{reg.host}/second:1", check=True)
+        after = reg.requests()[before:]
+        assert tokens.requests["repository:first:pull repository:second:pull,push"] == 1
+        mounts = [r for r in after if r.method == "POST" and "mount=" in r.path]
+        assert [r.status for r in mounts] == [201] * (LAYERS + 1)
+        assert _uploads(reg, before) == []
