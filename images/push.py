@@ -113,21 +113,21 @@ def target_for(ref: Reference, conf: RegistriesConf) -> PushTarget:
     return PushTarget(ref, endpoint.host, endpoint.path, endpoint.insecure)
 
 
-def mount_sources(rec: ImageRecord, target: PushTarget) -> list[str]:
-    """Other repositories of the target's registry the image is known in (newest first)."""
+def mount_sources(rec: ImageRecord, target: PushTarget, conf: RegistriesConf) -> list[str]:
+    """Repositories on the target's registry host, other than the target, that the image is
+    known in (newest first), as paths on that host (registries.conf may rewrite names)."""
     found: list[str] = []
     for entry in reversed(rec.digests):
         name, _, _digest = entry.partition("@")
         try:
-            other = parse(name)
-        except UsageError:
+            ref = parse(name)
+            if ref.short:
+                continue
+            other = target_for(ref, conf)
+        except UsageError:  # a malformed record, or a registry blocked since
             continue
-        if (
-            other.domain == target.ref.domain
-            and other.path != target.ref.path
-            and other.path not in found
-        ):
-            found.append(other.path)
+        if other.host == target.host and other.repo != target.repo and other.repo not in found:
+            found.append(other.repo)
     return found
 
 
@@ -353,7 +353,7 @@ async def push(
     conf = conf if conf is not None else load_conf()
     target = target_for(ref, conf)
     config = store.config_bytes(rec.id)
-    mounts = mount_sources(rec, target)
+    mounts = mount_sources(rec, target, conf)
     async with Session(target.host, conf, options, insecure=target.insecure) as session:
         await session.ping()  # the scheme (an insecure registry may be plain HTTP) before any URL
         reporter.say("Getting image source signatures")
