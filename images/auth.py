@@ -52,12 +52,28 @@ class Credentials:
         return base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
 
 
+def host_euid() -> int:
+    """Our effective uid as the host sees it. Inside a rootless user namespace (`strata run`
+    enters one before it looks its image up) the kernel says 0, but the files to use are the
+    user's, not root's."""
+    euid = os.geteuid()
+    try:
+        with open("/proc/self/uid_map") as f:
+            for line in f:
+                inside, outside, count = (int(x) for x in line.split())
+                if inside <= euid < inside + count:
+                    return outside + euid - inside
+    except (OSError, ValueError):
+        pass
+    return euid
+
+
 def default_auth_file() -> Path:
     """The file `strata login` writes (see the module doc)."""
     env = os.environ.get("REGISTRY_AUTH_FILE")
     if env:
         return Path(env)
-    if os.geteuid() == 0:
+    if host_euid() == 0:
         return Path("/run/containers/0/auth.json")
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:

@@ -511,7 +511,7 @@ class Session:
                             )
                     else:
                         check_status(resp, self.host, f"blob {digest} of {repo}", (200,))
-                    async for chunk in resp.aiter_raw(1 << 20):
+                    async for chunk in resp.aiter_raw():
                         got += len(chunk)
                         if got > size:
                             raise RegistryError(

@@ -39,7 +39,7 @@ from typing import Final
 
 from unionfs.errors import UsageError
 
-from .auth import Credentials
+from .auth import Credentials, host_euid
 from .reference import Reference, parse
 
 SYSTEM_CONF: Final = Path("/etc/containers/registries.conf")
@@ -176,7 +176,7 @@ def conf_files() -> list[Path]:
     if explicit:
         return [Path(explicit)]
     main = SYSTEM_CONF
-    if os.geteuid() != 0:
+    if host_euid() != 0:
         user = Path(os.path.expanduser("~/.config/containers/registries.conf"))
         if user.is_file():
             main = user
@@ -278,7 +278,7 @@ def certs_dir_for(host: str, explicit: Path | None) -> Path | None:
     if explicit is not None:
         return explicit
     dirs = list(CERTS_DIRS)
-    if os.geteuid() != 0:
+    if host_euid() != 0:
         dirs.insert(0, Path(os.path.expanduser("~/.config/containers/certs.d")))
     for base in dirs:
         candidate = base / host

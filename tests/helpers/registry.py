@@ -885,7 +885,8 @@ def push_index(
 @dataclass
 class Fault:
     """One injected fault: applies to requests whose "METHOD /path?query" matches `pattern`,
-    `times` times (None: always). `kind` is status, corrupt, cut, redirect_loop or oversized."""
+    `times` times (None: always). `kind` is status, corrupt, cut, stall, redirect_loop or
+    oversized."""
 
     pattern: re.Pattern[str]
     kind: str
@@ -895,6 +896,9 @@ class Fault:
     cut_after: int = 0
     size: int = 0
     hits: int = 0
+    # a stall: set once the first bytes are out; the connection is held until `release` is set
+    stalled: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -977,6 +981,12 @@ class FaultProxy:
         """Send the headers and the first `after` bytes of matching bodies, then close."""
         return self._add(pattern, "cut", times, cut_after=after)
 
+    def stall(self, pattern: str, after: int, *, times: int | None = None) -> Fault:
+        """Send the headers and the first `after` bytes of matching bodies, set the fault's
+        `stalled` event, and hold the connection until its `release` is set (or the proxy
+        stops): a download in progress, for interrupting the client."""
+        return self._add(pattern, "stall", times, cut_after=after)
+
     def redirect_loop(self, pattern: str, *, times: int | None = None) -> Fault:
         """Answer matching requests with a 307 to themselves."""
         return self._add(pattern, "redirect_loop", times)
@@ -1048,6 +1058,9 @@ class FaultProxy:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        with self._lock:
+            for fault in self.faults:
+                fault.release.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -1119,8 +1132,8 @@ class FaultProxy:
             altered[len(altered) // 2] ^= 0xFF
             self._send(req, status, headers, bytes(altered), fault="corrupt")
             return
-        if fault is not None and fault.kind == "cut" and req.command != "HEAD":
-            self._record(req, status, "cut")
+        if fault is not None and fault.kind in ("cut", "stall") and req.command != "HEAD":
+            self._record(req, status, fault.kind)
             req.send_response(status)
             for name, value in headers:
                 req.send_header(name, value)
@@ -1128,6 +1141,9 @@ class FaultProxy:
             req.end_headers()
             req.wfile.write(data[: fault.cut_after])
             req.wfile.flush()
+            if fault.kind == "stall":
+                fault.stalled.set()
+                fault.release.wait(STOP_TIMEOUT * 10)
             req.close_connection = True
             with contextlib.suppress(OSError):
                 req.connection.shutdown(socket.SHUT_RDWR)

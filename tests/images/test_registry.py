@@ -319,6 +319,12 @@ def test_tls_htpasswd_login_pull_logout(client: Strata, tmp_path: Path) -> None:
         no_ca = other.run("pull", "-q", "--authfile", str(authfile), "--tls-verify=true", ref)
         line = assert_failed_cleanly(no_ca, other.root, before)
         assert any(w in line.lower() for w in ("certificate", "tls", "ssl")), line
+        # --tls-verify=false: the CA is not needed (credentials still are)
+        unverified = other.run(
+            "pull", "-q", "--authfile", str(authfile), "--tls-verify=false", ref
+        )  # fmt: skip
+        assert unverified.stdout == f"{IMAGE_ID}\n", unverified.stderr
+        other = Strata(root=tmp_path / "other2", tmp=tmp_path, env=dict(client.env))
         # without credentials: 401
         anon = other.run("pull", "-q", *certs, ref)
         assert_failed_cleanly(anon, other.root, before)
@@ -355,6 +361,17 @@ def test_bearer_tokens_are_cached_per_scope(client: Strata, tmp_path: Path) -> N
         assert_failed_cleanly(denied, client.root, before)
         wrong = client.run("pull", "-q", "--creds", "bob:nope", f"{reg.host}/{REPO}:1")
         assert_failed_cleanly(wrong, client.root, before)
+        # credentials from `strata login` serve the token requests of a later pull
+        authfile = tmp_path / "login.json"
+        login = run_rootless_command(
+            client, "login", "--authfile", str(authfile), "-u", "bob", "--password-stdin",
+            reg.host, input="pw\n",
+        )  # fmt: skip
+        assert login.returncode == 0, login.stderr
+        tokens.accounts.clear()
+        done = client.run("pull", "-q", "--authfile", str(authfile), f"{reg.host}/{REPO}:1")
+        assert done.stdout == f"{IMAGE_ID}\n", done.stderr
+        assert set(tokens.accounts) == {"bob"}
 
 
 # -------------------------------------------------------------------------------------------------

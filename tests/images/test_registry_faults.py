@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -30,6 +31,7 @@ from .registry_fixtures import (
     client,
     proxy,
     registry,
+    tmp_entries,
 )
 
 __all__ = ["client", "proxy", "registry"]  # fixtures, used by name
@@ -192,3 +194,32 @@ def test_cut_every_time(client: Strata, proxy: FaultProxy) -> None:
     proxy.cut(rf"GET /v2/[^ ]*/blobs/{digest}", 1000)
     _fail_cleanly(client, f"{proxy.host}/{REPO}:1", *FAST)
     assert len(proxy.requests("GET", f"/blobs/{digest}")) == 3  # once and 2 retries
+
+
+def test_ctrl_c_mid_download_leaves_the_store_as_it_was(client: Strata, proxy: FaultProxy) -> None:
+    """SIGINT while a layer is downloading (and others may be extracting): exit 130, no
+    traceback, and no image, layer or staging dir left behind."""
+    digest, size = _big_layer(proxy.registry)
+    stall = proxy.stall(rf"GET /v2/[^ ]*/blobs/{digest}", size // 2, times=1)
+    before = StoreState.of(client.root)
+    proc = subprocess.Popen(
+        client.argv("pull", "-q", f"{proxy.host}/{REPO}:1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=client.env,
+    )
+    try:
+        assert stall.stalled.wait(60), "the pull never reached the big layer"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        stall.release.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert out == ""
+    assert StoreState.of(client.root) == before
+    assert tmp_entries(client.root) == []

@@ -22,6 +22,7 @@ from tests.helpers.registry import (
     skopeo_inspect,
 )
 
+REPO = "uniontest"
 CONFIG_DIGEST = "sha256:3d1c289ad1a5d8c3658fb1563c193b1ab0cb6c81c146fbce02e24a1c80993931"
 
 
@@ -61,6 +62,11 @@ def test_tls_htpasswd(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match=r"(?i)unauthorized|authentication"):
             skopeo(reg, "inspect", f"--cert-dir={reg.cert_dir}", "--creds=alice:wrong", ref)
         assert http_request(f"{reg.url}/v2/", context=reg.ssl_context()).status == 401
+        # the fault proxy speaks plain HTTP to its clients and TLS to this registry
+        with FaultProxy(reg) as proxy:
+            assert http_request(f"{proxy.url}/v2/").status == 401
+            ok = http_request(f"{proxy.url}/v2/", headers=reg.auth_headers(REPO))
+            assert ok.status == 200
 
 
 def test_token_auth(tmp_path: Path) -> None:
@@ -155,3 +161,15 @@ def test_multi_platform_index(tmp_path: Path) -> None:
         info = json.loads(out)
         assert info["Architecture"] == "arm64"
         assert info["Digest"] == index.digest  # skopeo names the reference, the index
+
+
+def test_a_registry_that_exits_fails_fast_with_its_log(tmp_path: Path) -> None:
+    class Broken(RegistryServer):
+        def _config(self) -> str:
+            return f"version: 0.1\nhttp:\n  addr: 127.0.0.1:{self.port}\nstorage:\n  nosuch: {{}}\n"
+
+    with (
+        pytest.raises(RuntimeError, match=r"exited early:\n(?s:.*)nosuch"),
+        Broken(tmp_path / "reg"),
+    ):
+        pass

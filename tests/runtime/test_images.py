@@ -21,6 +21,7 @@ def test_image_lookup(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not a directory"):
         images.lookup_image(str(tmp_path / "file"), root)
     spec = images.ImageSpec("named", (rootfs,), images.ImageConfig(cmd=("/bin/sh",)))
+
     def resolver(ref: str, r: Path) -> images.ImageSpec | None:
         return spec if (ref, r) == ("named", root) else None
 
