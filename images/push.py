@@ -26,6 +26,7 @@ recorded in the store (`name@sha256:...`, which later pushes mount from).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -48,7 +49,10 @@ from .store import ImageRecord, ImageStore, hex_of, normalize_ref
 CHUNK_SIZE: Final = 32 << 20
 CHUNK_SIZE_ENV: Final = "STRATA_PUSH_CHUNK_SIZE"  # for tests of the chunked path (bytes)
 PARALLEL_UPLOADS: Final = 3
+CANCEL_TIMEOUT: Final = 5.0  # seconds for the DELETE of an abandoned upload
 _READ: Final = 1 << 20
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,14 +138,11 @@ def mount_sources(rec: ImageRecord, target: PushTarget, conf: RegistriesConf) ->
 class _Uploader:
     """The blob and manifest requests of one push to one repository."""
 
-    def __init__(
-        self, session: Session, target: PushTarget, mount_from: str | None, reporter: Reporter
-    ) -> None:
+    def __init__(self, session: Session, target: PushTarget, mount_from: str | None) -> None:
         self.session = session
         self.host = target.host
         self.repo = target.repo
         self.mount_from = mount_from
-        self.reporter = reporter
         scopes = [f"repository:{self.repo}:pull,push"]
         if mount_from is not None:
             scopes.append(f"repository:{mount_from}:pull")
@@ -216,6 +217,22 @@ class _Uploader:
         )
         check_status(resp, self.host, f"upload to {self.repo}", (202,))
         return self._location(resp, url)
+
+    async def cancel(self, location: str) -> None:
+        """Give up the upload at `location` (`DELETE`), so the registry need not keep its
+        partial data until it purges old uploads; a failure here is not the one to report."""
+        with trio.move_on_after(CANCEL_TIMEOUT):
+            try:
+                await self.session.request(
+                    "DELETE",
+                    location,
+                    repo=self.repo,
+                    scopes=self.scopes,
+                    absolute=True,
+                    what="cancelling an upload",
+                )
+            except RegistryError as e:
+                log.info("%s", e)
 
     def _location(self, resp: httpx.Response, base: str) -> str:
         location = resp.headers.get("location")
@@ -357,7 +374,7 @@ async def push(
     async with Session(target.host, conf, options, insecure=target.insecure) as session:
         await session.ping()  # the scheme (an insecure registry may be plain HTTP) before any URL
         reporter.say("Getting image source signatures")
-        up = _Uploader(session, target, mounts[0] if mounts else None, reporter)
+        up = _Uploader(session, target, mounts[0] if mounts else None)
         config_digest = f"sha256:{rec.id}"
         # asked alone first: its answer brings the token the parallel layer requests then share
         has_config = await up.size_if_present(config_digest) is not None
@@ -407,6 +424,9 @@ async def _push_layers(
                 sizes[diff_id] = size
                 advance = reporter.bar(f"blob {short}", size)
                 await up.upload(location, digest, spool, size, advance)
+            except Exception:
+                await up.cancel(location)
+                raise
             finally:
                 spool.unlink(missing_ok=True)
             if advance is None:

@@ -216,7 +216,12 @@ def test_push_refuses_a_layer_changed_on_disk(tmp_path: Path, registry: Registry
     (store.layer_path(rec.layers[0]) / "f").write_bytes(b"two\n")
     done = client.run("push", "-q", "small:1", f"{registry.host}/small:1")
     assert "changed on disk" in _one_line(done)
-    assert not [r for r in registry.requests() if "/manifests/" in r.path]
+    logged = registry.requests()
+    assert not [r for r in logged if "/manifests/" in r.path]
+    opened = [r for r in logged if r.method == "POST" and r.status == 202]
+    cancelled = [r for r in logged if r.method == "DELETE" and "/blobs/uploads/" in r.path]
+    assert len(opened) == len(cancelled) == 1  # the upload it opened is given up
+    assert cancelled[0].status == 204
     assert ImageStore(client.root).get("small:1").digests == ()
     assert list((store.tmp_dir).iterdir()) == []
 
