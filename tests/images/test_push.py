@@ -27,6 +27,7 @@ from tests.helpers.registry import (
     TestCA,
     TokenServer,
     free_port,
+    http_request,
     sha256_digest,
     skip_unless_registry,
     skopeo,
@@ -347,3 +348,23 @@ def test_mount_asks_the_token_service_for_pull_on_the_source(
         mounts = [r for r in after if r.method == "POST" and "mount=" in r.path]
         assert [r.status for r in mounts] == [201] * (LAYERS + 1)
         assert _uploads(reg, before) == []
+
+
+class _RelativeURLRegistry(RegistryServer):
+    """A registry that answers with relative `Location`s (`http.relativeurls`), as registries
+    behind a proxy are told to."""
+
+    def _config(self) -> str:
+        return super()._config().replace("\nhttp:\n", "\nhttp:\n  relativeurls: true\n", 1)
+
+
+def test_relative_locations(client: Strata, tmp_path: Path) -> None:
+    skip_unless_registry()
+    with _RelativeURLRegistry(tmp_path / "relative") as reg:
+        opened = http_request(f"{reg.url}/v2/probe/blobs/uploads/", "POST", body=b"")
+        assert opened.headers["location"].startswith("/v2/probe/blobs/uploads/")
+        client.env["STRATA_PUSH_CHUNK_SIZE"] = str(1 << 20)
+        client.run("push", "-q", "uniontest:1", f"{reg.host}/rel:1", check=True)
+        assert [r.status for r in reg.requests() if r.method == "PATCH"][:1] == [202]
+        saved = _saved_manifest(client.root, "uniontest:1", tmp_path)
+        assert reg.get_manifest("rel", "1")[0] == saved
