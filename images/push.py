@@ -15,7 +15,10 @@ The order, per layer (a few in parallel):
 3. Otherwise an upload: the layer is rebuilt into the store's staging directory, then sent in one
    `PUT ?digest=` (monolithic) or, above `CHUNK_SIZE`, in `PATCH`es with `Content-Range` and a
    closing empty `PUT ?digest=` (chunked). Every `Location` may be relative or absolute and may
-   carry a query, so the next URL is always resolved against the last one.
+   carry a query, so the next URL is always resolved against the last one. A request whose
+   answer was lost is sent again (`Session` retries); when the registry had acted on it, a
+   chunk meets 404/416 and the blob starts over in a new upload, a closing `PUT` meets 404
+   and a `HEAD` shows the blob is there.
 
 Then the config blob (the same way, from memory), and last the manifest (`PUT /v2/<name>/manifests/<tag>`): a registry only
 accepts a manifest whose blobs it has, and a reader never sees the tag before its content. The
@@ -263,7 +266,7 @@ class _Uploader:
                 what=f"blob {short}",
             )
         else:
-            start = 0
+            start, restarts = 0, 0
             while start < size:
                 end = min(start + chunk, size)
                 resp = await self._request(
@@ -277,6 +280,13 @@ class _Uploader:
                     content=_file_part(path, start, end, progress),
                     what=f"blob {short} (bytes {start}-{end - 1})",
                 )
+                if resp.status_code in (404, 416) and restarts < self.session.options.retries:
+                    # A chunk sent again after its answer was lost: the upload has moved on
+                    # (416), or the registry dropped it as resumed at the wrong offset (404, as
+                    # distribution does). A new upload from the first byte is always right.
+                    restarts += 1
+                    location, start = await self.start_upload(digest), 0
+                    continue
                 check_status(resp, self.host, f"blob {short}: chunk at {start}", (202,))
                 location = self._location(resp, location)
                 start = end
@@ -286,6 +296,8 @@ class _Uploader:
                 headers={"Content-Length": "0"},
                 what=f"blob {short}",
             )
+        if resp.status_code == 404 and await self.size_if_present(digest) == size:
+            return  # the PUT was sent again after its answer was lost: the upload is closed
         check_status(resp, self.host, f"blob {short} into {self.repo}", (201,))
         _check_digest(resp, digest, f"{self.host}: blob {short}")
 

@@ -8,7 +8,11 @@ was pushed is the same image. Failures are one line and exit 125. No test needs 
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
+import re
+import socket
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -368,3 +372,64 @@ def test_relative_locations(client: Strata, tmp_path: Path) -> None:
         assert [r.status for r in reg.requests() if r.method == "PATCH"][:1] == [202]
         saved = _saved_manifest(client.root, "uniontest:1", tmp_path)
         assert reg.get_manifest("rel", "1")[0] == saved
+
+
+class _LostAnswerProxy(FaultProxy):
+    """Forwards everything, but loses the answer to the first `method` request whose path
+    matches `pattern`: the registry acted on it, the client sees the connection close."""
+
+    def __init__(self, registry: RegistryServer, method: str, pattern: str) -> None:
+        super().__init__(registry)
+        self.method = method
+        self.pattern = pattern
+        self.lost: list[str] = []
+
+    def _handle(self, req: http.server.BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            lose = (
+                not self.lost and req.command == self.method and re.search(self.pattern, req.path)
+            )
+            if lose:
+                self.lost.append(req.path)
+        if not lose:
+            super()._handle(req)
+            return
+        self._forward(req, self._read_body(req))
+        req.close_connection = True
+        with contextlib.suppress(OSError):
+            req.connection.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.mark.parametrize(
+    ("method", "pattern", "chunk", "then"),
+    [
+        ("PATCH", "/blobs/uploads/", 1 << 20, ("PATCH", 404)),  # resent chunk: start over
+        ("PUT", "digest=", 32 << 20, ("PUT", 404)),  # resent PUT: the blob is there already
+    ],
+)
+def test_a_lost_answer_is_recovered(
+    client: Strata,
+    registry: RegistryServer,
+    method: str,
+    pattern: str,
+    chunk: int,
+    then: tuple[str, int],
+) -> None:
+    client.env["STRATA_PUSH_CHUNK_SIZE"] = str(chunk)
+    with _LostAnswerProxy(registry, method, pattern) as proxy:
+        client.run(
+            "push",
+            "-q",
+            "--retry-delay",
+            "0",
+            "uniontest:1",
+            f"{proxy.host}/lost:1",
+            check=True,
+        )
+        assert proxy.lost
+        seen = [(r.method, r.status) for r in proxy.requests()]
+        assert then in seen
+    saved = _saved_manifest(client.root, "uniontest:1", client.tmp)
+    assert registry.get_manifest("lost", "1")[0] == saved
+    for layer in json.loads(saved)["layers"]:
+        assert sha256_digest(registry.get_blob("lost", layer["digest"])) == layer["digest"]
