@@ -535,6 +535,38 @@ def _run_logout(args: argparse.Namespace, runner: Runner) -> int:
     return 0
 
 
+def _add_push(parser: argparse.ArgumentParser) -> None:
+    add_root(parser)
+    add_registry_options(parser)
+    parser.add_argument(
+        "--digestfile", metavar="FILE", help="write the pushed manifest's digest to FILE"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument("source", metavar="IMAGE", help="a local image (name or id)")
+    parser.add_argument(
+        "destination",
+        nargs="?",
+        metavar="DESTINATION",
+        help="host[:port]/path[:tag] (default: IMAGE, when its name includes a registry)",
+    )
+
+
+def _run_push(args: argparse.Namespace, runner: Runner) -> int:
+    from .distribution import run_async
+    from .pull import Reporter
+    from .push import push, write_digestfile
+
+    store = _store(args)
+    options = registry_options(args)
+    with Reporter(quiet=args.quiet) as reporter:
+        digest = run_async(
+            lambda: push(store, args.source, args.destination, options=options, reporter=reporter)
+        )
+    if args.digestfile:
+        write_digestfile(Path(args.digestfile), digest)
+    return 0
+
+
 _IMAGE_COMMANDS = {
     "ls": (_add_images, _run_images),
     "inspect": (_add_ref, _run_inspect),
@@ -547,6 +579,7 @@ _IMAGE_COMMANDS = {
     "save": (_add_save, _run_save),
     "build": (_add_build, _run_build),
     "pull": (_add_pull, _run_pull),
+    "push": (_add_push, _run_push),
 }
 
 
@@ -569,6 +602,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("commit", "make an image from a container's changes", _add_commit, _run_commit),
     Subcommand("build", "build an image from a Dockerfile", _add_build, _run_build),
     Subcommand("pull", "fetch an image from a registry", _add_pull, _run_pull),
+    Subcommand("push", "send an image to a registry", _add_push, _run_push),
     Subcommand("login", "store credentials for a registry", _add_login, _run_login),
     Subcommand("logout", "remove stored registry credentials", _add_logout, _run_logout),
     Subcommand("images", "list images", _add_images, _run_images),
@@ -577,7 +611,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("history", "an image's history", _add_ref, _run_history),
     Subcommand(
         "image",
-        "image commands: ls inspect history rm tag prune load import save build pull",
+        "image commands: ls inspect history rm tag prune load import save build pull push",
         _add_image,
         _run_image,
     ),

@@ -16,6 +16,7 @@ import json
 import os
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -25,9 +26,9 @@ from .store import ImageRecord, ImageStore
 from .tarsplit import rebuild
 
 FORMATS: Final = ("oci-archive", "docker-archive")
-_LAYER: Final = "application/vnd.oci.image.layer.v1.tar"
-_CONFIG: Final = "application/vnd.oci.image.config.v1+json"
-_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
+LAYER_TYPE: Final = "application/vnd.oci.image.layer.v1.tar"
+CONFIG_TYPE: Final = "application/vnd.oci.image.config.v1+json"
+MANIFEST_TYPE: Final = "application/vnd.oci.image.manifest.v1+json"
 
 
 class _Writer:
@@ -52,27 +53,57 @@ class _Writer:
 
     def add_layer(self, name: str, store: ImageStore, diff_id: str, spool: Path) -> int:
         """The layer's original tar as `name`; its size. Checks the diff_id first."""
-        map_path = store.map_path(diff_id)
-        if not map_path.exists():
-            raise UsageError(f"layer {diff_id[:12]}: no tar map (loaded before save existed?)", 125)
-        h = hashlib.sha256()
-        with open(spool, "wb") as out:
-            try:
-                for chunk in rebuild(map_path, store.layer_path(diff_id)):
-                    h.update(chunk)
-                    out.write(chunk)
-            except (OSError, ValueError) as e:
-                raise UsageError(
-                    f"layer {diff_id[:12]}: cannot rebuild its tar ({e})", 125
-                ) from None
-        if h.hexdigest() != diff_id:
-            raise UsageError(f"layer {diff_id[:12]}: changed on disk since it was loaded", 125)
+        size = rebuild_layer(store, diff_id, spool)
         self.mkdirs(name)
         info = tarfile.TarInfo(name)
-        info.size, info.mode = spool.stat().st_size, 0o644
+        info.size, info.mode = size, 0o644
         with open(spool, "rb") as f:
             self.tar.addfile(info, f)
         return info.size
+
+
+def rebuild_layer(store: ImageStore, diff_id: str, dest: Path) -> int:
+    """Write layer `diff_id`'s original tar (from its tar map) to `dest`; its size.
+
+    The sha256 of what was written must be the diff_id: `save` and `push` both hand out that
+    digest for these bytes, so a layer changed on disk since it was loaded is an error (125)."""
+    map_path = store.map_path(diff_id)
+    if not map_path.exists():
+        raise UsageError(f"layer {diff_id[:12]}: no tar map (loaded before save existed?)", 125)
+    h = hashlib.sha256()
+    size = 0
+    with open(dest, "wb") as out:
+        try:
+            for chunk in rebuild(map_path, store.layer_path(diff_id)):
+                h.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"layer {diff_id[:12]}: cannot rebuild its tar ({e})", 125) from None
+    if h.hexdigest() != diff_id:
+        raise UsageError(f"layer {diff_id[:12]}: changed on disk since it was loaded", 125)
+    return size
+
+
+def oci_manifest(image_id: str, config: bytes, layers: Sequence[tuple[str, int]]) -> bytes:
+    """The OCI image manifest of an image whose layers are uncompressed tars: `layers` are
+    (diff_id hex, size), base first. `save --format oci-archive` writes these bytes and `push`
+    sends them, so both give one image the same manifest digest."""
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "config": {
+                "mediaType": CONFIG_TYPE,
+                "digest": f"sha256:{image_id}",
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": LAYER_TYPE, "digest": f"sha256:{diff_id}", "size": size}
+                for diff_id, size in layers
+            ],
+        }
+    ).encode()
 
 
 def save(store: ImageStore, ref: str, output: Path, fmt: str) -> None:
@@ -116,23 +147,16 @@ def _oci(
     spool: Path,
 ) -> None:
     writer.add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-    layers = []
-    for diff_id in rec.layers:
-        size = writer.add_layer(f"blobs/sha256/{diff_id}", store, diff_id, spool)
-        layers.append({"mediaType": _LAYER, "digest": f"sha256:{diff_id}", "size": size})
+    layers = [
+        (diff_id, writer.add_layer(f"blobs/sha256/{diff_id}", store, diff_id, spool))
+        for diff_id in rec.layers
+    ]
     writer.add(f"blobs/sha256/{rec.id}", config)
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": _MANIFEST,
-            "config": {"mediaType": _CONFIG, "digest": f"sha256:{rec.id}", "size": len(config)},
-            "layers": layers,
-        }
-    ).encode()
+    manifest = oci_manifest(rec.id, config, layers)
     digest = hashlib.sha256(manifest).hexdigest()
     writer.add(f"blobs/sha256/{digest}", manifest)
     entry: dict[str, object] = {
-        "mediaType": _MANIFEST,
+        "mediaType": MANIFEST_TYPE,
         "digest": f"sha256:{digest}",
         "size": len(manifest),
     }
