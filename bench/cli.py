@@ -28,6 +28,13 @@ QUICK_REPEAT: Final = 1
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "suite",
+        nargs="?",
+        choices=("registry",),
+        help="registry: pull and push of a Debian image on a local registry, against podman"
+        " and skopeo (--backends strata podman skopeo, --repeat, --json, --data-dir apply)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help=f"small synthetic data (busybox, a 32 MiB file), {QUICK_REPEAT} repeat: under a minute",
@@ -111,6 +118,8 @@ def _check_output_path(option: str, path: Path | None, suffix: str) -> None:
 
 def run_bench(args: argparse.Namespace, runner: Runner) -> int:
     """Check the arguments, build or reuse the data, measure, then print and write the report."""
+    if args.suite == "registry":
+        return _run_registry(args)
     workloads = select_workloads(args.only)
     backends = select_backends(args.backends)
     repeat = (
@@ -177,6 +186,24 @@ def run_bench(args: argparse.Namespace, runner: Runner) -> int:
     if interrupted:
         return 130
     return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def _run_registry(args: argparse.Namespace) -> int:
+    from .registry import DEFAULT_ROUNDS, TOOLS, run_registry_bench
+
+    for option, value in (("--quick", args.quick), ("--only", args.only), ("--plot", args.plot)):
+        if value:
+            raise UsageError(f"{option} does not apply to 'strata bench registry'")
+    tools = _split(args.backends) or list(TOOLS)
+    for tool in tools:
+        if tool not in TOOLS:
+            raise UsageError(f"bench registry: unknown tool {tool!r} (known: {', '.join(TOOLS)})")
+    rounds = args.repeat if args.repeat is not None else DEFAULT_ROUNDS
+    if rounds < 1:
+        raise UsageError(f"--repeat {rounds}: expected at least 1")
+    _check_output_path("--json", args.json, ".json")
+    chosen = [t for t in TOOLS if t in tools]
+    return run_registry_bench(chosen, rounds, args.data_dir.resolve(), args.json, sys.argv)
 
 
 SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (
