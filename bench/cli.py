@@ -189,20 +189,21 @@ def run_bench(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _run_registry(args: argparse.Namespace) -> int:
-    from .registry import DEFAULT_ROUNDS, TOOLS, run_registry_bench
+    from .registry import DEFAULT_ROUNDS, available_tools, run_registry_bench
 
     for option, value in (("--quick", args.quick), ("--only", args.only), ("--plot", args.plot)):
         if value:
             raise UsageError(f"{option} does not apply to 'strata bench registry'")
-    tools = _split(args.backends) or list(TOOLS)
+    known = available_tools()
+    tools = _split(args.backends) or known
     for tool in tools:
-        if tool not in TOOLS:
-            raise UsageError(f"bench registry: unknown tool {tool!r} (known: {', '.join(TOOLS)})")
+        if tool not in known:
+            raise UsageError(f"bench registry: unknown tool {tool!r} (known: {', '.join(known)})")
     rounds = args.repeat if args.repeat is not None else DEFAULT_ROUNDS
     if rounds < 1:
         raise UsageError(f"--repeat {rounds}: expected at least 1")
     _check_output_path("--json", args.json, ".json")
-    chosen = [t for t in TOOLS if t in tools]
+    chosen = [t for t in known if t in tools]
     return run_registry_bench(chosen, rounds, args.data_dir.resolve(), args.json, sys.argv)
 
 

@@ -34,6 +34,7 @@ import http.client
 import json
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -58,6 +59,10 @@ REGISTRY_BINARIES: Final = (
     Path("/tmp/reg/usr/bin/docker-registry"),
 )
 TOOLS: Final = ("strata", "podman", "skopeo")
+# A second strata to measure beside the first, for a before/after in one run: a command, split
+# as the shell would (e.g. an older checkout: `env PYTHONPATH=/tmp/old python3 -m strata`).
+BEFORE_VARIABLE: Final = "STRATA_BENCH_BEFORE"
+BEFORE_TOOL: Final = "strata-before"
 OPERATIONS: Final = ("pull", "push")
 DEFAULT_ROUNDS: Final = 3
 READY_TIMEOUT: Final = 20.0  # seconds for a registry to answer /v2/
@@ -95,6 +100,7 @@ def check_tools(tools: Sequence[str]) -> None:
     """One line naming what is missing, before anything is started."""
     needed: dict[str, list[str]] = {
         "strata": [],
+        BEFORE_TOOL: [],
         "podman": ["podman", "fuse-overlayfs"],
         "skopeo": ["skopeo"],
     }
@@ -223,21 +229,34 @@ def podman(store: Path) -> list[str]:
     return private_podman(store, runroot, FUSE_OVERLAYFS)
 
 
+def available_tools() -> list[str]:
+    """strata, podman, skopeo, and the second strata when $STRATA_BENCH_BEFORE names one."""
+    return [*TOOLS, BEFORE_TOOL] if os.environ.get(BEFORE_VARIABLE) else list(TOOLS)
+
+
+def strata_for(tool: str) -> list[str]:
+    if tool == BEFORE_TOOL:
+        return shlex.split(os.environ[BEFORE_VARIABLE])
+    return strata_command()
+
+
 @dataclass
 class Round:
     """Where one round keeps what each tool pulled, for its push."""
 
     directory: Path
-    strata_root: Path
     podman_cmd: list[str]
     oci_dir: Path
+
+    def strata_root(self, tool: str) -> Path:
+        return self.directory / tool
 
 
 def pull(tool: str, source: str, rnd: Round) -> float:
     ref = f"{source}/{REPOSITORY}:latest"
-    if tool == "strata":
-        command = [*strata_command(), "pull", "-q", "--root", str(rnd.strata_root)]
-        return run([*command, "--tls-verify=false", ref], "strata pull")
+    if tool.startswith("strata"):
+        command = [*strata_for(tool), "pull", "-q", "--root", str(rnd.strata_root(tool))]
+        return run([*command, "--tls-verify=false", ref], f"{tool} pull")
     if tool == "podman":
         return run([*rnd.podman_cmd, "pull", "-q", "--tls-verify=false", ref], "podman pull")
     return run(
@@ -248,9 +267,9 @@ def pull(tool: str, source: str, rnd: Round) -> float:
 
 def push(tool: str, source: str, dest: str, rnd: Round) -> float:
     image, target = f"{source}/{REPOSITORY}:latest", f"{dest}/{REPOSITORY}-{tool}:latest"
-    if tool == "strata":
-        command = [*strata_command(), "push", "-q", "--root", str(rnd.strata_root)]
-        return run([*command, "--tls-verify=false", image, target], "strata push")
+    if tool.startswith("strata"):
+        command = [*strata_for(tool), "push", "-q", "--root", str(rnd.strata_root(tool))]
+        return run([*command, "--tls-verify=false", image, target], f"{tool} push")
     if tool == "podman":
         command = [*rnd.podman_cmd, "push", "-q", "--tls-verify=false"]
         return run(
@@ -312,7 +331,7 @@ def measure(
                 directory = work / f"round-{n}"
                 cmd = podman(directory / "podman")
                 runroots.append(Path(cmd[cmd.index("--runroot") + 1]))
-                rnd = Round(directory, directory / "strata", cmd, directory / "oci")
+                rnd = Round(directory, cmd, directory / "oci")
                 for tool in _rotated(tools, n):
                     _sample(rows[("pull", tool)], partial(pull, tool, source, rnd), say, n)
                 for tool in _rotated(tools, n):
@@ -385,6 +404,12 @@ def table(rows: Sequence[Row]) -> str:
             + (f"  ({note})" if note else "")
             + (f"  failed later: {r.error}" if r.error else "")
         )
+    for op in OPERATIONS:
+        if (op, "strata") in medians and (op, BEFORE_TOOL) in medians:
+            change = medians[(op, "strata")] / medians[(op, BEFORE_TOOL)]
+            lines.append(
+                f"{'' if op == 'push' else chr(10)}strata {op} / {BEFORE_TOOL}: {change:.2f}x"
+            )
     if ("pull", "strata") in medians and ("pull", "podman") in medians:
         ratio = medians[("pull", "strata")] / medians[("pull", "podman")]
         verdict = "met" if ratio <= TARGET_RATIO else "missed"
