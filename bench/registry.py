@@ -60,7 +60,9 @@ REGISTRY_BINARIES: Final = (
 )
 TOOLS: Final = ("strata", "podman", "skopeo")
 # A second strata to measure beside the first, for a before/after in one run: a command, split
-# as the shell would (e.g. an older checkout: `env PYTHONPATH=/tmp/old python3 -m strata`).
+# as the shell would, e.g. an older checkout:
+# `env PYTHONPATH=/tmp/old /path/to/.venv/bin/python -P -m strata` (-P: not the current directory
+# first on sys.path, which `-m` would otherwise put before PYTHONPATH).
 BEFORE_VARIABLE: Final = "STRATA_BENCH_BEFORE"
 BEFORE_TOOL: Final = "strata-before"
 OPERATIONS: Final = ("pull", "push")
@@ -189,6 +191,7 @@ def run(command: list[str], what: str) -> float:
             stderr=subprocess.PIPE,
             check=False,
             timeout=RUN_TIMEOUT,
+            cwd="/",  # not the checkout: `python -m strata` would import from there first
         )
     except subprocess.TimeoutExpired:
         raise BenchError(f"{what}: no end after {RUN_TIMEOUT:.0f}s") from None
@@ -332,6 +335,7 @@ def measure(
                 cmd = podman(directory / "podman")
                 runroots.append(Path(cmd[cmd.index("--runroot") + 1]))
                 rnd = Round(directory, cmd, directory / "oci")
+                directory.mkdir(parents=True, exist_ok=True)
                 for tool in _rotated(tools, n):
                     _sample(rows[("pull", tool)], partial(pull, tool, source, rnd), say, n)
                 for tool in _rotated(tools, n):

@@ -885,8 +885,8 @@ def push_index(
 @dataclass
 class Fault:
     """One injected fault: applies to requests whose "METHOD /path?query" matches `pattern`,
-    `times` times (None: always). `kind` is status, corrupt, cut, stall, redirect_loop or
-    oversized."""
+    `times` times (None: always). `kind` is status, corrupt, cut, stall, no_range,
+    redirect_loop or oversized."""
 
     pattern: re.Pattern[str]
     kind: str
@@ -986,6 +986,11 @@ class FaultProxy:
         `stalled` event, and hold the connection until its `release` is set (or the proxy
         stops): a download in progress, for interrupting the client."""
         return self._add(pattern, "stall", times, cut_after=after)
+
+    def ignore_range(self, pattern: str, *, times: int | None = None) -> Fault:
+        """Forward matching requests without their Range header: the registry answers 200
+        with the whole body, as one that does not support ranges would."""
+        return self._add(pattern, "no_range", times)
 
     def redirect_loop(self, pattern: str, *, times: int | None = None) -> Fault:
         """Answer matching requests with a 307 to themselves."""
@@ -1126,7 +1131,11 @@ class FaultProxy:
             filler = b'{"schemaVersion":2,"padding":"' + b"a" * fault.size + b'"}'
             self._send(req, 200, [("Content-Type", OCI_MANIFEST)], filler, fault="oversized")
             return
-        status, headers, data = self._forward(req, body)
+        no_range = fault is not None and fault.kind == "no_range"
+        status, headers, data = self._forward(req, body, drop_range=no_range)
+        if no_range:
+            self._send(req, status, headers, data, fault="no_range")
+            return
         if fault is not None and fault.kind == "corrupt" and data:
             altered = bytearray(data)
             altered[len(altered) // 2] ^= 0xFF
@@ -1158,7 +1167,7 @@ class FaultProxy:
         )
 
     def _forward(
-        self, req: http.server.BaseHTTPRequestHandler, body: bytes
+        self, req: http.server.BaseHTTPRequestHandler, body: bytes, *, drop_range: bool = False
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         reg = self.registry
         conn: http.client.HTTPConnection
@@ -1169,6 +1178,8 @@ class FaultProxy:
         else:
             conn = http.client.HTTPConnection("127.0.0.1", reg.port, timeout=HTTP_TIMEOUT)
         headers = {k: v for k, v in req.headers.items() if k.lower() not in _HOP_BY_HOP}
+        if drop_range:
+            headers = {k: v for k, v in headers.items() if k.lower() != "range"}
         headers["Host"] = reg.host
         try:
             conn.request(

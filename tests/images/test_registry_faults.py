@@ -189,6 +189,18 @@ def test_cut_mid_blob_resumes_with_range(client: Strata, proxy: FaultProxy) -> N
     assert 0 < int(resumed[1]) <= cut, gets[1]
 
 
+def test_cut_mid_blob_then_whole_blob_again(client: Strata, proxy: FaultProxy) -> None:
+    """A registry that answers the resumed request with the whole blob (200, no Range): the
+    download starts over from zero, and so does the extraction that was reading behind it."""
+    digest, _ = _big_layer(proxy.registry)
+    proxy.cut(rf"GET /v2/[^ ]*/blobs/{digest}", 100_000, times=1)
+    proxy.ignore_range(rf"GET /v2/[^ ]*/blobs/{digest}")
+    _pull_ok(client, f"{proxy.host}/{REPO}:1", *FAST)
+    gets = proxy.requests("GET", f"/blobs/{digest}")
+    assert [(g.fault, g.status) for g in gets] == [("cut", 200), ("no_range", 200)], gets
+    assert gets[1].range is not None  # strata asked to resume; the registry sent it all
+
+
 def test_cut_every_time(client: Strata, proxy: FaultProxy) -> None:
     digest, _ = _big_layer(proxy.registry)
     proxy.cut(rf"GET /v2/[^ ]*/blobs/{digest}", 1000)
