@@ -391,12 +391,12 @@ NOTES: Final = {
 
 
 def table(rows: Sequence[Row]) -> str:
-    lines = [f"{'operation':<10} {'tool':<8} {'median':>8}  {'vs podman':>9}  samples"]
-    lines.append("-" * 72)
+    lines = [f"{'operation':<10} {'tool':<13} {'median':>8}  {'vs podman':>9}  samples"]
+    lines.append("-" * 77)
     medians = {(r.operation, r.tool): summarize(r.samples).median for r in rows if r.samples}
     for r in rows:
         if r.error is not None and not r.samples:
-            lines.append(f"{r.operation:<10} {r.tool:<8} {'failed':>8}  {'':>9}  {r.error}")
+            lines.append(f"{r.operation:<10} {r.tool:<13} {'failed':>8}  {'':>9}  {r.error}")
             continue
         median = medians[(r.operation, r.tool)]
         podman_median = medians.get((r.operation, "podman"))
@@ -404,7 +404,7 @@ def table(rows: Sequence[Row]) -> str:
         samples = " ".join(format_seconds(s) for s in r.samples)
         note = NOTES.get((r.operation, r.tool))
         lines.append(
-            f"{r.operation:<10} {r.tool:<8} {format_seconds(median):>8}  {factor:>9}  {samples}"
+            f"{r.operation:<10} {r.tool:<13} {format_seconds(median):>8}  {factor:>9}  {samples}"
             + (f"  ({note})" if note else "")
             + (f"  failed later: {r.error}" if r.error else "")
         )
