@@ -342,6 +342,7 @@ async def _fetch_layers(
                 reporter.say(f"Copying blob {short} done")
 
         got: list[str] = []
+        refused: list[LoadError] = []
 
         async def extract_task() -> None:
             try:
@@ -349,8 +350,9 @@ async def _fetch_layers(
             except _Aborted:
                 pass  # the download failed: its error is the one to tell
             except LoadError as e:
-                growing.end(failed=True)  # no use downloading the rest
-                raise RegistryError(f"{ref}: {e}") from None
+                # told once the download ends well: bytes that do not match their digest
+                # are reported as that, whatever the extraction made of them
+                refused.append(e)
 
         try:
             async with trio.open_nursery() as inner:
@@ -359,6 +361,8 @@ async def _fetch_layers(
         finally:
             growing.close()
             blob.unlink(missing_ok=True)
+        if refused:
+            raise RegistryError(f"{ref}: {refused[0]}")
         if got != [layer.diff_id]:
             raise RegistryError(
                 f"{ref}: layer {short}: uncompressed content does not match diff_id"
