@@ -2,8 +2,10 @@
 
 What is pushed is what `strata save --format oci-archive` writes, byte for byte (the manifest
 digest is the same); a second push sends no blob; a push to another repository of the same
-registry mounts the blobs instead of sending them; big blobs go up in chunks; a pull of what
-was pushed is the same image. Failures are one line and exit 125. No test needs root.
+registry mounts the blobs instead of sending them (asking the token service for pull on the
+source); big blobs go up in chunks; relative upload Locations work; a pull of what was pushed is
+the same image. A retried or lost answer is recovered; failures are one line and exit 125, and
+Ctrl-C exits 130, in both cases with the store as it was. No test needs root.
 """
 
 from __future__ import annotations
