@@ -18,6 +18,7 @@ The order keeps the store consistent whatever happens (an error, a cut connectio
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -247,10 +248,12 @@ async def _pull_from(
         config_type = str(config_desc.get("mediaType") or "")
         if config_type and config_type not in CONFIG_TYPES:
             raise RegistryError(f"{ref}: not a container image (config media type {config_type})")
-        raw_config = await session.get_blob_bytes(
-            repo, config_desc["digest"], config_desc["size"], MAX_CONFIG
-        )
-        reporter.say(f"Copying config {hex_of(config_desc['digest'])[:12]} done")
+        raw_config = _stored_config(store, config_desc)
+        if raw_config is None:
+            raw_config = await session.get_blob_bytes(
+                repo, config_desc["digest"], config_desc["size"], MAX_CONFIG
+            )
+            reporter.say(f"Copying config {hex_of(config_desc['digest'])[:12]} done")
         try:
             config = json_object(raw_config, "image config")
             check_config(config)
@@ -327,6 +330,19 @@ async def _fetch_layers(
     async with trio.open_nursery() as nursery:
         for layer in wanted.values():
             nursery.start_soon(one, layer)
+
+
+def _stored_config(store: ImageStore, desc: dict[str, Any]) -> bytes | None:
+    """The config the store already has for this descriptor (an image id is its config's
+    digest), so pulling an image the store has costs only the manifest; None otherwise."""
+    image_id = hex_of(desc["digest"])
+    try:
+        raw = store.config_bytes(image_id)
+    except OSError:
+        return None
+    if len(raw) != desc["size"] or hashlib.sha256(raw).hexdigest() != image_id:
+        return None
+    return raw
 
 
 def _document(manifest: Manifest, host: str) -> dict[str, Any]:
