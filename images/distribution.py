@@ -86,6 +86,7 @@ class Manifest:
 class _Token:
     value: str
     expires: float
+    fetched: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -170,6 +171,7 @@ class Session:
         self._scheme = "https"
         self._scheme_known = False
         self._tokens: dict[tuple[str, ...], _Token] = {}
+        self._token_locks: dict[tuple[str, ...], trio.Lock] = {}
         self._basic: Credentials | None = None
         self._challenge: _Challenge | None = None
         self._creds_by_repo: dict[str, Credentials | None] = {}
@@ -247,8 +249,11 @@ class Session:
             )
         return self._creds_by_repo[repo]
 
-    async def _authorization(self, scopes: tuple[str, ...], repo: str, fresh: bool) -> str | None:
-        """The Authorization header for a request needing `scopes`, as the challenge asks."""
+    async def _authorization(
+        self, scopes: tuple[str, ...], repo: str, renew_before: float | None
+    ) -> str | None:
+        """The Authorization header for a request needing `scopes`, as the challenge asks; a
+        cached token fetched before `renew_before` (one the registry refused) is renewed."""
         challenge = self._challenge
         if challenge is None:
             return None
@@ -259,10 +264,18 @@ class Session:
                     f"{self.host}: authentication required (use login or --creds)", 401
                 )
             return f"Basic {creds.encoded()}"
-        token = self._tokens.get(scopes)
-        if token is None or fresh or token.expires < time.monotonic():
-            token = await self._fetch_token(challenge, scopes, creds)
-            self._tokens[scopes] = token
+        # one fetch per scope set at a time: parallel first requests share its token
+        lock = self._token_locks.setdefault(scopes, trio.Lock())
+        async with lock:
+            token = self._tokens.get(scopes)
+            stale = token is None or token.expires < time.monotonic()
+            refused = (
+                renew_before is not None and token is not None and token.fetched <= renew_before
+            )
+            if stale or refused:
+                token = await self._fetch_token(challenge, scopes, creds)
+                self._tokens[scopes] = token
+        assert token is not None
         return f"Bearer {token.value}"
 
     async def _fetch_token(
@@ -330,10 +343,10 @@ class Session:
         target = path if absolute else self.url(path)
         what = what or f"{method} {path}"
 
-        async def send(fresh: bool) -> httpx.Response:
+        async def send(renew_before: float | None) -> httpx.Response:
             assert self._client is not None
             hdrs = dict(headers or {})
-            auth = await self._authorization(scope_key, repo, fresh)
+            auth = await self._authorization(scope_key, repo, renew_before)
             if auth is not None:
                 hdrs["Authorization"] = auth
             body = content() if callable(content) else content
@@ -341,7 +354,8 @@ class Session:
             return await self._client.send(req, stream=True)
 
         async def attempt() -> httpx.Response:
-            resp = await send(False)
+            sent = time.monotonic()
+            resp = await send(None)
             if resp.status_code == 401:
                 challenge = parse_challenge(resp.headers.get("www-authenticate", ""))
                 await resp.aclose()
@@ -349,7 +363,7 @@ class Session:
                     raise RegistryError(f"{self.host}: {what}: unauthorized", 401)
                 had = self._challenge
                 self._challenge = challenge
-                resp = await send(True)
+                resp = await send(sent)  # a token fetched before this one was refused
                 if resp.status_code == 401:
                     await resp.aclose()
                     creds = self.credentials(repo)

@@ -15,6 +15,7 @@ pulled.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Final
 
 from unionfs.errors import UsageError
@@ -74,18 +75,70 @@ def obtain(
         return rec
     if os.path.isdir(ref) or ref.startswith(("/", ".")):
         return rec  # a rootfs directory: the runtime's business
+    image_id = _in_child(lambda: _pull(store, ref, options, conf, platform, quiet))
+    return store.get(image_id)
+
+
+def _pull(
+    store: ImageStore,
+    ref: str,
+    options: Options,
+    conf: RegistriesConf | None,
+    platform: str | None,
+    quiet: bool,
+) -> str:
     from .distribution import run_async  # httpx and trio: only when pulling
     from .pull import Platform, Reporter, pull
 
-    parsed = parse(ref)
-    if parsed.short:
-        assert conf is not None
-        try:
-            conf.candidates(parsed)
-        except UsageError as e:
-            raise UsageError(f"no such image: {ref} (a short name; {e})", 125) from None
     chosen = Platform.parse(platform) if platform else None
     with Reporter(quiet=quiet) as reporter:
-        return run_async(
+        rec = run_async(
             lambda: pull(store, ref, options=options, platform=chosen, conf=conf, reporter=reporter)
         )
+    return rec.id
+
+
+def _in_child(work: Callable[[], str]) -> str:
+    """`work()` in a forked child; its result (a short string) comes back through a pipe, its
+    failure as the same one-line UsageError.
+
+    Why: a pull runs trio and httpx, which start threads (name lookups, extraction) that
+    outlive it, and a threaded process cannot enter a user namespace, which a rootless `strata
+    run` does right after finding its image. The child takes the threads with it."""
+    import signal
+    import sys
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read_end)
+        code, out = 0, b""
+        try:
+            out = b"ok:" + work().encode()
+        except UsageError as e:
+            code, out = e.exit_code, b"err:" + str(e).encode()
+        except KeyboardInterrupt:
+            code = 130
+        except BaseException as e:  # a bug: still one line
+            code, out = 125, f"err:unexpected error: {type(e).__name__}: {e}".encode()
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.write(write_end, out)
+            finally:
+                os._exit(code)
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            data = pipe.read()
+    finally:
+        _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code == 0 and data.startswith(b"ok:"):
+        return data[3:].decode()
+    if code in (130, -signal.SIGINT):
+        raise KeyboardInterrupt
+    if data.startswith(b"err:"):
+        raise UsageError(data[4:].decode(errors="replace"), code if code > 0 else 125)
+    raise UsageError(f"the pull ended with status {code}", 125)

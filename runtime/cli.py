@@ -23,7 +23,7 @@ from unionfs.errors import UsageError
 
 if TYPE_CHECKING:
     from .create import CreateRequest
-    from .images import ImageSource, Resolver
+    from .images import ImageSource, ImageSpec, Resolver
     from .namespaces import IdMap
     from .rootfs import UnionRootfs
     from .state import ContainerDir, StateRoot
@@ -150,6 +150,23 @@ def _parse_volume(spec: str) -> tuple[str, str, bool]:
     return os.path.realpath(host), os.path.normpath(target), mode == "ro"
 
 
+def _image_and_argv(
+    args: argparse.Namespace, root: StateRoot, resolver: Resolver | None
+) -> tuple[ImageSpec, list[str]]:
+    """The image (`--lower` or IMAGE, found by `resolver`, which may pull it) and the command
+    after it."""
+    from .images import layers_image, lookup_image
+
+    rest = list(args.rest)
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    if args.lower:
+        return layers_image(args.lower), rest
+    if not rest:
+        raise UsageError("no image given (IMAGE or --lower DIR)", 125)
+    return lookup_image(rest.pop(0), root.path, resolver), rest
+
+
 def _create_request(
     args: argparse.Namespace,
     root: StateRoot,
@@ -157,23 +174,15 @@ def _create_request(
     *,
     rootless: bool | None = None,
     id_map: IdMap | None = None,
+    resolved: tuple[ImageSpec, list[str]] | None = None,
 ) -> CreateRequest:
     from . import network
     from .create import CreateRequest
-    from .images import layers_image, lookup_image
     from .process import check_user, parse_env_assignments, read_env_file
     from .security import parse_options
     from .state import Volume
 
-    rest = list(args.rest)
-    if rest[:1] == ["--"]:
-        rest = rest[1:]
-    if args.lower:
-        image = layers_image(args.lower)
-    else:
-        if not rest:
-            raise UsageError("no image given (IMAGE or --lower DIR)", 125)
-        image = lookup_image(rest.pop(0), root.path, resolver)
+    image, rest = resolved if resolved is not None else _image_and_argv(args, root, resolver)
     env: list[str] = []
     for path in args.env_file:
         env += read_env_file(path)
@@ -246,6 +255,11 @@ def _run(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) ->
     mark("run parsed")
     # The state root depends on who we are: pick it before entering a user namespace.
     root = _state_root(args) if args.detach or os.geteuid() != 0 else None
+    # So does the image: a rootless pull extracts its layers as the user, outside the user
+    # namespace (where the kernel says uid 0 and the store's files would get mapped owners).
+    resolved = None
+    if root is not None and not args.detach:
+        resolved = _image_and_argv(args, root, resolver)
     if args.detach:
         from .prefork import discard
 
@@ -261,7 +275,9 @@ def _run(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) ->
         from .lifecycle import run_attached, start_detached
 
         _check_hostname(args.hostname)
-        req = _create_request(args, root, resolver, rootless=rootless, id_map=id_map)
+        req = _create_request(
+            args, root, resolver, rootless=rootless, id_map=id_map, resolved=resolved
+        )
         cdir = create(root, req)
         mark("created")
         if args.detach:

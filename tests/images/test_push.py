@@ -2,8 +2,10 @@
 
 What is pushed is what `strata save --format oci-archive` writes, byte for byte (the manifest
 digest is the same); a second push sends no blob; a push to another repository of the same
-registry mounts the blobs instead of sending them; big blobs go up in chunks; a pull of what
-was pushed is the same image. Failures are one line and exit 125. No test needs root.
+registry mounts the blobs instead of sending them (asking the token service for pull on the
+source); big blobs go up in chunks; relative upload Locations work; a pull of what was pushed is
+the same image. A retried or lost answer is recovered; failures are one line and exit 125, and
+Ctrl-C exits 130, in both cases with the store as it was. No test needs root.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ import contextlib
 import http.server
 import json
 import re
+import signal
 import socket
+import subprocess
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,17 +100,14 @@ def _uploads(reg: RegistryServer, since: int = 0) -> list[LoggedRequest]:
     ]
 
 
-def _one_line(done: object) -> str:
+def _one_line(done: subprocess.CompletedProcess[str]) -> str:
     """A failed push: exit 125, nothing on stdout, one `strata: ...` line on stderr."""
-    import subprocess
-
-    assert isinstance(done, subprocess.CompletedProcess)
     assert done.returncode == 125, (done.returncode, done.stderr)
     assert done.stdout == ""
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("strata: "), lines[0]
-    return str(lines[0])
+    return lines[0]
 
 
 def test_push_sends_what_save_writes(client: Strata, registry: RegistryServer) -> None:
@@ -433,3 +435,62 @@ def test_a_lost_answer_is_recovered(
     assert registry.get_manifest("lost", "1")[0] == saved
     for layer in json.loads(saved)["layers"]:
         assert sha256_digest(registry.get_blob("lost", layer["digest"])) == layer["digest"]
+
+
+class _HoldingProxy(FaultProxy):
+    """Forwards everything, but holds the first blob upload (`PUT`/`PATCH`) unanswered until
+    `release` is set: a push caught mid-upload."""
+
+    def __init__(self, registry: RegistryServer) -> None:
+        super().__init__(registry)
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    def _handle(self, req: http.server.BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            hold = (
+                not self.held.is_set()
+                and req.command in ("PUT", "PATCH")
+                and "/blobs/uploads/" in req.path
+            )
+            if hold:
+                self.held.set()
+        if not hold:
+            super()._handle(req)
+            return
+        self._read_body(req)
+        self.release.wait(60)
+        req.close_connection = True
+        with contextlib.suppress(OSError):
+            req.connection.shutdown(socket.SHUT_RDWR)
+
+
+def test_ctrl_c_mid_upload_leaves_the_store_as_it_was(
+    client: Strata, registry: RegistryServer
+) -> None:
+    """SIGINT while a layer is going up: exit 130, no traceback, no staging dir left, and no
+    digest recorded."""
+    with _HoldingProxy(registry) as proxy:
+        proc = client.popen(
+            "push",
+            "-q",
+            "uniontest:1",
+            f"{proxy.host}/stopped:1",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert proxy.held.wait(60), "the push never began an upload"
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proxy.release.set()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert out == ""
+    store = ImageStore(client.root)
+    assert store.get("uniontest:1").digests == ()
+    assert list(store.tmp_dir.iterdir()) == []

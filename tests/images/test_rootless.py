@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tests.helpers.images import BUSYBOX_OCI_ARCHIVE
 from tests.runtime.conftest import Strata
 from tests.runtime.test_rootless import rootless as rootless
 
@@ -87,3 +88,45 @@ def test_rootless_import_of_a_rootfs_tarball_with_device_nodes(
     assert "skipped 3 device node(s)" in done.stderr
     run = strata.run("run", "--rm", "devs:1", "/bin/sh", "-c", "echo ran", check=True)
     assert run.stdout == "ran\n"
+
+
+def test_rootless_run_pulls_with_the_users_own_login(
+    rootless: tuple[Strata, list[str], bool],
+) -> None:
+    """A user logs in (to their default auth file, ~/.config/containers/auth.json without
+    $XDG_RUNTIME_DIR), then `strata run` pulls the image it lacks. The run looks the image up
+    inside the user namespace it entered, where the kernel says uid 0: the credentials must
+    still be the user's, not root's /run/containers/0/auth.json."""
+    import subprocess
+
+    from tests.helpers.registry import RegistryServer, seed
+    from tests.runtime.conftest import STRATA
+
+    from .registry_fixtures import EXPECTED_RUN, REPO
+
+    strata, _, _ = rootless
+    conf = strata.tmp / "registries.conf"
+    conf.write_text("unqualified-search-registries = []\n")
+    os.chmod(conf, 0o644)
+    strata.env["CONTAINERS_REGISTRIES_CONF"] = str(conf)
+    strata.env.pop("REGISTRY_AUTH_FILE", None)
+    with RegistryServer(strata.tmp / "registry", tls=True, users={"u": "pw"}) as reg:
+        seed(reg, BUSYBOX_OCI_ARCHIVE, f"{REPO}:1")
+        login = subprocess.run(
+            [STRATA, "login", "-u", "u", "--password-stdin", reg.host],
+            input="pw\n",
+            capture_output=True,
+            text=True,
+            env=strata.env,
+            user=strata.user,
+            group=strata.group,
+            extra_groups=[],
+            timeout=60,
+            check=False,
+        )
+        assert login.returncode == 0, login.stderr
+        home = Path(strata.env["HOME"])
+        assert (home / ".config/containers/auth.json").stat().st_uid == strata.user
+        done = strata.run("run", "--rm", "-q", f"{reg.host}/{REPO}:1")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == EXPECTED_RUN
