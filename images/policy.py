@@ -75,6 +75,13 @@ def obtain(
         return rec
     if os.path.isdir(ref) or ref.startswith(("/", ".")):
         return rec  # a rootfs directory: the runtime's business
+    parsed = parse(ref)
+    if parsed.short:
+        assert conf is not None
+        try:
+            conf.candidates(parsed)
+        except UsageError as e:
+            raise UsageError(f"no such image: {ref} (a short name; {e})", 125) from None
     image_id = _in_child(lambda: _pull(store, ref, options, conf, platform, quiet))
     return store.get(image_id)
 
