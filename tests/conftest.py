@@ -35,7 +35,9 @@ def _no_registry_configuration(tmp_path_factory: pytest.TempPathFactory) -> Iter
     conf.write_text("unqualified-search-registries = []\n")
     saved = {k: os.environ.get(k) for k in ("CONTAINERS_REGISTRIES_CONF", "REGISTRY_AUTH_FILE")}
     os.environ["CONTAINERS_REGISTRIES_CONF"] = str(conf)
-    os.environ["REGISTRY_AUTH_FILE"] = str(base / "auth.json")
+    auth = base / "auth.json"
+    auth.write_text('{"auths": {}}\n')  # podman (which reads it too) wants it to exist
+    os.environ["REGISTRY_AUTH_FILE"] = str(auth)
     try:
         yield
     finally:
