@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
 import shutil
 import stat
 import tarfile
@@ -177,15 +178,19 @@ def to_tar(seq: list[tuple[str, str, str, int]]) -> bytes:
     return layer_tar(built)
 
 
-# Made when the module is imported: the symlink targets are drawn when the test is defined.
-WORK = Path(tempfile.mkdtemp(prefix="strata-extract-property-"))
+# Named when the module is imported (the symlink targets are drawn when the test is defined),
+# made only when its tests run: a collected but deselected module leaves nothing in /tmp.
+WORK = Path(tempfile.gettempdir()) / f"strata-extract-property-{os.getpid()}-{secrets.token_hex(4)}"
 CANARY = WORK / "canary"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _remove_work() -> Iterator[None]:
-    yield
-    shutil.rmtree(WORK, ignore_errors=True)
+def _work_dir() -> Iterator[None]:
+    WORK.mkdir(mode=0o700)
+    try:
+        yield
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
