@@ -91,6 +91,22 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
     )
     parser.add_argument("--subnet", default="", metavar="CIDR", help="bridge subnet")
     parser.add_argument(
+        "--dns", action="append", default=[], metavar="IP", help="a name server (repeat it)"
+    )
+    parser.add_argument(
+        "--dns-search", action="append", default=[], metavar="DOMAIN", help="a search domain"
+    )
+    parser.add_argument(
+        "--dns-option", action="append", default=[], metavar="OPT", help="a resolv.conf option"
+    )
+    parser.add_argument(
+        "--add-host",
+        action="append",
+        default=[],
+        metavar="NAME:IP",
+        help="an /etc/hosts entry (IP may be host-gateway)",
+    )
+    parser.add_argument(
         "--init",
         action="store_true",
         help="run a tiny init as PID 1 that reaps zombies and forwards signals",
@@ -199,6 +215,10 @@ def _create_request(
             raise UsageError("--network bridge needs root (rootless: use none or host)", 125)
     elif args.subnet:
         raise UsageError("--subnet is only for --network bridge", 125)
+    dns = network.parse_dns(args.dns)
+    dns_search = network.parse_dns_search(args.dns_search)
+    dns_options = network.parse_dns_options(args.dns_option)
+    add_hosts = network.parse_add_hosts(args.add_host, args.network)
     memory = 0
     if args.memory:
         from .cgroups import parse_memory
@@ -227,6 +247,10 @@ def _create_request(
         volumes=volumes,
         network=args.network,
         subnet=subnet,
+        dns=dns,
+        dns_search=dns_search,
+        dns_options=dns_options,
+        add_hosts=add_hosts,
         read_only=args.read_only,
         tty=args.tty,
         interactive=args.interactive,

@@ -43,6 +43,10 @@ class CreateRequest:
     volumes: tuple[Volume, ...] = ()
     network: str = "host"
     subnet: str = DEFAULT_SUBNET
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
+    add_hosts: tuple[str, ...] = ()  # NAME:IP as given (IP may be host-gateway)
     read_only: bool = False
     tty: bool = False
     interactive: bool = False
@@ -94,6 +98,10 @@ def container_config(root: StateRoot, req: CreateRequest, cid: str) -> Container
         hostname=hostname,
         network=req.network,
         subnet=req.subnet if req.network == "bridge" else "",
+        dns=req.dns,
+        dns_search=req.dns_search,
+        dns_options=req.dns_options,
+        add_hosts=req.add_hosts,
         volumes=req.volumes,
         read_only=req.read_only,
         tty=req.tty,

@@ -186,10 +186,21 @@ class Monitor:
 
     def _write_etc_files(self) -> None:
         cfg = self.cfg
+        net = network.parse_subnet(cfg.subnet) if cfg.network == "bridge" else None
+        extra = []
+        for entry in cfg.add_hosts:
+            host, ip = network.split_add_host(entry)
+            if ip == network.HOST_GATEWAY:
+                ip = network.host_gateway(cfg.network, net)
+            extra.append((host, ip))
         files = {
             "hostname": f"{cfg.hostname}\n",
-            "hosts": network.hosts_file(cfg.hostname, self.address or None),
-            "resolv.conf": network.resolv_conf(cfg.network),
+            "hosts": network.hosts_file(
+                cfg.hostname, self.address or None, name=cfg.name, extra=extra
+            ),
+            "resolv.conf": network.resolv_conf(
+                cfg.network, dns=cfg.dns, search=cfg.dns_search, options=cfg.dns_options
+            ),
         }
         for name, text in files.items():
             path = self.cdir.sub(name)

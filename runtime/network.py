@@ -144,35 +144,132 @@ def connect_container_side(address: str, net: ipaddress.IPv4Network) -> None:
     )
 
 
-def hosts_file(hostname: str, address: str | None) -> str:
+HOST_GATEWAY: Final = "host-gateway"  # --add-host NAME:host-gateway, as docker's
+
+
+def parse_dns(values: Sequence[str]) -> tuple[str, ...]:
+    """`--dns IP`s, each an IPv4 or IPv6 address."""
+    for value in values:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise UsageError(f"--dns {value!r}: not an IP address", 125) from None
+    return tuple(values)
+
+
+def parse_dns_search(values: Sequence[str]) -> tuple[str, ...]:
+    """`--dns-search DOMAIN`s; `.` alone means no search domains (docker's spelling)."""
+    for value in values:
+        if value != "." and (
+            not value or len(value) > 253 or not all(c.isalnum() or c in "-._" for c in value)
+        ):
+            raise UsageError(f"--dns-search {value!r}: not a domain name", 125)
+    return tuple(values)
+
+
+def parse_dns_options(values: Sequence[str]) -> tuple[str, ...]:
+    """`--dns-option OPT`s, as resolv.conf's `options` takes them (`ndots:2`, `edns0`)."""
+    for value in values:
+        if not value or any(c.isspace() for c in value):
+            raise UsageError(f"--dns-option {value!r}: one word, such as ndots:2", 125)
+    return tuple(values)
+
+
+def parse_add_hosts(values: Sequence[str], mode: str) -> tuple[str, ...]:
+    """`--add-host NAME:IP` (or `NAME=IP`; IP may be `host-gateway`), checked; kept as given
+    (`host-gateway` is resolved when the container starts, once its network is known)."""
+    for value in values:
+        name, ip = split_add_host(value)
+        if not name or len(name) > 253 or not all(c.isalnum() or c in "-._" for c in name):
+            raise UsageError(f"--add-host {value!r}: expected NAME:IP", 125)
+        if ip == HOST_GATEWAY:
+            if mode == "none":
+                raise UsageError(
+                    f"--add-host {value!r}: host-gateway needs --network bridge or host", 125
+                )
+            continue
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise UsageError(f"--add-host {value!r}: {ip!r} is not an IP address", 125) from None
+    return tuple(values)
+
+
+def split_add_host(value: str) -> tuple[str, str]:
+    """NAME and IP of `NAME:IP` or `NAME=IP` (the IP may hold colons: IPv6)."""
+    for sep in ("=", ":"):
+        name, found, ip = value.partition(sep)
+        if found:
+            return name, ip.removeprefix("[").removesuffix("]")
+    return value, ""
+
+
+def host_gateway(mode: str, net: ipaddress.IPv4Network | None) -> str:
+    """The host as the container reaches it: the bridge's gateway, or loopback on the host's
+    own network."""
+    if mode == "bridge" and net is not None:
+        return str(gateway(net))
+    return "127.0.0.1"
+
+
+def hosts_file(
+    hostname: str,
+    address: str | None,
+    *,
+    name: str = "",
+    extra: Sequence[tuple[str, str]] = (),
+) -> str:
+    """/etc/hosts: localhost, the container's own address under its hostname (and its name, as
+    podman adds it), then the `--add-host` entries (NAME, IP) in order."""
+    own = hostname if not name or name == hostname else f"{hostname} {name}"
     lines = [
         "127.0.0.1\tlocalhost",
         "::1\tlocalhost ip6-localhost ip6-loopback",
-        f"{address or '127.0.1.1'}\t{hostname}",
+        f"{address or '127.0.1.1'}\t{own}",
     ]
+    lines += [f"{ip}\t{host}" for host, ip in extra]
     return "\n".join(lines) + "\n"
 
 
-def resolv_conf(mode: str) -> str:
-    """The host's resolv.conf for host networking; for bridge its non-loopback servers (a
-    loopback resolver is not reachable from the container); nothing for none."""
-    if mode == "none":
+def resolv_conf(
+    mode: str,
+    *,
+    dns: Sequence[str] = (),
+    search: Sequence[str] = (),
+    options: Sequence[str] = (),
+) -> str:
+    """The container's resolv.conf. Without `--dns`: the host's for host networking; for
+    bridge its non-loopback servers (a loopback resolver is not reachable from the container);
+    nothing for none. `--dns` replaces the servers, `--dns-search` the search line (`.`: none),
+    `--dns-option` the options line, as in docker."""
+    if mode == "none" and not (dns or search or options):
         return ""
-    try:
-        with open("/etc/resolv.conf") as f:
-            text = f.read()
-    except OSError:
-        return ""
-    if mode == "host":
-        return text
+    text = ""
+    if mode != "none" and not (dns and search and options):
+        try:
+            with open("/etc/resolv.conf") as f:
+                text = f.read()
+        except OSError:
+            text = ""
     kept = []
     for line in text.splitlines():
         fields = line.split()
-        if fields[:1] == ["nameserver"] and len(fields) > 1:
-            try:
-                if ipaddress.ip_address(fields[1]).is_loopback:
-                    continue
-            except ValueError:
+        key = fields[0] if fields else ""
+        if key == "nameserver":
+            if dns:
                 continue
+            if mode != "host":
+                try:
+                    if len(fields) < 2 or ipaddress.ip_address(fields[1]).is_loopback:
+                        continue
+                except ValueError:
+                    continue
+        elif (key in ("search", "domain") and search) or (key == "options" and options):
+            continue
         kept.append(line)
+    kept += [f"nameserver {server}" for server in dns]
+    if search and list(search) != ["."]:
+        kept.append("search " + " ".join(d for d in search if d != "."))
+    if options:
+        kept.append("options " + " ".join(options))
     return "\n".join(kept) + ("\n" if kept else "")

@@ -125,6 +125,10 @@ class ContainerConfig:
     hostname: str
     network: str
     subnet: str = ""
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
+    add_hosts: tuple[str, ...] = ()  # NAME:IP as given (IP may be host-gateway)
     volumes: tuple[Volume, ...] = ()
     read_only: bool = False
     tty: bool = False
@@ -156,7 +160,18 @@ class ContainerConfig:
     def from_json(cls, data: dict[str, object]) -> ContainerConfig:
         known = set(cls.__dataclass_fields__)
         values = {k: v for k, v in data.items() if k in known}
-        for key in ("layers", "argv", "env", "cap_add", "cap_drop", "security_opt"):
+        for key in (
+            "layers",
+            "argv",
+            "env",
+            "cap_add",
+            "cap_drop",
+            "security_opt",
+            "dns",
+            "dns_search",
+            "dns_options",
+            "add_hosts",
+        ):
             items = values.get(key) or []
             assert isinstance(items, list | tuple)
             values[key] = tuple(str(i) for i in items)

@@ -50,6 +50,14 @@ CASES = [
     ("bad hostname", ["--hostname", "a b", "{img}", "/bin/true"], 125, "--hostname"),
     ("bad subnet", ["--network", "bridge", "--subnet", "10.0.0.0/33", "{img}", "/bin/true"], 125,
      "--subnet"),
+    ("bad --dns", ["--dns", "resolver.example", "{img}", "/bin/true"], 125, "--dns"),
+    ("bad --dns-search", ["--dns-search", "a b", "{img}", "/bin/true"], 125, "--dns-search"),
+    ("bad --dns-option", ["--dns-option", "a b", "{img}", "/bin/true"], 125, "--dns-option"),
+    ("bad --add-host", ["--add-host", "nocolon", "{img}", "/bin/true"], 125, "--add-host"),
+    ("bad --add-host ip", ["--add-host", "db:300.1.1.1", "{img}", "/bin/true"], 125,
+     "not an IP address"),
+    ("host-gateway without a network", ["--network", "none", "--add-host", "gw:host-gateway",
+     "{img}", "/bin/true"], 125, "host-gateway needs"),
     ("unknown option", ["--frobnicate", "{img}", "/bin/true"], 125, "unrecognized arguments"),
 ]  # fmt: skip
 

@@ -23,3 +23,50 @@ def test_network_helpers() -> None:
     assert network.hosts_file("box", None).splitlines()[-1] == "127.0.1.1\tbox"
     assert network.resolv_conf("none") == ""
     assert network.veth_name("a" * 64) == "vs" + "a" * 12
+
+
+def test_hosts_file_names_the_container_and_adds_hosts() -> None:
+    text = network.hosts_file(
+        "box", "10.90.0.2", name="web", extra=[("db", "10.1.2.3"), ("v6", "2001:db8::1")]
+    )
+    assert text.splitlines()[2:] == ["10.90.0.2\tbox web", "10.1.2.3\tdb", "2001:db8::1\tv6"]
+    assert network.hosts_file("box", None, name="box").splitlines()[-1] == "127.0.1.1\tbox"
+
+
+@pytest.mark.parametrize(
+    ("value", "name", "ip"),
+    [
+        ("db:10.1.2.3", "db", "10.1.2.3"),
+        ("db=10.1.2.3", "db", "10.1.2.3"),
+        ("v6:2001:db8::1", "v6", "2001:db8::1"),
+        ("v6=[2001:db8::1]", "v6", "2001:db8::1"),
+        ("gw:host-gateway", "gw", "host-gateway"),
+    ],
+)
+def test_add_host_forms(value: str, name: str, ip: str) -> None:
+    assert network.split_add_host(value) == (name, ip)
+    assert network.parse_add_hosts([value], "bridge") == (value,)
+
+
+def test_host_gateway_is_the_bridge_gateway_or_loopback() -> None:
+    net = network.parse_subnet("10.90.0.0/16")
+    assert network.host_gateway("bridge", net) == "10.90.0.1"
+    assert network.host_gateway("host", None) == "127.0.0.1"
+
+
+def test_resolv_conf_options_replace_the_hosts_lines() -> None:
+    text = network.resolv_conf(
+        "none", dns=["192.0.2.53", "2001:db8::53"], search=["a.test", "b.test"], options=["ndots:2"]
+    )
+    assert text.splitlines() == [
+        "nameserver 192.0.2.53",
+        "nameserver 2001:db8::53",
+        "search a.test b.test",
+        "options ndots:2",
+    ]
+    assert "search" not in network.resolv_conf("none", dns=["192.0.2.53"], search=["."])
+    # --dns alone keeps the host's search and options lines but none of its servers
+    kept = network.resolv_conf("host", dns=["192.0.2.53"])
+    assert [ln for ln in kept.splitlines() if ln.startswith("nameserver")] == [
+        "nameserver 192.0.2.53"
+    ]

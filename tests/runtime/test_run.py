@@ -382,3 +382,21 @@ def test_sigkill_of_the_union_daemon_stops_the_container_and_detaches_the_mount(
             proc.kill()
         proc.communicate()
     assert not fuse_mounts_below(strata.tmp)
+
+
+def test_dns_options_and_added_hosts_reach_the_containers_files(
+    strata: Strata, busybox: list[str]
+) -> None:
+    """--dns/--dns-search/--dns-option write resolv.conf, --add-host (host-gateway too) and the
+    container's name land in /etc/hosts, as docker and podman write them. (Only files: no name
+    is looked up, no packet leaves.)"""
+    done = strata.run(
+        "run", "--rm", "--name", "dnsbox", "--hostname", "box",
+        "--dns", "192.0.2.53", "--dns-search", "corp.test", "--dns-option", "ndots:2",
+        "--add-host", "db:10.1.2.3", "--add-host", "gw=host-gateway",
+        *busybox, "/bin/sh", "-c", "cat /etc/resolv.conf; echo --; cat /etc/hosts",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    resolv, hosts = done.stdout.split("--\n")
+    assert resolv.splitlines() == ["nameserver 192.0.2.53", "search corp.test", "options ndots:2"]
+    assert hosts.splitlines()[2:] == ["127.0.1.1\tbox dnsbox", "10.1.2.3\tdb", "127.0.0.1\tgw"]
