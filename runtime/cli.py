@@ -87,7 +87,7 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
         "--net",
         choices=_NETWORKS,
         default=DEFAULT_NETWORK,
-        help=f"none: only lo; host: the host's; bridge: veth on strata0 (default {DEFAULT_NETWORK})",
+        help=f"none: only lo; host: the host's; bridge: veth on strata0, NAT out (default {DEFAULT_NETWORK})",
     )
     parser.add_argument("--subnet", default="", metavar="CIDR", help="bridge subnet")
     parser.add_argument(
