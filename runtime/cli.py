@@ -558,7 +558,7 @@ def _network(args: argparse.Namespace, runner: Runner) -> int:
         raise UsageError("strata network prune needs root (the bridge is root's)", 125)
     root = _state_root(args)
     with root.lock():
-        removed = network.tidy(root.path, network.bridge_containers(root))
+        removed = network.tidy(root)
     for what in removed:
         print(what, flush=True)
     return 0

@@ -157,7 +157,7 @@ def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
             detach_if_mounted(cdir.rootfs)
             if cdir.config.network == "bridge":  # what a monitor killed with SIGKILL left
                 with contextlib.suppress(OSError):
-                    network.tidy(root.path, network.bridge_containers(root, exclude=cdir.id))
+                    network.tidy(root, exclude=cdir.id)
         doomed = cdir.path.with_name(f".rm-{cdir.id}")
         os.rename(cdir.path, doomed)  # gone from listings at once; removal may take a while
     _remove_layer_tree(cdir, doomed)

@@ -144,7 +144,7 @@ class Monitor:
         if self.cfg.network != "bridge" or os.geteuid() != 0:
             return
         try:
-            network.tidy(self.root.path, network.bridge_containers(self.root, exclude=self.cfg.id))
+            network.tidy(self.root, exclude=self.cfg.id)
         except (OSError, UsageError) as exc:
             print(f"strata: warning: bridge clean-up: {exc}", file=sys.stderr, flush=True)
 
@@ -324,8 +324,7 @@ class Monitor:
                 net = network.parse_subnet(self.cfg.subnet)
                 # what a monitor killed with SIGKILL left: veths of dead containers, and the
                 # bridge, table and forwarding if no bridge container runs
-                others = network.bridge_containers(self.root, exclude=self.cfg.id)
-                network.tidy(self.root.path, others)
+                network.tidy(self.root, exclude=self.cfg.id)
                 network.connect_host_side(net, self.cfg.id, self.ns_parent)
                 network.add_nat(net)
                 network.enable_forwarding(self.root.path)

@@ -12,8 +12,8 @@ of any other interface, and a `forward` filter chain accepting the bridge's traf
 replies back in. IPv4 forwarding is switched on only if it was off, and that is written down in
 the state root (`ip_forward`) so that it is switched off again when the bridge goes. The bridge,
 its table and the forwarding go with the last bridge container (`tidy`, with the state lock
-held); what a monitor killed with SIGKILL left is collected by the next start, `rm` or
-`strata network prune`.
+held), unless a port is left on the bridge (a container of another state root); what a monitor
+killed with SIGKILL left is collected by the next start, `rm` or `strata network prune`.
 
 The default subnet, 10.90.0.0/16, stays clear of podman's (10.88.0.0/16, then 10.89.x.0/24) and
 Docker's (172.17.0.0/16); `--subnet` picks another when the bridge is first made.
@@ -29,7 +29,7 @@ import shutil
 import socket
 import struct
 import subprocess
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -301,17 +301,27 @@ def bridge_containers(root: StateRoot, *, exclude: str = "") -> list[str]:
     ]
 
 
-def tidy(state_dir: Path, running: Collection[str]) -> list[str]:
-    """Remove veths of containers not in `running`; with none running, the bridge, its nft
-    table and the forwarding strata switched on too. What was removed, for `network prune`.
-    Call as root with the state lock held."""
+def _bridge_ports() -> list[str]:
+    try:
+        return sorted(os.listdir(f"/sys/class/net/{BRIDGE}/brif"))
+    except FileNotFoundError:
+        return []
+
+
+def tidy(root: StateRoot, *, exclude: str = "") -> list[str]:
+    """Remove the veths of this state root's containers that do not run (`exclude` counts as
+    not running: it is the caller's, on its way out); then, if no container of this root runs
+    on the bridge and no port is left on it (another state root's containers may use it), the
+    bridge, its nft table and the forwarding strata switched on. What was removed, for
+    `network prune`. Call as root with the state lock held."""
+    running = set(bridge_containers(root, exclude=exclude))
+    dead = {veth_name(c.id) for c in root.containers() if c.id not in running}
     removed = []
-    keep = {veth_name(c) for c in running}
     for veth in strata_veths():
-        if veth not in keep:
+        if veth in dead:
             _delete_link(veth)
             removed.append(veth)
-    if running:
+    if running or _bridge_ports():
         return removed
     if os.path.exists(f"/sys/class/net/{BRIDGE}"):
         _delete_link(BRIDGE)
@@ -319,8 +329,8 @@ def tidy(state_dir: Path, running: Collection[str]) -> list[str]:
     if nat_table_exists():
         remove_nat()
         removed.append(f"nft table {NFT_FAMILY} {NFT_TABLE}")
-    if (state_dir / FORWARD_MARK).exists():
-        restore_forwarding(state_dir)
+    if (root.path / FORWARD_MARK).exists():
+        restore_forwarding(root.path)
         removed.append("net.ipv4.ip_forward=1")
     return removed
 

@@ -163,7 +163,7 @@ def test_table_and_forwarding_live_as_long_as_a_bridge_container(
     assert _ip_forward() == clean_host
 
 
-@pytest.mark.parametrize("collector", [["rm", "a"], ["network", "prune"]])
+@pytest.mark.parametrize("collector", [["rm", "a"], ["network", "prune"], ["run"]])
 def test_what_a_killed_monitor_left_is_collected(
     strata: Strata, busybox: list[str], clean_host: str, collector: list[str]
 ) -> None:
@@ -182,6 +182,8 @@ def test_what_a_killed_monitor_left_is_collected(
     wait_for(stopped, "the container to be seen stopped")
     assert _has_table()  # nobody was left to clean up
     assert BRIDGE in _strata_links()
+    if collector == ["run"]:  # the next bridge start, and its stop
+        collector = ["run", "--rm", "--network", "bridge", *busybox, "/bin/true"]
     done = strata.run(*collector)
     assert done.returncode == 0, done.stderr
     assert not _has_table()
@@ -205,3 +207,29 @@ def test_prune_keeps_what_a_running_container_uses(
     assert _has_table()
     assert strata.run("stop", "-t", "1", "a").returncode == 0
     assert _strata_links() == []
+
+
+def test_the_bridge_stays_while_another_state_roots_container_uses_it(
+    strata: Strata, busybox: list[str], clean_host: str, tmp_path: Path
+) -> None:
+    other = Strata(root=tmp_path / "other-state", tmp=tmp_path)
+    sleep = ["--network", "bridge", *busybox, "/bin/sleep", "600"]
+    try:
+        assert strata.run("run", "-d", "--name", "a", *sleep).returncode == 0
+        wait_running(strata, "a")
+        done = other.run("run", "-d", "--name", "b", *sleep)
+        assert done.returncode == 0, done.stderr
+        b = str(wait_running(other, "b")["Id"])
+        # b's start (which tidies its own root) took nothing of a's away: bridge, a's, b's
+        assert len(_strata_links()) == 3
+        assert other.run("stop", "-t", "1", "b").returncode == 0
+        assert strata.run("network", "prune").stdout == ""  # a's port stays
+        assert veth_name(b) not in _strata_links()
+        assert BRIDGE in _strata_links()
+        assert _has_table()
+    finally:
+        other.cleanup()
+    assert strata.run("stop", "-t", "1", "a").returncode == 0
+    assert _strata_links() == []
+    assert not _has_table()
+    assert _ip_forward() == clean_host
