@@ -87,7 +87,7 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
         "--net",
         choices=_NETWORKS,
         default=DEFAULT_NETWORK,
-        help=f"none: only lo; host: the host's; bridge: veth on strata0 (default {DEFAULT_NETWORK})",
+        help=f"none: only lo; host: the host's; bridge: veth on strata0, NAT out (default {DEFAULT_NETWORK})",
     )
     parser.add_argument("--subnet", default="", metavar="CIDR", help="bridge subnet")
     parser.add_argument(
@@ -542,6 +542,28 @@ def _inspect(args: argparse.Namespace, runner: Runner) -> int:
     return 0
 
 
+def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
+    add_root(parser)
+    parser.add_argument(
+        "action",
+        choices=["prune"],
+        help="prune: remove strata's bridge, its nft table and stray veths no container uses",
+    )
+
+
+def _network(args: argparse.Namespace, runner: Runner) -> int:
+    from . import network
+
+    if os.geteuid() != 0:
+        raise UsageError("strata network prune needs root (the bridge is root's)", 125)
+    root = _state_root(args)
+    with root.lock():
+        removed = network.tidy(root)
+    for what in removed:
+        print(what, flush=True)
+    return 0
+
+
 def subcommands(source: ImageSource | None = None) -> tuple[Subcommand, ...]:
     """The runtime's subcommands; `run` and `create` look IMAGE up with `source`'s resolver
     first (the image store's, handed over by `strata.cli`, which pulls what is missing), then as
@@ -576,4 +598,7 @@ def subcommands(source: ImageSource | None = None) -> tuple[Subcommand, ...]:
         Subcommand("rm", "remove containers and their writable layers", _add_rm_arguments, _rm),
         Subcommand("logs", "show a detached container's output", _add_logs_arguments, _logs),
         Subcommand("inspect", "show containers as JSON", add_inspect_arguments, _inspect),
+        Subcommand(
+            "network", "manage the bridge network (prune)", _add_network_arguments, _network
+        ),
     )

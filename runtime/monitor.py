@@ -24,6 +24,8 @@ import socket
 import sys
 from collections.abc import Callable
 
+from unionfs.errors import UsageError
+
 from . import console, namespaces, network
 from .cgroups import Limits
 from .control import START_FAILED, StartError, check_error, recv, send
@@ -131,11 +133,24 @@ class Monitor:
 
     def _release(self, previous: ContainerState, exc: BaseException) -> None:
         with contextlib.suppress(OSError), self.root.lock():
+            self._leave_bridge()
             if self.cdir.path.exists():
                 self.cdir.write_state(previous if previous.status != RUNNING else ContainerState())
 
+    def _leave_bridge(self) -> None:
+        """Remove this container's veth and, were it the last on the bridge, the bridge, its
+        NAT table and the forwarding strata switched on (lock held). Before the exit is
+        recorded, so that whoever waits for the exit finds the host clean."""
+        if self.cfg.network != "bridge" or os.geteuid() != 0:
+            return
+        try:
+            network.tidy(self.root, exclude=self.cfg.id)
+        except (OSError, UsageError) as exc:
+            print(f"strata: warning: bridge clean-up: {exc}", file=sys.stderr, flush=True)
+
     def _record_exit(self, code: int) -> None:
         with self.root.lock():
+            self._leave_bridge()
             state = self.cdir.read_state()
             self.cdir.write_state(
                 state.replace(
@@ -307,7 +322,12 @@ class Monitor:
             )
             if self.cfg.network == "bridge":
                 net = network.parse_subnet(self.cfg.subnet)
+                # what a monitor killed with SIGKILL left: veths of dead containers, and the
+                # bridge, table and forwarding if no bridge container runs
+                network.tidy(self.root, exclude=self.cfg.id)
                 network.connect_host_side(net, self.cfg.id, self.ns_parent)
+                network.add_nat(net)
+                network.enable_forwarding(self.root.path)
         if self.limits.wanted():
             for warning in self.limits.apply(self.init_pid):
                 print(f"strata: warning: {warning}", file=sys.stderr, flush=True)

@@ -4,8 +4,16 @@ namespace) and `bridge` (a veth pair from the `strata0` bridge into a new namesp
 `lo` is brought up with one ioctl from inside the namespace, so `none` needs no tool from the image
 or the host. `bridge` uses iproute2's `ip` from the host: the host side (bridge, veth pair) from
 the runtime, the container side (address, route) from the container's PID 1 before pivot_root,
-while the host's /usr/sbin/ip is still visible to it. Bridge networking needs root on the host;
-there is no NAT: the container reaches the host (and other containers), not the outside world.
+while the host's /usr/sbin/ip is still visible to it. Bridge networking needs root on the host.
+
+Beyond the host, the bridge's traffic is masqueraded by nftables table `ip strata` (made through
+`nft -j`, JSON both ways, never nft's text): a `postrouting` nat chain masquerading the subnet out
+of any other interface, and a `forward` filter chain accepting the bridge's traffic out and its
+replies back in. IPv4 forwarding is switched on only if it was off, and that is written down in
+the state root (`ip_forward`) so that it is switched off again when the bridge goes. The bridge,
+its table and the forwarding go with the last bridge container (`tidy`, with the state lock
+held), unless a port is left on the bridge (a container of another state root); what a monitor
+killed with SIGKILL left is collected by the next start, `rm` or `strata network prune`.
 
 The default subnet, 10.90.0.0/16, stays clear of podman's (10.88.0.0/16, then 10.89.x.0/24) and
 Docker's (172.17.0.0/16); `--subnet` picks another when the bridge is first made.
@@ -15,18 +23,27 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
+import json
 import os
 import shutil
 import socket
 import struct
 import subprocess
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Final
 
 from unionfs.errors import UsageError
 
+from .state import RUNNING, StateRoot
+
 BRIDGE: Final = "strata0"
 DEFAULT_SUBNET: Final = "10.90.0.0/16"
+
+NFT_FAMILY: Final = "ip"
+NFT_TABLE: Final = "strata"
+IP_FORWARD: Final = Path("/proc/sys/net/ipv4/ip_forward")
+FORWARD_MARK: Final = "ip_forward"  # in the state root: strata switched forwarding on
 
 _SIOCGIFFLAGS: Final = 0x8913
 _SIOCSIFFLAGS: Final = 0x8914
@@ -130,6 +147,192 @@ def connect_host_side(net: ipaddress.IPv4Network, container_id: str, netns_pid: 
         f"link set {veth} master {BRIDGE} up",
     ]
     _ip_batch(commands, f"bridge {BRIDGE}")
+
+
+def _nft() -> str:
+    path = shutil.which("nft") or ("/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else None)
+    if path is None:
+        raise UsageError("--network bridge needs nftables' nft (apt install nftables)", 125)
+    return path
+
+
+def _nft_json(args: Sequence[str], document: object | None, what: str) -> object:
+    """Run `nft -j ARGS` (feeding `document` as JSON on stdin with `-f -`); its JSON output."""
+    done = subprocess.run(
+        [_nft(), "-j", *args],
+        input=None if document is None else json.dumps(document),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        detail = " ".join(done.stderr.split()) or f"exit status {done.returncode}"
+        raise OSError(0, f"{what}: nft: {detail}")
+    return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+def nat_document(net: ipaddress.IPv4Network) -> dict[str, object]:
+    """The nft JSON transaction that (re)makes table `ip strata` for `net`: adding then deleting
+    then adding the table makes it idempotent and atomic (a stale table is replaced whole)."""
+    table = {"family": NFT_FAMILY, "name": NFT_TABLE}
+    inside = {"family": NFT_FAMILY, "table": NFT_TABLE}
+
+    def chain(name: str, kind: str, hook: str, prio: int) -> dict[str, object]:
+        return {
+            "add": {
+                "chain": {**inside, "name": name, "type": kind, "hook": hook, "prio": prio}
+                | {"policy": "accept"}
+            }
+        }
+
+    def rule(name: str, *expr: object) -> dict[str, object]:
+        return {"add": {"rule": {**inside, "chain": name, "expr": list(expr)}}}
+
+    def match(key: object, op: str, right: object) -> dict[str, object]:
+        return {"match": {"op": op, "left": key, "right": right}}
+
+    saddr = {"payload": {"protocol": "ip", "field": "saddr"}}
+    daddr = {"payload": {"protocol": "ip", "field": "daddr"}}
+    prefix = {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+    iif, oif = {"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}
+    return {
+        "nftables": [
+            {"add": {"table": table}},
+            {"delete": {"table": table}},
+            {"add": {"table": table}},
+            chain("postrouting", "nat", "postrouting", 100),  # srcnat
+            chain("forward", "filter", "forward", 0),
+            rule(
+                "postrouting",
+                match(saddr, "==", prefix),
+                match(oif, "!=", BRIDGE),
+                {"masquerade": None},
+            ),
+            rule("forward", match(iif, "==", BRIDGE), match(saddr, "==", prefix), {"accept": None}),
+            rule(
+                "forward",
+                match(oif, "==", BRIDGE),
+                match(daddr, "==", prefix),
+                match({"ct": {"key": "state"}}, "in", ["established", "related"]),
+                {"accept": None},
+            ),
+        ]
+    }
+
+
+def nat_table_exists() -> bool:
+    """Whether table `ip strata` exists (from `nft -j list tables`)."""
+    if shutil.which("nft") is None and not os.path.exists("/usr/sbin/nft"):
+        return False
+    listed = _nft_json(["list", "tables"], None, "nft tables")
+    entries = listed.get("nftables", []) if isinstance(listed, dict) else []
+    return any(
+        isinstance(e, dict)
+        and isinstance(e.get("table"), dict)
+        and e["table"].get("family") == NFT_FAMILY
+        and e["table"].get("name") == NFT_TABLE
+        for e in entries
+    )
+
+
+def add_nat(net: ipaddress.IPv4Network) -> None:
+    """Make (or remake) table `ip strata` masquerading `net`."""
+    _nft_json(["-f", "-"], nat_document(net), f"nat for {net}")
+
+
+def remove_nat() -> None:
+    """Delete table `ip strata` if it exists."""
+    if nat_table_exists():
+        table = {"family": NFT_FAMILY, "name": NFT_TABLE}
+        _nft_json(["-f", "-"], {"nftables": [{"delete": {"table": table}}]}, "nat removal")
+
+
+def enable_forwarding(state_dir: Path) -> None:
+    """Switch IPv4 forwarding on if it is off, noting in `state_dir` that strata did."""
+    if IP_FORWARD.read_text().strip() == "1":
+        return
+    (state_dir / FORWARD_MARK).write_text("strata switched net.ipv4.ip_forward on\n")
+    IP_FORWARD.write_text("1\n")
+
+
+def restore_forwarding(state_dir: Path) -> None:
+    """Switch IPv4 forwarding off again if strata switched it on."""
+    mark = state_dir / FORWARD_MARK
+    if mark.exists():
+        IP_FORWARD.write_text("0\n")
+        mark.unlink()
+
+
+def strata_veths() -> list[str]:
+    """The host ends of strata's veth pairs (`vs` + 12 hex digits), from `ip -j link`."""
+    done = subprocess.run(
+        [_ip(), "-j", "link", "show", "type", "veth"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    links = json.loads(done.stdout) if done.returncode == 0 and done.stdout.strip() else []
+    found = []
+    for link in links if isinstance(links, list) else []:
+        name = str(link.get("ifname", "")) if isinstance(link, dict) else ""
+        rest = name[2:]
+        if name.startswith("vs") and len(rest) == 12 and all(c in "0123456789abcdef" for c in rest):
+            found.append(name)
+    return sorted(found)
+
+
+def _delete_link(name: str) -> None:
+    """`ip link del NAME`; a link that vanished meanwhile (its namespace died) is fine."""
+    try:
+        _ip_batch([f"link del {name}"], f"removing {name}")
+    except OSError:
+        if os.path.exists(f"/sys/class/net/{name}"):
+            raise
+
+
+def bridge_containers(root: StateRoot, *, exclude: str = "") -> list[str]:
+    """Ids of the running containers on the bridge network, but `exclude`."""
+    return [
+        c.id
+        for c in root.containers()
+        if c.id != exclude
+        and c.config.network == "bridge"
+        and c.effective_state().status == RUNNING
+    ]
+
+
+def _bridge_ports() -> list[str]:
+    try:
+        return sorted(os.listdir(f"/sys/class/net/{BRIDGE}/brif"))
+    except FileNotFoundError:
+        return []
+
+
+def tidy(root: StateRoot, *, exclude: str = "") -> list[str]:
+    """Remove the veths of this state root's containers that do not run (`exclude` counts as
+    not running: it is the caller's, on its way out); then, if no container of this root runs
+    on the bridge and no port is left on it (another state root's containers may use it), the
+    bridge, its nft table and the forwarding strata switched on. What was removed, for
+    `network prune`. Call as root with the state lock held."""
+    running = set(bridge_containers(root, exclude=exclude))
+    dead = {veth_name(c.id) for c in root.containers() if c.id not in running}
+    removed = []
+    for veth in strata_veths():
+        if veth in dead:
+            _delete_link(veth)
+            removed.append(veth)
+    if running or _bridge_ports():
+        return removed
+    if os.path.exists(f"/sys/class/net/{BRIDGE}"):
+        _delete_link(BRIDGE)
+        removed.append(BRIDGE)
+    if nat_table_exists():
+        remove_nat()
+        removed.append(f"nft table {NFT_FAMILY} {NFT_TABLE}")
+    if (root.path / FORWARD_MARK).exists():
+        restore_forwarding(root.path)
+        removed.append("net.ipv4.ip_forward=1")
+    return removed
 
 
 def connect_container_side(address: str, net: ipaddress.IPv4Network) -> None:

@@ -14,6 +14,7 @@ Layout (`--root`, default /var/lib/strata as root, $XDG_DATA_HOME/strata otherwi
         union.log              the union daemon's log
         seccomp.json           the --security-opt seccomp=FILE profile, as it was at create
     seccomp/<key>.bpf          compiled seccomp programs, by profile, capabilities and kernel
+    ip_forward                 present while strata has switched IPv4 forwarding on (bridge NAT)
 
 Each JSON file is written to a temporary name and renamed into place, so a reader never sees a
 half-written file, even without the lock. A new container is built under `containers/.new-<id>`
