@@ -105,17 +105,25 @@ def _ip_batch(commands: Sequence[str], what: str) -> None:
 
 
 def _bridge_networks() -> list[ipaddress.IPv4Interface]:
+    """The IPv4 addresses on the bridge, from `ip -j` (JSON, not ip's text)."""
     done = subprocess.run(
-        [_ip(), "-o", "-4", "addr", "show", "dev", BRIDGE],
+        [_ip(), "-j", "-4", "addr", "show", "dev", BRIDGE],
         capture_output=True,
         text=True,
         check=False,
     )
-    found = []
-    for line in done.stdout.splitlines():
-        fields = line.split()
-        if "inet" in fields:
-            found.append(ipaddress.IPv4Interface(fields[fields.index("inet") + 1]))
+    try:
+        links = json.loads(done.stdout) if done.returncode == 0 and done.stdout.strip() else []
+    except ValueError:
+        links = []
+    found: list[ipaddress.IPv4Interface] = []
+    for link in links if isinstance(links, list) else []:
+        infos = link.get("addr_info", []) if isinstance(link, dict) else []
+        found.extend(
+            ipaddress.IPv4Interface(f"{info['local']}/{info['prefixlen']}")
+            for info in infos
+            if isinstance(info, dict) and info.get("family") == "inet"
+        )
     return found
 
 

@@ -233,3 +233,24 @@ def test_the_bridge_stays_while_another_state_roots_container_uses_it(
     assert _strata_links() == []
     assert not _has_table()
     assert _ip_forward() == clean_host
+
+
+def test_a_second_subnet_on_the_running_bridge_is_refused(
+    strata: Strata, busybox: list[str], clean_host: str
+) -> None:
+    """The bridge serves one subnet at a time (read back from `ip -j addr`): a container asking
+    for another while it runs gets one line, exit 125, and the bridge keeps its own."""
+    done = strata.run(
+        "run", "-d", "--name", "a", "--network", "bridge", *busybox, "/bin/sleep", "600"
+    )
+    assert done.returncode == 0, done.stderr
+    wait_running(strata, "a")
+    other = strata.run(
+        "run", "--rm", "--network", "bridge", "--subnet", "10.91.0.0/16", *busybox, "/bin/true"
+    )
+    assert other.returncode == 125, other.stderr
+    assert other.stderr == (
+        f"strata: bridge {BRIDGE} already serves 10.90.0.0/16, not 10.91.0.0/16\n"
+    )
+    assert strata.run("stop", "-t", "1", "a").returncode == 0
+    assert _strata_links() == []
