@@ -428,22 +428,10 @@ def _add_pull(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", metavar="NAME[:TAG|@DIGEST]")
 
 
-def pull_image(
-    store: ImageStore, ref: str, options: Options, *, platform: str | None, quiet: bool
-) -> ImageRecord:
-    """Pull `ref` into `store`, reporting progress on stderr unless `quiet`."""
-    from .distribution import run_async
-    from .pull import Platform, Reporter, pull
-
-    chosen = Platform.parse(platform) if platform else None
-    with Reporter(quiet=quiet) as reporter:
-        return run_async(
-            lambda: pull(store, ref, options=options, platform=chosen, reporter=reporter)
-        )
-
-
 def _run_pull(args: argparse.Namespace, runner: Runner) -> int:
-    rec = pull_image(
+    from .pull import pull_reporting
+
+    rec = pull_reporting(
         _store(args),
         args.image,
         registry_options(args),
@@ -503,7 +491,7 @@ def _run_login(args: argparse.Namespace, runner: Runner) -> int:
     api = "registry-1.docker.io" if host == "docker.io" else host
 
     async def check() -> None:
-        async with Session(api, conf, options, insecure=conf.insecure(host)) as session:
+        async with Session(api, options, insecure=conf.insecure(host)) as session:
             await session.login()
 
     run_async(check)

@@ -43,7 +43,7 @@ from unionfs.errors import UsageError
 
 from .auth import Credentials, find_credentials
 from .registries import Options as Options
-from .registries import RegistriesConf, certs_dir_for
+from .registries import certs_dir_for
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -160,9 +160,7 @@ def _permanent(e: httpx.HTTPError) -> bool:
 class Session:
     """One registry host (see the module doc). Use as `async with Session(...) as s:`."""
 
-    def __init__(
-        self, host: str, conf: RegistriesConf, options: Options, *, insecure: bool
-    ) -> None:
+    def __init__(self, host: str, options: Options, *, insecure: bool) -> None:
         self.host = host
         self.options = options
         if options.tls_verify is not None:
@@ -183,7 +181,6 @@ class Session:
             False if insecure else _ssl_context(certs, host, options.cert_dir is not None)
         )
         self._client_cert = _client_cert(certs)
-        del conf  # the caller decided `insecure` from it; kept in the signature for clarity
 
     async def __aenter__(self) -> Session:
         timeout = httpx.Timeout(30.0, connect=15.0)

@@ -82,27 +82,12 @@ def obtain(
             conf.candidates(parsed)
         except UsageError as e:
             raise UsageError(f"no such image: {ref} (a short name; {e})", 125) from None
-    image_id = _in_child(lambda: _pull(store, ref, options, conf, platform, quiet))
+    from .pull import pull_reporting  # httpx and trio: only when pulling
+
+    image_id = _in_child(
+        lambda: pull_reporting(store, ref, options, platform=platform, quiet=quiet, conf=conf).id
+    )
     return store.get(image_id)
-
-
-def _pull(
-    store: ImageStore,
-    ref: str,
-    options: Options,
-    conf: RegistriesConf | None,
-    platform: str | None,
-    quiet: bool,
-) -> str:
-    from .distribution import run_async  # httpx and trio: only when pulling
-    from .pull import Platform, Reporter, pull
-
-    chosen = Platform.parse(platform) if platform else None
-    with Reporter(quiet=quiet) as reporter:
-        rec = run_async(
-            lambda: pull(store, ref, options=options, platform=chosen, conf=conf, reporter=reporter)
-        )
-    return rec.id
 
 
 def _in_child(work: Callable[[], str]) -> str:

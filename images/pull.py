@@ -49,6 +49,7 @@ from .distribution import (
     Options,
     RegistryError,
     Session,
+    run_async,
 )
 from .load import LoadError, add_layers, check_config, extract_verified, json_object
 from .reference import Reference, parse
@@ -192,6 +193,24 @@ class Reporter:
         return advance
 
 
+def pull_reporting(
+    store: ImageStore,
+    ref: str,
+    options: Options,
+    *,
+    platform: str | None = None,
+    quiet: bool = False,
+    conf: RegistriesConf | None = None,
+) -> ImageRecord:
+    """`pull` run to completion from synchronous code, with progress on stderr unless `quiet`
+    (`strata pull`, and the pulls of `run`, `create` and `build`)."""
+    chosen = Platform.parse(platform) if platform else None
+    with Reporter(quiet=quiet) as reporter:
+        return run_async(
+            lambda: pull(store, ref, options=options, platform=chosen, conf=conf, reporter=reporter)
+        )
+
+
 async def pull(
     store: ImageStore,
     ref_text: str,
@@ -238,7 +257,7 @@ async def _pull_from(
     reporter: Reporter,
 ) -> ImageRecord:
     repo = endpoint.path
-    async with Session(endpoint.host, conf, options, insecure=endpoint.insecure) as session:
+    async with Session(endpoint.host, options, insecure=endpoint.insecure) as session:
         top = await session.get_manifest(repo, ref.manifest_ref)
         digests = [f"{ref.name}@{top.digest}"]
         manifest = top

@@ -383,7 +383,7 @@ async def push(
     target = target_for(ref, conf)
     config = store.config_bytes(rec.id)
     mounts = mount_sources(rec, target, conf)
-    async with Session(target.host, conf, options, insecure=target.insecure) as session:
+    async with Session(target.host, options, insecure=target.insecure) as session:
         await session.ping()  # the scheme (an insecure registry may be plain HTTP) before any URL
         reporter.say("Getting image source signatures")
         up = _Uploader(session, target, mounts[0] if mounts else None)
