@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,3 +136,22 @@ def assert_failed_cleanly(
     assert StoreState.of(root) == before
     assert tmp_entries(root) == []
     return line
+
+
+def interrupt(
+    strata: Strata, command: str, *args: str, ready: threading.Event, release: threading.Event
+) -> tuple[int, str, str]:
+    """Start `strata COMMAND ARGS`, send it SIGINT once `ready` is set (the proxy holds its
+    transfer), and return its exit status, stdout and stderr. `release` is set whatever happens,
+    so the proxy lets go of the connection; the process is killed if it outlives the test."""
+    proc = strata.popen(command, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert ready.wait(60), f"strata {command} never reached the held transfer"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        release.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out, err

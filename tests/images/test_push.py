@@ -14,7 +14,6 @@ import contextlib
 import http.server
 import json
 import re
-import signal
 import socket
 import subprocess
 import tarfile
@@ -46,6 +45,7 @@ from tests.helpers.registry import (
 from tests.runtime.conftest import Strata
 
 from .hostile import layer_tar, member
+from .registry_fixtures import interrupt
 
 IMAGE_ID = "3d1c289ad1a5d8c3658fb1563c193b1ab0cb6c81c146fbce02e24a1c80993931"
 LAYERS = 4  # the busybox test image's layers (PROVENANCE.md)
@@ -471,24 +471,16 @@ def test_ctrl_c_mid_upload_leaves_the_store_as_it_was(
     """SIGINT while a layer is going up: exit 130, no traceback, no staging dir left, and no
     digest recorded."""
     with _HoldingProxy(registry) as proxy:
-        proc = client.popen(
+        code, out, err = interrupt(
+            client,
             "push",
             "-q",
             "uniontest:1",
             f"{proxy.host}/stopped:1",
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            ready=proxy.held,
+            release=proxy.release,
         )
-        try:
-            assert proxy.held.wait(60), "the push never began an upload"
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=60)
-        finally:
-            proxy.release.set()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert proc.returncode == 130, err
+    assert code == 130, err
     assert "Traceback" not in err
     assert out == ""
     store = ImageStore(client.root)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -29,6 +28,7 @@ from .registry_fixtures import (
     StoreState,
     assert_failed_cleanly,
     client,
+    interrupt,
     proxy,
     registry,
     tmp_entries,
@@ -214,23 +214,15 @@ def test_ctrl_c_mid_download_leaves_the_store_as_it_was(client: Strata, proxy: F
     digest, size = _big_layer(proxy.registry)
     stall = proxy.stall(rf"GET /v2/[^ ]*/blobs/{digest}", size // 2, times=1)
     before = StoreState.of(client.root)
-    proc = subprocess.Popen(
-        client.argv("pull", "-q", f"{proxy.host}/{REPO}:1"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=client.env,
+    code, out, err = interrupt(
+        client,
+        "pull",
+        "-q",
+        f"{proxy.host}/{REPO}:1",
+        ready=stall.stalled,
+        release=stall.release,
     )
-    try:
-        assert stall.stalled.wait(60), "the pull never reached the big layer"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        stall.release.set()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err
+    assert code == 130, err
     assert "Traceback" not in err
     assert out == ""
     assert StoreState.of(client.root) == before
