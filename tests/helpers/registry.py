@@ -248,6 +248,26 @@ def _b64url(data: bytes) -> str:
 # the token server
 
 
+class LocalHTTPServer:
+    """A threaded HTTP server on 127.0.0.1:<free port>, serving `handler` in a daemon thread
+    from construction until `stop()` (the token server's and the fault proxy's)."""
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=STOP_TIMEOUT)
+
+
 class TokenServer:
     """The docker registry token protocol (GET realm?service=..&scope=..) on 127.0.0.1.
 
@@ -279,13 +299,12 @@ class TokenServer:
         self.requests: Counter[str] = Counter()
         self.accounts: list[str | None] = []
         self._lock = threading.Lock()
-        self._server: http.server.ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: LocalHTTPServer | None = None
 
     @property
     def realm(self) -> str:
-        assert self._server is not None, "the token server is not running"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/token"
+        assert self._http is not None, "the token server is not running"
+        return f"http://127.0.0.1:{self._http.port}/token"
 
     def __enter__(self) -> Self:
         owner = self
@@ -297,10 +316,7 @@ class TokenServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._http = LocalHTTPServer(Handler)
         return self
 
     def __exit__(
@@ -309,11 +325,8 @@ class TokenServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=STOP_TIMEOUT)
+        if self._http is not None:
+            self._http.stop()
 
     def _handle(self, req: http.server.BaseHTTPRequestHandler) -> None:
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(req.path).query)
@@ -940,15 +953,14 @@ class FaultProxy:
         self.faults: list[Fault] = []
         self.seen: list[SeenRequest] = []
         self._lock = threading.Lock()
-        self._server: http.server.ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: LocalHTTPServer | None = None
 
     # --- addresses
 
     @property
     def host(self) -> str:
-        assert self._server is not None, "the proxy is not running"
-        return f"127.0.0.1:{self._server.server_address[1]}"
+        assert self._http is not None, "the proxy is not running"
+        return f"127.0.0.1:{self._http.port}"
 
     @property
     def url(self) -> str:
@@ -1051,10 +1063,7 @@ class FaultProxy:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._http = LocalHTTPServer(Handler)
         return self
 
     def __exit__(
@@ -1066,11 +1075,8 @@ class FaultProxy:
         with self._lock:
             for fault in self.faults:
                 fault.release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=STOP_TIMEOUT)
+        if self._http is not None:
+            self._http.stop()
 
     # --- one request
 
