@@ -54,10 +54,8 @@ from .data import CACHED_ROOTFS
 from .harness import machine_description, private_podman
 from .stats import format_seconds, summarize
 
-REGISTRY_BINARIES: Final = (
-    Path("/var/cache/strata-tests/docker-registry/usr/bin/docker-registry"),
-    Path("/tmp/reg/usr/bin/docker-registry"),
-)
+# where scripts/setup.sh unpacks Debian's docker-registry (the registry tests' binary too)
+REGISTRY_BIN: Final = Path("/var/cache/strata-tests/docker-registry/usr/bin/docker-registry")
 TOOLS: Final = ("strata", "podman", "skopeo")
 # A second strata to measure beside the first, for a before/after in one run: a command, split
 # as the shell would, e.g. an older checkout:
@@ -90,12 +88,9 @@ class Row:
 
 
 def find_registry() -> Path:
-    for path in REGISTRY_BINARIES:
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-    raise UsageError(
-        f"no docker-registry binary ({REGISTRY_BINARIES[0]}): run scripts/setup.sh as root", 1
-    )
+    if REGISTRY_BIN.is_file() and os.access(REGISTRY_BIN, os.X_OK):
+        return REGISTRY_BIN
+    raise UsageError(f"no docker-registry binary ({REGISTRY_BIN}): run scripts/setup.sh as root", 1)
 
 
 def check_tools(tools: Sequence[str]) -> None:
@@ -115,7 +110,9 @@ def check_tools(tools: Sequence[str]) -> None:
         raise UsageError("bench registry needs root (podman's private stores, the rootfs tar)", 1)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago (the registry binary cannot be handed a
+    listening socket, so it gets a number); the registry tests use it too."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -140,7 +137,7 @@ def registry(binary: Path, directory: Path) -> Iterator[str]:
     directory.mkdir(parents=True)
     log = directory / "registry.log"
     for attempt in range(3):
-        host = f"127.0.0.1:{_free_port()}"
+        host = f"127.0.0.1:{free_port()}"
         config = directory / "config.yml"
         config.write_text(
             "version: 0.1\n"

@@ -56,7 +56,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-REGISTRY_BIN: Final = Path("/var/cache/strata-tests/docker-registry/usr/bin/docker-registry")
+# shared with `strata bench registry`, which runs the same registry binary
+from bench.registry import REGISTRY_BIN as REGISTRY_BIN
+from bench.registry import free_port as free_port
+
 SKOPEO: Final = "skopeo"
 READY_TIMEOUT: Final = 20.0  # seconds for the registry to answer /v2/
 STOP_TIMEOUT: Final = 10.0  # seconds for it to exit after SIGTERM, before SIGKILL
@@ -79,14 +82,6 @@ def skip_unless_registry() -> None:
         pytest.skip(f"{REGISTRY_BIN} is missing (run scripts/setup.sh as root)")
     if shutil.which(SKOPEO) is None:
         pytest.skip("skopeo is not installed (run scripts/setup.sh as root)")
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago (the registry cannot take a listening fd)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def sha256_digest(data: bytes) -> str:
