@@ -117,17 +117,21 @@ def _auths(path: Path) -> dict[str, object]:
     return auths
 
 
-def _normal_key(key: str) -> str:
-    key = key.removeprefix("https://").removeprefix("http://")
-    if key in ("index.docker.io/v1/", "index.docker.io/v1", "index.docker.io"):
+def normal_key(key: str) -> str:
+    """An auth key as strata compares and writes it: no scheme, no trailing slash, and Docker
+    Hub as `docker.io` (docker's own `https://index.docker.io/v1/` included)."""
+    key = key.removeprefix("https://").removeprefix("http://").rstrip("/")
+    if key in ("index.docker.io", "index.docker.io/v1"):
         return "docker.io"
-    return key.rstrip("/")
+    if key.startswith("index.docker.io/"):
+        return "docker.io" + key.removeprefix("index.docker.io")
+    return key
 
 
 def find_credentials(name: str, authfile: Path | None = None) -> Credentials | None:
     """Credentials for repository `name` (`domain/path`), or None for anonymous access."""
     for path in _read_files(authfile):
-        auths = {_normal_key(k): v for k, v in _auths(path).items()}
+        auths = {normal_key(k): v for k, v in _auths(path).items()}
         candidate = name
         while candidate:
             entry = auths.get(candidate)
@@ -171,7 +175,7 @@ def remove_credentials(key: str | None, authfile: Path | None = None) -> bool:
         found = bool(auths)
         auths = {}
     else:
-        keys = [k for k in auths if _normal_key(k) == _normal_key(key)]
+        keys = [k for k in auths if normal_key(k) == normal_key(key)]
         found = bool(keys)
         for k in keys:
             del auths[k]

@@ -453,11 +453,13 @@ def _add_login(parser: argparse.ArgumentParser) -> None:
 
 
 def _registry_key(text: str) -> str:
-    """A login key: `host[:port][/namespace]`, with any scheme and trailing slash dropped."""
-    key = text.removeprefix("https://").removeprefix("http://").rstrip("/")
+    """A login key: `host[:port][/namespace]`, normalised as the auth file's keys are."""
+    from .auth import normal_key
+
+    key = normal_key(text)
     if not key or " " in key:
         raise UsageError(f"invalid registry {text!r}", 125)
-    return "docker.io" + key[len("index.docker.io") :] if key.startswith("index.docker.io") else key
+    return key
 
 
 def _run_login(args: argparse.Namespace, runner: Runner) -> int:
