@@ -85,8 +85,8 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
     parser.add_argument(
         "--network",
         "--net",
-        choices=_NETWORKS,
         default=DEFAULT_NETWORK,
+        metavar="MODE",
         help=f"none: only lo; host: the host's; bridge: veth on strata0, NAT out (default {DEFAULT_NETWORK})",
     )
     parser.add_argument("--subnet", default="", metavar="CIDR", help="bridge subnet")
@@ -105,6 +105,27 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
         default=[],
         metavar="NAME:IP",
         help="an /etc/hosts entry (IP may be host-gateway)",
+    )
+    parser.add_argument(
+        "-p",
+        "--publish",
+        action="append",
+        default=[],
+        metavar="[IP:][HOST_PORT:]PORT[/PROTO]",
+        help="publish a container port (or range) on the host",
+    )
+    parser.add_argument(
+        "-P",
+        "--publish-all",
+        action="store_true",
+        help="publish the image's exposed ports on free host ports",
+    )
+    parser.add_argument(
+        "--network-alias",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another name for the container on a user network",
     )
     parser.add_argument(
         "--init",
@@ -194,6 +215,7 @@ def _create_request(
 ) -> CreateRequest:
     from . import network
     from .create import CreateRequest
+    from .ports import parse_publish_all
     from .process import check_user, parse_env_assignments, read_env_file
     from .security import parse_options
     from .state import Volume
@@ -208,6 +230,8 @@ def _create_request(
     if args.workdir and not args.workdir.startswith("/"):
         raise UsageError(f"-w {args.workdir}: the working directory must be absolute", 125)
     volumes = tuple(Volume(*_parse_volume(v)) for v in args.volume)
+    if args.network not in _NETWORKS:
+        raise UsageError(f"--network {args.network}: unknown network", 125)
     subnet = args.subnet or network.DEFAULT_SUBNET
     if args.network == "bridge":
         network.parse_subnet(subnet)
@@ -219,6 +243,7 @@ def _create_request(
     dns_search = network.parse_dns_search(args.dns_search)
     dns_options = network.parse_dns_options(args.dns_option)
     add_hosts = network.parse_add_hosts(args.add_host, args.network)
+    ports = tuple(m.text() for m in parse_publish_all(args.publish))
     memory = 0
     if args.memory:
         from .cgroups import parse_memory
@@ -251,6 +276,9 @@ def _create_request(
         dns_search=dns_search,
         dns_options=dns_options,
         add_hosts=add_hosts,
+        ports=ports,
+        publish_all=args.publish_all,
+        network_aliases=tuple(args.network_alias),
         read_only=args.read_only,
         tty=args.tty,
         interactive=args.interactive,

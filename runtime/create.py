@@ -47,6 +47,9 @@ class CreateRequest:
     dns_search: tuple[str, ...] = ()
     dns_options: tuple[str, ...] = ()
     add_hosts: tuple[str, ...] = ()  # NAME:IP as given (IP may be host-gateway)
+    ports: tuple[str, ...] = ()  # PortMapping.text() each
+    publish_all: bool = False
+    network_aliases: tuple[str, ...] = ()
     read_only: bool = False
     tty: bool = False
     interactive: bool = False
@@ -102,6 +105,9 @@ def container_config(root: StateRoot, req: CreateRequest, cid: str) -> Container
         dns_search=req.dns_search,
         dns_options=req.dns_options,
         add_hosts=req.add_hosts,
+        ports=req.ports,
+        publish_all=req.publish_all,
+        network_aliases=req.network_aliases,
         volumes=req.volumes,
         read_only=req.read_only,
         tty=req.tty,

@@ -130,6 +130,9 @@ class ContainerConfig:
     dns_search: tuple[str, ...] = ()
     dns_options: tuple[str, ...] = ()
     add_hosts: tuple[str, ...] = ()  # NAME:IP as given (IP may be host-gateway)
+    ports: tuple[str, ...] = ()  # -p, one PortMapping.text() per port (runtime.ports)
+    publish_all: bool = False  # -P: the image's exposed ports to free host ports
+    network_aliases: tuple[str, ...] = ()  # --network-alias: more names on a user network
     volumes: tuple[Volume, ...] = ()
     read_only: bool = False
     tty: bool = False
@@ -172,6 +175,8 @@ class ContainerConfig:
             "dns_search",
             "dns_options",
             "add_hosts",
+            "ports",
+            "network_aliases",
         ):
             items = values.get(key) or []
             assert isinstance(items, list | tuple)
