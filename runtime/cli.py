@@ -28,8 +28,18 @@ if TYPE_CHECKING:
     from .rootfs import UnionRootfs
     from .state import ContainerDir, StateRoot
 
-_NETWORKS: Final = ("none", "host", "bridge")
-DEFAULT_NETWORK: Final = "host"
+_NETWORKS: Final = ("none", "host", "bridge", "pasta", "slirp4netns")
+ROOT_NETWORK: Final = "host"  # root's default
+
+
+def default_network() -> tuple[str, str]:
+    """The default `--network` for whoever runs this, and why (for --help): root's, or for a
+    rootless user pasta, else slirp4netns, else none (runtime.usernet)."""
+    if os.geteuid() == 0:
+        return ROOT_NETWORK, ROOT_NETWORK
+    from .usernet import rootless_default
+
+    return rootless_default()
 
 
 def add_root(parser: argparse.ArgumentParser) -> None:
@@ -82,12 +92,15 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
     )
     parser.add_argument("--read-only", action="store_true", help="no writable layer")
     parser.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    network, why = default_network()
     parser.add_argument(
         "--network",
         "--net",
-        default=DEFAULT_NETWORK,
+        default=network,
         metavar="MODE",
-        help=f"none: only lo; host: the host's; bridge: veth on strata0, NAT out (default {DEFAULT_NETWORK})",
+        help="none: only lo; host: the host's; bridge: veth on strata0, NAT out (root);"
+        " pasta, slirp4netns: user-mode networking, rootless too"
+        f" (default here: {why})",
     )
     parser.add_argument("--subnet", default="", metavar="CIDR", help="bridge subnet")
     parser.add_argument(
@@ -236,7 +249,9 @@ def _create_request(
     if args.network == "bridge":
         network.parse_subnet(subnet)
         if rootless if rootless is not None else os.geteuid() != 0:
-            raise UsageError("--network bridge needs root (rootless: use none or host)", 125)
+            raise UsageError(
+                "--network bridge needs root (rootless: use pasta, slirp4netns, none or host)", 125
+            )
     elif args.subnet:
         raise UsageError("--subnet is only for --network bridge", 125)
     dns = network.parse_dns(args.dns)
@@ -580,13 +595,17 @@ def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _network(args: argparse.Namespace, runner: Runner) -> int:
-    from . import network
+    from . import network, usernet
 
-    if os.geteuid() != 0:
-        raise UsageError("strata network prune needs root (the bridge is root's)", 125)
     root = _state_root(args)
+    if os.geteuid() != 0:  # the bridge is root's; a rootless user's stale pasta/slirp4netns
+        with root.lock():
+            removed = usernet.collect_all(root)
+        for what in removed:
+            print(what, flush=True)
+        return 0
     with root.lock():
-        removed = network.tidy(root)
+        removed = usernet.collect_all(root) + network.tidy(root)
     for what in removed:
         print(what, flush=True)
     return 0

@@ -15,7 +15,7 @@ from typing import NoReturn
 from unionfs import startup
 from unionfs.errors import UsageError
 
-from . import namespaces, network
+from . import namespaces, network, usernet
 from .control import START_FAILED, StartError
 from .create import id_map_of
 from .init import FORWARDED, deliver
@@ -153,6 +153,8 @@ def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
     with root.lock():
         if not cdir.path.exists():
             return
+        if cdir.effective_state().status != RUNNING:
+            usernet.collect(cdir)  # a pasta/slirp4netns a monitor killed with SIGKILL left
         if os.geteuid() == 0 and cdir.effective_state().status != RUNNING:
             detach_if_mounted(cdir.rootfs)
             if cdir.config.network == "bridge":  # what a monitor killed with SIGKILL left

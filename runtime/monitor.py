@@ -26,13 +26,14 @@ from collections.abc import Callable
 
 from unionfs.errors import UsageError
 
-from . import console, namespaces, network
+from . import console, namespaces, network, usernet
 from .cgroups import Limits
 from .control import START_FAILED, StartError, check_error, recv, send
 from .create import confinement_of, id_map_of, union_config
 from .init import FORWARDED, exit_code
 from .namespaces import Namespace
 from .pid1 import Plan, ns_parent
+from .ports import PortMapping
 from .process import ProcessSpec
 from .rootfs import UnionRootfs, detach_if_mounted
 from .signals import Interrupted, SignalRelay
@@ -67,6 +68,7 @@ class Monitor:
         self.daemon_pid = 0
         self.rootfs: UnionRootfs | None = None
         self.limits = Limits(cdir.config.id, memory=cdir.config.memory, pids=cdir.config.pids_limit)
+        self.usernet: usernet.Helper | None = None  # pasta/slirp4netns (runtime.usernet)
 
     # -- the whole life
 
@@ -112,6 +114,7 @@ class Monitor:
             previous = reconcile(self.root, self.cdir)  # a dead rootfs mount is detached
             if previous.status == RUNNING:
                 raise StartError(f"container {self.cfg.name} is already running", START_FAILED)
+            usernet.collect(self.cdir)  # a helper a monitor killed with SIGKILL left
             if self.cfg.network == "bridge":
                 used = [
                     c.read_state().ip
@@ -132,6 +135,7 @@ class Monitor:
         return previous
 
     def _release(self, previous: ContainerState, exc: BaseException) -> None:
+        self._leave_usernet()
         with contextlib.suppress(OSError), self.root.lock():
             self._leave_bridge()
             if self.cdir.path.exists():
@@ -148,7 +152,14 @@ class Monitor:
         except (OSError, UsageError) as exc:
             print(f"strata: warning: bridge clean-up: {exc}", file=sys.stderr, flush=True)
 
+    def _leave_usernet(self) -> None:
+        """Stop the pasta/slirp4netns helper (runtime.usernet), before the exit is recorded."""
+        if self.usernet is not None:
+            self.usernet.stop()
+            self.usernet = None
+
     def _record_exit(self, code: int) -> None:
+        self._leave_usernet()
         with self.root.lock():
             self._leave_bridge()
             state = self.cdir.read_state()
@@ -206,7 +217,7 @@ class Monitor:
         for entry in cfg.add_hosts:
             host, ip = network.split_add_host(entry)
             if ip == network.HOST_GATEWAY:
-                ip = network.host_gateway(cfg.network, net)
+                ip = usernet.host_gateway(cfg.network) or network.host_gateway(cfg.network, net)
             extra.append((host, ip))
         files = {
             "hostname": f"{cfg.hostname}\n",
@@ -214,7 +225,10 @@ class Monitor:
                 cfg.hostname, self.address or None, name=cfg.name, extra=extra
             ),
             "resolv.conf": network.resolv_conf(
-                cfg.network, dns=cfg.dns, search=cfg.dns_search, options=cfg.dns_options
+                cfg.network,
+                dns=cfg.dns or usernet.default_dns(cfg.network),
+                search=cfg.dns_search,
+                options=cfg.dns_options,
             ),
         }
         for name, text in files.items():
@@ -252,6 +266,7 @@ class Monitor:
             init=cfg.init,
             can_setgroups=namespaces.setgroups_allowed(),
             confinement=confinement_of(self.root, self.cdir),
+            usernet=cfg.network in usernet.MODES,
         )
 
     def _spawn(self, plan: Plan) -> None:
@@ -331,7 +346,10 @@ class Monitor:
         if self.limits.wanted():
             for warning in self.limits.apply(self.init_pid):
                 print(f"strata: warning: {warning}", file=sys.stderr, flush=True)
-        if self.cfg.network == "bridge":
+        if self.cfg.network in usernet.MODES:  # the namespace exists: its helper can serve it
+            ports = [PortMapping.from_text(p) for p in self.cfg.ports]
+            self.usernet = usernet.start(self.cfg.network, self.cdir, self.ns_parent, ports)
+        if self.cfg.network == "bridge" or self.usernet is not None:
             send(self.sock, "net")
 
     # -- while it runs
@@ -354,6 +372,8 @@ class Monitor:
                     result.append(status)
                 elif pid == self.daemon_pid:
                     self._daemon_died(status)
+                elif self.usernet is not None and pid == self.usernet.pid:
+                    self.usernet.reaped = True  # died early: its pid must not be signalled
             return True
 
         if self.master is None:

@@ -53,6 +53,7 @@ class Plan:
     init: bool
     can_setgroups: bool
     confinement: Confinement
+    usernet: bool = False  # pasta/slirp4netns (runtime.usernet): wait for `net` as for a bridge
 
 
 def ns_parent(plan: Plan, sock: socket.socket) -> NoReturn:
@@ -139,10 +140,11 @@ def _prepare_root(plan: Plan, sock: socket.socket) -> int | None:
     # 2. The network: the bridge's veth end arrives once the monitor knows our pid (`net`).
     if plan.own_network:
         network.loopback_up()
-    if plan.bridge is not None:
+    if plan.bridge is not None or plan.usernet:
         msg, _ = recv(sock)
         if msg != "net":
             os._exit(START_FAILED)
+    if plan.bridge is not None:
         network.connect_container_side(*plan.bridge)
     # 3. The rootfs bound on itself (pivot_root wants a mount point), then the container's
     #    mounts inside it, while the host's paths (volumes, /etc files) can still be named.

@@ -33,10 +33,11 @@ done
 # static probes with gcc (libc6-dev comes with it); strace shows the durability tests the order of
 # a copy-up's fsync and rename; skopeo seeds the registry tests' registries and reads back what
 # `strata push` wrote (an independent client, from containers/image, as podman's); nftables
-# (nft) masquerades the bridge network's traffic out of the host (runtime/network.py).
+# (nft) masquerades the bridge network's traffic out of the host (runtime/network.py); passt
+# (pasta) and slirp4netns serve rootless containers' networks (runtime/usernet.py; no service).
 packages=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc busybox-static attr acl
           fuse-overlayfs unionfs-fuse mmdebstrap uidmap iproute2 patch podman runc libseccomp2
-          strace skopeo nftables)
+          strace skopeo nftables passt slirp4netns)
 
 # The system interpreter on purpose: PATH may hold a pyenv or similar python that other users
 # cannot read.
@@ -68,6 +69,11 @@ if [[ ! -c /dev/fuse ]]; then
 fi
 if [[ $EUID -eq 0 ]]; then
     chmod 0666 /dev/fuse  # Debian's udev default; containers often ship it 0600
+fi
+# pasta and slirp4netns open /dev/net/tun as the user (rootless networks): Debian's udev makes it
+# 0666, containers often ship it 0600
+if [[ $EUID -eq 0 && -c /dev/net/tun ]]; then
+    chmod 0666 /dev/net/tun
 fi
 if [[ -r /dev/fuse && -w /dev/fuse ]]; then
     step "fuse: /dev/fuse is usable ($(stat -c %A /dev/fuse))"

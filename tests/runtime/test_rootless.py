@@ -148,7 +148,10 @@ def test_rootless_bridge_network_is_refused_clearly(
     strata, image, _ = rootless
     done = strata.run("run", "--rm", "--network", "bridge", *image, "/bin/true")
     assert done.returncode == 125
-    assert done.stderr == "strata: --network bridge needs root (rootless: use none or host)\n"
+    assert (
+        done.stderr
+        == "strata: --network bridge needs root (rootless: use pasta, slirp4netns, none or host)\n"
+    )
 
 
 def test_rootless_limits_without_a_delegated_cgroup_are_skipped_with_a_warning(
