@@ -37,12 +37,16 @@ matches (a reused pid is left alone).
 Choices, as podman's defaults (podman 4.4+ for pasta, its slirp4netns defaults):
 - `--no-map-gw` / `--disable-host-loopback`: the container does not reach the host's loopback
   services through the gateway address; the host's other addresses it reaches as any outside
-  peer would.
+  peer would. Except: slirp4netns with a published UDP port runs without
+  `--disable-host-loopback`, as libslirp 4.7 sends the replies of forwarded UDP to the host
+  through 10.0.2.2, the host-loopback alias, and drops them otherwise (TCP is unaffected).
 - pasta `-T none -U none`: no forwarding of the host's loopback ports into the container's
   loopback; `-t none -u none` when nothing is published (pasta's default, `auto`, would publish
   whatever the container listens on).
 - `-p` becomes pasta's `-t`/`-u` `[ADDR/]HOST_PORT:CONTAINER_PORT` (host port 0: a free port picked
-  here); slirp4netns's `add_hostfwd` to its guest address 10.0.2.100.
+  here); slirp4netns's `add_hostfwd` to its guest address 10.0.2.100. Debian 12's pasta loses
+  the replies of UDP sent to a published port on the host's loopback when the host and container
+  ports differ (its loopback "splice" path; the same port, or a non-loopback host address, work).
 - DNS: pasta hands the container the host's resolvers (their traffic goes out through pasta),
   so resolv.conf keeps the host's non-loopback servers as for the bridge; slirp4netns answers
   DNS at 10.0.2.3 and forwards to the host's resolver, which is what resolv.conf names.
@@ -223,10 +227,12 @@ def start(mode: str, cdir: ContainerDir, netns_pid: int, ports: Sequence[PortMap
         else:
             exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
             argv = [
-                binary, "--configure", f"--mtu={SLIRP_MTU}", "--disable-host-loopback",
-                "--enable-sandbox", "--enable-seccomp", f"--ready-fd={ready_w}",
-                f"--exit-fd={exit_r}", "--netns-type=path",
+                binary, "--configure", f"--mtu={SLIRP_MTU}", "--enable-sandbox",
+                "--enable-seccomp", f"--ready-fd={ready_w}", f"--exit-fd={exit_r}",
+                "--netns-type=path",
             ]  # fmt: skip
+            if not any(m.protocol == "udp" for m in mappings):
+                argv.append("--disable-host-loopback")  # UDP replies need it (docstring)
             if mappings:
                 # AF_UNIX paths are short (108 bytes): not below the container's directory
                 api_dir = tempfile.mkdtemp(prefix="strata-slirp-")
