@@ -590,7 +590,8 @@ def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "action",
         choices=["prune"],
-        help="prune: remove strata's bridge, its nft table and stray veths no container uses",
+        help="prune: remove strata's bridge, its nft table and stray veths no container uses,"
+        " and stale pasta/slirp4netns helpers (rootless: only those)",
     )
 
 

@@ -348,7 +348,9 @@ class Monitor:
                 print(f"strata: warning: {warning}", file=sys.stderr, flush=True)
         if self.cfg.network in usernet.MODES:  # the namespace exists: its helper can serve it
             ports = [PortMapping.from_text(p) for p in self.cfg.ports]
+            mark("network helper starting")
             self.usernet = usernet.start(self.cfg.network, self.cdir, self.ns_parent, ports)
+            mark("network helper ready")
         if self.cfg.network == "bridge" or self.usernet is not None:
             send(self.sock, "net")
 
