@@ -266,3 +266,47 @@ def test_root_may_use_pasta_with_publish(strata: Strata, busybox: list[str], out
     wait_for(lambda: http_get(f"http://127.0.0.1:{port}/") == "hello from outside\n", "-p")
     assert strata.run("rm", "-f", "rp").returncode == 0
     assert helpers_of(strata.root) == []
+
+
+def test_rootless_default_falls_back_to_slirp4netns_then_none(
+    rootless: Rootless,  # noqa: F811
+) -> None:
+    """Without pasta on PATH the default is slirp4netns, without either none; --help says which."""
+    need(SLIRP4NETNS)
+    strata, image, _ = rootless
+    bin_dir = strata.tmp / "bin"
+    bin_dir.mkdir()
+    for tool in ("newuidmap", "newgidmap"):
+        if found := shutil.which(tool):
+            (bin_dir / tool).symlink_to(found)
+    strata.env["PATH"] = str(bin_dir)
+    assert "(default here: none (neither pasta nor slirp4netns is installed))" in " ".join(
+        strata.run("run", "--help").stdout.split()
+    )
+    (bin_dir / SLIRP4NETNS).symlink_to(shutil.which(SLIRP4NETNS) or "")
+    usage = " ".join(strata.run("run", "--help").stdout.split())
+    assert "(default here: slirp4netns (pasta, from Debian's passt, is not installed))" in usage
+    done = strata.run("run", "--rm", *image, "/bin/sh", "-c", "ip route; cat /etc/resolv.conf")
+    assert done.returncode == 0, done.stderr
+    assert "default via 10.0.2.2 dev tap0" in done.stdout
+    assert "nameserver 10.0.2.3" in done.stdout
+
+
+def test_rootless_network_prune_kills_a_stale_helper(
+    rootless: Rootless,  # noqa: F811
+) -> None:
+    """Rootless, `strata network prune` has no bridge to prune, only the user's stale helpers."""
+    strata, image, _ = rootless
+    created = strata.run("create", "--name", "c", "--network", "none", *image, "true")
+    assert created.returncode == 0, created.stderr
+    stand_in = subprocess.Popen(["sleep", "600"], user=strata.user, group=strata.group)
+    try:
+        start = process_start_time(stand_in.pid)
+        (strata.container_dir("c") / RECORD).write_text(f"{stand_in.pid} {start} pasta\n")
+        pruned = strata.run("network", "prune")
+        assert (pruned.returncode, pruned.stdout) == (0, "c: stale network helper\n"), pruned.stderr
+        assert stand_in.wait(timeout=10) == -signal.SIGKILL
+        assert not (strata.container_dir("c") / RECORD).exists()
+    finally:
+        stand_in.kill()
+        stand_in.wait()
