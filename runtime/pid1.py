@@ -53,7 +53,7 @@ class Plan:
     init: bool
     can_setgroups: bool
     confinement: Confinement
-    usernet: bool = False  # pasta/slirp4netns (runtime.usernet): wait for `net` as for a bridge
+    usernet: bool = False  # pasta/slirp4netns (runtime.usernet): wait for `net` before `ready`
 
 
 def ns_parent(plan: Plan, sock: socket.socket) -> NoReturn:
@@ -140,11 +140,8 @@ def _prepare_root(plan: Plan, sock: socket.socket) -> int | None:
     # 2. The network: the bridge's veth end arrives once the monitor knows our pid (`net`).
     if plan.own_network:
         network.loopback_up()
-    if plan.bridge is not None or plan.usernet:
-        msg, _ = recv(sock)
-        if msg != "net":
-            os._exit(START_FAILED)
     if plan.bridge is not None:
+        _wait_for_net(sock)
         network.connect_container_side(*plan.bridge)
     # 3. The rootfs bound on itself (pivot_root wants a mount point), then the container's
     #    mounts inside it, while the host's paths (volumes, /etc files) can still be named.
@@ -165,6 +162,8 @@ def _prepare_root(plan: Plan, sock: socket.socket) -> int | None:
     mark("pivot_root done")
     if plan.init:
         _hide_init()
+    if plan.usernet:  # pasta/slirp4netns configure the namespace meanwhile: wait for it here
+        _wait_for_net(sock)
     # 5. `ready`, with the pty's master for the monitor to relay (the slave becomes the
     #    command's terminal and /dev/console).
     if plan.process.tty:
@@ -175,6 +174,13 @@ def _prepare_root(plan: Plan, sock: socket.socket) -> int | None:
         return slave
     send(sock, "ready")
     return None
+
+
+def _wait_for_net(sock: socket.socket) -> None:
+    """The monitor's `net`: the namespace's network is set up (anything else: it failed)."""
+    msg, _ = recv(sock)
+    if msg != "net":
+        os._exit(START_FAILED)
 
 
 def _hide_init() -> None:
