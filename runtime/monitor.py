@@ -113,12 +113,10 @@ class Monitor:
             if previous.status == RUNNING:
                 raise StartError(f"container {self.cfg.name} is already running", START_FAILED)
             if self.cfg.network == "bridge":
-                used = [
-                    c.read_state().ip
-                    for c in self.root.containers()
-                    if c.id != self.cfg.id and c.effective_state().status == RUNNING
-                ]
-                self.address = network.allocate_address(network.parse_subnet(self.cfg.subnet), used)
+                with network.host_lock():
+                    self.address = network.lease_address(
+                        network.BRIDGE, network.parse_subnet(self.cfg.subnet), self.cfg.id
+                    )
             me = os.getpid()
             self.cdir.write_state(
                 ContainerState(
@@ -138,13 +136,13 @@ class Monitor:
                 self.cdir.write_state(previous if previous.status != RUNNING else ContainerState())
 
     def _leave_bridge(self) -> None:
-        """Remove this container's veth and, were it the last on the bridge, the bridge, its
-        NAT table and the forwarding strata switched on (lock held). Before the exit is
-        recorded, so that whoever waits for the exit finds the host clean."""
-        if self.cfg.network != "bridge" or os.geteuid() != 0:
+        """Release this container's address and remove its veth (lock held). Before the exit
+        is recorded, so that whoever waits for the exit finds the host clean. The bridge stays
+        (`strata network prune`)."""
+        if self.cfg.network != "bridge" or os.geteuid() != 0 or not self.address:
             return
         try:
-            network.tidy(self.root, exclude=self.cfg.id)
+            network.leave(self.cfg.id, self.address)
         except (OSError, UsageError) as exc:
             print(f"strata: warning: bridge clean-up: {exc}", file=sys.stderr, flush=True)
 
@@ -230,16 +228,13 @@ class Monitor:
         own_network = cfg.network != "host"
         if own_network:
             kinds.append(Namespace.NET)
-        bridge = None
-        if cfg.network == "bridge":
-            bridge = (self.address, network.parse_subnet(cfg.subnet))
         self.relay.is_namespace_init = not cfg.init
         return Plan(
             cdir=self.cdir,
             monitor_pid=os.getpid(),
             flags=namespaces.flags_of(kinds),
             own_network=own_network,
-            bridge=bridge,
+            wait_for_network=cfg.network == "bridge",
             devpts_gid=None if cfg.rootless else 5,
             process=ProcessSpec(
                 argv=cfg.argv,
@@ -322,12 +317,10 @@ class Monitor:
             )
             if self.cfg.network == "bridge":
                 net = network.parse_subnet(self.cfg.subnet)
-                # what a monitor killed with SIGKILL left: veths of dead containers, and the
-                # bridge, table and forwarding if no bridge container runs
-                network.tidy(self.root, exclude=self.cfg.id)
-                network.connect_host_side(net, self.cfg.id, self.ns_parent)
-                network.add_nat(net)
-                network.enable_forwarding(self.root.path)
+                with network.host_lock():
+                    network.ensure_bridge(net)
+                    network.connect_host_side(self.cfg.id, self.ns_parent)
+                network.connect_container_side(self.ns_parent, self.address, net)
         if self.limits.wanted():
             for warning in self.limits.apply(self.init_pid):
                 print(f"strata: warning: {warning}", file=sys.stderr, flush=True)

@@ -17,7 +17,6 @@ monitor (`Plan`): nothing may be imported or looked up on the host after pivot_r
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import socket
@@ -47,7 +46,7 @@ class Plan:
     monitor_pid: int
     flags: int
     own_network: bool
-    bridge: tuple[str, ipaddress.IPv4Network] | None
+    wait_for_network: bool  # the monitor connects the namespace, then says `net`
     devpts_gid: int | None
     process: ProcessSpec
     init: bool
@@ -136,14 +135,14 @@ def _prepare_root(plan: Plan, sock: socket.socket) -> int | None:
     # 1. Our mounts must not propagate back to the host: `/` rslave before anything is mounted.
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
     libc.sethostname(cfg.hostname)
-    # 2. The network: the bridge's veth end arrives once the monitor knows our pid (`net`).
+    # 2. The network: the monitor, once it knows our pid, connects our namespace from the host
+    #    (veth, address, route: no process of ours takes a pid for it) and says `net`.
     if plan.own_network:
         network.loopback_up()
-    if plan.bridge is not None:
+    if plan.wait_for_network:
         msg, _ = recv(sock)
         if msg != "net":
             os._exit(START_FAILED)
-        network.connect_container_side(*plan.bridge)
     # 3. The rootfs bound on itself (pivot_root wants a mount point), then the container's
     #    mounts inside it, while the host's paths (volumes, /etc files) can still be named.
     libc.mount(rootfs, rootfs, None, libc.MS_BIND | libc.MS_REC)
