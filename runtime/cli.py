@@ -239,8 +239,13 @@ def _create_request(
     volumes = tuple(Volume(*_parse_volume(v)) for v in args.volume)
     is_rootless = rootless if rootless is not None else os.geteuid() != 0
     mode = args.network or default_network(is_rootless)
-    if mode not in _NETWORKS:
-        raise UsageError(f"--network {mode}: unknown network", 125)
+    network_id = ""
+    if mode not in _NETWORKS:  # hook: user networks (runtime.networks)
+        mode, network_id = _user_network(root, mode, is_rootless, args)
+    elif args.network_alias:
+        raise UsageError(
+            "--network-alias: network-scoped aliases are only for user-defined networks", 125
+        )
     subnet = args.subnet or network.DEFAULT_SUBNET
     if mode == "bridge":
         network.parse_subnet(subnet)
@@ -288,6 +293,7 @@ def _create_request(
         ports=ports,
         publish_all=args.publish_all,
         network_aliases=tuple(args.network_alias),
+        network_id=network_id,
         read_only=args.read_only,
         tty=args.tty,
         interactive=args.interactive,
@@ -299,6 +305,25 @@ def _create_request(
         id_map=id_map,
         security=sec,
     )
+
+
+def _user_network(
+    root: StateRoot, ref: str, rootless: bool, args: argparse.Namespace
+) -> tuple[str, str]:
+    """`--network NAME|ID` of a user network: its name and id (one line, 125, if unknown)."""
+    from . import networks
+
+    defn = networks.find(root, ref)
+    if defn is None:
+        raise UsageError(f"--network {ref}: network {ref} not found", 125)
+    if rootless:
+        raise UsageError(f"--network {ref}: user networks need root", 125)
+    if args.subnet:
+        raise UsageError("--subnet is only for --network bridge", 125)
+    for alias in args.network_alias:
+        if not networks.valid_alias(alias):
+            raise UsageError(f"--network-alias {alias!r}: not a DNS name", 125)
+    return defn.name, defn.id
 
 
 def _check_hostname(name: str) -> None:
@@ -580,23 +605,79 @@ def _inspect(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
-    add_root(parser)
-    parser.add_argument(
-        "action",
-        choices=["prune"],
-        help="prune: remove the bridges no container uses, their nft table and stray veths",
+    add_root(parser)  # `strata network --root DIR ACTION`, and after ACTION too:
+
+    def root_too(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS, help="state root")
+
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="create a user network")
+    root_too(create)
+    create.add_argument("--subnet", default="", metavar="CIDR", help="default: a free /24")
+    create.add_argument("--gateway", default="", metavar="IP", help="default: the first address")
+    create.add_argument("-d", "--driver", default="bridge", help="bridge (the only one)")
+    create.add_argument("name", metavar="NAME")
+    listing = actions.add_parser("ls", aliases=["list"], help="list networks")
+    root_too(listing)
+    listing.add_argument("-q", "--quiet", action="store_true", help="only the ids")
+    inspect = actions.add_parser("inspect", help="show networks as JSON")
+    root_too(inspect)
+    inspect.add_argument("networks", nargs="+", metavar="NETWORK")
+    remove = actions.add_parser("rm", aliases=["remove"], help="remove user networks")
+    root_too(remove)
+    remove.add_argument("networks", nargs="+", metavar="NETWORK")
+    prune = actions.add_parser(
+        "prune",
+        help="remove the user networks no container uses, the bridges no container uses,"
+        " their nft table, stray veths and DNS servers",
     )
+    root_too(prune)
+    prune.add_argument("-f", "--force", action="store_true", help="do not ask (strata never asks)")
 
 
 def _network(args: argparse.Namespace, runner: Runner) -> int:
-    from . import network
+    import json
 
-    if os.geteuid() != 0:
-        raise UsageError("strata network prune needs root (the bridge is root's)", 125)
+    from . import networks
+
     root = _state_root(args)
-    with root.lock():
-        removed = network.prune(root)
-    for what in removed:
+    action = {"list": "ls", "remove": "rm"}.get(args.action, args.action)
+    if action == "ls":
+        rows = networks.listing(root)
+        if args.quiet:
+            print("\n".join(r[0] for r in rows), flush=True)
+            return 0
+        header = ("NETWORK ID", "NAME", "DRIVER", "SCOPE")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+        for row in [header, *rows]:
+            print(
+                "   ".join(f"{c:<{w}}" for c, w in zip(row, widths, strict=False)) + f"   {row[3]}"
+            )
+        return 0
+    if action == "inspect":
+        print(json.dumps([networks.inspect(root, ref) for ref in args.networks], indent=4))
+        return 0
+    if os.geteuid() != 0:
+        raise UsageError(f"strata network {action} needs root (bridges are the host's)", 125)
+    if action == "create":
+        if args.driver != "bridge":
+            raise UsageError(f"--driver {args.driver}: only bridge is supported", 125)
+        print(networks.create(root, args.name, args.subnet, args.gateway).id, flush=True)
+        return 0
+    if action == "rm":
+        failed: UsageError | None = None
+        for ref in args.networks:
+            try:
+                networks.remove(root, ref)
+                print(ref, flush=True)
+            except UsageError as exc:
+                if failed is not None:
+                    runner.say(str(failed))
+                failed = exc
+        if failed is not None:
+            raise failed
+        return 0
+    for what in networks.prune(root):
         print(what, flush=True)
     return 0
 
@@ -636,6 +717,9 @@ def subcommands(source: ImageSource | None = None) -> tuple[Subcommand, ...]:
         Subcommand("logs", "show a detached container's output", _add_logs_arguments, _logs),
         Subcommand("inspect", "show containers as JSON", add_inspect_arguments, _inspect),
         Subcommand(
-            "network", "manage the bridge network (prune)", _add_network_arguments, _network
+            "network",
+            "manage networks (create, ls, inspect, rm, prune)",
+            _add_network_arguments,
+            _network,
         ),
     )

@@ -155,9 +155,14 @@ def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
             return
         if os.geteuid() == 0 and cdir.effective_state().status != RUNNING:
             detach_if_mounted(cdir.rootfs)
-            if cdir.config.network == "bridge":  # what a monitor killed with SIGKILL left
+            if cdir.config.network == "bridge" or cdir.config.network_id:  # what SIGKILL left
                 with contextlib.suppress(OSError):
                     network.tidy(root, exclude=cdir.id)
+            if cdir.config.network_id:  # hook: user networks, DNS records and servers
+                from .networks import tidy
+
+                with contextlib.suppress(OSError, UsageError):
+                    tidy(root, exclude=cdir.id)
         doomed = cdir.path.with_name(f".rm-{cdir.id}")
         os.rename(cdir.path, doomed)  # gone from listings at once; removal may take a while
     _remove_layer_tree(cdir, doomed)

@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from unionfs.errors import UsageError
 
@@ -39,6 +40,7 @@ from .signals import Interrupted, SignalRelay
 from .state import (
     EXITED,
     RUNNING,
+    ContainerConfig,
     ContainerDir,
     ContainerState,
     StateRoot,
@@ -46,6 +48,9 @@ from .state import (
     process_start_time,
 )
 from .trace import mark
+
+if TYPE_CHECKING:
+    from .networks import Attachment
 
 
 class Monitor:
@@ -64,6 +69,7 @@ class Monitor:
         self.init_pid = 0
         self.master: int | None = None
         self.address = ""
+        self.attach: Attachment | None = None  # the bridge network it joins, if any
         self.daemon_pid = 0
         self.rootfs: UnionRootfs | None = None
         self.limits = Limits(cdir.config.id, memory=cdir.config.memory, pids=cdir.config.pids_limit)
@@ -112,10 +118,11 @@ class Monitor:
             previous = reconcile(self.root, self.cdir)  # a dead rootfs mount is detached
             if previous.status == RUNNING:
                 raise StartError(f"container {self.cfg.name} is already running", START_FAILED)
-            if self.cfg.network == "bridge":
+            self.attach = _attachment(self.root, self.cfg)  # hook: user networks
+            if self.attach is not None:
                 with network.host_lock():
                     self.address = network.lease_address(
-                        network.BRIDGE, network.parse_subnet(self.cfg.subnet), self.cfg.id
+                        self.attach.bridge, self.attach.net, self.cfg.id, self.attach.gw
                     )
             me = os.getpid()
             self.cdir.write_state(
@@ -139,12 +146,19 @@ class Monitor:
         """Release this container's address and remove its veth (lock held). Before the exit
         is recorded, so that whoever waits for the exit finds the host clean. The bridge stays
         (`strata network prune`)."""
-        if self.cfg.network != "bridge" or os.geteuid() != 0 or not self.address:
+        if self.attach is None or os.geteuid() != 0 or not self.address:
             return
         try:
-            network.leave(self.cfg.id, self.address)
+            network.leave(self.cfg.id, self.address, self.attach.bridge)
         except (OSError, UsageError) as exc:
             print(f"strata: warning: bridge clean-up: {exc}", file=sys.stderr, flush=True)
+        if self.attach.defn is not None:  # hook: user networks, its DNS records (and server)
+            from .networks import update_dns
+
+            try:
+                update_dns(self.root, self.attach.defn, exclude=self.cfg.id)
+            except (OSError, UsageError) as exc:
+                print(f"strata: warning: DNS clean-up: {exc}", file=sys.stderr, flush=True)
 
     def _record_exit(self, code: int) -> None:
         with self.root.lock():
@@ -199,21 +213,27 @@ class Monitor:
 
     def _write_etc_files(self) -> None:
         cfg = self.cfg
-        net = network.parse_subnet(cfg.subnet) if cfg.network == "bridge" else None
         extra = []
         for entry in cfg.add_hosts:
             host, ip = network.split_add_host(entry)
             if ip == network.HOST_GATEWAY:
-                ip = network.host_gateway(cfg.network, net)
+                ip = str(self.attach.gw) if self.attach else network.host_gateway(cfg.network, None)
             extra.append((host, ip))
+        resolv = network.resolv_conf(
+            cfg.network, dns=cfg.dns, search=cfg.dns_search, options=cfg.dns_options
+        )
+        if self.attach is not None and self.attach.defn is not None:  # hook: user networks
+            from .networks import resolv_conf
+
+            resolv = resolv_conf(
+                str(self.attach.gw), dns=cfg.dns, search=cfg.dns_search, options=cfg.dns_options
+            )
         files = {
             "hostname": f"{cfg.hostname}\n",
             "hosts": network.hosts_file(
                 cfg.hostname, self.address or None, name=cfg.name, extra=extra
             ),
-            "resolv.conf": network.resolv_conf(
-                cfg.network, dns=cfg.dns, search=cfg.dns_search, options=cfg.dns_options
-            ),
+            "resolv.conf": resolv,
         }
         for name, text in files.items():
             path = self.cdir.sub(name)
@@ -234,7 +254,7 @@ class Monitor:
             monitor_pid=os.getpid(),
             flags=namespaces.flags_of(kinds),
             own_network=own_network,
-            wait_for_network=cfg.network == "bridge",
+            wait_for_network=self.attach is not None,
             devpts_gid=None if cfg.rootless else 5,
             process=ProcessSpec(
                 argv=cfg.argv,
@@ -315,16 +335,19 @@ class Monitor:
                     daemon_pid=daemon_pid,
                 )
             )
-            if self.cfg.network == "bridge":
-                net = network.parse_subnet(self.cfg.subnet)
+            if (at := self.attach) is not None:
                 with network.host_lock():
-                    network.ensure_bridge(net)
-                    network.connect_host_side(self.cfg.id, self.ns_parent)
-                network.connect_container_side(self.ns_parent, self.address, net)
+                    network.ensure_bridge(at.net, at.bridge, at.gw)
+                    network.connect_host_side(self.cfg.id, self.ns_parent, at.bridge)
+                network.connect_container_side(self.ns_parent, self.address, at.net, at.gw)
+                if at.defn is not None:  # hook: user networks, names through runtime.dns
+                    from .networks import update_dns
+
+                    update_dns(self.root, at.defn, start=True)
         if self.limits.wanted():
             for warning in self.limits.apply(self.init_pid):
                 print(f"strata: warning: {warning}", file=sys.stderr, flush=True)
-        if self.cfg.network == "bridge":
+        if self.attach is not None:
             send(self.sock, "net")
 
     # -- while it runs
@@ -398,6 +421,15 @@ class Monitor:
                     os.kill(target, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
+
+
+def _attachment(root: StateRoot, cfg: ContainerConfig) -> Attachment | None:
+    """The bridge network the container joins (default or user network), or None."""
+    if cfg.network != "bridge" and not cfg.network_id:
+        return None
+    from .networks import attachment
+
+    return attachment(root, cfg)
 
 
 def reconcile(root: StateRoot, cdir: ContainerDir) -> ContainerState:

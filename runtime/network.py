@@ -85,11 +85,14 @@ def gateway(net: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
     return net.network_address + 1
 
 
-def allocate_address(net: ipaddress.IPv4Network, used: Iterable[str]) -> str:
-    """The lowest address in `net` after the gateway that no running container has."""
+def allocate_address(
+    net: ipaddress.IPv4Network, used: Iterable[str], gw: ipaddress.IPv4Address | None = None
+) -> str:
+    """The lowest address in `net` that is not the gateway (`gw`, a user network's `--gateway`,
+    else the first address) and that no running container has."""
     taken = set(used)
     for host in net.hosts():
-        if host == gateway(net):
+        if host == (gw or gateway(net)):
             continue
         if str(host) not in taken:
             return str(host)
@@ -162,7 +165,12 @@ def _lease_alive(path: Path) -> bool:
     return pid > 0 and process_start_time(pid) == start
 
 
-def lease_address(bridge: str, net: ipaddress.IPv4Network, container_id: str) -> str:
+def lease_address(
+    bridge: str,
+    net: ipaddress.IPv4Network,
+    container_id: str,
+    gw: ipaddress.IPv4Address | None = None,
+) -> str:
     """A free address of `net` for this monitor's container, recorded host-wide so that no two
     live containers, of any state root, get the same one; a lease whose monitor is gone (also
     after SIGKILL) is free again. Call with the host lock held."""
@@ -175,7 +183,7 @@ def lease_address(bridge: str, net: ipaddress.IPv4Network, container_id: str) ->
         else:
             with contextlib.suppress(FileNotFoundError):
                 (leases / name).unlink()
-    address = allocate_address(net, taken)
+    address = allocate_address(net, taken, gw)
     me = os.getpid()
     holder = {"container": container_id, "pid": me, "start": process_start_time(me) or 0}
     tmp = leases / f".{address}.{me}"
@@ -236,14 +244,18 @@ def _strata_bridges(only: str = "") -> dict[str, list[ipaddress.IPv4Interface]]:
     return found
 
 
-def ensure_bridge(net: ipaddress.IPv4Network, bridge: str = BRIDGE) -> None:
+def ensure_bridge(
+    net: ipaddress.IPv4Network,
+    bridge: str = BRIDGE,
+    gw_address: ipaddress.IPv4Address | None = None,
+) -> None:
     """Make sure `bridge` exists, up, with the gateway address of `net`, that table `ip strata`
     masquerades it, and that IPv4 forwarding is on. The bridge stays when its containers are
     gone (as docker0 does: the next start is cheaper by its 40 ms teardown); `strata network
     prune` removes it. Call with the host lock held."""
     if os.geteuid() != 0:
         raise UsageError("--network bridge needs root (rootless: use none or host)", 125)
-    gw = ipaddress.IPv4Interface(f"{gateway(net)}/{net.prefixlen}")
+    gw = ipaddress.IPv4Interface(f"{gw_address or gateway(net)}/{net.prefixlen}")
     made = False
     if not os.path.exists(f"/sys/class/net/{bridge}"):
         _ip_batch(
@@ -506,15 +518,20 @@ def prune(root: StateRoot) -> list[str]:
     return removed
 
 
-def connect_container_side(netns_pid: int, address: str, net: ipaddress.IPv4Network) -> None:
+def connect_container_side(
+    netns_pid: int,
+    address: str,
+    net: ipaddress.IPv4Network,
+    gw: ipaddress.IPv4Address | None = None,
+) -> None:
     """In the network namespace of `netns_pid`, from the host (nsenter: no process in the
     container's PID namespace, so its command keeps the pid docker gives it): address and
-    default route on eth0."""
+    default route (via `gw`, a user network's `--gateway`, else the first address) on eth0."""
     _ip_batch(
         [
             f"addr add {address}/{net.prefixlen} dev eth0",
             "link set eth0 up",
-            f"route add default via {gateway(net)}",
+            f"route add default via {gw or gateway(net)}",
         ],
         "container network",
         netns_pid=netns_pid,
@@ -650,3 +667,27 @@ def resolv_conf(
     if options:
         kept.append("options " + " ".join(options))
     return "\n".join(kept) + ("\n" if kept else "")
+
+
+# -- hooks for user networks (runtime.networks)
+
+
+def bridge_networks() -> dict[str, list[ipaddress.IPv4Interface]]:
+    """strata's bridges on the host and their IPv4 addresses (user networks pick free subnets
+    from them)."""
+    return _strata_bridges()
+
+
+def remove_bridge(bridge: str) -> bool:
+    """`strata network rm`: remove `bridge` (its veths go with it), remake table `ip strata`
+    without it, and switch the forwarding off again with strata's last bridge. Whether the
+    bridge was there. Call as root with the state lock held."""
+    with host_lock():
+        there = os.path.exists(f"/sys/class/net/{bridge}")
+        if there:
+            _delete_link(bridge)
+        if there or nat_table_exists():
+            update_nat()
+        if not _strata_bridges():
+            restore_forwarding()
+    return there

@@ -133,6 +133,7 @@ class ContainerConfig:
     ports: tuple[str, ...] = ()  # -p, one PortMapping.text() per port (runtime.ports)
     publish_all: bool = False  # -P: the image's exposed ports to free host ports
     network_aliases: tuple[str, ...] = ()  # --network-alias: more names on a user network
+    network_id: str = ""  # a user network's id (runtime.networks); `network` holds its name
     volumes: tuple[Volume, ...] = ()
     read_only: bool = False
     tty: bool = False
