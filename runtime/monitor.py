@@ -64,6 +64,7 @@ class Monitor:
         self.init_pid = 0
         self.master: int | None = None
         self.address = ""
+        self.dns_upstreams: tuple[str, ...] = ()  # the bridge's DNS forwarder relays to these
         self.daemon_pid = 0
         self.rootfs: UnionRootfs | None = None
         self.limits = Limits(cdir.config.id, memory=cdir.config.memory, pids=cdir.config.pids_limit)
@@ -147,6 +148,15 @@ class Monitor:
             network.tidy(self.root, exclude=self.cfg.id)
         except (OSError, UsageError) as exc:
             print(f"strata: warning: bridge clean-up: {exc}", file=sys.stderr, flush=True)
+        self._dns_tidy()
+
+    def _dns_tidy(self) -> None:  # hook: runtime.dns, the bridge's DNS forwarder
+        from .dns import dns_tidy
+
+        try:
+            dns_tidy(self.root, exclude=self.cfg.id)
+        except (OSError, UsageError) as exc:
+            print(f"strata: warning: DNS forwarder clean-up: {exc}", file=sys.stderr, flush=True)
 
     def _record_exit(self, code: int) -> None:
         with self.root.lock():
@@ -208,13 +218,23 @@ class Monitor:
             if ip == network.HOST_GATEWAY:
                 ip = network.host_gateway(cfg.network, net)
             extra.append((host, ip))
+        host_resolv = network.host_resolv_conf()
+        forwarder = ""
+        if net is not None and not cfg.dns:  # hook: runtime.dns, when the host has a stub only
+            self.dns_upstreams = network.bridge_dns_upstreams(host_resolv)
+            forwarder = str(network.gateway(net)) if self.dns_upstreams else ""
         files = {
             "hostname": f"{cfg.hostname}\n",
             "hosts": network.hosts_file(
                 cfg.hostname, self.address or None, name=cfg.name, extra=extra
             ),
             "resolv.conf": network.resolv_conf(
-                cfg.network, dns=cfg.dns, search=cfg.dns_search, options=cfg.dns_options
+                cfg.network,
+                dns=cfg.dns,
+                search=cfg.dns_search,
+                options=cfg.dns_options,
+                host=host_resolv,
+                forwarder=forwarder,
             ),
         }
         for name, text in files.items():
@@ -328,6 +348,10 @@ class Monitor:
                 network.connect_host_side(net, self.cfg.id, self.ns_parent)
                 network.add_nat(net)
                 network.enable_forwarding(self.root.path)
+                if self.dns_upstreams:  # hook: runtime.dns, before the command runs
+                    from .dns import start_bridge_forwarder
+
+                    start_bridge_forwarder(net, self.dns_upstreams)
         if self.limits.wanted():
             for warning in self.limits.apply(self.init_pid):
                 print(f"strata: warning: {warning}", file=sys.stderr, flush=True)
