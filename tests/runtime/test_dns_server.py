@@ -1,5 +1,6 @@
 """runtime.dns, the DNS server strata runs on a bridge's gateway: answers from the records file,
-forwarding, start and stop, exercised on loopback addresses (127.53.N.x, port 53) as root.
+forwarding, start and stop, exercised on loopback addresses (127.53.N.x, port 53) as root; and
+the bridge's resolv.conf, which names the gateway when the host has only a loopback stub.
 
 The upstream is a tiny DNS server in the test (threads, dnspython): it answers `example.test`
 with 198.51.100.7 and `big.test` with more TXT than 512 bytes hold (truncated over UDP, whole over
@@ -28,10 +29,9 @@ import dns.rrset
 import pytest
 
 from runtime import dns as strata_dns
+from runtime import network
 from runtime.state import process_start_time
 from unionfs.errors import UsageError
-
-pytestmark = [pytest.mark.root]
 
 NET = f"127.53.{os.getpid() % 250}"
 LISTEN = f"{NET}.1"
@@ -40,8 +40,11 @@ DEAD = f"{NET}.3"
 BIG_TXT = [f'"{"x" * 200} {i}"' for i in range(8)]  # about 1.6 kB: more than plain UDP's 512
 
 
-@pytest.fixture(autouse=True)
-def _needs_root() -> None:
+root = pytest.mark.root  # the tests that run a server: they bind port 53
+
+
+@pytest.fixture
+def needs_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("binds port 53")
 
@@ -74,7 +77,7 @@ class Upstream:
 
 
 @pytest.fixture
-def upstream() -> Iterator[Upstream]:
+def upstream(needs_root: None) -> Iterator[Upstream]:
     server = Upstream(UPSTREAM)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -158,6 +161,7 @@ def addresses(reply: dns.message.Message) -> list[str]:
     return sorted(r.to_text() for rrset in reply.answer for r in rrset)
 
 
+@root
 def test_a_from_records_with_or_without_the_search_domain(server: Running) -> None:
     for name in ("web", "WWW", "web.dns.strata", "Db.DNS.Strata."):
         reply = ask(name)
@@ -166,6 +170,7 @@ def test_a_from_records_with_or_without_the_search_domain(server: Running) -> No
         assert reply.flags & dns.flags.AA
 
 
+@root
 def test_aaaa_of_a_known_name_is_an_empty_answer(server: Running, upstream: Upstream) -> None:
     reply = ask("web", "AAAA")
     assert reply.rcode() == dns.rcode.NOERROR
@@ -173,18 +178,21 @@ def test_aaaa_of_a_known_name_is_an_empty_answer(server: Running, upstream: Upst
     assert upstream.asked == Counter()  # answered here, not forwarded
 
 
+@root
 def test_ptr_from_records(server: Running) -> None:
     reply = ask("3.2.1.10.in-addr.arpa", "PTR")
     assert reply.rcode() == dns.rcode.NOERROR
     assert addresses(reply) == ["web.dns.strata."]
 
 
+@root
 def test_unknown_name_in_the_search_domain_is_nxdomain(server: Running, upstream: Upstream) -> None:
     reply = ask("nothere.dns.strata")
     assert reply.rcode() == dns.rcode.NXDOMAIN
     assert upstream.asked == Counter()
 
 
+@root
 def test_rewritten_records_are_answered_at_once(server: Running) -> None:
     assert addresses(ask("web")) == ["10.1.2.3"]
     strata_dns.write_records(server.records, [("10.1.2.9", ["web"]), ("10.1.2.10", ["cache"])])
@@ -195,6 +203,7 @@ def test_rewritten_records_are_answered_at_once(server: Running) -> None:
     assert ask("web.dns.strata").rcode() == dns.rcode.NXDOMAIN
 
 
+@root
 def test_other_names_are_forwarded_past_a_dead_upstream(
     server: Running, upstream: Upstream
 ) -> None:
@@ -205,7 +214,8 @@ def test_other_names_are_forwarded_past_a_dead_upstream(
     assert upstream.asked == Counter(udp=2)
 
 
-def test_no_upstream_answering_is_servfail(tmp_path: Path) -> None:
+@root
+def test_no_upstream_answering_is_servfail(tmp_path: Path, needs_root: None) -> None:
     records = tmp_path / "records"
     strata_dns.write_records(records, [("10.1.2.3", ["web"])])
     run_dir = tmp_path / "run"
@@ -218,6 +228,7 @@ def test_no_upstream_answering_is_servfail(tmp_path: Path) -> None:
         assert strata_dns.stop(run_dir)
 
 
+@root
 def test_tcp_queries_are_answered_and_forwarded_over_tcp(
     server: Running, upstream: Upstream
 ) -> None:
@@ -228,6 +239,7 @@ def test_tcp_queries_are_answered_and_forwarded_over_tcp(
     assert len(addresses(big)) == len(BIG_TXT)
 
 
+@root
 def test_a_truncated_answer_is_fetched_over_tcp(server: Running, upstream: Upstream) -> None:
     # the client takes 4096 bytes over UDP: the whole answer, fetched by TCP upstream, fits
     whole = ask("big.test", "TXT", payload=4096)
@@ -240,6 +252,7 @@ def test_a_truncated_answer_is_fetched_over_tcp(server: Running, upstream: Upstr
     assert cut.answer == []
 
 
+@root
 def test_a_malformed_query_gets_formerr_and_the_server_goes_on(server: Running) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(10)
@@ -251,6 +264,7 @@ def test_a_malformed_query_gets_formerr_and_the_server_goes_on(server: Running) 
     assert addresses(ask("web")) == ["10.1.2.3"]
 
 
+@root
 def test_the_server_is_detached(server: Running) -> None:
     # a session of its own (its leader, the process that bound the sockets and forked it,
     # has exited: the server cannot regain a controlling terminal)
@@ -263,6 +277,7 @@ def test_the_server_is_detached(server: Running) -> None:
     assert ppid != os.getpid()  # not our child: a wait(-1) of strata's monitor never meets it
 
 
+@root
 def test_start_is_idempotent_and_replaces_a_server_with_other_upstreams(
     server: Running, upstream: Upstream
 ) -> None:
@@ -280,6 +295,7 @@ def test_start_is_idempotent_and_replaces_a_server_with_other_upstreams(
         strata_dns.stop(server.run_dir)
 
 
+@root
 def test_an_address_in_use_is_a_usage_error(server: Running, tmp_path: Path) -> None:
     with pytest.raises(UsageError) as caught:
         strata_dns.start(tmp_path / "other", LISTEN, server.records, [])
@@ -290,6 +306,7 @@ def test_an_address_in_use_is_a_usage_error(server: Running, tmp_path: Path) -> 
     assert addresses(ask("web")) == ["10.1.2.3"]  # the first server is untouched
 
 
+@root
 def test_stop_ends_the_server_and_removes_its_pid_file(server: Running) -> None:
     start = process_start_time(server.pid)
     assert start is not None
@@ -319,3 +336,45 @@ def test_stop_never_signals_a_pid_with_another_start_time(tmp_path: Path) -> Non
         signal.signal(signal.SIGTERM, previous)
     assert received == []
     assert not (run_dir / strata_dns.PID_FILE).exists()
+
+
+def test_records_parse_names_case_insensitively_and_skip_what_is_not_a_record() -> None:
+    records = strata_dns.Records.parse(
+        "# comment\n10.1.2.3 Web www # trailing\nnot-an-ip name\n10.1.2.4\n10.1.2.5 web\n"
+    )
+    assert records.addresses == {"web": ("10.1.2.3", "10.1.2.5"), "www": ("10.1.2.3",)}
+    assert records.names == {"10.1.2.3": "Web", "10.1.2.5": "web"}
+
+
+def test_write_records_refuses_what_it_could_not_read_back(tmp_path: Path) -> None:
+    for bad in [("web", ["web"]), ("10.1.2.3", []), ("10.1.2.3", ["two words"])]:
+        with pytest.raises(ValueError):  # noqa: PT011 - ipaddress's or ours
+            strata_dns.write_records(tmp_path / "records", [bad])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bridge_resolv_conf_names_the_gateway_only_when_the_host_has_a_stub_only() -> None:
+    stub = "# systemd-resolved\nnameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lan\n"
+    assert network.bridge_dns_upstreams(stub) == ("127.0.0.53",)
+    text = network.resolv_conf("bridge", host=stub, forwarder="10.90.0.1")
+    assert text.splitlines() == [
+        "# systemd-resolved",
+        "options edns0 trust-ad",
+        "search lan",
+        "nameserver 10.90.0.1",
+    ]
+    # a server reachable through NAT: the container gets it, and no forwarder is wanted
+    mixed = "nameserver 127.0.0.53\nnameserver 192.0.2.53\nnameserver 2001:db8::53\n"
+    assert network.bridge_dns_upstreams(mixed) == ()
+    assert network.resolv_conf("bridge", host=mixed).splitlines() == ["nameserver 192.0.2.53"]
+    # IPv6 only (the bridge has no IPv6): relayed through the forwarder as well
+    assert network.bridge_dns_upstreams("nameserver ::1\nnameserver 2001:db8::53\n") == (
+        "::1",
+        "2001:db8::53",
+    )
+    assert network.bridge_dns_upstreams("") == ()
+    # --dns wins over the forwarder; host networking keeps the host's file as it is
+    assert "10.90.0.1" not in network.resolv_conf(
+        "bridge", dns=["192.0.2.1"], host=stub, forwarder="10.90.0.1"
+    )
+    assert network.resolv_conf("host", host=stub) == stub
