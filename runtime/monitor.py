@@ -70,6 +70,7 @@ class Monitor:
         self.master: int | None = None
         self.address = ""
         self.attach: Attachment | None = None  # the bridge network it joins, if any
+        self.dns_upstreams: tuple[str, ...] = ()  # the bridge's DNS forwarder relays to these
         self.daemon_pid = 0
         self.rootfs: UnionRootfs | None = None
         self.limits = Limits(cdir.config.id, memory=cdir.config.memory, pids=cdir.config.pids_limit)
@@ -159,6 +160,15 @@ class Monitor:
                 update_dns(self.root, self.attach.defn, exclude=self.cfg.id)
             except (OSError, UsageError) as exc:
                 print(f"strata: warning: DNS clean-up: {exc}", file=sys.stderr, flush=True)
+        self._dns_tidy()
+
+    def _dns_tidy(self) -> None:  # hook: runtime.dns, the bridge's DNS forwarder
+        from .dns import dns_tidy
+
+        try:
+            dns_tidy(self.root, exclude=self.cfg.id)
+        except (OSError, UsageError) as exc:
+            print(f"strata: warning: DNS forwarder clean-up: {exc}", file=sys.stderr, flush=True)
 
     def _record_exit(self, code: int) -> None:
         with self.root.lock():
@@ -219,14 +229,30 @@ class Monitor:
             if ip == network.HOST_GATEWAY:
                 ip = str(self.attach.gw) if self.attach else network.host_gateway(cfg.network, None)
             extra.append((host, ip))
+        host_resolv = network.host_resolv_conf()
+        forwarder = ""
+        net = self.attach.net if self.attach is not None else None
+        if net is not None and not cfg.dns:  # hook: runtime.dns, when the host has a stub only
+            self.dns_upstreams = network.bridge_dns_upstreams(host_resolv)
+            forwarder = str(network.gateway(net)) if self.dns_upstreams else ""
         resolv = network.resolv_conf(
-            cfg.network, dns=cfg.dns, search=cfg.dns_search, options=cfg.dns_options
+            cfg.network,
+            dns=cfg.dns,
+            search=cfg.dns_search,
+            options=cfg.dns_options,
+            host=host_resolv,
+            forwarder=forwarder,
         )
         if self.attach is not None and self.attach.defn is not None:  # hook: user networks
             from .networks import resolv_conf
 
+            self.dns_upstreams = ()  # the network's own server forwards
             resolv = resolv_conf(
-                str(self.attach.gw), dns=cfg.dns, search=cfg.dns_search, options=cfg.dns_options
+                str(self.attach.gw),
+                dns=cfg.dns,
+                search=cfg.dns_search,
+                options=cfg.dns_options,
+                host=host_resolv,
             )
         files = {
             "hostname": f"{cfg.hostname}\n",
@@ -344,6 +370,10 @@ class Monitor:
                     from .networks import update_dns
 
                     update_dns(self.root, at.defn, start=True)
+                elif self.dns_upstreams:  # hook: runtime.dns, before the command runs
+                    from .dns import start_bridge_forwarder
+
+                    start_bridge_forwarder(at.net, self.dns_upstreams)
         if self.limits.wanted():
             for warning in self.limits.apply(self.init_pid):
                 print(f"strata: warning: {warning}", file=sys.stderr, flush=True)

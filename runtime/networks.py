@@ -295,8 +295,12 @@ def prune(root: StateRoot) -> list[str]:
             if not users(root, defn):
                 _remove(root, defn)
                 removed.append(defn.name)
-        tidy(root)
+        removed += tidy(root)
         removed += network.prune(root)
+        from .dns import dns_tidy
+
+        if dns_tidy(root):  # the default bridge's forwarder (runtime.dns)
+            removed.append("DNS forwarder")
     return removed
 
 
@@ -385,7 +389,7 @@ def host_nameservers(text: str | None = None) -> list[str]:
     """The host's resolv.conf servers, all of them (the DNS server runs on the host, so a
     loopback stub serves it too)."""
     if text is None:
-        text = _host_resolv_conf()
+        text = network.host_resolv_conf()
     found = []
     for line in text.splitlines():
         fields = line.split()
@@ -393,14 +397,6 @@ def host_nameservers(text: str | None = None) -> list[str]:
             with contextlib.suppress(ValueError):
                 found.append(str(ipaddress.ip_address(fields[1].split("%")[0])))
     return found
-
-
-def _host_resolv_conf() -> str:
-    try:
-        with open("/etc/resolv.conf") as f:
-            return f.read()
-    except OSError:
-        return ""
 
 
 def resolv_conf(
@@ -414,7 +410,7 @@ def resolv_conf(
     """A user network container's resolv.conf: the gateway's DNS server (then `--dns`
     servers), search `dns.strata` then the host's domains (or `--dns-search`'s; `.` for none),
     the host's options (or `--dns-option`'s)."""
-    text = _host_resolv_conf() if host is None else host
+    text = network.host_resolv_conf() if host is None else host
     host_search: list[str] = []
     host_options: list[str] = []
     for line in text.splitlines():
