@@ -94,7 +94,7 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
         default="",
         metavar="MODE",
         help="bridge: own namespace, veth on strata0, NAT out (root's default); none: only lo;"
-        " host: the host's (rootless default)",
+        " host: the host's (rootless default); NAME|ID: a user network (strata network create)",
     )
     parser.add_argument("--subnet", default="", metavar="CIDR", help="bridge subnet")
     parser.add_argument(

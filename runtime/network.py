@@ -320,7 +320,8 @@ def nat_document(networks: Mapping[str, ipaddress.IPv4Network]) -> dict[str, obj
     subnet): adding then deleting then adding the table makes it idempotent and atomic (a stale
     table is replaced whole). Per bridge: its subnet masqueraded out of any other interface,
     its traffic forwarded out and the replies back in; traffic between two strata bridges is
-    dropped (networks are isolated from each other, as docker's)."""
+    dropped (networks are isolated from each other, as docker's), also traffic from one bridge
+    to the host's address on another (its gateway, where a user network's DNS server runs)."""
     table = {"family": NFT_FAMILY, "name": NFT_TABLE}
     inside = {"family": NFT_FAMILY, "table": NFT_TABLE}
 
@@ -347,11 +348,29 @@ def nat_document(networks: Mapping[str, ipaddress.IPv4Network]) -> dict[str, obj
         {"add": {"table": table}},
         chain("postrouting", "nat", "postrouting", 100),  # srcnat
         chain("forward", "filter", "forward", 0),
+        chain("input", "filter", "input", 0),
     ]
     commands.extend(
         rule("forward", match(iif, "==", a), match(oif, "==", b), {"drop": None})
         for a in sorted(networks)
         for b in sorted(networks)
+        if a != b
+    )
+    # user networks: a container reaches no other network's gateway either (where that
+    # network's DNS server answers its names)
+    commands.extend(
+        rule(
+            "input",
+            match(iif, "==", a),
+            match(
+                daddr,
+                "==",
+                {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}},
+            ),
+            {"drop": None},
+        )
+        for a in sorted(networks)
+        for b, net in sorted(networks.items())
         if a != b
     )
     for bridge, net in sorted(networks.items()):
