@@ -27,7 +27,6 @@ search domain `dns.strata` before the host's (as podman's `dns.podman`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import json
 import os
@@ -35,9 +34,8 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from unionfs.errors import UsageError
 
@@ -55,9 +53,9 @@ _NAME: Final = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 _HEX: Final = frozenset("0123456789abcdef")
 
 
-@dataclass(frozen=True, slots=True)
-class NetworkDef:
-    """One user network (`networks/<name>.json`)."""
+class NetworkDef(NamedTuple):
+    """One user network (`networks/<name>.json`). (NamedTuples, not dataclasses: making a
+    dataclass costs a module import ~3 ms, and the monitor imports this one.)"""
 
     name: str
     id: str
@@ -83,11 +81,13 @@ class NetworkDef:
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> NetworkDef:
-        return cls(**{k: str(data[k]) for k in cls.__dataclass_fields__})
+        return cls(**{k: str(data[k]) for k in cls._fields})
 
 
 def builtin_id(name: str) -> str:
     """A fixed id for the built-in networks (docker shows ids for them too)."""
+    import hashlib  # only here: its OpenSSL costs `strata run` 4 ms
+
     return hashlib.sha256(f"strata network {name}".encode()).hexdigest()
 
 
@@ -250,7 +250,7 @@ def create(root: StateRoot, name: str, subnet: str = "", gateway: str = "") -> N
                 gateway=str(gw),
             )
             _dir(root).mkdir(mode=0o700, exist_ok=True)
-            write_json(_dir(root) / f"{name}.json", asdict(defn))
+            write_json(_dir(root) / f"{name}.json", defn._asdict())
             try:
                 network.ensure_bridge(defn.net, defn.bridge, defn.gw)
             except BaseException:
@@ -307,8 +307,7 @@ def prune(root: StateRoot) -> list[str]:
 # -- a container on a user network
 
 
-@dataclass(frozen=True, slots=True)
-class Attachment:
+class Attachment(NamedTuple):
     """Where a bridge container goes: the default `bridge` or a user network (`defn`)."""
 
     bridge: str

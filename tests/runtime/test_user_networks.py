@@ -93,9 +93,7 @@ def test_network_definitions_and_lookup(tmp_path: Path) -> None:
         NetworkDef("sun-b", "ac" * 32, "2026-01-02T00:00:00Z", "10.91.1.0/24", "10.91.1.254"),
     ]
     for d in defs:
-        (tmp_path / "networks" / f"{d.name}.json").write_text(
-            json.dumps({f: getattr(d, f) for f in NetworkDef.__dataclass_fields__})
-        )
+        (tmp_path / "networks" / f"{d.name}.json").write_text(json.dumps(d._asdict()))
     assert networks.definitions(root) == defs
     assert networks.find(root, "sun-b") == defs[1]
     assert networks.find(root, "ab" * 32) == defs[0]
