@@ -211,6 +211,38 @@ def _image_and_argv(
     return lookup_image(rest.pop(0), root.path, resolver), rest
 
 
+def _container_network(args: argparse.Namespace, root: StateRoot, mode: str) -> tuple[str, str]:
+    """`--network container:NAME|ID`: the other container's network namespace, and with it its
+    hostname, /etc/hosts and resolv.conf (as docker); what would configure a network of our own
+    conflicts, as in docker. Kept as `container:ID` (the name may be reused later)."""
+    ref = mode.removeprefix("container:")
+    conflicts = [
+        flag
+        for flag, given in (
+            ("--hostname", args.hostname),
+            ("-p/--publish", args.publish),
+            ("-P/--publish-all", args.publish_all),
+            ("--dns", args.dns),
+            ("--dns-search", args.dns_search),
+            ("--dns-option", args.dns_option),
+            ("--add-host", args.add_host),
+            ("--network-alias", args.network_alias),
+            ("--subnet", args.subnet),
+        )
+        if given
+    ]
+    if conflicts:
+        raise UsageError(
+            f"--network {mode}: conflicts with {conflicts[0]} (the network is the other container's)",
+            125,
+        )
+    try:
+        target = root.find(ref)
+    except UsageError:
+        raise UsageError(f"--network {mode}: no such container: {ref}", 125) from None
+    return f"container:{target.id}", target.config.hostname
+
+
 def _create_request(
     args: argparse.Namespace,
     root: StateRoot,
@@ -239,8 +271,11 @@ def _create_request(
     volumes = tuple(Volume(*_parse_volume(v)) for v in args.volume)
     is_rootless = rootless if rootless is not None else os.geteuid() != 0
     mode = args.network or default_network(is_rootless)
+    hostname = args.hostname
     network_id = ""
-    if mode not in _NETWORKS:  # hook: user networks (runtime.networks)
+    if mode.startswith("container:"):
+        mode, hostname = _container_network(args, root, mode)
+    elif mode not in _NETWORKS:  # hook: user networks (runtime.networks)
         mode, network_id = _user_network(root, mode, is_rootless, args)
     elif args.network_alias:
         raise UsageError(
@@ -281,7 +316,7 @@ def _create_request(
         env=tuple(env),
         workdir=args.workdir,
         user=args.user,
-        hostname=args.hostname,
+        hostname=hostname,
         name=args.name,
         volumes=volumes,
         network=mode,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -71,6 +72,8 @@ class Monitor:
         self.address = ""
         self.attach: Attachment | None = None  # the bridge network it joins, if any
         self.dns_upstreams: tuple[str, ...] = ()  # the bridge's DNS forwarder relays to these
+        self.net_fd: int | None = None  # --network container:ID: that container's netns
+        self.net_owner: ContainerDir | None = None  # ... and that container
         self.daemon_pid = 0
         self.rootfs: UnionRootfs | None = None
         self.limits = Limits(cdir.config.id, memory=cdir.config.memory, pids=cdir.config.pids_limit)
@@ -119,6 +122,8 @@ class Monitor:
             previous = reconcile(self.root, self.cdir)  # a dead rootfs mount is detached
             if previous.status == RUNNING:
                 raise StartError(f"container {self.cfg.name} is already running", START_FAILED)
+            if self.cfg.network.startswith("container:"):
+                self.net_fd = self._open_shared_network()
             self.attach = _attachment(self.root, self.cfg)  # hook: user networks
             if self.attach is not None:
                 with network.host_lock():
@@ -136,6 +141,28 @@ class Monitor:
                 )
             )
         return previous
+
+    def _open_shared_network(self) -> int:
+        """`--network container:ID`: an fd on that container's network namespace, which must
+        be running (lock held); its hostname, hosts and resolv.conf become ours."""
+        ref = self.cfg.network.removeprefix("container:")
+        try:
+            other = self.root.find(ref)
+        except UsageError:
+            raise StartError(
+                f"--network container:{ref[:12]}: no such container", START_FAILED
+            ) from None
+        state = other.effective_state()
+        if state.status != RUNNING or not state.init_pid:
+            raise StartError(f"--network: container {other.name} is not running", START_FAILED)
+        try:
+            fd = os.open(f"/proc/{state.init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StartError(
+                f"--network: cannot open the network of {other.name}: {exc.strerror}", START_FAILED
+            ) from None
+        self.net_owner = other
+        return fd
 
     def _release(self, previous: ContainerState, exc: BaseException) -> None:
         with contextlib.suppress(OSError), self.root.lock():
@@ -223,6 +250,12 @@ class Monitor:
 
     def _write_etc_files(self) -> None:
         cfg = self.cfg
+        if self.net_owner is not None:  # the network's owner's files, as docker shares them
+            for name in ("hostname", "hosts", "resolv.conf"):
+                tmp = self.cdir.sub(f".{name}.tmp")
+                shutil.copyfile(self.net_owner.sub(name), tmp)
+                os.rename(tmp, self.cdir.sub(name))
+            return
         extra = []
         for entry in cfg.add_hosts:
             host, ip = network.split_add_host(entry)
@@ -271,7 +304,7 @@ class Monitor:
     def _plan(self) -> Plan:
         cfg = self.cfg
         kinds = [Namespace.MNT, Namespace.UTS, Namespace.IPC, Namespace.PID]
-        own_network = cfg.network != "host"
+        own_network = cfg.network != "host" and self.net_fd is None
         if own_network:
             kinds.append(Namespace.NET)
         self.relay.is_namespace_init = not cfg.init
@@ -280,6 +313,7 @@ class Monitor:
             monitor_pid=os.getpid(),
             flags=namespaces.flags_of(kinds),
             own_network=own_network,
+            join_network=self.net_fd,
             wait_for_network=self.attach is not None,
             devpts_gid=None if cfg.rootless else 5,
             process=ProcessSpec(
@@ -306,6 +340,9 @@ class Monitor:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child_sock.close()
+        if self.net_fd is not None:  # the ns parent has entered it
+            os.close(self.net_fd)
+            self.net_fd = None
         self.sock = parent_sock
         self.ns_parent = pid
 

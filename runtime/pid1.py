@@ -46,6 +46,7 @@ class Plan:
     monitor_pid: int
     flags: int
     own_network: bool
+    join_network: int | None  # an fd on another container's network namespace to enter
     wait_for_network: bool  # the monitor connects the namespace, then says `net`
     devpts_gid: int | None
     process: ProcessSpec
@@ -65,6 +66,10 @@ def ns_parent(plan: Plan, sock: socket.socket) -> NoReturn:
             os._exit(code)
         mark("ns parent forked")
         try:
+            if plan.join_network is not None:
+                libc.setns(
+                    plan.join_network, libc.CLONE_NEWNET, what="the other container's network"
+                )
             libc.unshare(plan.flags)
         except OSError as exc:
             send_error(sock, START_FAILED, f"cannot create namespaces: {exc.strerror}")

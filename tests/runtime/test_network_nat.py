@@ -21,8 +21,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pyroute2 import IPRoute
 
-from runtime.network import BRIDGE, IP_FORWARD, NFT_FAMILY, NFT_TABLE, RUN_DIR, veth_name
+from runtime.network import (
+    BRIDGE,
+    IP_FORWARD,
+    NFT_FAMILY,
+    NFT_TABLE,
+    RUN_DIR,
+    is_strata_bridge,
+    veth_name,
+)
 from tests.runtime.conftest import Strata, wait_for, wait_running
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
@@ -44,12 +53,10 @@ def _has_table() -> bool:
 
 
 def _strata_links() -> list[str]:
-    """strata's bridge and host-side veths, as /sys/class/net lists them."""
-    return sorted(
-        n
-        for n in os.listdir("/sys/class/net")
-        if n == BRIDGE or (n.startswith("vs") and len(n) == 14)
-    )
+    """strata's bridges and host-side veths, as netlink (pyroute2) lists the host's links."""
+    with IPRoute() as ipr:
+        names = [str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()]
+    return sorted(n for n in names if is_strata_bridge(n) or (n.startswith("vs") and len(n) == 14))
 
 
 def _ip_forward() -> str:
