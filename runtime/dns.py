@@ -44,7 +44,8 @@ this module to start and stop the server, and must stay fast.
 
 For the default bridge, `start_bridge_forwarder` runs the server in `/run/strata/dns/strata0`
 (host-wide, per boot, as the bridge is shared by every state root) with an empty records file,
-and `dns_tidy` stops it once no container runs on the bridge.
+for the containers written down in its `users/`, and `dns_tidy` stops it once none of them runs
+(of any state root: a user whose monitor is gone counts as stopped).
 """
 
 from __future__ import annotations
@@ -79,11 +80,13 @@ PORT: Final = 53
 TTL: Final = 10  # records change as containers come and go: resolvers should ask again soon
 UPSTREAM_TIMEOUT: Final = 2.0  # seconds per upstream and try, as glibc's default `timeout:5` halved
 TCP_IDLE: Final = 10.0  # seconds a client's TCP connection may sit idle between queries
+IN_FLIGHT: Final = 256  # questions answered at once (a thread each); more are dropped
 STOP_TIMEOUT: Final = 5.0  # seconds after SIGTERM before SIGKILL
 
 PID_FILE: Final = "dns.pid"
 LOCK_FILE: Final = "dns.lock"
 RUN_ROOT: Final = Path("/run/strata/dns")  # host-wide, per boot: one directory per bridge
+USERS: Final = "users"  # in a bridge's run dir: a file per container that uses its forwarder
 
 
 # -- the records file -------------------------------------------------------------------------
@@ -326,6 +329,7 @@ class Server:
 
     def __init__(self, listen: str, answerer: Answerer) -> None:
         self.answerer = answerer
+        self.slots = threading.BoundedSemaphore(IN_FLIGHT)
         family = _family(listen)
         self.udp = socket.socket(family, socket.SOCK_DGRAM)
         self.tcp = socket.socket(family, socket.SOCK_STREAM)
@@ -347,13 +351,17 @@ class Server:
     def _udp_loop(self) -> None:
         while True:
             wire, client = self.udp.recvfrom(65535)
-            threading.Thread(target=self._udp_one, args=(wire, client), daemon=True).start()
+            if self.slots.acquire(blocking=False):  # else dropped: the client asks again
+                threading.Thread(target=self._udp_one, args=(wire, client), daemon=True).start()
 
     def _udp_one(self, wire: bytes, client: tuple[str, int]) -> None:
-        reply = self._answer(wire, tcp=False)
-        if reply is not None:
-            with contextlib.suppress(OSError):
-                self.udp.sendto(reply, client)
+        try:
+            reply = self._answer(wire, tcp=False)
+            if reply is not None:
+                with contextlib.suppress(OSError):
+                    self.udp.sendto(reply, client)
+        finally:
+            self.slots.release()
 
     def _tcp_loop(self) -> None:
         while True:
@@ -363,22 +371,28 @@ class Server:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     continue
                 raise
+            if not self.slots.acquire(blocking=False):
+                conn.close()
+                continue
             threading.Thread(target=self._tcp_one, args=(conn,), daemon=True).start()
 
     def _tcp_one(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError, ValueError):
-            conn.settimeout(TCP_IDLE)
-            while True:
-                head = conn.recv(2)
-                if not head:
-                    return
-                if len(head) == 1:
-                    head += _recv_exact(conn, 1)
-                wire = _recv_exact(conn, int.from_bytes(head, "big"))
-                reply = self._answer(wire, tcp=True)
-                if reply is None:
-                    return
-                conn.sendall(len(reply).to_bytes(2, "big") + reply)
+        try:
+            with conn, contextlib.suppress(OSError, ValueError):
+                conn.settimeout(TCP_IDLE)
+                while True:
+                    head = conn.recv(2)
+                    if not head:
+                        return
+                    if len(head) == 1:
+                        head += _recv_exact(conn, 1)
+                    wire = _recv_exact(conn, int.from_bytes(head, "big"))
+                    reply = self._answer(wire, tcp=True)
+                    if reply is None:
+                        return
+                    conn.sendall(len(reply).to_bytes(2, "big") + reply)
+        finally:
+            self.slots.release()
 
     def _answer(self, wire: bytes, *, tcp: bool) -> bytes | None:
         try:
@@ -545,46 +559,64 @@ def bridge_run_dir(bridge: str = network.BRIDGE) -> Path:
     return RUN_ROOT / bridge
 
 
-def start_bridge_forwarder(net: ipaddress.IPv4Network, upstreams: Sequence[str]) -> int:
+def start_bridge_forwarder(
+    net: ipaddress.IPv4Network, upstreams: Sequence[str], container_id: str
+) -> int:
     """Run the server on the default bridge's gateway, relaying to `upstreams` (the host's
-    loopback resolvers), for containers whose resolv.conf names the gateway. No records: the
-    default bridge has no names (as docker's); user networks bring their own records file."""
+    loopback resolvers), for container `container_id`, whose resolv.conf names the gateway; call
+    from its monitor. The container is written down as a user of the server (its monitor's pid
+    and start time, in `users/`) before the server is started, so that a `dns_tidy` of another
+    container cannot stop it in between. No records: the default bridge has no names (as
+    docker's); user networks bring their own records file."""
     run_dir = bridge_run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    users = run_dir / USERS
+    users.mkdir(parents=True, exist_ok=True)
     records = run_dir / "records"
-    if not records.exists():
-        write_records(records, [])
+    me = os.getpid()
+    with _locked(run_dir):
+        _write_atomically(
+            users / container_id,
+            json.dumps({"pid": me, "start": process_start_time(me) or 0}) + "\n",
+        )
+        if not records.exists():
+            write_records(records, [])
     return start(run_dir, str(network.gateway(net)), records, upstreams)
 
 
-def _bridge_ports() -> set[str]:
+def _user_alive(path: Path) -> bool:
     try:
-        return set(os.listdir(f"/sys/class/net/{network.BRIDGE}/brif"))
-    except FileNotFoundError:
-        return set()
+        raw = json.loads(path.read_text())
+        return process_alive(int(raw["pid"]), int(raw["start"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def dns_tidy(root: StateRoot, *, exclude: str = "") -> bool:
-    """Stop the default bridge's forwarder if no container runs on the bridge: none of `root`
-    (`exclude` counts as stopped: it is the caller's, on its way out) and no port of another
-    state root's container left on it. Whether it stopped one. Call with the state lock held,
-    after `network.tidy`."""
+    """Stop the default bridge's forwarder once no container uses it: forget the users that
+    are `exclude` (the caller's container, on its way out), stopped containers of `root`, or
+    whose monitor is gone (killed with SIGKILL, of any state root); stop the server if none is
+    left. Whether it stopped one. Call with the state lock held. Containers that reach the
+    host's servers through NAT never use the forwarder, and do not keep it running."""
     run_dir = bridge_run_dir()
-    if not (run_dir / PID_FILE).exists():
+    users = run_dir / USERS
+    if not (run_dir / PID_FILE).exists() and not users.is_dir():
         return False
-    running_here = {
-        c.id
-        for c in root.containers()
-        if c.id != exclude
-        and c.config.network == "bridge"
-        and c.effective_state().status == RUNNING
-    }
-    if running_here:
-        return False
-    ours = {network.veth_name(c.id) for c in root.containers()} | {network.veth_name(exclude)}
-    if _bridge_ports() - ours:
-        return False
-    return stop(run_dir)
+    with _locked(run_dir):  # start_bridge_forwarder writes its user down under this lock
+        stopped = {exclude} | {
+            c.id for c in root.containers() if c.effective_state().status != RUNNING
+        }
+        try:
+            names = os.listdir(users)
+        except FileNotFoundError:
+            names = []
+        left = 0
+        for name in names:
+            if name in stopped or not _user_alive(users / name):
+                with contextlib.suppress(FileNotFoundError):
+                    (users / name).unlink()
+            else:
+                left += 1
+        return False if left else _stop_locked(run_dir)
 
 
 if __name__ == "__main__":

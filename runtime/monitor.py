@@ -351,7 +351,7 @@ class Monitor:
                 if self.dns_upstreams:  # hook: runtime.dns, before the command runs
                     from .dns import start_bridge_forwarder
 
-                    start_bridge_forwarder(net, self.dns_upstreams)
+                    start_bridge_forwarder(net, self.dns_upstreams, self.cfg.id)
         if self.limits.wanted():
             for warning in self.limits.apply(self.init_pid):
                 print(f"strata: warning: {warning}", file=sys.stderr, flush=True)

@@ -226,6 +226,8 @@ def test_the_forwarder_lives_as_long_as_a_bridge_container(
     assert done.returncode == 0, done.stderr
     assert ANSWER in done.stdout
     assert _forwarders() == [pid]
+    users = strata_dns.bridge_run_dir() / strata_dns.USERS
+    assert os.listdir(users) == [str(wait_running(strata, "a")["Id"])]
     # a's own lookups, through `exec`
     done = strata.run("exec", "a", "nslookup", "example.test")
     assert done.returncode == 0, done.stderr
@@ -234,6 +236,7 @@ def test_the_forwarder_lives_as_long_as_a_bridge_container(
     assert _forwarders() == []
     assert process_start_time(pid) != start
     assert not (strata_dns.bridge_run_dir() / strata_dns.PID_FILE).exists()
+    assert os.listdir(users) == []
 
 
 def test_prune_stops_a_forwarder_a_killed_monitor_left(
