@@ -78,7 +78,7 @@ if TYPE_CHECKING:
 SEARCH_DOMAIN: Final = "dns.strata"
 PORT: Final = 53
 TTL: Final = 10  # records change as containers come and go: resolvers should ask again soon
-UPSTREAM_TIMEOUT: Final = 2.0  # seconds per upstream and try, as glibc's default `timeout:5` halved
+UPSTREAM_TIMEOUT: Final = 2.0  # per upstream: two silent ones still give SERVFAIL in glibc's 5 s
 TCP_IDLE: Final = 10.0  # seconds a client's TCP connection may sit idle between queries
 IN_FLIGHT: Final = 256  # questions answered at once (a thread each); more are dropped
 STOP_TIMEOUT: Final = 5.0  # seconds after SIGTERM before SIGKILL
@@ -361,7 +361,10 @@ class Server:
 
     def _udp_loop(self) -> None:
         while True:
-            wire, client = self.udp.recvfrom(65535)
+            try:
+                wire, client = self.udp.recvfrom(65535)
+            except OSError:  # an ICMP error queued on the socket, say: the next one
+                continue
             if self.slots.acquire(blocking=False):  # else dropped: the client asks again
                 threading.Thread(target=self._udp_one, args=(wire, client), daemon=True).start()
 
