@@ -44,7 +44,8 @@ this module to start and stop the server, and must stay fast.
 
 For the default bridge, `start_bridge_forwarder` runs the server in `/run/strata/dns/strata0`
 (host-wide, per boot, as the bridge is shared by every state root) with an empty records file,
-and `dns_tidy` stops it once no container runs on the bridge.
+for the containers written down in its `users/`, and `dns_tidy` stops it once none of them runs
+(of any state root: a user whose monitor is gone counts as stopped).
 """
 
 from __future__ import annotations
@@ -62,28 +63,30 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
-
-from unionfs.errors import UsageError
-
-from . import network
-from .state import RUNNING, StateRoot, process_alive, process_start_time
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 if TYPE_CHECKING:
     import dns.message
 
+    from .state import StateRoot
+
+# The server process imports this module too, and its start-up is a container's wait: the
+# union (unionfs's package), runtime.state and runtime.network are imported where they are
+# used, as dnspython is.
+
 SEARCH_DOMAIN: Final = "dns.strata"
 PORT: Final = 53
 TTL: Final = 10  # records change as containers come and go: resolvers should ask again soon
-UPSTREAM_TIMEOUT: Final = 2.0  # seconds per upstream and try, as glibc's default `timeout:5` halved
+UPSTREAM_TIMEOUT: Final = 2.0  # per upstream: two silent ones still give SERVFAIL in glibc's 5 s
 TCP_IDLE: Final = 10.0  # seconds a client's TCP connection may sit idle between queries
+IN_FLIGHT: Final = 256  # questions answered at once (a thread each); more are dropped
 STOP_TIMEOUT: Final = 5.0  # seconds after SIGTERM before SIGKILL
 
 PID_FILE: Final = "dns.pid"
 LOCK_FILE: Final = "dns.lock"
 RUN_ROOT: Final = Path("/run/strata/dns")  # host-wide, per boot: one directory per bridge
+USERS: Final = "users"  # in a bridge's run dir: a file per container that uses its forwarder
 
 
 # -- the records file -------------------------------------------------------------------------
@@ -104,8 +107,7 @@ def write_records(path: Path, entries: Sequence[tuple[str, Sequence[str]]]) -> N
     os.rename(tmp, path)
 
 
-@dataclass(frozen=True, slots=True)
-class Records:
+class Records(NamedTuple):
     """The records file, parsed: lower-case name -> addresses, address -> its first name."""
 
     addresses: dict[str, tuple[str, ...]]
@@ -165,10 +167,22 @@ class Answerer:
     upstreams. Runs in the server process only: it imports dnspython."""
 
     def __init__(self, records: Path, upstreams: Sequence[str]) -> None:
-        import dns.message  # noqa: F401 - imported here, in the server, not on `strata run`'s path
-
         self.records = RecordsFile(records)
         self.upstreams = tuple(upstreams)
+
+    @staticmethod
+    def warm_up() -> None:
+        """Import the dnspython modules the answers need (about 60 ms), once serving: `start`
+        returns as soon as the sockets are bound."""
+        import dns.exception
+        import dns.flags
+        import dns.message
+        import dns.opcode
+        import dns.rcode
+        import dns.rdataclass
+        import dns.rdatatype
+        import dns.reversename
+        import dns.rrset  # noqa: F401
 
     def answer(self, wire: bytes, *, tcp: bool) -> bytes | None:
         """The reply to `wire`, or None to drop it (too short to carry an id)."""
@@ -326,6 +340,7 @@ class Server:
 
     def __init__(self, listen: str, answerer: Answerer) -> None:
         self.answerer = answerer
+        self.slots = threading.BoundedSemaphore(IN_FLIGHT)
         family = _family(listen)
         self.udp = socket.socket(family, socket.SOCK_DGRAM)
         self.tcp = socket.socket(family, socket.SOCK_STREAM)
@@ -346,14 +361,21 @@ class Server:
 
     def _udp_loop(self) -> None:
         while True:
-            wire, client = self.udp.recvfrom(65535)
-            threading.Thread(target=self._udp_one, args=(wire, client), daemon=True).start()
+            try:
+                wire, client = self.udp.recvfrom(65535)
+            except OSError:  # an ICMP error queued on the socket, say: the next one
+                continue
+            if self.slots.acquire(blocking=False):  # else dropped: the client asks again
+                threading.Thread(target=self._udp_one, args=(wire, client), daemon=True).start()
 
     def _udp_one(self, wire: bytes, client: tuple[str, int]) -> None:
-        reply = self._answer(wire, tcp=False)
-        if reply is not None:
-            with contextlib.suppress(OSError):
-                self.udp.sendto(reply, client)
+        try:
+            reply = self._answer(wire, tcp=False)
+            if reply is not None:
+                with contextlib.suppress(OSError):
+                    self.udp.sendto(reply, client)
+        finally:
+            self.slots.release()
 
     def _tcp_loop(self) -> None:
         while True:
@@ -363,22 +385,28 @@ class Server:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     continue
                 raise
+            if not self.slots.acquire(blocking=False):
+                conn.close()
+                continue
             threading.Thread(target=self._tcp_one, args=(conn,), daemon=True).start()
 
     def _tcp_one(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError, ValueError):
-            conn.settimeout(TCP_IDLE)
-            while True:
-                head = conn.recv(2)
-                if not head:
-                    return
-                if len(head) == 1:
-                    head += _recv_exact(conn, 1)
-                wire = _recv_exact(conn, int.from_bytes(head, "big"))
-                reply = self._answer(wire, tcp=True)
-                if reply is None:
-                    return
-                conn.sendall(len(reply).to_bytes(2, "big") + reply)
+        try:
+            with conn, contextlib.suppress(OSError, ValueError):
+                conn.settimeout(TCP_IDLE)
+                while True:
+                    head = conn.recv(2)
+                    if not head:
+                        return
+                    if len(head) == 1:
+                        head += _recv_exact(conn, 1)
+                    wire = _recv_exact(conn, int.from_bytes(head, "big"))
+                    reply = self._answer(wire, tcp=True)
+                    if reply is None:
+                        return
+                    conn.sendall(len(reply).to_bytes(2, "big") + reply)
+        finally:
+            self.slots.release()
 
     def _answer(self, wire: bytes, *, tcp: bool) -> bytes | None:
         try:
@@ -387,8 +415,7 @@ class Server:
             return None
 
 
-@dataclass(frozen=True, slots=True)
-class _Spec:
+class _Spec(NamedTuple):
     """What a server runs with: recorded in its pid file, compared by `start`."""
 
     listen: str
@@ -397,10 +424,11 @@ class _Spec:
 
 
 def _serve_main(argv: Sequence[str]) -> int:
-    """The server process: `python -m runtime.dns SPEC_JSON READY_FD RUN_DIR`. Binds, forks (the
-    child is reparented away from strata's monitor, whose wait(-1) must not meet it), writes the
-    pid file, reports `ready PID` on READY_FD, then serves until SIGTERM."""
-    raw, ready_fd, run_dir = json.loads(argv[0]), int(argv[1]), Path(argv[2])
+    """The server process: `python -m runtime.dns SPEC_JSON READY_FD`. Binds, forks (the child
+    is reparented away from strata's monitor, whose wait(-1) must not meet it), reports `ready
+    PID` on READY_FD (`start` writes the pid file), imports dnspython while the caller goes on,
+    then serves until SIGTERM."""
+    raw, ready_fd = json.loads(argv[0]), int(argv[1])
     spec = _Spec(raw["listen"], raw["records"], tuple(raw["upstreams"]))
     # the caller's ignored or blocked signals survive exec: start from the defaults
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
@@ -413,23 +441,31 @@ def _serve_main(argv: Sequence[str]) -> int:
         return 1
     if os.fork() != 0:
         os._exit(0)
-    me = os.getpid()
-    record = {"pid": me, "start": process_start_time(me) or 0, **raw}
-    _write_atomically(run_dir / PID_FILE, json.dumps(record) + "\n")
     # block the stop signals in every thread; the main thread takes them with sigwait
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     server.serve()
-    os.write(ready_fd, f"ready {me}".encode())
+    os.write(ready_fd, f"ready {os.getpid()}".encode())
     os.close(ready_fd)
+    Answerer.warm_up()  # a question asked meanwhile waits for the import lock, then is answered
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
     os._exit(0)  # the serving threads sit in recv: no interpreter shutdown to wait on them
 
 
 def _server_command(spec: _Spec) -> list[str]:
-    """The server's command line but its last two arguments (the pipe's fd, the run dir). -I:
-    neither the working directory nor PYTHON* variables choose what `runtime` is imported."""
-    raw = {"listen": spec.listen, "records": spec.records, "upstreams": list(spec.upstreams)}
-    return [sys.executable, "-I", "-m", "runtime.dns", json.dumps(raw)]
+    """The server's command line but its last argument (the pipe's fd). -I: neither the
+    working directory nor PYTHON* variables choose what `runtime` is imported."""
+    return [sys.executable, "-I", "-m", "runtime.dns", json.dumps(_spec_fields(spec))]
+
+
+def _spec_fields(spec: _Spec) -> dict[str, object]:
+    return {"listen": spec.listen, "records": spec.records, "upstreams": list(spec.upstreams)}
+
+
+def _start_time(pid: int) -> int:
+    """runtime.state's process_start_time (0 for a process that is gone), imported here only."""
+    from .state import process_start_time
+
+    return process_start_time(pid) or 0
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -459,7 +495,7 @@ def _recorded(run_dir: Path) -> tuple[int, int, _Spec] | None:
         spec = _Spec(str(raw["listen"]), str(raw["records"]), tuple(raw["upstreams"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return (pid, start, spec) if process_alive(pid, start) else None
+    return (pid, start, spec) if start and _start_time(pid) == start else None
 
 
 def running(run_dir: Path) -> bool:
@@ -474,6 +510,8 @@ def start(run_dir: Path, listen: str, records: Path, upstreams: Sequence[str]) -
         for upstream in upstreams:
             ipaddress.ip_address(upstream)
     except ValueError as exc:
+        from unionfs.errors import UsageError
+
         raise UsageError(f"DNS server: {exc}", 125) from None
     spec = _Spec(listen, str(records), tuple(upstreams))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -486,7 +524,7 @@ def start(run_dir: Path, listen: str, records: Path, upstreams: Sequence[str]) -
         read_end, write_end = os.pipe()
         try:
             child = subprocess.Popen(
-                [*_server_command(spec), str(write_end), str(run_dir)],
+                [*_server_command(spec), str(write_end)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -499,10 +537,14 @@ def start(run_dir: Path, listen: str, records: Path, upstreams: Sequence[str]) -
         with os.fdopen(read_end, "rb") as pipe:
             report = pipe.read().decode(errors="replace")  # EOF: ready, or the server is gone
         child.wait()
-    word, _, rest = report.partition(" ")
-    if word == "ready":
-        return int(rest)
-    detail = rest if word == "error" else f"exit status {child.returncode}"
+        word, _, rest = report.partition(" ")
+        if word == "ready" and (pid := int(rest)) and (start_time := _start_time(pid)):
+            record = {"pid": pid, "start": start_time, **_spec_fields(spec)}
+            _write_atomically(run_dir / PID_FILE, json.dumps(record) + "\n")
+            return pid
+    detail = rest if word == "error" else f"it exited at once (status {child.returncode})"
+    from unionfs.errors import UsageError
+
     raise UsageError(f"DNS server on {listen}:{PORT}: {detail}", 125)
 
 
@@ -524,7 +566,7 @@ def _stop_locked(run_dir: Path) -> bool:
             pidfd = -1
         if pidfd >= 0:
             try:
-                if process_start_time(pid) == start_time:  # still ours, now pinned by the pidfd
+                if _start_time(pid) == start_time:  # still ours, now pinned by the pidfd
                     signal.pidfd_send_signal(pidfd, signal.SIGTERM)
                     if not select.select([pidfd], [], [], STOP_TIMEOUT)[0]:
                         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
@@ -541,50 +583,74 @@ def _stop_locked(run_dir: Path) -> bool:
 # -- the default bridge -----------------------------------------------------------------------
 
 
-def bridge_run_dir(bridge: str = network.BRIDGE) -> Path:
-    return RUN_ROOT / bridge
+def bridge_run_dir(bridge: str = "") -> Path:
+    """The run dir of `bridge`'s server (default: runtime.network's BRIDGE, strata0)."""
+    from . import network
+
+    return RUN_ROOT / (bridge or network.BRIDGE)
 
 
-def start_bridge_forwarder(net: ipaddress.IPv4Network, upstreams: Sequence[str]) -> int:
+def start_bridge_forwarder(
+    net: ipaddress.IPv4Network, upstreams: Sequence[str], container_id: str
+) -> int:
     """Run the server on the default bridge's gateway, relaying to `upstreams` (the host's
-    loopback resolvers), for containers whose resolv.conf names the gateway. No records: the
-    default bridge has no names (as docker's); user networks bring their own records file."""
+    loopback resolvers), for container `container_id`, whose resolv.conf names the gateway; call
+    from its monitor. The container is written down as a user of the server (its monitor's pid
+    and start time, in `users/`) before the server is started, so that a `dns_tidy` of another
+    container cannot stop it in between. No records: the default bridge has no names (as
+    docker's); user networks bring their own records file."""
     run_dir = bridge_run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    users = run_dir / USERS
+    users.mkdir(parents=True, exist_ok=True)
     records = run_dir / "records"
-    if not records.exists():
-        write_records(records, [])
-    return start(run_dir, str(network.gateway(net)), records, upstreams)
+    me = os.getpid()
+    with _locked(run_dir):
+        _write_atomically(
+            users / container_id,
+            json.dumps({"pid": me, "start": _start_time(me)}) + "\n",
+        )
+        if not records.exists():
+            write_records(records, [])
+    return start(run_dir, str(net.network_address + 1), records, upstreams)  # the gateway
 
 
-def _bridge_ports() -> set[str]:
+def _user_alive(path: Path) -> bool:
     try:
-        return set(os.listdir(f"/sys/class/net/{network.BRIDGE}/brif"))
-    except FileNotFoundError:
-        return set()
+        raw = json.loads(path.read_text())
+        start = int(raw["start"])
+        return bool(start) and _start_time(int(raw["pid"])) == start
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def dns_tidy(root: StateRoot, *, exclude: str = "") -> bool:
-    """Stop the default bridge's forwarder if no container runs on the bridge: none of `root`
-    (`exclude` counts as stopped: it is the caller's, on its way out) and no port of another
-    state root's container left on it. Whether it stopped one. Call with the state lock held,
-    after `network.tidy`."""
+    """Stop the default bridge's forwarder once no container uses it: forget the users that
+    are `exclude` (the caller's container, on its way out), stopped containers of `root`, or
+    whose monitor is gone (killed with SIGKILL, of any state root); stop the server if none is
+    left. Whether it stopped one. Call with the state lock held. Containers that reach the
+    host's servers through NAT never use the forwarder, and do not keep it running."""
+    from .state import RUNNING
+
     run_dir = bridge_run_dir()
-    if not (run_dir / PID_FILE).exists():
+    users = run_dir / USERS
+    if not (run_dir / PID_FILE).exists() and not users.is_dir():
         return False
-    running_here = {
-        c.id
-        for c in root.containers()
-        if c.id != exclude
-        and c.config.network == "bridge"
-        and c.effective_state().status == RUNNING
-    }
-    if running_here:
-        return False
-    ours = {network.veth_name(c.id) for c in root.containers()} | {network.veth_name(exclude)}
-    if _bridge_ports() - ours:
-        return False
-    return stop(run_dir)
+    with _locked(run_dir):  # start_bridge_forwarder writes its user down under this lock
+        stopped = {exclude} | {
+            c.id for c in root.containers() if c.effective_state().status != RUNNING
+        }
+        try:
+            names = os.listdir(users)
+        except FileNotFoundError:
+            names = []
+        left = 0
+        for name in names:
+            if name in stopped or not _user_alive(users / name):
+                with contextlib.suppress(FileNotFoundError):
+                    (users / name).unlink()
+            else:
+                left += 1
+        return False if left else _stop_locked(run_dir)
 
 
 if __name__ == "__main__":

@@ -410,7 +410,9 @@ class Monitor:
                 elif self.dns_upstreams:  # hook: runtime.dns, before the command runs
                     from .dns import start_bridge_forwarder
 
-                    start_bridge_forwarder(at.net, self.dns_upstreams)
+                    mark("dns forwarder wanted")
+                    start_bridge_forwarder(at.net, self.dns_upstreams, self.cfg.id)
+                    mark("dns forwarder ready")
         if self.limits.wanted():
             for warning in self.limits.apply(self.init_pid):
                 print(f"strata: warning: {warning}", file=sys.stderr, flush=True)

@@ -15,6 +15,7 @@ Names are looked up in the container with busybox's nslookup.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -65,16 +66,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _forwarders() -> list[int]:
-    """Pids of runtime.dns servers running for the default bridge (by command line)."""
-    run_dir = str(strata_dns.bridge_run_dir()).encode()
+    """Pids of runtime.dns servers listening on the default bridge's gateway (by command line:
+    `python -I -m runtime.dns SPEC READY_FD`, SPEC a JSON object)."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError, IndexError, TypeError, KeyError):
             with open(f"/proc/{name}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
-            if b"runtime.dns" in argv and run_dir in argv:
+            spec = json.loads(argv[argv.index(b"runtime.dns") + 1])
+            if spec["listen"] == GATEWAY:
                 found.append(int(name))
     return found
 
@@ -226,6 +228,8 @@ def test_the_forwarder_lives_as_long_as_a_bridge_container(
     assert done.returncode == 0, done.stderr
     assert ANSWER in done.stdout
     assert _forwarders() == [pid]
+    users = strata_dns.bridge_run_dir() / strata_dns.USERS
+    assert os.listdir(users) == [str(wait_running(strata, "a")["Id"])]
     # a's own lookups, through `exec`
     done = strata.run("exec", "a", "nslookup", "example.test")
     assert done.returncode == 0, done.stderr
@@ -234,6 +238,7 @@ def test_the_forwarder_lives_as_long_as_a_bridge_container(
     assert _forwarders() == []
     assert process_start_time(pid) != start
     assert not (strata_dns.bridge_run_dir() / strata_dns.PID_FILE).exists()
+    assert os.listdir(users) == []
 
 
 def test_prune_stops_a_forwarder_a_killed_monitor_left(

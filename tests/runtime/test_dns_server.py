@@ -14,6 +14,8 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -378,3 +380,16 @@ def test_bridge_resolv_conf_names_the_gateway_only_when_the_host_has_a_stub_only
         "bridge", dns=["192.0.2.1"], host=stub, forwarder="10.90.0.1"
     )
     assert network.resolv_conf("host", host=stub) == stub
+
+
+def test_strata_run_does_not_import_dnspython() -> None:
+    """Only the server process imports dnspython: `strata run`'s modules (and runtime.dns
+    itself, which the monitor imports to start the server) must not."""
+    probe = (
+        "import sys, runtime.cli, runtime.monitor, runtime.lifecycle, runtime.dns; "
+        "print(sorted(m for m in sys.modules if m == 'dns' or m.startswith('dns.')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert done.stdout == "[]\n"
