@@ -526,6 +526,7 @@ def prune(root: StateRoot) -> list[str]:
         for bridge in sorted(_strata_bridges()):
             if not _bridge_ports(bridge):
                 _delete_link(bridge)
+                _drop_leases_dir(bridge)  # hook: user networks' bridges come and go
                 removed.append(bridge)
         had_table = nat_table_exists()
         update_nat()
@@ -740,6 +741,12 @@ def bridge_networks() -> dict[str, list[ipaddress.IPv4Interface]]:
     return _strata_bridges()
 
 
+def _drop_leases_dir(bridge: str) -> None:
+    """Remove the (empty) lease directory of a bridge that is gone."""
+    with contextlib.suppress(OSError):
+        _leases_dir(bridge).rmdir()
+
+
 def remove_bridge(bridge: str) -> bool:
     """`strata network rm`: remove `bridge` (its veths go with it), remake table `ip strata`
     without it, and switch the forwarding off again with strata's last bridge. Whether the
@@ -748,6 +755,7 @@ def remove_bridge(bridge: str) -> bool:
         there = os.path.exists(f"/sys/class/net/{bridge}")
         if there:
             _delete_link(bridge)
+        _drop_leases_dir(bridge)
         if there or nat_table_exists():
             update_nat()
         if not _strata_bridges():

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from runtime import dns, networks
+from runtime.network import RUN_DIR
 from runtime.networks import NetworkDef
 from runtime.state import StateRoot
 from tests.runtime.conftest import Strata, wait_for, wait_running
@@ -396,3 +397,5 @@ def test_after_network_rm_and_prune_nothing_of_it_remains(
     assert not {a.bridge, p.bridge} & _links()
     assert _nft_rules_naming([a.bridge, p.bridge]) == []
     assert not a.dns_dir.exists()
+    assert not (RUN_DIR / "leases" / a.bridge).exists()
+    assert not (RUN_DIR / "leases" / p.bridge).exists()
