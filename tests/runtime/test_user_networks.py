@@ -174,7 +174,9 @@ def nets(strata: Strata) -> Iterator[list[NetworkDef]]:
 
 @pytest.mark.root
 @pytest.mark.fuse
-def test_create_ls_inspect_rm_round_trip(strata: Strata, nets: list[NetworkDef]) -> None:
+def test_create_ls_inspect_rm_round_trip(
+    strata: Strata, busybox: list[str], nets: list[NetworkDef]
+) -> None:
     a = _create(strata, "sun-a")
     nets.append(a)
     b = _create(strata, "sun-b", "--subnet", "10.91.200.0/24", "--gateway", "10.91.200.254")
@@ -211,6 +213,15 @@ def test_create_ls_inspect_rm_round_trip(strata: Strata, nets: list[NetworkDef])
     if addrs.returncode == 0:
         (link,) = json.loads(addrs.stdout)
         assert [i["local"] for i in link["addr_info"]] == ["10.91.200.254"]
+
+    # a container on sun-b routes through its --gateway, and is named by its server there
+    done = strata.run(
+        "run", "--rm", "--name", "sun-c", "--network", "sun-b", *busybox, "/bin/sh", "-c",
+        "ip route; nslookup sun-c",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "default via 10.91.200.254 dev eth0" in done.stdout
+    assert "Address: 10.91.200.1\n" in done.stdout
 
     done = strata.run("network", "rm", "sun-a", "sun-b")
     assert done.returncode == 0, done.stderr
