@@ -85,7 +85,6 @@ STOP_TIMEOUT: Final = 5.0  # seconds after SIGTERM before SIGKILL
 
 PID_FILE: Final = "dns.pid"
 LOCK_FILE: Final = "dns.lock"
-RUN_ROOT: Final = Path("/run/strata/dns")  # host-wide, per boot: one directory per bridge
 USERS: Final = "users"  # in a bridge's run dir: a file per container that uses its forwarder
 
 
@@ -584,10 +583,12 @@ def _stop_locked(run_dir: Path) -> bool:
 
 
 def bridge_run_dir(bridge: str = "") -> Path:
-    """The run dir of `bridge`'s server (default: runtime.network's BRIDGE, strata0)."""
+    """The run dir of `bridge`'s server (default: runtime.network's BRIDGE, strata0), beside
+    runtime.network's host-wide records (/run/strata: per boot, root's alone)."""
     from . import network
 
-    return RUN_ROOT / (bridge or network.BRIDGE)
+    network.RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return network.RUN_DIR / "dns" / (bridge or network.BRIDGE)
 
 
 def start_bridge_forwarder(

@@ -158,15 +158,15 @@ def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
             if cdir.config.network == "bridge" or cdir.config.network_id:  # what SIGKILL left
                 with contextlib.suppress(OSError):
                     network.tidy(root, exclude=cdir.id)
+                with contextlib.suppress(OSError):  # hook: runtime.dns (imported only here)
+                    from .dns import dns_tidy
+
+                    dns_tidy(root, exclude=cdir.id)
             if cdir.config.network_id:  # hook: user networks, DNS records and servers
                 from .networks import tidy
 
                 with contextlib.suppress(OSError, UsageError):
                     tidy(root, exclude=cdir.id)
-                with contextlib.suppress(OSError):  # hook: runtime.dns (imported only here)
-                    from .dns import dns_tidy
-
-                    dns_tidy(root, exclude=cdir.id)
         doomed = cdir.path.with_name(f".rm-{cdir.id}")
         os.rename(cdir.path, doomed)  # gone from listings at once; removal may take a while
     _remove_layer_tree(cdir, doomed)

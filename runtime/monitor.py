@@ -190,6 +190,8 @@ class Monitor:
         self._dns_tidy()
 
     def _dns_tidy(self) -> None:  # hook: runtime.dns, the bridge's DNS forwarder
+        if not self.dns_upstreams:  # not one of its users (others' are collected by theirs)
+            return
         from .dns import dns_tidy
 
         try:
