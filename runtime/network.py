@@ -12,8 +12,9 @@ Beyond the host, the bridges' traffic is masqueraded by nftables table `ip strat
 `nft -j`, JSON both ways, never nft's text), rebuilt whole from the strata bridges up on the host
 whenever one comes or goes: a `postrouting` nat chain masquerading each subnet out of any other
 interface, and a `forward` filter chain accepting each bridge's traffic out and its replies back
-in, and dropping traffic between two strata bridges (networks are isolated). IPv4 forwarding is
-switched on only if it was off, and that is written down in /run/strata (`ip_forward`) so that
+in, and dropping traffic between two strata bridges (networks are isolated); an `input` chain
+drops what a bridge sends to another's subnet (the host's gateway address there, where a user
+network's DNS server answers). IPv4 forwarding is switched on only if it was off, and that is written down in /run/strata (`ip_forward`) so that
 it is switched off again when the last bridge goes.
 
 A bridge is the network's, not a container's: like docker0 it stays when its last container
