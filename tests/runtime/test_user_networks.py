@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import dns, networks
+from runtime import dns, network, networks
 from runtime.network import RUN_DIR
 from runtime.networks import NetworkDef
 from runtime.state import StateRoot
@@ -84,6 +84,25 @@ def test_resolv_conf_names_the_gateway_and_dns_strata_first() -> None:
         "127.0.0.53",
         "::1",
     ]
+
+
+def test_no_network_reaches_another_networks_gateway() -> None:
+    """nft's input chain: from each bridge, the other bridges' subnets (their gateways) drop."""
+    nets = {
+        "strata0": ipaddress.IPv4Network("10.90.0.0/16"),
+        "stbr0123456789": ipaddress.IPv4Network("10.91.0.0/24"),
+    }
+    doc = network.nat_document(nets)["nftables"]
+    assert isinstance(doc, list)
+    drops = sorted(
+        (e[0]["match"]["right"], e[1]["match"]["right"]["prefix"]["addr"])
+        for e in (c["add"]["rule"]["expr"] for c in doc if "rule" in c.get("add", {}))
+        if len(e) == 3 and e[2] == {"drop": None} and "payload" in e[1]["match"]["left"]
+    )
+    assert drops == [("stbr0123456789", "10.90.0.0"), ("strata0", "10.91.0.0")]
+    one = network.nat_document({"strata0": nets["strata0"]})["nftables"]
+    assert isinstance(one, list)
+    assert not [c for c in one if "drop" in json.dumps(c)]
 
 
 def test_network_definitions_and_lookup(tmp_path: Path) -> None:
