@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from unionfs.errors import UsageError
 
-from . import console, namespaces, network
+from . import console, namespaces, network, publish
 from .cgroups import Limits
 from .control import START_FAILED, StartError, check_error, recv, send
 from .create import confinement_of, id_map_of, union_config
@@ -64,6 +64,7 @@ class Monitor:
         self.init_pid = 0
         self.master: int | None = None
         self.address = ""
+        self.ports = publish.Reservation()  # published ports: held from _claim to the exit
         self.daemon_pid = 0
         self.rootfs: UnionRootfs | None = None
         self.limits = Limits(cdir.config.id, memory=cdir.config.memory, pids=cdir.config.pids_limit)
@@ -119,6 +120,8 @@ class Monitor:
                     if c.id != self.cfg.id and c.effective_state().status == RUNNING
                 ]
                 self.address = network.allocate_address(network.parse_subnet(self.cfg.subnet), used)
+            # published ports (runtime.publish): one in use refuses the start before anything
+            self.ports = publish.reserve(publish.wanted(self.cfg))
             me = os.getpid()
             self.cdir.write_state(
                 ContainerState(
@@ -127,6 +130,7 @@ class Monitor:
                     monitor_start=process_start_time(me) or 0,
                     started_at=now(),
                     ip=self.address,
+                    ports=self.ports.texts(),
                 )
             )
         return previous
@@ -135,6 +139,7 @@ class Monitor:
         with contextlib.suppress(OSError), self.root.lock():
             self._leave_bridge()
             if self.cdir.path.exists():
+                previous = previous.replace(ports=())  # _leave_bridge took their rules
                 self.cdir.write_state(previous if previous.status != RUNNING else ContainerState())
 
     def _leave_bridge(self) -> None:
@@ -147,6 +152,17 @@ class Monitor:
             network.tidy(self.root, exclude=self.cfg.id)
         except (OSError, UsageError) as exc:
             print(f"strata: warning: bridge clean-up: {exc}", file=sys.stderr, flush=True)
+        self._unpublish()
+
+    def _unpublish(self) -> None:
+        """Remove the published ports' rules (also what dead containers left), then let the
+        ports go (lock held)."""
+        try:
+            publish.tidy(self.root, exclude=self.cfg.id)
+        except (OSError, UsageError) as exc:
+            publish.warn(f"published ports clean-up: {exc}")
+        finally:
+            self.ports.close()
 
     def _record_exit(self, code: int) -> None:
         with self.root.lock():
@@ -161,6 +177,7 @@ class Monitor:
                     init_start=0,
                     daemon_pid=0,
                     ip="",
+                    ports=(),
                 )
             )
 
@@ -328,6 +345,7 @@ class Monitor:
                 network.connect_host_side(net, self.cfg.id, self.ns_parent)
                 network.add_nat(net)
                 network.enable_forwarding(self.root.path)
+                publish.start(self.root, self.cfg, self.address, net, network.BRIDGE, self.ports)
         if self.limits.wanted():
             for warning in self.limits.apply(self.init_pid):
                 print(f"strata: warning: {warning}", file=sys.stderr, flush=True)
