@@ -264,17 +264,25 @@ def start(
     address: str,
     subnet: IPv4Network,
     bridge: str,
+    veth: str,
     held: Reservation,
 ) -> None:
-    """Forward the container's held ports to its `address` on `bridge` (replacing what a dead
-    run of it left), and remove what dead containers of `root` left. State lock held; the
-    container's state records `held`'s ports."""
+    """Forward the container's held ports to its `address` on `bridge`, where its host-side
+    link is `veth` (replacing what a dead run of it left), and remove what dead containers of
+    `root` left. State lock held; the container's state records `held`'s ports."""
     commands = addition(cfg.id, address, subnet, held.mappings)
     if commands:
         # the host's own connections to 127.0.0.1 leave through the bridge (then masqueraded)
-        with open(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet", "w") as f:
-            f.write("1\n")
+        _write(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet")
+        # the container reaching itself through a host address: with br_netfilter the DNATed
+        # frame is bridged, back out of the port it came in by, which takes hairpin mode
+        _write(f"/sys/class/net/{veth}/brport/hairpin_mode")
     _apply(root, cfg.id, commands)
+
+
+def _write(path: str) -> None:
+    with open(path, "w") as f:
+        f.write("1\n")
 
 
 def tidy(root: StateRoot, *, exclude: str = "") -> list[str]:
