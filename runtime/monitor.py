@@ -345,10 +345,12 @@ class Monitor:
                 network.connect_host_side(net, self.cfg.id, self.ns_parent)
                 network.add_nat(net)
                 network.enable_forwarding(self.root.path)
+                mark("bridge connected")
                 veth = network.veth_name(self.cfg.id)
                 publish.start(
                     self.root, self.cfg, self.address, net, network.BRIDGE, veth, self.ports
                 )
+                mark("ports forwarded")
         if self.limits.wanted():
             for warning in self.limits.apply(self.init_pid):
                 print(f"strata: warning: {warning}", file=sys.stderr, flush=True)

@@ -27,8 +27,9 @@ A rule per host address: `fib daddr type local` (every address of the host; `-p 
 10.90.0.2 . 80, ...}`. Chains per container, rather than rules in shared chains, make removal
 exact and cheap: by name, without listing the ruleset or keeping rule handles; and `add`,
 `flush`, `delete` of a chain in one transaction is no error when the chain is already gone.
-A start makes its chains (replacing any a dead run of it left) and removes the dead
-containers' in one `nft -j -f -` call; an exit removes them in one more; a container that
+A start makes its chains (or empties those a dead run of it left: deleting base chains
+costs a few ms each, for the hooks unregistered) and removes other dead containers' in one
+`nft -j -f -` call; an exit removes them in one more; a container that
 publishes nothing costs no call at all.
 """
 
@@ -217,7 +218,14 @@ def addition(
         {"masquerade": None},
     ]
     pre, out, post = _chains(cid)
-    commands: list[dict[str, object]] = [{"add": {"chain": _chain(*c)}} for c in (pre, out, post)]
+    # made, or emptied if a dead run of the container left them: cheaper than deleting them
+    # (each base chain deleted is a hook unregistered, a wait for an RCU grace period)
+    commands: list[dict[str, object]] = []
+    for name, hook, prio, kind in (pre, out, post):
+        commands += [
+            {"add": {"chain": _chain(name, hook, prio, kind)}},
+            {"flush": {"chain": {**_inside(), "name": name}}},
+        ]
     for name in (pre[0], out[0]):
         commands += [{"add": {"rule": {**_inside(), "chain": name, "expr": e}}} for e in dnat_rules]
     commands.append({"add": {"rule": {**_inside(), "chain": post[0], "expr": masquerade}}})
@@ -239,11 +247,13 @@ def _stale(root: StateRoot, exclude: str) -> list[ContainerDir]:
     return found
 
 
-def _apply(root: StateRoot, exclude: str, commands: list[dict[str, object]]) -> list[str]:
-    """One nft transaction: the stale containers' chains removed, then `commands`; the stale
-    containers' records cleared (not `exclude`'s: its monitor writes its own state). What was
-    removed. Lock held."""
-    stale = _stale(root, exclude)
+def _apply(
+    root: StateRoot, exclude: str, commands: list[dict[str, object]], *, own: bool = True
+) -> list[str]:
+    """One nft transaction: the stale containers' chains removed (`exclude`'s too if `own`),
+    then `commands`; the stale containers' records cleared (not `exclude`'s: its monitor
+    writes its own state). What was removed. Lock held."""
+    stale = [c for c in _stale(root, exclude) if own or c.id != exclude]
     if not stale and not commands:
         return []
     table = {"family": NFT_FAMILY, "name": NFT_TABLE}
@@ -277,7 +287,7 @@ def start(
         # the container reaching itself through a host address: with br_netfilter the DNATed
         # frame is bridged, back out of the port it came in by, which takes hairpin mode
         _write(f"/sys/class/net/{veth}/brport/hairpin_mode")
-    _apply(root, cfg.id, commands)
+    _apply(root, cfg.id, commands, own=False)  # its own chains are remade in place
 
 
 def _write(path: str) -> None:

@@ -138,7 +138,7 @@ def _detached(strata: Strata, *args: str) -> str:
     return done.stdout.strip()
 
 
-def test_http_from_the_host_other_containers_and_itself(
+def test_http_from_the_host_and_other_containers(
     strata: Strata, busybox: list[str], www: list[str], host_address: str, no_rules_left: None
 ) -> None:
     port, local_port = _free_port(), _free_port()
