@@ -278,6 +278,7 @@ class Monitor:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - child
                 parent_sock.close()
+                self.ports.close()  # the published ports are the monitor's to hold
                 ns_parent(plan, child_sock)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
