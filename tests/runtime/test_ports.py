@@ -3,8 +3,9 @@ in a container reached from the host over loopback and over a host address, from
 container and from itself (hairpin), UDP, a host port range, -P, a port in use, and the nft
 rules going with the container (also after SIGKILL of its monitor).
 
-Only local addresses are used: loopback, the bridge, and a veth the test adds with an
-address of TEST-NET-3 (203.0.113.0/24) standing for "an address of the host". Host ports are
+Only local addresses are used: loopback, the bridge, and a veth the test adds on TEST-NET-3
+(203.0.113.0/24) to a network namespace of its own: the host's end stands for "an address of the
+host", the namespace for a client beyond the host. Host ports are
 picked free by the test (or by strata: `-p 80`). The rules are looked for in
 `nft -j list ruleset`: every chain of table `ip strata_ports` carries its container's id.
 """
@@ -17,6 +18,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +33,7 @@ from tests.runtime.conftest import Strata, wait_for, wait_running
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
 
 HOST_ADDRESS = "203.0.113.77"  # on the test's veth: an address of the host
+OUTSIDE = "203.0.113.78"  # the other end, in a network namespace: beyond the host
 HTTPD = ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]
 
 
@@ -92,20 +95,50 @@ def www(tmp_path: Path) -> list[str]:
 
 
 @pytest.fixture
-def host_address() -> Iterator[str]:
-    """A link holding HOST_ADDRESS: an address of the host that is not loopback (a veth pair,
-    both ends on the host: the kernel here has no dummy links)."""
+def outside() -> Iterator[str]:
+    """A network namespace (OUTSIDE) joined to the host by a veth on 203.0.113.0/24, the host's
+    end holding HOST_ADDRESS: a client from beyond the host, and an address of the host that is
+    not loopback. Yields the namespace's name."""
+    ns = f"spt-out-{os.getpid()}"
     link = f"spt{os.getpid() % 10**8}"
-    subprocess.run(
-        ["ip", "link", "add", link, "type", "veth", "peer", "name", f"{link}p"], check=True
-    )
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    ip("netns", "add", ns)
     try:
-        subprocess.run(["ip", "addr", "add", f"{HOST_ADDRESS}/32", "dev", link], check=True)
-        subprocess.run(["ip", "link", "set", link, "up"], check=True)
-        subprocess.run(["ip", "link", "set", f"{link}p", "up"], check=True)
-        yield HOST_ADDRESS
+        ip("link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        ip("addr", "add", f"{HOST_ADDRESS}/24", "dev", link)
+        ip("link", "set", link, "up")
+        ip("-n", ns, "addr", "add", f"{OUTSIDE}/24", "dev", "eth0")
+        ip("-n", ns, "link", "set", "eth0", "up")
+        yield ns
     finally:
-        subprocess.run(["ip", "link", "del", link], check=False)
+        subprocess.run(["ip", "netns", "del", ns], check=False)  # takes the veth pair along
+        if os.path.exists(f"/sys/class/net/{link}"):
+            subprocess.run(["ip", "link", "del", link], check=False)
+
+
+@pytest.fixture
+def host_address(outside: str) -> str:
+    return HOST_ADDRESS
+
+
+def _get_from(ns: str, host: str, port: int) -> str:
+    """http://HOST:PORT/ fetched from network namespace `ns`."""
+    fetch = (
+        "import sys, urllib.request\n"
+        f"sys.stdout.write(urllib.request.urlopen('http://{host}:{port}/', timeout=10)"
+        ".read().decode())\n"
+    )
+    done = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", fetch],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 @pytest.fixture
@@ -138,8 +171,13 @@ def _detached(strata: Strata, *args: str) -> str:
     return done.stdout.strip()
 
 
-def test_http_from_the_host_and_other_containers(
-    strata: Strata, busybox: list[str], www: list[str], host_address: str, no_rules_left: None
+def test_http_from_the_host_outside_and_other_containers(
+    strata: Strata,
+    busybox: list[str],
+    www: list[str],
+    outside: str,
+    host_address: str,
+    no_rules_left: None,
 ) -> None:
     port, local_port = _free_port(), _free_port()
     cid = _detached(
@@ -178,6 +216,7 @@ def test_http_from_the_host_and_other_containers(
     gateway = str(info["NetworkSettings"]["IPAddress"]).rsplit(".", 1)[0] + ".1"  # type: ignore[index]
     assert _get(gateway, port) == page  # the bridge's address is the host's too
 
+    assert _get_from(outside, host_address, port) == page  # from beyond the host
     # another container, through the host's address (hairpin), then through the gateway
     for address in (host_address, gateway):
         done = strata.run(
@@ -377,6 +416,9 @@ def test_publishing_with_host_or_none(strata: Strata, busybox: list[str]) -> Non
     done = strata.run("run", "--rm", "--network", "none", "-p", "80", *busybox, "/bin/true")
     assert done.returncode == 125
     assert done.stderr == "strata: -p/-P: no ports can be published with --network none\n"
+    done = strata.run("run", "--rm", "--network", "bridge", "-p", "80/sctp", *busybox, "/bin/true")
+    assert done.returncode == 125
+    assert done.stderr == "strata: -p 80/sctp: protocol 'sctp': expected tcp or udp\n"
     assert strata.container_ids() == []
 
 
