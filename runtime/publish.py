@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import shutil
 import socket
 import sys
 from collections.abc import Iterable, Sequence
@@ -305,6 +307,8 @@ def tidy(root: StateRoot, *, exclude: str = "") -> list[str]:
 def remove_empty_table() -> list[str]:
     """`network prune`: delete table `ip strata_ports` if no container's chain is left in it
     (another state root's containers may have theirs there)."""
+    if shutil.which("nft") is None and not os.path.exists("/usr/sbin/nft"):
+        return []  # nothing can have been made without it
     listed = _nft_json(["list", "tables"], None, "nft tables")
     entries = listed.get("nftables", []) if isinstance(listed, dict) else []
     if not any(
