@@ -15,7 +15,7 @@ from typing import NoReturn
 from unionfs import startup
 from unionfs.errors import UsageError
 
-from . import namespaces, network
+from . import namespaces, network, publish
 from .control import START_FAILED, StartError
 from .create import id_map_of
 from .init import FORWARDED, deliver
@@ -158,6 +158,8 @@ def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
             if cdir.config.network == "bridge":  # what a monitor killed with SIGKILL left
                 with contextlib.suppress(OSError):
                     network.tidy(root, exclude=cdir.id)
+                with contextlib.suppress(OSError):  # its published ports' rules
+                    publish.tidy(root, exclude=cdir.id)
         doomed = cdir.path.with_name(f".rm-{cdir.id}")
         os.rename(cdir.path, doomed)  # gone from listings at once; removal may take a while
     _remove_layer_tree(cdir, doomed)

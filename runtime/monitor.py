@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from unionfs.errors import UsageError
 
-from . import console, namespaces, network
+from . import console, namespaces, network, publish
 from .cgroups import Limits
 from .control import START_FAILED, StartError, check_error, recv, send
 from .create import confinement_of, id_map_of, union_config
@@ -67,6 +67,7 @@ class Monitor:
         self.address = ""
         self.net_fd: int | None = None  # --network container:ID: that container's netns
         self.net_owner: ContainerDir | None = None  # ... and that container
+        self.ports = publish.Reservation()  # published ports: held from _claim to the exit
         self.daemon_pid = 0
         self.rootfs: UnionRootfs | None = None
         self.limits = Limits(cdir.config.id, memory=cdir.config.memory, pids=cdir.config.pids_limit)
@@ -122,6 +123,8 @@ class Monitor:
                     self.address = network.lease_address(
                         network.BRIDGE, network.parse_subnet(self.cfg.subnet), self.cfg.id
                     )
+            # published ports (runtime.publish): one in use refuses the start before anything
+            self.ports = publish.reserve(publish.wanted(self.cfg))
             me = os.getpid()
             self.cdir.write_state(
                 ContainerState(
@@ -130,6 +133,7 @@ class Monitor:
                     monitor_start=process_start_time(me) or 0,
                     started_at=now(),
                     ip=self.address,
+                    ports=self.ports.texts(),
                 )
             )
         return previous
@@ -160,6 +164,7 @@ class Monitor:
         with contextlib.suppress(OSError), self.root.lock():
             self._leave_bridge()
             if self.cdir.path.exists():
+                previous = previous.replace(ports=())  # _leave_bridge took their rules
                 self.cdir.write_state(previous if previous.status != RUNNING else ContainerState())
 
     def _leave_bridge(self) -> None:
@@ -172,6 +177,17 @@ class Monitor:
             network.leave(self.cfg.id, self.address)
         except (OSError, UsageError) as exc:
             print(f"strata: warning: bridge clean-up: {exc}", file=sys.stderr, flush=True)
+        self._unpublish()
+
+    def _unpublish(self) -> None:
+        """Remove the published ports' rules (also what dead containers left), then let the
+        ports go (lock held)."""
+        try:
+            publish.tidy(self.root, exclude=self.cfg.id)
+        except (OSError, UsageError) as exc:
+            publish.warn(f"published ports clean-up: {exc}")
+        finally:
+            self.ports.close()
 
     def _record_exit(self, code: int) -> None:
         with self.root.lock():
@@ -186,6 +202,7 @@ class Monitor:
                     init_start=0,
                     daemon_pid=0,
                     ip="",
+                    ports=(),
                 )
             )
 
@@ -290,6 +307,7 @@ class Monitor:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - child
                 parent_sock.close()
+                self.ports.close()  # the published ports are the monitor's to hold
                 ns_parent(plan, child_sock)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -358,6 +376,12 @@ class Monitor:
                     network.ensure_bridge(net)
                     network.connect_host_side(self.cfg.id, self.ns_parent)
                 network.connect_container_side(self.ns_parent, self.address, net)
+                mark("bridge connected")
+                veth = network.veth_name(self.cfg.id)
+                publish.start(
+                    self.root, self.cfg, self.address, net, network.BRIDGE, veth, self.ports
+                )
+                mark("ports forwarded")
         if self.limits.wanted():
             for warning in self.limits.apply(self.init_pid):
                 print(f"strata: warning: {warning}", file=sys.stderr, flush=True)
