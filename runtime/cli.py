@@ -256,6 +256,7 @@ def _create_request(
     from .create import CreateRequest
     from .ports import parse_publish_all
     from .process import check_user, parse_env_assignments, read_env_file
+    from .publish import check_mode
     from .security import parse_options
     from .state import Volume
 
@@ -292,7 +293,9 @@ def _create_request(
     dns_search = network.parse_dns_search(args.dns_search)
     dns_options = network.parse_dns_options(args.dns_option)
     add_hosts = network.parse_add_hosts(args.add_host, mode)
-    ports = tuple(m.text() for m in parse_publish_all(args.publish))
+    mappings = parse_publish_all(args.publish)
+    check_mode(mappings, args.publish_all, mode)  # -p with host, none (runtime.publish)
+    ports = tuple(m.text() for m in mappings)
     memory = 0
     if args.memory:
         from .cgroups import parse_memory
@@ -639,6 +642,22 @@ def _inspect(args: argparse.Namespace, runner: Runner) -> int:
     return 0
 
 
+def _add_port_arguments(parser: argparse.ArgumentParser) -> None:
+    add_root(parser)
+    parser.add_argument("container", metavar="CONTAINER")
+    parser.add_argument(
+        "private", nargs="?", metavar="PRIVATE_PORT[/PROTO]", help="only this container port"
+    )
+
+
+def _port(args: argparse.Namespace, runner: Runner) -> int:
+    from .publish import port_lines
+
+    for line in port_lines(_state_root(args).find(args.container), args.private):
+        print(line)
+    return 0
+
+
 def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
     add_root(parser)  # `strata network --root DIR ACTION`, and after ACTION too:
 
@@ -712,7 +731,12 @@ def _network(args: argparse.Namespace, runner: Runner) -> int:
         if failed is not None:
             raise failed
         return 0
-    for what in networks.prune(root):
+    from . import publish
+
+    with root.lock():
+        removed = publish.tidy(root) + publish.remove_empty_table()
+    removed += networks.prune(root)  # (takes the lock itself)
+    for what in removed:
         print(what, flush=True)
     return 0
 
@@ -751,6 +775,12 @@ def subcommands(source: ImageSource | None = None) -> tuple[Subcommand, ...]:
         Subcommand("rm", "remove containers and their writable layers", _add_rm_arguments, _rm),
         Subcommand("logs", "show a detached container's output", _add_logs_arguments, _logs),
         Subcommand("inspect", "show containers as JSON", add_inspect_arguments, _inspect),
+        Subcommand(
+            "port",
+            "list a container's published ports (or one port's host addresses)",
+            _add_port_arguments,
+            _port,
+        ),
         Subcommand(
             "network",
             "manage networks (create, ls, inspect, rm, prune)",

@@ -108,6 +108,7 @@ def container_config(root: StateRoot, req: CreateRequest, cid: str) -> Container
         add_hosts=req.add_hosts,
         ports=req.ports,
         publish_all=req.publish_all,
+        exposed_ports=image.exposed_ports,
         network_aliases=req.network_aliases,
         network_id=req.network_id,
         volumes=req.volumes,

@@ -15,7 +15,7 @@ from typing import NoReturn
 from unionfs import startup
 from unionfs.errors import UsageError
 
-from . import namespaces, network
+from . import namespaces, network, publish
 from .control import START_FAILED, StartError
 from .create import id_map_of
 from .init import FORWARDED, deliver
@@ -158,6 +158,8 @@ def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
             if cdir.config.network == "bridge" or cdir.config.network_id:  # what SIGKILL left
                 with contextlib.suppress(OSError):
                     network.tidy(root, exclude=cdir.id)
+                with contextlib.suppress(OSError):  # its published ports' rules
+                    publish.tidy(root, exclude=cdir.id)
                 with contextlib.suppress(OSError):  # hook: runtime.dns (imported only here)
                     from .dns import dns_tidy
 

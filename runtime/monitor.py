@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from unionfs.errors import UsageError
 
-from . import console, namespaces, network
+from . import console, namespaces, network, publish
 from .cgroups import Limits
 from .control import START_FAILED, StartError, check_error, recv, send
 from .create import confinement_of, id_map_of, union_config
@@ -74,6 +74,7 @@ class Monitor:
         self.dns_upstreams: tuple[str, ...] = ()  # the bridge's DNS forwarder relays to these
         self.net_fd: int | None = None  # --network container:ID: that container's netns
         self.net_owner: ContainerDir | None = None  # ... and that container
+        self.ports = publish.Reservation()  # published ports: held from _claim to the exit
         self.daemon_pid = 0
         self.rootfs: UnionRootfs | None = None
         self.limits = Limits(cdir.config.id, memory=cdir.config.memory, pids=cdir.config.pids_limit)
@@ -130,6 +131,8 @@ class Monitor:
                     self.address = network.lease_address(
                         self.attach.bridge, self.attach.net, self.cfg.id, self.attach.gw
                     )
+            # published ports (runtime.publish): one in use refuses the start before anything
+            self.ports = publish.reserve(publish.wanted(self.cfg))
             me = os.getpid()
             self.cdir.write_state(
                 ContainerState(
@@ -138,6 +141,7 @@ class Monitor:
                     monitor_start=process_start_time(me) or 0,
                     started_at=now(),
                     ip=self.address,
+                    ports=self.ports.texts(),
                 )
             )
         return previous
@@ -168,6 +172,7 @@ class Monitor:
         with contextlib.suppress(OSError), self.root.lock():
             self._leave_bridge()
             if self.cdir.path.exists():
+                previous = previous.replace(ports=())  # _leave_bridge took their rules
                 self.cdir.write_state(previous if previous.status != RUNNING else ContainerState())
 
     def _leave_bridge(self) -> None:
@@ -188,6 +193,7 @@ class Monitor:
             except (OSError, UsageError) as exc:
                 print(f"strata: warning: DNS clean-up: {exc}", file=sys.stderr, flush=True)
         self._dns_tidy()
+        self._unpublish()
 
     def _dns_tidy(self) -> None:  # hook: runtime.dns, the bridge's DNS forwarder
         if not self.dns_upstreams:  # not one of its users (others' are collected by theirs)
@@ -198,6 +204,16 @@ class Monitor:
             dns_tidy(self.root, exclude=self.cfg.id)
         except (OSError, UsageError) as exc:
             print(f"strata: warning: DNS forwarder clean-up: {exc}", file=sys.stderr, flush=True)
+
+    def _unpublish(self) -> None:
+        """Remove the published ports' rules (also what dead containers left), then let the
+        ports go (lock held)."""
+        try:
+            publish.tidy(self.root, exclude=self.cfg.id)
+        except (OSError, UsageError) as exc:
+            publish.warn(f"published ports clean-up: {exc}")
+        finally:
+            self.ports.close()
 
     def _record_exit(self, code: int) -> None:
         with self.root.lock():
@@ -212,6 +228,7 @@ class Monitor:
                     init_start=0,
                     daemon_pid=0,
                     ip="",
+                    ports=(),
                 )
             )
 
@@ -338,6 +355,7 @@ class Monitor:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - child
                 parent_sock.close()
+                self.ports.close()  # the published ports are the monitor's to hold
                 ns_parent(plan, child_sock)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -405,6 +423,12 @@ class Monitor:
                     network.ensure_bridge(at.net, at.bridge, at.gw)
                     network.connect_host_side(self.cfg.id, self.ns_parent, at.bridge)
                 network.connect_container_side(self.ns_parent, self.address, at.net, at.gw)
+                mark("bridge connected")
+                veth = network.veth_name(self.cfg.id)
+                publish.start(
+                    self.root, self.cfg, self.address, at.net, at.bridge, veth, self.ports
+                )
+                mark("ports forwarded")
                 if at.defn is not None:  # hook: user networks, names through runtime.dns
                     from .networks import update_dns
 
