@@ -445,7 +445,9 @@ def _serve_main(argv: Sequence[str]) -> int:
     server.serve()
     os.write(ready_fd, f"ready {os.getpid()}".encode())
     os.close(ready_fd)
-    Answerer.warm_up()  # a question asked meanwhile waits for the import lock, then is answered
+    # dnspython is imported in a thread of its own: a question asked meanwhile waits for the
+    # import lock, and a stop (the container was /bin/true) does not wait for the import
+    threading.Thread(target=Answerer.warm_up, daemon=True).start()
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
     os._exit(0)  # the serving threads sit in recv: no interpreter shutdown to wait on them
 
