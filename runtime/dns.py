@@ -423,11 +423,12 @@ class _Spec(NamedTuple):
 
 
 def _serve_main(argv: Sequence[str]) -> int:
-    """The server process: `python -m runtime.dns SPEC_JSON READY_FD`. Binds, forks (the child
-    is reparented away from strata's monitor, whose wait(-1) must not meet it), reports `ready
-    PID` on READY_FD (`start` writes the pid file), imports dnspython while the caller goes on,
-    then serves until SIGTERM."""
-    raw, ready_fd = json.loads(argv[0]), int(argv[1])
+    """The server process: `python -m runtime.dns SPEC_JSON READY_FD RUN_DIR`. Binds, forks (the
+    child is reparented away from strata's monitor, whose wait(-1) must not meet it), writes the
+    pid file (itself: a caller interrupted meanwhile still leaves a server `stop` finds),
+    reports `ready PID` on READY_FD, imports dnspython while the caller goes on, then serves
+    until SIGTERM."""
+    raw, ready_fd, run_dir = json.loads(argv[0]), int(argv[1]), Path(argv[2])
     spec = _Spec(raw["listen"], raw["records"], tuple(raw["upstreams"]))
     # the caller's ignored or blocked signals survive exec: start from the defaults
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
@@ -440,19 +441,32 @@ def _serve_main(argv: Sequence[str]) -> int:
         return 1
     if os.fork() != 0:
         os._exit(0)
+    me = os.getpid()
+    record = {"pid": me, "start": _own_start_time(), **raw}
+    _write_atomically(run_dir / PID_FILE, json.dumps(record) + "\n")
     # block the stop signals in every thread; the main thread takes them with sigwait
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     server.serve()
-    os.write(ready_fd, f"ready {os.getpid()}".encode())
+    os.write(ready_fd, f"ready {me}".encode())
     os.close(ready_fd)
-    Answerer.warm_up()  # a question asked meanwhile waits for the import lock, then is answered
+    # dnspython is imported in a thread of its own: a question asked meanwhile waits for the
+    # import lock, and a stop (the container was /bin/true) does not wait for the import
+    threading.Thread(target=Answerer.warm_up, daemon=True).start()
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
     os._exit(0)  # the serving threads sit in recv: no interpreter shutdown to wait on them
 
 
+def _own_start_time() -> int:
+    """This process's start time, as runtime.state's process_start_time reads it (field 22 of
+    /proc/PID/stat, after the command name), without importing runtime.state into the server."""
+    with open("/proc/self/stat", "rb") as f:
+        raw = f.read()
+    return int(raw[raw.rindex(b")") + 2 :].split()[19])
+
+
 def _server_command(spec: _Spec) -> list[str]:
-    """The server's command line but its last argument (the pipe's fd). -I: neither the
-    working directory nor PYTHON* variables choose what `runtime` is imported."""
+    """The server's command line but its last two arguments (the pipe's fd, the run dir). -I:
+    neither the working directory nor PYTHON* variables choose what `runtime` is imported."""
     return [sys.executable, "-I", "-m", "runtime.dns", json.dumps(_spec_fields(spec))]
 
 
@@ -523,7 +537,7 @@ def start(run_dir: Path, listen: str, records: Path, upstreams: Sequence[str]) -
         read_end, write_end = os.pipe()
         try:
             child = subprocess.Popen(
-                [*_server_command(spec), str(write_end)],
+                [*_server_command(spec), str(write_end), str(run_dir)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -536,11 +550,9 @@ def start(run_dir: Path, listen: str, records: Path, upstreams: Sequence[str]) -
         with os.fdopen(read_end, "rb") as pipe:
             report = pipe.read().decode(errors="replace")  # EOF: ready, or the server is gone
         child.wait()
-        word, _, rest = report.partition(" ")
-        if word == "ready" and (pid := int(rest)) and (start_time := _start_time(pid)):
-            record = {"pid": pid, "start": start_time, **_spec_fields(spec)}
-            _write_atomically(run_dir / PID_FILE, json.dumps(record) + "\n")
-            return pid
+    word, _, rest = report.partition(" ")
+    if word == "ready":
+        return int(rest)
     detail = rest if word == "error" else f"it exited at once (status {child.returncode})"
     from unionfs.errors import UsageError
 

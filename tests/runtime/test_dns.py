@@ -2,14 +2,16 @@
 resolv.conf when its server is reachable through NAT, and through strata's forwarder on the
 gateway (runtime.dns) when the host's resolv.conf names only a loopback stub.
 
-"The internet" is a network namespace the test makes (joined to the host by a veth on
-198.51.100.52/30, with no route back to the bridge's subnet), where Debian's dnsmasq answers
-for the domain `test` only: `example.test` is 198.51.100.7 (A; AAAA is an empty answer, so that
-busybox's nslookup, which asks both, succeeds), other names NXDOMAIN. The host's resolv.conf is never touched:
-strata runs in a mount namespace of its own where a file of the test is bind-mounted over
-/etc/resolv.conf. The loopback stub is dnsmasq again, on 127.0.0.54 in the host's namespace,
-forwarding to the outside resolver (as systemd-resolved's 127.0.0.53 forwards to the LAN's).
-Names are looked up in the container with busybox's nslookup.
+"The internet" is a network namespace the test makes (joined to the host by a veth on a /30 of
+198.51.100.0/24, with no route back to the bridge's subnet), where Debian's dnsmasq answers for
+the domain `test` only: `example.test` is 198.51.100.7 (A; AAAA is an empty answer, so that
+busybox's nslookup, which asks both, succeeds), other names NXDOMAIN. The host's resolv.conf is
+never touched: strata runs in a mount namespace of its own where a file of the test is
+bind-mounted over /etc/resolv.conf. The loopback stub is dnsmasq again, on 127.0.N.54 in the
+host's namespace, forwarding to the outside resolver (as systemd-resolved's 127.0.0.53 forwards
+to the LAN's). Names are looked up in the container with busybox's nslookup.
+
+The forwarder of the default bridge is one per host: a test skips while another run's is up.
 """
 
 from __future__ import annotations
@@ -36,9 +38,12 @@ from tests.runtime.conftest import STRATA, Strata, wait_for, wait_running
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
 
-OUTSIDE_HOST = "198.51.100.53"  # the host's end of the veth to "the internet"
-RESOLVER = "198.51.100.54"  # dnsmasq in the outside namespace
-STUB = "127.0.0.54"  # the host's loopback stub
+# A /30 of 198.51.100.0/24 and a loopback address per test process (not the first /30, which
+# test_network_nat's /24 starts with), so that two checkouts' runs at once do not collide.
+_SLICE = 4 * (1 + os.getpid() % 63)
+OUTSIDE_HOST = f"198.51.100.{_SLICE + 1}"  # the host's end of the veth to "the internet"
+RESOLVER = f"198.51.100.{_SLICE + 2}"  # dnsmasq in the outside namespace
+STUB = f"127.0.{os.getpid() % 250}.54"  # the host's loopback stub (127.0.0.53 and the like)
 ANSWER = "198.51.100.7"  # example.test
 GATEWAY = str(gateway(parse_subnet(DEFAULT_SUBNET)))
 LOOKUP = ["/bin/sh", "-c", "cat /etc/resolv.conf; nslookup example.test"]
