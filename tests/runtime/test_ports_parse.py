@@ -272,3 +272,12 @@ def test_an_address_not_of_this_host_is_refused() -> None:
     with pytest.raises(UsageError) as caught:
         reserve([PortMapping("192.0.2.1", 0, 80)])  # TEST-NET-1: no host has it
     assert str(caught.value) == "-p 192.0.2.1:0:80/tcp: 192.0.2.1 is not an address of this host"
+
+
+def test_the_image_config_carries_its_exposed_ports() -> None:
+    from runtime.images import ImageConfig
+
+    config = ImageConfig.from_oci({"config": {"ExposedPorts": {"80/tcp": {}, "53/udp": {}}}})
+    assert config.exposed_ports == ("80/tcp", "53/udp")
+    assert ImageConfig.from_json(config.to_json()) == config
+    assert ImageConfig.from_oci({"config": {"ExposedPorts": None}}).exposed_ports == ()
