@@ -29,7 +29,13 @@ if TYPE_CHECKING:
     from .state import ContainerDir, StateRoot
 
 _NETWORKS: Final = ("none", "host", "bridge")
-DEFAULT_NETWORK: Final = "host"
+
+
+def default_network(rootless: bool) -> str:
+    """The network a container gets without `--network`: its own namespace on the NAT'd bridge
+    for root, as docker and podman give; rootless containers, which cannot make a bridge, the
+    host's."""
+    return "host" if rootless else "bridge"
 
 
 def add_root(parser: argparse.ArgumentParser) -> None:
@@ -85,9 +91,10 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
     parser.add_argument(
         "--network",
         "--net",
-        default=DEFAULT_NETWORK,
+        default="",
         metavar="MODE",
-        help=f"none: only lo; host: the host's; bridge: veth on strata0, NAT out (default {DEFAULT_NETWORK})",
+        help="bridge: own namespace, veth on strata0, NAT out (root's default); none: only lo;"
+        " host: the host's (rootless default)",
     )
     parser.add_argument("--subnet", default="", metavar="CIDR", help="bridge subnet")
     parser.add_argument(
@@ -204,6 +211,38 @@ def _image_and_argv(
     return lookup_image(rest.pop(0), root.path, resolver), rest
 
 
+def _container_network(args: argparse.Namespace, root: StateRoot, mode: str) -> tuple[str, str]:
+    """`--network container:NAME|ID`: the other container's network namespace, and with it its
+    hostname, /etc/hosts and resolv.conf (as docker); what would configure a network of our own
+    conflicts, as in docker. Kept as `container:ID` (the name may be reused later)."""
+    ref = mode.removeprefix("container:")
+    conflicts = [
+        flag
+        for flag, given in (
+            ("--hostname", args.hostname),
+            ("-p/--publish", args.publish),
+            ("-P/--publish-all", args.publish_all),
+            ("--dns", args.dns),
+            ("--dns-search", args.dns_search),
+            ("--dns-option", args.dns_option),
+            ("--add-host", args.add_host),
+            ("--network-alias", args.network_alias),
+            ("--subnet", args.subnet),
+        )
+        if given
+    ]
+    if conflicts:
+        raise UsageError(
+            f"--network {mode}: conflicts with {conflicts[0]} (the network is the other container's)",
+            125,
+        )
+    try:
+        target = root.find(ref)
+    except UsageError:
+        raise UsageError(f"--network {mode}: no such container: {ref}", 125) from None
+    return f"container:{target.id}", target.config.hostname
+
+
 def _create_request(
     args: argparse.Namespace,
     root: StateRoot,
@@ -231,21 +270,26 @@ def _create_request(
     if args.workdir and not args.workdir.startswith("/"):
         raise UsageError(f"-w {args.workdir}: the working directory must be absolute", 125)
     volumes = tuple(Volume(*_parse_volume(v)) for v in args.volume)
-    if args.network not in _NETWORKS:
-        raise UsageError(f"--network {args.network}: unknown network", 125)
+    is_rootless = rootless if rootless is not None else os.geteuid() != 0
+    mode = args.network or default_network(is_rootless)
+    hostname = args.hostname
+    if mode.startswith("container:"):
+        mode, hostname = _container_network(args, root, mode)
+    elif mode not in _NETWORKS:
+        raise UsageError(f"--network {mode}: unknown network", 125)
     subnet = args.subnet or network.DEFAULT_SUBNET
-    if args.network == "bridge":
+    if mode == "bridge":
         network.parse_subnet(subnet)
-        if rootless if rootless is not None else os.geteuid() != 0:
+        if is_rootless:
             raise UsageError("--network bridge needs root (rootless: use none or host)", 125)
     elif args.subnet:
         raise UsageError("--subnet is only for --network bridge", 125)
     dns = network.parse_dns(args.dns)
     dns_search = network.parse_dns_search(args.dns_search)
     dns_options = network.parse_dns_options(args.dns_option)
-    add_hosts = network.parse_add_hosts(args.add_host, args.network)
+    add_hosts = network.parse_add_hosts(args.add_host, mode)
     mappings = parse_publish_all(args.publish)
-    check_mode(mappings, args.publish_all, args.network)  # -p with host, none (runtime.publish)
+    check_mode(mappings, args.publish_all, mode)  # -p with host, none (runtime.publish)
     ports = tuple(m.text() for m in mappings)
     memory = 0
     if args.memory:
@@ -270,10 +314,10 @@ def _create_request(
         env=tuple(env),
         workdir=args.workdir,
         user=args.user,
-        hostname=args.hostname,
+        hostname=hostname,
         name=args.name,
         volumes=volumes,
-        network=args.network,
+        network=mode,
         subnet=subnet,
         dns=dns,
         dns_search=dns_search,
@@ -594,7 +638,7 @@ def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "action",
         choices=["prune"],
-        help="prune: remove strata's bridge, its nft table and stray veths no container uses",
+        help="prune: remove the bridges no container uses, their nft table and stray veths",
     )
 
 
@@ -607,8 +651,8 @@ def _network(args: argparse.Namespace, runner: Runner) -> int:
 
     root = _state_root(args)
     with root.lock():
-        removed = network.tidy(root)
-        removed += publish.tidy(root) + publish.remove_empty_table()
+        removed = publish.tidy(root) + publish.remove_empty_table()
+        removed += network.prune(root)
     for what in removed:
         print(what, flush=True)
     return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -64,6 +65,8 @@ class Monitor:
         self.init_pid = 0
         self.master: int | None = None
         self.address = ""
+        self.net_fd: int | None = None  # --network container:ID: that container's netns
+        self.net_owner: ContainerDir | None = None  # ... and that container
         self.ports = publish.Reservation()  # published ports: held from _claim to the exit
         self.daemon_pid = 0
         self.rootfs: UnionRootfs | None = None
@@ -113,13 +116,13 @@ class Monitor:
             previous = reconcile(self.root, self.cdir)  # a dead rootfs mount is detached
             if previous.status == RUNNING:
                 raise StartError(f"container {self.cfg.name} is already running", START_FAILED)
+            if self.cfg.network.startswith("container:"):
+                self.net_fd = self._open_shared_network()
             if self.cfg.network == "bridge":
-                used = [
-                    c.read_state().ip
-                    for c in self.root.containers()
-                    if c.id != self.cfg.id and c.effective_state().status == RUNNING
-                ]
-                self.address = network.allocate_address(network.parse_subnet(self.cfg.subnet), used)
+                with network.host_lock():
+                    self.address = network.lease_address(
+                        network.BRIDGE, network.parse_subnet(self.cfg.subnet), self.cfg.id
+                    )
             # published ports (runtime.publish): one in use refuses the start before anything
             self.ports = publish.reserve(publish.wanted(self.cfg))
             me = os.getpid()
@@ -135,6 +138,28 @@ class Monitor:
             )
         return previous
 
+    def _open_shared_network(self) -> int:
+        """`--network container:ID`: an fd on that container's network namespace, which must
+        be running (lock held); its hostname, hosts and resolv.conf become ours."""
+        ref = self.cfg.network.removeprefix("container:")
+        try:
+            other = self.root.find(ref)
+        except UsageError:
+            raise StartError(
+                f"--network container:{ref[:12]}: no such container", START_FAILED
+            ) from None
+        state = other.effective_state()
+        if state.status != RUNNING or not state.init_pid:
+            raise StartError(f"--network: container {other.name} is not running", START_FAILED)
+        try:
+            fd = os.open(f"/proc/{state.init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StartError(
+                f"--network: cannot open the network of {other.name}: {exc.strerror}", START_FAILED
+            ) from None
+        self.net_owner = other
+        return fd
+
     def _release(self, previous: ContainerState, exc: BaseException) -> None:
         with contextlib.suppress(OSError), self.root.lock():
             self._leave_bridge()
@@ -143,13 +168,13 @@ class Monitor:
                 self.cdir.write_state(previous if previous.status != RUNNING else ContainerState())
 
     def _leave_bridge(self) -> None:
-        """Remove this container's veth and, were it the last on the bridge, the bridge, its
-        NAT table and the forwarding strata switched on (lock held). Before the exit is
-        recorded, so that whoever waits for the exit finds the host clean."""
-        if self.cfg.network != "bridge" or os.geteuid() != 0:
+        """Release this container's address and remove its veth (lock held). Before the exit
+        is recorded, so that whoever waits for the exit finds the host clean. The bridge stays
+        (`strata network prune`)."""
+        if self.cfg.network != "bridge" or os.geteuid() != 0 or not self.address:
             return
         try:
-            network.tidy(self.root, exclude=self.cfg.id)
+            network.leave(self.cfg.id, self.address)
         except (OSError, UsageError) as exc:
             print(f"strata: warning: bridge clean-up: {exc}", file=sys.stderr, flush=True)
         self._unpublish()
@@ -218,6 +243,12 @@ class Monitor:
 
     def _write_etc_files(self) -> None:
         cfg = self.cfg
+        if self.net_owner is not None:  # the network's owner's files, as docker shares them
+            for name in ("hostname", "hosts", "resolv.conf"):
+                tmp = self.cdir.sub(f".{name}.tmp")
+                shutil.copyfile(self.net_owner.sub(name), tmp)
+                os.rename(tmp, self.cdir.sub(name))
+            return
         net = network.parse_subnet(cfg.subnet) if cfg.network == "bridge" else None
         extra = []
         for entry in cfg.add_hosts:
@@ -244,19 +275,17 @@ class Monitor:
     def _plan(self) -> Plan:
         cfg = self.cfg
         kinds = [Namespace.MNT, Namespace.UTS, Namespace.IPC, Namespace.PID]
-        own_network = cfg.network != "host"
+        own_network = cfg.network != "host" and self.net_fd is None
         if own_network:
             kinds.append(Namespace.NET)
-        bridge = None
-        if cfg.network == "bridge":
-            bridge = (self.address, network.parse_subnet(cfg.subnet))
         self.relay.is_namespace_init = not cfg.init
         return Plan(
             cdir=self.cdir,
             monitor_pid=os.getpid(),
             flags=namespaces.flags_of(kinds),
             own_network=own_network,
-            bridge=bridge,
+            join_network=self.net_fd,
+            wait_for_network=cfg.network == "bridge",
             devpts_gid=None if cfg.rootless else 5,
             process=ProcessSpec(
                 argv=cfg.argv,
@@ -283,6 +312,9 @@ class Monitor:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child_sock.close()
+        if self.net_fd is not None:  # the ns parent has entered it
+            os.close(self.net_fd)
+            self.net_fd = None
         self.sock = parent_sock
         self.ns_parent = pid
 
@@ -340,12 +372,10 @@ class Monitor:
             )
             if self.cfg.network == "bridge":
                 net = network.parse_subnet(self.cfg.subnet)
-                # what a monitor killed with SIGKILL left: veths of dead containers, and the
-                # bridge, table and forwarding if no bridge container runs
-                network.tidy(self.root, exclude=self.cfg.id)
-                network.connect_host_side(net, self.cfg.id, self.ns_parent)
-                network.add_nat(net)
-                network.enable_forwarding(self.root.path)
+                with network.host_lock():
+                    network.ensure_bridge(net)
+                    network.connect_host_side(self.cfg.id, self.ns_parent)
+                network.connect_container_side(self.ns_parent, self.address, net)
                 mark("bridge connected")
                 veth = network.veth_name(self.cfg.id)
                 publish.start(
