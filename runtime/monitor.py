@@ -118,13 +118,14 @@ class Monitor:
                 raise StartError(f"container {self.cfg.name} is already running", START_FAILED)
             if self.cfg.network.startswith("container:"):
                 self.net_fd = self._open_shared_network()
+            # published ports (runtime.publish): one in use refuses the start before anything,
+            # the address lease included
+            self.ports = publish.reserve(publish.wanted(self.cfg))
             if self.cfg.network == "bridge":
                 with network.host_lock():
                     self.address = network.lease_address(
                         network.BRIDGE, network.parse_subnet(self.cfg.subnet), self.cfg.id
                     )
-            # published ports (runtime.publish): one in use refuses the start before anything
-            self.ports = publish.reserve(publish.wanted(self.cfg))
             me = os.getpid()
             self.cdir.write_state(
                 ContainerState(

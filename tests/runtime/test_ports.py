@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.network import veth_name
+from runtime.network import RUN_DIR, veth_name
 from runtime.publish import NFT_FAMILY, NFT_TABLE
 from tests.helpers.images import DebianRootfs
 from tests.runtime.conftest import Strata, wait_for, wait_running
@@ -50,6 +50,15 @@ def _port_chains() -> list[str]:
 
 def _chains_of(cid: str) -> list[str]:
     return [name for name in _port_chains() if name.endswith(cid)]
+
+
+def _leases() -> list[str]:
+    """The host-wide address leases (runtime.network), as text."""
+    found = []
+    for path in (RUN_DIR / "leases").glob("*/*"):
+        with contextlib.suppress(OSError):
+            found.append(path.read_text())
+    return found
 
 
 def _free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
@@ -359,6 +368,7 @@ def test_a_port_in_use_refuses_the_start_and_creates_nothing(
         assert json.loads(state_file.read_text()) == json.loads(before)
         assert _chains_of(cid) == []
         assert veth_name(cid) not in os.listdir("/sys/class/net")
+        assert not any(cid in lease for lease in _leases())  # not even an address lease
     assert not {n for n in set(os.listdir("/sys/class/net")) - links if n.startswith("vs")}
 
 
