@@ -367,6 +367,11 @@ def port_lines(cdir: ContainerDir, private: str | None = None) -> list[str]:
     return lines
 
 
+def ps_ports(cdir: ContainerDir) -> str:
+    """The PORTS column of `ps`, as docker's: `0.0.0.0:8080->80/tcp, 127.0.0.1:40001->80/tcp`."""
+    return ", ".join(f"{_host(m)}->{m.key()}" for m in sorted(published(cdir), key=_order))
+
+
 def _binding(host_ip: str, host_port: str) -> dict[str, str]:
     return {"HostIp": host_ip, "HostPort": host_port}
 

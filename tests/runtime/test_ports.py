@@ -381,6 +381,9 @@ def test_rules_go_when_the_container_exits(
     port = int(line.rpartition(":")[2])
     assert _serving("127.0.0.1", port)
     assert len(_chains_of(cid)) == 3
+    (row,) = json.loads(strata.run("ps", "--format", "json", check=True).stdout)
+    assert row["Ports"] == f"0.0.0.0:{port}->80/tcp"
+    assert f"0.0.0.0:{port}->80/tcp" in strata.run("ps", check=True).stdout
     assert strata.run("stop", "-t", "1", "web").returncode == 0
     assert _chains_of(cid) == []
     assert _ports(strata, "web") == []

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from runtime.ports import PortMapping, exposed_ports, parse_publish, parse_publish_all
-from runtime.publish import check_mode, inspect_fields, port_lines, reserve, wanted
+from runtime.publish import check_mode, inspect_fields, port_lines, ps_ports, reserve, wanted
 from runtime.state import (
     RUNNING,
     ContainerConfig,
@@ -198,6 +198,10 @@ def test_port_and_inspect_show_docker_s_forms(tmp_path: Path) -> None:
         "80/tcp -> 127.0.0.1:40001",
         "443/tcp -> 0.0.0.0:40002",
     ]
+    assert ps_ports(cdir) == (
+        "0.0.0.0:9003->53/udp, 0.0.0.0:8080->80/tcp, 127.0.0.1:40001->80/tcp,"
+        " 0.0.0.0:40002->443/tcp"
+    )
     assert port_lines(cdir, "80") == ["0.0.0.0:8080", "127.0.0.1:40001"]
     assert port_lines(cdir, "53/udp") == ["0.0.0.0:9003"]
     with pytest.raises(UsageError) as caught:
