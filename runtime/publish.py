@@ -27,10 +27,11 @@ A rule per host address: `fib daddr type local` (every address of the host; `-p 
 10.90.0.2 . 80, ...}`. Chains per container, rather than rules in shared chains, make removal
 exact and cheap: by name, without listing the ruleset or keeping rule handles; and `add`,
 `flush`, `delete` of a chain in one transaction is no error when the chain is already gone.
-A start makes its chains (or empties those a dead run of it left: deleting base chains
-costs a few ms each, for the hooks unregistered) and removes other dead containers' in one
-`nft -j -f -` call; an exit removes them in one more; a container that
-publishes nothing costs no call at all.
+A start makes its chains (or empties those a dead run of it left) and removes other dead
+containers' in one `nft -j -f -` call, ~5 ms; an exit removes them in one more, ~16 ms: a
+transaction that deletes anything (chains, rules or set elements alike) waits for an RCU grace
+period in the kernel, which is why a start never deletes its own chains first. A container
+that publishes nothing costs no call at all.
 """
 
 from __future__ import annotations
