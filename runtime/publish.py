@@ -22,6 +22,12 @@ id (the table has no other content):
               that come from its own subnet (hairpin: else the answer would bypass the host)
               or from 127.0.0.0/8 (which must not leave the host as it is)
 
+And one chain for every publishing bridge, `guard` (filter prerouting, raw priority): the
+bridge gets route_localnet (for the host's own connections to 127.0.0.1:PORT), which would also
+let a container reach the host's loopback services by sending to 127.0.0.1 through its gateway,
+so what comes in by the bridge for 127.0.0.0/8 is dropped first (as kube-proxy does since
+CVE-2020-8558).
+
 A rule per host address: `fib daddr type local` (every address of the host; `-p 8080:80`) or
 `ip daddr A` (`-p A:8080:80`), then `dnat ip to meta l4proto . th dport map {tcp . 8080 :
 10.90.0.2 . 80, ...}`. Chains per container, rather than rules in shared chains, make removal
@@ -50,13 +56,15 @@ from typing import Final
 from unionfs.errors import UsageError
 
 from .control import START_FAILED, StartError
-from .network import _nft_json
+from .network import RUN_DIR, _nft_json
 from .ports import PortMapping, exposed_ports
 from .state import RUNNING, ContainerConfig, ContainerDir, StateRoot, process_alive
 
 NFT_FAMILY: Final = "ip"
 NFT_TABLE: Final = "strata_ports"
 LOOPBACK: Final = "127.0.0.0/8"
+GUARD_CHAIN: Final = "guard"  # drops what comes in by a bridge for 127.0.0.0/8 (see _guard)
+GUARDS: Final = RUN_DIR / "ports-guard"  # BRIDGE: its guard rule is in the table (this boot)
 _OWN_NETWORK_MODES: Final = ("none", "host")  # modes without published ports
 
 
@@ -284,6 +292,9 @@ def start(
     link is `veth` (replacing what a dead run of it left), and remove what dead containers of
     `root` left. State lock held; the container's state records `held`'s ports."""
     commands = addition(cfg.id, address, subnet, held.mappings)
+    guard = GUARDS / bridge
+    if commands and not guard.exists():
+        commands = _guard(bridge) + commands
     if commands:
         # the host's own connections to 127.0.0.1 leave through the bridge (then masqueraded)
         _write(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet")
@@ -291,6 +302,29 @@ def start(
         # frame is bridged, back out of the port it came in by, which takes hairpin mode
         _write(f"/sys/class/net/{veth}/brport/hairpin_mode")
     _apply(root, cfg.id, commands, own=False)  # its own chains are remade in place
+    if commands and not guard.exists():
+        guard.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        guard.write_text(f"table {NFT_FAMILY} {NFT_TABLE} chain {GUARD_CHAIN} drops it\n")
+
+
+def _guard(bridge: str) -> list[dict[str, object]]:
+    """route_localnet lets the host's connections to 127.0.0.1 out through `bridge`, but
+    would also let a container reach the host's loopback services by sending to 127.0.0.1
+    through its gateway (CVE-2020-8558, kube-proxy's). So whatever comes in by `bridge` for
+    127.0.0.0/8 is dropped before anything else sees it; made once per bridge and boot
+    (GUARDS notes it), so that no start pays for a listing or a re-made rule."""
+    chain = {**_inside(), "name": GUARD_CHAIN, "type": "filter", "hook": "prerouting"}
+    daddr = {"payload": {"protocol": "ip", "field": "daddr"}}
+    loopback = {"prefix": {"addr": "127.0.0.0", "len": 8}}
+    rule = [
+        _match({"meta": {"key": "iifname"}}, "==", bridge),
+        _match(daddr, "==", loopback),
+        {"drop": None},
+    ]
+    return [
+        {"add": {"chain": chain | {"prio": -300, "policy": "accept"}}},
+        {"add": {"rule": {**_inside(), "chain": GUARD_CHAIN, "expr": rule}}},
+    ]
 
 
 def _write(path: str) -> None:
@@ -306,8 +340,8 @@ def tidy(root: StateRoot, *, exclude: str = "") -> list[str]:
 
 
 def remove_empty_table() -> list[str]:
-    """`network prune`: delete table `ip strata_ports` if no container's chain is left in it
-    (another state root's containers may have theirs there)."""
+    """`network prune`: delete table `ip strata_ports` (its guard with it) if no container's
+    chain is left in it (another state root's containers may have theirs there)."""
     if shutil.which("nft") is None and not os.path.exists("/usr/sbin/nft"):
         return []  # nothing can have been made without it
     listed = _nft_json(["list", "tables"], None, "nft tables")
@@ -322,9 +356,14 @@ def remove_empty_table() -> list[str]:
     table = {"family": NFT_FAMILY, "name": NFT_TABLE}
     listed = _nft_json(["list", "table", NFT_FAMILY, NFT_TABLE], None, "published ports")
     entries = listed.get("nftables", []) if isinstance(listed, dict) else []
-    if any(isinstance(e, dict) and "chain" in e for e in entries):
+    if any(
+        isinstance(e, dict) and "chain" in e and e["chain"].get("name") != GUARD_CHAIN
+        for e in entries
+    ):
         return []
     _nft_json(["-f", "-"], {"nftables": [{"delete": {"table": table}}]}, "published ports")
+    if GUARDS.exists():
+        shutil.rmtree(GUARDS, ignore_errors=True)
     return [f"nft table {NFT_FAMILY} {NFT_TABLE}"]
 
 
