@@ -22,11 +22,13 @@ id (the table has no other content):
               that come from its own subnet (hairpin: else the answer would bypass the host)
               or from 127.0.0.0/8 (which must not leave the host as it is)
 
-And one chain for every publishing bridge, `guard` (filter prerouting, raw priority): the
-bridge gets route_localnet (for the host's own connections to 127.0.0.1:PORT), which would also
-let a container reach the host's loopback services by sending to 127.0.0.1 through its gateway,
-so what comes in by the bridge for 127.0.0.0/8 is dropped first (as kube-proxy does since
-CVE-2020-8558).
+And one chain for the table, `guard` (filter prerouting, raw priority): the bridge gets
+route_localnet (for the host's own connections to 127.0.0.1:PORT), which would also let a
+container reach the host's loopback services by sending to 127.0.0.1 through its gateway, so
+what comes in by any interface but `lo` for 127.0.0.0/8 is dropped first (as kube-proxy does
+since CVE-2020-8558; elsewhere such packets are martians anyway). Its rule is added when the
+table is made, which the echo of the start's transaction tells (`nft -e`: a table made now
+comes back with its handle), so no start pays for a listing or a re-made rule.
 
 A rule per host address: `fib daddr type local` (every address of the host; `-p 8080:80`) or
 `ip daddr A` (`-p A:8080:80`), then `dnat ip to meta l4proto . th dport map {tcp . 8080 :
@@ -56,15 +58,14 @@ from typing import Final
 from unionfs.errors import UsageError
 
 from .control import START_FAILED, StartError
-from .network import RUN_DIR, _nft_json
+from .network import _nft_json
 from .ports import PortMapping, exposed_ports
 from .state import RUNNING, ContainerConfig, ContainerDir, StateRoot, process_alive
 
 NFT_FAMILY: Final = "ip"
 NFT_TABLE: Final = "strata_ports"
 LOOPBACK: Final = "127.0.0.0/8"
-GUARD_CHAIN: Final = "guard"  # drops what comes in by a bridge for 127.0.0.0/8 (see _guard)
-GUARDS: Final = RUN_DIR / "ports-guard"  # BRIDGE: its guard rule is in the table (this boot)
+GUARD_CHAIN: Final = "guard"  # drops what comes in for 127.0.0.0/8 but by lo (see _guard)
 _OWN_NETWORK_MODES: Final = ("none", "host")  # modes without published ports
 
 
@@ -260,23 +261,25 @@ def _stale(root: StateRoot, exclude: str) -> list[ContainerDir]:
 
 def _apply(
     root: StateRoot, exclude: str, commands: list[dict[str, object]], *, own: bool = True
-) -> list[str]:
+) -> tuple[list[str], object]:
     """One nft transaction: the stale containers' chains removed (`exclude`'s too if `own`),
     then `commands`; the stale containers' records cleared (not `exclude`'s: its monitor
-    writes its own state). What was removed. Lock held."""
+    writes its own state). What was removed, and nft's echo of what `commands` made. Lock
+    held."""
     stale = [c for c in _stale(root, exclude) if own or c.id != exclude]
     if not stale and not commands:
-        return []
+        return [], None
     table = {"family": NFT_FAMILY, "name": NFT_TABLE}
     document: list[dict[str, object]] = [{"add": {"table": table}}]
     for cdir in stale:
         document += removal(cdir.id)
-    _nft_json(["-f", "-"], {"nftables": document + commands}, "published ports")
+    args = ["-e", "-f", "-"] if commands else ["-f", "-"]
+    echo = _nft_json(args, {"nftables": document + commands}, "published ports")
     for cdir in stale:
         if cdir.id != exclude:
             with contextlib.suppress(OSError):
                 cdir.write_state(cdir.read_state().replace(ports=()))
-    return [f"published ports of {cdir.id[:12]}" for cdir in stale]
+    return [f"published ports of {cdir.id[:12]}" for cdir in stale], echo
 
 
 def start(
@@ -292,51 +295,78 @@ def start(
     link is `veth` (replacing what a dead run of it left), and remove what dead containers of
     `root` left. State lock held; the container's state records `held`'s ports."""
     commands = addition(cfg.id, address, subnet, held.mappings)
-    guard = GUARDS / bridge
-    if commands and not guard.exists():
-        commands = _guard(bridge) + commands
     if commands:
-        # the host's own connections to 127.0.0.1 leave through the bridge (then masqueraded)
-        _write(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet")
+        commands = [{"add": {"chain": _guard_chain()}}, *commands]
         # the container reaching itself through a host address: with br_netfilter the DNATed
         # frame is bridged, back out of the port it came in by, which takes hairpin mode
         _write(f"/sys/class/net/{veth}/brport/hairpin_mode")
-    _apply(root, cfg.id, commands, own=False)  # its own chains are remade in place
-    if commands and not guard.exists():
-        guard.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        guard.write_text(f"table {NFT_FAMILY} {NFT_TABLE} chain {GUARD_CHAIN} drops it\n")
+    _, echo = _apply(root, cfg.id, commands, own=False)  # its own chains are remade in place
+    if commands:
+        if _table_made(echo):
+            _nft_json(["-f", "-"], {"nftables": _guard_rule()}, "published ports' guard")
+        # the host's own connections to 127.0.0.1 leave through the bridge (then masqueraded);
+        # only once the guard is there
+        _write(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet")
 
 
-def _guard(bridge: str) -> list[dict[str, object]]:
-    """route_localnet lets the host's connections to 127.0.0.1 out through `bridge`, but
-    would also let a container reach the host's loopback services by sending to 127.0.0.1
-    through its gateway (CVE-2020-8558, kube-proxy's). So whatever comes in by `bridge` for
-    127.0.0.0/8 is dropped before anything else sees it; made once per bridge and boot
-    (GUARDS notes it), so that no start pays for a listing or a re-made rule."""
-    chain = {**_inside(), "name": GUARD_CHAIN, "type": "filter", "hook": "prerouting"}
-    daddr = {"payload": {"protocol": "ip", "field": "daddr"}}
-    loopback = {"prefix": {"addr": "127.0.0.0", "len": 8}}
+def _table_made(echo: object) -> bool:
+    """Whether `nft -e`'s echo says table ip strata_ports was made by that transaction (an
+    existing table comes back without a handle); True when in doubt (a second guard rule is
+    harmless, a missing one is not)."""
+    entries = echo.get("nftables") if isinstance(echo, dict) else None
+    if not isinstance(entries, list):
+        return True
+    for entry in entries:
+        added = entry.get("add") if isinstance(entry, dict) else None
+        table = added.get("table") if isinstance(added, dict) else None
+        if isinstance(table, dict) and table.get("name") == NFT_TABLE:
+            return "handle" in table
+    return True
+
+
+def _guard_chain() -> dict[str, object]:
+    return {
+        **_inside(),
+        "name": GUARD_CHAIN,
+        "type": "filter",
+        "hook": "prerouting",
+        "prio": -300,
+        "policy": "accept",
+    }
+
+
+def _guard_rule() -> list[dict[str, object]]:
+    """The guard's one rule: what comes in by any interface but lo for 127.0.0.0/8 is
+    dropped before conntrack and NAT see it (see the module's docstring)."""
     rule = [
-        _match({"meta": {"key": "iifname"}}, "==", bridge),
-        _match(daddr, "==", loopback),
+        _match({"meta": {"key": "iifname"}}, "!=", "lo"),
+        _match(
+            {"payload": {"protocol": "ip", "field": "daddr"}},
+            "==",
+            {"prefix": {"addr": "127.0.0.0", "len": 8}},
+        ),
         {"drop": None},
     ]
     return [
-        {"add": {"chain": chain | {"prio": -300, "policy": "accept"}}},
+        {"add": {"chain": _guard_chain()}},
         {"add": {"rule": {**_inside(), "chain": GUARD_CHAIN, "expr": rule}}},
     ]
 
 
 def _write(path: str) -> None:
-    with open(path, "w") as f:
-        f.write("1\n")
+    """Switch a kernel setting of the bridge or its port on (StartError if they are gone)."""
+    try:
+        with open(path, "w") as f:
+            f.write("1\n")
+    except OSError as exc:
+        raise StartError(f"published ports: {path}: {exc.strerror}", START_FAILED) from None
 
 
 def tidy(root: StateRoot, *, exclude: str = "") -> list[str]:
     """Remove the rules of this root's containers that do not run (`exclude` counts as not
     running); no nft call if there are none. What was removed, for `network prune`. Root, with
     the state lock held."""
-    return _apply(root, exclude, [])
+    return _apply(root, exclude, [])[0]
 
 
 def remove_empty_table() -> list[str]:
@@ -362,8 +392,6 @@ def remove_empty_table() -> list[str]:
     ):
         return []
     _nft_json(["-f", "-"], {"nftables": [{"delete": {"table": table}}]}, "published ports")
-    if GUARDS.exists():
-        shutil.rmtree(GUARDS, ignore_errors=True)
     return [f"nft table {NFT_FAMILY} {NFT_TABLE}"]
 
 
