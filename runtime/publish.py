@@ -28,7 +28,8 @@ container reach the host's loopback services by sending to 127.0.0.1 through its
 what comes in by any interface but `lo` for 127.0.0.0/8 is dropped first (as kube-proxy does
 since CVE-2020-8558; elsewhere such packets are martians anyway). Its rule is added when the
 table is made, which the echo of the start's transaction tells (`nft -e`: a table made now
-comes back with its handle), so no start pays for a listing or a re-made rule.
+comes back with its handle), so no start pays for a listing, a re-made rule, or even an `add` of
+the existing chain (an update of a base chain, ~10 ms).
 
 A rule per host address: `fib daddr type local` (every address of the host; `-p 8080:80`) or
 `ip daddr A` (`-p A:8080:80`), then `dnat ip to meta l4proto . th dport map {tcp . 8080 :
@@ -296,7 +297,6 @@ def start(
     `root` left. State lock held; the container's state records `held`'s ports."""
     commands = addition(cfg.id, address, subnet, held.mappings)
     if commands:
-        commands = [{"add": {"chain": _guard_chain()}}, *commands]
         # the container reaching itself through a host address: with br_netfilter the DNATed
         # frame is bridged, back out of the port it came in by, which takes hairpin mode
         _write(f"/sys/class/net/{veth}/brport/hairpin_mode")
