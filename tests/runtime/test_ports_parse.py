@@ -285,3 +285,16 @@ def test_the_image_config_carries_its_exposed_ports() -> None:
     assert config.exposed_ports == ("80/tcp", "53/udp")
     assert ImageConfig.from_json(config.to_json()) == config
     assert ImageConfig.from_oci({"config": {"ExposedPorts": None}}).exposed_ports == ()
+
+
+def test_a_table_made_now_is_told_by_nfts_echo() -> None:
+    """`nft -e` echoes a table the transaction made with its handle, an existing one without:
+    the guard rule is added in the first case only (or when the echo is not understood)."""
+    from runtime.publish import NFT_TABLE, _table_made
+
+    made = {"nftables": [{"add": {"table": {"family": "ip", "name": NFT_TABLE, "handle": 7}}}]}
+    there = {"nftables": [{"add": {"table": {"family": "ip", "name": NFT_TABLE}}}]}
+    assert _table_made(made)
+    assert not _table_made(there)
+    assert _table_made(None)
+    assert _table_made({"nftables": []})
