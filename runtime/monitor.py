@@ -125,14 +125,15 @@ class Monitor:
                 raise StartError(f"container {self.cfg.name} is already running", START_FAILED)
             if self.cfg.network.startswith("container:"):
                 self.net_fd = self._open_shared_network()
+            # published ports (runtime.publish): one in use refuses the start before anything,
+            # the address lease included
+            self.ports = publish.reserve(publish.wanted(self.cfg))
             self.attach = _attachment(self.root, self.cfg)  # hook: user networks
             if self.attach is not None:
                 with network.host_lock():
                     self.address = network.lease_address(
                         self.attach.bridge, self.attach.net, self.cfg.id, self.attach.gw
                     )
-            # published ports (runtime.publish): one in use refuses the start before anything
-            self.ports = publish.reserve(publish.wanted(self.cfg))
             me = os.getpid()
             self.cdir.write_state(
                 ContainerState(

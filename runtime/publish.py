@@ -22,15 +22,25 @@ id (the table has no other content):
               that come from its own subnet (hairpin: else the answer would bypass the host)
               or from 127.0.0.0/8 (which must not leave the host as it is)
 
+And one chain for the table, `guard` (filter prerouting, raw priority): the bridge gets
+route_localnet (for the host's own connections to 127.0.0.1:PORT), which would also let a
+container reach the host's loopback services by sending to 127.0.0.1 through its gateway, so
+what comes in by any interface but `lo` for 127.0.0.0/8 is dropped first (as kube-proxy does
+since CVE-2020-8558; elsewhere such packets are martians anyway). Its rule is added when the
+table is made, which the echo of the start's transaction tells (`nft -e`: a table made now
+comes back with its handle), so no start pays for a listing, a re-made rule, or even an `add` of
+the existing chain (an update of a base chain, ~10 ms).
+
 A rule per host address: `fib daddr type local` (every address of the host; `-p 8080:80`) or
 `ip daddr A` (`-p A:8080:80`), then `dnat ip to meta l4proto . th dport map {tcp . 8080 :
 10.90.0.2 . 80, ...}`. Chains per container, rather than rules in shared chains, make removal
 exact and cheap: by name, without listing the ruleset or keeping rule handles; and `add`,
 `flush`, `delete` of a chain in one transaction is no error when the chain is already gone.
-A start makes its chains (or empties those a dead run of it left: deleting base chains
-costs a few ms each, for the hooks unregistered) and removes other dead containers' in one
-`nft -j -f -` call; an exit removes them in one more; a container that
-publishes nothing costs no call at all.
+A start makes its chains (or empties those a dead run of it left) and removes other dead
+containers' in one `nft -j -f -` call, ~5 ms; an exit removes them in one more, ~16 ms: a
+transaction that deletes anything (chains, rules or set elements alike) waits for an RCU grace
+period in the kernel, which is why a start never deletes its own chains first. A container
+that publishes nothing costs no call at all.
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ from .state import RUNNING, ContainerConfig, ContainerDir, StateRoot, process_al
 NFT_FAMILY: Final = "ip"
 NFT_TABLE: Final = "strata_ports"
 LOOPBACK: Final = "127.0.0.0/8"
+GUARD_CHAIN: Final = "guard"  # drops what comes in for 127.0.0.0/8 but by lo (see _guard)
 _OWN_NETWORK_MODES: Final = ("none", "host")  # modes without published ports
 
 
@@ -251,23 +262,25 @@ def _stale(root: StateRoot, exclude: str) -> list[ContainerDir]:
 
 def _apply(
     root: StateRoot, exclude: str, commands: list[dict[str, object]], *, own: bool = True
-) -> list[str]:
+) -> tuple[list[str], object]:
     """One nft transaction: the stale containers' chains removed (`exclude`'s too if `own`),
     then `commands`; the stale containers' records cleared (not `exclude`'s: its monitor
-    writes its own state). What was removed. Lock held."""
+    writes its own state). What was removed, and nft's echo of what `commands` made. Lock
+    held."""
     stale = [c for c in _stale(root, exclude) if own or c.id != exclude]
     if not stale and not commands:
-        return []
+        return [], None
     table = {"family": NFT_FAMILY, "name": NFT_TABLE}
     document: list[dict[str, object]] = [{"add": {"table": table}}]
     for cdir in stale:
         document += removal(cdir.id)
-    _nft_json(["-f", "-"], {"nftables": document + commands}, "published ports")
+    args = ["-e", "-f", "-"] if commands else ["-f", "-"]
+    echo = _nft_json(args, {"nftables": document + commands}, "published ports")
     for cdir in stale:
         if cdir.id != exclude:
             with contextlib.suppress(OSError):
                 cdir.write_state(cdir.read_state().replace(ports=()))
-    return [f"published ports of {cdir.id[:12]}" for cdir in stale]
+    return [f"published ports of {cdir.id[:12]}" for cdir in stale], echo
 
 
 def start(
@@ -284,29 +297,81 @@ def start(
     `root` left. State lock held; the container's state records `held`'s ports."""
     commands = addition(cfg.id, address, subnet, held.mappings)
     if commands:
-        # the host's own connections to 127.0.0.1 leave through the bridge (then masqueraded)
-        _write(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet")
         # the container reaching itself through a host address: with br_netfilter the DNATed
         # frame is bridged, back out of the port it came in by, which takes hairpin mode
         _write(f"/sys/class/net/{veth}/brport/hairpin_mode")
-    _apply(root, cfg.id, commands, own=False)  # its own chains are remade in place
+    _, echo = _apply(root, cfg.id, commands, own=False)  # its own chains are remade in place
+    if commands:
+        if _table_made(echo):
+            _nft_json(["-f", "-"], {"nftables": _guard_rule()}, "published ports' guard")
+        # the host's own connections to 127.0.0.1 leave through the bridge (then masqueraded);
+        # only once the guard is there
+        _write(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet")
+
+
+def _table_made(echo: object) -> bool:
+    """Whether `nft -e`'s echo says table ip strata_ports was made by that transaction (an
+    existing table comes back without a handle); True when in doubt (a second guard rule is
+    harmless, a missing one is not)."""
+    entries = echo.get("nftables") if isinstance(echo, dict) else None
+    if not isinstance(entries, list):
+        return True
+    for entry in entries:
+        added = entry.get("add") if isinstance(entry, dict) else None
+        table = added.get("table") if isinstance(added, dict) else None
+        if isinstance(table, dict) and table.get("name") == NFT_TABLE:
+            return "handle" in table
+    return True
+
+
+def _guard_chain() -> dict[str, object]:
+    return {
+        **_inside(),
+        "name": GUARD_CHAIN,
+        "type": "filter",
+        "hook": "prerouting",
+        "prio": -300,
+        "policy": "accept",
+    }
+
+
+def _guard_rule() -> list[dict[str, object]]:
+    """The guard's one rule: what comes in by any interface but lo for 127.0.0.0/8 is
+    dropped before conntrack and NAT see it (see the module's docstring)."""
+    rule = [
+        _match({"meta": {"key": "iifname"}}, "!=", "lo"),
+        _match(
+            {"payload": {"protocol": "ip", "field": "daddr"}},
+            "==",
+            {"prefix": {"addr": "127.0.0.0", "len": 8}},
+        ),
+        {"drop": None},
+    ]
+    return [
+        {"add": {"chain": _guard_chain()}},
+        {"add": {"rule": {**_inside(), "chain": GUARD_CHAIN, "expr": rule}}},
+    ]
 
 
 def _write(path: str) -> None:
-    with open(path, "w") as f:
-        f.write("1\n")
+    """Switch a kernel setting of the bridge or its port on (StartError if they are gone)."""
+    try:
+        with open(path, "w") as f:
+            f.write("1\n")
+    except OSError as exc:
+        raise StartError(f"published ports: {path}: {exc.strerror}", START_FAILED) from None
 
 
 def tidy(root: StateRoot, *, exclude: str = "") -> list[str]:
     """Remove the rules of this root's containers that do not run (`exclude` counts as not
     running); no nft call if there are none. What was removed, for `network prune`. Root, with
     the state lock held."""
-    return _apply(root, exclude, [])
+    return _apply(root, exclude, [])[0]
 
 
 def remove_empty_table() -> list[str]:
-    """`network prune`: delete table `ip strata_ports` if no container's chain is left in it
-    (another state root's containers may have theirs there)."""
+    """`network prune`: delete table `ip strata_ports` (its guard with it) if no container's
+    chain is left in it (another state root's containers may have theirs there)."""
     if shutil.which("nft") is None and not os.path.exists("/usr/sbin/nft"):
         return []  # nothing can have been made without it
     listed = _nft_json(["list", "tables"], None, "nft tables")
@@ -321,7 +386,10 @@ def remove_empty_table() -> list[str]:
     table = {"family": NFT_FAMILY, "name": NFT_TABLE}
     listed = _nft_json(["list", "table", NFT_FAMILY, NFT_TABLE], None, "published ports")
     entries = listed.get("nftables", []) if isinstance(listed, dict) else []
-    if any(isinstance(e, dict) and "chain" in e for e in entries):
+    if any(
+        isinstance(e, dict) and "chain" in e and e["chain"].get("name") != GUARD_CHAIN
+        for e in entries
+    ):
         return []
     _nft_json(["-f", "-"], {"nftables": [{"delete": {"table": table}}]}, "published ports")
     return [f"nft table {NFT_FAMILY} {NFT_TABLE}"]
@@ -365,6 +433,11 @@ def port_lines(cdir: ContainerDir, private: str | None = None) -> list[str]:
     if not lines:
         raise UsageError(f"no public port {key!r} published for {cdir.name}", 1)
     return lines
+
+
+def ps_ports(cdir: ContainerDir) -> str:
+    """The PORTS column of `ps`, as docker's: `0.0.0.0:8080->80/tcp, 127.0.0.1:40001->80/tcp`."""
+    return ", ".join(f"{_host(m)}->{m.key()}" for m in sorted(published(cdir), key=_order))
 
 
 def _binding(host_ip: str, host_port: str) -> dict[str, str]:

@@ -37,6 +37,8 @@ def _ago(stamp: str) -> str:
 
 def describe(cdir: ContainerDir) -> dict[str, object]:
     """One container as `ps --format json` shows it."""
+    from . import publish
+
     cfg = cdir.config
     state = cdir.effective_state()
     if state.status == RUNNING:
@@ -57,11 +59,12 @@ def describe(cdir: ContainerDir) -> dict[str, object]:
         "ExitCode": state.exit_code,
         "Pid": state.init_pid if state.status == RUNNING else 0,
         "IPAddress": state.ip,
+        "Ports": publish.ps_ports(cdir),
     }
 
 
 def table(rows: Sequence[dict[str, object]], *, full: bool = False) -> str:
-    headers = ("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")
+    headers = ("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")
     lines = [headers]
     for row in rows:
         command = str(row["Command"])
@@ -77,6 +80,7 @@ def table(rows: Sequence[dict[str, object]], *, full: bool = False) -> str:
                 command,
                 _ago(str(row["Created"])) + " ago",
                 str(row["Status"]),
+                str(row.get("Ports", "")),
                 ",".join(str(n) for n in names),
             )
         )

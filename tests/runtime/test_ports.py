@@ -13,6 +13,7 @@ picked free by the test (or by strata: `-p 80`). The rules are looked for in
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.network import veth_name
+from runtime.network import BRIDGE, RUN_DIR, veth_name
 from runtime.publish import NFT_FAMILY, NFT_TABLE
 from tests.helpers.images import DebianRootfs
 from tests.runtime.conftest import Strata, wait_for, wait_running
@@ -50,6 +51,15 @@ def _port_chains() -> list[str]:
 
 def _chains_of(cid: str) -> list[str]:
     return [name for name in _port_chains() if name.endswith(cid)]
+
+
+def _leases() -> list[str]:
+    """The host-wide address leases (runtime.network), as text."""
+    found = []
+    for path in (RUN_DIR / "leases").glob("*/*"):
+        with contextlib.suppress(OSError):
+            found.append(path.read_text())
+    return found
 
 
 def _free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
@@ -359,6 +369,7 @@ def test_a_port_in_use_refuses_the_start_and_creates_nothing(
         assert json.loads(state_file.read_text()) == json.loads(before)
         assert _chains_of(cid) == []
         assert veth_name(cid) not in os.listdir("/sys/class/net")
+        assert not any(cid in lease for lease in _leases())  # not even an address lease
     assert not {n for n in set(os.listdir("/sys/class/net")) - links if n.startswith("vs")}
 
 
@@ -371,6 +382,9 @@ def test_rules_go_when_the_container_exits(
     port = int(line.rpartition(":")[2])
     assert _serving("127.0.0.1", port)
     assert len(_chains_of(cid)) == 3
+    (row,) = json.loads(strata.run("ps", "--format", "json", check=True).stdout)
+    assert row["Ports"] == f"0.0.0.0:{port}->80/tcp"
+    assert f"0.0.0.0:{port}->80/tcp" in strata.run("ps", check=True).stdout
     assert strata.run("stop", "-t", "1", "web").returncode == 0
     assert _chains_of(cid) == []
     assert _ports(strata, "web") == []
@@ -429,3 +443,71 @@ def test_publishing_nothing_makes_no_rules(
     wait_running(strata, "plain")
     assert _chains_of(cid) == []
     assert _ports(strata, "plain") == []
+
+
+@pytest.fixture
+def rogue(strata: Strata) -> Iterator[str]:
+    """A network namespace plugged into strata's bridge as a container would be, with its own
+    lo down and a route sending 127.0.0.0/8 to the bridge's gateway: what a container with
+    CAP_NET_ADMIN could set up. Yields the namespace's name (the bridge must exist)."""
+    done = subprocess.run(
+        ["ip", "-j", "-4", "addr", "show", "dev", BRIDGE], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    (info,) = [a for link in json.loads(done.stdout) for a in link["addr_info"]]
+    net = ipaddress.IPv4Interface(f"{info['local']}/{info['prefixlen']}").network
+    ns, link = f"spt-rogue-{os.getpid()}", f"sptr{os.getpid() % 10**8}"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    ip("netns", "add", ns)
+    try:
+        ip("link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        ip("link", "set", link, "master", BRIDGE, "up")
+        ip("-n", ns, "addr", "add", f"{net.broadcast_address - 1}/{net.prefixlen}", "dev", "eth0")
+        ip("-n", ns, "link", "set", "eth0", "up")
+        subprocess.run(
+            ["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1"],
+            check=True,
+        )
+        ip("-n", ns, "route", "add", "127.0.0.0/8", "via", info["local"], "dev", "eth0")
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+        if os.path.exists(f"/sys/class/net/{link}"):
+            subprocess.run(["ip", "link", "del", link], check=False)
+
+
+def test_route_localnet_does_not_open_the_hosts_loopback_to_containers(
+    strata: Strata, busybox: list[str], no_rules_left: None, request: pytest.FixtureRequest
+) -> None:
+    """The bridge gets route_localnet (for the host's connections to 127.0.0.1:PORT), which
+    would let a container send to the host's 127.0.0.1 through its gateway; the guard drops
+    that (CVE-2020-8558, kube-proxy's): a service on the host's loopback stays out of reach."""
+    _detached(strata, "--name", "pub", "-p", "80", *busybox, "/bin/sleep", "600")
+    wait_running(strata, "pub")
+    assert Path(f"/proc/sys/net/ipv4/conf/{BRIDGE}/route_localnet").read_text() == "1\n"
+    ns = request.getfixturevalue("rogue")  # once the bridge is there
+    with socket.socket() as service:
+        service.bind(("127.0.0.1", 0))
+        service.listen()
+        port = int(service.getsockname()[1])
+        probe = (
+            "import socket\n"
+            "s = socket.socket()\n"
+            "s.settimeout(2)\n"
+            "try:\n"
+            f"    s.connect(('127.0.0.1', {port}))\n"
+            "    print('reached')\n"
+            "except OSError as exc:\n"
+            "    print(type(exc).__name__)\n"
+        )
+        done = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "TimeoutError\n"  # dropped, not even refused

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from runtime.ports import PortMapping, exposed_ports, parse_publish, parse_publish_all
-from runtime.publish import check_mode, inspect_fields, port_lines, reserve, wanted
+from runtime.publish import check_mode, inspect_fields, port_lines, ps_ports, reserve, wanted
 from runtime.state import (
     RUNNING,
     ContainerConfig,
@@ -198,6 +198,10 @@ def test_port_and_inspect_show_docker_s_forms(tmp_path: Path) -> None:
         "80/tcp -> 127.0.0.1:40001",
         "443/tcp -> 0.0.0.0:40002",
     ]
+    assert ps_ports(cdir) == (
+        "0.0.0.0:9003->53/udp, 0.0.0.0:8080->80/tcp, 127.0.0.1:40001->80/tcp,"
+        " 0.0.0.0:40002->443/tcp"
+    )
     assert port_lines(cdir, "80") == ["0.0.0.0:8080", "127.0.0.1:40001"]
     assert port_lines(cdir, "53/udp") == ["0.0.0.0:9003"]
     with pytest.raises(UsageError) as caught:
@@ -272,3 +276,25 @@ def test_an_address_not_of_this_host_is_refused() -> None:
     with pytest.raises(UsageError) as caught:
         reserve([PortMapping("192.0.2.1", 0, 80)])  # TEST-NET-1: no host has it
     assert str(caught.value) == "-p 192.0.2.1:0:80/tcp: 192.0.2.1 is not an address of this host"
+
+
+def test_the_image_config_carries_its_exposed_ports() -> None:
+    from runtime.images import ImageConfig
+
+    config = ImageConfig.from_oci({"config": {"ExposedPorts": {"80/tcp": {}, "53/udp": {}}}})
+    assert config.exposed_ports == ("80/tcp", "53/udp")
+    assert ImageConfig.from_json(config.to_json()) == config
+    assert ImageConfig.from_oci({"config": {"ExposedPorts": None}}).exposed_ports == ()
+
+
+def test_a_table_made_now_is_told_by_nfts_echo() -> None:
+    """`nft -e` echoes a table the transaction made with its handle, an existing one without:
+    the guard rule is added in the first case only (or when the echo is not understood)."""
+    from runtime.publish import NFT_TABLE, _table_made
+
+    made = {"nftables": [{"add": {"table": {"family": "ip", "name": NFT_TABLE, "handle": 7}}}]}
+    there = {"nftables": [{"add": {"table": {"family": "ip", "name": NFT_TABLE}}}]}
+    assert _table_made(made)
+    assert not _table_made(there)
+    assert _table_made(None)
+    assert _table_made({"nftables": []})
