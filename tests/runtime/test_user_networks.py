@@ -442,3 +442,18 @@ def test_after_network_rm_and_prune_nothing_of_it_remains(
     assert not (RUN_DIR / "leases" / a.bridge).exists()
     assert not (RUN_DIR / "leases" / p.bridge).exists()
     assert not [pid for pid in _pids() if str(a.dns_dir) in _cmdline(pid)]  # no DNS server
+
+
+@pytest.mark.root
+@pytest.mark.fuse
+def test_a_port_published_from_a_user_network(
+    strata: Strata, busybox: list[str], nets: list[NetworkDef]
+) -> None:
+    """-p works on a user network as on the default bridge (runtime.publish, its bridge)."""
+    nets.append(_create(strata, "sun-a"))
+    _serve(strata, busybox, "sun-x", "sun-a", "-p", f"127.0.0.1::{PORT}")
+    done = strata.run("port", "sun-x", f"{PORT}/tcp", check=True)
+    host = done.stdout.split()[0]  # 127.0.0.1:PORT
+    assert host.startswith("127.0.0.1:")
+    short = str(strata.inspect("sun-x")["Id"])[:12]
+    assert _fetch(f"http://{host}/name") == f"{short}\n"
