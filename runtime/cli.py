@@ -644,6 +644,7 @@ def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _network(args: argparse.Namespace, runner: Runner) -> int:
     from . import network
+    from .dns import dns_tidy
 
     if os.geteuid() != 0:
         raise UsageError("strata network prune needs root (the bridge is root's)", 125)
@@ -653,6 +654,8 @@ def _network(args: argparse.Namespace, runner: Runner) -> int:
     with root.lock():
         removed = publish.tidy(root) + publish.remove_empty_table()
         removed += network.prune(root)
+        if dns_tidy(root):  # hook: runtime.dns
+            removed.append("DNS forwarder")
     for what in removed:
         print(what, flush=True)
     return 0

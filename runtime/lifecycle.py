@@ -160,6 +160,10 @@ def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
                     network.tidy(root, exclude=cdir.id)
                 with contextlib.suppress(OSError):  # its published ports' rules
                     publish.tidy(root, exclude=cdir.id)
+                with contextlib.suppress(OSError):  # hook: runtime.dns (imported only here)
+                    from .dns import dns_tidy
+
+                    dns_tidy(root, exclude=cdir.id, stop=False)
         doomed = cdir.path.with_name(f".rm-{cdir.id}")
         os.rename(cdir.path, doomed)  # gone from listings at once; removal may take a while
     _remove_layer_tree(cdir, doomed)

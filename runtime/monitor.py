@@ -68,6 +68,7 @@ class Monitor:
         self.net_fd: int | None = None  # --network container:ID: that container's netns
         self.net_owner: ContainerDir | None = None  # ... and that container
         self.ports = publish.Reservation()  # published ports: held from _claim to the exit
+        self.dns_upstreams: tuple[str, ...] = ()  # the bridge's DNS forwarder relays to these
         self.daemon_pid = 0
         self.rootfs: UnionRootfs | None = None
         self.limits = Limits(cdir.config.id, memory=cdir.config.memory, pids=cdir.config.pids_limit)
@@ -179,6 +180,7 @@ class Monitor:
         except (OSError, UsageError) as exc:
             print(f"strata: warning: bridge clean-up: {exc}", file=sys.stderr, flush=True)
         self._unpublish()
+        self._dns_tidy()
 
     def _unpublish(self) -> None:
         """Remove the published ports' rules (also what dead containers left), then let the
@@ -189,6 +191,16 @@ class Monitor:
             publish.warn(f"published ports clean-up: {exc}")
         finally:
             self.ports.close()
+
+    def _dns_tidy(self) -> None:  # hook: runtime.dns, the bridge's DNS forwarder
+        if not self.dns_upstreams:  # not one of its users (others' are collected by theirs)
+            return
+        from .dns import dns_tidy
+
+        try:
+            dns_tidy(self.root, exclude=self.cfg.id, stop=False)
+        except (OSError, UsageError) as exc:
+            print(f"strata: warning: DNS forwarder clean-up: {exc}", file=sys.stderr, flush=True)
 
     def _record_exit(self, code: int) -> None:
         with self.root.lock():
@@ -257,13 +269,23 @@ class Monitor:
             if ip == network.HOST_GATEWAY:
                 ip = network.host_gateway(cfg.network, net)
             extra.append((host, ip))
+        host_resolv = network.host_resolv_conf()
+        forwarder = ""
+        if net is not None and not cfg.dns:  # hook: runtime.dns, when the host has a stub only
+            self.dns_upstreams = network.bridge_dns_upstreams(host_resolv)
+            forwarder = str(network.gateway(net)) if self.dns_upstreams else ""
         files = {
             "hostname": f"{cfg.hostname}\n",
             "hosts": network.hosts_file(
                 cfg.hostname, self.address or None, name=cfg.name, extra=extra
             ),
             "resolv.conf": network.resolv_conf(
-                cfg.network, dns=cfg.dns, search=cfg.dns_search, options=cfg.dns_options
+                cfg.network,
+                dns=cfg.dns,
+                search=cfg.dns_search,
+                options=cfg.dns_options,
+                host=host_resolv,
+                forwarder=forwarder,
             ),
         }
         for name, text in files.items():
@@ -383,6 +405,12 @@ class Monitor:
                     self.root, self.cfg, self.address, net, network.BRIDGE, veth, self.ports
                 )
                 mark("ports forwarded")
+                if self.dns_upstreams:  # hook: runtime.dns, before the command runs
+                    from .dns import start_bridge_forwarder
+
+                    mark("dns forwarder wanted")
+                    start_bridge_forwarder(net, self.dns_upstreams, self.cfg.id)
+                    mark("dns forwarder ready")
         if self.limits.wanted():
             for warning in self.limits.apply(self.init_pid):
                 print(f"strata: warning: {warning}", file=sys.stderr, flush=True)

@@ -608,26 +608,65 @@ def hosts_file(
     return "\n".join(lines) + "\n"
 
 
+HOST_RESOLV_CONF: Final = "/etc/resolv.conf"
+
+
+def host_resolv_conf() -> str:
+    """The host's resolv.conf: the one place strata reads it (tests point strata at another by
+    bind-mounting it over /etc/resolv.conf in a mount namespace of their own)."""
+    try:
+        with open(HOST_RESOLV_CONF) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _nameservers(text: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            with contextlib.suppress(ValueError):
+                found.append(ipaddress.ip_address(fields[1]))
+    return found
+
+
+def _reachable_from_bridge(server: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a bridge container reaches `server` through NAT: an IPv4 address off the host
+    (the bridge has no IPv6; the host's loopback is the container's own)."""
+    return server.version == 4 and not server.is_loopback
+
+
+def bridge_dns_upstreams(host: str) -> tuple[str, ...]:
+    """The servers strata's DNS forwarder on the gateway relays to when a bridge container can
+    reach none of the host's (`host`: the host's resolv.conf): its loopback stubs (127.0.0.53
+    and the like) and IPv6 servers. Empty when it names a server reachable through NAT, or
+    none."""
+    servers = _nameservers(host)
+    if any(_reachable_from_bridge(s) for s in servers):
+        return ()
+    return tuple(str(s) for s in servers)
+
+
 def resolv_conf(
     mode: str,
     *,
     dns: Sequence[str] = (),
     search: Sequence[str] = (),
     options: Sequence[str] = (),
+    host: str | None = None,
+    forwarder: str = "",
 ) -> str:
-    """The container's resolv.conf. Without `--dns`: the host's for host networking; for
-    bridge its non-loopback servers (a loopback resolver is not reachable from the container);
-    nothing for none. `--dns` replaces the servers, `--dns-search` the search line (`.`: none),
-    `--dns-option` the options line, as in docker."""
+    """The container's resolv.conf, from the host's (`host`, read when None). Without `--dns`:
+    the host's servers for host networking; for bridge those it reaches through NAT, or, when
+    there are none, `forwarder` (the gateway, where strata's DNS forwarder relays to the host's
+    loopback servers); nothing for none. `--dns` replaces the servers, `--dns-search` the search
+    line (`.`: none), `--dns-option` the options line, as in docker."""
     if mode == "none" and not (dns or search or options):
         return ""
     text = ""
     if mode != "none" and not (dns and search and options):
-        try:
-            with open("/etc/resolv.conf") as f:
-                text = f.read()
-        except OSError:
-            text = ""
+        text = host_resolv_conf() if host is None else host
     kept = []
     for line in text.splitlines():
         fields = line.split()
@@ -637,13 +676,17 @@ def resolv_conf(
                 continue
             if mode != "host":
                 try:
-                    if len(fields) < 2 or ipaddress.ip_address(fields[1]).is_loopback:
+                    if len(fields) < 2 or not _reachable_from_bridge(
+                        ipaddress.ip_address(fields[1])
+                    ):
                         continue
                 except ValueError:
                     continue
         elif (key in ("search", "domain") and search) or (key == "options" and options):
             continue
         kept.append(line)
+    if not dns and forwarder and mode != "host":
+        dns = [forwarder]
     kept += [f"nameserver {server}" for server in dns]
     if search and list(search) != ["."]:
         kept.append("search " + " ".join(d for d in search if d != "."))
