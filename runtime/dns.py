@@ -636,12 +636,14 @@ def _user_alive(path: Path) -> bool:
         return False
 
 
-def dns_tidy(root: StateRoot, *, exclude: str = "") -> bool:
-    """Stop the default bridge's forwarder once no container uses it: forget the users that
-    are `exclude` (the caller's container, on its way out), stopped containers of `root`, or
-    whose monitor is gone (killed with SIGKILL, of any state root); stop the server if none is
-    left. Whether it stopped one. Call with the state lock held. Containers that reach the
-    host's servers through NAT never use the forwarder, and do not keep it running."""
+def dns_tidy(root: StateRoot, *, exclude: str = "", stop: bool = True) -> bool:
+    """Forget the default bridge's forwarder's users that are `exclude` (the caller's
+    container, on its way out), stopped containers of `root`, or whose monitor is gone (killed
+    with SIGKILL, of any state root); with `stop` (`network prune`), stop the server if none is
+    left. Whether it stopped one. Call with the state lock held. Like the bridge, the forwarder
+    outlives its last container (starting it costs ~55 ms, which would land on every lone `run
+    --rm` on a host whose resolver is a loopback stub); containers that reach the host's
+    servers through NAT never use it."""
     from .state import RUNNING
 
     run_dir = bridge_run_dir()
@@ -663,7 +665,7 @@ def dns_tidy(root: StateRoot, *, exclude: str = "") -> bool:
                     (users / name).unlink()
             else:
                 left += 1
-        return False if left else _stop_locked(run_dir)
+        return False if left or not stop else _stop_locked(run_dir)
 
 
 if __name__ == "__main__":

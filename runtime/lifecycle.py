@@ -163,7 +163,7 @@ def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
                 with contextlib.suppress(OSError):  # hook: runtime.dns (imported only here)
                     from .dns import dns_tidy
 
-                    dns_tidy(root, exclude=cdir.id)
+                    dns_tidy(root, exclude=cdir.id, stop=False)
             if cdir.config.network_id:  # hook: user networks, DNS records and servers
                 from .networks import tidy
 

@@ -193,18 +193,8 @@ class Monitor:
                 update_dns(self.root, self.attach.defn, exclude=self.cfg.id)
             except (OSError, UsageError) as exc:
                 print(f"strata: warning: DNS clean-up: {exc}", file=sys.stderr, flush=True)
-        self._dns_tidy()
         self._unpublish()
-
-    def _dns_tidy(self) -> None:  # hook: runtime.dns, the bridge's DNS forwarder
-        if not self.dns_upstreams:  # not one of its users (others' are collected by theirs)
-            return
-        from .dns import dns_tidy
-
-        try:
-            dns_tidy(self.root, exclude=self.cfg.id)
-        except (OSError, UsageError) as exc:
-            print(f"strata: warning: DNS forwarder clean-up: {exc}", file=sys.stderr, flush=True)
+        self._dns_tidy()
 
     def _unpublish(self) -> None:
         """Remove the published ports' rules (also what dead containers left), then let the
@@ -215,6 +205,16 @@ class Monitor:
             publish.warn(f"published ports clean-up: {exc}")
         finally:
             self.ports.close()
+
+    def _dns_tidy(self) -> None:  # hook: runtime.dns, the bridge's DNS forwarder
+        if not self.dns_upstreams:  # not one of its users (others' are collected by theirs)
+            return
+        from .dns import dns_tidy
+
+        try:
+            dns_tidy(self.root, exclude=self.cfg.id, stop=False)
+        except (OSError, UsageError) as exc:
+            print(f"strata: warning: DNS forwarder clean-up: {exc}", file=sys.stderr, flush=True)
 
     def _record_exit(self, code: int) -> None:
         with self.root.lock():

@@ -212,11 +212,13 @@ def test_a_loopback_stub_is_reached_through_the_forwarder_on_the_gateway(
     assert nameservers(done.stdout) == [GATEWAY]
     assert "options edns0" in done.stdout  # the rest of the host's file is kept
     assert ANSWER in done.stdout
-    assert _forwarders() == []  # gone with the bridge's last container
+    assert len(_forwarders()) == 1  # it stays with the bridge, for the next container
+    assert "DNS forwarder" in strata.run("network", "prune").stdout.splitlines()
+    assert _forwarders() == []
     assert not strata_dns.running(strata_dns.bridge_run_dir())
 
 
-def test_the_forwarder_lives_as_long_as_a_bridge_container(
+def test_the_forwarder_is_shared_and_stays_until_prune(
     strata: Strata, busybox: list[str], stub: str, no_forwarder: None, tmp_path: Path
 ) -> None:
     host = with_resolv_conf(strata, tmp_path, f"nameserver {stub}\n")
@@ -240,10 +242,17 @@ def test_the_forwarder_lives_as_long_as_a_bridge_container(
     assert done.returncode == 0, done.stderr
     assert ANSWER in done.stdout
     assert strata.run("stop", "-t", "1", "a").returncode == 0
+    assert _forwarders() == [pid]  # the bridge's, like the bridge: until prune
+    assert os.listdir(users) == []
+    # the next container reuses it: no start cost
+    done = host.run("run", "--rm", "--network", "bridge", *busybox, *LOOKUP)
+    assert ANSWER in done.stdout
+    assert _forwarders() == [pid]
+    pruned = strata.run("network", "prune")
+    assert "DNS forwarder" in pruned.stdout.splitlines()
     assert _forwarders() == []
     assert process_start_time(pid) != start
     assert not (strata_dns.bridge_run_dir() / strata_dns.PID_FILE).exists()
-    assert os.listdir(users) == []
 
 
 def test_prune_stops_a_forwarder_a_killed_monitor_left(
