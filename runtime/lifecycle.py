@@ -168,7 +168,7 @@ def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
                 from .networks import tidy
 
                 with contextlib.suppress(OSError, UsageError):
-                    tidy(root, exclude=cdir.id)
+                    tidy(root, exclude=cdir.id, stop=False)
         doomed = cdir.path.with_name(f".rm-{cdir.id}")
         os.rename(cdir.path, doomed)  # gone from listings at once; removal may take a while
     _remove_layer_tree(cdir, doomed)

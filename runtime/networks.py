@@ -342,13 +342,13 @@ def update_dns(
     root: StateRoot, defn: NetworkDef, *, exclude: str = "", start: bool = False
 ) -> None:
     """Rewrite the network's records from its running containers (but `exclude`, on its way
-    out); with `start`, make sure the server runs; with none left, stop it and drop its state.
-    Call as root with the state lock held, the bridge up."""
+    out); with `start`, make sure the server runs. With none left the server stays, with no
+    names, as the bridge does (its ~60 ms start would land on every lone `run --rm`); `network
+    rm` and `prune` stop it. Call as root with the state lock held, the bridge up."""
     from . import dns
 
     entries = [(c.read_state().ip, dns_names(c)) for c in members(root, defn, exclude=exclude)]
-    if not entries:
-        stop_dns(defn)
+    if not entries and not defn.dns_dir.exists():
         return
     defn.dns_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     records = defn.dns_dir / "records"
@@ -368,15 +368,15 @@ def stop_dns(defn: NetworkDef) -> bool:
     return was
 
 
-def tidy(root: StateRoot, *, exclude: str = "") -> list[str]:
+def tidy(root: StateRoot, *, exclude: str = "", stop: bool = True) -> list[str]:
     """What monitors killed with SIGKILL left of this root's user networks: records of
-    containers that do not run, servers of networks none runs on. Call as root with the state
-    lock held."""
+    containers that do not run; with `stop` (`network prune`), the servers of networks none
+    runs on. Call as root with the state lock held."""
     stopped = []
     for defn in definitions(root):
         if not defn.dns_dir.exists():
             continue
-        if members(root, defn, exclude=exclude):
+        if members(root, defn, exclude=exclude) or not stop:
             with contextlib.suppress(OSError, UsageError):
                 update_dns(root, defn, exclude=exclude)
         elif stop_dns(defn):
