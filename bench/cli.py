@@ -30,9 +30,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "suite",
         nargs="?",
-        choices=("registry",),
+        choices=("registry", "network"),
         help="registry: pull and push of a Debian image on a local registry, against podman"
-        " and skopeo (--backends strata podman skopeo, --repeat, --json, --data-dir apply)",
+        " and skopeo (--backends strata podman skopeo, --repeat, --json, --data-dir apply);"
+        " network: container start-up with no network, the default one and the host's,"
+        " strata against podman (--repeat, default 20, --json, --data-dir apply)",
     )
     parser.add_argument(
         "--quick",
@@ -120,6 +122,8 @@ def run_bench(args: argparse.Namespace, runner: Runner) -> int:
     """Check the arguments, build or reuse the data, measure, then print and write the report."""
     if args.suite == "registry":
         return _run_registry(args)
+    if args.suite == "network":
+        return _run_network(args)
     workloads = select_workloads(args.only)
     backends = select_backends(args.backends)
     repeat = (
@@ -205,6 +209,24 @@ def _run_registry(args: argparse.Namespace) -> int:
     _check_output_path("--json", args.json, ".json")
     chosen = [t for t in known if t in tools]
     return run_registry_bench(chosen, rounds, args.data_dir.resolve(), args.json, sys.argv)
+
+
+def _run_network(args: argparse.Namespace) -> int:
+    from .network import DEFAULT_REPEAT, run_network_bench
+
+    for option, value in (
+        ("--quick", args.quick),
+        ("--only", args.only),
+        ("--plot", args.plot),
+        ("--backends", args.backends),
+    ):
+        if value:
+            raise UsageError(f"{option} does not apply to 'strata bench network'")
+    repeat = args.repeat if args.repeat is not None else DEFAULT_REPEAT
+    if repeat < 1:
+        raise UsageError(f"--repeat {repeat}: expected at least 1")
+    _check_output_path("--json", args.json, ".json")
+    return run_network_bench(repeat, args.data_dir.resolve(), args.json, sys.argv)
 
 
 SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (

@@ -215,6 +215,8 @@ def container_command(backend: Backend, plan: Plan) -> list[str]:
             "--root",
             str(state),
             "--rm",
+            "--network",
+            "host",  # as podman's row (PODMAN_RUN_FLAGS); `strata bench network` compares networks
             "--lower",
             str(base),
             "/bin/true",

@@ -29,17 +29,27 @@ if TYPE_CHECKING:
     from .state import ContainerDir, StateRoot
 
 _NETWORKS: Final = ("none", "host", "bridge", "pasta", "slirp4netns")
-ROOT_NETWORK: Final = "host"  # root's default
 
 
-def default_network() -> tuple[str, str]:
-    """The default `--network` for whoever runs this, and why (for --help): root's, or for a
-    rootless user pasta, else slirp4netns, else none (runtime.usernet)."""
-    if os.geteuid() == 0:
-        return ROOT_NETWORK, ROOT_NETWORK
+def default_network(rootless: bool) -> str:
+    """The network a container gets without `--network`: its own namespace on the NAT'd bridge
+    for root, as docker and podman give; rootless containers, which cannot make a bridge, pasta,
+    else slirp4netns, else none (runtime.usernet), as podman's."""
+    if not rootless:
+        return "bridge"
     from .usernet import rootless_default
 
-    return rootless_default()
+    return rootless_default()[0]
+
+
+def _default_network_help() -> str:
+    """--help's word on the default in force for whoever asks (a rootless user's depends on
+    what is installed)."""
+    if os.geteuid() == 0:
+        return "bridge"
+    from .usernet import rootless_default
+
+    return rootless_default()[1]
 
 
 def add_root(parser: argparse.ArgumentParser) -> None:
@@ -92,15 +102,15 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
     )
     parser.add_argument("--read-only", action="store_true", help="no writable layer")
     parser.add_argument("--rm", action="store_true", help="remove the container when it exits")
-    network, why = default_network()
     parser.add_argument(
         "--network",
         "--net",
-        default=network,
+        default="",
         metavar="MODE",
-        help="none: only lo; host: the host's; bridge: veth on strata0, NAT out (root);"
-        " pasta, slirp4netns: user-mode networking, rootless too"
-        f" (default here: {why})",
+        help="bridge: own namespace, veth on strata0, NAT out (root's default); none: only lo;"
+        " host: the host's; pasta, slirp4netns: user-mode networking, the rootless default;"
+        " NAME|ID: a user network (strata network create)"
+        f" (default here: {_default_network_help()})",
     )
     parser.add_argument("--subnet", default="", metavar="CIDR", help="bridge subnet")
     parser.add_argument(
@@ -217,6 +227,38 @@ def _image_and_argv(
     return lookup_image(rest.pop(0), root.path, resolver), rest
 
 
+def _container_network(args: argparse.Namespace, root: StateRoot, mode: str) -> tuple[str, str]:
+    """`--network container:NAME|ID`: the other container's network namespace, and with it its
+    hostname, /etc/hosts and resolv.conf (as docker); what would configure a network of our own
+    conflicts, as in docker. Kept as `container:ID` (the name may be reused later)."""
+    ref = mode.removeprefix("container:")
+    conflicts = [
+        flag
+        for flag, given in (
+            ("--hostname", args.hostname),
+            ("-p/--publish", args.publish),
+            ("-P/--publish-all", args.publish_all),
+            ("--dns", args.dns),
+            ("--dns-search", args.dns_search),
+            ("--dns-option", args.dns_option),
+            ("--add-host", args.add_host),
+            ("--network-alias", args.network_alias),
+            ("--subnet", args.subnet),
+        )
+        if given
+    ]
+    if conflicts:
+        raise UsageError(
+            f"--network {mode}: conflicts with {conflicts[0]} (the network is the other container's)",
+            125,
+        )
+    try:
+        target = root.find(ref)
+    except UsageError:
+        raise UsageError(f"--network {mode}: no such container: {ref}", 125) from None
+    return f"container:{target.id}", target.config.hostname
+
+
 def _create_request(
     args: argparse.Namespace,
     root: StateRoot,
@@ -230,6 +272,7 @@ def _create_request(
     from .create import CreateRequest
     from .ports import parse_publish_all
     from .process import check_user, parse_env_assignments, read_env_file
+    from .publish import check_mode
     from .security import parse_options
     from .state import Volume
 
@@ -243,12 +286,22 @@ def _create_request(
     if args.workdir and not args.workdir.startswith("/"):
         raise UsageError(f"-w {args.workdir}: the working directory must be absolute", 125)
     volumes = tuple(Volume(*_parse_volume(v)) for v in args.volume)
-    if args.network not in _NETWORKS:
-        raise UsageError(f"--network {args.network}: unknown network", 125)
+    is_rootless = rootless if rootless is not None else os.geteuid() != 0
+    mode = args.network or default_network(is_rootless)
+    hostname = args.hostname
+    network_id = ""
+    if mode.startswith("container:"):
+        mode, hostname = _container_network(args, root, mode)
+    elif mode not in _NETWORKS:  # hook: user networks (runtime.networks)
+        mode, network_id = _user_network(root, mode, is_rootless, args)
+    elif args.network_alias:
+        raise UsageError(
+            "--network-alias: network-scoped aliases are only for user-defined networks", 125
+        )
     subnet = args.subnet or network.DEFAULT_SUBNET
-    if args.network == "bridge":
+    if mode == "bridge":
         network.parse_subnet(subnet)
-        if rootless if rootless is not None else os.geteuid() != 0:
+        if is_rootless:
             raise UsageError(
                 "--network bridge needs root (rootless: use pasta, slirp4netns, none or host)", 125
             )
@@ -257,8 +310,10 @@ def _create_request(
     dns = network.parse_dns(args.dns)
     dns_search = network.parse_dns_search(args.dns_search)
     dns_options = network.parse_dns_options(args.dns_option)
-    add_hosts = network.parse_add_hosts(args.add_host, args.network)
-    ports = tuple(m.text() for m in parse_publish_all(args.publish))
+    add_hosts = network.parse_add_hosts(args.add_host, mode)
+    mappings = parse_publish_all(args.publish)
+    check_mode(mappings, args.publish_all, mode)  # -p with host, none (runtime.publish)
+    ports = tuple(m.text() for m in mappings)
     memory = 0
     if args.memory:
         from .cgroups import parse_memory
@@ -282,10 +337,10 @@ def _create_request(
         env=tuple(env),
         workdir=args.workdir,
         user=args.user,
-        hostname=args.hostname,
+        hostname=hostname,
         name=args.name,
         volumes=volumes,
-        network=args.network,
+        network=mode,
         subnet=subnet,
         dns=dns,
         dns_search=dns_search,
@@ -294,6 +349,7 @@ def _create_request(
         ports=ports,
         publish_all=args.publish_all,
         network_aliases=tuple(args.network_alias),
+        network_id=network_id,
         read_only=args.read_only,
         tty=args.tty,
         interactive=args.interactive,
@@ -305,6 +361,25 @@ def _create_request(
         id_map=id_map,
         security=sec,
     )
+
+
+def _user_network(
+    root: StateRoot, ref: str, rootless: bool, args: argparse.Namespace
+) -> tuple[str, str]:
+    """`--network NAME|ID` of a user network: its name and id (one line, 125, if unknown)."""
+    from . import networks
+
+    defn = networks.find(root, ref)
+    if defn is None:
+        raise UsageError(f"--network {ref}: network {ref} not found", 125)
+    if rootless:
+        raise UsageError(f"--network {ref}: user networks need root", 125)
+    if args.subnet:
+        raise UsageError("--subnet is only for --network bridge", 125)
+    for alias in args.network_alias:
+        if not networks.valid_alias(alias):
+            raise UsageError(f"--network-alias {alias!r}: not a DNS name", 125)
+    return defn.name, defn.id
 
 
 def _check_hostname(name: str) -> None:
@@ -585,28 +660,106 @@ def _inspect(args: argparse.Namespace, runner: Runner) -> int:
     return 0
 
 
-def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_port_arguments(parser: argparse.ArgumentParser) -> None:
     add_root(parser)
+    parser.add_argument("container", metavar="CONTAINER")
     parser.add_argument(
-        "action",
-        choices=["prune"],
-        help="prune: remove strata's bridge, its nft table and stray veths no container uses,"
-        " and stale pasta/slirp4netns helpers (rootless: only those)",
+        "private", nargs="?", metavar="PRIVATE_PORT[/PROTO]", help="only this container port"
     )
 
 
+def _port(args: argparse.Namespace, runner: Runner) -> int:
+    from .publish import port_lines
+
+    for line in port_lines(_state_root(args).find(args.container), args.private):
+        print(line)
+    return 0
+
+
+def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
+    add_root(parser)  # `strata network --root DIR ACTION`, and after ACTION too:
+
+    def root_too(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS, help="state root")
+
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="create a user network")
+    root_too(create)
+    create.add_argument("--subnet", default="", metavar="CIDR", help="default: a free /24")
+    create.add_argument("--gateway", default="", metavar="IP", help="default: the first address")
+    create.add_argument("-d", "--driver", default="bridge", help="bridge (the only one)")
+    create.add_argument("name", metavar="NAME")
+    listing = actions.add_parser("ls", aliases=["list"], help="list networks")
+    root_too(listing)
+    listing.add_argument("-q", "--quiet", action="store_true", help="only the ids")
+    inspect = actions.add_parser("inspect", help="show networks as JSON")
+    root_too(inspect)
+    inspect.add_argument("networks", nargs="+", metavar="NETWORK")
+    remove = actions.add_parser("rm", aliases=["remove"], help="remove user networks")
+    root_too(remove)
+    remove.add_argument("networks", nargs="+", metavar="NETWORK")
+    prune = actions.add_parser(
+        "prune",
+        help="remove the user networks no container uses, the bridges no container uses,"
+        " their nft table, stray veths and DNS servers",
+    )
+    root_too(prune)
+    prune.add_argument("-f", "--force", action="store_true", help="do not ask (strata never asks)")
+
+
 def _network(args: argparse.Namespace, runner: Runner) -> int:
-    from . import network, usernet
+    import json
+
+    from . import networks, usernet
 
     root = _state_root(args)
-    if os.geteuid() != 0:  # the bridge is root's; a rootless user's stale pasta/slirp4netns
+    action = {"list": "ls", "remove": "rm"}.get(args.action, args.action)
+    if action == "ls":
+        rows = networks.listing(root)
+        if args.quiet:
+            print("\n".join(r[0] for r in rows), flush=True)
+            return 0
+        header = ("NETWORK ID", "NAME", "DRIVER", "SCOPE")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+        for row in [header, *rows]:
+            print(
+                "   ".join(f"{c:<{w}}" for c, w in zip(row, widths, strict=False)) + f"   {row[3]}"
+            )
+        return 0
+    if action == "inspect":
+        print(json.dumps([networks.inspect(root, ref) for ref in args.networks], indent=4))
+        return 0
+    if os.geteuid() != 0 and action == "prune":  # hook: runtime.usernet, the user's own
         with root.lock():
-            removed = usernet.collect_all(root)
-        for what in removed:
+            gone = usernet.collect_all(root)
+        for what in gone:
             print(what, flush=True)
         return 0
+    if os.geteuid() != 0:
+        raise UsageError(f"strata network {action} needs root (bridges are the host's)", 125)
+    if action == "create":
+        if args.driver != "bridge":
+            raise UsageError(f"--driver {args.driver}: only bridge is supported", 125)
+        print(networks.create(root, args.name, args.subnet, args.gateway).id, flush=True)
+        return 0
+    if action == "rm":
+        failed: UsageError | None = None
+        for ref in args.networks:
+            try:
+                networks.remove(root, ref)
+                print(ref, flush=True)
+            except UsageError as exc:
+                if failed is not None:
+                    runner.say(str(failed))
+                failed = exc
+        if failed is not None:
+            raise failed
+        return 0
+    from . import publish
+
     with root.lock():
-        removed = usernet.collect_all(root) + network.tidy(root)
+        removed = usernet.collect_all(root) + publish.tidy(root) + publish.remove_empty_table()
+    removed += networks.prune(root)  # (takes the lock itself)
     for what in removed:
         print(what, flush=True)
     return 0
@@ -647,6 +800,15 @@ def subcommands(source: ImageSource | None = None) -> tuple[Subcommand, ...]:
         Subcommand("logs", "show a detached container's output", _add_logs_arguments, _logs),
         Subcommand("inspect", "show containers as JSON", add_inspect_arguments, _inspect),
         Subcommand(
-            "network", "manage the bridge network (prune)", _add_network_arguments, _network
+            "port",
+            "list a container's published ports (or one port's host addresses)",
+            _add_port_arguments,
+            _port,
+        ),
+        Subcommand(
+            "network",
+            "manage networks (create, ls, inspect, rm, prune)",
+            _add_network_arguments,
+            _network,
         ),
     )

@@ -50,6 +50,7 @@ class CreateRequest:
     ports: tuple[str, ...] = ()  # PortMapping.text() each
     publish_all: bool = False
     network_aliases: tuple[str, ...] = ()
+    network_id: str = ""  # a user network's (runtime.networks)
     read_only: bool = False
     tty: bool = False
     interactive: bool = False
@@ -107,7 +108,9 @@ def container_config(root: StateRoot, req: CreateRequest, cid: str) -> Container
         add_hosts=req.add_hosts,
         ports=req.ports,
         publish_all=req.publish_all,
+        exposed_ports=image.exposed_ports,
         network_aliases=req.network_aliases,
+        network_id=req.network_id,
         volumes=req.volumes,
         read_only=req.read_only,
         tty=req.tty,

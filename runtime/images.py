@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
@@ -29,6 +29,7 @@ class ImageConfig:
     cmd: tuple[str, ...] = ()
     workdir: str = ""
     user: str = ""
+    exposed_ports: tuple[str, ...] = ()  # `80/tcp`, `53/udp` (the keys of ExposedPorts), for -P
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -37,12 +38,16 @@ class ImageConfig:
             "cmd": list(self.cmd),
             "workdir": self.workdir,
             "user": self.user,
+            "exposed_ports": list(self.exposed_ports),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> ImageConfig:
         """From `to_json()`'s form (a container's recorded config)."""
-        return cls._from_fields(data, ("env", "entrypoint", "cmd", "workdir", "user"))
+        config = cls._from_fields(data, ("env", "entrypoint", "cmd", "workdir", "user"))
+        exposed = data.get("exposed_ports") or []
+        assert isinstance(exposed, list | tuple)
+        return replace(config, exposed_ports=tuple(str(p) for p in exposed))
 
     @classmethod
     def from_oci(cls, image_config: Mapping[str, object]) -> ImageConfig:
@@ -50,7 +55,9 @@ class ImageConfig:
         them); values were type-checked when the image was loaded (images.load.check_config)."""
         inner = image_config.get("config") or {}
         assert isinstance(inner, dict)
-        return cls._from_fields(inner, ("Env", "Entrypoint", "Cmd", "WorkingDir", "User"))
+        config = cls._from_fields(inner, ("Env", "Entrypoint", "Cmd", "WorkingDir", "User"))
+        exposed = inner.get("ExposedPorts") or {}  # {"80/tcp": {}}: only the keys mean anything
+        return replace(config, exposed_ports=tuple(str(k) for k in exposed))
 
     @classmethod
     def _from_fields(cls, data: Mapping[str, object], keys: tuple[str, ...]) -> ImageConfig:

@@ -15,7 +15,7 @@ from typing import NoReturn
 from unionfs import startup
 from unionfs.errors import UsageError
 
-from . import namespaces, network, usernet
+from . import namespaces, network, publish, usernet
 from .control import START_FAILED, StartError
 from .create import id_map_of
 from .init import FORWARDED, deliver
@@ -157,9 +157,20 @@ def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
             usernet.collect(cdir)  # a pasta/slirp4netns a monitor killed with SIGKILL left
         if os.geteuid() == 0 and cdir.effective_state().status != RUNNING:
             detach_if_mounted(cdir.rootfs)
-            if cdir.config.network == "bridge":  # what a monitor killed with SIGKILL left
+            if cdir.config.network == "bridge" or cdir.config.network_id:  # what SIGKILL left
                 with contextlib.suppress(OSError):
                     network.tidy(root, exclude=cdir.id)
+                with contextlib.suppress(OSError):  # its published ports' rules
+                    publish.tidy(root, exclude=cdir.id)
+                with contextlib.suppress(OSError):  # hook: runtime.dns (imported only here)
+                    from .dns import dns_tidy
+
+                    dns_tidy(root, exclude=cdir.id, stop=False)
+            if cdir.config.network_id:  # hook: user networks, DNS records and servers
+                from .networks import tidy
+
+                with contextlib.suppress(OSError, UsageError):
+                    tidy(root, exclude=cdir.id, stop=False)
         doomed = cdir.path.with_name(f".rm-{cdir.id}")
         os.rename(cdir.path, doomed)  # gone from listings at once; removal may take a while
     _remove_layer_tree(cdir, doomed)

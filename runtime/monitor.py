@@ -19,27 +19,29 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from unionfs.errors import UsageError
 
-from . import console, namespaces, network, usernet
+from . import console, namespaces, network, publish, usernet
 from .cgroups import Limits
 from .control import START_FAILED, StartError, check_error, recv, send
 from .create import confinement_of, id_map_of, union_config
 from .init import FORWARDED, exit_code
 from .namespaces import Namespace
 from .pid1 import Plan, ns_parent
-from .ports import PortMapping
 from .process import ProcessSpec
 from .rootfs import UnionRootfs, detach_if_mounted
 from .signals import Interrupted, SignalRelay
 from .state import (
     EXITED,
     RUNNING,
+    ContainerConfig,
     ContainerDir,
     ContainerState,
     StateRoot,
@@ -47,6 +49,9 @@ from .state import (
     process_start_time,
 )
 from .trace import mark
+
+if TYPE_CHECKING:
+    from .networks import Attachment
 
 
 class Monitor:
@@ -65,6 +70,11 @@ class Monitor:
         self.init_pid = 0
         self.master: int | None = None
         self.address = ""
+        self.attach: Attachment | None = None  # the bridge network it joins, if any
+        self.dns_upstreams: tuple[str, ...] = ()  # the bridge's DNS forwarder relays to these
+        self.net_fd: int | None = None  # --network container:ID: that container's netns
+        self.net_owner: ContainerDir | None = None  # ... and that container
+        self.ports = publish.Reservation()  # published ports: held from _claim to the exit
         self.daemon_pid = 0
         self.rootfs: UnionRootfs | None = None
         self.limits = Limits(cdir.config.id, memory=cdir.config.memory, pids=cdir.config.pids_limit)
@@ -115,13 +125,17 @@ class Monitor:
             if previous.status == RUNNING:
                 raise StartError(f"container {self.cfg.name} is already running", START_FAILED)
             usernet.collect(self.cdir)  # a helper a monitor killed with SIGKILL left
-            if self.cfg.network == "bridge":
-                used = [
-                    c.read_state().ip
-                    for c in self.root.containers()
-                    if c.id != self.cfg.id and c.effective_state().status == RUNNING
-                ]
-                self.address = network.allocate_address(network.parse_subnet(self.cfg.subnet), used)
+            if self.cfg.network.startswith("container:"):
+                self.net_fd = self._open_shared_network()
+            # published ports (runtime.publish): one in use refuses the start before anything,
+            # the address lease included
+            self.ports = publish.reserve(publish.wanted(self.cfg))
+            self.attach = _attachment(self.root, self.cfg)  # hook: user networks
+            if self.attach is not None:
+                with network.host_lock():
+                    self.address = network.lease_address(
+                        self.attach.bridge, self.attach.net, self.cfg.id, self.attach.gw
+                    )
             me = os.getpid()
             self.cdir.write_state(
                 ContainerState(
@@ -130,33 +144,88 @@ class Monitor:
                     monitor_start=process_start_time(me) or 0,
                     started_at=now(),
                     ip=self.address,
+                    ports=self.ports.texts(),
                 )
             )
         return previous
+
+    def _open_shared_network(self) -> int:
+        """`--network container:ID`: an fd on that container's network namespace, which must
+        be running (lock held); its hostname, hosts and resolv.conf become ours."""
+        ref = self.cfg.network.removeprefix("container:")
+        try:
+            other = self.root.find(ref)
+        except UsageError:
+            raise StartError(
+                f"--network container:{ref[:12]}: no such container", START_FAILED
+            ) from None
+        state = other.effective_state()
+        if state.status != RUNNING or not state.init_pid:
+            raise StartError(f"--network: container {other.name} is not running", START_FAILED)
+        try:
+            fd = os.open(f"/proc/{state.init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StartError(
+                f"--network: cannot open the network of {other.name}: {exc.strerror}", START_FAILED
+            ) from None
+        self.net_owner = other
+        return fd
 
     def _release(self, previous: ContainerState, exc: BaseException) -> None:
         self._leave_usernet()
         with contextlib.suppress(OSError), self.root.lock():
             self._leave_bridge()
             if self.cdir.path.exists():
+                previous = previous.replace(ports=())  # _leave_bridge took their rules
                 self.cdir.write_state(previous if previous.status != RUNNING else ContainerState())
 
     def _leave_bridge(self) -> None:
-        """Remove this container's veth and, were it the last on the bridge, the bridge, its
-        NAT table and the forwarding strata switched on (lock held). Before the exit is
-        recorded, so that whoever waits for the exit finds the host clean."""
-        if self.cfg.network != "bridge" or os.geteuid() != 0:
+        """Release this container's address and remove its veth (lock held). Before the exit
+        is recorded, so that whoever waits for the exit finds the host clean. The bridge stays
+        (`strata network prune`)."""
+        if self.attach is None or os.geteuid() != 0 or not self.address:
             return
         try:
-            network.tidy(self.root, exclude=self.cfg.id)
+            network.leave(self.cfg.id, self.address, self.attach.bridge)
         except (OSError, UsageError) as exc:
             print(f"strata: warning: bridge clean-up: {exc}", file=sys.stderr, flush=True)
+        if self.attach.defn is not None:  # hook: user networks, its DNS records (and server)
+            from .networks import update_dns
+
+            try:
+                update_dns(self.root, self.attach.defn, exclude=self.cfg.id)
+            except (OSError, UsageError) as exc:
+                print(f"strata: warning: DNS clean-up: {exc}", file=sys.stderr, flush=True)
+        self._unpublish()
+        self._dns_tidy()
+
+    def _unpublish(self) -> None:
+        """Remove the published ports' rules (also what dead containers left), then let the
+        ports go (lock held)."""
+        try:
+            publish.tidy(self.root, exclude=self.cfg.id)
+        except (OSError, UsageError) as exc:
+            publish.warn(f"published ports clean-up: {exc}")
+        finally:
+            self.ports.close()
+
+    def _dns_tidy(self) -> None:  # hook: runtime.dns, the bridge's DNS forwarder
+        if not self.dns_upstreams:  # not one of its users (others' are collected by theirs)
+            return
+        from .dns import dns_tidy
+
+        try:
+            dns_tidy(self.root, exclude=self.cfg.id, stop=False)
+        except (OSError, UsageError) as exc:
+            print(f"strata: warning: DNS forwarder clean-up: {exc}", file=sys.stderr, flush=True)
 
     def _leave_usernet(self) -> None:
         """Stop the pasta/slirp4netns helper (runtime.usernet), before the exit is recorded."""
         if self.usernet is not None:
             self.usernet.stop()
             self.usernet = None
+        if self.cfg.network in usernet.MODES:
+            self.ports.close()  # held from _claim, should the helper not have started
 
     def _record_exit(self, code: int) -> None:
         self._leave_usernet()
@@ -172,6 +241,7 @@ class Monitor:
                     init_start=0,
                     daemon_pid=0,
                     ip="",
+                    ports=(),
                 )
             )
 
@@ -212,24 +282,54 @@ class Monitor:
 
     def _write_etc_files(self) -> None:
         cfg = self.cfg
-        net = network.parse_subnet(cfg.subnet) if cfg.network == "bridge" else None
+        if self.net_owner is not None:  # the network's owner's files, as docker shares them
+            for name in ("hostname", "hosts", "resolv.conf"):
+                tmp = self.cdir.sub(f".{name}.tmp")
+                shutil.copyfile(self.net_owner.sub(name), tmp)
+                os.rename(tmp, self.cdir.sub(name))
+            return
         extra = []
         for entry in cfg.add_hosts:
             host, ip = network.split_add_host(entry)
             if ip == network.HOST_GATEWAY:
-                ip = usernet.host_gateway(cfg.network) or network.host_gateway(cfg.network, net)
+                ip = (
+                    str(self.attach.gw)
+                    if self.attach
+                    else usernet.host_gateway(cfg.network)
+                    or network.host_gateway(cfg.network, None)
+                )
             extra.append((host, ip))
+        host_resolv = network.host_resolv_conf()
+        forwarder = ""
+        net = self.attach.net if self.attach is not None else None
+        if net is not None and not cfg.dns:  # hook: runtime.dns, when the host has a stub only
+            self.dns_upstreams = network.bridge_dns_upstreams(host_resolv)
+            forwarder = str(network.gateway(net)) if self.dns_upstreams else ""
+        resolv = network.resolv_conf(
+            cfg.network,
+            dns=cfg.dns or usernet.default_dns(cfg.network),
+            search=cfg.dns_search,
+            options=cfg.dns_options,
+            host=host_resolv,
+            forwarder=forwarder,
+        )
+        if self.attach is not None and self.attach.defn is not None:  # hook: user networks
+            from .networks import resolv_conf
+
+            self.dns_upstreams = ()  # the network's own server forwards
+            resolv = resolv_conf(
+                str(self.attach.gw),
+                dns=cfg.dns,
+                search=cfg.dns_search,
+                options=cfg.dns_options,
+                host=host_resolv,
+            )
         files = {
             "hostname": f"{cfg.hostname}\n",
             "hosts": network.hosts_file(
                 cfg.hostname, self.address or None, name=cfg.name, extra=extra
             ),
-            "resolv.conf": network.resolv_conf(
-                cfg.network,
-                dns=cfg.dns or usernet.default_dns(cfg.network),
-                search=cfg.dns_search,
-                options=cfg.dns_options,
-            ),
+            "resolv.conf": resolv,
         }
         for name, text in files.items():
             path = self.cdir.sub(name)
@@ -241,19 +341,17 @@ class Monitor:
     def _plan(self) -> Plan:
         cfg = self.cfg
         kinds = [Namespace.MNT, Namespace.UTS, Namespace.IPC, Namespace.PID]
-        own_network = cfg.network != "host"
+        own_network = cfg.network != "host" and self.net_fd is None
         if own_network:
             kinds.append(Namespace.NET)
-        bridge = None
-        if cfg.network == "bridge":
-            bridge = (self.address, network.parse_subnet(cfg.subnet))
         self.relay.is_namespace_init = not cfg.init
         return Plan(
             cdir=self.cdir,
             monitor_pid=os.getpid(),
             flags=namespaces.flags_of(kinds),
             own_network=own_network,
-            bridge=bridge,
+            join_network=self.net_fd,
+            wait_for_network=self.attach is not None,
             devpts_gid=None if cfg.rootless else 5,
             process=ProcessSpec(
                 argv=cfg.argv,
@@ -276,10 +374,14 @@ class Monitor:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - child
                 parent_sock.close()
+                self.ports.close()  # the published ports are the monitor's to hold
                 ns_parent(plan, child_sock)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child_sock.close()
+        if self.net_fd is not None:  # the ns parent has entered it
+            os.close(self.net_fd)
+            self.net_fd = None
         self.sock = parent_sock
         self.ns_parent = pid
 
@@ -336,23 +438,38 @@ class Monitor:
                     daemon_pid=daemon_pid,
                 )
             )
-            if self.cfg.network == "bridge":
-                net = network.parse_subnet(self.cfg.subnet)
-                # what a monitor killed with SIGKILL left: veths of dead containers, and the
-                # bridge, table and forwarding if no bridge container runs
-                network.tidy(self.root, exclude=self.cfg.id)
-                network.connect_host_side(net, self.cfg.id, self.ns_parent)
-                network.add_nat(net)
-                network.enable_forwarding(self.root.path)
+            if (at := self.attach) is not None:
+                with network.host_lock():
+                    network.ensure_bridge(at.net, at.bridge, at.gw)
+                    network.connect_host_side(self.cfg.id, self.ns_parent, at.bridge)
+                network.connect_container_side(self.ns_parent, self.address, at.net, at.gw)
+                mark("bridge connected")
+                veth = network.veth_name(self.cfg.id)
+                publish.start(
+                    self.root, self.cfg, self.address, at.net, at.bridge, veth, self.ports
+                )
+                mark("ports forwarded")
+                if at.defn is not None:  # hook: user networks, names through runtime.dns
+                    from .networks import update_dns
+
+                    update_dns(self.root, at.defn, start=True)
+                elif self.dns_upstreams:  # hook: runtime.dns, before the command runs
+                    from .dns import start_bridge_forwarder
+
+                    mark("dns forwarder wanted")
+                    start_bridge_forwarder(at.net, self.dns_upstreams, self.cfg.id)
+                    mark("dns forwarder ready")
         if self.limits.wanted():
             for warning in self.limits.apply(self.init_pid):
                 print(f"strata: warning: {warning}", file=sys.stderr, flush=True)
-        if self.cfg.network in usernet.MODES:  # the namespace exists: its helper can serve it
-            ports = [PortMapping.from_text(p) for p in self.cfg.ports]
+        if self.cfg.network in usernet.MODES:  # hook: runtime.usernet, the namespace exists
+            self.ports.close()  # the helper binds them now
             mark("network helper starting")
-            self.usernet = usernet.start(self.cfg.network, self.cdir, self.ns_parent, ports)
+            self.usernet = usernet.start(
+                self.cfg.network, self.cdir, self.ns_parent, self.ports.mappings
+            )
             mark("network helper ready")
-        if self.cfg.network == "bridge" or self.usernet is not None:
+        if self.attach is not None or self.usernet is not None:
             send(self.sock, "net")
 
     # -- while it runs
@@ -428,6 +545,15 @@ class Monitor:
                     os.kill(target, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
+
+
+def _attachment(root: StateRoot, cfg: ContainerConfig) -> Attachment | None:
+    """The bridge network the container joins (default or user network), or None."""
+    if cfg.network != "bridge" and not cfg.network_id:
+        return None
+    from .networks import attachment
+
+    return attachment(root, cfg)
 
 
 def reconcile(root: StateRoot, cdir: ContainerDir) -> ContainerState:

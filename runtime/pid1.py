@@ -17,7 +17,6 @@ monitor (`Plan`): nothing may be imported or looked up on the host after pivot_r
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import socket
@@ -47,7 +46,8 @@ class Plan:
     monitor_pid: int
     flags: int
     own_network: bool
-    bridge: tuple[str, ipaddress.IPv4Network] | None
+    join_network: int | None  # an fd on another container's network namespace to enter
+    wait_for_network: bool  # the monitor connects the namespace, then says `net`
     devpts_gid: int | None
     process: ProcessSpec
     init: bool
@@ -67,6 +67,10 @@ def ns_parent(plan: Plan, sock: socket.socket) -> NoReturn:
             os._exit(code)
         mark("ns parent forked")
         try:
+            if plan.join_network is not None:
+                libc.setns(
+                    plan.join_network, libc.CLONE_NEWNET, what="the other container's network"
+                )
             libc.unshare(plan.flags)
         except OSError as exc:
             send_error(sock, START_FAILED, f"cannot create namespaces: {exc.strerror}")
@@ -137,12 +141,12 @@ def _prepare_root(plan: Plan, sock: socket.socket) -> int | None:
     # 1. Our mounts must not propagate back to the host: `/` rslave before anything is mounted.
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
     libc.sethostname(cfg.hostname)
-    # 2. The network: the bridge's veth end arrives once the monitor knows our pid (`net`).
+    # 2. The network: the monitor, once it knows our pid, connects our namespace from the host
+    #    (veth, address, route: no process of ours takes a pid for it) and says `net`.
     if plan.own_network:
         network.loopback_up()
-    if plan.bridge is not None:
+    if plan.wait_for_network:
         _wait_for_net(sock)
-        network.connect_container_side(*plan.bridge)
     # 3. The rootfs bound on itself (pivot_root wants a mount point), then the container's
     #    mounts inside it, while the host's paths (volumes, /etc files) can still be named.
     libc.mount(rootfs, rootfs, None, libc.MS_BIND | libc.MS_REC)

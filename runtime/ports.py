@@ -4,7 +4,9 @@ A mapping is kept in a container's config as canonical text, one port per entry 
 expanded): `HOST_IP:HOST_PORT:CONTAINER_PORT/PROTO`, where an empty HOST_IP means every address of
 the host and HOST_PORT 0 means "a free port, picked when the container starts" (`-p 80`, `-P`).
 The same grammar as docker's and podman's: `-p 8080:80`, `-p 127.0.0.1:8080:80/udp`,
-`-p 127.0.0.1::80`, `-p 8000-8002:80-82`, `-p [::1]:8080:80`.
+`-p 127.0.0.1::80`, `-p 8000-8002:80-82`, `-p [::1]:8080:80`, and docker's `-p 8000-8010:80`
+(the first host port of the range that is free when the container starts), kept as
+`:8000-8010:80/tcp`.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ class PortMapping:
     host_port: int
     container_port: int
     protocol: str = "tcp"
+    host_port_last: int = 0  # > host_port: any free port of host_port..host_port_last
 
     def text(self) -> str:
         """The canonical form kept in config.json (IPv6 addresses in brackets)."""
         ip = f"[{self.host_ip}]" if ":" in self.host_ip else self.host_ip
-        return f"{ip}:{self.host_port}:{self.container_port}/{self.protocol}"
+        host = f"{self.host_port}-{self.host_port_last}" if self.host_port_last else self.host_port
+        return f"{ip}:{host}:{self.container_port}/{self.protocol}"
 
     @classmethod
     def from_text(cls, text: str) -> PortMapping:
@@ -39,7 +43,16 @@ class PortMapping:
         rest, _, protocol = text.rpartition("/")
         ip, _, ports = rest.rpartition("]:") if rest.startswith("[") else rest.partition(":")
         host_port, _, container_port = ports.partition(":")
-        return cls(ip.removeprefix("["), int(host_port), int(container_port), protocol)
+        first, _, last = host_port.partition("-")
+        return cls(ip.removeprefix("["), int(first), int(container_port), protocol, int(last or 0))
+
+    def host_ports(self) -> range:
+        """The host ports this mapping may take (one, or a range to pick a free one from)."""
+        return range(self.host_port, max(self.host_port, self.host_port_last) + 1)
+
+    def key(self) -> str:
+        """The container side, as docker names it: `80/tcp`."""
+        return f"{self.container_port}/{self.protocol}"
 
 
 def _range(text: str, spec: str, what: str) -> range:
@@ -88,11 +101,7 @@ def parse_publish(spec: str) -> tuple[PortMapping, ...]:
             PortMapping(host_ip, h, c, protocol) for h, c in zip(outer, inner, strict=True)
         )
     if len(inner) == 1:  # -p 8000-8010:80: the first free port of the range, as docker
-        raise UsageError(
-            f"-p {spec}: a host port range for one container port is not supported;"
-            " give one host port or a range as long as the container's",
-            125,
-        )
+        return (PortMapping(host_ip, outer[0], inner[0], protocol, outer[-1]),)
     raise UsageError(f"-p {spec}: the host and container ranges differ in length", 125)
 
 
@@ -104,8 +113,9 @@ def parse_publish_all(values: Sequence[str]) -> tuple[PortMapping, ...]:
 
 
 def check_unique(mappings: Iterable[PortMapping]) -> None:
-    """Refuse a host port published twice (an empty address, every address, clashes with any)."""
-    fixed = [m for m in mappings if m.host_port]
+    """Refuse a host port published twice (an empty address, every address, clashes with any).
+    Host port ranges (`8000-8010:80`) are not checked: each takes a port left free."""
+    fixed = [m for m in mappings if m.host_port and not m.host_port_last]
     for i, a in enumerate(fixed):
         for b in fixed[i + 1 :]:
             same_ip = a.host_ip == b.host_ip or "" in (a.host_ip, b.host_ip)

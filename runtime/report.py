@@ -37,6 +37,8 @@ def _ago(stamp: str) -> str:
 
 def describe(cdir: ContainerDir) -> dict[str, object]:
     """One container as `ps --format json` shows it."""
+    from . import publish
+
     cfg = cdir.config
     state = cdir.effective_state()
     if state.status == RUNNING:
@@ -57,11 +59,12 @@ def describe(cdir: ContainerDir) -> dict[str, object]:
         "ExitCode": state.exit_code,
         "Pid": state.init_pid if state.status == RUNNING else 0,
         "IPAddress": state.ip,
+        "Ports": publish.ps_ports(cdir),
     }
 
 
 def table(rows: Sequence[dict[str, object]], *, full: bool = False) -> str:
-    headers = ("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")
+    headers = ("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")
     lines = [headers]
     for row in rows:
         command = str(row["Command"])
@@ -77,6 +80,7 @@ def table(rows: Sequence[dict[str, object]], *, full: bool = False) -> str:
                 command,
                 _ago(str(row["Created"])) + " ago",
                 str(row["Status"]),
+                str(row.get("Ports", "")),
                 ",".join(str(n) for n in names),
             )
         )
@@ -89,11 +93,12 @@ def table(rows: Sequence[dict[str, object]], *, full: bool = False) -> str:
 
 def inspect(cdir: ContainerDir) -> dict[str, object]:
     """One container as `inspect` shows it: its config, state and paths."""
-    from . import capabilities, mounts, security
+    from . import capabilities, mounts, publish, security
 
     cfg = cdir.config
     state = cdir.effective_state()
     caps = capabilities.sorted_names(capabilities.recorded(cfg.capabilities))
+    ports = publish.inspect_fields(cdir)
     return {
         "Id": cfg.id,
         "Name": cfg.name,
@@ -123,10 +128,13 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             "OpenStdin": cfg.interactive,
             "Init": cfg.init,
             "AutoRemove": cfg.auto_remove,
+            "ExposedPorts": ports["ExposedPorts"],
         },
         "HostConfig": {
             "NetworkMode": cfg.network,
             "Subnet": cfg.subnet,
+            "PortBindings": ports["PortBindings"],
+            "PublishAllPorts": cfg.publish_all,
             "ReadonlyRootfs": cfg.read_only,
             "Binds": [f"{v.source}:{v.target}{':ro' if v.read_only else ''}" for v in cfg.volumes],
             "Rootless": cfg.rootless,
@@ -140,7 +148,7 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             "MaskedPaths": list(mounts.MASKED_PATHS) if cfg.mask_paths else [],
             "ReadonlyPaths": list(mounts.READONLY_PATHS) if cfg.mask_paths else [],
         },
-        "NetworkSettings": {"IPAddress": state.ip},
+        "NetworkSettings": {"IPAddress": state.ip, "Ports": ports["Ports"]},
         "GraphDriver": {
             "Name": "strata",
             "Data": {

@@ -132,7 +132,9 @@ class ContainerConfig:
     add_hosts: tuple[str, ...] = ()  # NAME:IP as given (IP may be host-gateway)
     ports: tuple[str, ...] = ()  # -p, one PortMapping.text() per port (runtime.ports)
     publish_all: bool = False  # -P: the image's exposed ports to free host ports
+    exposed_ports: tuple[str, ...] = ()  # the image's ExposedPorts keys (80/tcp), for -P
     network_aliases: tuple[str, ...] = ()  # --network-alias: more names on a user network
+    network_id: str = ""  # a user network's id (runtime.networks); `network` holds its name
     volumes: tuple[Volume, ...] = ()
     read_only: bool = False
     tty: bool = False
@@ -176,6 +178,7 @@ class ContainerConfig:
             "dns_options",
             "add_hosts",
             "ports",
+            "exposed_ports",
             "network_aliases",
         ):
             items = values.get(key) or []
@@ -205,6 +208,9 @@ class ContainerState:
     finished_at: str = ""
     exit_code: int | None = None
     ip: str = ""
+    # the published ports as taken (runtime.ports PortMapping.text(), actual host ports), from
+    # the start until their nft rules are removed (runtime.publish)
+    ports: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -212,7 +218,11 @@ class ContainerState:
     @classmethod
     def from_json(cls, data: dict[str, object]) -> ContainerState:
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})  # type: ignore[arg-type]
+        values = {k: v for k, v in data.items() if k in known}
+        ports = values.get("ports") or []
+        assert isinstance(ports, list | tuple)
+        values["ports"] = tuple(str(p) for p in ports)
+        return cls(**values)  # type: ignore[arg-type]
 
     def replace(self, **changes: object) -> ContainerState:
         return replace(self, **changes)  # type: ignore[arg-type]

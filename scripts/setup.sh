@@ -34,10 +34,13 @@ done
 # a copy-up's fsync and rename; skopeo seeds the registry tests' registries and reads back what
 # `strata push` wrote (an independent client, from containers/image, as podman's); nftables
 # (nft) masquerades the bridge network's traffic out of the host (runtime/network.py); passt
-# (pasta) and slirp4netns serve rootless containers' networks (runtime/usernet.py; no service).
+# (pasta) and slirp4netns serve rootless containers' networks (runtime/usernet.py; no service);
+# dnsmasq-base is the DNS tests' outside resolver and loopback stub (tests/runtime/test_dns.py;
+# the bare binary: unlike the dnsmasq package, it starts no service).
 packages=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc busybox-static attr acl
           fuse-overlayfs unionfs-fuse mmdebstrap uidmap iproute2 patch podman runc libseccomp2
-          strace skopeo nftables passt slirp4netns)
+          strace skopeo nftables dnsmasq-base passt
+          slirp4netns)
 
 # The system interpreter on purpose: PATH may hold a pyenv or similar python that other users
 # cannot read.

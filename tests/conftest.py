@@ -7,6 +7,8 @@ Markers (declared in pyproject.toml): `fuse` mounts a real FUSE filesystem, `roo
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +48,20 @@ def _no_registry_configuration(tmp_path_factory: pytest.TempPathFactory) -> Iter
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prune_networks_at_the_end(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """strata's bridges stay after their containers, as docker0 does; at the end of the session
+    `strata network prune` (as root) removes those no container uses, with their nft table and
+    the forwarding strata switched on, so that the suite leaves no link or rule of ours."""
+    yield
+    if os.geteuid() == 0 and os.path.exists("/run/strata"):
+        root = tmp_path_factory.mktemp("prune-root")
+        strata = os.path.join(os.path.dirname(sys.executable), "strata")
+        subprocess.run(
+            [strata, "network", "prune", "--root", str(root)], capture_output=True, check=False
+        )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

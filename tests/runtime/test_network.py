@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import pytest
 
@@ -70,3 +71,48 @@ def test_resolv_conf_options_replace_the_hosts_lines() -> None:
     assert [ln for ln in kept.splitlines() if ln.startswith("nameserver")] == [
         "nameserver 192.0.2.53"
     ]
+
+
+def test_nat_document_masquerades_each_network_and_isolates_them() -> None:
+    doc: Any = network.nat_document(
+        {
+            "strata0": network.parse_subnet("10.90.0.0/16"),
+            "stbr0123456789": network.parse_subnet("10.91.3.0/24"),
+        }
+    )
+
+    def word(e: Any) -> str:
+        if "match" not in e:
+            return str(next(iter(e)))
+        right = e["match"]["right"]
+        if isinstance(right, dict):
+            right = f"{right['prefix']['addr']}/{right['prefix']['len']}"
+        return f"{e['match']['op']}{right}"
+
+    shapes = [
+        (c["add"]["rule"]["chain"], *(word(e) for e in c["add"]["rule"]["expr"]))
+        for c in doc["nftables"]
+        if "rule" in c.get("add", {})
+    ]
+    # traffic between two strata networks is dropped, both ways, before any accept
+    assert sorted(shapes[:2]) == [
+        ("forward", "==stbr0123456789", "==strata0", "drop"),
+        ("forward", "==strata0", "==stbr0123456789", "drop"),
+    ]
+    assert ("postrouting", "==10.90.0.0/16", "!=strata0", "masquerade") in shapes
+    assert ("postrouting", "==10.91.3.0/24", "!=stbr0123456789", "masquerade") in shapes
+    assert ("forward", "==stbr0123456789", "==10.91.3.0/24", "accept") in shapes
+
+
+@pytest.mark.parametrize(
+    ("name", "ours"),
+    [
+        ("strata0", True),
+        ("stbr0123456789", True),
+        ("stbr01234", False),
+        ("stbrXYZ3456789", False),
+        ("docker0", False),
+    ],
+)
+def test_which_bridges_are_strata_s(name: str, ours: bool) -> None:
+    assert network.is_strata_bridge(name) is ours

@@ -391,7 +391,7 @@ def test_dns_options_and_added_hosts_reach_the_containers_files(
     container's name land in /etc/hosts, as docker and podman write them. (Only files: no name
     is looked up, no packet leaves.)"""
     done = strata.run(
-        "run", "--rm", "--name", "dnsbox", "--hostname", "box",
+        "run", "--rm", "--name", "dnsbox", "--hostname", "box", "--network", "host",
         "--dns", "192.0.2.53", "--dns-search", "corp.test", "--dns-option", "ndots:2",
         "--add-host", "db:10.1.2.3", "--add-host", "gw=host-gateway",
         *busybox, "/bin/sh", "-c", "cat /etc/resolv.conf; echo --; cat /etc/hosts",
