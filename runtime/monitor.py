@@ -130,6 +130,8 @@ class Monitor:
             # published ports (runtime.publish): one in use refuses the start before anything,
             # the address lease included
             self.ports = publish.reserve(publish.wanted(self.cfg))
+            if self.cfg.network in usernet.MODES:  # hook: runtime.usernet; its helper binds
+                self.ports.close()  # them: none may be inherited by the union daemon forked next
             self.attach = _attachment(self.root, self.cfg)  # hook: user networks
             if self.attach is not None:
                 with network.host_lock():
@@ -224,8 +226,6 @@ class Monitor:
         if self.usernet is not None:
             self.usernet.stop()
             self.usernet = None
-        if self.cfg.network in usernet.MODES:
-            self.ports.close()  # held from _claim, should the helper not have started
 
     def _record_exit(self, code: int) -> None:
         self._leave_usernet()
@@ -463,7 +463,6 @@ class Monitor:
             for warning in self.limits.apply(self.init_pid):
                 print(f"strata: warning: {warning}", file=sys.stderr, flush=True)
         if self.cfg.network in usernet.MODES:  # hook: runtime.usernet, the namespace exists
-            self.ports.close()  # the helper binds them now
             mark("network helper starting")
             self.usernet = usernet.start(
                 self.cfg.network, self.cdir, self.ns_parent, self.ports.mappings
