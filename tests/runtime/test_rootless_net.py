@@ -310,3 +310,20 @@ def test_rootless_network_prune_kills_a_stale_helper(
     finally:
         stand_in.kill()
         stand_in.wait()
+
+
+def test_rootless_publish_of_a_port_in_use_is_one_line_and_leaves_no_helper(
+    rootless: Rootless,  # noqa: F811
+) -> None:
+    need(PASTA)
+    strata, image, _ = rootless
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = strata.run("run", "--rm", "-p", f"127.0.0.1:{port}:80", *image, "true")
+    assert done.returncode == 125
+    assert done.stderr.count("\n") == 1
+    assert str(port) in done.stderr
+    assert helpers_of(strata.root) == []
+    assert strata.container_ids() == []
