@@ -301,6 +301,10 @@ def prune(root: StateRoot) -> list[str]:
 
         if dns_tidy(root):  # the default bridge's forwarder (runtime.dns)
             removed.append("DNS forwarder")
+        with network.host_lock():  # the forwarder's records and users went with the bridge
+            run_dir = network.RUN_DIR / "dns" / network.BRIDGE
+            if not os.path.exists(f"/sys/class/net/{network.BRIDGE}") and run_dir.is_dir():
+                shutil.rmtree(run_dir, ignore_errors=True)
     return removed
 
 

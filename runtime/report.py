@@ -148,7 +148,20 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             "MaskedPaths": list(mounts.MASKED_PATHS) if cfg.mask_paths else [],
             "ReadonlyPaths": list(mounts.READONLY_PATHS) if cfg.mask_paths else [],
         },
-        "NetworkSettings": {"IPAddress": state.ip, "Ports": ports["Ports"]},
+        "NetworkSettings": {
+            "IPAddress": state.ip,
+            "Ports": ports["Ports"],
+            # docker's per-network entry, for the bridge networks (the default or a user one)
+            "Networks": {
+                cfg.network: {
+                    "NetworkID": cfg.network_id,
+                    "IPAddress": state.ip,
+                    "Aliases": list(cfg.network_aliases),
+                }
+            }
+            if cfg.network not in ("none", "host") and not cfg.network.startswith("container:")
+            else {},
+        },
         "GraphDriver": {
             "Name": "strata",
             "Data": {

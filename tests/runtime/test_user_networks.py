@@ -333,6 +333,9 @@ def test_names_on_one_network_and_isolation_from_others(
     address = _serve(strata, busybox, "sun-x", "sun-a", "--network-alias", "sun-web")
     x = strata.inspect("sun-x")
     short = str(x["Id"])[:12]
+    assert x["NetworkSettings"]["Networks"] == {  # type: ignore[index]
+        "sun-a": {"NetworkID": a.id, "IPAddress": address, "Aliases": ["sun-web"]}
+    }
     shown = json.loads(strata.run("network", "inspect", "sun-a", check=True).stdout)[0]
     assert shown["Containers"] == {
         x["Id"]: {
