@@ -397,8 +397,8 @@ class Monitor:
 
     def _handshake(self, daemon_pid: int) -> None:
         """`pid` (from the ns parent) and `ready` (from PID 1) may come in either order, except
-        with a bridge, where PID 1 waits for `net`, which needs the pid (with pasta/slirp4netns
-        too, but after its mounts: the helper starts meanwhile)."""
+        with a bridge or pasta/slirp4netns, where PID 1 waits for `net` after its mounts and
+        pivot_root: the monitor, once it has the pid, connects the namespace meanwhile."""
         assert self.sock is not None
         assert self.ns_parent is not None
         ready: list[int] | None = None

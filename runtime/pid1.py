@@ -141,12 +141,11 @@ def _prepare_root(plan: Plan, sock: socket.socket) -> int | None:
     # 1. Our mounts must not propagate back to the host: `/` rslave before anything is mounted.
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
     libc.sethostname(cfg.hostname)
-    # 2. The network: the monitor, once it knows our pid, connects our namespace from the host
-    #    (veth, address, route: no process of ours takes a pid for it) and says `net`.
+    # 2. The network: `lo` up. The monitor, once it knows our pid, connects the namespace from
+    #    the host meanwhile (bridge: veth, address, route, no process of ours taking a pid for
+    #    it; pasta/slirp4netns: its helper) and says `net`, awaited after pivot_root.
     if plan.own_network:
         network.loopback_up()
-    if plan.wait_for_network:
-        _wait_for_net(sock)
     # 3. The rootfs bound on itself (pivot_root wants a mount point), then the container's
     #    mounts inside it, while the host's paths (volumes, /etc files) can still be named.
     libc.mount(rootfs, rootfs, None, libc.MS_BIND | libc.MS_REC)
@@ -166,7 +165,7 @@ def _prepare_root(plan: Plan, sock: socket.socket) -> int | None:
     mark("pivot_root done")
     if plan.init:
         _hide_init()
-    if plan.usernet:  # pasta/slirp4netns configure the namespace meanwhile: wait for it here
+    if plan.wait_for_network or plan.usernet:  # set up meanwhile by the monitor: wait for it
         _wait_for_net(sock)
     # 5. `ready`, with the pty's master for the monitor to relay (the slave becomes the
     #    command's terminal and /dev/console).

@@ -59,6 +59,12 @@ def _strata_links() -> list[str]:
     return sorted(n for n in names if is_strata_bridge(n) or (n.startswith("vs") and len(n) == 14))
 
 
+def _wait_for_links(expected: list[str]) -> None:
+    """Until strata's links are `expected`: a veth goes when the kernel tears its container's
+    network namespace down, just after the container's last process."""
+    wait_for(lambda: _strata_links() == expected, f"strata's links to be {expected}")
+
+
 def _ip_forward() -> str:
     return IP_FORWARD.read_text().strip()
 
@@ -166,7 +172,7 @@ def test_bridge_reaches_beyond_the_host_only_through_masquerade(
     assert cut_off.returncode != 0
     assert cut_off.stdout == ""
     # the container's veth and lease went with it; the bridge, table and forwarding stay
-    assert _strata_links() == [BRIDGE]
+    _wait_for_links([BRIDGE])  # the veth goes with the namespace
     assert _leases() == []
     assert _has_table()
     assert _ip_forward() == "1"
@@ -193,7 +199,7 @@ def test_a_containers_veth_and_lease_live_as_long_as_it(
     assert _ip_forward() == "1"
     assert _strata_links() == sorted([BRIDGE, veth_name(cid)])
     assert strata.run("stop", "-t", "1", "a").returncode == 0
-    assert _strata_links() == [BRIDGE]
+    _wait_for_links([BRIDGE])  # the veth goes with the namespace
     assert _leases() == []
     assert _has_table()
 
@@ -246,7 +252,7 @@ def test_prune_keeps_what_a_running_container_uses(
     assert _strata_links() == before
     assert _has_table()
     assert strata.run("stop", "-t", "1", "a").returncode == 0
-    assert _strata_links() == [BRIDGE]
+    _wait_for_links([BRIDGE])  # the veth goes with the namespace
     assert sorted(_prune(strata)) == sorted(
         [BRIDGE, f"nft table {NFT_FAMILY} {NFT_TABLE}"]
         + (["net.ipv4.ip_forward=1"] if clean_host == "0" else [])
@@ -270,7 +276,7 @@ def test_two_state_roots_share_the_bridge_and_never_one_address(
         assert len(_strata_links()) == 3  # the bridge, a's veth, b's
         assert other.run("stop", "-t", "1", "b").returncode == 0
         assert _prune(strata) == []  # a's port stays, so does the bridge
-        assert veth_name(str(b["Id"])) not in _strata_links()
+        wait_for(lambda: veth_name(str(b["Id"])) not in _strata_links(), "b's veth to go")
         assert BRIDGE in _strata_links()
         assert _has_table()
     finally:
