@@ -162,6 +162,30 @@ printf '%s\n' "$out"
 grep -q $'^CapEff:\t00000000800405fb$' <<<"$out" && grep -q $'^Seccomp:\t2$' <<<"$out" &&
     grep -q '^mount: not permitted$' <<<"$out" || fail "the container is not confined"
 ok "the container had podman's capabilities and a seccomp filter, and could not mount"
+
+heading "Its own network: the bridge, NAT and a published port"
+# As under docker: an address on strata's bridge, and -p publishes a port of the container on the
+# host (here on 127.0.0.1, a free port). The bridge stays for the next container, as docker0
+# does; `strata network prune` removes it (done here if the demo made it).
+bridge_before=$([[ -e /sys/class/net/strata0 ]] && echo yes || echo no)
+"$strata" rm -f demo-web >/dev/null 2>&1 || true
+run "$strata" run -d --name demo-web -p 127.0.0.1::80 --lower "$layers/update" --lower "$layers/base" \
+    /bin/sh -c 'mkdir /www && echo "hello from $(hostname -i) over the bridge" > /www/index.html && exec httpd -f -p 80 -h /www'
+echo "\$ $strata port demo-web 80"
+address=$("$strata" port demo-web 80)
+echo "$address"
+echo "\$ python3 -c 'urllib.request.urlopen(\"http://$address/\")'"
+page=""
+for _ in $(seq 100); do  # until httpd answers (it starts in a few ms)
+    page=$(python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://$address/', timeout=2).read().decode())" 2>/dev/null) && break
+    sleep 0.05
+done
+printf '%s\n' "$page"
+run "$strata" rm -f demo-web
+[[ $page == "hello from 10.90."*" over the bridge" ]] || fail "the published port did not answer"
+ok "the container had its own address on the bridge and answered on a published port"
+[[ $bridge_before == yes ]] || run "$strata" network prune
+
 is_mounted && fail "strata run left a mount behind"
 [[ $(fingerprint) == "$before" ]] || fail "the container changed a lower layer"
 ok "nothing left mounted, lower layers unchanged"

@@ -34,6 +34,7 @@ import pytest
 from runtime import dns as strata_dns
 from runtime.network import DEFAULT_SUBNET, gateway, parse_subnet
 from runtime.state import process_start_time
+from tests.helpers import netns
 from tests.runtime.conftest import STRATA, Strata, wait_for, wait_running
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
@@ -105,21 +106,7 @@ def outside() -> Iterator[str]:
     """A network namespace standing for the internet, with dnsmasq answering example.test on
     RESOLVER:53; yields RESOLVER."""
     dnsmasq = _dnsmasq()
-    ns = f"sdn-out-{os.getpid()}"
-    host_end = f"sdno{os.getpid() % 10**8}"
-    server: subprocess.Popen[bytes] | None = None
-
-    def ip(*args: str) -> None:
-        subprocess.run(["ip", *args], check=True, capture_output=True)
-
-    ip("netns", "add", ns)
-    try:
-        ip("link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        ip("addr", "add", f"{OUTSIDE_HOST}/30", "dev", host_end)
-        ip("link", "set", host_end, "up")
-        ip("-n", ns, "addr", "add", f"{RESOLVER}/30", "dev", "eth0")
-        ip("-n", ns, "link", "set", "eth0", "up")
-        ip("-n", ns, "link", "set", "lo", "up")
+    with netns.outside("sdn", f"{OUTSIDE_HOST}/30", f"{RESOLVER}/30") as ns:
         server = subprocess.Popen(
             ["ip", "netns", "exec", ns, dnsmasq, "--keep-in-foreground", "--conf-file=/dev/null",
              "--no-resolv", "--no-hosts", f"--host-record=example.test,{ANSWER}", "--local=/test/",
@@ -127,14 +114,11 @@ def outside() -> Iterator[str]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        wait_for(lambda: _answers(RESOLVER), "the outside resolver")
-        yield RESOLVER
-    finally:
-        if server is not None:
+        try:
+            wait_for(lambda: _answers(RESOLVER), "the outside resolver")
+            yield RESOLVER
+        finally:
             _stop(server)
-        subprocess.run(["ip", "netns", "del", ns], check=False)  # takes the veth pair with it
-        if os.path.exists(f"/sys/class/net/{host_end}"):
-            subprocess.run(["ip", "link", "del", host_end], check=False)
 
 
 @pytest.fixture

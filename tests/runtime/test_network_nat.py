@@ -15,8 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from runtime.network import (
     is_strata_bridge,
     veth_name,
 )
+from tests.helpers import netns
 from tests.runtime.conftest import Strata, wait_for, wait_running
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
@@ -117,48 +116,14 @@ def clean_host(strata: Strata) -> Iterator[str]:
 def outside(tmp_path: Path) -> Iterator[str]:
     """A network namespace with an HTTP server on 198.51.100.2:8000 serving /hello, joined to
     the host by a veth and with no route to the bridge's subnet; yields the URL."""
-    ns = f"strata-out-{os.getpid()}"
-    host_end = f"so{os.getpid() % 10**8}"
     www = tmp_path / "www"
     www.mkdir()
     (www / "hello").write_text("hello from outside\n")
-    server: subprocess.Popen[bytes] | None = None
-
-    def ip(*args: str) -> None:
-        subprocess.run(["ip", *args], check=True, capture_output=True)
-
-    ip("netns", "add", ns)
-    try:
-        ip("link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        ip("addr", "add", f"{OUTSIDE_HOST}/24", "dev", host_end)
-        ip("link", "set", host_end, "up")
-        ip("-n", ns, "addr", "add", f"{OUTSIDE}/24", "dev", "eth0")
-        ip("-n", ns, "link", "set", "eth0", "up")
-        ip("-n", ns, "link", "set", "lo", "up")
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "http.server", str(PORT),
-             "--bind", OUTSIDE, "--directory", str(www)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        url = f"http://{OUTSIDE}:{PORT}/hello"
-
-        def serving() -> bool:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as reply:
-                    return bool(reply.read() == b"hello from outside\n")
-            except OSError:
-                return False
-
-        wait_for(serving, "the outside HTTP server")
+    with (
+        netns.outside("sno", f"{OUTSIDE_HOST}/24", f"{OUTSIDE}/24") as ns,
+        netns.http_server(ns, OUTSIDE, PORT, www) as url,
+    ):
         yield url
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait()
-        subprocess.run(["ip", "netns", "del", ns], check=False)  # takes the veth pair with it
-        if os.path.exists(f"/sys/class/net/{host_end}"):
-            subprocess.run(["ip", "link", "del", host_end], check=False)
 
 
 def test_bridge_reaches_beyond_the_host_only_through_masquerade(

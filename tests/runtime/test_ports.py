@@ -28,6 +28,7 @@ import pytest
 
 from runtime.network import BRIDGE, RUN_DIR, veth_name
 from runtime.publish import NFT_FAMILY, NFT_TABLE
+from tests.helpers import netns
 from tests.helpers.images import DebianRootfs
 from tests.runtime.conftest import Strata, wait_for, wait_running
 
@@ -109,24 +110,8 @@ def outside() -> Iterator[str]:
     """A network namespace (OUTSIDE) joined to the host by a veth on 203.0.113.0/24, the host's
     end holding HOST_ADDRESS: a client from beyond the host, and an address of the host that is
     not loopback. Yields the namespace's name."""
-    ns = f"spt-out-{os.getpid()}"
-    link = f"spt{os.getpid() % 10**8}"
-
-    def ip(*args: str) -> None:
-        subprocess.run(["ip", *args], check=True, capture_output=True)
-
-    ip("netns", "add", ns)
-    try:
-        ip("link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        ip("addr", "add", f"{HOST_ADDRESS}/24", "dev", link)
-        ip("link", "set", link, "up")
-        ip("-n", ns, "addr", "add", f"{OUTSIDE}/24", "dev", "eth0")
-        ip("-n", ns, "link", "set", "eth0", "up")
+    with netns.outside("spt", f"{HOST_ADDRESS}/24", f"{OUTSIDE}/24") as ns:
         yield ns
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)  # takes the veth pair along
-        if os.path.exists(f"/sys/class/net/{link}"):
-            subprocess.run(["ip", "link", "del", link], check=False)
 
 
 @pytest.fixture

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +25,7 @@ import pytest
 
 from runtime.state import process_start_time
 from runtime.usernet import LOG, PASTA, RECORD, SLIRP4NETNS
+from tests.helpers import netns
 from tests.runtime.conftest import Strata, wait_for, wait_running
 from tests.runtime.test_rootless import rootless  # noqa: F401 - the fixture
 
@@ -121,39 +120,14 @@ def outside(tmp_path: Path) -> Iterator[str]:
     """A network namespace on a veth from the host, serving /hello over HTTP; its URL."""
     if shutil.which("ip") is None:
         pytest.skip("needs iproute2's ip")
-    tag = secrets.token_hex(3)
-    netns, host_if, ns_if = f"spa-out-{tag}", f"spa-h{tag}", f"spa-o{tag}"
     site = tmp_path / "site"
     site.mkdir()
     (site / "hello").write_text("hello from outside\n")
-    server: subprocess.Popen[bytes] | None = None
-    try:
-        for cmd in (
-            ["ip", "netns", "add", netns],
-            ["ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if],
-            ["ip", "link", "set", ns_if, "netns", netns],
-            ["ip", "addr", "add", f"{OUTSIDE_HOST}/30", "dev", host_if],
-            ["ip", "link", "set", host_if, "up"],
-            ["ip", "-n", netns, "addr", "add", f"{OUTSIDE}/30", "dev", ns_if],
-            ["ip", "-n", netns, "link", "set", ns_if, "up"],
-            ["ip", "-n", netns, "link", "set", "lo", "up"],
-        ):
-            subprocess.run(cmd, check=True, capture_output=True)
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", netns, sys.executable, "-m", "http.server",
-             "--bind", OUTSIDE, "--directory", str(site), str(OUTSIDE_PORT)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        url = f"http://{OUTSIDE}:{OUTSIDE_PORT}/hello"
-        wait_for(lambda: http_get(url) == "hello from outside\n", "the outside web server")
+    with (
+        netns.outside("spa", f"{OUTSIDE_HOST}/30", f"{OUTSIDE}/30") as ns,
+        netns.http_server(ns, OUTSIDE, OUTSIDE_PORT, site) as url,
+    ):
         yield url
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait()
-        subprocess.run(["ip", "link", "del", host_if], check=False, capture_output=True)
-        subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
 
 
 def test_rootless_default_network_is_pasta_with_an_address_a_route_and_the_outside(
