@@ -62,6 +62,8 @@ show_upper() {
 [[ $EUID -eq 0 ]] || fail "run as root (the demo installs packages, mounts and uses chroot)"
 
 heading "Set-up"
+# strata's bridge, made by the first container below, goes at the end unless it was up already
+bridge_before=$([[ -e /sys/class/net/strata0 ]] && echo yes || echo no)
 bash scripts/setup.sh
 bash scripts/make-demo-image.sh
 
@@ -167,7 +169,6 @@ heading "Its own network: the bridge, NAT and a published port"
 # As under docker: an address on strata's bridge, and -p publishes a port of the container on the
 # host (here on 127.0.0.1, a free port). The bridge stays for the next container, as docker0
 # does; `strata network prune` removes it (done here if the demo made it).
-bridge_before=$([[ -e /sys/class/net/strata0 ]] && echo yes || echo no)
 "$strata" rm -f demo-web >/dev/null 2>&1 || true
 run "$strata" run -d --name demo-web -p 127.0.0.1::80 --lower "$layers/update" --lower "$layers/base" \
     /bin/sh -c 'mkdir /www && echo "hello from $(hostname -i) over the bridge" > /www/index.html && exec httpd -f -p 80 -h /www'
