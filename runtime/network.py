@@ -76,7 +76,9 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
     try:
         net = ipaddress.IPv4Network(text, strict=False)
     except ValueError as exc:
-        raise UsageError(f"--subnet {text}: {exc}", 125) from None
+        raise UsageError(
+            f"--subnet {text}: not an IPv4 CIDR such as 10.91.0.0/24 ({exc})", 125
+        ) from None
     if net.prefixlen > 30:
         raise UsageError(f"--subnet {text}: too small for a gateway and a container", 125)
     return net
