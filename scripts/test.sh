@@ -55,9 +55,18 @@ if ((only_options)) && ((EUID == 0)); then
         echo "pytest as nobody: skipped (nobody cannot read $repo)"
     fi
 fi
-# With the stock pyfuse3 (what `pip install strata` users get): the whole suite once more.
-# Tests that need a patched feature skip or xfail with the feature's name. STOCK_TESTS narrows it.
+# With the stock pyfuse3 (what `pip install strata` users get): the whole suite once more, but
+# the container-network tests (bridges, nft, DNS, pasta: ~2 minutes, nothing of the union that the
+# other runtime tests do not run). Tests that need a patched feature skip or xfail with the
+# feature's name. STOCK_TESTS narrows it.
 stock_tests=(${STOCK_TESTS:-})
+if ((${#stock_tests[@]} == 0)); then
+    for network_tests in tests/runtime/test_network_nat.py tests/runtime/test_network_modes.py \
+        tests/runtime/test_ports.py tests/runtime/test_dns.py tests/runtime/test_dns_server.py \
+        tests/runtime/test_user_networks.py tests/runtime/test_rootless_net.py; do
+        stock_tests+=("--ignore=$network_tests")
+    done
+fi
 if ((only_options)); then
     check "pytest, stock pyfuse3" "$venv_stock/bin/pytest" -q "$@" "${stock_tests[@]}"
 fi
