@@ -374,8 +374,6 @@ def _user_network(
         raise UsageError(f"--network {ref}: network {ref} not found", 125)
     if rootless:
         raise UsageError(f"--network {ref}: user networks need root", 125)
-    if args.subnet:
-        raise UsageError("--subnet is only for --network bridge", 125)
     for alias in args.network_alias:
         if not networks.valid_alias(alias):
             raise UsageError(f"--network-alias {alias!r}: not a DNS name", 125)

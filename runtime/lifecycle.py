@@ -153,9 +153,10 @@ def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
     with root.lock():
         if not cdir.path.exists():
             return
-        if cdir.effective_state().status != RUNNING:
+        stopped = cdir.effective_state().status != RUNNING
+        if stopped:
             usernet.collect(cdir)  # a pasta/slirp4netns a monitor killed with SIGKILL left
-        if os.geteuid() == 0 and cdir.effective_state().status != RUNNING:
+        if os.geteuid() == 0 and stopped:
             detach_if_mounted(cdir.rootfs)
             if cdir.config.network == "bridge" or cdir.config.network_id:  # what SIGKILL left
                 with contextlib.suppress(OSError):

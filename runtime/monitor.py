@@ -182,9 +182,10 @@ class Monitor:
                 self.cdir.write_state(previous if previous.status != RUNNING else ContainerState())
 
     def _leave_bridge(self) -> None:
-        """Release this container's address and remove its veth (lock held). Before the exit
-        is recorded, so that whoever waits for the exit finds the host clean. The bridge stays
-        (`strata network prune`)."""
+        """Release this container's address, its DNS name and its published ports' rules
+        (lock held; its veth goes with its network namespace). Before the exit is recorded, so
+        that whoever waits for the exit finds the host clean. The bridge stays (`strata network
+        prune`)."""
         if self.attach is None or os.geteuid() != 0 or not self.address:
             return
         try:
@@ -300,29 +301,28 @@ class Monitor:
                 )
             extra.append((host, ip))
         host_resolv = network.host_resolv_conf()
-        forwarder = ""
-        net = self.attach.net if self.attach is not None else None
-        if net is not None and not cfg.dns:  # hook: runtime.dns, when the host has a stub only
-            self.dns_upstreams = network.bridge_dns_upstreams(host_resolv)
-            forwarder = str(network.gateway(net)) if self.dns_upstreams else ""
-        resolv = network.resolv_conf(
-            cfg.network,
-            dns=cfg.dns or usernet.default_dns(cfg.network),
-            search=cfg.dns_search,
-            options=cfg.dns_options,
-            host=host_resolv,
-            forwarder=forwarder,
-        )
         if self.attach is not None and self.attach.defn is not None:  # hook: user networks
-            from .networks import resolv_conf
+            from .networks import resolv_conf  # the network's own server, which forwards
 
-            self.dns_upstreams = ()  # the network's own server forwards
             resolv = resolv_conf(
                 str(self.attach.gw),
                 dns=cfg.dns,
                 search=cfg.dns_search,
                 options=cfg.dns_options,
                 host=host_resolv,
+            )
+        else:
+            forwarder = ""
+            if self.attach is not None and not cfg.dns:  # hook: runtime.dns, a stub-only host
+                self.dns_upstreams = network.bridge_dns_upstreams(host_resolv)
+                forwarder = str(self.attach.gw) if self.dns_upstreams else ""
+            resolv = network.resolv_conf(
+                cfg.network,
+                dns=cfg.dns or usernet.default_dns(cfg.network),
+                search=cfg.dns_search,
+                options=cfg.dns_options,
+                host=host_resolv,
+                forwarder=forwarder,
             )
         files = {
             "hostname": f"{cfg.hostname}\n",

@@ -179,14 +179,7 @@ def lease_address(
     after SIGKILL) is free again. Call with the host lock held."""
     leases = _leases_dir(bridge)
     leases.mkdir(mode=0o700, parents=True, exist_ok=True)
-    taken = set()
-    for name in os.listdir(leases):
-        if _lease_alive(leases / name):
-            taken.add(name)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                (leases / name).unlink()
-    address = allocate_address(net, taken, gw)
+    address = allocate_address(net, _live_leases(leases), gw)
     me = os.getpid()
     holder = {"container": container_id, "pid": me, "start": process_start_time(me) or 0}
     tmp = leases / f".{address}.{me}"
@@ -205,25 +198,33 @@ def release_address(bridge: str, address: str, container_id: str) -> None:
         pass
 
 
+def _live_leases(leases: Path) -> set[str]:
+    """The addresses leased in directory `leases` whose monitor still runs; the leases of
+    monitors that are gone (what SIGKILL left) are removed on the way."""
+    live = set()
+    for name in os.listdir(leases):
+        if name.startswith("."):
+            continue
+        if _lease_alive(leases / name):
+            live.add(name)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                (leases / name).unlink()
+    return live
+
+
 def _stale_leases() -> None:
-    """Remove every lease whose monitor is gone (what SIGKILL left)."""
+    """Remove every lease whose monitor is gone, of every bridge."""
     for leases in (RUN_DIR / "leases").glob("*"):
-        for path in leases.iterdir():
-            if not path.name.startswith(".") and not _lease_alive(path):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+        _live_leases(leases)
 
 
 # -- bridges
 
 
-def _bridge_networks(bridge: str = BRIDGE) -> list[ipaddress.IPv4Interface]:
-    """The IPv4 addresses on `bridge`, from `ip -j` (JSON, not ip's text)."""
-    return _strata_bridges(bridge).get(bridge, [])
-
-
-def _strata_bridges(only: str = "") -> dict[str, list[ipaddress.IPv4Interface]]:
-    """strata's bridges on the host and their IPv4 addresses (`ip -j -4 addr`)."""
+def strata_bridges(only: str = "") -> dict[str, list[ipaddress.IPv4Interface]]:
+    """strata's bridges on the host (or only bridge `only`) and their IPv4 addresses (`ip -j
+    -4 addr`; user networks pick free subnets from them)."""
     args = ["dev", only] if only else ["type", "bridge"]
     if only and not os.path.exists(f"/sys/class/net/{only}"):
         return {}
@@ -271,7 +272,7 @@ def ensure_bridge(
         )
         made = True
     else:
-        existing = _bridge_networks(bridge)
+        existing = strata_bridges(bridge).get(bridge, [])
         if existing and all(i.network != net for i in existing):
             have = ", ".join(str(i.network) for i in existing)
             raise UsageError(f"bridge {bridge} already serves {have}, not {net}", 125)
@@ -303,7 +304,7 @@ def _nft() -> str:
     return path
 
 
-def _nft_json(args: Sequence[str], document: object | None, what: str) -> object:
+def nft_json(args: Sequence[str], document: object | None, what: str) -> object:
     """Run `nft -j ARGS` (feeding `document` as JSON on stdin with `-f -`); its JSON output."""
     done = subprocess.run(
         [_nft(), "-j", *args],
@@ -397,36 +398,56 @@ def nat_document(networks: Mapping[str, ipaddress.IPv4Network]) -> dict[str, obj
     return {"nftables": commands}
 
 
-def nat_table_exists() -> bool:
-    """Whether table `ip strata` exists (from `nft -j list tables`)."""
+def nft_table_exists(family: str, name: str) -> bool:
+    """Whether nft table FAMILY NAME exists (from `nft -j list tables`); False without nft,
+    with which nothing can have been made."""
     if shutil.which("nft") is None and not os.path.exists("/usr/sbin/nft"):
         return False
-    listed = _nft_json(["list", "tables"], None, "nft tables")
+    listed = nft_json(["list", "tables"], None, "nft tables")
     entries = listed.get("nftables", []) if isinstance(listed, dict) else []
     return any(
         isinstance(e, dict)
         and isinstance(e.get("table"), dict)
-        and e["table"].get("family") == NFT_FAMILY
-        and e["table"].get("name") == NFT_TABLE
+        and e["table"].get("family") == family
+        and e["table"].get("name") == name
         for e in entries
     )
 
 
-def update_nat() -> None:
+def nat_table_exists() -> bool:
+    """Whether table `ip strata` exists."""
+    return nft_table_exists(NFT_FAMILY, NFT_TABLE)
+
+
+def update_nat() -> bool:
     """(Re)make table `ip strata` for every strata bridge up on the host, or delete it when
-    there is none. Call with the host lock held."""
-    networks = {name: addrs[0].network for name, addrs in _strata_bridges().items() if addrs}
+    there is none; whether one is left. Call with the host lock held."""
+    networks = {name: addrs[0].network for name, addrs in strata_bridges().items() if addrs}
     if networks:
-        _nft_json(["-f", "-"], nat_document(networks), "nat for strata's bridges")
+        nft_json(["-f", "-"], nat_document(networks), "nat for strata's bridges")
     else:
         remove_nat()
+    return bool(networks)
+
+
+def _after_bridges_went(had_table: bool) -> list[str]:
+    """Once bridges were removed: table `ip strata` remade for those left, and with the last
+    one the table deleted and the forwarding strata switched on switched off. What went
+    (`had_table`: whether the table was there before). Call with the host lock held."""
+    if update_nat():
+        return []
+    removed = [f"nft table {NFT_FAMILY} {NFT_TABLE}"] if had_table else []
+    if (RUN_DIR / FORWARD_MARK).exists():
+        restore_forwarding()
+        removed.append("net.ipv4.ip_forward=1")
+    return removed
 
 
 def remove_nat() -> None:
     """Delete table `ip strata` if it exists."""
     if nat_table_exists():
         table = {"family": NFT_FAMILY, "name": NFT_TABLE}
-        _nft_json(["-f", "-"], {"nftables": [{"delete": {"table": table}}]}, "nat removal")
+        nft_json(["-f", "-"], {"nftables": [{"delete": {"table": table}}]}, "nat removal")
 
 
 def enable_forwarding() -> None:
@@ -525,18 +546,13 @@ def prune(root: StateRoot) -> list[str]:
     forwarding strata switched on. What was removed. Call as root with the state lock held."""
     removed = tidy(root)
     with host_lock():
-        for bridge in sorted(_strata_bridges()):
+        had_table = nat_table_exists()
+        for bridge in sorted(strata_bridges()):
             if not _bridge_ports(bridge):
                 _delete_link(bridge)
                 _drop_leases_dir(bridge)  # hook: user networks' bridges come and go
                 removed.append(bridge)
-        had_table = nat_table_exists()
-        update_nat()
-        if had_table and not nat_table_exists():
-            removed.append(f"nft table {NFT_FAMILY} {NFT_TABLE}")
-        if not _strata_bridges() and (RUN_DIR / FORWARD_MARK).exists():
-            restore_forwarding()
-            removed.append("net.ipv4.ip_forward=1")
+        removed += _after_bridges_went(had_table)
     return removed
 
 
@@ -660,7 +676,8 @@ def host_resolv_conf() -> str:
         return ""
 
 
-def _nameservers(text: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+def nameservers(text: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The `nameserver` addresses of resolv.conf text (lines that are no address skipped)."""
     found = []
     for line in text.splitlines():
         fields = line.split()
@@ -681,7 +698,7 @@ def bridge_dns_upstreams(host: str) -> tuple[str, ...]:
     reach none of the host's (`host`: the host's resolv.conf): its loopback stubs (127.0.0.53
     and the like) and IPv6 servers. Empty when it names a server reachable through NAT, or
     none."""
-    servers = _nameservers(host)
+    servers = nameservers(host)
     if any(_reachable_from_bridge(s) for s in servers):
         return ()
     return tuple(str(s) for s in servers)
@@ -737,12 +754,6 @@ def resolv_conf(
 # -- hooks for user networks (runtime.networks)
 
 
-def bridge_networks() -> dict[str, list[ipaddress.IPv4Interface]]:
-    """strata's bridges on the host and their IPv4 addresses (user networks pick free subnets
-    from them)."""
-    return _strata_bridges()
-
-
 def _drop_leases_dir(bridge: str) -> None:
     """Remove the (empty) lease directory of a bridge that is gone."""
     with contextlib.suppress(OSError):
@@ -754,12 +765,10 @@ def remove_bridge(bridge: str) -> bool:
     without it, and switch the forwarding off again with strata's last bridge. Whether the
     bridge was there. Call as root with the state lock held."""
     with host_lock():
+        had_table = nat_table_exists()
         there = os.path.exists(f"/sys/class/net/{bridge}")
         if there:
             _delete_link(bridge)
         _drop_leases_dir(bridge)
-        if there or nat_table_exists():
-            update_nat()
-        if not _strata_bridges():
-            restore_forwarding()
+        _after_bridges_went(had_table)
     return there

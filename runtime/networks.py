@@ -213,7 +213,7 @@ def members(root: StateRoot, defn: NetworkDef, *, exclude: str = "") -> list[Con
 
 def _used_subnets(root: StateRoot) -> list[ipaddress.IPv4Network]:
     used = [ipaddress.IPv4Network(network.DEFAULT_SUBNET)]
-    for addrs in network.bridge_networks().values():
+    for addrs in network.strata_bridges().values():
         used += [a.network for a in addrs]
     used += [d.net for d in definitions(root)]
     used += host_routes()
@@ -393,13 +393,7 @@ def host_nameservers(text: str | None = None) -> list[str]:
     loopback stub serves it too)."""
     if text is None:
         text = network.host_resolv_conf()
-    found = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 2 and fields[0] == "nameserver":
-            with contextlib.suppress(ValueError):
-                found.append(str(ipaddress.ip_address(fields[1].split("%")[0])))
-    return found
+    return [str(server).split("%")[0] for server in network.nameservers(text)]
 
 
 def resolv_conf(

@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
-import shutil
 import socket
 import sys
 from collections.abc import Iterable, Sequence
@@ -59,7 +57,7 @@ from typing import Final
 from unionfs.errors import UsageError
 
 from .control import START_FAILED, StartError
-from .network import _nft_json
+from .network import nft_json, nft_table_exists
 from .ports import PortMapping, exposed_ports
 from .state import RUNNING, ContainerConfig, ContainerDir, StateRoot, process_alive
 
@@ -275,7 +273,7 @@ def _apply(
     for cdir in stale:
         document += removal(cdir.id)
     args = ["-e", "-f", "-"] if commands else ["-f", "-"]
-    echo = _nft_json(args, {"nftables": document + commands}, "published ports")
+    echo = nft_json(args, {"nftables": document + commands}, "published ports")
     for cdir in stale:
         if cdir.id != exclude:
             with contextlib.suppress(OSError):
@@ -303,7 +301,7 @@ def start(
     _, echo = _apply(root, cfg.id, commands, own=False)  # its own chains are remade in place
     if commands:
         if _table_made(echo):
-            _nft_json(["-f", "-"], {"nftables": _guard_rule()}, "published ports' guard")
+            nft_json(["-f", "-"], {"nftables": _guard_rule()}, "published ports' guard")
         # the host's own connections to 127.0.0.1 leave through the bridge (then masqueraded);
         # only once the guard is there
         _write(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet")
@@ -372,26 +370,17 @@ def tidy(root: StateRoot, *, exclude: str = "") -> list[str]:
 def remove_empty_table() -> list[str]:
     """`network prune`: delete table `ip strata_ports` (its guard with it) if no container's
     chain is left in it (another state root's containers may have theirs there)."""
-    if shutil.which("nft") is None and not os.path.exists("/usr/sbin/nft"):
-        return []  # nothing can have been made without it
-    listed = _nft_json(["list", "tables"], None, "nft tables")
-    entries = listed.get("nftables", []) if isinstance(listed, dict) else []
-    if not any(
-        isinstance(e, dict)
-        and e.get("table", {}).get("name") == NFT_TABLE
-        and e["table"].get("family") == NFT_FAMILY
-        for e in entries
-    ):
+    if not nft_table_exists(NFT_FAMILY, NFT_TABLE):
         return []
     table = {"family": NFT_FAMILY, "name": NFT_TABLE}
-    listed = _nft_json(["list", "table", NFT_FAMILY, NFT_TABLE], None, "published ports")
+    listed = nft_json(["list", "table", NFT_FAMILY, NFT_TABLE], None, "published ports")
     entries = listed.get("nftables", []) if isinstance(listed, dict) else []
     if any(
         isinstance(e, dict) and "chain" in e and e["chain"].get("name") != GUARD_CHAIN
         for e in entries
     ):
         return []
-    _nft_json(["-f", "-"], {"nftables": [{"delete": {"table": table}}]}, "published ports")
+    nft_json(["-f", "-"], {"nftables": [{"delete": {"table": table}}]}, "published ports")
     return [f"nft table {NFT_FAMILY} {NFT_TABLE}"]
 
 
