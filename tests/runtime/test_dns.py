@@ -71,6 +71,24 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+@contextlib.contextmanager
+def _dnsmasq_on(address: str, *flags: str, netns: str = "") -> Iterator[str]:
+    """dnsmasq answering on ADDRESS:53 with `flags` (in network namespace `netns`, if given)
+    until the block ends; yields ADDRESS once it answers."""
+    enter = ["ip", "netns", "exec", netns] if netns else []
+    server = subprocess.Popen(
+        [*enter, _dnsmasq(), "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
+         "--no-hosts", *flags, f"--listen-address={address}", "--bind-interfaces", "--pid-file="],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: _answers(address), f"dnsmasq on {address}")
+        yield address
+    finally:
+        _stop(server)
+
+
 def _forwarders() -> list[int]:
     """Pids of runtime.dns servers listening on the default bridge's gateway (by command line:
     `python -I -m runtime.dns SPEC READY_FD`, SPEC a JSON object)."""
@@ -105,37 +123,21 @@ def no_forwarder() -> Iterator[None]:
 def outside() -> Iterator[str]:
     """A network namespace standing for the internet, with dnsmasq answering example.test on
     RESOLVER:53; yields RESOLVER."""
-    dnsmasq = _dnsmasq()
-    with netns.outside("sdn", f"{OUTSIDE_HOST}/30", f"{RESOLVER}/30") as ns:
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", ns, dnsmasq, "--keep-in-foreground", "--conf-file=/dev/null",
-             "--no-resolv", "--no-hosts", f"--host-record=example.test,{ANSWER}", "--local=/test/",
-             f"--listen-address={RESOLVER}", "--bind-interfaces", "--pid-file="],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            wait_for(lambda: _answers(RESOLVER), "the outside resolver")
-            yield RESOLVER
-        finally:
-            _stop(server)
+    _dnsmasq()  # skips first if there is none
+    with (
+        netns.outside("sdn", f"{OUTSIDE_HOST}/30", f"{RESOLVER}/30") as ns,
+        _dnsmasq_on(
+            RESOLVER, f"--host-record=example.test,{ANSWER}", "--local=/test/", netns=ns
+        ) as resolver,
+    ):
+        yield resolver
 
 
 @pytest.fixture
 def stub(outside: str) -> Iterator[str]:
     """A loopback stub resolver on STUB:53 in the host's namespace, forwarding to `outside`."""
-    server = subprocess.Popen(
-        [_dnsmasq(), "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
-         "--no-hosts", f"--server={outside}", f"--listen-address={STUB}", "--bind-interfaces",
-         "--pid-file="],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_for(lambda: _answers(STUB), "the loopback stub")
-        yield STUB
-    finally:
-        _stop(server)
+    with _dnsmasq_on(STUB, f"--server={outside}") as stub:
+        yield stub
 
 
 def with_resolv_conf(strata: Strata, tmp_path: Path, text: str) -> Strata:

@@ -24,7 +24,7 @@ from runtime import dns, network, networks
 from runtime.network import RUN_DIR
 from runtime.networks import NetworkDef
 from runtime.state import StateRoot
-from tests.runtime.conftest import Strata, wait_for, wait_running
+from tests.runtime.conftest import Strata, _cmdline, wait_for, wait_running
 from unionfs.errors import UsageError
 
 PORT = 8080
@@ -142,14 +142,6 @@ def _nft_rules_naming(words: list[str]) -> list[str]:
 
 def _pids() -> list[int]:
     return [int(n) for n in os.listdir("/proc") if n.isdigit()]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _definition_files(strata: Strata) -> list[str]:
