@@ -100,10 +100,7 @@ def write_records(path: Path, entries: Sequence[tuple[str, Sequence[str]]]) -> N
         if not names or any(not n or any(c.isspace() or c == "#" for c in n) for n in names):
             raise ValueError(f"records for {ip}: bad names {list(names)!r}")
         lines.append(f"{ip} {' '.join(names)}\n")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(lines))
-    os.chmod(tmp, 0o644)
-    os.rename(tmp, path)
+    _write_atomically(path, "".join(lines), mode=0o644)
 
 
 class Records(NamedTuple):
@@ -481,9 +478,12 @@ def _start_time(pid: int) -> int:
     return process_start_time(pid) or 0
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(path: Path, text: str, *, mode: int | None = None) -> None:
+    """`text` to `path` through a temporary file and a rename (with `mode` set before it)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
+    if mode is not None:
+        os.chmod(tmp, mode)
     os.rename(tmp, path)
 
 

@@ -46,7 +46,7 @@ from typing import Final
 
 from unionfs.errors import UsageError
 
-from .state import RUNNING, StateRoot, process_start_time
+from .state import RUNNING, StateRoot, process_start_time, write_json
 
 BRIDGE: Final = "strata0"
 USER_BRIDGE_PREFIX: Final = "stbr"  # + 10 hex digits: a user network's bridge
@@ -182,9 +182,7 @@ def lease_address(
     address = allocate_address(net, _live_leases(leases), gw)
     me = os.getpid()
     holder = {"container": container_id, "pid": me, "start": process_start_time(me) or 0}
-    tmp = leases / f".{address}.{me}"
-    tmp.write_text(json.dumps(holder) + "\n")
-    os.rename(tmp, leases / address)
+    write_json(leases / address, holder)  # its temporary name starts with '.': never a lease
     return address
 
 
