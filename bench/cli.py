@@ -30,11 +30,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "suite",
         nargs="?",
-        choices=("registry", "network"),
+        choices=("registry", "network", "podman"),
         help="registry: pull and push of a Debian image on a local registry, against podman"
         " and skopeo (--backends strata podman skopeo, --repeat, --json, --data-dir apply);"
         " network: container start-up with no network, the default one and the host's,"
-        " strata against podman (--repeat, default 20, --json, --data-dir apply)",
+        " strata against podman (--repeat, default 20, --json, --data-dir apply);"
+        " podman: podman build --no-cache and run --rm over fuse-strata against fuse-overlayfs"
+        " as the overlay mount_program (--backends fuse-overlayfs fuse-strata NAME=PATH,"
+        " --repeat, default 3, --json, --data-dir apply)",
     )
     parser.add_argument(
         "--quick",
@@ -124,6 +127,8 @@ def run_bench(args: argparse.Namespace, runner: Runner) -> int:
         return _run_registry(args)
     if args.suite == "network":
         return _run_network(args)
+    if args.suite == "podman":
+        return _run_podman(args)
     workloads = select_workloads(args.only)
     backends = select_backends(args.backends)
     repeat = (
@@ -227,6 +232,20 @@ def _run_network(args: argparse.Namespace) -> int:
         raise UsageError(f"--repeat {repeat}: expected at least 1")
     _check_output_path("--json", args.json, ".json")
     return run_network_bench(repeat, args.data_dir.resolve(), args.json, sys.argv)
+
+
+def _run_podman(args: argparse.Namespace) -> int:
+    from .podman import DEFAULT_REPEAT, default_programs, parse_programs, run_podman_bench
+
+    for option, value in (("--quick", args.quick), ("--only", args.only), ("--plot", args.plot)):
+        if value:
+            raise UsageError(f"{option} does not apply to 'strata bench podman'")
+    programs = parse_programs(_split(args.backends) or list(default_programs()))
+    repeat = args.repeat if args.repeat is not None else DEFAULT_REPEAT
+    if repeat < 1:
+        raise UsageError(f"--repeat {repeat}: expected at least 1")
+    _check_output_path("--json", args.json, ".json")
+    return run_podman_bench(programs, repeat, args.data_dir.resolve(), args.json, sys.argv)
 
 
 SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (
