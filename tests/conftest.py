@@ -51,6 +51,22 @@ def _no_registry_configuration(tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _no_mount_server() -> Iterator[None]:
+    """`fuse-strata` mounts by itself in every test (STRATA_MOUNT_SERVER=0), as it does when no
+    mount server runs: one path, and no server left behind. tests/unionfs/test_mountd.py and
+    the podman test turn the server on and stop it."""
+    saved = os.environ.get("STRATA_MOUNT_SERVER")
+    os.environ["STRATA_MOUNT_SERVER"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("STRATA_MOUNT_SERVER", None)
+        else:
+            os.environ["STRATA_MOUNT_SERVER"] = saved
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _prune_networks_at_the_end(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """strata's bridges stay after their containers, as docker0 does; at the end of the session
     `strata network prune` (as root) removes those no container uses, with their nft table and

@@ -1,7 +1,8 @@
 """fuse-strata as podman's overlay `mount_program`: what a container engine does with it.
 
 podman with a private store (under the test's tmp dir), runc and cgroupfs, as the bench's
-podman row (bench.harness.private_podman), and the busybox test image: run a container that
+podman row (bench.harness.private_podman), and the busybox test image, with fuse-strata
+mounting by itself and through its mount server: run a container that
 writes, deletes and chmods (the daemon in FUSE's no-open mode), `podman diff`, `podman
 commit`, and a run of the committed image, whose files must hold what the container wrote and
 kept.
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from bench.harness import PODMAN_RUN_FLAGS, private_podman
+from strata import mountd
 from tests.helpers.images import BUSYBOX_DOCKER_ARCHIVE
 from tests.helpers.mounts import skip_unless_fuse, skip_unless_root
 from unionfs.mountinfo import read_mountinfo
@@ -32,8 +34,12 @@ def run(cmd: list[str]) -> str:
     return done.stdout
 
 
-@pytest.fixture
-def podman(tmp_path: Path) -> Iterator[list[str]]:
+@pytest.fixture(params=[False, True], ids=["mounting-itself", "mount-server"])
+def podman(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[list[str]]:
+    """podman over fuse-strata, which mounts by itself or (the default outside the tests)
+    through its resident mount server (strata.mountd), stopped at the end."""
     skip_unless_root()
     skip_unless_fuse()
     for tool in ("podman", "runc"):
@@ -44,9 +50,12 @@ def podman(tmp_path: Path) -> Iterator[list[str]]:
     fuse_strata = Path(sys.executable).parent / "fuse-strata"
     runroot = Path(tempfile.mkdtemp(prefix="strata-podman-"))  # podman wants <= 50 characters
     cmd = [*private_podman(tmp_path / "root", runroot, fuse_strata), "--events-backend", "none"]
+    monkeypatch.setenv(mountd.ENV_SWITCH, "1" if request.param else "0")
     try:
         yield cmd
     finally:
+        if request.param:
+            mountd.stop_server()
         subprocess.run([*cmd, "rm", "--all", "--force"], capture_output=True, check=False)
         subprocess.run([*cmd, "rmi", "--all", "--force"], capture_output=True, check=False)
         left = [
