@@ -7,7 +7,7 @@ Why: a container engine starts its mount program for every container and, with a
 ~0.3 s importing before it can mount (`strata bench podman`, bench/README.md).
 
 How: `fuse-strata` (this module's `main`, which imports only the standard library's `os`,
-`socket`, `struct`, `signal` and `sys`: not even the `unionfs` package, whose `__init__` costs
+`_socket`, `struct` and `sys`: not even the `unionfs` package, whose `__init__` costs
 as much as the rest) connects to a server at an abstract unix socket named after its
 user and its code (`server_address`: the interpreter, the `unionfs` package's path and its files' mtimes,
 so an edited or other checkout never uses a stale server). The server, a fork of a first
@@ -33,14 +33,17 @@ started it (for a container engine: the engine's), not those of each caller.
 
 from __future__ import annotations
 
+import _socket  # the client's sockets: socket.py costs it ~5 ms of enum and selectors imports
 import contextlib
 import os
-import signal
-import socket
 import struct
 import sys
-from collections.abc import Sequence
-from typing import Final
+
+TYPE_CHECKING = False  # typing costs the client ~5 ms to import: annotations only
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Sequence
+    from typing import Final
 
 ENV_SWITCH: Final = "STRATA_MOUNT_SERVER"
 IDLE_SECONDS: Final = 60.0
@@ -58,7 +61,11 @@ def main() -> int:
     if _server_wanted(argv):
         status = request_mount(argv)
         if status is not None:
-            return status
+            # nothing of ours to tear down (no atexit work, stdio unbuffered or flushed): the
+            # interpreter's own teardown would add ~10 ms to every mount
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
         start_server()
     from unionfs.cli import fuse_strata_main
 
@@ -97,12 +104,12 @@ def _identity() -> bytes:
     return "\0".join(parts).encode()
 
 
-def _connect(address: bytes) -> socket.socket | None:
+def _connect(address: bytes) -> _socket.socket | None:
     """A connection to the server at `address` run by our own user, or None."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     try:
         sock.connect(address)
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
         _, uid, _ = struct.unpack("3i", creds)
     except OSError:
         sock.close()
@@ -137,7 +144,7 @@ def request_mount(argv: Sequence[str]) -> int | None:
     sock = _connect(address)
     if sock is None:
         return None
-    with sock:
+    try:
         umask = os.umask(0)
         os.umask(umask)
         env = [os.fsencode(f"{k}={v}") for k, v in os.environ.items()]
@@ -146,7 +153,7 @@ def request_mount(argv: Sequence[str]) -> int | None:
         cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fds = struct.pack(f"{_FDS}i", 0, 1, 2, cwd)
-            sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            sock.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         except OSError:
             return None
         finally:
@@ -155,6 +162,8 @@ def request_mount(argv: Sequence[str]) -> int | None:
             reply = sock.recv(64)
         except OSError:
             reply = b""
+    finally:
+        sock.close()
     if reply == _FALLBACK:
         return None
     if reply.startswith(b"exit "):
@@ -171,10 +180,12 @@ def stop_server(euid: int | None = None) -> bool:
     sock = _connect(server_address(euid))
     if sock is None:
         return False
-    with sock:
+    try:
         sock.send(_STOP)
         with contextlib.suppress(OSError):
             sock.recv(1)  # the server closes the connection once it stopped listening
+    finally:
+        sock.close()
     return True
 
 
@@ -219,6 +230,9 @@ def serve(address: bytes, idle: float = IDLE_SECONDS) -> None:
     """Listen at `address` until `idle` seconds pass without a request (or a stop request),
     forking a worker per mount request. Imports the mount machinery first, which is the point:
     the workers are born with it."""
+    import signal
+    import socket
+
     from unionfs import cli, mount  # noqa: F401  (imported for the workers)
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
@@ -239,7 +253,7 @@ def serve(address: bytes, idle: float = IDLE_SECONDS) -> None:
                 return
             with conn:
                 creds = conn.getsockopt(
-                    socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+                    _socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i")
                 )
                 if struct.unpack("3i", creds)[1] != os.geteuid():
                     continue
@@ -251,13 +265,13 @@ def _fork_worker(listener: socket.socket, conn: socket.socket) -> bool:
     """Receive one request on `conn` and fork its worker; True for a stop request."""
     conn.settimeout(5.0)
     try:
-        data, ancdata, _, _ = conn.recvmsg(_MAX_MESSAGE, socket.CMSG_SPACE(_FDS * 4))
+        data, ancdata, _, _ = conn.recvmsg(_MAX_MESSAGE, _socket.CMSG_SPACE(_FDS * 4))
     except OSError:
         return False
     fds = [
         fd
         for level, kind, payload in ancdata
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS
         for fd in struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) // 4 * 4])
     ]
     if data == _STOP or len(fds) != _FDS:
@@ -279,6 +293,8 @@ def _fork_worker(listener: socket.socket, conn: socket.socket) -> bool:
 def _work(conn: socket.socket, data: bytes, fds: list[int]) -> None:
     """The worker: become the client (fds, cwd, umask, environment), run fuse-strata's code,
     send the exit status. Never returns."""
+    import signal
+
     status = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the worker waits for its daemon
