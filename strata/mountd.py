@@ -80,9 +80,11 @@ def _server_wanted(argv: Sequence[str]) -> bool:
 
 def server_address(euid: int | None = None) -> bytes:
     """The abstract socket of this user's server for this very code: the interpreter, the
-    package's path and the newest mtime of its files (an edit means another server)."""
-    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "unionfs")
-    newest = 0
+    `unionfs` package's path and the newest mtime of its files and of this module (an edit of
+    either means another server; an old one exits when idle)."""
+    mine = os.path.abspath(__file__)
+    here = os.path.join(os.path.dirname(os.path.dirname(mine)), "unionfs")
+    newest = os.stat(mine).st_mtime_ns
     with os.scandir(here) as entries:
         for entry in entries:
             if entry.name.endswith(".py"):
