@@ -67,7 +67,7 @@ class Backend:
                 return "kernel overlayfs needs root"
             if not _kernel_has_overlay():
                 return "no overlay in /proc/filesystems (modprobe overlay)"
-        if self.name in ("fuse-overlayfs", "unionfs-fuse", "strata") and not _fuse_usable():
+        if self.kind == "union" and self.name != "overlay" and not _fuse_usable():
             return "/dev/fuse is not usable"
         for program in _PROGRAMS.get(self.name, ()):
             if shutil.which(program) is None:
@@ -82,7 +82,8 @@ BACKENDS: Final[tuple[Backend, ...]] = (
     Backend("overlay", "union", "kernel overlayfs"),
     Backend("fuse-overlayfs", "union", "fuse-overlayfs (C, libfuse 3)"),
     Backend("unionfs-fuse", "union", "unionfs-fuse -o cow (C, libfuse 2)"),
-    Backend("strata", "union", "strata mount (Python, pyfuse3 + trio)"),
+    Backend("strata", "union", "strata mount (Python, pyfuse3 + trio; passthrough where it can)"),
+    Backend("strata-noopen", "union", "strata mount -o passthrough=off (FUSE no-open mode)"),
     Backend("podman", "container", "podman run --rm with fuse-overlayfs (container start only)"),
 )
 BACKEND_NAMES: Final = tuple(b.name for b in BACKENDS)
@@ -92,6 +93,7 @@ _PROGRAMS: Final[dict[str, tuple[str, ...]]] = {
     "fuse-overlayfs": ("fuse-overlayfs", "fusermount3"),
     "unionfs-fuse": ("unionfs", "fusermount3"),
     "strata": ("fusermount3",),
+    "strata-noopen": ("fusermount3",),
     "podman": ("podman", "fuse-overlayfs", "runc"),
 }
 _PACKAGES: Final[dict[str, str]] = {
@@ -191,10 +193,12 @@ def _mount(name: str, lowers: list[Path], upper: Path, work: Path, mnt: Path) ->
         # as root, what fuse-overlayfs and strata do as root; fusermount refuses them otherwise
         options = "cow,use_ino" + (",allow_other,suid,dev" if os.geteuid() == 0 else "")
         command = ["unionfs", "-o", options, branches, str(mnt)]
-    elif name == "strata":
+    elif name in ("strata", "strata-noopen"):
         layers = [arg for p in lowers for arg in ("--lower", str(p))]
         command = [*strata_command(), "mount", *layers, "--upper", str(upper)]
         command += ["--work", str(work), str(mnt)]
+        if name == "strata-noopen":
+            command += ["-o", "passthrough=off"]
     else:
         raise BackendError(f"unknown backend {name}")
     _run_quietly(command, what=f"mounting {name}")
@@ -205,7 +209,7 @@ def _unmount(name: str, mnt: Path) -> None:
     pid = _daemon_pid(mnt) if name not in ("overlay", "plain") else None
     if name == "overlay":
         attempts = [["umount", str(mnt)], ["umount", "-l", str(mnt)]]
-    elif name == "strata":
+    elif name in ("strata", "strata-noopen"):
         attempts = [[*strata_command(), "umount", str(mnt)], ["fusermount3", "-u", "-z", str(mnt)]]
     else:
         attempts = [["fusermount3", "-u", str(mnt)], ["fusermount3", "-u", "-z", str(mnt)]]

@@ -139,6 +139,12 @@ class UnionFS:
         fd = fileio.io_fd(self, self.inodes.get(nodeid), write=False)
         return os.pread(fd, size, offset)
 
+    def data_fd(self, nodeid: int, *, write: bool) -> int:
+        """The fd a regular file's reads (and with `write`, writes) go to, owned by the node
+        (fileio.io_fd): what FUSE passthrough hands the kernel as the backing file. For
+        `write` the caller has copied the file up (an open for writing does)."""
+        return fileio.io_fd(self, self.inodes.get(nodeid), write=write)
+
     # ------------------------------------------------------------------ lookup counts
 
     def remember(self, nodeid: int) -> None:

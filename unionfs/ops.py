@@ -19,6 +19,13 @@ directory's mtime change; what the core changes behind its back goes through `in
 not under a default ACL. With `FEATURES.no_open`, open (and create) answer ENOSYS too: the kernel
 sends no OPEN/RELEASE, and file I/O arrives by inode, which the core serves from an fd cached per
 node. Each feature is probed on its own (`fusefeatures.probe`); stock pyfuse3 works without them.
+
+With `FEATURES.passthrough`, when the mount asks for it (`passthrough=`, mount.py) and the kernel
+grants it at FUSE_INIT, the mount keeps OPEN instead (passthrough is a property of an open) and
+answers each open of a regular file with a backing file: the layer file its data is in (the
+lower file, or the upper one after the copy-up an open for writing makes). The kernel then reads,
+writes and maps that file itself, so reads cost no request and the page cache is the layer
+file's, one copy for every mount over the layer. See `_Backing` for the kernel's rules.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import errno
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import pyfuse3
@@ -93,6 +101,23 @@ def _caller(ctx: pyfuse3.RequestContext) -> Caller:
 _DEFAULT_ACL: Final = "system.posix_acl_default"
 
 
+@dataclass(slots=True)
+class _Backing:
+    """The backing file registered for a node (passthrough mode), and how many opens of the
+    node the kernel holds.
+
+    The kernel allows one backing file per inode while passthrough opens of it exist, and no
+    cached open beside them (a conflicting open fails with EIO). So an open while other opens
+    exist gets the same backing file when the node's data is still in it; when it moved (a
+    copy-up since) the open is served here with direct I/O, which takes no page cache and
+    reads what the union holds now. Kept after the last release (re-registering costs two
+    ioctls), closed when the node's data moves or the kernel forgets the node."""
+
+    key: tuple[int, int]  # (st_dev, st_ino) of the backing file
+    backing_id: int  # 0: the kernel refused it (say a layer on a stacked fs): cached opens
+    opens: int = 0
+
+
 class UnionOperations(pyfuse3.Operations):
     """pyfuse3 handlers for a `UnionFS`. `access()` is not implemented: the mount uses
     `default_permissions`, so the kernel checks permissions from our attributes."""
@@ -101,7 +126,7 @@ class UnionOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = True
 
-    def __init__(self, fs: UnionFS) -> None:
+    def __init__(self, fs: UnionFS, *, passthrough: bool = False) -> None:
         super().__init__()
         self.fs = fs
         fs.invalidate = self._invalidate
@@ -114,6 +139,10 @@ class UnionOperations(pyfuse3.Operations):
         self.dont_mask = False  # set when the kernel granted FUSE_CAP_DONT_MASK
         # STRATA_FUSE_OPEN=1 keeps OPEN/RELEASE (the stock-pyfuse3 path): for tests and A/B runs.
         self.no_open = FEATURES.no_open and os.environ.get("STRATA_FUSE_OPEN") != "1"
+        # Asked for by the mount; `passthrough` is set when the kernel granted it at init.
+        self.passthrough_asked = passthrough and FEATURES.passthrough
+        self.passthrough = False
+        self._backing: dict[int, _Backing] = {}
 
     def init_connection(self, conn: dict[str, int]) -> None:
         """Called by the patched pyfuse3 during FUSE_INIT: the capabilities to ask for.
@@ -125,6 +154,16 @@ class UnionOperations(pyfuse3.Operations):
         caps = FEATURES.fuse_caps
         want = caps.get("DONT_MASK", 0)
         conn["want"] |= want | caps.get("CACHE_SYMLINKS", 0)
+        passthrough = caps.get("PASSTHROUGH", 0)
+        if self.passthrough_asked and conn["capable"] & passthrough:
+            # Backing files on a stacked filesystem (overlayfs, another passthrough FUSE) are
+            # refused per file and served without passthrough; in return a filesystem may be
+            # stacked on this mount (as a container engine's overlay on a lower layer).
+            conn["want"] |= passthrough
+            conn["max_backing_stack_depth"] = 0
+            self.passthrough, self.no_open = True, False
+        elif self.passthrough_asked:
+            log.info("the kernel does not offer FUSE passthrough: serving without it")
         if self.no_open:
             # With atomic O_TRUNC the kernel leaves truncation to an OPEN we will not get; without
             # it an O_TRUNC open sends SETATTR(size=0), which copies up and truncates.
@@ -177,6 +216,9 @@ class UnionOperations(pyfuse3.Operations):
             for ino, _ in inode_list:
                 if ino not in self.fs.inodes.nodes:
                     self._entries.pop(ino, None)
+                    backing = self._backing.pop(ino, None)
+                    if backing is not None and backing.backing_id:
+                        pyfuse3.backing_close(backing.backing_id)
                     dir_handle = self._dir_handles.pop(ino, None)
                     if dir_handle is not None:
                         await self.fs.releasedir(dir_handle[1])
@@ -291,7 +333,39 @@ class UnionOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOSYS)
         with errno_boundary("open"):
             await self.fs.open(inode, flags)
-        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(inode), keep_cache=True)
+            info = pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(inode), keep_cache=True)
+            if self.passthrough:
+                self._pass_through(info, inode, write=(flags & os.O_ACCMODE) != os.O_RDONLY)
+        return info
+
+    def _pass_through(self, info: pyfuse3.FileInfo, inode: int, *, write: bool) -> None:
+        """Give the open of regular file `inode` its backing file, or direct I/O where the
+        kernel would refuse a second one (see `_Backing`)."""
+        try:
+            fd = self.fs.data_fd(inode, write=write)
+        except OSError as exc:
+            if exc.errno in (errno.EISDIR, errno.EINVAL):  # not a regular file: as before
+                return
+            raise
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        backing = self._backing.get(inode)
+        if backing is not None and backing.key != key and backing.opens:
+            info.direct_io = True
+        elif backing is None or backing.key != key:
+            if backing is not None and backing.backing_id:
+                pyfuse3.backing_close(backing.backing_id)
+            try:
+                backing_id = pyfuse3.backing_open(fd)
+            except OSError as exc:
+                log.debug("no passthrough for node %d: %s", inode, exc)
+                backing_id = 0
+            backing = self._backing[inode] = _Backing(key, backing_id)
+        if not info.direct_io and backing.backing_id:
+            # The kernel takes only these open flags with a backing file (FOPEN_PASSTHROUGH_MASK:
+            # no KEEP_CACHE, the page cache is the backing file's).
+            info.backing_id, info.keep_cache = backing.backing_id, False
+        backing.opens += 1
 
     async def create(
         self,
@@ -306,7 +380,9 @@ class UnionOperations(pyfuse3.Operations):
         with errno_boundary("create"):
             mode = await self._masked(parent_inode, mode, ctx.umask)
             attr = await self.fs.create(parent_inode, name, mode, _caller(ctx))
-        info = pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(attr.nodeid), keep_cache=True)
+            info = pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(attr.nodeid), keep_cache=True)
+            if self.passthrough:
+                self._pass_through(info, attr.nodeid, write=True)
         return info, to_entry(attr)
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
@@ -323,7 +399,11 @@ class UnionOperations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
-        pass  # the core's fd belongs to the node and goes when the kernel forgets it
+        # The core's fd belongs to the node and goes when the kernel forgets it; passthrough
+        # mode counts the opens a node's backing file serves.
+        backing = self._backing.get(fh)
+        if backing is not None and backing.opens:
+            backing.opens -= 1
 
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         with errno_boundary("fsync"):
