@@ -145,6 +145,12 @@ class UnionFS:
         `write` the caller has copied the file up (an open for writing does)."""
         return fileio.io_fd(self, self.inodes.get(nodeid), write=write)
 
+    def data_in_upper(self, nodeid: int) -> bool:
+        """Whether the node's data is in its own upper file, so that writing it copies
+        nothing up and moves no data (a metacopy file's data is still below)."""
+        node = self.inodes.get(nodeid)
+        return node.upper and not (isinstance(node, FileNode) and node.redirect is not None)
+
     # ------------------------------------------------------------------ lookup counts
 
     def remember(self, nodeid: int) -> None:

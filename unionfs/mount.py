@@ -7,6 +7,7 @@ mount exists, and serves until `fusermount3 -u`, SIGINT or SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -87,7 +88,13 @@ def run(
 def passthrough_wanted(mode: Passthrough) -> bool:
     """Whether to ask the kernel for FUSE passthrough: `passthrough=auto` asks when nothing
     known before the mount rules it out, `on` raises UsageError naming what does, `off` never
-    asks. Whether the kernel grants it is known only at FUSE_INIT (`UnionOperations`)."""
+    asks. Whether the kernel grants it is known only at FUSE_INIT (`UnionOperations`).
+
+    `STRATA_PASSTHROUGH=on|off` in the environment replaces `auto` (not an explicit option):
+    for test passes and A/B runs of `strata run`, whose mounts take no `-o`."""
+    if mode is Passthrough.AUTO:
+        with contextlib.suppress(ValueError):
+            mode = Passthrough(os.environ.get("STRATA_PASSTHROUGH", "auto"))
     if mode is Passthrough.OFF:
         return False
     why = passthrough_unavailable()

@@ -101,17 +101,25 @@ def _caller(ctx: pyfuse3.RequestContext) -> Caller:
 _DEFAULT_ACL: Final = "system.posix_acl_default"
 
 
+def _file_key(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
 @dataclass(slots=True)
 class _Backing:
     """The backing file registered for a node (passthrough mode), and how many opens of the
     node the kernel holds.
 
-    The kernel allows one backing file per inode while passthrough opens of it exist, and no
-    cached open beside them (a conflicting open fails with EIO). So an open while other opens
-    exist gets the same backing file when the node's data is still in it; when it moved (a
-    copy-up since) the open is served here with direct I/O, which takes no page cache and
-    reads what the union holds now. Kept after the last release (re-registering costs two
-    ioctls), closed when the node's data moves or the kernel forgets the node."""
+    While passthrough opens of an inode exist, the kernel wants every open of it to be a
+    passthrough open of the same backing file (anything else fails with EIO). So while a
+    lower file is open, an open for writing, which would copy it up and give it another
+    backing file, fails with ETXTBSY, as writing to a running program does; and an open for
+    reading after a copy-up made otherwise (chmod without metacopy, truncate) gets the file
+    the other opens have, which holds the same data unless it was truncated. Once the last
+    open is released the next one gets the file the union holds now. Kept after the last
+    release (registering again costs two ioctls), closed when the node's data moves or the
+    kernel forgets the node."""
 
     key: tuple[int, int]  # (st_dev, st_ino) of the backing file
     backing_id: int  # 0: the kernel refused it (say a layer on a stacked fs): cached opens
@@ -331,37 +339,47 @@ class UnionOperations(pyfuse3.Operations):
         Otherwise the handle is the inode, and opening for writing copies up as overlayfs does."""
         if self.no_open:
             raise pyfuse3.FUSEError(errno.ENOSYS)
+        write = (flags & os.O_ACCMODE) != os.O_RDONLY
         with errno_boundary("open"):
+            if self.passthrough and (write or flags & os.O_TRUNC):
+                self._check_no_other_backing(inode)  # before a copy-up or truncation
             await self.fs.open(inode, flags)
             info = pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(inode), keep_cache=True)
             if self.passthrough:
-                self._pass_through(info, inode, write=(flags & os.O_ACCMODE) != os.O_RDONLY)
+                self._pass_through(info, inode, write=write)
         return info
 
+    def _check_no_other_backing(self, inode: int) -> None:
+        """ETXTBSY when open lower-file opens would keep the kernel on another backing file
+        than the one an open for writing needs (see `_Backing`)."""
+        backing = self._backing.get(inode)
+        if backing is None or not backing.opens:
+            return
+        if not self.fs.data_in_upper(inode) or (
+            _file_key(self.fs.data_fd(inode, write=False)) != backing.key
+        ):
+            raise OSError(errno.ETXTBSY, "open elsewhere from a lower layer")
+
     def _pass_through(self, info: pyfuse3.FileInfo, inode: int, *, write: bool) -> None:
-        """Give the open of regular file `inode` its backing file, or direct I/O where the
-        kernel would refuse a second one (see `_Backing`)."""
+        """Give the open of regular file `inode` its backing file (see `_Backing`)."""
         try:
             fd = self.fs.data_fd(inode, write=write)
         except OSError as exc:
             if exc.errno in (errno.EISDIR, errno.EINVAL):  # not a regular file: as before
                 return
             raise
-        st = os.fstat(fd)
-        key = (st.st_dev, st.st_ino)
+        key = _file_key(fd)
         backing = self._backing.get(inode)
-        if backing is not None and backing.key != key and backing.opens:
-            info.direct_io = True
-        elif backing is None or backing.key != key:
+        if backing is None or (backing.key != key and not backing.opens):
             if backing is not None and backing.backing_id:
                 pyfuse3.backing_close(backing.backing_id)
             try:
                 backing_id = pyfuse3.backing_open(fd)
-            except OSError as exc:
+            except OSError as exc:  # say a layer on overlayfs: cached opens, as without
                 log.debug("no passthrough for node %d: %s", inode, exc)
                 backing_id = 0
             backing = self._backing[inode] = _Backing(key, backing_id)
-        if not info.direct_io and backing.backing_id:
+        if backing.backing_id:
             # The kernel takes only these open flags with a backing file (FOPEN_PASSTHROUGH_MASK:
             # no KEEP_CACHE, the page cache is the backing file's).
             info.backing_id, info.keep_cache = backing.backing_id, False
