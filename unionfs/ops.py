@@ -101,11 +101,6 @@ def _caller(ctx: pyfuse3.RequestContext) -> Caller:
 _DEFAULT_ACL: Final = "system.posix_acl_default"
 
 
-def _file_key(fd: int) -> tuple[int, int]:
-    st = os.fstat(fd)
-    return st.st_dev, st.st_ino
-
-
 @dataclass(slots=True)
 class _Backing:
     """The backing file registered for a node (passthrough mode), and how many opens of the
@@ -121,8 +116,11 @@ class _Backing:
     release (registering again costs two ioctls), closed when the node's data moves or the
     kernel forgets the node."""
 
-    key: tuple[int, int]  # (st_dev, st_ino) of the backing file
     backing_id: int  # 0: the kernel refused it (say a layer on a stacked fs): cached opens
+    # Where the node's data was when the file was registered: it moves only from below to
+    # the node's upper file (a copy-up), so while this holds the backing file is still right,
+    # and an open needs no fd or fstat.
+    in_upper: bool
     opens: int = 0
 
 
@@ -353,24 +351,20 @@ class UnionOperations(pyfuse3.Operations):
         """ETXTBSY when open lower-file opens would keep the kernel on another backing file
         than the one an open for writing needs (see `_Backing`)."""
         backing = self._backing.get(inode)
-        if backing is None or not backing.opens:
-            return
-        if not self.fs.data_in_upper(inode) or (
-            _file_key(self.fs.data_fd(inode, write=False)) != backing.key
-        ):
+        if backing is not None and backing.opens and not backing.in_upper:
             raise OSError(errno.ETXTBSY, "open elsewhere from a lower layer")
 
     def _pass_through(self, info: pyfuse3.FileInfo, inode: int, *, write: bool) -> None:
         """Give the open of regular file `inode` its backing file (see `_Backing`)."""
-        try:
-            fd = self.fs.data_fd(inode, write=write)
-        except OSError as exc:
-            if exc.errno in (errno.EISDIR, errno.EINVAL):  # not a regular file: as before
-                return
-            raise
-        key = _file_key(fd)
         backing = self._backing.get(inode)
-        if backing is None or (backing.key != key and not backing.opens):
+        in_upper = self.fs.data_in_upper(inode)
+        if backing is None or (backing.in_upper != in_upper and not backing.opens):
+            try:
+                fd = self.fs.data_fd(inode, write=write)
+            except OSError as exc:
+                if exc.errno in (errno.EISDIR, errno.EINVAL):  # not a regular file: as before
+                    return
+                raise
             if backing is not None and backing.backing_id:
                 pyfuse3.backing_close(backing.backing_id)
             try:
@@ -378,7 +372,8 @@ class UnionOperations(pyfuse3.Operations):
             except OSError as exc:  # say a layer on overlayfs: cached opens, as without
                 log.debug("no passthrough for node %d: %s", inode, exc)
                 backing_id = 0
-            backing = self._backing[inode] = _Backing(key, backing_id)
+            backing = _Backing(backing_id, in_upper)
+            self._backing[inode] = backing
         if backing.backing_id:
             # The kernel takes only these open flags with a backing file (FOPEN_PASSTHROUGH_MASK:
             # no KEEP_CACHE, the page cache is the backing file's).
