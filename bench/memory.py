@@ -198,7 +198,9 @@ def run_memory_bench(
         raise UsageError("strata bench memory needs root (dropping the caches does)", 1)
     for name in backends:
         if name not in BACKENDS:
-            raise UsageError(f"bench memory: unknown backend {name!r} (known: {', '.join(BACKENDS)})")
+            raise UsageError(
+                f"bench memory: unknown backend {name!r} (known: {', '.join(BACKENDS)})"
+            )
     shape = QUICK_SHAPE if quick else FULL_SHAPE
     print(f"lower layer: {shape_files(shape)} files ...", file=sys.stderr)
     lower = build_lower(data_dir, shape)

@@ -81,12 +81,18 @@ def node_stat(fs: UnionFS, node: Node) -> os.stat_result:
 
 def node_attr(fs: UnionFS, node: Node) -> Attr:
     """The attributes the kernel sees; cached for objects only in lower layers, which cannot
-    change until they are copied up or lose a name (both drop the cache)."""
+    change until they are copied up or lose a name (both drop the cache).
+
+    A lower file then keeps its Attr and not its stat_result too: the two held ~900 bytes per
+    file the kernel holds, the Attr alone a third of that. What needs the stat again (copy-up,
+    an origin check) stats the lower file once more."""
     if node.attr is not None and not node.upper:
         return node.attr
     attr = make_attr(fs, node, node_stat(fs, node))
     if not node.upper and node.links:
         node.attr = attr
+        if isinstance(node, FileNode):
+            node.lower_st = None
     return attr
 
 

@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import _sys, metacopy
+from . import _sys, attrs, metacopy
 from .errors import LayerCorruptError, fs_error
 from .inodes import ROOT, DirNode, FileNode, InodeNo, Node, decode_ino, encode_ino
 from .layers import UPPER, is_upper_opaque
@@ -70,8 +70,7 @@ def same_object(fs: UnionFS, node: Node, child: Resolved) -> bool:
         except OSError:
             return True  # its upper copy is gone: nothing to mistake this one for
         return (st.st_dev, st.st_ino) == (child.st.st_dev, child.st.st_ino)
-    lower = node.lower_st
-    return isinstance(lower, os.stat_result) and lower.st_nlink > 1
+    return attrs.node_stat(fs, node).st_nlink > 1  # of the lower object: node is not upper
 
 
 def is_lower_ino(fs: UnionFS, ino: int) -> bool:
