@@ -148,21 +148,42 @@ def make_attr(fs: UnionFS, node: Node, st: os.stat_result) -> Attr:
             src = None  # missing data: opening fails with EIO, attributes stay readable
         if src is not None:
             blocks = src.st.st_blocks
+    mtime = st.st_mtime_ns
+    atime = mtime if st.st_atime_ns == mtime else st.st_atime_ns
+    ctime = (
+        mtime if st.st_ctime_ns == mtime else atime if st.st_ctime_ns == atime else st.st_ctime_ns
+    )
     return Attr(
         nodeid=node.nodeid,
-        mode=st.st_mode,
+        mode=_shared(st.st_mode),
         nlink=nlink,
-        uid=uid,
-        gid=gid,
+        uid=_shared(uid),
+        gid=_shared(gid),
         rdev=st.st_rdev,
         size=st.st_size,
         blocks=blocks,
-        blksize=st.st_blksize,
-        atime_ns=st.st_atime_ns,
-        mtime_ns=st.st_mtime_ns,
-        ctime_ns=st.st_ctime_ns,
+        blksize=_shared(st.st_blksize),
+        atime_ns=atime,
+        mtime_ns=mtime,
+        ctime_ns=ctime,
         generation=node.generation,
     )
+
+
+# One int object per value of the fields that take few values (modes, ids, block sizes), and
+# one for equal timestamps: each int a stat returns is a new 28-36 byte object, and a lower
+# file's Attr lives as long as the kernel holds the file (issue 16: ~130 bytes a node).
+_SHARED_MAX = 4096
+_shared_ints: dict[int, int] = {}
+
+
+def _shared(value: int) -> int:
+    known = _shared_ints.get(value)
+    if known is not None:
+        return known
+    if len(_shared_ints) < _SHARED_MAX:
+        _shared_ints[value] = value
+    return value
 
 
 def disk_ids(fs: UnionFS, uid: int, gid: int) -> tuple[int, int]:
