@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import _sys, attrs, metacopy
+from . import _sys, metacopy
 from .errors import LayerCorruptError, fs_error
 from .inodes import ROOT, DirNode, FileNode, InodeNo, Node, decode_ino, encode_ino
 from .layers import UPPER, is_upper_opaque
@@ -70,7 +70,14 @@ def same_object(fs: UnionFS, node: Node, child: Resolved) -> bool:
         except OSError:
             return True  # its upper copy is gone: nothing to mistake this one for
         return (st.st_dev, st.st_ino) == (child.st.st_dev, child.st.st_ino)
-    return attrs.node_stat(fs, node).st_nlink > 1  # of the lower object: node is not upper
+    lower = node.lower_st  # a lower file keeps its Attr rather than its stat (attrs.node_attr)
+    if lower is None:
+        try:
+            fd, name = fs.layers.where(node, node.lower)
+            lower = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return False
+    return lower.st_nlink > 1
 
 
 def is_lower_ino(fs: UnionFS, ino: int) -> bool:
