@@ -85,7 +85,7 @@ class UnionFS:
         root = DirNode(
             nodeid=ROOT,
             kind=stat.S_IFDIR,
-            links=[],
+            links=(),
             upper=not self.read_only,
             lower=1,
             lowers=tuple(range(1, len(self.layers.root_fds))),

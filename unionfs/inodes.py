@@ -72,7 +72,9 @@ class BaseNode:
 
     nodeid: InodeNo  # == st_ino
     kind: int  # stat.S_IFMT bits
-    links: list[tuple[DirNode, bytes]]  # (parent, name) pairs; empty once unlinked; root has none
+    # (parent, name) pairs; empty once unlinked; root has none. A tuple: most nodes keep one
+    # name for life, and a 1-tuple is 40 bytes smaller than a list holding one pair.
+    links: tuple[tuple[DirNode, bytes], ...]
     upper: bool  # the object exists in the upper layer at its names
     lower: int  # lower layer holding it (non-dirs) or its top lower layer (dirs); 0 = none
     lookups: int = 0
@@ -145,7 +147,7 @@ class InodeTable:
         if old is not None and old is not node:
             node.generation = old.generation + 1
             node.lookups += old.lookups  # the kernel's references are to the number
-            old.links = []  # no name leads to the old object any more
+            old.links = ()  # no name leads to the old object any more
             if self.on_drop is not None:
                 self.on_drop(old)  # the kernel fails I/O on the old one (new generation)
         self.nodes[node.nodeid] = node
@@ -173,12 +175,12 @@ class InodeTable:
             if p is parent and n == name:
                 break
         else:
-            node.links.append((parent, name))
+            node.links = (*node.links, (parent, name))
         parent.children[name] = node
 
     def unlink(self, node: Node, parent: DirNode, name: bytes) -> None:
         """Forget that `name` in `parent` is `node` (after unlink, rename-over, rmdir)."""
-        node.links = [(p, n) for p, n in node.links if not (p is parent and n == name)]
+        node.links = tuple((p, n) for p, n in node.links if not (p is parent and n == name))
         node.attr = None
         if parent.children.get(name) is node:
             del parent.children[name]

@@ -147,10 +147,14 @@ def marker(fs: UnionFS, layer: int, dirfd: int, name: bytes, st: os.stat_result)
     return metacopy.read_marker(dirfd, name, fs.layers.private_ns)
 
 
+_KINDS: dict[int, int] = {}
+
+
 def node_for(fs: UnionFS, parent: DirNode, name: bytes, child: Resolved) -> Node:
     """The node for a resolved name: the known one if it is the same object, else a new one."""
     node = parent.children.get(name)
     kind = stat.S_IFMT(child.st.st_mode)
+    kind = _KINDS.setdefault(kind, kind)  # one int object per kind, not one per node
     if node is not None and (node.nodeid != child.ino or node.kind != kind):
         fs.inodes.unlink(node, parent, name)
         node = None
@@ -179,9 +183,9 @@ def node_for(fs: UnionFS, parent: DirNode, name: bytes, child: Resolved) -> Node
     if node is None:
         ino = InodeNo(child.ino)
         if kind == stat.S_IFDIR:
-            node = DirNode(ino, kind, [], child.upper, child.lower, lowers=child.lowers)
+            node = DirNode(ino, kind, (), child.upper, child.lower, lowers=child.lowers)
         else:
-            node = FileNode(ino, kind, [], child.upper, child.lower)
+            node = FileNode(ino, kind, (), child.upper, child.lower)
         fs.inodes.add(node)
     else:
         node.upper = node.upper or child.upper
