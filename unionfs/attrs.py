@@ -80,17 +80,20 @@ def node_stat(fs: UnionFS, node: Node) -> os.stat_result:
 
 
 def node_attr(fs: UnionFS, node: Node) -> Attr:
-    """The attributes the kernel sees; cached for objects only in lower layers, which cannot
-    change until they are copied up or lose a name (both drop the cache).
+    """The attributes the kernel sees. Those of objects only in lower layers cannot change until
+    they are copied up or lose a name, so recently used ones are kept (`InodeTable.attrs`, a
+    bounded hot set: a readdir's entries, then the kernel's lookups of them).
 
-    A lower file then keeps its Attr and not its stat_result too: the two held ~900 bytes per
-    file the kernel holds, the Attr alone a third of that. What needs the stat again (copy-up,
-    an origin check) stats the lower file once more."""
-    if node.attr is not None and not node.upper:
-        return node.attr
+    A lower file keeps neither its stat_result nor its Attr for as long as the kernel holds
+    it: the two were ~900 bytes per file (issue 16), and the kernel keeps the attributes it was
+    given for `ops.TIMEOUT` anyway. A miss stats the lower file again (one fstatat)."""
+    if not node.upper:
+        cached = fs.inodes.attrs.get(node)
+        if cached is not None:
+            return cached
     attr = make_attr(fs, node, node_stat(fs, node))
     if not node.upper and node.links:
-        node.attr = attr
+        fs.inodes.cache_attr(node, attr)
         if isinstance(node, FileNode):
             node.lower_st = None
     return attr

@@ -80,7 +80,6 @@ class BaseNode:
     lookups: int = 0
     generation: int = 0
     lower_st: os.stat_result | None = None  # of the lower object (immutable, so cached)
-    attr: Attr | None = None  # of a lower-only object (immutable until copy-up or unlink)
     _lock: trio.Lock | None = None
 
     @property
@@ -133,11 +132,20 @@ class FileNode(BaseNode):
 Node: TypeAlias = DirNode | FileNode
 
 
+# Attributes of lower-only objects kept at once (`InodeTable.attrs`): the hot set (a readdir's
+# entries, then the kernel's lookups of them), not one Attr per node the kernel holds, which
+# was ~250 bytes a node (issue 16).
+ATTR_CACHE_MAX: Final = 16384
+
+
 class InodeTable:
-    """Node id (= st_ino) -> node, names, lookup counts."""
+    """Node id (= st_ino) -> node, names, lookup counts; the attributes of recently used
+    lower-only nodes (`attrs`, see attrs.node_attr)."""
 
     def __init__(self) -> None:
         self.nodes: dict[InodeNo, Node] = {}
+        # Valid until the object is copied up (then not consulted) or loses a name (`unlink`).
+        self.attrs: dict[Node, Attr] = {}
         # Called with a node that leaves the table (forgotten or superseded): close its fd.
         self.on_drop: Callable[[Node], None] | None = None
 
@@ -151,6 +159,12 @@ class InodeTable:
             if self.on_drop is not None:
                 self.on_drop(old)  # the kernel fails I/O on the old one (new generation)
         self.nodes[node.nodeid] = node
+
+    def cache_attr(self, node: Node, attr: Attr) -> None:
+        """Keep `attr` of lower-only `node` (emptied when full: cheaper than an LRU)."""
+        if len(self.attrs) >= ATTR_CACHE_MAX:
+            self.attrs.clear()
+        self.attrs[node] = attr
 
     def get(self, nodeid: int) -> Node:
         node = self.nodes.get(InodeNo(nodeid))
@@ -181,7 +195,7 @@ class InodeTable:
     def unlink(self, node: Node, parent: DirNode, name: bytes) -> None:
         """Forget that `name` in `parent` is `node` (after unlink, rename-over, rmdir)."""
         node.links = tuple((p, n) for p, n in node.links if not (p is parent and n == name))
-        node.attr = None
+        self.attrs.pop(node, None)
         if parent.children.get(name) is node:
             del parent.children[name]
 
@@ -200,6 +214,7 @@ class InodeTable:
                 return  # still reachable by name from a child
         if self.nodes.get(node.nodeid) is node:
             del self.nodes[node.nodeid]
+        self.attrs.pop(node, None)
         if self.on_drop is not None:
             self.on_drop(node)
         for parent, name in node.links:
