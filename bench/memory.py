@@ -7,8 +7,8 @@ daemon keeps beyond that is memory no container gets back. This bench builds one
 mounts each union over it the way `strata bench` does, walks the whole tree (`lstat` of every
 entry) `passes` times with the caches dropped between walks, and reads the daemon's VmRSS from
 /proc at the start, after each walk and after a final drop of the caches (once the FORGETs have
-been served: RSS is read until it stops moving). Bytes per cached node is the growth of the
-first walk over the objects it looked up.
+been served: RSS is read until it stops moving). Bytes per cached node is the largest growth
+over the start divided by the entries walked.
 
 Root only: dropping the caches needs it.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -107,7 +108,7 @@ def walk(root: Path) -> int:
             for entry in it:
                 st = entry.stat(follow_symlinks=False)
                 seen += 1
-                if entry.is_dir(follow_symlinks=False) and st.st_nlink:
+                if stat.S_ISDIR(st.st_mode):
                     stack.append(entry.path)
     return seen
 
@@ -125,9 +126,12 @@ class Run:
     error: str | None = None
 
     def bytes_per_node(self) -> float:
+        """Growth over the start per entry walked, at the walk that grew most: a cache drop by
+        something else on the machine during a walk makes the kernel forget part of the tree
+        (and that walk's figure low)."""
         if not self.walks or not self.objects:
             return 0.0
-        return (self.walks[0] - self.start) * 1024 / self.objects
+        return (max(self.walks) - self.start) * 1024 / self.objects
 
 
 def measure(backend_name: str, lower: Path, scratch: Path, passes: int) -> Run:
@@ -166,7 +170,7 @@ def table(runs: Sequence[Run], passes: int) -> str:
     mib = 1024
     lines = [
         f"daemon RSS (MiB): start, after each of {passes} walks (caches dropped between),"
-        " after a final drop_caches; bytes per cached node = first walk's growth / entries",
+        " after a final drop_caches; B/node = largest growth / entries; walk s = median",
         f"{'':16}{'start':>8}"
         + "".join(f"{'walk ' + str(n + 1):>9}" for n in range(passes))
         + f"{'dropped':>9}{'B/node':>8}{'walk s':>8}",
