@@ -27,7 +27,14 @@ from typing import Final
 
 from unionfs.errors import UsageError
 
-from .backends import BackendError, Mounted, backend_named, mounted_layers, remove_tree
+from .backends import (
+    BackendError,
+    Mounted,
+    backend_named,
+    cpu_seconds,
+    mounted_layers,
+    remove_tree,
+)
 
 # A rootfs-like spread: 20 top directories x 25 x 20 directories of 20 files = 200,000 files.
 FULL_SHAPE: Final = (20, 25, 20, 20)
@@ -85,17 +92,19 @@ def drop_caches() -> None:
 
 
 def settled_rss(pid: int) -> int:
-    """RSS once the daemon is done with what it was sent: unchanged for SETTLE_QUIET seconds."""
+    """RSS once the daemon is done with what it was sent: neither its RSS nor its CPU time
+    moved for SETTLE_QUIET seconds (freeing nodes does not lower RSS until the trim at the end
+    of a batch, so RSS alone would look settled while FORGETs are still being served)."""
     deadline = time.monotonic() + SETTLE_TIMEOUT
-    last, since = rss_kib(pid), time.monotonic()
+    last, since = (rss_kib(pid), cpu_seconds(pid)), time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(0.1)
-        now = rss_kib(pid)
+        now = (rss_kib(pid), cpu_seconds(pid))
         if now != last:
             last, since = now, time.monotonic()
         elif time.monotonic() - since >= SETTLE_QUIET:
             break
-    return last
+    return last[0]
 
 
 def walk(root: Path) -> int:
