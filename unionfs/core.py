@@ -165,6 +165,7 @@ class UnionFS:
             # The kernel let go of many nodes at once (memory pressure, drop_caches): hand the
             # heap memory they used back, or RSS stays at its peak (malloc keeps it for reuse).
             self._dropped_since_trim = 0
+            self.inodes.compact()
             libc.malloc_trim()
 
     # ------------------------------------------------------------------ the other entry points

@@ -160,6 +160,11 @@ class InodeTable:
                 self.on_drop(old)  # the kernel fails I/O on the old one (new generation)
         self.nodes[node.nodeid] = node
 
+    def compact(self) -> None:
+        """Copy the id table after many nodes left it: a dict never shrinks on deletion, and
+        this one held ~25 bytes for every node the kernel once had."""
+        self.nodes = dict(self.nodes)
+
     def cache_attr(self, node: Node, attr: Attr) -> None:
         """Keep `attr` of lower-only `node` (emptied when full: cheaper than an LRU)."""
         if len(self.attrs) >= ATTR_CACHE_MAX:
