@@ -62,6 +62,31 @@ class LowerEntry:
     is_dir: bool
 
 
+@dataclass(slots=True)
+class _Rare:
+    """The fields of a node that most nodes never set, kept out of the node itself: a slot is
+    8 bytes on every node the kernel holds (issue 16), this object exists on the few that
+    need one. Read and written through the node's properties of the same names."""
+
+    generation: int = 0  # > 0: the node id was reused for a new object (inodes.add)
+    lower_st: os.stat_result | None = None
+    lock: trio.Lock | None = None
+    fd_writable: bool = False
+    fd_pinned: bool = False  # the file's last name went while the kernel held it: keep the fd
+    nlink_extra: int = 0  # copied-up hard link: group names left in lower layers (still counted)
+    # Metacopy (unionfs/metacopy.py): the path recorded in the marker of the file the union serves
+    # (the upper one if `upper`, else the one in `lower`), None for a file that holds its data;
+    # and where that data was found (indexed from the layer below).
+    redirect: bytes | None = None
+    data_src: DataSource | None = None
+    # Of a metacopy file whose last name went while the kernel held it: its fd is on the data
+    # below, whose metadata is not the file's.
+    unlinked_st: os.stat_result | None = None
+
+
+_NO_RARE: Final = _Rare()
+
+
 @dataclass(eq=False, slots=True)
 class BaseNode:
     """One union object the kernel (or a union operation in progress) holds a reference to.
@@ -78,16 +103,45 @@ class BaseNode:
     upper: bool  # the object exists in the upper layer at its names
     lower: int  # lower layer holding it (non-dirs) or its top lower layer (dirs); 0 = none
     lookups: int = 0
-    generation: int = 0
-    lower_st: os.stat_result | None = None  # of the lower object (immutable, so cached)
-    _lock: trio.Lock | None = None
+    # What few nodes ever have (see `_Rare`), made at the first write of such a field.
+    _rare: _Rare | None = None
 
     @property
     def lock(self) -> trio.Lock:
         """Serialises copy-up of this node (created lazily: most nodes never need it)."""
-        if self._lock is None:
-            self._lock = trio.Lock()
-        return self._lock
+        rare = self._rare_fields()
+        if rare.lock is None:
+            rare.lock = trio.Lock()
+        return rare.lock
+
+    def _rare_fields(self) -> _Rare:
+        if self._rare is None:
+            self._rare = _Rare()
+        return self._rare
+
+    @property
+    def generation(self) -> int:
+        return 0 if self._rare is None else self._rare.generation
+
+    @generation.setter
+    def generation(self, value: int) -> None:
+        if value or self._rare is not None:
+            self._rare_fields().generation = value
+
+    @property
+    def lower_st(self) -> os.stat_result | None:
+        """Stat of the lower object (immutable, so cached; a lower file drops it once its
+        attributes are known, see attrs.node_attr)."""
+        return None if self._rare is None else self._rare.lower_st
+
+    @lower_st.setter
+    def lower_st(self, value: os.stat_result | None) -> None:
+        if value is not None:
+            self._rare_fields().lower_st = value
+        elif self._rare is not None:
+            self._rare.lower_st = None
+            if self._rare == _NO_RARE:  # what every lower file comes to (attrs.node_attr)
+                self._rare = None
 
     @property
     def parent(self) -> DirNode | None:
@@ -116,17 +170,61 @@ class FileNode(BaseNode):
     # The fd reads and writes use (see fileio.io_fd), -1 if none. Cached per node rather than
     # per open: in FUSE's no-open mode the kernel sends no open/release at all.
     fd: int = -1
-    fd_writable: bool = False
-    fd_pinned: bool = False  # the file's last name went while the kernel held it: keep the fd
-    nlink_extra: int = 0  # copied-up hard link: group names left in lower layers (still counted)
-    # Metacopy (unionfs/metacopy.py): the path recorded in the marker of the file the union serves
-    # (the upper one if `upper`, else the one in `lower`), None for a file that holds its data;
-    # and where that data was found (indexed from the layer below).
-    redirect: bytes | None = None
-    data_src: DataSource | None = None
-    # Of a metacopy file whose last name went while the kernel held it: its fd is on the data
-    # below, whose metadata is not the file's.
-    unlinked_st: os.stat_result | None = None
+    # fd_writable, fd_pinned, nlink_extra, redirect, data_src, unlinked_st: see `_Rare`.
+
+    @property
+    def fd_writable(self) -> bool:
+        return self._rare is not None and self._rare.fd_writable
+
+    @fd_writable.setter
+    def fd_writable(self, value: bool) -> None:
+        if value or self._rare is not None:
+            self._rare_fields().fd_writable = value
+
+    @property
+    def fd_pinned(self) -> bool:
+        return self._rare is not None and self._rare.fd_pinned
+
+    @fd_pinned.setter
+    def fd_pinned(self, value: bool) -> None:
+        if value or self._rare is not None:
+            self._rare_fields().fd_pinned = value
+
+    @property
+    def nlink_extra(self) -> int:
+        return 0 if self._rare is None else self._rare.nlink_extra
+
+    @nlink_extra.setter
+    def nlink_extra(self, value: int) -> None:
+        if value or self._rare is not None:
+            self._rare_fields().nlink_extra = value
+
+    @property
+    def redirect(self) -> bytes | None:
+        return None if self._rare is None else self._rare.redirect
+
+    @redirect.setter
+    def redirect(self, value: bytes | None) -> None:
+        if value is not None or self._rare is not None:
+            self._rare_fields().redirect = value
+
+    @property
+    def data_src(self) -> DataSource | None:
+        return None if self._rare is None else self._rare.data_src
+
+    @data_src.setter
+    def data_src(self, value: DataSource | None) -> None:
+        if value is not None or self._rare is not None:
+            self._rare_fields().data_src = value
+
+    @property
+    def unlinked_st(self) -> os.stat_result | None:
+        return None if self._rare is None else self._rare.unlinked_st
+
+    @unlinked_st.setter
+    def unlinked_st(self, value: os.stat_result | None) -> None:
+        if value is not None or self._rare is not None:
+            self._rare_fields().unlinked_st = value
 
 
 Node: TypeAlias = DirNode | FileNode
