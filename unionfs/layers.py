@@ -1,8 +1,9 @@
 """Layer-relative, no-follow access to layer directories, and what is cached about lower layers.
 
-Lower layers are immutable while mounted, so a directory of a lower layer is listed once
-(`Listing`) and its entries are stat'ed at most once; the merge of a directory's lower listings
-(`LayerStack.lower_view`) is made once too, for lookup and readdir both. Directory fds are cached
+Lower layers are immutable while mounted, so a directory of a lower layer is listed once while
+a directory node uses it (`Listing`); the merge of a directory's lower listings
+(`LayerStack.lower_view`) is made once too, for lookup and readdir both. Both go when the kernel
+forgets the directory, so the daemon's memory follows what the kernel holds. Directory fds are cached
 (`DirFds`, LRU) so that reaching a deep directory costs one `openat` per component only the first
 time; every open is relative to the parent's fd with O_NOFOLLOW, so nothing inside a layer can lead
 the daemon outside it.
