@@ -135,6 +135,16 @@ def mounted(backend: Backend, data: DataSet, scratch: Path) -> Iterator[Mounted]
     if backend.kind == "plain":
         yield Mounted(data.merged, None)
         return
+    with mounted_layers(backend, data.lowers, scratch) as mount:
+        yield mount
+
+
+@contextlib.contextmanager
+def mounted_layers(backend: Backend, lowers: list[Path], scratch: Path) -> Iterator[Mounted]:
+    """Mount the union `backend` over `lowers` (top first) with a fresh upper; always unmount.
+
+    `scratch` must not exist yet; it is removed afterwards (also on errors and Ctrl-C).
+    """
     if backend.kind != "union":
         raise BackendError(f"{backend.name} does not mount a union")
     upper, work, mnt = scratch / "upper", scratch / "work", scratch / "mnt"
@@ -143,7 +153,7 @@ def mounted(backend: Backend, data: DataSet, scratch: Path) -> Iterator[Mounted]
             directory.mkdir(parents=True)
         try:
             with interrupts_deferred():  # a half-done mount must not escape the unmount below
-                _mount(backend.name, data.lowers, upper, work, mnt)
+                _mount(backend.name, lowers, upper, work, mnt)
             _wait_for_mount(mnt)
             yield Mounted(mnt, _daemon_pid(mnt) if backend.name != "overlay" else None)
         finally:

@@ -48,6 +48,9 @@ from .inodes import Node
 log = logging.getLogger(__name__)
 
 TIMEOUT: Final = 3600.0
+# Encoded replies kept for reuse (`_entry`): the hot set of a working mount, not one per node
+# the kernel holds (a reply is ~300 bytes; 200k of them were a fifth of the daemon's memory).
+ENTRY_CACHE_MAX: Final = 16384
 
 # What the installed pyfuse3 adds to the stock release (scripts/pyfuse3/strata.patch).
 FEATURES: Final = fusefeatures.probe(pyfuse3)
@@ -202,6 +205,8 @@ class UnionOperations(pyfuse3.Operations):
         if cached is not None and cached[0] is attr:
             return cached[1]
         entry = to_entry(attr)
+        if len(self._entries) >= ENTRY_CACHE_MAX:
+            self._entries.clear()  # cheaper than an LRU's bookkeeping on every hit
         self._entries[attr.nodeid] = (attr, entry)
         return entry
 
