@@ -56,7 +56,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         action="extend",
         metavar="BACKEND",
-        help="plain, overlay, fuse-overlayfs, unionfs-fuse, strata, podman (default: all)",
+        help="plain, overlay, fuse-overlayfs, unionfs-fuse, strata, strata-noopen, podman "
+        "(default: all); NAME=PATH adds the strata command PATH of another checkout as NAME",
     )
     parser.add_argument(
         "--repeat",
@@ -104,12 +105,22 @@ def select_backends(requested: list[str] | None) -> list[Backend]:
     names = _split(requested)
     if not names:
         return list(BACKENDS)
+    others: list[Backend] = []
     for name in names:
-        if name not in BACKEND_NAMES:
-            raise UsageError(f"unknown backend {name!r} (known: {', '.join(BACKEND_NAMES)})")
+        label, is_other, program = name.partition("=")
+        if is_other:  # NAME=PATH: the strata command of another checkout
+            if not label or label in BACKEND_NAMES or not program:
+                raise UsageError(f"backend {name!r}: expected NAME=PATH with a new NAME")
+            path = os.path.abspath(program)
+            others.append(Backend(label, "union", f"strata mount of {path}", program=path))
+        elif name not in BACKEND_NAMES:
+            raise UsageError(
+                f"unknown backend {name!r} (known: {', '.join(BACKEND_NAMES)}, or NAME=PATH"
+                " for another checkout's strata)"
+            )
     if "overlay" in names and os.geteuid() != 0:
         raise UsageError("backend 'overlay' (kernel overlayfs) needs root")
-    return [b for b in BACKENDS if b.name in names]
+    return [b for b in BACKENDS if b.name in names] + others
 
 
 def _check_output_path(option: str, path: Path | None, suffix: str) -> None:
