@@ -100,7 +100,7 @@ def select_workloads(requested: list[str] | None) -> list[Workload]:
 def select_backends(requested: list[str] | None) -> list[Backend]:
     """The backends named, in the standard order; overlay asked for by a non-root user is an
     error (it cannot work), other missing programs are reported later as skipped."""
-    from .backends import BACKEND_NAMES, BACKENDS
+    from .backends import BACKEND_NAMES, BACKENDS, Backend
 
     names = _split(requested)
     if not names:
