@@ -58,6 +58,9 @@ class Backend:
     name: str
     kind: str
     description: str
+    # A `strata` command of another checkout (`--backends NAME=PATH`): strata as that checkout
+    # mounts it, for before/after figures in one run.
+    program: str | None = None
 
     def unavailable(self) -> str | None:
         """Why this backend cannot run here, or None."""
@@ -67,9 +70,11 @@ class Backend:
                 return "kernel overlayfs needs root"
             if not _kernel_has_overlay():
                 return "no overlay in /proc/filesystems (modprobe overlay)"
-        if self.name in ("fuse-overlayfs", "unionfs-fuse", "strata") and not _fuse_usable():
+        if self.kind == "union" and self.name != "overlay" and not _fuse_usable():
             return "/dev/fuse is not usable"
-        for program in _PROGRAMS.get(self.name, ()):
+        if self.program is not None and not os.access(self.program, os.X_OK):
+            return f"{self.program} is not an executable strata command"
+        for program in _PROGRAMS.get("strata" if self.program else self.name, ()):
             if shutil.which(program) is None:
                 return f"{program} not installed (apt-get install {_PACKAGES[program]})"
         if self.name == "podman" and not root:
@@ -82,7 +87,8 @@ BACKENDS: Final[tuple[Backend, ...]] = (
     Backend("overlay", "union", "kernel overlayfs"),
     Backend("fuse-overlayfs", "union", "fuse-overlayfs (C, libfuse 3)"),
     Backend("unionfs-fuse", "union", "unionfs-fuse -o cow (C, libfuse 2)"),
-    Backend("strata", "union", "strata mount (Python, pyfuse3 + trio)"),
+    Backend("strata", "union", "strata mount (Python, pyfuse3 + trio; passthrough where it can)"),
+    Backend("strata-noopen", "union", "strata mount -o passthrough=off (FUSE no-open mode)"),
     Backend("podman", "container", "podman run --rm with fuse-overlayfs (container start only)"),
 )
 BACKEND_NAMES: Final = tuple(b.name for b in BACKENDS)
@@ -92,6 +98,7 @@ _PROGRAMS: Final[dict[str, tuple[str, ...]]] = {
     "fuse-overlayfs": ("fuse-overlayfs", "fusermount3"),
     "unionfs-fuse": ("unionfs", "fusermount3"),
     "strata": ("fusermount3",),
+    "strata-noopen": ("fusermount3",),
     "podman": ("podman", "fuse-overlayfs", "runc"),
 }
 _PACKAGES: Final[dict[str, str]] = {
@@ -133,6 +140,16 @@ def mounted(backend: Backend, data: DataSet, scratch: Path) -> Iterator[Mounted]
     if backend.kind == "plain":
         yield Mounted(data.merged, None)
         return
+    with mounted_layers(backend, data.lowers, scratch) as mount:
+        yield mount
+
+
+@contextlib.contextmanager
+def mounted_layers(backend: Backend, lowers: list[Path], scratch: Path) -> Iterator[Mounted]:
+    """Mount the union `backend` over `lowers` (top first) with a fresh upper; always unmount.
+
+    `scratch` must not exist yet; it is removed afterwards (also on errors and Ctrl-C).
+    """
     if backend.kind != "union":
         raise BackendError(f"{backend.name} does not mount a union")
     upper, work, mnt = scratch / "upper", scratch / "work", scratch / "mnt"
@@ -141,12 +158,12 @@ def mounted(backend: Backend, data: DataSet, scratch: Path) -> Iterator[Mounted]
             directory.mkdir(parents=True)
         try:
             with interrupts_deferred():  # a half-done mount must not escape the unmount below
-                _mount(backend.name, data.lowers, upper, work, mnt)
+                _mount(backend, lowers, upper, work, mnt)
             _wait_for_mount(mnt)
             yield Mounted(mnt, _daemon_pid(mnt) if backend.name != "overlay" else None)
         finally:
             with interrupts_deferred():
-                _unmount(backend.name, mnt)
+                _unmount(backend, mnt)
     finally:
         with interrupts_deferred():
             remove_tree(scratch)
@@ -179,7 +196,17 @@ def interrupts_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def _mount(name: str, lowers: list[Path], upper: Path, work: Path, mnt: Path) -> None:
+def _strata(backend: Backend) -> list[str]:
+    """The strata command a strata backend mounts and unmounts with."""
+    return [backend.program] if backend.program is not None else strata_command()
+
+
+def _is_strata(backend: Backend) -> bool:
+    return backend.program is not None or backend.name in ("strata", "strata-noopen")
+
+
+def _mount(backend: Backend, lowers: list[Path], upper: Path, work: Path, mnt: Path) -> None:
+    name = backend.name
     lowerdir = ":".join(str(p) for p in lowers)
     options = f"lowerdir={lowerdir},upperdir={upper},workdir={work}"
     if name == "overlay":
@@ -191,22 +218,25 @@ def _mount(name: str, lowers: list[Path], upper: Path, work: Path, mnt: Path) ->
         # as root, what fuse-overlayfs and strata do as root; fusermount refuses them otherwise
         options = "cow,use_ino" + (",allow_other,suid,dev" if os.geteuid() == 0 else "")
         command = ["unionfs", "-o", options, branches, str(mnt)]
-    elif name == "strata":
+    elif _is_strata(backend):
         layers = [arg for p in lowers for arg in ("--lower", str(p))]
-        command = [*strata_command(), "mount", *layers, "--upper", str(upper)]
+        command = [*_strata(backend), "mount", *layers, "--upper", str(upper)]
         command += ["--work", str(work), str(mnt)]
+        if name == "strata-noopen":
+            command += ["-o", "passthrough=off"]
     else:
         raise BackendError(f"unknown backend {name}")
     _run_quietly(command, what=f"mounting {name}")
 
 
-def _unmount(name: str, mnt: Path) -> None:
+def _unmount(backend: Backend, mnt: Path) -> None:
     """Unmount our own mount point: the backend's own way, then lazily; wait for the daemon."""
+    name = backend.name
     pid = _daemon_pid(mnt) if name not in ("overlay", "plain") else None
     if name == "overlay":
         attempts = [["umount", str(mnt)], ["umount", "-l", str(mnt)]]
-    elif name == "strata":
-        attempts = [[*strata_command(), "umount", str(mnt)], ["fusermount3", "-u", "-z", str(mnt)]]
+    elif _is_strata(backend):
+        attempts = [[*_strata(backend), "umount", str(mnt)], ["fusermount3", "-u", "-z", str(mnt)]]
     else:
         attempts = [["fusermount3", "-u", str(mnt)], ["fusermount3", "-u", "-z", str(mnt)]]
     for command in attempts:

@@ -30,11 +30,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "suite",
         nargs="?",
-        choices=("registry", "network", "podman"),
+        choices=("registry", "network", "memory", "podman"),
         help="registry: pull and push of a Debian image on a local registry, against podman"
         " and skopeo (--backends strata podman skopeo, --repeat, --json, --data-dir apply);"
         " network: container start-up with no network, the default one and the host's,"
         " strata against podman (--repeat, default 20, --json, --data-dir apply);"
+        " memory: the FUSE daemon's RSS over 200k lower files walked 5 times with the caches"
+        " dropped between (--backends strata fuse-overlayfs, --repeat = walks, --quick = 20k"
+        " files, --json, --data-dir apply);"
         " podman: podman build --no-cache and run --rm over fuse-strata against fuse-overlayfs"
         " as the overlay mount_program (--backends fuse-overlayfs fuse-strata NAME=PATH,"
         " --repeat, default 3, --json, --data-dir apply)",
@@ -56,7 +59,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         action="extend",
         metavar="BACKEND",
-        help="plain, overlay, fuse-overlayfs, unionfs-fuse, strata, podman (default: all)",
+        help="plain, overlay, fuse-overlayfs, unionfs-fuse, strata, strata-noopen, podman "
+        "(default: all); NAME=PATH adds the strata command PATH of another checkout as NAME",
     )
     parser.add_argument(
         "--repeat",
@@ -99,17 +103,27 @@ def select_workloads(requested: list[str] | None) -> list[Workload]:
 def select_backends(requested: list[str] | None) -> list[Backend]:
     """The backends named, in the standard order; overlay asked for by a non-root user is an
     error (it cannot work), other missing programs are reported later as skipped."""
-    from .backends import BACKEND_NAMES, BACKENDS
+    from .backends import BACKEND_NAMES, BACKENDS, Backend
 
     names = _split(requested)
     if not names:
         return list(BACKENDS)
+    others: list[Backend] = []
     for name in names:
-        if name not in BACKEND_NAMES:
-            raise UsageError(f"unknown backend {name!r} (known: {', '.join(BACKEND_NAMES)})")
+        label, is_other, program = name.partition("=")
+        if is_other:  # NAME=PATH: the strata command of another checkout
+            if not label or label in BACKEND_NAMES or not program:
+                raise UsageError(f"backend {name!r}: expected NAME=PATH with a new NAME")
+            path = os.path.abspath(program)
+            others.append(Backend(label, "union", f"strata mount of {path}", program=path))
+        elif name not in BACKEND_NAMES:
+            raise UsageError(
+                f"unknown backend {name!r} (known: {', '.join(BACKEND_NAMES)}, or NAME=PATH"
+                " for another checkout's strata)"
+            )
     if "overlay" in names and os.geteuid() != 0:
         raise UsageError("backend 'overlay' (kernel overlayfs) needs root")
-    return [b for b in BACKENDS if b.name in names]
+    return [b for b in BACKENDS if b.name in names] + others
 
 
 def _check_output_path(option: str, path: Path | None, suffix: str) -> None:
@@ -127,6 +141,8 @@ def run_bench(args: argparse.Namespace, runner: Runner) -> int:
         return _run_registry(args)
     if args.suite == "network":
         return _run_network(args)
+    if args.suite == "memory":
+        return _run_memory(args)
     if args.suite == "podman":
         return _run_podman(args)
     workloads = select_workloads(args.only)
@@ -232,6 +248,26 @@ def _run_network(args: argparse.Namespace) -> int:
         raise UsageError(f"--repeat {repeat}: expected at least 1")
     _check_output_path("--json", args.json, ".json")
     return run_network_bench(repeat, args.data_dir.resolve(), args.json, sys.argv)
+
+
+def _run_memory(args: argparse.Namespace) -> int:
+    from .memory import BACKENDS, DEFAULT_PASSES, run_memory_bench
+
+    for option, value in (("--only", args.only), ("--plot", args.plot)):
+        if value:
+            raise UsageError(f"{option} does not apply to 'strata bench memory'")
+    passes = args.repeat if args.repeat is not None else DEFAULT_PASSES
+    if passes < 1:
+        raise UsageError(f"--repeat {passes}: expected at least 1")
+    _check_output_path("--json", args.json, ".json")
+    return run_memory_bench(
+        _split(args.backends) or list(BACKENDS),
+        quick=args.quick,
+        passes=passes,
+        data_dir=args.data_dir.resolve(),
+        json_path=args.json,
+        argv=sys.argv,
+    )
 
 
 def _run_podman(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ not retried; the rest of the run goes on. Ctrl-C unwinds through the mounts' `fi
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -32,8 +33,16 @@ from .backends import (
     strata_command,
 )
 from .data import STAMP, DataSet
-from .stats import Cell, Summary, format_seconds, format_table, speed_factor, summarize
-from .workloads import Workload
+from .stats import (
+    Cell,
+    Summary,
+    format_seconds,
+    format_table,
+    format_value,
+    speed_factor,
+    summarize,
+)
+from .workloads import PAGE_CACHE_MOUNTS, Workload
 
 REPO: Final = Path(__file__).resolve().parent.parent
 PODMAN_RUN_FLAGS: Final = (
@@ -125,7 +134,7 @@ def _sample(
     cpu_text = f", daemon cpu {format_seconds(cpu)}" if cpu is not None else ""
     print(
         f"  [{index + 1}/{plan.repeat}] {workload.id:16} {backend.name:15} "
-        f"{format_seconds(seconds)}{cpu_text}",
+        f"{format_value(seconds, workload.unit)}{cpu_text}",
         file=progress,
         flush=True,
     )
@@ -141,6 +150,8 @@ def _why_not(workload: Workload, backend: Backend, data: DataSet) -> tuple[str, 
         return "skipped", reason
     if workload.kind == "container" and backend.name not in ("strata", "podman"):
         return "n/a", "no container runtime runs on this backend"
+    if workload.kind == "pagecache" and backend.kind == "plain":
+        return "n/a", "no mounts to share a page cache"
     if workload.kind != "container" and backend.kind == "container":
         return "n/a", "reference for container start-up only"
     return None
@@ -158,6 +169,8 @@ def _measure(workload: Workload, backend: Backend, plan: Plan) -> tuple[float, f
             _run_checked(command)
             return time.perf_counter() - started, None
     scratch = plan.scratch / f"{backend.name}-{os.getpid()}-{time.monotonic_ns()}"
+    if workload.kind == "pagecache":
+        return _page_cache_growth(workload, backend, plan, scratch), None
     plain_undo = backend.kind == "plain" and workload.undo is not None
     stamp = plan.data.root / STAMP
     if plain_undo:  # an interrupted run leaves the plain copy changed: make the data rebuild
@@ -193,6 +206,32 @@ def _timed_run(workload: Workload, mount: Mounted, data: DataSet) -> tuple[float
     if cpu_before is None or cpu_after is None:
         return elapsed, None
     return elapsed, cpu_after - cpu_before
+
+
+def _page_cache_growth(workload: Workload, backend: Backend, plan: Plan, scratch: Path) -> float:
+    """MiB the page cache grows by while `workload.run` reads through each of
+    PAGE_CACHE_MOUNTS mounts of `backend` over the same layers (containers of one image): the
+    layer file's size once where mounts share the lower file's cache (kernel overlayfs, FUSE
+    passthrough), once more per mount where each FUSE mount caches its own copy."""
+    with contextlib.ExitStack() as stack:
+        roots = [
+            stack.enter_context(mounted(backend, plan.data, scratch / str(n))).root
+            for n in range(PAGE_CACHE_MOUNTS)
+        ]
+        drop_caches()
+        before = _cached_bytes()
+        for root in roots:
+            workload.run(root, plan.data)
+        return (_cached_bytes() - before) / (1 << 20)
+
+
+def _cached_bytes() -> int:
+    """Cached in /proc/meminfo (page cache, shmem included), in bytes."""
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        for line in meminfo:
+            if line.startswith("Cached:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no Cached line in /proc/meminfo")
 
 
 def drop_caches() -> None:
@@ -348,12 +387,15 @@ def absolute_notes(results: Sequence[Result], workloads: Sequence[Workload]) -> 
 def table(results: Sequence[Result], workloads: Sequence[Workload], backends: Sequence[str]) -> str:
     """The terminal table, the daemon CPU table and the reasons for empty cells."""
     factor = ratios(results, workloads)
+    units = {w.id: w.unit for w in workloads}
     cells: dict[tuple[str, str], Cell] = {}
     reasons: dict[str, str] = {}
     for r in results:
         summary = r.summary()
         if summary is not None:
-            cells[(r.workload, r.backend)] = Cell(summary, factor.get((r.workload, r.backend)))
+            cells[(r.workload, r.backend)] = Cell(
+                summary, factor.get((r.workload, r.backend)), unit=units[r.workload]
+            )
         else:
             cells[(r.workload, r.backend)] = Cell(note=r.status)
             if r.status in ("skipped", "failed"):
@@ -429,7 +471,7 @@ def report(
             for b in plan.backends
         ],
         "workloads": [
-            {"id": w.id, "title": w.title, "how": w.how, "baseline": w.baseline}
+            {"id": w.id, "title": w.title, "how": w.how, "baseline": w.baseline, "unit": w.unit}
             for w in plan.workloads
         ],
         "results": rows,

@@ -18,6 +18,7 @@ COLOURS: Final[dict[str, str]] = {
     "fuse-overlayfs": "#1f77b4",
     "unionfs-fuse": "#ff7f0e",
     "strata": "#2ca02c",
+    "strata-noopen": "#98df8a",
     "podman": "#9467bd",
 }
 

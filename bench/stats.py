@@ -71,6 +71,11 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:.1f}s"
 
 
+def format_value(value: float, unit: str) -> str:
+    """A sample in its unit: seconds as `format_seconds`, anything else as `123 MiB`."""
+    return format_seconds(value) if unit == "s" else f"{value:.0f} {unit}"
+
+
 def format_ratio(ratio: float | None) -> str:
     """A speed factor with two significant-ish digits: 0.034x, 0.82x, 1.3x, 140x."""
     if ratio is None or not math.isfinite(ratio):
@@ -89,13 +94,15 @@ class Cell:
     summary: Summary | None = None
     ratio: float | None = None
     note: str = ""
+    unit: str = "s"
 
     def text(self) -> str:
         """`1.23s ±4% 0.82x` (± half the spread, relative to the median), or the note
         (`skipped`, `n/a`, `failed`)."""
         if self.summary is None:
             return self.note or "-"
-        text = f"{format_seconds(self.summary.median)} ±{relative_spread(self.summary):.0f}%"
+        median = format_value(self.summary.median, self.unit)
+        text = f"{median} ±{relative_spread(self.summary):.0f}%"
         if self.ratio is not None:
             text += f" {format_ratio(self.ratio)}"
         return text

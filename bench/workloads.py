@@ -37,6 +37,8 @@ from .data import BIG_FILE, BIG_MODE, RM_TREE, UNTAR_DEST, DataSet, copy_tree
 READ_CHUNK: Final = 1 << 20
 COMMAND_TIMEOUT: Final = 900.0  # seconds; the slowest full-data command takes about 30
 PAGE: Final = 4096
+# Mounts of one image in the page-cache row: containers sharing a base image.
+PAGE_CACHE_MOUNTS: Final = 4
 
 Action = Callable[[Path, DataSet], None]
 
@@ -59,6 +61,9 @@ class Workload:
     undo: Action | None = None
     warmup: Action | None = None  # what "warm" runs untimed, when not `run` itself
     baseline: str = "overlay"
+    # What a sample is: "s" (seconds, the time of `run`) or "MiB" (kind "pagecache": how much
+    # the page cache grew). Either way lower is better and the factor is baseline / backend.
+    unit: str = "s"
 
     def unavailable(self, data: DataSet, *, root: bool) -> str | None:
         """Why this workload cannot run here at all, or None."""
@@ -66,6 +71,8 @@ class Workload:
             return "cold unavailable: dropping caches needs root"
         if self.chroot and not root:
             return "chroot needs root"
+        if self.kind == "pagecache" and not root:
+            return "measuring the page cache needs root (drop_caches)"
         if self.kind == "container" and not root:
             return "strata run here needs root"
         if self.needs_python and not data.has_python:
@@ -349,6 +356,15 @@ WORKLOADS: Final[tuple[Workload, ...]] = (
         "the same, after one untimed tar on the same mount",
         tar_usr,
         warm=True,
+    ),
+    Workload(
+        "page-cache",
+        f"page cache for {PAGE_CACHE_MOUNTS} containers of one image",
+        f"growth of Cached in /proc/meminfo while the big file is read through each of "
+        f"{PAGE_CACHE_MOUNTS} mounts over the same layers (fresh uppers), after drop_caches",
+        read_big_file,
+        kind="pagecache",
+        unit="MiB",
     ),
     Workload(
         "container-start",

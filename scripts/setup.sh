@@ -36,11 +36,12 @@ done
 # (nft) masquerades the bridge network's traffic out of the host (runtime/network.py); passt
 # (pasta) and slirp4netns serve rootless containers' networks (runtime/usernet.py; no service);
 # dnsmasq-base is the DNS tests' outside resolver and loopback stub (tests/runtime/test_dns.py;
-# the bare binary: unlike the dnsmasq package, it starts no service).
+# the bare binary: unlike the dnsmasq package, it starts no service); dpkg-dev (dpkg-source),
+# meson and ninja-build build libfuse 3.17 from Debian's source package for the patched pyfuse3.
 packages=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc busybox-static attr acl
           fuse-overlayfs unionfs-fuse mmdebstrap uidmap iproute2 patch podman runc libseccomp2
           strace skopeo nftables dnsmasq-base passt
-          slirp4netns)
+          slirp4netns dpkg-dev meson ninja-build)
 
 # The system interpreter on purpose: PATH may hold a pyenv or similar python that other users
 # cannot read.
@@ -112,9 +113,54 @@ make_venv() {  # VENV: (re)create it unless it has the wanted python
 # built wheel is kept in a cache keyed by the patches (none for stock), pyfuse3 version, python
 # and libfuse, so a fresh venv only installs it; nothing runs when the venv's pyfuse3 version
 # (3.5.0+strata.pKEY, or 3.5.0 for stock) is the wanted one.
+# The patched pyfuse3 links libfuse >= 3.17 statically (FUSE passthrough: fuse_file_info's
+# backing_id, FUSE_CAP_PASSTHROUGH; Debian 12 has 3.14). It is built from the fuse3 source package
+# of Debian trixie, fetched by apt with a sources list of its own (the machine's apt configuration
+# is untouched) and so checked against the signed Sources index, into a private prefix in the
+# cache: only the library, static and position-independent, no utilities (mounting as a user
+# still runs Debian's fusermount3 from PATH; no symbol versions, which only a shared library
+# needs and which a static link into pyfuse3 cannot resolve). Nothing is rebuilt while the prefix holds a build.
+libfuse_suite=trixie
+libfuse_cache=${XDG_CACHE_HOME:-$HOME/.cache}/strata/libfuse-$libfuse_suite
+build_libfuse() {  # -> $libfuse_cache/prefix with lib/libfuse3.a and lib/pkgconfig/fuse3.pc
+    local work=$libfuse_cache/work apt_opts
+    rm -rf "$work" "$libfuse_cache/prefix"
+    mkdir -p "$work/lists/partial" "$work/src"
+    chmod 755 "$work/src"  # apt's _apt user downloads into it
+    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]" \
+        "http://deb.debian.org/debian $libfuse_suite main" >"$work/sources.list"
+    apt_opts=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
+              -o "Dir::State::Lists=$work/lists" -o Debug::NoLocking=1)
+    apt-get -qq "${apt_opts[@]}" update &&
+        (cd "$work/src" && apt-get -qq "${apt_opts[@]}" source --download-only "fuse3/$libfuse_suite") &&
+        dpkg-source -x "$work"/src/fuse3_*.dsc "$work/fuse3" &&
+        meson setup "$work/build" "$work/fuse3" --prefix="$libfuse_cache/prefix" --libdir=lib \
+            --buildtype=release -Ddefault_library=static -Db_staticpic=true -Dutils=false \
+            -Dexamples=false -Dtests=false -Dinitscriptdir= -Duseroot=false \
+            -Ddisable-libc-symbol-version=true &&
+        ninja -C "$work/build" && meson install -C "$work/build" &&
+        # the archive by its path: setuptools puts the system's library directory, where
+        # Debian's libfuse3.so (3.14) lives, before pkg-config's -L, and -lfuse3 would find it
+        sed -i 's|-lfuse3|${libdir}/libfuse3.a|' "$libfuse_cache/prefix/lib/pkgconfig/fuse3.pc" &&
+        rm -rf "$work"
+}
+if [[ ! -f $libfuse_cache/prefix/lib/libfuse3.a ]]; then
+    step "libfuse: building fuse3 from Debian $libfuse_suite's source package"
+    log=$(mktemp)
+    if ! build_libfuse >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        die "building libfuse from Debian $libfuse_suite's fuse3 source package failed"
+    fi
+    rm -f "$log"
+fi
+libfuse_pc=$libfuse_cache/prefix/lib/pkgconfig
+libfuse_version=$(PKG_CONFIG_PATH=$libfuse_pc pkg-config --modversion fuse3)
+step "libfuse: $libfuse_version (static, $libfuse_cache/prefix) for the patched pyfuse3"
+
 pyfuse3_version=3.5.0
 patch_dir=$repo/scripts/pyfuse3
-pf_base="pyfuse3 $pyfuse3_version python $want_version fuse3 $(pkg-config --modversion fuse3)"
+pf_base="pyfuse3 $pyfuse3_version python $want_version"
 
 build_pyfuse3() {  # VENV CACHE VERSION [PATCH...] -> a wheel in CACHE; prints pip's, patch's output
     local venv=$1 cache=$2 version=$3 build rc=0 p
@@ -140,10 +186,11 @@ install_pyfuse3() {  # VENV patched|stock
     local patches=()
     if [[ $kind == patched ]]; then
         patches=("$patch_dir"/*.patch)
-        key=$( { echo "$pf_base"; cat "${patches[@]}"; } | sha256sum | cut -c1-12)
+        key=$( { echo "$pf_base fuse3 $libfuse_version"; cat "${patches[@]}"; } | sha256sum |
+            cut -c1-12)
         want=$pyfuse3_version+strata.p$key
     else
-        key=stock-$(echo "$pf_base" | sha256sum | cut -c1-12)
+        key=stock-$(echo "$pf_base fuse3 $(pkg-config --modversion fuse3)" | sha256sum | cut -c1-12)
         want=$pyfuse3_version
     fi
     cache=${XDG_CACHE_HOME:-$HOME/.cache}/strata/pyfuse3-$key
@@ -156,7 +203,9 @@ install_pyfuse3() {  # VENV patched|stock
     log=$(mktemp)
     if ! compgen -G "$cache/pyfuse3-*.whl" >/dev/null; then
         step "pyfuse3: building $want ($kind${patches:+: $(cd "$patch_dir" && echo *.patch)})"
-        if ! build_pyfuse3 "$venv" "$cache" "$want" "${patches[@]}" >"$log" 2>&1; then
+        # the patched build compiles against, and links, the private libfuse
+        if ! PKG_CONFIG_PATH=${patches:+$libfuse_pc} \
+            build_pyfuse3 "$venv" "$cache" "$want" "${patches[@]}" >"$log" 2>&1; then
             cat "$log" >&2
             rm -rf "$log" "$cache"
             die "building the $kind pyfuse3 failed"

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The README's second command: set up (scripts/setup.sh), then lint (ruff), type-check (mypy) and
-# run the tests (pytest) with the patched pyfuse3 in .venv, then all of them once more in
-# .venv-stock, over the stock pyfuse3 3.5.0 from PyPI (what `pip install strata`
-# gives; FUSE's open mode, no listing cache, no spin). Arguments go to pytest:
-# `scripts/test.sh --run-slow` adds the slow tests, `scripts/test.sh tests/unionfs -x` runs a subset
-# (and skips the stock pass). Every check runs; the exit status is non-zero if any of them failed.
+# run the tests (pytest) with the patched pyfuse3 in .venv, then the union's own tests once more
+# in each other FUSE mode: no-open (.venv, STRATA_PASSTHROUGH=off) and the stock pyfuse3 3.5.0
+# from PyPI in .venv-stock (what `pip install strata` gives; FUSE's open mode, no listing cache,
+# no spin). Arguments go to pytest: `scripts/test.sh --run-slow` adds the slow tests,
+# `scripts/test.sh tests/unionfs -x` runs a subset (and skips the other modes). Every check runs;
+# the exit status is non-zero if any of them failed.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -55,20 +56,21 @@ if ((only_options)) && ((EUID == 0)); then
         echo "pytest as nobody: skipped (nobody cannot read $repo)"
     fi
 fi
-# With the stock pyfuse3 (what `pip install strata` users get): the whole suite once more, but
-# the container-network tests (bridges, nft, DNS, pasta: ~2 minutes, nothing of the union that the
-# other runtime tests do not run). Tests that need a patched feature skip or xfail with the
-# feature's name. STOCK_TESTS narrows it.
-stock_tests=(${STOCK_TESTS:-})
-if ((${#stock_tests[@]} == 0)); then
-    for network_tests in tests/runtime/test_network_nat.py tests/runtime/test_network_modes.py \
-        tests/runtime/test_ports.py tests/runtime/test_dns.py tests/runtime/test_dns_server.py \
-        tests/runtime/test_user_networks.py tests/runtime/test_rootless_net.py; do
-        stock_tests+=("--ignore=$network_tests")
-    done
+# The union in its other FUSE modes, on the tests that mount it directly (the union's own,
+# the differential and property tests against kernel overlayfs, the POSIX suite): the runtime
+# and image tests above already ran their containers over it. As root the pass above ran in
+# passthrough mode (FUSE passthrough, the default where the kernel allows it); this one runs the
+# patched pyfuse3's no-open mode (rootless mounts' mode, `-o passthrough=off`), and the next one
+# the stock pyfuse3 (what `pip install strata` gives: FUSE's open mode, no listing cache, no
+# spin), where tests that need a patched feature skip or xfail with the feature's name.
+# MODE_TESTS narrows both.
+mode_tests=(${MODE_TESTS:-tests/fuse tests/model tests/unionfs})
+if ((only_options)) && ((EUID == 0)); then
+    check "pytest, no-open mode" env STRATA_PASSTHROUGH=off "$venv/bin/pytest" -q "$@" \
+        "${mode_tests[@]}"
 fi
 if ((only_options)); then
-    check "pytest, stock pyfuse3" "$venv_stock/bin/pytest" -q "$@" "${stock_tests[@]}"
+    check "pytest, stock pyfuse3" "$venv_stock/bin/pytest" -q "$@" "${mode_tests[@]}"
 fi
 echo
 if ((${#failed[@]})); then

@@ -80,13 +80,22 @@ def node_stat(fs: UnionFS, node: Node) -> os.stat_result:
 
 
 def node_attr(fs: UnionFS, node: Node) -> Attr:
-    """The attributes the kernel sees; cached for objects only in lower layers, which cannot
-    change until they are copied up or lose a name (both drop the cache)."""
-    if node.attr is not None and not node.upper:
-        return node.attr
+    """The attributes the kernel sees. Those of objects only in lower layers cannot change until
+    they are copied up or lose a name, so recently used ones are kept (`InodeTable.attrs`, a
+    bounded hot set: a readdir's entries, then the kernel's lookups of them).
+
+    A lower file keeps neither its stat_result nor its Attr for as long as the kernel holds
+    it: the two were ~900 bytes per file (issue 16), and the kernel keeps the attributes it was
+    given for `ops.TIMEOUT` anyway. A miss stats the lower file again (one fstatat)."""
+    if not node.upper:
+        cached = fs.inodes.attrs.get(node)
+        if cached is not None:
+            return cached
     attr = make_attr(fs, node, node_stat(fs, node))
     if not node.upper and node.links:
-        node.attr = attr
+        fs.inodes.cache_attr(node, attr)
+        if isinstance(node, FileNode):
+            node.lower_st = None
     return attr
 
 
@@ -142,21 +151,42 @@ def make_attr(fs: UnionFS, node: Node, st: os.stat_result) -> Attr:
             src = None  # missing data: opening fails with EIO, attributes stay readable
         if src is not None:
             blocks = src.st.st_blocks
+    mtime = st.st_mtime_ns
+    atime = mtime if st.st_atime_ns == mtime else st.st_atime_ns
+    ctime = (
+        mtime if st.st_ctime_ns == mtime else atime if st.st_ctime_ns == atime else st.st_ctime_ns
+    )
     return Attr(
         nodeid=node.nodeid,
-        mode=st.st_mode,
+        mode=_shared(st.st_mode),
         nlink=nlink,
-        uid=uid,
-        gid=gid,
+        uid=_shared(uid),
+        gid=_shared(gid),
         rdev=st.st_rdev,
         size=st.st_size,
         blocks=blocks,
-        blksize=st.st_blksize,
-        atime_ns=st.st_atime_ns,
-        mtime_ns=st.st_mtime_ns,
-        ctime_ns=st.st_ctime_ns,
+        blksize=_shared(st.st_blksize),
+        atime_ns=atime,
+        mtime_ns=mtime,
+        ctime_ns=ctime,
         generation=node.generation,
     )
+
+
+# One int object per value of the fields that take few values (modes, ids, block sizes), and
+# one for equal timestamps: each int a stat returns is a new 28-36 byte object, and a lower
+# file's Attr lives as long as the kernel holds the file (issue 16: ~130 bytes a node).
+_SHARED_MAX = 4096
+_shared_ints: dict[int, int] = {}
+
+
+def _shared(value: int) -> int:
+    known = _shared_ints.get(value)
+    if known is not None:
+        return known
+    if len(_shared_ints) < _SHARED_MAX:
+        _shared_ints[value] = value
+    return value
 
 
 def disk_ids(fs: UnionFS, uid: int, gid: int) -> tuple[int, int]:

@@ -66,6 +66,20 @@ class UnionConfig:
 DEFAULT_SPIN_US: Final = 100
 
 
+class Passthrough(enum.Enum):
+    """FUSE passthrough (`passthrough=` mount option): the kernel reads, writes and maps regular
+    files straight from the layer file, so all mounts over a layer share its page cache.
+
+    AUTO uses it when it can (the patched pyfuse3 with libfuse 3.17, a kernel that offers it,
+    CAP_SYS_ADMIN in the initial user namespace) and otherwise serves as without it; ON refuses
+    to mount where it cannot; OFF keeps FUSE's no-open mode, where opening a file sends no
+    request (see ops.py)."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
 @dataclass(frozen=True, slots=True)
 class MountOptions:
     """Options for the kernel mount only; they do not change what the core does."""
@@ -80,6 +94,7 @@ class MountOptions:
     # (the patched pyfuse3's set_spin; 0: never). Waking a sleeping daemon for the next request
     # costs as much as serving it on a VM; the poll is skipped while requests come further apart.
     spin_us: int = DEFAULT_SPIN_US
+    passthrough: Passthrough = Passthrough.AUTO
 
 
 def _check_dir(path: Path, what: str) -> Path:

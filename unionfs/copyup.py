@@ -323,12 +323,11 @@ def rename_into_place(fs: UnionFS, tmp: bytes, parent: DirNode, name: bytes) -> 
 
 async def copy_up_hardlinked(fs: UnionFS, node: FileNode, *, data: bool) -> None:
     """Copy up a multiply-linked lower file once and link every visible name to the copy."""
+    st = attrs.node_stat(fs, node)  # of the lower file (taken before it has an upper copy)
     await copy_up_one(fs, node, data=data)
     parent = node.parent
     assert parent is not None
     layer = node.lower
-    st = attrs.node_stat(fs, node) if node.lower_st is None else node.lower_st
-    assert isinstance(st, os.stat_result)
     index = fs.layers.hardlinks(layer, fs.work.cache_fd)
     group = index.get(st.st_ino, [])
     for path in group:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import trio
 
-from . import _sys, attrs, dirops, fileio, readdir, writes, xattrs
+from . import _sys, attrs, dirops, fileio, libc, readdir, writes, xattrs
 from . import rename as renames
 from .attrs import Attr
 from .config import UnionConfig
@@ -40,6 +40,10 @@ from .lookup import lookup_node
 from .workdir import WorkDir
 
 log = logging.getLogger(__name__)
+
+# Nodes dropped between two malloc_trim calls: a batch the kernel forgot at once, not the
+# steady trickle of a working mount (a trim walks the whole heap).
+TRIM_AFTER_DROPS = 8192
 
 
 class UnionFS:
@@ -71,6 +75,7 @@ class UnionFS:
         self.fd_lru: dict[FileNode, None] = {}
         self.inodes.on_drop = self._drop_fd
         self.copy_limiter = trio.CapacityLimiter(2)
+        self._dropped_since_trim = 0  # nodes dropped since the last malloc_trim
         # Learnt while serving: the kernel may refuse to link whiteouts or RENAME_WHITEOUT.
         self.share_whiteouts = True
         self.can_rename_whiteout = self.work.tmp_fd >= 0 and not self.work.whiteout_wh
@@ -80,7 +85,7 @@ class UnionFS:
         root = DirNode(
             nodeid=ROOT,
             kind=stat.S_IFDIR,
-            links=[],
+            links=(),
             upper=not self.read_only,
             lower=1,
             lowers=tuple(range(1, len(self.layers.root_fds))),
@@ -139,6 +144,18 @@ class UnionFS:
         fd = fileio.io_fd(self, self.inodes.get(nodeid), write=False)
         return os.pread(fd, size, offset)
 
+    def data_fd(self, nodeid: int, *, write: bool) -> int:
+        """The fd a regular file's reads (and with `write`, writes) go to, owned by the node
+        (fileio.io_fd): what FUSE passthrough hands the kernel as the backing file. For
+        `write` the caller has copied the file up (an open for writing does)."""
+        return fileio.io_fd(self, self.inodes.get(nodeid), write=write)
+
+    def data_in_upper(self, nodeid: int) -> bool:
+        """Whether the node's data is in its own upper file, so that writing it copies
+        nothing up and moves no data (a metacopy file's data is still below)."""
+        node = self.inodes.get(nodeid)
+        return node.upper and not (isinstance(node, FileNode) and node.redirect is not None)
+
     # ------------------------------------------------------------------ lookup counts
 
     def remember(self, nodeid: int) -> None:
@@ -146,6 +163,7 @@ class UnionFS:
         self.inodes.get(nodeid).lookups += 1
 
     def forget(self, items: list[tuple[int, int]]) -> None:
+        before = len(self.inodes.nodes)
         for nodeid, count in items:
             node = self.inodes.nodes.get(InodeNo(nodeid))
             if node is None:
@@ -154,6 +172,13 @@ class UnionFS:
             if node.nodeid not in self.inodes.nodes:
                 for layer in range(len(self.layers.root_fds)):
                     self.layers.fds.drop((node.nodeid, layer))
+        self._dropped_since_trim += before - len(self.inodes.nodes)
+        if self._dropped_since_trim >= TRIM_AFTER_DROPS:
+            # The kernel let go of many nodes at once (memory pressure, drop_caches): hand the
+            # heap memory they used back, or RSS stays at its peak (malloc keeps it for reuse).
+            self._dropped_since_trim = 0
+            self.inodes.compact()
+            libc.malloc_trim()
 
     # ------------------------------------------------------------------ the other entry points
 

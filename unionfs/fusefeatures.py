@@ -60,6 +60,13 @@ class FuseFeatures:
     one request after another on a VM. `mount.py` sets the `spin=US` mount option through it;
     without it the option is accepted and does nothing."""
 
+    passthrough: bool = False
+    """`pyfuse3.backing_open(fd)`/`backing_close(id)`, `FileInfo.backing_id` and the PASSTHROUGH
+    capability (pyfuse3 built against libfuse >= 3.17): an open may hand the kernel a layer file
+    to read, write and map itself (FOPEN_PASSTHROUGH, kernel >= 6.9), so the page cache is the
+    layer file's, shared by every mount over that layer. `ops.py` uses it per the `passthrough=`
+    mount option; without it every mount caches its own copy of what it reads."""
+
     @property
     def patched(self) -> bool:
         """Any of the features: the build `scripts/setup.sh` makes, not the stock release."""
@@ -71,6 +78,7 @@ class FuseFeatures:
                 self.no_open,
                 self.nonblocking_loop,
                 self.spin,
+                self.passthrough,
             )
         )
 
@@ -85,6 +93,7 @@ class FuseFeatures:
                 ("no_open", self.no_open),
                 ("nonblocking_loop", self.nonblocking_loop),
                 ("spin", self.spin),
+                ("passthrough", self.passthrough),
             )
             if present
         ]
@@ -102,4 +111,8 @@ def probe(pyfuse3: ModuleType) -> FuseFeatures:
         no_open="no_open" in behaviour,
         nonblocking_loop="nonblocking_loop" in behaviour,
         spin=callable(getattr(pyfuse3, "set_spin", None)),
+        passthrough=callable(getattr(pyfuse3, "backing_open", None))
+        and "PASSTHROUGH" in getattr(pyfuse3, "FUSE_CAPS", {})
+        and file_info is not None
+        and hasattr(file_info(), "backing_id"),
     )

@@ -62,6 +62,31 @@ class LowerEntry:
     is_dir: bool
 
 
+@dataclass(slots=True)
+class _Rare:
+    """The fields of a node that most nodes never set, kept out of the node itself: a slot is
+    8 bytes on every node the kernel holds (issue 16), this object exists on the few that
+    need one. Read and written through the node's properties of the same names."""
+
+    generation: int = 0  # > 0: the node id was reused for a new object (inodes.add)
+    lower_st: os.stat_result | None = None
+    lock: trio.Lock | None = None
+    fd_writable: bool = False
+    fd_pinned: bool = False  # the file's last name went while the kernel held it: keep the fd
+    nlink_extra: int = 0  # copied-up hard link: group names left in lower layers (still counted)
+    # Metacopy (unionfs/metacopy.py): the path recorded in the marker of the file the union serves
+    # (the upper one if `upper`, else the one in `lower`), None for a file that holds its data;
+    # and where that data was found (indexed from the layer below).
+    redirect: bytes | None = None
+    data_src: DataSource | None = None
+    # Of a metacopy file whose last name went while the kernel held it: its fd is on the data
+    # below, whose metadata is not the file's.
+    unlinked_st: os.stat_result | None = None
+
+
+_NO_RARE: Final = _Rare()
+
+
 @dataclass(eq=False, slots=True)
 class BaseNode:
     """One union object the kernel (or a union operation in progress) holds a reference to.
@@ -72,21 +97,51 @@ class BaseNode:
 
     nodeid: InodeNo  # == st_ino
     kind: int  # stat.S_IFMT bits
-    links: list[tuple[DirNode, bytes]]  # (parent, name) pairs; empty once unlinked; root has none
+    # (parent, name) pairs; empty once unlinked; root has none. A tuple: most nodes keep one
+    # name for life, and a 1-tuple is 40 bytes smaller than a list holding one pair.
+    links: tuple[tuple[DirNode, bytes], ...]
     upper: bool  # the object exists in the upper layer at its names
     lower: int  # lower layer holding it (non-dirs) or its top lower layer (dirs); 0 = none
     lookups: int = 0
-    generation: int = 0
-    lower_st: os.stat_result | None = None  # of the lower object (immutable, so cached)
-    attr: Attr | None = None  # of a lower-only object (immutable until copy-up or unlink)
-    _lock: trio.Lock | None = None
+    # What few nodes ever have (see `_Rare`), made at the first write of such a field.
+    _rare: _Rare | None = None
 
     @property
     def lock(self) -> trio.Lock:
         """Serialises copy-up of this node (created lazily: most nodes never need it)."""
-        if self._lock is None:
-            self._lock = trio.Lock()
-        return self._lock
+        rare = self._rare_fields()
+        if rare.lock is None:
+            rare.lock = trio.Lock()
+        return rare.lock
+
+    def _rare_fields(self) -> _Rare:
+        if self._rare is None:
+            self._rare = _Rare()
+        return self._rare
+
+    @property
+    def generation(self) -> int:
+        return 0 if self._rare is None else self._rare.generation
+
+    @generation.setter
+    def generation(self, value: int) -> None:
+        if value or self._rare is not None:
+            self._rare_fields().generation = value
+
+    @property
+    def lower_st(self) -> os.stat_result | None:
+        """Stat of the lower object (immutable, so cached; a lower file drops it once its
+        attributes are known, see attrs.node_attr)."""
+        return None if self._rare is None else self._rare.lower_st
+
+    @lower_st.setter
+    def lower_st(self, value: os.stat_result | None) -> None:
+        if value is not None:
+            self._rare_fields().lower_st = value
+        elif self._rare is not None:
+            self._rare.lower_st = None
+            if self._rare == _NO_RARE:  # what every lower file comes to (attrs.node_attr)
+                self._rare = None
 
     @property
     def parent(self) -> DirNode | None:
@@ -115,27 +170,80 @@ class FileNode(BaseNode):
     # The fd reads and writes use (see fileio.io_fd), -1 if none. Cached per node rather than
     # per open: in FUSE's no-open mode the kernel sends no open/release at all.
     fd: int = -1
-    fd_writable: bool = False
-    fd_pinned: bool = False  # the file's last name went while the kernel held it: keep the fd
-    nlink_extra: int = 0  # copied-up hard link: group names left in lower layers (still counted)
-    # Metacopy (unionfs/metacopy.py): the path recorded in the marker of the file the union serves
-    # (the upper one if `upper`, else the one in `lower`), None for a file that holds its data;
-    # and where that data was found (indexed from the layer below).
-    redirect: bytes | None = None
-    data_src: DataSource | None = None
-    # Of a metacopy file whose last name went while the kernel held it: its fd is on the data
-    # below, whose metadata is not the file's.
-    unlinked_st: os.stat_result | None = None
+    # fd_writable, fd_pinned, nlink_extra, redirect, data_src, unlinked_st: see `_Rare`.
+
+    @property
+    def fd_writable(self) -> bool:
+        return self._rare is not None and self._rare.fd_writable
+
+    @fd_writable.setter
+    def fd_writable(self, value: bool) -> None:
+        if value or self._rare is not None:
+            self._rare_fields().fd_writable = value
+
+    @property
+    def fd_pinned(self) -> bool:
+        return self._rare is not None and self._rare.fd_pinned
+
+    @fd_pinned.setter
+    def fd_pinned(self, value: bool) -> None:
+        if value or self._rare is not None:
+            self._rare_fields().fd_pinned = value
+
+    @property
+    def nlink_extra(self) -> int:
+        return 0 if self._rare is None else self._rare.nlink_extra
+
+    @nlink_extra.setter
+    def nlink_extra(self, value: int) -> None:
+        if value or self._rare is not None:
+            self._rare_fields().nlink_extra = value
+
+    @property
+    def redirect(self) -> bytes | None:
+        return None if self._rare is None else self._rare.redirect
+
+    @redirect.setter
+    def redirect(self, value: bytes | None) -> None:
+        if value is not None or self._rare is not None:
+            self._rare_fields().redirect = value
+
+    @property
+    def data_src(self) -> DataSource | None:
+        return None if self._rare is None else self._rare.data_src
+
+    @data_src.setter
+    def data_src(self, value: DataSource | None) -> None:
+        if value is not None or self._rare is not None:
+            self._rare_fields().data_src = value
+
+    @property
+    def unlinked_st(self) -> os.stat_result | None:
+        return None if self._rare is None else self._rare.unlinked_st
+
+    @unlinked_st.setter
+    def unlinked_st(self, value: os.stat_result | None) -> None:
+        if value is not None or self._rare is not None:
+            self._rare_fields().unlinked_st = value
 
 
 Node: TypeAlias = DirNode | FileNode
 
 
+# Attributes of lower-only objects kept at once (`InodeTable.attrs`): the hot set (a readdir's
+# entries, then the kernel's lookups of them), not one Attr per node the kernel holds, which
+# was ~250 bytes a node (issue 16).
+ATTR_CACHE_MAX: Final = 16384
+
+
 class InodeTable:
-    """Node id (= st_ino) -> node, names, lookup counts."""
+    """Node id (= st_ino) -> node, names, lookup counts; the attributes of recently used
+    lower-only nodes (`attrs`, see attrs.node_attr)."""
 
     def __init__(self) -> None:
         self.nodes: dict[InodeNo, Node] = {}
+        # Valid until the object is copied up (then not consulted) or loses a name (`unlink`).
+        self.attrs: dict[Node, Attr] = {}
         # Called with a node that leaves the table (forgotten or superseded): close its fd.
         self.on_drop: Callable[[Node], None] | None = None
 
@@ -145,10 +253,21 @@ class InodeTable:
         if old is not None and old is not node:
             node.generation = old.generation + 1
             node.lookups += old.lookups  # the kernel's references are to the number
-            old.links = []  # no name leads to the old object any more
+            old.links = ()  # no name leads to the old object any more
             if self.on_drop is not None:
                 self.on_drop(old)  # the kernel fails I/O on the old one (new generation)
         self.nodes[node.nodeid] = node
+
+    def compact(self) -> None:
+        """Copy the id table after many nodes left it: a dict never shrinks on deletion, and
+        this one held ~25 bytes for every node the kernel once had."""
+        self.nodes = dict(self.nodes)
+
+    def cache_attr(self, node: Node, attr: Attr) -> None:
+        """Keep `attr` of lower-only `node` (emptied when full: cheaper than an LRU)."""
+        if len(self.attrs) >= ATTR_CACHE_MAX:
+            self.attrs.clear()
+        self.attrs[node] = attr
 
     def get(self, nodeid: int) -> Node:
         node = self.nodes.get(InodeNo(nodeid))
@@ -173,13 +292,13 @@ class InodeTable:
             if p is parent and n == name:
                 break
         else:
-            node.links.append((parent, name))
+            node.links = (*node.links, (parent, name))
         parent.children[name] = node
 
     def unlink(self, node: Node, parent: DirNode, name: bytes) -> None:
         """Forget that `name` in `parent` is `node` (after unlink, rename-over, rmdir)."""
-        node.links = [(p, n) for p, n in node.links if not (p is parent and n == name)]
-        node.attr = None
+        node.links = tuple((p, n) for p, n in node.links if not (p is parent and n == name))
+        self.attrs.pop(node, None)
         if parent.children.get(name) is node:
             del parent.children[name]
 
@@ -198,6 +317,7 @@ class InodeTable:
                 return  # still reachable by name from a child
         if self.nodes.get(node.nodeid) is node:
             del self.nodes[node.nodeid]
+        self.attrs.pop(node, None)
         if self.on_drop is not None:
             self.on_drop(node)
         for parent, name in node.links:

@@ -1,8 +1,9 @@
 """Layer-relative, no-follow access to layer directories, and what is cached about lower layers.
 
-Lower layers are immutable while mounted, so a directory of a lower layer is listed once
-(`Listing`) and its entries are stat'ed at most once; the merge of a directory's lower listings
-(`LayerStack.lower_view`) is made once too, for lookup and readdir both. Directory fds are cached
+Lower layers are immutable while mounted, so a directory of a lower layer is listed once while
+a directory node uses it (`Listing`); the merge of a directory's lower listings
+(`LayerStack.lower_view`) is made once too, for lookup and readdir both. Both go when the kernel
+forgets the directory, so the daemon's memory follows what the kernel holds. Directory fds are cached
 (`DirFds`, LRU) so that reaching a deep directory costs one `openat` per component only the first
 time; every open is relative to the parent's fd with O_NOFOLLOW, so nothing inside a layer can lead
 the daemon outside it.
@@ -15,6 +16,7 @@ import errno
 import marshal
 import os
 import stat
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -41,12 +43,16 @@ DT_OTHER = 0
 UPPER: Final = 0  # the index of the upper layer; lowers follow, top first
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class Listing:
     """One directory of one lower layer: its visible names, the names it whites out, opacity.
 
     `kinds` maps each visible name to S_IFDIR or 0 (not a directory): enough to merge layers.
-    `stats` fills lazily; lower layers do not change, so a stat is never repeated.
+    `stats` holds what the listing had to stat anyway (character devices, which may be
+    whiteouts); other names are stat'ed by lookup, whose node keeps the attributes while the
+    kernel holds it (a stat_result per name here cost ~600 bytes per cached name). A listing
+    lives as long as a directory node uses it (`DirNode.listings`), so what the kernel forgets
+    is released with it.
     """
 
     kinds: dict[bytes, int]
@@ -56,10 +62,7 @@ class Listing:
 
     def stat(self, dirfd: int, name: bytes) -> os.stat_result:
         st = self.stats.get(name)
-        if st is None:
-            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-            self.stats[name] = st
-        return st
+        return st if st is not None else os.stat(name, dir_fd=dirfd, follow_symlinks=False)
 
 
 def read_listing(dirfd: int) -> Listing:
@@ -241,8 +244,13 @@ class LayerStack:
         self.cfg = cfg
         self.root_fds: list[int] = []
         self.fds = DirFds(limit=4096)
-        self._listings: dict[tuple[int, int, int], Listing] = {}
+        # Shared while some node holds them; gone with the last (the kernel forgot the dirs).
+        self._listings: weakref.WeakValueDictionary[tuple[int, int, int], Listing] = (
+            weakref.WeakValueDictionary()
+        )
         self._hardlinks: dict[int, HardlinkIndex] = {}
+        # One LowerEntry per distinct value: most names of a view are (one layer, not a dir).
+        self._entries: dict[tuple[tuple[int, ...], bool], LowerEntry] = {}
         # The namespace of strata's private xattrs that this mount honours (metacopy markers).
         self.private_ns = private_ns
         try:
@@ -337,11 +345,11 @@ class LayerStack:
                 is_dir = kind == stat.S_IFDIR
                 entry = view.get(name)
                 if entry is None:
-                    view[name] = LowerEntry((layer,), is_dir)
+                    view[name] = self._entry((layer,), is_dir)
                     if not is_dir:
                         stopped.add(name)
                 elif is_dir:
-                    view[name] = LowerEntry((*entry.layers, layer), True)
+                    view[name] = self._entry((*entry.layers, layer), True)
                 else:
                     stopped.add(name)
             stopped.update(listing.whiteouts)
@@ -351,6 +359,13 @@ class LayerStack:
         node.opaque_checked = True
         node.view = view
         return view
+
+    def _entry(self, layers: tuple[int, ...], is_dir: bool) -> LowerEntry:
+        """The shared LowerEntry of this value (they are immutable)."""
+        entry = self._entries.get((layers, is_dir))
+        if entry is None:
+            entry = self._entries[(layers, is_dir)] = LowerEntry(layers, is_dir)
+        return entry
 
     def lower_stat(self, parent: DirNode, layer: int, name: bytes) -> os.stat_result:
         listing = self.listing(parent, layer)

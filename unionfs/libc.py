@@ -273,3 +273,15 @@ def scrub_command_line(title: str) -> None:
 def set_pdeathsig(signum: int) -> None:
     """Ask the kernel to send `signum` to this process when its parent (thread) exits."""
     prctl(PR_SET_PDEATHSIG, signum)
+
+
+def malloc_trim() -> bool:
+    """Give the free memory at the top and in the middle of the C heap back to the kernel.
+
+    glibc keeps freed heap memory for reuse; after the union drops thousands of nodes (the
+    kernel forgot them), the dicts and strings that lived there would otherwise keep the
+    daemon's RSS at its peak. False where libc has no malloc_trim (musl)."""
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is None:
+        return False
+    return bool(trim(0))

@@ -70,8 +70,14 @@ def same_object(fs: UnionFS, node: Node, child: Resolved) -> bool:
         except OSError:
             return True  # its upper copy is gone: nothing to mistake this one for
         return (st.st_dev, st.st_ino) == (child.st.st_dev, child.st.st_ino)
-    lower = node.lower_st
-    return isinstance(lower, os.stat_result) and lower.st_nlink > 1
+    lower = node.lower_st  # a lower file keeps its Attr rather than its stat (attrs.node_attr)
+    if lower is None:
+        try:
+            fd, name = fs.layers.where(node, node.lower)
+            lower = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return False
+    return lower.st_nlink > 1
 
 
 def is_lower_ino(fs: UnionFS, ino: int) -> bool:
@@ -141,10 +147,14 @@ def marker(fs: UnionFS, layer: int, dirfd: int, name: bytes, st: os.stat_result)
     return metacopy.read_marker(dirfd, name, fs.layers.private_ns)
 
 
+_KINDS: dict[int, int] = {}
+
+
 def node_for(fs: UnionFS, parent: DirNode, name: bytes, child: Resolved) -> Node:
     """The node for a resolved name: the known one if it is the same object, else a new one."""
     node = parent.children.get(name)
     kind = stat.S_IFMT(child.st.st_mode)
+    kind = _KINDS.setdefault(kind, kind)  # one int object per kind, not one per node
     if node is not None and (node.nodeid != child.ino or node.kind != kind):
         fs.inodes.unlink(node, parent, name)
         node = None
@@ -173,9 +183,9 @@ def node_for(fs: UnionFS, parent: DirNode, name: bytes, child: Resolved) -> Node
     if node is None:
         ino = InodeNo(child.ino)
         if kind == stat.S_IFDIR:
-            node = DirNode(ino, kind, [], child.upper, child.lower, lowers=child.lowers)
+            node = DirNode(ino, kind, (), child.upper, child.lower, lowers=child.lowers)
         else:
-            node = FileNode(ino, kind, [], child.upper, child.lower)
+            node = FileNode(ino, kind, (), child.upper, child.lower)
         fs.inodes.add(node)
     else:
         node.upper = node.upper or child.upper

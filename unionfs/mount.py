@@ -7,18 +7,21 @@ mount exists, and serves until `fusermount3 -u`, SIGINT or SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import re
 import resource
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Final
 
 import pyfuse3
 import trio
 
-from .config import MountOptions, UnionConfig
+from .config import MountOptions, Passthrough, UnionConfig
 from .core import UnionFS
 from .errors import UsageError
 from .ops import FEATURES, UnionOperations
@@ -63,7 +66,8 @@ def run(
         raise UsageError(f"cannot open layers: {exc}") from None
     try:
         try:
-            pyfuse3.init(UnionOperations(fs), os.fspath(mountpoint), fuse_options(cfg, opts))
+            ops = UnionOperations(fs, passthrough=passthrough_wanted(opts.passthrough))
+            pyfuse3.init(ops, os.fspath(mountpoint), fuse_options(cfg, opts))
         except RuntimeError as exc:
             raise UsageError(f"cannot mount on {mountpoint}: {exc}") from None
         if FEATURES.spin:
@@ -79,6 +83,57 @@ def run(
             log.debug("unmounted %s (clean=%s)", mountpoint, clean)
     finally:
         fs.close()
+
+
+def passthrough_wanted(mode: Passthrough) -> bool:
+    """Whether to ask the kernel for FUSE passthrough: `passthrough=auto` asks when nothing
+    known before the mount rules it out, `on` raises UsageError naming what does, `off` never
+    asks. Whether the kernel grants it is known only at FUSE_INIT (`UnionOperations`).
+
+    `STRATA_PASSTHROUGH=on|off` in the environment replaces `auto` (not an explicit option):
+    for test passes and A/B runs of `strata run`, whose mounts take no `-o`."""
+    if mode is Passthrough.AUTO:
+        with contextlib.suppress(ValueError):
+            mode = Passthrough(os.environ.get("STRATA_PASSTHROUGH", "auto"))
+    if mode is Passthrough.OFF:
+        return False
+    why = passthrough_unavailable()
+    if why is not None and mode is Passthrough.ON:
+        raise UsageError(f"passthrough=on: {why}")
+    log.debug("passthrough: %s", why or "asked for")
+    return why is None
+
+
+def passthrough_unavailable() -> str | None:
+    """Why this daemon cannot use FUSE passthrough, or None. The kernel lets only a daemon with
+    CAP_SYS_ADMIN in the initial user namespace register backing files (so rootless mounts, and
+    mounts made in a container's user namespace, cannot), and has it from 6.9 on."""
+    if not FEATURES.passthrough:
+        return "this pyfuse3 has no FUSE passthrough (scripts/setup.sh builds one that has)"
+    release = os.uname().release
+    version = tuple(int(n) for n in re.findall(r"\d+", release)[:2])
+    if version < (6, 9):
+        return f"kernel {release} has no FUSE passthrough (it came in 6.9)"
+    if not _initial_user_namespace() or not _cap_effective() & (1 << _CAP_SYS_ADMIN):
+        return "FUSE passthrough needs CAP_SYS_ADMIN in the initial user namespace (root)"
+    return None
+
+
+_CAP_SYS_ADMIN: Final = 21
+
+
+def _cap_effective() -> int:
+    with open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def _initial_user_namespace() -> bool:
+    """The initial user namespace maps all 2^32 ids onto themselves; any other maps fewer."""
+    with open("/proc/self/uid_map", "rb") as uid_map:
+        return uid_map.read().split() == [b"0", b"0", b"4294967295"]
 
 
 def _raise_fd_limit() -> None:

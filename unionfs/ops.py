@@ -19,6 +19,13 @@ directory's mtime change; what the core changes behind its back goes through `in
 not under a default ACL. With `FEATURES.no_open`, open (and create) answer ENOSYS too: the kernel
 sends no OPEN/RELEASE, and file I/O arrives by inode, which the core serves from an fd cached per
 node. Each feature is probed on its own (`fusefeatures.probe`); stock pyfuse3 works without them.
+
+With `FEATURES.passthrough`, when the mount asks for it (`passthrough=`, mount.py) and the kernel
+grants it at FUSE_INIT, the mount keeps OPEN instead (passthrough is a property of an open) and
+answers each open of a regular file with a backing file: the layer file its data is in (the
+lower file, or the upper one after the copy-up an open for writing makes). The kernel then reads,
+writes and maps that file itself, so reads cost no request and the page cache is the layer
+file's, one copy for every mount over the layer. See `_Backing` for the kernel's rules.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import errno
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import pyfuse3
@@ -40,6 +48,9 @@ from .inodes import Node
 log = logging.getLogger(__name__)
 
 TIMEOUT: Final = 3600.0
+# Encoded replies kept for reuse (`_entry`): the hot set of a working mount, not one per node
+# the kernel holds (a reply is ~300 bytes; 200k of them were a fifth of the daemon's memory).
+ENTRY_CACHE_MAX: Final = 16384
 
 # What the installed pyfuse3 adds to the stock release (scripts/pyfuse3/strata.patch).
 FEATURES: Final = fusefeatures.probe(pyfuse3)
@@ -93,6 +104,29 @@ def _caller(ctx: pyfuse3.RequestContext) -> Caller:
 _DEFAULT_ACL: Final = "system.posix_acl_default"
 
 
+@dataclass(slots=True)
+class _Backing:
+    """The backing file registered for a node (passthrough mode), and how many opens of the
+    node the kernel holds.
+
+    While passthrough opens of an inode exist, the kernel wants every open of it to be a
+    passthrough open of the same backing file (anything else fails with EIO). So while a
+    lower file is open, an open for writing, which would copy it up and give it another
+    backing file, fails with ETXTBSY, as writing to a running program does; and an open for
+    reading after a copy-up made otherwise (chmod without metacopy, truncate) gets the file
+    the other opens have, which holds the same data unless it was truncated. Once the last
+    open is released the next one gets the file the union holds now. Kept after the last
+    release (registering again costs two ioctls), closed when the node's data moves or the
+    kernel forgets the node."""
+
+    backing_id: int  # 0: the kernel refused it (say a layer on a stacked fs): cached opens
+    # Where the node's data was when the file was registered: it moves only from below to
+    # the node's upper file (a copy-up), so while this holds the backing file is still right,
+    # and an open needs no fd or fstat.
+    in_upper: bool
+    opens: int = 0
+
+
 class UnionOperations(pyfuse3.Operations):
     """pyfuse3 handlers for a `UnionFS`. `access()` is not implemented: the mount uses
     `default_permissions`, so the kernel checks permissions from our attributes."""
@@ -101,7 +135,7 @@ class UnionOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = True
 
-    def __init__(self, fs: UnionFS) -> None:
+    def __init__(self, fs: UnionFS, *, passthrough: bool = False) -> None:
         super().__init__()
         self.fs = fs
         fs.invalidate = self._invalidate
@@ -114,6 +148,10 @@ class UnionOperations(pyfuse3.Operations):
         self.dont_mask = False  # set when the kernel granted FUSE_CAP_DONT_MASK
         # STRATA_FUSE_OPEN=1 keeps OPEN/RELEASE (the stock-pyfuse3 path): for tests and A/B runs.
         self.no_open = FEATURES.no_open and os.environ.get("STRATA_FUSE_OPEN") != "1"
+        # Asked for by the mount; `passthrough` is set when the kernel granted it at init.
+        self.passthrough_asked = passthrough and FEATURES.passthrough
+        self.passthrough = False
+        self._backing: dict[int, _Backing] = {}
 
     def init_connection(self, conn: dict[str, int]) -> None:
         """Called by the patched pyfuse3 during FUSE_INIT: the capabilities to ask for.
@@ -125,6 +163,16 @@ class UnionOperations(pyfuse3.Operations):
         caps = FEATURES.fuse_caps
         want = caps.get("DONT_MASK", 0)
         conn["want"] |= want | caps.get("CACHE_SYMLINKS", 0)
+        passthrough = caps.get("PASSTHROUGH", 0)
+        if self.passthrough_asked and conn["capable"] & passthrough:
+            # Backing files on a stacked filesystem (overlayfs, another passthrough FUSE) are
+            # refused per file and served without passthrough; in return a filesystem may be
+            # stacked on this mount (as a container engine's overlay on a lower layer).
+            conn["want"] |= passthrough
+            conn["max_backing_stack_depth"] = 0
+            self.passthrough, self.no_open = True, False
+        elif self.passthrough_asked:
+            log.info("the kernel does not offer FUSE passthrough: serving without it")
         if self.no_open:
             # With atomic O_TRUNC the kernel leaves truncation to an OPEN we will not get; without
             # it an O_TRUNC open sends SETATTR(size=0), which copies up and truncates.
@@ -157,6 +205,8 @@ class UnionOperations(pyfuse3.Operations):
         if cached is not None and cached[0] is attr:
             return cached[1]
         entry = to_entry(attr)
+        if len(self._entries) >= ENTRY_CACHE_MAX:
+            self._entries.clear()  # cheaper than an LRU's bookkeeping on every hit
         self._entries[attr.nodeid] = (attr, entry)
         return entry
 
@@ -177,6 +227,9 @@ class UnionOperations(pyfuse3.Operations):
             for ino, _ in inode_list:
                 if ino not in self.fs.inodes.nodes:
                     self._entries.pop(ino, None)
+                    backing = self._backing.pop(ino, None)
+                    if backing is not None and backing.backing_id:
+                        pyfuse3.backing_close(backing.backing_id)
                     dir_handle = self._dir_handles.pop(ino, None)
                     if dir_handle is not None:
                         await self.fs.releasedir(dir_handle[1])
@@ -289,9 +342,48 @@ class UnionOperations(pyfuse3.Operations):
         Otherwise the handle is the inode, and opening for writing copies up as overlayfs does."""
         if self.no_open:
             raise pyfuse3.FUSEError(errno.ENOSYS)
+        write = (flags & os.O_ACCMODE) != os.O_RDONLY
         with errno_boundary("open"):
+            if self.passthrough and (write or flags & os.O_TRUNC):
+                self._check_no_other_backing(inode)  # before a copy-up or truncation
             await self.fs.open(inode, flags)
-        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(inode), keep_cache=True)
+            info = pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(inode), keep_cache=True)
+            if self.passthrough:
+                self._pass_through(info, inode, write=write)
+        return info
+
+    def _check_no_other_backing(self, inode: int) -> None:
+        """ETXTBSY when open lower-file opens would keep the kernel on another backing file
+        than the one an open for writing needs (see `_Backing`)."""
+        backing = self._backing.get(inode)
+        if backing is not None and backing.opens and not backing.in_upper:
+            raise OSError(errno.ETXTBSY, "open elsewhere from a lower layer")
+
+    def _pass_through(self, info: pyfuse3.FileInfo, inode: int, *, write: bool) -> None:
+        """Give the open of regular file `inode` its backing file (see `_Backing`)."""
+        backing = self._backing.get(inode)
+        in_upper = self.fs.data_in_upper(inode)
+        if backing is None or (backing.in_upper != in_upper and not backing.opens):
+            try:
+                fd = self.fs.data_fd(inode, write=write)
+            except OSError as exc:
+                if exc.errno in (errno.EISDIR, errno.EINVAL):  # not a regular file: as before
+                    return
+                raise
+            if backing is not None and backing.backing_id:
+                pyfuse3.backing_close(backing.backing_id)
+            try:
+                backing_id = pyfuse3.backing_open(fd)
+            except OSError as exc:  # say a layer on overlayfs: cached opens, as without
+                log.debug("no passthrough for node %d: %s", inode, exc)
+                backing_id = 0
+            backing = _Backing(backing_id, in_upper)
+            self._backing[inode] = backing
+        if backing.backing_id:
+            # The kernel takes only these open flags with a backing file (FOPEN_PASSTHROUGH_MASK:
+            # no KEEP_CACHE, the page cache is the backing file's).
+            info.backing_id, info.keep_cache = backing.backing_id, False
+        backing.opens += 1
 
     async def create(
         self,
@@ -306,7 +398,9 @@ class UnionOperations(pyfuse3.Operations):
         with errno_boundary("create"):
             mode = await self._masked(parent_inode, mode, ctx.umask)
             attr = await self.fs.create(parent_inode, name, mode, _caller(ctx))
-        info = pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(attr.nodeid), keep_cache=True)
+            info = pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(attr.nodeid), keep_cache=True)
+            if self.passthrough:
+                self._pass_through(info, attr.nodeid, write=True)
         return info, to_entry(attr)
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
@@ -323,7 +417,11 @@ class UnionOperations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
-        pass  # the core's fd belongs to the node and goes when the kernel forgets it
+        # The core's fd belongs to the node and goes when the kernel forgets it; passthrough
+        # mode counts the opens a node's backing file serves.
+        backing = self._backing.get(fh)
+        if backing is not None and backing.opens:
+            backing.opens -= 1
 
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         with errno_boundary("fsync"):

@@ -20,6 +20,7 @@ from .config import (
     DEFAULT_SPIN_US,
     IdMapping,
     MountOptions,
+    Passthrough,
     UnionConfig,
     WhiteoutFormat,
 )
@@ -218,6 +219,7 @@ class _OptionState:
     whiteout: WhiteoutFormat = WhiteoutFormat.AUTO
     metacopy: bool | None = None  # None: the command's default (on for strata, off for fuse-strata)
     spin_us: int = DEFAULT_SPIN_US
+    passthrough: Passthrough = Passthrough.AUTO
 
     def __post_init__(self) -> None:
         # Running as root: like fuse-overlayfs, let everyone in (the kernel checks the modes)
@@ -288,6 +290,11 @@ class _OptionState:
             if not value.isdigit() or int(value) > 100_000:
                 raise UsageError(f"option '{item}': expected microseconds from 0 to 100000")
             self.spin_us = int(value)
+        elif name == "passthrough":
+            try:
+                self.passthrough = Passthrough(value)
+            except ValueError:
+                raise UsageError(f"option '{item}': expected passthrough=auto, on or off") from None
         elif name in ("fsname", "subtype"):
             if not _NAME_VALUE.fullmatch(value):
                 raise UsageError(f"option '{item}': empty, or contains spaces, quotes or commas")
@@ -312,6 +319,7 @@ class _OptionState:
             debug=self.debug,
             extra=tuple(extra),
             spin_us=self.spin_us,
+            passthrough=self.passthrough,
         )
 
     def union_config(
@@ -385,6 +393,10 @@ options:
                                       engines read the upper directly; on for strata mount)
   spin=US                             keep polling for requests this long before sleeping
                                       (default 100; 0 never polls)
+  passthrough=auto|on|off             FUSE passthrough: the kernel reads and writes the layer
+                                      files itself, one page cache for all mounts of a layer
+                                      (default auto: when the kernel offers it and the daemon
+                                      has CAP_SYS_ADMIN; off: no-open mode, fewer requests)
 ignored: context=, noacl, static_nlink, userxattr, timeout=, threaded=, private, nofail,
 _netdev, auto, noauto, user, users, defaults, x-*, relatime and other atime spellings.
 As root the defaults are allow_other, default_permissions and suid.

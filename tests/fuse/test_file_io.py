@@ -19,17 +19,25 @@ import pytest
 
 from tests.helpers.mounts import StrataMount, StrataMountFactory, UnionDirs
 from unionfs.fileio import FD_CACHE
+from unionfs.mount import passthrough_unavailable
 from unionfs.ops import FEATURES
 
 pytestmark = [pytest.mark.fuse]
 
 
-@pytest.fixture(params=["no-open", "open"])
+@pytest.fixture(params=["no-open", "open", "passthrough"])
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both ways the kernel may talk to us: without OPEN/RELEASE (patched pyfuse3) and with
-    them (stock pyfuse3, or STRATA_FUSE_OPEN=1), where the handle is the inode."""
+    """The three ways the kernel may talk to us: without OPEN/RELEASE (patched pyfuse3), with
+    them (stock pyfuse3, or STRATA_FUSE_OPEN=1), where the handle is the inode, and with them
+    and a backing file per open (FUSE passthrough: the patched pyfuse3 as root)."""
+    monkeypatch.setenv("STRATA_PASSTHROUGH", "off")
     if request.param == "open":
         monkeypatch.setenv("STRATA_FUSE_OPEN", "1")
+    elif request.param == "passthrough":
+        why = passthrough_unavailable()
+        if why is not None:
+            pytest.skip(why)
+        monkeypatch.setenv("STRATA_PASSTHROUGH", "on")
     elif not FEATURES.no_open:
         pytest.skip("stock pyfuse3: no no-open mode (FEATURES.no_open, scripts/pyfuse3)")
     else:
@@ -79,7 +87,7 @@ def test_open_for_writing_copies_up_at_open_or_in_no_open_mode_at_the_first_writ
         fd = os.open(m.mnt / "f", os.O_RDWR)
         try:
             # no-open mode: README, differences from overlayfs
-            assert (dirs.upper / "f").exists() == (mode == "open")
+            assert (dirs.upper / "f").exists() == (mode != "no-open")
             os.pwrite(fd, b"L", 0)
             assert (dirs.upper / "f").read_bytes() == b"Lower data"
         finally:
@@ -87,11 +95,19 @@ def test_open_for_writing_copies_up_at_open_or_in_no_open_mode_at_the_first_writ
 
 
 def test_reader_opened_before_a_copy_up_sees_the_new_data(
-    union_mount: StrataMountFactory, dirs: UnionDirs
+    union_mount: StrataMountFactory, dirs: UnionDirs, mode: str
 ) -> None:
+    """Without passthrough a reader reads what the union holds now. With it, the reader's
+    backing file is the lower file and the kernel allows no other while it is open: the
+    writer gets ETXTBSY (README: passthrough), and nothing changes."""
     (dirs.lowers[0] / "f").write_bytes(b"old data")
     with union_mount(dirs) as m, open(m.mnt / "f", "rb", buffering=0) as reader:
         assert reader.read() == b"old data"
+        if mode == "passthrough":
+            with pytest.raises(OSError, match="Text file busy"):
+                open(m.mnt / "f", "r+b", buffering=0).close()
+            assert os.pread(reader.fileno(), 100, 0) == b"old data"
+            return
         with open(m.mnt / "f", "r+b", buffering=0) as writer:
             writer.write(b"NEW")
         assert os.pread(reader.fileno(), 100, 0) == b"NEW data"

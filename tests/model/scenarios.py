@@ -897,6 +897,10 @@ class Scenario:
     check_expected: bool = True
     # Only the kernel with index=on keeps lower hard links on copy-up, as strata always does.
     needs_index: bool = False
+    # Set where strata differs from overlayfs by design in passthrough mode (README: differences
+    # from overlayfs): the scenario then runs with passthrough=off, and tests/fuse/test_passthrough.py
+    # checks what passthrough does instead.
+    no_passthrough: bool = False
 
 
 @functools.cache
@@ -1061,6 +1065,8 @@ def run_differential(
 
     s_dirs = UnionDirs(lowers=s_lowers, upper=layout.s_upper, work=layout.s_work, mnt=layout.s_mnt)
     s_args = ["-o", f"metacopy={'on' if metacopy else 'off'}"]
+    if scenario.no_passthrough:
+        s_args += ["-o", "passthrough=off"]
     with StrataMount(s_dirs, log_path=base / "strata-1.log", extra_args=s_args):
         s_out = run_ops(layout.s_mnt, scenario.ops, emulate_exdev=False)
         walked = _walk(

@@ -19,6 +19,7 @@ class _PatchedFileInfo(_StockFileInfo):
     def __init__(self) -> None:
         super().__init__()
         self.cache_readdir = False
+        self.backing_id = 0
 
 
 def _stock() -> types.ModuleType:
@@ -40,14 +41,15 @@ def test_the_whole_patch_has_every_feature() -> None:
     module.STRATA_FEATURES = frozenset(  # type: ignore[attr-defined]
         {"no_opendir", "no_open", "nonblocking_loop"}
     )
-    module.FUSE_CAPS = {"DONT_MASK": 1 << 9}  # type: ignore[attr-defined]
+    module.FUSE_CAPS = {"DONT_MASK": 1 << 9, "PASSTHROUGH": 1 << 29}  # type: ignore[attr-defined]
     module.set_spin = lambda microseconds: None  # type: ignore[attr-defined]
+    module.backing_open = lambda fd: 1  # type: ignore[attr-defined]
     features = fusefeatures.probe(module)
     assert features.patched
     assert features.describe() == (
-        "no_opendir, cache_readdir, fuse_caps, no_open, nonblocking_loop, spin"
+        "no_opendir, cache_readdir, fuse_caps, no_open, nonblocking_loop, spin, passthrough"
     )
-    assert dict(features.fuse_caps) == {"DONT_MASK": 1 << 9}
+    assert dict(features.fuse_caps) == {"DONT_MASK": 1 << 9, "PASSTHROUGH": 1 << 29}
 
 
 @pytest.mark.parametrize(
@@ -84,5 +86,5 @@ def test_the_patched_build_has_every_feature() -> None:
     from unionfs.ops import FEATURES
 
     assert FEATURES.describe() == (
-        "no_opendir, cache_readdir, fuse_caps, no_open, nonblocking_loop, spin"
+        "no_opendir, cache_readdir, fuse_caps, no_open, nonblocking_loop, spin, passthrough"
     )
