@@ -104,6 +104,14 @@ def _caller(ctx: pyfuse3.RequestContext) -> Caller:
 _DEFAULT_ACL: Final = "system.posix_acl_default"
 
 
+# Files smaller than this when first opened get cached opens, not passthrough ones: after a
+# passthrough read the kernel drops the file's atime and the next stat() asks GETATTR, a third
+# round trip per file for a `tar c` or a compiler walking many small files, which a cached
+# open does not cost; and a small file's pages are little to share. Most of an image's bytes
+# are in larger files (libraries, programs, data), which go through. Measured in bench/README.md.
+PASSTHROUGH_MIN_SIZE: Final = 64 * 1024
+
+
 @dataclass(slots=True)
 class _Backing:
     """The backing file registered for a node (passthrough mode), and how many opens of the
@@ -119,7 +127,9 @@ class _Backing:
     release (registering again costs two ioctls), closed when the node's data moves or the
     kernel forgets the node."""
 
-    backing_id: int  # 0: the kernel refused it (say a layer on a stacked fs): cached opens
+    # 0: cached opens, as without passthrough: a small file (PASSTHROUGH_MIN_SIZE), or the
+    # kernel refused the file (say a layer on a stacked filesystem)
+    backing_id: int
     # Where the node's data was when the file was registered: it moves only from below to
     # the node's upper file (a copy-up), so while this holds the backing file is still right,
     # and an open needs no fd or fstat.
@@ -356,7 +366,7 @@ class UnionOperations(pyfuse3.Operations):
         """ETXTBSY when open lower-file opens would keep the kernel on another backing file
         than the one an open for writing needs (see `_Backing`)."""
         backing = self._backing.get(inode)
-        if backing is not None and backing.opens and not backing.in_upper:
+        if backing is not None and backing.backing_id and backing.opens and not backing.in_upper:
             raise OSError(errno.ETXTBSY, "open elsewhere from a lower layer")
 
     def _pass_through(self, info: pyfuse3.FileInfo, inode: int, *, write: bool) -> None:
@@ -372,11 +382,12 @@ class UnionOperations(pyfuse3.Operations):
                 raise
             if backing is not None and backing.backing_id:
                 pyfuse3.backing_close(backing.backing_id)
-            try:
-                backing_id = pyfuse3.backing_open(fd)
-            except OSError as exc:  # say a layer on overlayfs: cached opens, as without
-                log.debug("no passthrough for node %d: %s", inode, exc)
-                backing_id = 0
+            backing_id = 0
+            if os.fstat(fd).st_size >= PASSTHROUGH_MIN_SIZE:
+                try:
+                    backing_id = pyfuse3.backing_open(fd)
+                except OSError as exc:  # say a layer on overlayfs: cached opens, as without
+                    log.debug("no passthrough for node %d: %s", inode, exc)
             backing = _Backing(backing_id, in_upper)
             self._backing[inode] = backing
         if backing.backing_id:

@@ -23,6 +23,7 @@ import pytest
 
 from tests.helpers.mounts import StrataMountFactory, UnionDirs, skip_unless_root
 from unionfs.mount import passthrough_unavailable
+from unionfs.ops import PASSTHROUGH_MIN_SIZE
 
 pytestmark = pytest.mark.fuse
 
@@ -111,9 +112,13 @@ def test_mounts_of_one_layer_share_its_page_cache(
     assert separate >= 3 * BIG, f"without passthrough it grew only {separate / MIB:.0f} MiB"
 
 
-def _passthrough_dirs(tmp_path: Path) -> UnionDirs:
+# A file big enough to be passed through (smaller ones get cached opens: PASSTHROUGH_MIN_SIZE).
+LOWER = b"lower data\n" + b"-" * PASSTHROUGH_MIN_SIZE
+
+
+def _passthrough_dirs(tmp_path: Path, data: bytes = LOWER) -> UnionDirs:
     dirs = UnionDirs.create(tmp_path, nlowers=1)
-    (dirs.lowers[0] / "f").write_bytes(b"lower data\n")
+    (dirs.lowers[0] / "f").write_bytes(data)
     return dirs
 
 
@@ -126,6 +131,7 @@ def test_a_writer_of_a_lower_file_open_elsewhere_gets_etxtbsy(
     the union, and works once the other open is closed."""
     _skip_unless_passthrough()
     dirs = _passthrough_dirs(tmp_path)
+    upper_data = b"UPPER" + LOWER[5:]
     with union_mount(dirs, extra_args=["-o", "passthrough=on"]) as m:
         path = m.mnt / "f"
         with open(path, "rb") as reader:
@@ -133,18 +139,33 @@ def test_a_writer_of_a_lower_file_open_elsewhere_gets_etxtbsy(
                 with pytest.raises(OSError, match="Text file busy") as caught:
                     open(path, mode).close()
                 assert caught.value.errno == errno.ETXTBSY, mode
-            assert path.read_bytes() == b"lower data\n"
-            assert reader.read() == b"lower data\n"
+            assert path.read_bytes() == LOWER
+            assert reader.read() == LOWER
         with open(path, "r+b") as writer:
             writer.write(b"UPPER")
-        assert path.read_bytes() == b"UPPER data\n"
-        assert (dirs.upper / "f").read_bytes() == b"UPPER data\n"  # type: ignore[operator]
-        assert (dirs.lowers[0] / "f").read_bytes() == b"lower data\n"
+        assert path.read_bytes() == upper_data
+        assert (dirs.upper / "f").read_bytes() == upper_data  # type: ignore[operator]
+        assert (dirs.lowers[0] / "f").read_bytes() == LOWER
         with open(path, "rb") as reader, open(path, "ab") as writer:  # both on the upper file
             writer.write(b"more\n")
             writer.flush()
-            assert reader.read() == b"UPPER data\nmore\n"
-        assert path.stat().st_size == len(b"UPPER data\nmore\n")
+            assert reader.read() == upper_data + b"more\n"
+        assert path.stat().st_size == len(upper_data + b"more\n")
+
+
+def test_small_files_get_cached_opens(union_mount: StrataMountFactory, tmp_path: Path) -> None:
+    """A file under PASSTHROUGH_MIN_SIZE is opened as without passthrough: a writer of it while
+    a reader holds it copies it up, and the reader reads the new data, as on overlayfs."""
+    _skip_unless_passthrough()
+    dirs = _passthrough_dirs(tmp_path, b"old data")
+    with union_mount(dirs, extra_args=["-o", "passthrough=on"]) as m:
+        path = m.mnt / "f"
+        with open(path, "rb", buffering=0) as reader:
+            assert reader.read() == b"old data"
+            with open(path, "r+b", buffering=0) as writer:
+                writer.write(b"NEW")
+            assert os.pread(reader.fileno(), 100, 0) == b"NEW data"
+        assert (dirs.lowers[0] / "f").read_bytes() == b"old data"
 
 
 def test_a_copy_up_by_chmod_while_a_lower_file_is_open(
@@ -158,12 +179,12 @@ def test_a_copy_up_by_chmod_while_a_lower_file_is_open(
         path = m.mnt / "f"
         with open(path, "rb") as reader:
             path.chmod(0o600)
-            assert (dirs.upper / "f").read_bytes() == b"lower data\n"  # type: ignore[operator]
-            assert path.read_bytes() == b"lower data\n"
-            assert reader.read() == b"lower data\n"
+            assert (dirs.upper / "f").read_bytes() == LOWER  # type: ignore[operator]
+            assert path.read_bytes() == LOWER
+            assert reader.read() == LOWER
         with open(path, "ab") as writer:
             writer.write(b"appended\n")
-        assert path.read_bytes() == b"lower data\nappended\n"
+        assert path.read_bytes() == LOWER + b"appended\n"
         assert path.stat().st_mode & 0o777 == 0o600
 
 
@@ -172,6 +193,7 @@ def test_mmap_reads_and_shared_writes_go_through_the_backing_file(
 ) -> None:
     _skip_unless_passthrough()
     dirs = _passthrough_dirs(tmp_path)
+    mapped = b"MAPPD" + LOWER[5:]
     with union_mount(dirs, extra_args=["-o", "passthrough=on"]) as m:
         path = m.mnt / "f"
         with open(path, "rb") as reader, mmap.mmap(reader.fileno(), 0, prot=mmap.PROT_READ) as ro:
@@ -179,9 +201,9 @@ def test_mmap_reads_and_shared_writes_go_through_the_backing_file(
         with open(path, "r+b") as writer, mmap.mmap(writer.fileno(), 0) as rw:
             rw[:5] = b"MAPPD"
             rw.flush()
-        assert path.read_bytes() == b"MAPPD data\n"
-        assert (dirs.upper / "f").read_bytes() == b"MAPPD data\n"  # type: ignore[operator]
-        assert (dirs.lowers[0] / "f").read_bytes() == b"lower data\n"
+        assert path.read_bytes() == mapped
+        assert (dirs.upper / "f").read_bytes() == mapped  # type: ignore[operator]
+        assert (dirs.lowers[0] / "f").read_bytes() == LOWER
 
 
 def test_truncate_and_create_with_passthrough(
@@ -193,11 +215,11 @@ def test_truncate_and_create_with_passthrough(
         with open(m.mnt / "f", "wb") as f:  # O_TRUNC of a lower file: copied up empty
             f.write(b"new\n")
         assert (m.mnt / "f").read_bytes() == b"new\n"
-        with open(m.mnt / "g", "xb") as f:  # create: the new upper file is the backing file
-            f.write(b"created\n")
-        assert (m.mnt / "g").read_bytes() == b"created\n"
-        assert (dirs.upper / "g").read_bytes() == b"created\n"  # type: ignore[operator]
-        assert (dirs.lowers[0] / "f").read_bytes() == b"lower data\n"
+        with open(m.mnt / "g", "xb") as f:  # create: the new upper file
+            f.write(LOWER)
+        assert (m.mnt / "g").read_bytes() == LOWER
+        assert (dirs.upper / "g").read_bytes() == LOWER  # type: ignore[operator]
+        assert (dirs.lowers[0] / "f").read_bytes() == LOWER
 
 
 def test_passthrough_on_is_refused_without_cap_sys_admin() -> None:
