@@ -219,13 +219,13 @@ def _page_cache_growth(workload: Workload, backend: Backend, plan: Plan, scratch
             for n in range(PAGE_CACHE_MOUNTS)
         ]
         drop_caches()
-        before = _cached_bytes()
+        before = cached_bytes()
         for root in roots:
             workload.run(root, plan.data)
-        return (_cached_bytes() - before) / (1 << 20)
+        return (cached_bytes() - before) / (1 << 20)
 
 
-def _cached_bytes() -> int:
+def cached_bytes() -> int:
     """Cached in /proc/meminfo (page cache, shmem included), in bytes."""
     with open("/proc/meminfo", encoding="ascii") as meminfo:
         for line in meminfo:

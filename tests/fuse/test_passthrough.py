@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness import cached_bytes, drop_caches
 from tests.helpers.mounts import StrataMountFactory, UnionDirs, skip_unless_root
 from unionfs.mount import passthrough_unavailable
 from unionfs.ops import PASSTHROUGH_MIN_SIZE
@@ -37,19 +38,6 @@ def _skip_unless_passthrough() -> None:
     why = passthrough_unavailable()
     if why is not None:
         pytest.skip(why)
-
-
-def _cached_bytes() -> int:
-    with open("/proc/meminfo", encoding="ascii") as meminfo:
-        for line in meminfo:
-            if line.startswith("Cached:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no Cached line in /proc/meminfo")
-
-
-def _drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def _read_all(path: Path) -> int:
@@ -90,11 +78,11 @@ def _growth_through_mounts(
                     union_mount(lowers=[lower], upper=upper, work=work, extra_args=["-o", options])
                 )
             )
-        _drop_caches()
-        before = _cached_bytes()
+        drop_caches()
+        before = cached_bytes()
         for m in mounts:
             assert _read_all(m.mnt / "big") == BIG
-        return _cached_bytes() - before
+        return cached_bytes() - before
 
 
 def test_mounts_of_one_layer_share_its_page_cache(
