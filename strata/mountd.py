@@ -60,13 +60,14 @@ def main() -> int:
     argv = sys.argv[1:]
     if _server_wanted(argv):
         status = request_mount(argv)
-        if status is not None:
+        if status is not None and status != REFUSED:
             # nothing of ours to tear down (no atexit work, stdio unbuffered or flushed): the
             # interpreter's own teardown would add ~10 ms to every mount
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(status)
-        start_server()
+        if status is None:  # no server at all (one that turned us away keeps its name)
+            start_server()
     from unionfs.cli import fuse_strata_main
 
     return fuse_strata_main(argv)
@@ -136,9 +137,12 @@ def _decode(data: bytes) -> list[bytes]:
     return items
 
 
+REFUSED = -1  # request_mount: a server runs but cannot act for us (see _peer_may_use_us)
+
+
 def request_mount(argv: Sequence[str]) -> int | None:
-    """Have the server run `fuse-strata argv` for us: its exit status, or None when no server
-    took the request (none runs, or it cannot act for us) and we must mount ourselves."""
+    """Have the server run `fuse-strata argv` for us: its exit status, None when no server
+    runs, REFUSED when the one that runs cannot act for us: either way we mount ourselves."""
     try:
         address = server_address()
     except OSError:
@@ -167,7 +171,7 @@ def request_mount(argv: Sequence[str]) -> int | None:
     finally:
         sock.close()
     if reply == _FALLBACK:
-        return None
+        return REFUSED
     if reply.startswith(b"exit "):
         return int(reply[5:])
     # The worker died after taking the request: it may have got as far as mounting, so
@@ -257,13 +261,14 @@ def serve(address: bytes, idle: float = IDLE_SECONDS) -> None:
                 creds = conn.getsockopt(
                     _socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i")
                 )
-                if struct.unpack("3i", creds)[1] != os.geteuid():
+                peer, uid, _ = struct.unpack("3i", creds)
+                if uid != os.geteuid():
                     continue
-                if _fork_worker(listener, conn):
+                if _fork_worker(listener, conn, peer):
                     return
 
 
-def _fork_worker(listener: socket.socket, conn: socket.socket) -> bool:
+def _fork_worker(listener: socket.socket, conn: socket.socket, peer: int) -> bool:
     """Receive one request on `conn` and fork its worker; True for a stop request."""
     conn.settimeout(5.0)
     try:
@@ -286,13 +291,13 @@ def _fork_worker(listener: socket.socket, conn: socket.socket) -> bool:
     pid = os.fork()
     if pid == 0:
         listener.close()
-        _work(conn, data, fds)
+        _work(conn, data, fds, peer)
     for fd in fds:
         os.close(fd)
     return False
 
 
-def _work(conn: socket.socket, data: bytes, fds: list[int]) -> None:
+def _work(conn: socket.socket, data: bytes, fds: list[int], peer: int) -> None:
     """The worker: become the client (fds, cwd, umask, environment), run fuse-strata's code,
     send the exit status. Never returns."""
     import signal
@@ -302,7 +307,7 @@ def _work(conn: socket.socket, data: bytes, fds: list[int]) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the worker waits for its daemon
         items = _decode(data)
         identity, umask, count = items[0], int(items[1]), int(items[2])
-        if identity != _identity():
+        if identity != _identity() or not _peer_may_use_us(peer):
             conn.send(_FALLBACK)
             os._exit(0)
         argv = [os.fsdecode(a) for a in items[3 : 3 + count]]
@@ -326,6 +331,33 @@ def _work(conn: socket.socket, data: bytes, fds: list[int]) -> None:
         conn.send(b"exit %d" % status)
     finally:
         os._exit(status)
+
+
+def _peer_may_use_us(pid: int) -> bool:
+    """Whether the client process `pid` (SO_PEERCRED's, checked by the server, not what the
+    client says) sees what we see, the same mount, user and PID namespaces and root directory,
+    and holds the capabilities we hold. A worker acts with the server's privileges, inherited
+    from the `fuse-strata` that started it: a client of the same uid in a container that
+    shares our network namespace (where abstract sockets live), or one with other
+    capabilities, must mount by itself with its own."""
+    try:
+        for ns in ("mnt", "user", "pid"):
+            if os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"):
+                return False
+        theirs, ours = os.stat(f"/proc/{pid}/root"), os.stat("/")
+        if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
+            return False
+        return _effective_caps(str(pid)) == _effective_caps("self")
+    except (OSError, ValueError):
+        return False
+
+
+def _effective_caps(pid: str) -> int:
+    with open(f"/proc/{pid}/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"CapEff:"):
+                return int(line.split()[1], 16)
+    raise ValueError(f"no CapEff in /proc/{pid}/status")
 
 
 def _close_in_forked_children(fd: int) -> None:

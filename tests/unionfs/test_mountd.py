@@ -152,3 +152,37 @@ def test_strata_mount_server_0_mounts_in_a_process_of_its_own(layers: Layers, se
         (pid,) = daemon_pids(layers.mnt)
         assert "strata.mountd" not in cmdline(pid)
         assert (layers.mnt / "both").read_text() == "from lower1\n"
+
+
+def test_a_client_with_fewer_capabilities_mounts_by_itself(layers: Layers, server: None) -> None:
+    """The server's workers act with the server's capabilities: a client of the same uid that
+    holds fewer (root with CAP_SYS_ADMIN dropped, as in a container sharing our network
+    namespace) is turned away and mounts by itself, with its own, which here is not enough."""
+    skip_unless_fuse()
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a root client without CAP_SYS_ADMIN)")
+    start_server(layers)
+    with unmounted_afterwards(layers.mnt):
+        result = subprocess.run(
+            [
+                "setpriv",
+                "--inh-caps=-sys_admin",
+                "--bounding-set=-sys_admin",
+                "--",
+                str(FUSE_STRATA),
+                "-o",
+                layers.rw_options,
+                str(layers.mnt),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=dict(os.environ, **{mountd.ENV_SWITCH: "1"}),
+        )
+        # Through the server it would have been mounted with the server's CAP_SYS_ADMIN; by
+        # itself it cannot mount (nor can fusermount3 under that bounding set).
+        assert result.returncode != 0
+        assert "cannot mount" in result.stderr
+        assert not mounts_at(layers.mnt)
+        assert server_pids()  # the server was there, and turned the client away
