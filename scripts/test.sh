@@ -59,14 +59,14 @@ fi
 # The union in its other FUSE modes, on the tests that mount it directly: the runtime and image
 # tests above already ran their containers over it. As root the pass above ran in passthrough
 # mode (FUSE passthrough, the default where the kernel allows it); the next one runs the patched
-# pyfuse3's no-open mode (rootless mounts' mode, `-o passthrough=off`) on the union's own tests,
-# the differential and property tests against kernel overlayfs and the POSIX suite; the last
-# one the stock pyfuse3 (what `pip install strata` gives: FUSE's open mode, no listing cache,
-# no spin) on the union's own tests and the POSIX suite, where tests that need a patched feature
-# skip or xfail with the feature's name (the differential tests stay with the first two modes:
-# CI has 25 minutes). NOOPEN_TESTS and STOCK_TESTS narrow them.
-noopen_tests=(${NOOPEN_TESTS:-tests/fuse tests/model tests/unionfs})
-stock_tests=(${STOCK_TESTS:-tests/fuse tests/unionfs})
+# pyfuse3's no-open mode (rootless mounts' mode, `-o passthrough=off`; the pass as nobody above
+# ran tests/unionfs in it) on the FUSE tests, the POSIX suite and the differential and property
+# tests against kernel overlayfs; the last one the stock pyfuse3 (what `pip install strata`
+# gives: FUSE's open mode, no listing cache, no spin) on the FUSE tests and the POSIX suite,
+# where tests that need a patched feature skip or xfail with the feature's name. CI has 25
+# minutes. NOOPEN_TESTS and STOCK_TESTS choose others.
+noopen_tests=(${NOOPEN_TESTS:-tests/fuse tests/model})
+stock_tests=(${STOCK_TESTS:-tests/fuse})
 if ((only_options)) && ((EUID == 0)); then
     check "pytest, no-open mode" env STRATA_PASSTHROUGH=off "$venv/bin/pytest" -q "$@" \
         "${noopen_tests[@]}"
