@@ -340,6 +340,8 @@ def _peer_may_use_us(pid: int) -> bool:
     from the `fuse-strata` that started it: a client of the same uid in a container that
     shares our network namespace (where abstract sockets live), or one with other
     capabilities, must mount by itself with its own."""
+    from unionfs.mount import effective_capabilities  # the worker has it imported already
+
     try:
         for ns in ("mnt", "user", "pid"):
             if os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"):
@@ -347,17 +349,9 @@ def _peer_may_use_us(pid: int) -> bool:
         theirs, ours = os.stat(f"/proc/{pid}/root"), os.stat("/")
         if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
             return False
-        return _effective_caps(str(pid)) == _effective_caps("self")
+        return effective_capabilities(pid) == effective_capabilities()
     except (OSError, ValueError):
         return False
-
-
-def _effective_caps(pid: str) -> int:
-    with open(f"/proc/{pid}/status", "rb") as status:
-        for line in status:
-            if line.startswith(b"CapEff:"):
-                return int(line.split()[1], 16)
-    raise ValueError(f"no CapEff in /proc/{pid}/status")
 
 
 def _close_in_forked_children(fd: int) -> None:

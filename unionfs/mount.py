@@ -114,7 +114,7 @@ def passthrough_unavailable() -> str | None:
     version = tuple(int(n) for n in re.findall(r"\d+", release)[:2])
     if version < (6, 9):
         return f"kernel {release} has no FUSE passthrough (it came in 6.9)"
-    if not _initial_user_namespace() or not _cap_effective() & (1 << _CAP_SYS_ADMIN):
+    if not _initial_user_namespace() or not effective_capabilities() & (1 << _CAP_SYS_ADMIN):
         return "FUSE passthrough needs CAP_SYS_ADMIN in the initial user namespace (root)"
     return None
 
@@ -122,8 +122,10 @@ def passthrough_unavailable() -> str | None:
 _CAP_SYS_ADMIN: Final = 21
 
 
-def _cap_effective() -> int:
-    with open("/proc/self/status", "rb") as status:
+def effective_capabilities(pid: int | str = "self") -> int:
+    """The effective capability set of process `pid` (CapEff in /proc/PID/status); 0 when
+    the line is missing. Also the mount server's check of its clients (strata.mountd)."""
+    with open(f"/proc/{pid}/status", "rb") as status:
         for line in status:
             if line.startswith(b"CapEff:"):
                 return int(line.split()[1], 16)
