@@ -12,6 +12,7 @@ import importlib.util
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -213,21 +214,31 @@ def run_bench(args: argparse.Namespace, runner: Runner) -> int:
     return 1 if any(r.status == "failed" for r in results) else 0
 
 
+def _suite_options(
+    args: argparse.Namespace, suite: str, refused: Sequence[str], default_repeat: int
+) -> int:
+    """Check the options of `strata bench SUITE`: those in `refused` do not apply to it, the
+    repeat count (its default for this suite) must be at least 1, `--json` must name a .json
+    file. Returns the repeat count."""
+    for option in refused:
+        if getattr(args, option.lstrip("-")):
+            raise UsageError(f"{option} does not apply to 'strata bench {suite}'")
+    repeat = args.repeat if args.repeat is not None else default_repeat
+    if repeat < 1:
+        raise UsageError(f"--repeat {repeat}: expected at least 1")
+    _check_output_path("--json", args.json, ".json")
+    return repeat
+
+
 def _run_registry(args: argparse.Namespace) -> int:
     from .registry import DEFAULT_ROUNDS, available_tools, run_registry_bench
 
-    for option, value in (("--quick", args.quick), ("--only", args.only), ("--plot", args.plot)):
-        if value:
-            raise UsageError(f"{option} does not apply to 'strata bench registry'")
+    rounds = _suite_options(args, "registry", ("--quick", "--only", "--plot"), DEFAULT_ROUNDS)
     known = available_tools()
     tools = _split(args.backends) or known
     for tool in tools:
         if tool not in known:
             raise UsageError(f"bench registry: unknown tool {tool!r} (known: {', '.join(known)})")
-    rounds = args.repeat if args.repeat is not None else DEFAULT_ROUNDS
-    if rounds < 1:
-        raise UsageError(f"--repeat {rounds}: expected at least 1")
-    _check_output_path("--json", args.json, ".json")
     chosen = [t for t in known if t in tools]
     return run_registry_bench(chosen, rounds, args.data_dir.resolve(), args.json, sys.argv)
 
@@ -235,31 +246,15 @@ def _run_registry(args: argparse.Namespace) -> int:
 def _run_network(args: argparse.Namespace) -> int:
     from .network import DEFAULT_REPEAT, run_network_bench
 
-    for option, value in (
-        ("--quick", args.quick),
-        ("--only", args.only),
-        ("--plot", args.plot),
-        ("--backends", args.backends),
-    ):
-        if value:
-            raise UsageError(f"{option} does not apply to 'strata bench network'")
-    repeat = args.repeat if args.repeat is not None else DEFAULT_REPEAT
-    if repeat < 1:
-        raise UsageError(f"--repeat {repeat}: expected at least 1")
-    _check_output_path("--json", args.json, ".json")
+    refused = ("--quick", "--only", "--plot", "--backends")
+    repeat = _suite_options(args, "network", refused, DEFAULT_REPEAT)
     return run_network_bench(repeat, args.data_dir.resolve(), args.json, sys.argv)
 
 
 def _run_memory(args: argparse.Namespace) -> int:
     from .memory import BACKENDS, DEFAULT_PASSES, run_memory_bench
 
-    for option, value in (("--only", args.only), ("--plot", args.plot)):
-        if value:
-            raise UsageError(f"{option} does not apply to 'strata bench memory'")
-    passes = args.repeat if args.repeat is not None else DEFAULT_PASSES
-    if passes < 1:
-        raise UsageError(f"--repeat {passes}: expected at least 1")
-    _check_output_path("--json", args.json, ".json")
+    passes = _suite_options(args, "memory", ("--only", "--plot"), DEFAULT_PASSES)
     return run_memory_bench(
         _split(args.backends) or list(BACKENDS),
         quick=args.quick,
@@ -273,14 +268,8 @@ def _run_memory(args: argparse.Namespace) -> int:
 def _run_podman(args: argparse.Namespace) -> int:
     from .podman import DEFAULT_REPEAT, default_programs, parse_programs, run_podman_bench
 
-    for option, value in (("--quick", args.quick), ("--only", args.only), ("--plot", args.plot)):
-        if value:
-            raise UsageError(f"{option} does not apply to 'strata bench podman'")
+    repeat = _suite_options(args, "podman", ("--quick", "--only", "--plot"), DEFAULT_REPEAT)
     programs = parse_programs(_split(args.backends) or list(default_programs()))
-    repeat = args.repeat if args.repeat is not None else DEFAULT_REPEAT
-    if repeat < 1:
-        raise UsageError(f"--repeat {repeat}: expected at least 1")
-    _check_output_path("--json", args.json, ".json")
     return run_podman_bench(programs, repeat, args.data_dir.resolve(), args.json, sys.argv)
 
 
