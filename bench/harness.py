@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final, TextIO
 
+from unionfs.mountinfo import read_mountinfo
+
 from .backends import (
     Backend,
     BackendError,
@@ -300,6 +302,17 @@ def private_podman(root: Path, runroot: Path, mount_program: str | Path) -> list
         "runc",
         "--cgroup-manager",
         "cgroupfs",
+    ]
+
+
+def empty_private_podman(podman: Sequence[str], *dirs: Path) -> list[str]:
+    """Remove every container and image of a private podman store (`podman`, as
+    `private_podman` makes it); the mount points still under `dirs` after that (the store and
+    its runroot), which must be none. bench/podman.py and tests/fuse/test_podman.py end with it."""
+    subprocess.run([*podman, "rm", "--all", "--force"], capture_output=True, check=False)
+    subprocess.run([*podman, "rmi", "--all", "--force"], capture_output=True, check=False)
+    return [
+        str(m.mountpoint) for m in read_mountinfo() if any(d in m.mountpoint.parents for d in dirs)
     ]
 
 

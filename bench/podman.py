@@ -39,10 +39,14 @@ from pathlib import Path
 from typing import Final
 
 from unionfs.errors import UsageError
-from unionfs.mountinfo import read_mountinfo
 
 from .data import FULL, prepare
-from .harness import PODMAN_RUN_FLAGS, machine_description, private_podman
+from .harness import (
+    PODMAN_RUN_FLAGS,
+    empty_private_podman,
+    machine_description,
+    private_podman,
+)
 
 DEFAULT_REPEAT: Final = 3
 RUNS_PER_ROUND: Final = 3
@@ -187,13 +191,7 @@ def _store(program: str, path: str, scratch: Path, base: Path) -> Iterator[Progr
             _checked([*podman, "import", "-", BASE_IMAGE], stdin=tar.stdout.fileno())
         yield Program(program, path, podman)
     finally:
-        subprocess.run([*podman, "rm", "--all", "--force"], capture_output=True, check=False)
-        subprocess.run([*podman, "rmi", "--all", "--force"], capture_output=True, check=False)
-        left = [
-            str(m.mountpoint)
-            for m in read_mountinfo()
-            if root in m.mountpoint.parents or runroot in m.mountpoint.parents
-        ]
+        left = empty_private_podman(podman, root, runroot)
         if left:
             raise UsageError(f"bench podman: {program} left mounts behind: {left}", 1)
         subprocess.run(["rm", "-rf", str(root), str(runroot)], check=False)

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import PODMAN_RUN_FLAGS, private_podman
+from bench.harness import PODMAN_RUN_FLAGS, empty_private_podman, private_podman
 from strata import mountd
 from tests.helpers.images import BUSYBOX_DOCKER_ARCHIVE
 from tests.helpers.mounts import skip_unless_fuse, skip_unless_root
-from unionfs.mountinfo import read_mountinfo
 
 pytestmark = [pytest.mark.fuse, pytest.mark.root]
 
@@ -56,13 +55,7 @@ def podman(
     finally:
         if request.param:
             mountd.stop_server()
-        subprocess.run([*cmd, "rm", "--all", "--force"], capture_output=True, check=False)
-        subprocess.run([*cmd, "rmi", "--all", "--force"], capture_output=True, check=False)
-        left = [
-            str(m.mountpoint)
-            for m in read_mountinfo()
-            if tmp_path in m.mountpoint.parents or runroot in m.mountpoint.parents
-        ]
+        left = empty_private_podman(cmd, tmp_path, runroot)
         if not left:
             shutil.rmtree(runroot, ignore_errors=True)
         assert not left, f"podman left mounts behind: {left}"
