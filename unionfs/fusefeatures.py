@@ -103,16 +103,17 @@ class FuseFeatures:
 def probe(pyfuse3: ModuleType) -> FuseFeatures:
     """The features of the pyfuse3 module given (the installed one, from `ops.py`)."""
     behaviour = frozenset(getattr(pyfuse3, "STRATA_FEATURES", ()))
-    file_info = getattr(pyfuse3, "FileInfo", None)
+    file_info_type = getattr(pyfuse3, "FileInfo", None)
+    file_info = file_info_type() if file_info_type is not None else None
+    caps = dict(getattr(pyfuse3, "FUSE_CAPS", {}))
     return FuseFeatures(
         no_opendir="no_opendir" in behaviour,
-        cache_readdir=file_info is not None and hasattr(file_info(), "cache_readdir"),
-        fuse_caps=MappingProxyType(dict(getattr(pyfuse3, "FUSE_CAPS", {}))),
+        cache_readdir=hasattr(file_info, "cache_readdir"),
+        fuse_caps=MappingProxyType(caps),
         no_open="no_open" in behaviour,
         nonblocking_loop="nonblocking_loop" in behaviour,
         spin=callable(getattr(pyfuse3, "set_spin", None)),
         passthrough=callable(getattr(pyfuse3, "backing_open", None))
-        and "PASSTHROUGH" in getattr(pyfuse3, "FUSE_CAPS", {})
-        and file_info is not None
-        and hasattr(file_info(), "backing_id"),
+        and "PASSTHROUGH" in caps
+        and hasattr(file_info, "backing_id"),
     )
