@@ -22,9 +22,10 @@ When the client mounts itself instead (the previous behaviour, exactly):
   mounts; the server exits after `IDLE_SECONDS` without a request;
 - `STRATA_MOUNT_SERVER=0`; foreground or debug mounts (`-f`, `-d`, `-o debug`: the mount is
   the caller's process), `--help` and `--version`;
-- the server is another user's (SO_PEERCRED), or lives in another mount, user or PID namespace
-  or under another root directory than the client (the worker says so before doing anything):
-  a mount made there would not be the client's.
+- the server is another user's (SO_PEERCRED), or the client process (checked by the worker
+  through its SO_PEERCRED pid before doing anything) lives in another mount, user or PID
+  namespace, under another root directory or with other capabilities than the server: a mount
+  made there would not be the client's, or would be made with privileges it does not hold.
 
 What differs from a `fuse-strata` process of one's own: the daemon's parent chain, cgroup,
 resource limits and capabilities are the server's, inherited from the `fuse-strata` that
@@ -98,15 +99,6 @@ def server_address(euid: int | None = None) -> bytes:
     return f"\0strata-mountd-{uid}-{digest:016x}".encode()
 
 
-def _identity() -> bytes:
-    """What must be equal in client and server for a mount made by one to be the other's:
-    mount, user and PID namespaces and the root directory."""
-    parts = [os.readlink(f"/proc/self/ns/{ns}") for ns in ("mnt", "user", "pid")]
-    root = os.stat("/")
-    parts.append(f"{root.st_dev}:{root.st_ino}")
-    return "\0".join(parts).encode()
-
-
 def _connect(address: bytes) -> _socket.socket | None:
     """A connection to the server at `address` run by our own user, or None."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
@@ -154,7 +146,7 @@ def request_mount(argv: Sequence[str]) -> int | None:
         umask = os.umask(0)
         os.umask(umask)
         env = [os.fsencode(f"{k}={v}") for k, v in os.environ.items()]
-        header = [_identity(), str(umask).encode(), str(len(argv)).encode()]
+        header = [str(umask).encode(), str(len(argv)).encode()]
         message = _encode([*header, *(os.fsencode(a) for a in argv), *env])
         cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -306,12 +298,12 @@ def _work(conn: socket.socket, data: bytes, fds: list[int], peer: int) -> None:
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the worker waits for its daemon
         items = _decode(data)
-        identity, umask, count = items[0], int(items[1]), int(items[2])
-        if identity != _identity() or not _peer_may_use_us(peer):
+        umask, count = int(items[0]), int(items[1])
+        if not _peer_may_use_us(peer):
             conn.send(_FALLBACK)
             os._exit(0)
-        argv = [os.fsdecode(a) for a in items[3 : 3 + count]]
-        env = dict(os.fsdecode(e).partition("=")[::2] for e in items[3 + count :])
+        argv = [os.fsdecode(a) for a in items[2 : 2 + count]]
+        env = dict(os.fsdecode(e).partition("=")[::2] for e in items[2 + count :])
         os.setsid()
         for target, fd in zip((0, 1, 2), fds[:3], strict=True):
             os.dup2(fd, target)
