@@ -37,6 +37,8 @@ from .data import BIG_FILE, BIG_MODE, RM_TREE, UNTAR_DEST, DataSet, copy_tree
 READ_CHUNK: Final = 1 << 20
 COMMAND_TIMEOUT: Final = 900.0  # seconds; the slowest full-data command takes about 30
 PAGE: Final = 4096
+WRITE_BLOCK: Final = 8192
+NEW_FILE: Final = "bench-written"
 # Mounts of one image in the page-cache row: containers sharing a base image.
 PAGE_CACHE_MOUNTS: Final = 4
 
@@ -175,6 +177,22 @@ def prewarm_tarball(root: Path, data: DataSet) -> None:
     _run(["cat", str(data.tarball)])
 
 
+def write_new_file(root: Path, data: DataSet) -> None:
+    """Write a new file of a quarter of the big file's size in 8 KiB writes (stdio's buffer
+    size, what most programs' output comes in), then close it."""
+    block = b"w" * WRITE_BLOCK
+    fd = os.open(root / NEW_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for _ in range(data.scale.big_bytes // 4 // WRITE_BLOCK):
+            os.write(fd, block)
+    finally:
+        os.close(fd)
+
+
+def undo_write_new_file(root: Path, data: DataSet) -> None:
+    os.unlink(root / NEW_FILE)
+
+
 def undo_untar(root: Path, data: DataSet) -> None:
     _run(["rm", "-rf", "--", str(root / UNTAR_DEST)])
 
@@ -305,6 +323,14 @@ WORKLOADS: Final[tuple[Workload, ...]] = (
         writes=True,
         prewarm=prewarm_big_file,
         undo=undo_chmod,
+    ),
+    Workload(
+        "write-small",
+        "a new file written in 8 KiB writes",
+        "os.write of 8 KiB blocks, a quarter of the big file's size, then close",
+        write_new_file,
+        writes=True,
+        undo=undo_write_new_file,
     ),
     Workload(
         "untar",
