@@ -45,13 +45,15 @@ from typing import TYPE_CHECKING
 
 from unionfs.errors import UsageError
 
-from .buildcheck import BuildError, check_dockerfile
-from .context import Context, ContextError
-from .copier import Copier, CopyError, make_dirs, resolve_chown
+from .buildcheck import BuildError, Plan, Stage, check_dockerfile
+from .context import Context, ContextError, IgnoreRules, StageRoot
+from .copier import Copier, CopyError, Source, make_dirs, resolve_chown
 from .dockerfile import (
     DockerfileError,
+    Heredoc,
     Instruction,
     expand,
+    expand_heredoc,
     expand_words,
     name_values,
     parse,
@@ -65,6 +67,10 @@ if TYPE_CHECKING:
     from runtime.images import ImageSpec
 
 
+# Where a RUN's `#!` here-document is bound as a file (BuildKit uses /dev/pipes too).
+HEREDOC_DIR = "/dev/pipes"
+
+
 @dataclass(frozen=True, slots=True)
 class BuildOptions:
     dockerfile: Path
@@ -76,6 +82,7 @@ class BuildOptions:
     registry: Options = field(default_factory=Options)
     platform: str | None = None
     quiet: bool = False  # no pull progress
+    target: str | None = None  # the stage to build (--target); default the last
 
 
 @dataclass(slots=True)
@@ -139,6 +146,8 @@ class Builder:
         self.held: list[str] = []
         self.context = Context(opts.context)
         self.layer_count = 0
+        self.plan = Plan((), (), 0)
+        self.results: dict[int, _State] = {}  # built stages by index
 
     # -- the whole build
 
@@ -156,21 +165,25 @@ class Builder:
         except DockerfileError as e:
             raise BuildError(f"{self.where}:{e.line}: {_message(e)}") from None
         self.escape = dockerfile.escape
-        instructions = dockerfile.instructions
-        from_index = check_dockerfile(instructions, self.where)
+        plan = check_dockerfile(dockerfile.instructions, self.where)
+        self.plan = plan
+        target = plan.stages[-1]
+        if self.opts.target is not None:
+            found = plan.stage(self.opts.target, len(plan.stages))
+            if found is None or self.opts.target.isdigit():
+                raise BuildError(f"--target {self.opts.target}: no stage of that name")
+            target = found
         tags = tuple(normalize_ref(t) for t in self.opts.tags)
-        total = len(instructions)
-        for step, ins in enumerate(instructions[:from_index], 1):
-            self.say(f"Step {step}/{total} : {ins}")
+        for step, ins in enumerate(plan.prelude, 1):
+            self.say(f"Step {step}/{plan.total} : {ins}")
             self._arg(ins, self.global_args)
+        needed = self._needed(target)
         with self.store.staging() as staging:
             self.staging = staging
-            self.say(f"Step {from_index + 1}/{total} : {instructions[from_index]}")
-            state = self._from(instructions[from_index])
-            self.say(f" ---> {state.key()[:12]}")
-            for step, ins in enumerate(instructions[from_index + 1 :], from_index + 2):
-                self.say(f"Step {step}/{total} : {ins}")
-                state = self._step(ins, state)
+            for stage in plan.stages[: target.index + 1]:
+                if stage.index in needed and stage.index not in self.results:
+                    self._stage(stage)
+            state = self.results[target.index]
             unused = sorted(set(self.opts.build_args) - self.used_args)
             if unused:
                 print(
@@ -187,6 +200,56 @@ class Builder:
         for tag in tags:
             self.say(f"Successfully tagged {tag}")
         return rec
+
+    def _needed(self, target: Stage) -> set[int]:
+        """The stages the target needs (its FROM and COPY --from, named with the global
+        build args): only those are built, each once, as BuildKit and buildah do."""
+        env = {k: v for k, v in self.global_args.items() if v is not None}
+        needed: set[int] = set()
+        todo = [target]
+        while todo:
+            stage = todo.pop()
+            if stage.index in needed:
+                continue
+            needed.add(stage.index)
+            refs = []
+            with contextlib.suppress(DockerfileError, IndexError):
+                refs.append(expand_words(stage.instructions[0].args, env, self.escape)[0])
+            for ins in stage.instructions[1:]:
+                ref = ins.flag("from") if ins.keyword == "COPY" else None
+                if ref:
+                    with contextlib.suppress(DockerfileError):
+                        refs.append(expand(ref, env, self.escape))
+            for ref in refs:
+                dep = self.plan.stage(ref, stage.index)
+                if dep is not None:
+                    todo.append(dep)
+        return needed
+
+    def _stage(self, stage: Stage) -> _State:
+        """Build one stage (its FROM and instructions); its result is kept for the stages
+        after it. Each stage has its own ARGs, as in Docker."""
+        saved = self.args, self.cmd_set
+        self.args, self.cmd_set = {}, False
+        try:
+            total = self.plan.total
+            first = stage.instructions[0]
+            self.say(f"Step {stage.first}/{total} : {first}")
+            state = self._from(first, stage)
+            self.say(f" ---> {state.key()[:12]}")
+            for step, ins in enumerate(stage.instructions[1:], stage.first + 1):
+                self.say(f"Step {step}/{total} : {ins}")
+                state = self._step(ins, state, stage)
+        finally:
+            self.args, self.cmd_set = saved
+        self.results[stage.index] = state
+        return state
+
+    def _stage_result(self, stage: Stage) -> _State:
+        """A stage's result, built now if the plan did not see it was needed (a --from
+        named through a stage's own ARG)."""
+        found = self.results.get(stage.index)
+        return found if found is not None else self._stage(stage)
 
     def _at(self, ins: Instruction) -> str:
         return f"{self.where}:{ins.line}"
@@ -237,7 +300,7 @@ class Builder:
                 self.used_args.add(name)
             scope[name] = value
 
-    def _from(self, ins: Instruction) -> _State:
+    def _from(self, ins: Instruction, stage: Stage) -> _State:
         global_env = {k: v for k, v in self.global_args.items() if v is not None}
         try:
             words = expand_words(ins.args, global_env, self.escape)
@@ -246,6 +309,14 @@ class Builder:
         if len(words) not in (1, 3) or (len(words) == 3 and words[1].lower() != "as"):
             raise BuildError(f"{self._at(ins)}: FROM IMAGE [AS NAME] expected")
         ref = words[0]
+        earlier = self.plan.stage(ref, stage.index) if not ref.isdigit() else None
+        if earlier is not None:  # FROM an earlier stage: its result
+            done = self._stage_result(earlier)
+            return _State(copy.deepcopy(done.config), list(done.layers))
+        return self._image_state(ins, "FROM", ref)
+
+    def _image_state(self, ins: Instruction, what: str, ref: str) -> _State:
+        """An image of the store (pulled by the pull policy) or `scratch`, held by the build."""
         if ref == "scratch":
             state = _State(
                 config={
@@ -268,51 +339,41 @@ class Builder:
                     quiet=self.opts.quiet,
                 )
             except UsageError as e:
-                raise BuildError(f"{self._at(ins)}: FROM {ref}: {e}") from None
+                raise BuildError(f"{self._at(ins)}: {what} {ref}: {e}") from None
             if rec is None:
-                raise BuildError(f"{self._at(ins)}: FROM {ref}: no such image in the store")
+                raise BuildError(f"{self._at(ins)}: {what} {ref}: no such image in the store")
             state = _State(config=copy.deepcopy(rec.config), layers=list(rec.layers))
         with self.store.lock():
             for diff_id in state.layers:
                 if not self.store.has_layer(diff_id):
-                    raise BuildError(f"{self._at(ins)}: FROM {ref}: layer {diff_id[:12]} missing")
-            self.held = list(state.layers)
+                    raise BuildError(f"{self._at(ins)}: {what} {ref}: layer {diff_id[:12]} missing")
+            self.held = sorted({*self.held, *state.layers})
             self.store.hold(self.staging, self.held)
         return state
 
     # -- one step, through the cache
 
-    def _step(self, ins: Instruction, state: _State) -> _State:
+    def _step(self, ins: Instruction, state: _State, stage: Stage) -> _State:
         kw = ins.keyword
         if kw == "ARG":
             self._arg(ins, self.args, state)
             return state
         if kw == "RUN":
-            argv = self._run_argv(ins, state)
+            argv, script = self._run_argv(ins, state)
             args = self._run_args(state)
             shown = " ".join(argv)
             if args:
                 shown = f"|{len(args)} {' '.join(args)} {shown}"
-            key_text = _canonical({"RUN": argv, "args": args}).decode()
-            return self._cached(
-                ins, state, key_text, f"RUN {shown}", lambda: self._run(ins, state, argv, args)
-            )
-        if kw in ("COPY", "ADD"):
-            chown, sources, dest = self._copy_args(ins, state)
-            try:
-                selected = [p for s in sources for p in self.context.select(s)]
-                digest = self.context.digest(selected)
-            except ContextError as e:
-                raise BuildError(f"{self._at(ins)}: {kw} failed: {e}") from None
-            shown = f"{kw} {'--chown=' + chown + ' ' if chown else ''}{' '.join(sources)} {dest}"
-            key_text = _canonical({kw: [*sources, dest], "chown": chown, "src": digest}).decode()
+            key_text = _canonical({"RUN": argv, "args": args, "script": script}).decode()
             return self._cached(
                 ins,
                 state,
                 key_text,
-                shown,
-                lambda: self._copy(ins, state, chown, sources, selected, dest),
+                f"RUN {shown}",
+                lambda: self._run(ins, state, argv, args, script),
             )
+        if kw in ("COPY", "ADD"):
+            return self._copy_step(ins, state, stage)
         if kw == "WORKDIR":
             path = self._expand(ins, ins.args, state)
             if not path.startswith("/"):
@@ -323,6 +384,83 @@ class Builder:
             )
         new, shown = self._metadata(ins, state)
         return self._cached(ins, state, shown, shown, lambda: new)
+
+    def _copy_step(self, ins: Instruction, state: _State, stage: Stage) -> _State:
+        """COPY/ADD from the context, from here-documents, or (COPY --from) from an earlier
+        stage or an image; keyed by the sources' digest, or by the stage's or image's state."""
+        kw = ins.keyword
+        chown, sources, dest = self._copy_args(ins, state)
+        docs = {f"<<{doc.name}": doc for doc in ins.heredocs}
+        from_ref = ins.flag("from")
+        key: dict[str, object] = {kw: [*sources, dest], "chown": chown}
+        src_state: _State | None = None
+        if from_ref:
+            from_ref = self._expand(ins, from_ref, state)
+            src_state = self._from_state(ins, from_ref, stage)
+            key["from"] = src_state.key()
+            shown = f"{kw} --from={from_ref} "
+        else:
+            contents = {w: self._heredoc_text(ins, docs[w], state) for w in sources if w in docs}
+            try:
+                picked = [p for s in sources if s not in docs for p in self.context.select(s)]
+                key["src"] = self.context.digest(picked)
+            except ContextError as e:
+                raise BuildError(f"{self._at(ins)}: {kw} failed: {e}") from None
+            key["heredocs"] = contents
+            shown = f"{kw} "
+        shown += f"{'--chown=' + chown + ' ' if chown else ''}{' '.join(sources)} {dest}"
+
+        def make() -> tuple[_State, str]:
+            if src_state is None:
+                try:
+                    picked = self._context_sources(sources, docs, contents)
+                except ContextError as e:
+                    raise BuildError(f"{self._at(ins)}: {kw} failed: {e}") from None
+                return self._copy(ins, state, chown, picked, dest)
+            with self._mounted(src_state) as (src_root, _):
+                tree = StageRoot(src_root)
+                try:
+                    picked = [(tree, rel) for s in sources for rel in tree.select(s)]
+                except (ContextError, OSError) as e:
+                    raise BuildError(f"{self._at(ins)}: {kw} failed: {_describe_any(e)}") from None
+                return self._copy(ins, state, chown, picked, dest)
+
+        return self._cached(ins, state, _canonical(key).decode(), shown, make)
+
+    def _from_state(self, ins: Instruction, ref: str, stage: Stage) -> _State:
+        """What COPY --from=REF names: an earlier stage (by name or index), or an image."""
+        found = self.plan.stage(ref, stage.index)
+        if found is not None:
+            return self._stage_result(found)
+        if ref.isdigit() or self.plan.stage(ref, len(self.plan.stages)) is not None:
+            raise BuildError(f"{self._at(ins)}: COPY --from={ref}: names this stage or a later one")
+        return self._image_state(ins, "COPY --from", ref)
+
+    def _heredoc_text(self, ins: Instruction, doc: Heredoc, state: _State) -> str:
+        if not doc.expand:
+            return doc.body
+        try:
+            return expand_heredoc(doc.body, self._env(state), self.escape)
+        except DockerfileError as e:
+            raise BuildError(f"{self._at(ins)}: {ins.keyword}: {_message(e)}") from None
+
+    def _context_sources(
+        self, sources: list[str], docs: Mapping[str, Heredoc], contents: Mapping[str, str]
+    ) -> list[tuple[Source, str]]:
+        """The context paths and here-document files a COPY/ADD copies, in order."""
+        picked: list[tuple[Source, str]] = []
+        for source in sources:
+            if source not in docs:
+                picked += [(self.context, rel) for rel in self.context.select(source)]
+                continue
+            self.layer_count += 1
+            where = self.staging / f"heredoc{self.layer_count}"
+            where.mkdir(mode=0o700)
+            name = docs[source].name
+            (where / name).write_text(contents[source], errors="surrogateescape")
+            os.chmod(where / name, 0o644)
+            picked.append((Context(where, IgnoreRules([])), name))
+        return picked
 
     def _cached(
         self,
@@ -395,12 +533,24 @@ class Builder:
 
     # -- RUN
 
-    def _run_argv(self, ins: Instruction, state: _State) -> list[str]:
+    def _run_argv(self, ins: Instruction, state: _State) -> tuple[list[str], str | None]:
+        """RUN's command, and the script a here-document with a `#!` line is run as (None).
+
+        As BuildKit: a RUN that is one here-document alone runs its body with the shell, or
+        as an executable file when it starts with `#!`; with a command around it, the shell
+        gets the command line and the bodies as written, and reads the here-documents itself."""
         if ins.exec_form is not None:
             if not ins.exec_form:
                 raise BuildError(f"{self._at(ins)}: RUN needs a command")
-            return list(ins.exec_form)
-        return [*_shell(state), ins.args]
+            return list(ins.exec_form), None
+        if not ins.heredocs:
+            return [*_shell(state), ins.args], None
+        doc = ins.heredocs[0]
+        if len(ins.heredocs) == 1 and raw_words(ins.args, self.escape) == [doc.word]:
+            if doc.body.startswith("#!"):
+                return [f"{HEREDOC_DIR}/{doc.name}"], doc.body
+            return [*_shell(state), doc.body], None
+        return [*_shell(state), ins.args + "\n" + "".join(d.raw for d in ins.heredocs)], None
 
     def _run_args(self, state: _State) -> list[str]:
         """The build args a RUN sees (K=V, sorted): set ones that no ENV of the same name hides."""
@@ -408,18 +558,32 @@ class Builder:
         return sorted(f"{k}={v}" for k, v in self.args.items() if v is not None and k not in env)
 
     def _run(
-        self, ins: Instruction, state: _State, argv: list[str], args: list[str]
+        self,
+        ins: Instruction,
+        state: _State,
+        argv: list[str],
+        args: list[str],
+        script: str | None,
     ) -> tuple[_State, str]:
         from runtime.create import CreateRequest, create, union_config
         from runtime.lifecycle import remove, run_attached
+        from runtime.state import Volume
 
         root = self.store.state
+        volumes: tuple[Volume, ...] = ()
+        if script is not None:  # bound read-only below /dev (a tmpfs): not in the layer
+            self.layer_count += 1
+            path = self.staging / f"script{self.layer_count}"
+            path.write_text(script, errors="surrogateescape")
+            os.chmod(path, 0o755)
+            volumes = (Volume(str(path), argv[0], read_only=True),)
         req = CreateRequest(
             image=self._spec(state),
             argv=tuple(argv),
             entrypoint=(),
             env=tuple(args),
             network="host",
+            volumes=volumes,
             rootless=False,
         )
         cdir = create(root, req)
@@ -484,6 +648,11 @@ class Builder:
         chown = self._expand(ins, chown, state) if chown else ""
         if ins.exec_form is not None:
             words = [self._expand(ins, w, state) for w in ins.exec_form]
+        elif ins.heredocs:  # a here-document's word stays `<<NAME`; the others are expanded
+            marks = {doc.word: f"<<{doc.name}" for doc in ins.heredocs}
+            words = []
+            for word in raw_words(ins.args, self.escape):
+                words += [marks[word]] if word in marks else self._words(ins, word, state)
         else:
             words = self._words(ins, ins.args, state)
         if len(words) < 2:
@@ -499,8 +668,7 @@ class Builder:
         ins: Instruction,
         state: _State,
         chown: str,
-        sources: list[str],
-        selected: list[str],
+        selected: Sequence[tuple[Source, str]],
         dest: str,
     ) -> tuple[_State, str]:
         from runtime.mounts import resolve_in_root
@@ -517,11 +685,12 @@ class Builder:
             owner = resolve_chown(mnt, chown) if chown else None
             if chown and owner is None:
                 raise BuildError(f"{self._at(ins)}: {ins.keyword} --chown={chown}: no such user")
-            copier = Copier(self.context, mnt, owner, self.staging)
             try:
                 target = resolve_in_root(mnt, dest_path)
-                for rel in selected:
-                    copier.copy(rel, target, as_dir=as_dir, extract=ins.keyword == "ADD")
+                for source, rel in selected:
+                    extract = ins.keyword == "ADD" and source is self.context
+                    copier = Copier(source, mnt, owner, self.staging)
+                    copier.copy(rel, target, as_dir=as_dir, extract=extract)
             except (OSError, CopyError) as e:
                 raise BuildError(f"{self._at(ins)}: {ins.keyword} failed: {_describe(e)}") from None
         return state, self._add_layer(upper, self._lowers(state))
@@ -621,6 +790,10 @@ def _describe(e: Exception) -> str:
         name = f"{os.fsdecode(e.filename)}: " if e.filename is not None else ""
         return f"{name}{e.strerror or e}"
     return str(e)
+
+
+def _describe_any(e: Exception) -> str:
+    return _describe(e) if isinstance(e, OSError) else str(e)
 
 
 def _shell(state: _State) -> list[str]:

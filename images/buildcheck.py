@@ -3,6 +3,8 @@ does not support fails with its line number, and nothing is stored."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Final
 
 from unionfs.errors import UsageError
@@ -28,8 +30,10 @@ SUPPORTED: Final = frozenset(
         "STOPSIGNAL",
     }
 )
-FLAGS: Final = {"COPY": {"chown"}, "ADD": {"chown"}}
+FLAGS: Final = {"COPY": {"chown", "from"}, "ADD": {"chown"}}
 BUILD_FAILED: Final = 1
+# Docker's rule for a stage name (`FROM IMAGE AS NAME`), checked case-insensitively.
+_STAGE_NAME: Final = re.compile(r"[a-z][a-z0-9._-]*")
 
 
 class BuildError(UsageError):
@@ -37,27 +41,79 @@ class BuildError(UsageError):
         super().__init__(message, BUILD_FAILED)
 
 
-def check_dockerfile(instructions: tuple[Instruction, ...], where: str) -> int:
-    """The index of the FROM; BuildError naming the line of anything this builder refuses."""
-    from_index = -1
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One FROM and the instructions up to the next: `index` counts stages from 0; `first`
+    is the step number of its FROM (steps count every instruction of the file from 1)."""
+
+    index: int
+    name: str | None  # lower-cased
+    first: int
+    instructions: tuple[Instruction, ...]  # the FROM first
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    prelude: tuple[Instruction, ...]  # the ARGs before the first FROM
+    stages: tuple[Stage, ...]
+    total: int  # instructions in the file
+
+    def stage(self, ref: str, before: int) -> Stage | None:
+        """The stage that `ref` (a name or an index) names among the first `before`."""
+        if ref.isdigit():
+            index = int(ref)
+            return self.stages[index] if index < before else None
+        for stage in self.stages[:before]:
+            if stage.name == ref.lower():
+                return stage
+        return None
+
+
+def check_dockerfile(instructions: tuple[Instruction, ...], where: str) -> Plan:
+    """The stages of the Dockerfile; BuildError naming the line of anything this builder
+    refuses."""
+    prelude: list[Instruction] = []
+    stages: list[tuple[int, str | None, list[Instruction]]] = []
     for i, ins in enumerate(instructions):
         at = f"{where}:{ins.line}"
         if ins.keyword not in SUPPORTED:
             raise BuildError(f"{at}: {ins.keyword} is not supported by strata build")
         if ins.keyword == "FROM":
-            if from_index >= 0:
-                raise BuildError(f"{at}: FROM: multi-stage builds are not supported")
-            from_index = i
-        elif from_index < 0 and ins.keyword != "ARG":
-            raise BuildError(f"{at}: {ins.keyword} before FROM (only ARG may come first)")
+            stages.append((i + 1, _stage_name(ins, at, [s[1] for s in stages]), [ins]))
+        elif not stages:
+            if ins.keyword != "ARG":
+                raise BuildError(f"{at}: {ins.keyword} before FROM (only ARG may come first)")
+            prelude.append(ins)
+        else:
+            stages[-1][2].append(ins)
         allowed = FLAGS.get(ins.keyword, set())
-        for name, _value in ins.flags:
-            if name == "from" and ins.keyword == "COPY":
-                raise BuildError(f"{at}: COPY --from (multi-stage) is not supported")
+        for name, value in ins.flags:
             if name not in allowed:
                 raise BuildError(f"{at}: {ins.keyword} --{name} is not supported")
+            if not value:
+                raise BuildError(f"{at}: {ins.keyword} --{name} needs a value (--{name}=...)")
         if not ins.args and ins.keyword not in ("CMD", "ENTRYPOINT"):
             raise BuildError(f"{at}: {ins.keyword} needs arguments")
-    if from_index < 0:
+    if not stages:
         raise BuildError(f"{where}: no FROM instruction")
-    return from_index
+    return Plan(
+        prelude=tuple(prelude),
+        stages=tuple(
+            Stage(n, name, first, tuple(body)) for n, (first, name, body) in enumerate(stages)
+        ),
+        total=len(instructions),
+    )
+
+
+def _stage_name(ins: Instruction, at: str, earlier: list[str | None]) -> str | None:
+    words = ins.args.split()
+    if len(words) not in (1, 3) or (len(words) == 3 and words[1].lower() != "as"):
+        raise BuildError(f"{at}: FROM IMAGE [AS NAME] expected")
+    if len(words) == 1:
+        return None
+    name = words[2].lower()
+    if not _STAGE_NAME.fullmatch(name):
+        raise BuildError(f"{at}: FROM ... AS {words[2]}: invalid stage name")
+    if name in earlier:
+        raise BuildError(f"{at}: FROM ... AS {words[2]}: a stage of that name already exists")
+    return name

@@ -179,6 +179,9 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
         "--build-arg", action="append", default=[], metavar="K=V", help="set a build arg (ARG)"
     )
     parser.add_argument("--no-cache", action="store_true", help="do not use the build cache")
+    parser.add_argument(
+        "--target", metavar="STAGE", help="build this stage (FROM ... AS STAGE), not the last"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
     parser.add_argument(
         "--pull",
@@ -218,6 +221,7 @@ def _run_build(args: argparse.Namespace, runner: Runner) -> int:
         registry=registry_options(args),
         platform=args.platform,
         quiet=args.quiet,
+        target=args.target,
     )
     say = (lambda _line: None) if args.quiet else (lambda line: print(line, flush=True))
     rec = build(_store(args), opts, say)

@@ -124,6 +124,8 @@ class IgnoreRules:
 class Context:
     """A build context directory and what of it `.dockerignore` leaves in."""
 
+    keeps_owner = False  # COPY makes context files root's (or --chown's)
+
     def __init__(self, root: Path, rules: IgnoreRules | None = None) -> None:
         self.root = root
         self.rules = rules if rules is not None else IgnoreRules.read(root)
@@ -213,3 +215,65 @@ def _with_contents(context: Context, selected: Iterable[str]) -> Iterator[str]:
         yield rel
         if os.path.isdir(context.host(rel)) and not os.path.islink(context.host(rel)):
             yield from context.below(rel)
+
+
+class StageRoot:
+    """The root of a built stage or an image, mounted, as the source of `COPY --from`.
+
+    A source path is resolved in the root as in a container (`runtime.mounts.resolve_in_root`:
+    symlinks followed, never out of the root), so a link named as a source copies what it
+    leads to, under the link's name; links inside a copied directory stay links. Globs match
+    any component. Files keep their owners, modes and times, as buildah's COPY --from does."""
+
+    keeps_owner = True
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._hosts: dict[str, Path] = {}
+
+    def select(self, source: str) -> list[str]:
+        from runtime.mounts import resolve_in_root
+
+        parts = [p for p in source.split("/") if p not in ("", ".")]
+        found = [""]
+        for i, part in enumerate(parts):
+            if not _GLOB_CHARS.intersection(part):
+                found = [f"{rel}/{part}" if rel else part for rel in found]
+                continue
+            regex = _compile(part)
+            matched = []
+            for rel in found:
+                where = resolve_in_root(self.root, rel)
+                if where.is_dir():
+                    names = sorted(n for n in os.listdir(where) if regex.match(n))
+                    matched += [f"{rel}/{n}" if rel else n for n in names]
+            if not matched:
+                raise ContextError(f"{source}: nothing matches")
+            found = matched
+            if i + 1 < len(parts):  # a glob in the middle: keep only directories
+                found = [rel for rel in found if resolve_in_root(self.root, rel).is_dir()]
+        rels = []
+        for rel in found:
+            host = resolve_in_root(self.root, rel or "/")
+            if not os.path.lexists(host):
+                raise ContextError(f"{source}: no such file or directory")
+            rel = rel or "."
+            self._hosts[rel] = host
+            rels.append(rel)
+        return rels
+
+    def host(self, rel: str) -> Path:
+        return self._hosts[rel]
+
+    def below(self, rel: str) -> list[str]:
+        top = self._hosts[rel]
+        out = []
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames.sort()
+            sub = os.path.relpath(dirpath, top)
+            for name in sorted([*filenames, *dirnames]):
+                child = name if sub == "." else f"{sub}/{name}"
+                path = f"{child}" if rel == "." else f"{rel}/{child}"
+                self._hosts[path] = Path(dirpath, name)
+                out.append(path)
+        return sorted(out)

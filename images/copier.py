@@ -19,9 +19,7 @@ import shutil
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Final, cast
-
-from .context import Context
+from typing import IO, Final, Protocol, cast
 
 
 class CopyError(Exception):
@@ -127,16 +125,33 @@ def _archive_reader(path: Path) -> _Reader | None:
     return None
 
 
+class Source(Protocol):
+    """Where COPY's sources come from: the build context, a stage's root (COPY --from), or
+    here-document files. Paths are source-relative `str`s, as `Context` has them."""
+
+    root: Path
+    keeps_owner: bool  # files keep their owners (COPY --from), else they become root's
+
+    def host(self, rel: str) -> Path: ...
+
+    def below(self, rel: str) -> list[str]: ...
+
+
 class Copier:
-    """Copies context paths into the mounted image (Docker's COPY/ADD rules, see README)."""
+    """Copies source paths into the mounted image (Docker's COPY/ADD rules, see README)."""
 
     def __init__(
-        self, context: Context, root: Path, owner: tuple[int, int] | None, staging: Path
+        self, context: Source, root: Path, owner: tuple[int, int] | None, staging: Path
     ) -> None:
         self.context = context
         self.root = root
         self.owner = owner
         self.staging = staging
+
+    def _owner(self, st: os.stat_result) -> tuple[int, int]:
+        if self.owner is not None:
+            return self.owner
+        return (st.st_uid, st.st_gid) if self.context.keeps_owner else (0, 0)
 
     def copy(self, rel: str, target: Path, *, as_dir: bool, extract: bool) -> None:
         src = self.context.host(rel)
@@ -172,7 +187,7 @@ class Copier:
                     os.unlink(dst)
                 if not os.path.lexists(dst):
                     os.mkdir(dst, 0o700)
-                self.set_attrs(dst, st, owner=self.owner or (0, 0))
+                self.set_attrs(dst, st, owner=self._owner(st))
                 dirs.append((dst, st))
             else:
                 self.copy_one(src, dst, st)
@@ -189,9 +204,11 @@ class Copier:
         elif stat.S_ISREG(st.st_mode):
             with open(src, "rb") as fin, open(dst, "xb") as fout:
                 shutil.copyfileobj(fin, fout, 1 << 20)
+        elif stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            os.mknod(dst, st.st_mode, st.st_rdev)  # a stage's /dev entries, say
         else:
-            raise CopyError(f"{src.relative_to(self.context.root)}: not a file, link or directory")
-        self.set_attrs(dst, st, owner=self.owner or (0, 0))
+            raise CopyError(f"{src.relative_to(self.context.root)}: a socket cannot be copied")
+        self.set_attrs(dst, st, owner=self._owner(st))
         os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
     @staticmethod

@@ -10,7 +10,11 @@ What is read as Docker's parser reads it:
   escape character is removed, the lines are joined as they are);
 - the keyword is case-insensitive; leading `--name=value` flags are split off;
 - RUN, CMD, ENTRYPOINT, COPY and ADD arguments that are a JSON array of strings are the exec
-  form, anything else the shell form.
+  form, anything else the shell form;
+- here-documents (BuildKit's Dockerfile 1.4 syntax) in RUN, COPY and ADD: each word `<<NAME`,
+  `<<-NAME`, `<<'NAME'` or `<<"NAME"` of the instruction takes the lines after it, up to a line
+  that is NAME, as its body (in order, one body after another); `-` strips leading tabs from
+  the body and the end line, and a quoted NAME turns off variable expansion (for COPY/ADD).
 
 `expand()` and `expand_words()` are Docker's `ProcessWord`/`ProcessWords`: `$VAR`, `${VAR}`,
 `${VAR:-default}`, `${VAR-default}`, `${VAR:+alt}`, `${VAR+alt}`, single quotes (literal), double
@@ -30,6 +34,8 @@ _DIRECTIVE: Final = re.compile(r"#\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 _DIRECTIVES: Final = frozenset({"escape", "syntax", "check"})
 _FLAG: Final = re.compile(r"--([A-Za-z][A-Za-z0-9-]*)(?:=(\S*))?")
 _JSON_FORMS: Final = frozenset({"RUN", "CMD", "ENTRYPOINT", "COPY", "ADD", "SHELL", "VOLUME"})
+_HEREDOC_KEYWORDS: Final = frozenset({"RUN", "COPY", "ADD"})
+_HEREDOC: Final = re.compile(r"<<(-?)(['\"]?)([A-Za-z0-9_.-]+)\2")
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
@@ -42,6 +48,17 @@ class DockerfileError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Heredoc:
+    """The body of one `<<NAME` word of an instruction."""
+
+    word: str  # as written: <<EOF, <<-EOF, <<'EOF'
+    name: str
+    body: str  # the lines between, each with its newline; tabs stripped for <<-
+    raw: str  # the lines between and the end line as written (the shell gets them so)
+    expand: bool  # NAME was not quoted
+
+
+@dataclass(frozen=True, slots=True)
 class Instruction:
     """One instruction: where it starts, its keyword (upper case), its flags and arguments."""
 
@@ -50,6 +67,7 @@ class Instruction:
     args: str  # the arguments after the flags, continuations joined, ends stripped
     flags: tuple[tuple[str, str | None], ...] = ()
     exec_form: tuple[str, ...] | None = None  # the JSON array, when given as one
+    heredocs: tuple[Heredoc, ...] = ()
 
     def flag(self, name: str) -> str | None:
         for key, value in self.flags:
@@ -110,8 +128,38 @@ def parse(text: str) -> Dockerfile:
                 break
             line = lines[index]
             index += 1
-        found.append(_instruction(start + 1, joined.strip()))
+        ins = _instruction(start + 1, joined.strip())
+        if ins.keyword in _HEREDOC_KEYWORDS and ins.exec_form is None and "<<" in ins.args:
+            ins, index = _with_heredocs(ins, lines, index, escape)
+        found.append(ins)
     return Dockerfile(escape=escape, instructions=tuple(found))
+
+
+def _with_heredocs(
+    ins: Instruction, lines: list[str], index: int, escape: str
+) -> tuple[Instruction, int]:
+    """ins with the bodies of its `<<NAME` words, read from lines[index:]; the next index."""
+    docs: list[Heredoc] = []
+    for word in raw_words(ins.args, escape):
+        match = _HEREDOC.fullmatch(word)
+        if match is None:
+            continue
+        chomp, quote, name = match.group(1) == "-", match.group(2), match.group(3)
+        body: list[str] = []
+        raw: list[str] = []
+        while True:
+            if index == len(lines):
+                raise DockerfileError(ins.line, f"{ins.keyword}: here-document {word} has no end")
+            line = lines[index]
+            index += 1
+            raw.append(line + "\n")
+            if (line.lstrip("\t") if chomp else line) == name:
+                break
+            body.append((line.lstrip("\t") if chomp else line) + "\n")
+        docs.append(Heredoc(word, name, "".join(body), "".join(raw), expand=not quote))
+    if not docs:
+        return ins, index
+    return Instruction(ins.line, ins.keyword, ins.args, ins.flags, None, tuple(docs)), index
 
 
 def _instruction(line: int, text: str) -> Instruction:
@@ -149,8 +197,9 @@ def _instruction(line: int, text: str) -> Instruction:
 class _Words:
     """Docker's shell-word lexer over one string (see the module doc)."""
 
-    def __init__(self, text: str, env: Mapping[str, str], escape: str) -> None:
+    def __init__(self, text: str, env: Mapping[str, str], escape: str, raw: bool = False) -> None:
         self.text, self.env, self.escape = text, env, escape
+        self.raw = raw  # a here-document's body: variables only, quotes are text
         self.pos = 0
 
     def peek(self) -> str:
@@ -172,6 +221,10 @@ class _Words:
                 if word or quoted:
                     words.append(word)
                 word, quoted = "", False
+            elif self.raw and ch != "$":
+                if ch == self.escape and self.peek() == "$":
+                    ch = self.next()
+                word += ch
             elif ch == "'":
                 quoted = True
                 end = self.text.find("'", self.pos)
@@ -268,6 +321,13 @@ class _Words:
 def expand(text: str, env: Mapping[str, str], escape: str = "\\") -> str:
     """One word: variables substituted, quotes and escapes removed (spaces kept)."""
     words = _Words(text, env, escape).words(split=False)
+    return words[0] if words else ""
+
+
+def expand_heredoc(text: str, env: Mapping[str, str], escape: str = "\\") -> str:
+    """A COPY here-document's body with its variables substituted; quotes stay text and only
+    an escaped `$` loses its escape (BuildKit's raw-quotes word processing)."""
+    words = _Words(text, env, escape, raw=True).words(split=False)
     return words[0] if words else ""
 
 
