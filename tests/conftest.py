@@ -133,6 +133,14 @@ def debian_rootfs(pytestconfig: pytest.Config) -> DebianRootfs:
     return rootfs
 
 
+@pytest.fixture(scope="session")
+def debian_gcc_rootfs() -> DebianRootfs:
+    """A Debian bookworm minbase rootfs with gcc and libc6-dev (mmdebstrap; cached; root): the
+    build stage of the multi-stage example."""
+    skip_unless_root()
+    return build_debian_rootfs(suite="bookworm", variant="minbase", include=("gcc", "libc6-dev"))
+
+
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from images.dockerfile import DockerfileError, expand, expand_words, name_values, parse
+from images.dockerfile import (
+    DockerfileError,
+    expand,
+    expand_heredoc,
+    expand_words,
+    name_values,
+    parse,
+)
 
 
 def test_comments_blank_lines_and_continuations() -> None:
@@ -145,3 +152,53 @@ def test_name_values() -> None:
         name_values("NAME", ENV, "\\")
     with pytest.raises(DockerfileError, match="NAME=value"):
         name_values("A=1 B", ENV, "\\")
+
+
+def test_here_documents_take_the_lines_up_to_their_names() -> None:
+    text = (
+        "FROM base\n"
+        "RUN <<EOF\n"
+        "echo one\n"
+        "# a shell comment, not a Dockerfile one\n"
+        "\n"
+        "EOF\n"
+        "COPY <<a <<-'b' /dest/\n"
+        "A $X \\\n"
+        "a\n"
+        "\tB\n"
+        "\tb\n"
+        'RUN echo \'<<NOT\' "<<NOT" && cat <<"Q" >/q\n'
+        "$Q\n"
+        "Q\n"
+    )
+    run, copy, last = parse(text).instructions[1:]
+    assert (run.line, run.args) == (2, "<<EOF")
+    (doc,) = run.heredocs
+    assert (doc.word, doc.name, doc.expand) == ("<<EOF", "EOF", True)
+    assert doc.body == "echo one\n# a shell comment, not a Dockerfile one\n\n"
+    assert doc.raw == doc.body + "EOF\n"
+    assert [(d.name, d.body, d.expand) for d in copy.heredocs] == [
+        ("a", "A $X \\\n", True),
+        ("b", "B\n", False),  # <<-: leading tabs go, of the end line too
+    ]
+    assert copy.heredocs[1].raw == "\tB\n\tb\n"
+    assert copy.line == 7
+    assert last.line == 12
+    assert [(d.word, d.body, d.expand) for d in last.heredocs] == [('<<"Q"', "$Q\n", False)]
+
+
+def test_here_documents_only_in_run_copy_add_and_never_in_the_exec_form() -> None:
+    df = parse('FROM base\nLABEL a="<<EOF"\nRUN ["cat", "<<EOF"]\nEOF\n')
+    assert [i.heredocs for i in df.instructions] == [(), (), (), ()]
+    assert df.instructions[3].keyword == "EOF"  # an instruction like any other (then refused)
+
+
+def test_a_here_document_without_its_end_is_an_error() -> None:
+    with pytest.raises(DockerfileError, match="line 2: RUN: here-document <<END has no end"):
+        parse("FROM base\nRUN cat <<END\nnever ended\nEND \n")
+
+
+def test_here_document_expansion_keeps_quotes_and_escapes() -> None:
+    env = {"A": "1", "B": "two words"}
+    text = "a=\"$A\" b='${B}' c=\\$A d=\\n ${C:-none}\n"
+    assert expand_heredoc(text, env) == "a=\"1\" b='two words' c=$A d=\\n none\n"
