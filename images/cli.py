@@ -589,11 +589,37 @@ def _run_image(args: argparse.Namespace, runner: Runner) -> int:
     return _IMAGE_COMMANDS[args.image_command][1](args, runner)
 
 
+# -- cp ------------------------------------------------------------------------------------------
+
+
+def _add_cp(parser: argparse.ArgumentParser) -> None:
+    add_root(parser)
+    parser.add_argument(
+        "-a", "--archive", action="store_true", help="keep the source's owners (uid/gid)"
+    )
+    parser.add_argument(
+        "-L", "--follow-link", action="store_true", help="always follow a symlink in SRC"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress (there is none)")
+    parser.add_argument("src", metavar="CONTAINER:SRC|SRC|-")
+    parser.add_argument("dest", metavar="DEST|-|CONTAINER:DEST")
+
+
+def _run_cp(args: argparse.Namespace, runner: Runner) -> int:
+    from runtime.state import StateRoot
+
+    from .cp import copy
+
+    root = StateRoot(root_path(args))
+    return copy(root, args.src, args.dest, follow=args.follow_link, archive=args.archive)
+
+
 SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("load", "load images from a docker/OCI archive or OCI layout", _add_load, _run_load),
     Subcommand("save", "write an image as an OCI or docker archive", _add_save, _run_save),
     Subcommand("import", "make a one-layer image from a rootfs tarball", _add_import, _run_import),
     Subcommand("commit", "make an image from a container's changes", _add_commit, _run_commit),
+    Subcommand("cp", "copy files between a container and the host", _add_cp, _run_cp),
     Subcommand("build", "build an image from a Dockerfile", _add_build, _run_build),
     Subcommand("pull", "fetch an image from a registry", _add_pull, _run_pull),
     Subcommand("push", "send an image to a registry", _add_push, _run_push),

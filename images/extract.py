@@ -386,3 +386,41 @@ def extract_layer(
     except tarfile.TarError as e:
         raise LayerError(f"not a valid tar: {e}") from None
     return extractor.payloads
+
+
+def extract_into(
+    stream: IO[bytes],
+    dest: Path,
+    *,
+    rename: Callable[[str], str],
+    owner: tuple[int, int] | None,
+    warn: Callable[[str], None] = log.warning,
+) -> None:
+    """Extract the tar `stream` into the existing directory `dest` (`strata cp`), with the
+    checks of `extract_layer`: each member's clean relative path goes through `rename` (which
+    raises LayerError for a member that does not belong), `owner` replaces every member's owner
+    when given, and a member never replaces a directory with a non-directory or the reverse
+    (docker's "cannot overwrite"), so that no existing tree is thrown away."""
+    extractor = _Extractor(dest, progress=None, limit=None, warn=warn)
+    try:
+        with tarfile.open(fileobj=stream, mode="r|", errorlevel=2, tarinfo=_StrictTarInfo) as tar:
+            for info in tar:
+                rel = rename(member_path(info.name))
+                if info.islnk():
+                    info.linkname = rename(member_path(info.linkname))
+                if owner is not None:
+                    info.uid, info.gid = owner
+                try:
+                    st = os.lstat(extractor.real(rel))
+                except (FileNotFoundError, NotADirectoryError):
+                    pass
+                else:
+                    if stat.S_ISDIR(st.st_mode) and not info.isdir():
+                        raise LayerError(f"cannot overwrite directory {rel!r} with non-directory")
+                    if info.isdir() and not stat.S_ISDIR(st.st_mode):
+                        raise LayerError(f"cannot overwrite non-directory {rel!r} with directory")
+                info.name = rel or "."
+                extractor.add(tar, info)
+        extractor.finish()
+    except tarfile.TarError as e:
+        raise LayerError(f"not a valid tar: {e}") from None
