@@ -14,7 +14,7 @@ The tar is then extracted into the store exactly as a loaded layer is (same chec
 so `save` gives back the same bytes), and the image record gets the container's image config
 with the new diff_id and a history entry appended.
 
-A running container is paused while its upper is read (`pause.py`: its cgroup v2 frozen, or its
+A running container is paused while its upper is read (`runtime.pause`: its cgroup v2 frozen, or its
 processes stopped with SIGSTOP), and always resumed. The container's image must be in the store (a container made from a plain directory
 has no config or diff_ids to build on).
 """
@@ -191,8 +191,8 @@ def layer_from_upper(
 
 @contextlib.contextmanager
 def _paused_if_running(cdir: ContainerDir) -> Iterator[None]:
-    """A running container is paused while its upper is read (see `pause.py`)."""
-    from .pause import paused
+    """A running container is paused while its upper is read (see `runtime.pause`)."""
+    from runtime.pause import paused
 
     state = cdir.effective_state()
     if state.status != RUNNING or not process_alive(state.init_pid, state.init_start):

@@ -763,6 +763,69 @@ def _network(args: argparse.Namespace, runner: Runner) -> int:
     return 0
 
 
+# -- diff, wait, rename, top (issue 17: docker's container commands) ---------------------------
+
+
+def _add_one_container(parser: argparse.ArgumentParser) -> None:
+    add_root(parser)
+    parser.add_argument("container", metavar="CONTAINER")
+
+
+def _diff(args: argparse.Namespace, runner: Runner) -> int:
+    from .changes import changes
+
+    for kind, path in changes(_state_root(args).find(args.container)):
+        print(f"{kind} {path}")
+    return 0
+
+
+def _add_wait_arguments(parser: argparse.ArgumentParser) -> None:
+    add_root(parser)
+    parser.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def _wait(args: argparse.Namespace, runner: Runner) -> int:
+    from .lifecycle import wait_exit
+
+    root = _state_root(args)
+    status = 0
+    for ref in args.containers:
+        try:
+            print(wait_exit(root.find(ref)), flush=True)
+        except UsageError as exc:
+            runner.say(str(exc))
+            status = 1
+    return status
+
+
+def _add_rename_arguments(parser: argparse.ArgumentParser) -> None:
+    add_root(parser)
+    parser.add_argument("container", metavar="CONTAINER")
+    parser.add_argument("new_name", metavar="NEW_NAME")
+
+
+def _rename(args: argparse.Namespace, runner: Runner) -> int:
+    from .lifecycle import rename
+
+    rename(_state_root(args), args.container, args.new_name)
+    return 0
+
+
+def _add_top_arguments(parser: argparse.ArgumentParser) -> None:
+    add_root(parser)
+    parser.add_argument("container", metavar="CONTAINER")
+    parser.add_argument(
+        "ps_args", nargs=argparse.REMAINDER, metavar="PS_OPTIONS", help="ps options (default -ef)"
+    )
+
+
+def _top(args: argparse.Namespace, runner: Runner) -> int:
+    from .report import top
+
+    sys.stdout.write(top(_state_root(args).find(args.container), args.ps_args or ["-ef"]))
+    return 0
+
+
 def subcommands(source: ImageSource | None = None) -> tuple[Subcommand, ...]:
     """The runtime's subcommands; `run` and `create` look IMAGE up with `source`'s resolver
     first (the image store's, handed over by `strata.cli`, which pulls what is missing), then as
@@ -803,6 +866,17 @@ def subcommands(source: ImageSource | None = None) -> tuple[Subcommand, ...]:
             _add_port_arguments,
             _port,
         ),
+        Subcommand(
+            "diff",
+            "list what a container changed in its filesystem (A, C, D)",
+            _add_one_container,
+            _diff,
+        ),
+        Subcommand(
+            "wait", "wait until containers stop, print their exit codes", _add_wait_arguments, _wait
+        ),
+        Subcommand("rename", "rename a container", _add_rename_arguments, _rename),
+        Subcommand("top", "list a container's processes (ps)", _add_top_arguments, _top),
         Subcommand(
             "network",
             "manage networks (create, ls, inspect, rm, prune)",

@@ -196,3 +196,54 @@ def _remove_layer_tree(cdir: ContainerDir, path: Path) -> None:
     _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise UsageError(f"could not remove {path}", 1)
+
+
+def wait_exit(cdir: ContainerDir) -> int:
+    """`strata wait`: block until the container has stopped (a created one: until it has been
+    started and has stopped, as docker waits), then its exit code. A container removed meanwhile
+    (`run --rm`, `rm -f`) gives the code it recorded on its way out, if it could be read."""
+    from .state import EXITED, ContainerState, read_json
+
+    last: ContainerState | None = None
+    while True:
+        for path in (cdir.path, cdir.path.with_name(f".rm-{cdir.id}")):
+            try:
+                last = ContainerState.from_json(read_json(path / "state.json"))
+                break
+            except (OSError, ValueError):
+                continue
+        else:
+            if last is not None and last.exit_code is not None and last.status == EXITED:
+                return last.exit_code
+            raise UsageError(f"container {cdir.name} was removed before it stopped", 1)
+        if last.status == RUNNING and not process_alive(last.monitor_pid, last.monitor_start):
+            return last.exit_code if last.exit_code is not None else 128 + signal.SIGKILL
+        if last.status == EXITED:
+            return last.exit_code if last.exit_code is not None else 128 + signal.SIGKILL
+        time.sleep(0.02)
+
+
+def rename(root: StateRoot, ref: str, new_name: str) -> None:
+    """`strata rename`: a new name in config.json (under the lock, so that no other command
+    takes the name meanwhile). A running container on a user network gets its DNS name changed
+    too. Docker's status for every failure here is 1."""
+    from dataclasses import replace
+
+    from .state import write_json
+
+    with root.lock():
+        cdir = root.find(ref)
+        if new_name == cdir.name:
+            raise UsageError(f"container {cdir.name} already has the name {new_name!r}", 1)
+        try:
+            root.check_name(new_name)
+        except UsageError as exc:
+            raise UsageError(str(exc), 1) from None
+        write_json(cdir.sub("config.json"), replace(cdir.config, name=new_name).to_json())
+        if cdir.config.network_id and os.geteuid() == 0:  # hook: user networks' DNS names
+            from .networks import find, update_dns
+
+            defn = find(root, cdir.config.network_id)
+            if defn is not None and cdir.effective_state().status == RUNNING:
+                with contextlib.suppress(OSError, UsageError):
+                    update_dns(root, defn)

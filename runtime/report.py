@@ -8,6 +8,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from unionfs.errors import UsageError
+
 from .state import CREATED, EXITED, RUNNING, ContainerDir, process_alive
 
 
@@ -202,3 +204,37 @@ def follow_log(cdir: ContainerDir, *, follow: bool) -> None:
 
 
 __all__ = ["CREATED", "describe", "follow_log", "inspect", "table"]
+
+
+def top(cdir: ContainerDir, ps_args: Sequence[str]) -> str:
+    """`strata top`: the host's `ps` with `ps_args` (docker's default `-ef`), keeping the
+    header and the rows of the container's processes (its PID namespace, found by PID 1), as
+    docker filters `ps` by the PIDs of the container's cgroup."""
+    import subprocess
+
+    from .pause import container_pids
+
+    state = cdir.effective_state()
+    if state.status != RUNNING or not process_alive(state.init_pid, state.init_start):
+        raise UsageError(f"container {cdir.name} is not running", 1)
+    pids = {str(p) for p in container_pids(state.init_pid)}
+    try:
+        done = subprocess.run(
+            ["ps", *ps_args], capture_output=True, text=True, check=False, timeout=30
+        )
+    except FileNotFoundError:
+        raise UsageError("top needs ps (Debian: procps)", 125) from None
+    if done.returncode != 0:
+        message = (done.stderr.strip().splitlines() or ["failed"])[0]
+        raise UsageError(f"ps {' '.join(ps_args)}: {message}", 1)
+    lines = done.stdout.splitlines()
+    if not lines or "PID" not in lines[0].split():
+        raise UsageError(f"ps {' '.join(ps_args)}: no PID column in its output", 1)
+    column = lines[0].split().index("PID")
+    rows = [line for line in lines[1:] if _field(line, column) in pids]
+    return "\n".join([lines[0], *rows]) + "\n"
+
+
+def _field(line: str, index: int) -> str:
+    fields = line.split()
+    return fields[index] if index < len(fields) else ""

@@ -216,7 +216,7 @@ def test_commit_of_a_running_container_pauses_and_resumes_it(strata: Strata) -> 
     ticks = strata.container_dir("busy") / "upper" / "ticks"
     wait_for(ticks.exists, "the container's first tick")
     init_pid = int(strata.inspect("busy")["State"]["Pid"])  # type: ignore[index]
-    from images.pause import own_cgroup, paused
+    from runtime.pause import own_cgroup, paused
 
     with paused(init_pid, strata.container_dir("busy").name) as how:
         assert how == ("cgroup" if own_cgroup(init_pid, "") else "signals")
@@ -241,7 +241,7 @@ def test_pause_resumes_when_the_body_fails(strata: Strata) -> None:
     strata.run("run", "-d", "--name", "busy", "uniontest:1", "sleep", "60", check=True)
     wait_running(strata, "busy")
     init_pid = int(strata.inspect("busy")["State"]["Pid"])  # type: ignore[index]
-    from images.pause import paused
+    from runtime.pause import paused
 
     seen: list[str] = []
 

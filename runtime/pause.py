@@ -1,4 +1,5 @@
-"""Pausing a running container while `strata commit` reads its upper dir (as `docker commit`).
+"""Pausing a running container while `strata commit` reads its upper dir (as `docker commit`),
+and the processes of a container (its PID namespace), which `strata top` lists too.
 
 Two ways, as runc has them:
 
@@ -70,6 +71,13 @@ def _state(pid: int) -> str:
     except OSError:
         return "X"  # gone
     return data[data.rindex(b")") + 2 :][:1].decode()
+
+
+def container_pids(init_pid: int) -> list[int]:
+    """Every process of the container whose PID 1 is `init_pid` (host pids, sorted): those of
+    its PID namespace, `strata exec`'s included."""
+    ns = _pid_ns(init_pid)
+    return [] if ns is None else sorted(_members(ns))
 
 
 def _members(ns: int) -> set[int]:

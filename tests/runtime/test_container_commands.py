@@ -1,0 +1,120 @@
+"""docker's smaller container commands: diff, wait, rename, top (and their bad input)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.runtime.conftest import Strata, wait_running
+
+pytestmark = [pytest.mark.root, pytest.mark.fuse]
+
+
+def test_diff_lists_added_changed_and_deleted(strata: Strata, busybox: list[str]) -> None:
+    script = (
+        "echo changed >> /etc/passwd; mkdir -p /new/dir; touch /new/dir/f; rm /bin/true;"
+        " rm -rf /opt; mkdir /opt; touch /opt/fresh"
+    )
+    strata.run("run", "--name", "d1", *busybox, "/bin/sh", "-c", script, check=True)
+    lines = strata.run("diff", "d1", check=True).stdout.splitlines()
+    # whatever else the run copied up (this image's /etc/group comes up with /etc/passwd)
+    upper_etc = {p.name for p in (strata.container_dir("d1") / "upper/etc").iterdir()}
+    lines = [
+        line
+        for line in lines
+        if not line.startswith("C /etc/") or line[7:] not in upper_etc - {"passwd"}
+    ]
+    assert lines == [
+        "C /bin",
+        "D /bin/true",
+        "C /etc",
+        "C /etc/passwd",
+        "A /new",
+        "A /new/dir",
+        "A /new/dir/f",
+        "D /opt",  # opaque now: what the image had there is gone
+        "A /opt/fresh",
+    ]
+
+
+def test_diff_of_an_unchanged_and_a_read_only_container(strata: Strata, busybox: list[str]) -> None:
+    strata.run("create", "--name", "fresh", *busybox, "true", check=True)
+    assert strata.run("diff", "fresh", check=True).stdout == ""
+    strata.run("create", "--name", "ro", "--read-only", *busybox, "true", check=True)
+    assert strata.run("diff", "ro", check=True).stdout == ""
+    done = strata.run("diff", "nosuch")
+    assert (done.returncode, done.stderr) == (1, "strata: no such container: nosuch\n")
+
+
+def test_wait_prints_each_exit_code(strata: Strata, busybox: list[str]) -> None:
+    strata.run("run", "--name", "done", *busybox, "/bin/sh", "-c", "exit 3")
+    strata.run("create", "--name", "later", *busybox, "/bin/sh", "-c", "exit 7", check=True)
+    waiter = strata.popen("wait", "done", "later", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert waiter.stdout is not None
+    assert waiter.stdout.readline() == "3\n"  # an exited container: at once
+    strata.run("start", "later", check=True)  # a created one: once it has run
+    out, err = waiter.communicate(timeout=60)
+    assert (waiter.returncode, out, err) == (0, "7\n", "")
+    done = strata.run("wait", "done", "nosuch")
+    assert (done.returncode, done.stdout) == (1, "3\n")
+    assert done.stderr == "strata: no such container: nosuch\n"
+
+
+def test_wait_for_a_running_container_killed(strata: Strata, busybox: list[str]) -> None:
+    strata.run("run", "-d", "--name", "r", *busybox, "/bin/sleep", "60", check=True)
+    wait_running(strata, "r")
+    waiter = strata.popen("wait", "r", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    strata.run("kill", "r", check=True)
+    out, _ = waiter.communicate(timeout=60)
+    assert (waiter.returncode, out) == (0, "137\n")
+
+
+def test_rename(strata: Strata, busybox: list[str]) -> None:
+    cid = strata.run("create", "--name", "old", *busybox, "true", check=True).stdout.strip()
+    strata.run("create", "--name", "other", *busybox, "true", check=True)
+    assert strata.run("rename", "old", "new", check=True).stdout == ""
+    assert strata.inspect(cid)["Name"] == "new"
+    assert strata.run("inspect", "old").returncode == 1
+    for args, words in (
+        (("new", "other"), "already in use"),
+        (("new", "new"), "already has the name"),
+        (("new", "bad name"), "invalid container name"),
+        (("nosuch", "x"), "no such container"),
+    ):
+        done = strata.run("rename", *args)
+        assert done.returncode == 1, args
+        assert words in done.stderr
+        assert done.stderr.count("\n") == 1
+    assert strata.inspect(cid)["Name"] == "new"
+    assert strata.run("rename", "new").returncode == 125  # usage
+
+
+def test_top_lists_the_container_processes(strata: Strata, busybox: list[str]) -> None:
+    strata.run(
+        "run", "-d", "--name", "t", *busybox, "/bin/sh", "-c", "sleep 61 & sleep 62", check=True
+    )
+    info = wait_running(strata, "t")
+    state = info["State"]
+    assert isinstance(state, dict)
+    lines = strata.run("top", "t", check=True).stdout.splitlines()
+    assert lines[0].split() == ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+    commands = sorted(" ".join(line.split()[7:]) for line in lines[1:])
+    assert "sleep 61" in commands
+    assert "sleep 62" in commands
+    assert all(c.startswith(("sleep", "/bin/sh")) for c in commands)  # nothing of the host's
+    assert str(state["Pid"]) in [line.split()[1] for line in lines[1:]]
+    custom = strata.run("top", "t", "-o", "pid,comm", check=True).stdout.splitlines()
+    assert custom[0].split() == ["PID", "COMMAND"]
+    assert sorted(line.split()[1] for line in custom[1:]) == ["sleep", "sleep"] or len(custom) >= 3
+    done = strata.run("top", "t", "-o", "comm")
+    assert (done.returncode, done.stderr) == (
+        1,
+        "strata: ps -o comm: no PID column in its output\n",
+    )
+
+
+def test_top_of_a_stopped_container(strata: Strata, busybox: list[str]) -> None:
+    strata.run("create", "--name", "c", *busybox, "true", check=True)
+    done = strata.run("top", "c")
+    assert (done.returncode, done.stderr) == (1, "strata: container c is not running\n")
