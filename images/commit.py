@@ -195,7 +195,11 @@ def _paused_if_running(cdir: ContainerDir) -> Iterator[None]:
     from runtime.pause import paused
 
     state = cdir.effective_state()
-    if state.status != RUNNING or not process_alive(state.init_pid, state.init_start):
+    if (
+        state.status != RUNNING
+        or state.paused  # paused by `strata pause`: it stays so
+        or not process_alive(state.init_pid, state.init_start)
+    ):
         yield
         return
     with paused(state.init_pid, cdir.id):

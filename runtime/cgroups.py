@@ -127,6 +127,31 @@ class Limits:
                 )
         return warnings
 
+    def join_freezer(self, pid: int) -> None:
+        """Put `pid` into a cgroup of the container's own that can be frozen (`strata pause`,
+        runtime.pause): the v2 one (`cgroup.freeze` is in every non-root v2 cgroup, with no
+        controller to enable), else the v1 freezer hierarchy's. Where neither can be made (a
+        rootless user without a delegated cgroup) nothing is done: pausing then stops the
+        processes with signals."""
+        v2_mount, v1_mounts = _mounted_hierarchies()
+        v2_path, v1_paths = _our_cgroups()
+        candidates = []
+        if v2_mount is not None and v2_path is not None:
+            candidates.append(v2_mount / v2_path.lstrip("/"))
+        if "freezer" in v1_mounts and "freezer" in v1_paths:
+            candidates.append(v1_mounts["freezer"] / v1_paths["freezer"].lstrip("/"))
+        for parent in candidates:
+            group = parent / f"strata-{self.container_id[:12]}"
+            try:
+                group.mkdir(exist_ok=True)
+                if group not in self.made:
+                    self.made.append(group)
+                (group / "cgroup.procs").write_text(str(pid))
+            except OSError:
+                continue
+            if (group / "cgroup.freeze").exists() or (group / "freezer.state").exists():
+                return
+
     def _apply_one(self, controller: str, value: int, pid: int) -> None:
         where = _find(controller)
         if where is None:

@@ -15,6 +15,7 @@ import argparse
 import gc
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -543,7 +544,7 @@ def _ps(args: argparse.Namespace, runner: Runner) -> int:
     rows = []
     for cdir in root.containers():
         info = describe(cdir)
-        if args.all or info["State"] == "running":
+        if args.all or info["State"] in ("running", "paused"):
             rows.append(info)
     if args.format == "json":
         print(json.dumps(rows, indent=2))
@@ -826,6 +827,39 @@ def _top(args: argparse.Namespace, runner: Runner) -> int:
     return 0
 
 
+def _add_containers(parser: argparse.ArgumentParser) -> None:
+    add_root(parser)
+    parser.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def _each(
+    args: argparse.Namespace, runner: Runner, action: Callable[[StateRoot, ContainerDir], None]
+) -> int:
+    """`action` on each container named, printing its name as docker does; 1 if any failed."""
+    root = _state_root(args)
+    status = 0
+    for ref in args.containers:
+        try:
+            action(root, root.find(ref))
+            print(ref, flush=True)
+        except UsageError as exc:
+            runner.say(str(exc))
+            status = exc.exit_code
+    return status
+
+
+def _pause(args: argparse.Namespace, runner: Runner) -> int:
+    from .lifecycle import pause
+
+    return _each(args, runner, pause)
+
+
+def _unpause(args: argparse.Namespace, runner: Runner) -> int:
+    from .lifecycle import unpause
+
+    return _each(args, runner, unpause)
+
+
 def subcommands(source: ImageSource | None = None) -> tuple[Subcommand, ...]:
     """The runtime's subcommands; `run` and `create` look IMAGE up with `source`'s resolver
     first (the image store's, handed over by `strata.cli`, which pulls what is missing), then as
@@ -877,6 +911,8 @@ def subcommands(source: ImageSource | None = None) -> tuple[Subcommand, ...]:
         ),
         Subcommand("rename", "rename a container", _add_rename_arguments, _rename),
         Subcommand("top", "list a container's processes (ps)", _add_top_arguments, _top),
+        Subcommand("pause", "freeze every process of containers", _add_containers, _pause),
+        Subcommand("unpause", "thaw paused containers", _add_containers, _unpause),
         Subcommand(
             "network",
             "manage networks (create, ls, inspect, rm, prune)",

@@ -31,6 +31,8 @@ def exec_in(root: StateRoot, cdir: ContainerDir, spec: ProcessSpec) -> int:
     state = cdir.effective_state()
     if state.status != RUNNING or not process_alive(state.init_pid, state.init_start):
         raise UsageError(f"container {cdir.name} is not running", 1)
+    if state.paused:
+        raise UsageError(f"container {cdir.name} is paused, unpause the container before exec", 1)
     confinement = confinement_of(root, cdir)
     pid1 = state.init_pid
     can_setgroups = namespaces.setgroups_allowed(str(pid1))  # while the host's /proc is ours

@@ -22,7 +22,7 @@ from .init import FORWARDED, deliver
 from .monitor import Monitor
 from .rootfs import UnionRootfs, detach_if_mounted
 from .rootfs_daemon import redirect_stdio
-from .state import RUNNING, ContainerDir, StateRoot, process_alive, remove_tree
+from .state import RUNNING, ContainerDir, ContainerState, StateRoot, process_alive, remove_tree
 from .trace import mark
 
 
@@ -108,8 +108,18 @@ def signal_container(cdir: ContainerDir, sig: int) -> None:
     if sig in FORWARDED and process_alive(state.monitor_pid, state.monitor_start):
         with contextlib.suppress(ProcessLookupError):
             os.kill(state.monitor_pid, sig)
+            _unpause_for_signal(cdir)
             return
     deliver(state.init_pid, sig, is_namespace_init=not cdir.config.init)
+    _unpause_for_signal(cdir)
+
+
+def _unpause_for_signal(cdir: ContainerDir) -> None:
+    """A paused container thaws once signalled (as docker's kill and stop), so that its
+    processes can take the signal: frozen, they would not even die of SIGKILL until thawed."""
+    state = cdir.read_state()
+    if state.paused:
+        _thaw(cdir, state)
 
 
 def wait_stopped(cdir: ContainerDir, timeout: float | None) -> bool:
@@ -247,3 +257,34 @@ def rename(root: StateRoot, ref: str, new_name: str) -> None:
             if defn is not None and cdir.effective_state().status == RUNNING:
                 with contextlib.suppress(OSError, UsageError):
                     update_dns(root, defn)
+
+
+def pause(root: StateRoot, cdir: ContainerDir) -> None:
+    """`strata pause`: freeze the container's processes (runtime.pause) and record it."""
+    from .pause import freeze
+
+    with root.lock():
+        state = cdir.effective_state()
+        if state.status != RUNNING or not process_alive(state.init_pid, state.init_start):
+            raise UsageError(f"container {cdir.name} is not running", 1)
+        if state.paused:
+            raise UsageError(f"container {cdir.name} is already paused", 1)
+        freeze(state.init_pid, cdir.id)
+        cdir.write_state(state.replace(paused=True))
+
+
+def unpause(root: StateRoot, cdir: ContainerDir) -> None:
+    """`strata unpause`: thaw what `pause` froze."""
+    with root.lock():
+        state = cdir.effective_state()
+        if state.status != RUNNING or not state.paused:
+            raise UsageError(f"container {cdir.name} is not paused", 1)
+        _thaw(cdir, state)
+
+
+def _thaw(cdir: ContainerDir, state: ContainerState) -> None:
+    from .pause import thaw
+
+    if process_alive(state.init_pid, state.init_start):
+        thaw(state.init_pid, cdir.id)
+    cdir.write_state(state.replace(paused=False))

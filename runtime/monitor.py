@@ -243,6 +243,7 @@ class Monitor:
                     daemon_pid=0,
                     ip="",
                     ports=(),
+                    paused=False,
                 )
             )
 
@@ -462,6 +463,7 @@ class Monitor:
         if self.limits.wanted():
             for warning in self.limits.apply(self.init_pid):
                 print(f"strata: warning: {warning}", file=sys.stderr, flush=True)
+        self.limits.join_freezer(self.init_pid)  # hook: strata pause (runtime.pause)
         if self.cfg.network in usernet.MODES:  # hook: runtime.usernet, the namespace exists
             mark("network helper starting")
             self.usernet = usernet.start(

@@ -1,18 +1,21 @@
-"""Pausing a running container while `strata commit` reads its upper dir (as `docker commit`),
-and the processes of a container (its PID namespace), which `strata top` lists too.
+"""Pausing a running container: `strata pause`/`unpause` (`freeze`, `thaw`) and while
+`strata commit` reads its upper dir (`paused`, as `docker commit`); and the processes of a
+container (its PID namespace), which `strata top` lists too.
 
 Two ways, as runc has them:
 
-- the container has a cgroup v2 of its own (`strata-<id>` below ours, made for `--memory` or
-  `--pids-limit` on a v2 host): write 1 to its `cgroup.freeze` and wait for `frozen 1` in
-  `cgroup.events`; thaw with 0;
-- otherwise every process of the container's PID namespace gets SIGSTOP (PID 1 too: SIGSTOP is
-  one of the two signals an ancestor namespace can always send to a namespace's init). Processes
-  forked meanwhile are caught by scanning again once every process found so far is seen stopped,
-  until such a scan finds none new: a fork under way when its parent gets SIGSTOP still
-  completes (since Linux 4.20 a signal to one process no longer restarts it) and its child is
-  not stopped, but a process seen stopped has finished its fork, so after that scan nothing is
-  left to fork. Resuming sends SIGCONT to exactly the processes stopped here.
+- the container's own cgroup (`strata-<id>` below ours; the monitor puts PID 1 in one at start,
+  runtime.cgroups `join_freezer`): v2, write 1 to its `cgroup.freeze` and wait for `frozen 1` in
+  `cgroup.events`, thaw with 0; on a hybrid host without it, the v1 freezer hierarchy's
+  `freezer.state` (FROZEN, THAWED);
+- otherwise (a rootless user without a delegated cgroup) every process of the container's PID
+  namespace gets SIGSTOP (PID 1 too: SIGSTOP is one of the two signals an ancestor namespace can
+  always send to a namespace's init). Processes forked meanwhile are caught by scanning again
+  once every process found so far is seen stopped, until such a scan finds none new: a fork
+  under way when its parent gets SIGSTOP still completes (since Linux 4.20 a signal to one
+  process no longer restarts it) and its child is not stopped, but a process seen stopped has
+  finished its fork, so after that scan nothing is left to fork. `paused()` sends SIGCONT to
+  exactly the processes it stopped; `thaw` to every process of the namespace.
 
 `paused()` always resumes, also when the body (or the pausing itself) fails.
 """
@@ -55,6 +58,89 @@ def own_cgroup(pid: int, container_id: str) -> Path | None:
             group = mount / path.lstrip("/")
             return group if (group / "cgroup.freeze").exists() else None
     return None
+
+
+def _freezer_v1(pid: int, container_id: str) -> Path | None:
+    """The container's own cgroup in the v1 freezer hierarchy (where `pid` lives), if any."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "freezer" not in controllers.split(","):
+            continue
+        if os.path.basename(path) != f"strata-{container_id[:12]}":
+            return None
+        for m in read_mountinfo():
+            if m.fstype == "cgroup" and "freezer" in m.super_options.split(","):
+                group = m.mountpoint / path.lstrip("/")
+                return group if (group / "freezer.state").exists() else None
+    return None
+
+
+def _set_v1(group: Path, state: str) -> None:
+    (group / "freezer.state").write_text(f"{state}\n")
+    deadline = time.monotonic() + _TIMEOUT
+    while (group / "freezer.state").read_text().strip() != state:
+        if time.monotonic() > deadline:
+            raise UsageError(f"could not set the container's freezer cgroup to {state}", 125)
+        time.sleep(0.005)
+
+
+def freeze(init_pid: int, container_id: str) -> str:
+    """`strata pause`: freeze the container's own cgroup (v2, else the v1 freezer's), or, with
+    neither (rootless without a delegated cgroup), SIGSTOP every process of its PID namespace;
+    how ("cgroup" or "signals")."""
+    group = own_cgroup(init_pid, container_id)
+    if group is not None:
+        _freeze(group, 1)
+        return "cgroup"
+    v1 = _freezer_v1(init_pid, container_id)
+    if v1 is not None:
+        _set_v1(v1, "FROZEN")
+        return "cgroup"
+    stopped: list[int] = []
+    try:
+        _stop_all(init_pid, stopped)
+    except BaseException:
+        _continue(stopped)
+        raise
+    return "signals"
+
+
+def thaw(init_pid: int, container_id: str) -> None:
+    """`strata unpause`: undo `freeze` (after signals: SIGCONT to every process of the
+    container's PID namespace, so also to one that the container itself had stopped)."""
+    group = own_cgroup(init_pid, container_id)
+    if group is not None:
+        _freeze(group, 0)
+        return
+    v1 = _freezer_v1(init_pid, container_id)
+    if v1 is not None:
+        _set_v1(v1, "THAWED")
+        return
+    _continue(container_pids(init_pid))
+
+
+def is_frozen(init_pid: int, container_id: str) -> bool:
+    """Whether the container is paused: its cgroup frozen, or (without one) every process of
+    its PID namespace stopped."""
+    group = own_cgroup(init_pid, container_id)
+    if group is not None:
+        return "frozen 1" in (group / "cgroup.events").read_text()
+    v1 = _freezer_v1(init_pid, container_id)
+    if v1 is not None:
+        return (v1 / "freezer.state").read_text().strip() == "FROZEN"
+    states = {_state(pid) for pid in container_pids(init_pid)}
+    return bool(states) and states <= {"T", "t", "Z", "X"}
+
+
+def _continue(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def _pid_ns(pid: int) -> int | None:
@@ -124,19 +210,16 @@ def _freeze(group: Path, value: int) -> None:
 def paused(init_pid: int, container_id: str) -> Iterator[str]:
     """The container whose PID 1 is `init_pid` paused for the body; yields how ("cgroup" or
     "signals"). Always resumed."""
-    group = own_cgroup(init_pid, container_id)
-    if group is not None:
+    if own_cgroup(init_pid, container_id) or _freezer_v1(init_pid, container_id):
+        freeze(init_pid, container_id)
         try:
-            _freeze(group, 1)
             yield "cgroup"
         finally:
-            _freeze(group, 0)
+            thaw(init_pid, container_id)
         return
     stopped: list[int] = []
     try:
         _stop_all(init_pid, stopped)
         yield "signals"
     finally:
-        for pid in stopped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        _continue(stopped)

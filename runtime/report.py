@@ -44,7 +44,7 @@ def describe(cdir: ContainerDir) -> dict[str, object]:
     cfg = cdir.config
     state = cdir.effective_state()
     if state.status == RUNNING:
-        status = f"Up {_ago(state.started_at)}"
+        status = f"Up {_ago(state.started_at)}" + (" (Paused)" if state.paused else "")
     elif state.status == EXITED:
         code = "?" if state.exit_code is None else str(state.exit_code)
         status = f"Exited ({code}) {_ago(state.finished_at) + ' ago' if state.finished_at else ''}"
@@ -56,7 +56,7 @@ def describe(cdir: ContainerDir) -> dict[str, object]:
         "Image": cfg.image,
         "Command": shlex.join(cfg.argv),
         "Created": cfg.created,
-        "State": state.status,
+        "State": "paused" if state.status == RUNNING and state.paused else state.status,
         "Status": status.strip(),
         "ExitCode": state.exit_code,
         "Pid": state.init_pid if state.status == RUNNING else 0,
@@ -111,8 +111,9 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
         "EffectiveCaps": caps if capabilities.runs_as_root(cfg.user) else [],
         "BoundingCaps": caps,
         "State": {
-            "Status": state.status,
+            "Status": "paused" if state.status == RUNNING and state.paused else state.status,
             "Running": state.status == RUNNING,
+            "Paused": state.status == RUNNING and state.paused,
             "Pid": state.init_pid if state.status == RUNNING else 0,
             "MonitorPid": state.monitor_pid if state.status == RUNNING else 0,
             "DaemonPid": state.daemon_pid if state.status == RUNNING else 0,

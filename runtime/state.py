@@ -211,6 +211,7 @@ class ContainerState:
     # the published ports as taken (runtime.ports PortMapping.text(), actual host ports), from
     # the start until their nft rules are removed (runtime.publish)
     ports: tuple[str, ...] = ()
+    paused: bool = False  # `strata pause` (runtime.pause) until `unpause` or the exit
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -263,7 +264,7 @@ class ContainerDir:
         """The recorded state, corrected when the container's monitor has died unseen."""
         state = self.read_state()
         if state.status == RUNNING and not process_alive(state.monitor_pid, state.monitor_start):
-            return state.replace(status=EXITED, finished_at=state.finished_at or "")
+            return state.replace(status=EXITED, finished_at=state.finished_at or "", paused=False)
         return state
 
 

@@ -118,3 +118,46 @@ def test_top_of_a_stopped_container(strata: Strata, busybox: list[str]) -> None:
     strata.run("create", "--name", "c", *busybox, "true", check=True)
     done = strata.run("top", "c")
     assert (done.returncode, done.stderr) == (1, "strata: container c is not running\n")
+
+
+def test_pause_and_unpause(strata: Strata, busybox: list[str]) -> None:
+    from runtime.pause import is_frozen
+
+    cid = strata.run("run", "-d", "--name", "p", *busybox, "/bin/sleep", "60", check=True)
+    cid_text = cid.stdout.strip()
+    info = wait_running(strata, "p")
+    pid = int(info["State"]["Pid"])  # type: ignore[index]
+    assert strata.run("pause", "p", check=True).stdout == "p\n"
+    assert is_frozen(pid, cid_text)
+    state = strata.inspect("p")["State"]
+    assert isinstance(state, dict)
+    assert (state["Status"], state["Running"], state["Paused"]) == ("paused", True, True)
+    assert "(Paused)" in strata.run("ps", check=True).stdout
+    for command, words in (
+        (("pause", "p"), "already paused"),
+        (("exec", "p", "true"), "unpause the container before exec"),
+    ):
+        done = strata.run(*command)
+        assert done.returncode == 1
+        assert words in done.stderr
+    assert strata.run("unpause", "p", check=True).stdout == "p\n"
+    assert not is_frozen(pid, cid_text)
+    assert strata.run("exec", "p", "true").returncode == 0
+    done = strata.run("unpause", "p")
+    assert (done.returncode, done.stderr) == (1, "strata: container p is not paused\n")
+    # a paused container still stops (thawed once signalled)
+    strata.run("pause", "p", check=True)
+    strata.run("stop", "-t", "5", "p", check=True)
+    state = strata.inspect("p")["State"]
+    assert isinstance(state, dict)
+    assert (state["Status"], state["Paused"], state["ExitCode"]) == ("exited", False, 143)
+
+
+def test_pause_of_a_stopped_container(strata: Strata, busybox: list[str]) -> None:
+    strata.run("create", "--name", "c", *busybox, "true", check=True)
+    done = strata.run("pause", "c", "nosuch")
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "strata: container c is not running",
+        "strata: no such container: nosuch",
+    ]
