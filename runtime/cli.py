@@ -180,6 +180,10 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
     parser.add_argument(
         "--pids-limit", type=int, default=0, metavar="N", help="process limit (cgroups)"
     )
+    parser.add_argument(
+        "--restart", default="no", metavar="POLICY",
+        help="no, on-failure[:N], always, unless-stopped: restart it when it exits",
+    )  # fmt: skip
     if run:
         parser.add_argument("-d", "--detach", action="store_true", help="run in the background")
     parser.add_argument("-D", "--debug", action="store_true", help="tracebacks on errors")
@@ -322,6 +326,11 @@ def _create_request(
         memory = parse_memory(args.memory)
     if not 0 <= args.pids_limit < 2**63:
         raise UsageError(f"--pids-limit {args.pids_limit}: expected 0 to 2^63-1", 125)
+    from .restart import parse_policy
+
+    restart_policy, restart_retries = parse_policy(args.restart)
+    if restart_policy != "no" and args.rm:
+        raise UsageError("conflicting options: --restart and --rm", 125)
     entrypoint = None
     if args.entrypoint is not None:
         entrypoint = (args.entrypoint,) if args.entrypoint else ()
@@ -358,6 +367,8 @@ def _create_request(
         auto_remove=args.rm,
         memory=memory,
         pids_limit=args.pids_limit,
+        restart_policy=restart_policy,
+        restart_retries=restart_retries,
         rootless=rootless,
         id_map=id_map,
         security=sec,
@@ -544,7 +555,7 @@ def _ps(args: argparse.Namespace, runner: Runner) -> int:
     rows = []
     for cdir in root.containers():
         info = describe(cdir)
-        if args.all or info["State"] in ("running", "paused"):
+        if args.all or info["State"] in ("running", "paused", "restarting"):
             rows.append(info)
     if args.format == "json":
         print(json.dumps(rows, indent=2))
@@ -566,11 +577,13 @@ def _add_stop_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _stop(args: argparse.Namespace, runner: Runner) -> int:
-    from .lifecycle import stop
+    from .lifecycle import stop, stop_by_hand
 
     root = _state_root(args)
     for ref in args.containers:
-        stop(root.find(ref), args.time)
+        cdir = root.find(ref)
+        stop_by_hand(root, cdir)
+        stop(cdir, args.time)
         print(ref, flush=True)
     return 0
 
@@ -598,12 +611,14 @@ def parse_signal(text: str) -> int:
 
 
 def _kill(args: argparse.Namespace, runner: Runner) -> int:
-    from .lifecycle import signal_container
+    from .lifecycle import signal_container, stop_by_hand
 
     sig = parse_signal(args.signal)
     root = _state_root(args)
     for ref in args.containers:
-        signal_container(root.find(ref), sig)
+        cdir = root.find(ref)
+        stop_by_hand(root, cdir)
+        signal_container(cdir, sig)
         print(ref, flush=True)
     return 0
 
@@ -848,6 +863,21 @@ def _each(
     return status
 
 
+def _add_restart_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_stop_arguments(parser)
+
+
+def _restart(args: argparse.Namespace, runner: Runner) -> int:
+    from .lifecycle import start_detached, stop, stop_by_hand
+
+    def restart(root: StateRoot, cdir: ContainerDir) -> None:
+        stop_by_hand(root, cdir)
+        stop(cdir, args.time)
+        start_detached(root, cdir, remove_on_failure=False)
+
+    return _each(args, runner, restart)
+
+
 def _pause(args: argparse.Namespace, runner: Runner) -> int:
     from .lifecycle import pause
 
@@ -912,6 +942,7 @@ def subcommands(source: ImageSource | None = None) -> tuple[Subcommand, ...]:
         Subcommand("rename", "rename a container", _add_rename_arguments, _rename),
         Subcommand("top", "list a container's processes (ps)", _add_top_arguments, _top),
         Subcommand("pause", "freeze every process of containers", _add_containers, _pause),
+        Subcommand("restart", "stop containers, then start them", _add_restart_arguments, _restart),
         Subcommand("unpause", "thaw paused containers", _add_containers, _unpause),
         Subcommand(
             "network",

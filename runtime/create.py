@@ -58,6 +58,8 @@ class CreateRequest:
     auto_remove: bool = False
     memory: int = 0
     pids_limit: int = 0
+    restart_policy: str = "no"
+    restart_retries: int = 0
     security: SecurityOptions = field(default_factory=SecurityOptions)
     # Who runs it, decided before the caller may have entered a user namespace (where it is
     # root): None means "look at our own ids now".
@@ -121,6 +123,8 @@ def container_config(root: StateRoot, req: CreateRequest, cid: str) -> Container
         id_map=id_map,
         memory=req.memory,
         pids_limit=req.pids_limit,
+        restart_policy=req.restart_policy,
+        restart_retries=req.restart_retries,
         capabilities=tuple(capabilities.sorted_names(sec.capabilities())),
         privileged=sec.privileged,
         cap_add=sec.cap_add,

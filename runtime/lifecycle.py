@@ -44,12 +44,18 @@ def run_attached(
     if cdir.config.auto_remove:
         remove(root, cdir, force=True)
         mark("removed")
+    elif cdir.config.restart_policy != "no":  # hook: runtime.restart, the restarts go on
+        start_detached(root, cdir, remove_on_failure=False, after_exit=code)
     return code
 
 
-def start_detached(root: StateRoot, cdir: ContainerDir, *, remove_on_failure: bool) -> None:
+def start_detached(
+    root: StateRoot, cdir: ContainerDir, *, remove_on_failure: bool, after_exit: int | None = None
+) -> None:
     """Start a monitor daemon for the container and return once the command runs (StartError
-    with the container's message otherwise). Its output goes to the container's log."""
+    with the container's message otherwise). Its output goes to the container's log.
+    `after_exit`: the container has just exited with this status (a foreground run): the
+    daemon only restarts it as its restart policy says, and returns at once."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     read_fd, write_fd = os.pipe()
@@ -60,7 +66,7 @@ def start_detached(root: StateRoot, cdir: ContainerDir, *, remove_on_failure: bo
             os.setsid()
             if os.fork() != 0:
                 os._exit(0)
-            _monitor_daemon(root, cdir, write_fd)
+            _monitor_daemon(root, cdir, write_fd, after_exit)
         finally:
             os._exit(1)
     os.close(write_fd)
@@ -76,13 +82,22 @@ def start_detached(root: StateRoot, cdir: ContainerDir, *, remove_on_failure: bo
     raise StartError(failure.message or "the container's monitor died", failure.code)
 
 
-def _monitor_daemon(root: StateRoot, cdir: ContainerDir, report_fd: int) -> NoReturn:
+def _monitor_daemon(
+    root: StateRoot, cdir: ContainerDir, report_fd: int, after_exit: int | None
+) -> NoReturn:
     status = 1
     report = startup.StartupReport(report_fd)
     try:
         os.chdir("/")
         redirect_stdio(cdir.sub("log"), stdout_to_log=True, mode=0o600)
-        status = Monitor(root, cdir).run(on_started=report.ok)
+        if after_exit is None:
+            began = time.monotonic()
+            status = Monitor(root, cdir).run(on_started=report.ok)
+            ran_for = time.monotonic() - began
+        else:
+            report.ok()
+            status, ran_for = after_exit, 0.0
+        status = keep_restarting(root, cdir, status, ran_for)
         if cdir.config.auto_remove:
             remove(root, cdir, force=True)
     except UsageError as exc:
@@ -93,6 +108,68 @@ def _monitor_daemon(root: StateRoot, cdir: ContainerDir, report_fd: int) -> NoRe
     finally:
         report.fail(START_FAILED, "the monitor stopped before the container started")
         os._exit(status)
+
+
+def keep_restarting(root: StateRoot, cdir: ContainerDir, code: int, ran_for: float) -> int:
+    """Start the container again for as long as its restart policy says (runtime.restart),
+    waiting docker's delays; the last exit status. Ends at a stop by hand, a start by hand,
+    its removal, or a start that fails."""
+    from . import restart
+
+    cfg = cdir.config
+    delay = restart.next_delay(restart.FIRST_DELAY / 2, ran_for)
+    count = 0
+    while True:
+        with root.lock():
+            if not cdir.path.exists():
+                return code
+            state = cdir.read_state()
+            count = state.restart_count
+            if (
+                state.status == RUNNING
+                or state.stopped_by_hand
+                or not restart.wanted(cfg.restart_policy, cfg.restart_retries, code, count)
+            ):
+                return code
+            cdir.write_state(state.replace(restarting=True))
+        if not _wait_unless_stopped(cdir, delay):
+            return code
+        began = time.monotonic()
+        try:
+            code = Monitor(root, cdir, restart_count=count + 1).run()
+        except StartError as exc:
+            print(f"strata: restart of {cfg.name} failed: {exc}", file=sys.stderr, flush=True)
+            with contextlib.suppress(OSError), root.lock():
+                if cdir.path.exists():
+                    cdir.write_state(cdir.read_state().replace(restarting=False))
+            return code
+        count += 1
+        delay = restart.next_delay(delay, time.monotonic() - began)
+
+
+def _wait_unless_stopped(cdir: ContainerDir, delay: float) -> bool:
+    """Sleep `delay` s; False as soon as the container is stopped by hand, started by hand or
+    removed meanwhile."""
+    deadline = time.monotonic() + delay
+    while time.monotonic() < deadline:
+        if not cdir.path.exists():
+            return False
+        state = cdir.read_state()
+        if state.stopped_by_hand or state.status == RUNNING:
+            return False
+        time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+    return True
+
+
+def stop_by_hand(root: StateRoot, cdir: ContainerDir) -> None:
+    """Record that the container is being stopped by hand (stop, kill, rm -f, restart): its
+    restart policy does not start it again (runtime.restart)."""
+    if cdir.config.restart_policy == "no":
+        return
+    with root.lock():
+        if cdir.path.exists():
+            state = cdir.read_state()
+            cdir.write_state(state.replace(stopped_by_hand=True, restarting=False))
 
 
 def signal_container(cdir: ContainerDir, sig: int) -> None:
@@ -157,6 +234,7 @@ def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
     if state.status == RUNNING and state.monitor_pid != os.getpid():
         if not force:
             raise UsageError(f"container {cdir.name} is running: stop it first, or use -f", 1)
+        stop_by_hand(root, cdir)
         with contextlib.suppress(UsageError):
             signal_container(cdir, signal.SIGKILL)
         wait_stopped(cdir, 15.0)

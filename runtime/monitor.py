@@ -58,9 +58,15 @@ class Monitor:
     """One run of a container, from mounting its rootfs to recording its exit status."""
 
     def __init__(
-        self, root: StateRoot, cdir: ContainerDir, *, daemon: UnionRootfs | None = None
+        self,
+        root: StateRoot,
+        cdir: ContainerDir,
+        *,
+        daemon: UnionRootfs | None = None,
+        restart_count: int = 0,
     ) -> None:
         self.root = root
+        self.restart_count = restart_count  # runtime.restart: 0 for a start by hand
         self.cdir = cdir
         self.daemon = daemon  # a union daemon forked early, or None to fork one here
         self.cfg = cdir.config
@@ -124,6 +130,8 @@ class Monitor:
             previous = reconcile(self.root, self.cdir)  # a dead rootfs mount is detached
             if previous.status == RUNNING:
                 raise StartError(f"container {self.cfg.name} is already running", START_FAILED)
+            if self.restart_count and previous.stopped_by_hand:  # runtime.restart: a stop won
+                raise StartError(f"container {self.cfg.name} was stopped", START_FAILED)
             usernet.collect(self.cdir)  # a helper a monitor killed with SIGKILL left
             if self.cfg.network.startswith("container:"):
                 self.net_fd = self._open_shared_network()
@@ -147,6 +155,7 @@ class Monitor:
                     started_at=now(),
                     ip=self.address,
                     ports=self.ports.texts(),
+                    restart_count=self.restart_count,
                 )
             )
         return previous

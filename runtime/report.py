@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from unionfs.errors import UsageError
 
-from .state import CREATED, EXITED, RUNNING, ContainerDir, process_alive
+from .state import CREATED, EXITED, RUNNING, ContainerDir, ContainerState, process_alive
 
 
 def _epoch(stamp: str) -> float | None:
@@ -45,6 +45,9 @@ def describe(cdir: ContainerDir) -> dict[str, object]:
     state = cdir.effective_state()
     if state.status == RUNNING:
         status = f"Up {_ago(state.started_at)}" + (" (Paused)" if state.paused else "")
+    elif state.restarting and state.status == EXITED:
+        code = "?" if state.exit_code is None else str(state.exit_code)
+        status = f"Restarting ({code}) {_ago(state.finished_at)} ago"
     elif state.status == EXITED:
         code = "?" if state.exit_code is None else str(state.exit_code)
         status = f"Exited ({code}) {_ago(state.finished_at) + ' ago' if state.finished_at else ''}"
@@ -56,13 +59,22 @@ def describe(cdir: ContainerDir) -> dict[str, object]:
         "Image": cfg.image,
         "Command": shlex.join(cfg.argv),
         "Created": cfg.created,
-        "State": "paused" if state.status == RUNNING and state.paused else state.status,
+        "State": _status(state),
         "Status": status.strip(),
         "ExitCode": state.exit_code,
         "Pid": state.init_pid if state.status == RUNNING else 0,
         "IPAddress": state.ip,
         "Ports": publish.ps_ports(cdir),
     }
+
+
+def _status(state: ContainerState) -> str:
+    """docker's State.Status: created, running, paused, restarting, exited."""
+    if state.status == RUNNING and state.paused:
+        return "paused"
+    if state.status == EXITED and state.restarting:
+        return "restarting"
+    return state.status
 
 
 def table(rows: Sequence[dict[str, object]], *, full: bool = False) -> str:
@@ -111,9 +123,10 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
         "EffectiveCaps": caps if capabilities.runs_as_root(cfg.user) else [],
         "BoundingCaps": caps,
         "State": {
-            "Status": "paused" if state.status == RUNNING and state.paused else state.status,
+            "Status": _status(state),
             "Running": state.status == RUNNING,
             "Paused": state.status == RUNNING and state.paused,
+            "Restarting": state.status == EXITED and state.restarting,
             "Pid": state.init_pid if state.status == RUNNING else 0,
             "MonitorPid": state.monitor_pid if state.status == RUNNING else 0,
             "DaemonPid": state.daemon_pid if state.status == RUNNING else 0,
@@ -121,6 +134,7 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             "StartedAt": state.started_at,
             "FinishedAt": state.finished_at,
         },
+        "RestartCount": state.restart_count,
         "Config": {
             "Cmd": list(cfg.argv),
             "Env": list(cfg.env),
@@ -139,6 +153,10 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             "PortBindings": ports["PortBindings"],
             "PublishAllPorts": cfg.publish_all,
             "ReadonlyRootfs": cfg.read_only,
+            "RestartPolicy": {
+                "Name": cfg.restart_policy,
+                "MaximumRetryCount": cfg.restart_retries,
+            },
             "Binds": [f"{v.source}:{v.target}{':ro' if v.read_only else ''}" for v in cfg.volumes],
             "Rootless": cfg.rootless,
             "IdMap": cfg.id_map,

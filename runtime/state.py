@@ -145,6 +145,8 @@ class ContainerConfig:
     id_map: dict[str, list[list[int]]] = field(default_factory=dict)
     memory: int = 0
     pids_limit: int = 0
+    restart_policy: str = "no"  # --restart (runtime.restart) and its on-failure maximum
+    restart_retries: int = 0
     # security (runtime.security): the capability set (None: the default, for containers made
     # before strata recorded it), the options as given, the seccomp mode
     capabilities: tuple[str, ...] | None = None
@@ -212,6 +214,11 @@ class ContainerState:
     # the start until their nft rules are removed (runtime.publish)
     ports: tuple[str, ...] = ()
     paused: bool = False  # `strata pause` (runtime.pause) until `unpause` or the exit
+    # restart policies (runtime.restart): restarts since the last start by hand; a stop by hand
+    # (no restart then); waiting to be restarted
+    restart_count: int = 0
+    stopped_by_hand: bool = False
+    restarting: bool = False
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
 
-from tests.runtime.conftest import Strata, wait_running
+from tests.runtime.conftest import Strata, wait_for, wait_running
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
 
@@ -161,3 +162,104 @@ def test_pause_of_a_stopped_container(strata: Strata, busybox: list[str]) -> Non
         "strata: container c is not running",
         "strata: no such container: nosuch",
     ]
+
+
+def _state(strata: Strata, ref: str) -> dict[str, object]:
+    info = strata.inspect(ref)
+    state = info["State"]
+    assert isinstance(state, dict)
+    return {**state, "RestartCount": info["RestartCount"]}
+
+
+def test_restart_policy_on_failure_with_a_maximum(strata: Strata, busybox: list[str]) -> None:
+    strata.run(
+        "run", "-d", "--name", "f", "--restart", "on-failure:2", *busybox,
+        "/bin/sh", "-c", "echo ran; exit 3", check=True,
+    )  # fmt: skip
+
+    def settled() -> bool:
+        state = _state(strata, "f")
+        return state["RestartCount"] == 2 and state["Status"] == "exited"
+
+    wait_for(settled, "two restarts, then the end", timeout=60)
+    assert _state(strata, "f")["ExitCode"] == 3
+    assert strata.run("logs", "f", check=True).stdout == "ran\n" * 3
+    info = strata.inspect("f")["HostConfig"]
+    assert isinstance(info, dict)
+    assert info["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 2}
+
+
+def test_restart_policy_on_failure_leaves_a_success_alone(
+    strata: Strata, busybox: list[str]
+) -> None:
+    done = strata.run("run", "--name", "ok", "--restart", "on-failure", *busybox, "true")
+    assert done.returncode == 0
+    assert strata.run("wait", "ok", check=True).stdout == "0\n"
+    state = _state(strata, "ok")
+    assert (state["Status"], state["RestartCount"]) == ("exited", 0)
+
+
+def test_restart_policy_always_until_stopped_by_hand(strata: Strata, busybox: list[str]) -> None:
+    # a foreground run returns the first status; the restarts go on in the background
+    done = strata.run(
+        "run", "--name", "a", "--restart", "always", *busybox, "/bin/sh", "-c", "exit 4"
+    )
+    assert done.returncode == 4
+    wait_for(lambda: int(_state(strata, "a")["RestartCount"]) >= 2, "two restarts")  # type: ignore[call-overload]
+    strata.run("stop", "-t", "1", "a", check=True)
+    state = _state(strata, "a")
+    assert state["Status"] == "exited"
+    assert state["Restarting"] is False
+    # no monitor is left to start it again
+
+    def monitor_gone() -> bool:
+        return not any(
+            str(strata.root) in _cmdline(pid) for pid in os.listdir("/proc") if pid.isdigit()
+        )
+
+    wait_for(monitor_gone, "the monitor to give up")
+    assert _state(strata, "a")["Status"] == "exited"
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_restart_command(strata: Strata, busybox: list[str]) -> None:
+    strata.run("run", "-d", "--name", "r", *busybox, "/bin/sleep", "60", check=True)
+    first = wait_running(strata, "r")["State"]
+    assert isinstance(first, dict)
+    assert strata.run("restart", "-t", "1", "r", check=True).stdout == "r\n"
+    second = wait_running(strata, "r")["State"]
+    assert isinstance(second, dict)
+    assert second["Pid"] != first["Pid"]
+    assert second["StartedAt"] > first["StartedAt"]
+    # a stopped container is started
+    strata.run("create", "--name", "c", *busybox, "/bin/sleep", "60", check=True)
+    strata.run("restart", "c", check=True)
+    wait_running(strata, "c")
+    done = strata.run("restart", "nosuch")
+    assert (done.returncode, done.stderr) == (1, "strata: no such container: nosuch\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--restart", "bogus"), "invalid restart policy"),
+        (("--restart", "always:3"), "cannot be used with restart policy 'always'"),
+        (("--restart", "on-failure:-1"), "must be a number"),
+        (("--restart", "always", "--rm"), "conflicting options: --restart and --rm"),
+    ],
+)
+def test_restart_policy_bad_input(
+    strata: Strata, busybox: list[str], args: tuple[str, ...], words: str
+) -> None:
+    done = strata.run("create", *args, *busybox, "true")
+    assert done.returncode == 125
+    assert words in done.stderr
+    assert done.stderr.count("\n") == 1
+    assert strata.container_ids() == []
