@@ -878,6 +878,28 @@ def _restart(args: argparse.Namespace, runner: Runner) -> int:
     return _each(args, runner, restart)
 
 
+def _add_stats_arguments(parser: argparse.ArgumentParser) -> None:
+    add_root(parser)
+    parser.add_argument("-a", "--all", action="store_true", help="also stopped containers")
+    parser.add_argument("--no-stream", action="store_true", help="print one table and stop")
+    parser.add_argument("--no-trunc", action="store_true", help="full container ids")
+    parser.add_argument("containers", nargs="*", metavar="CONTAINER")
+
+
+def _stats(args: argparse.Namespace, runner: Runner) -> int:
+    from .stats import show
+
+    root = _state_root(args)
+    if args.containers:
+        found = [root.find(ref) for ref in args.containers]
+    else:
+        found = [
+            c for c in root.containers() if args.all or c.effective_state().status == "running"
+        ]
+    show(found, stream=not args.no_stream, full=args.no_trunc)
+    return 0
+
+
 def _pause(args: argparse.Namespace, runner: Runner) -> int:
     from .lifecycle import pause
 
@@ -944,6 +966,9 @@ def subcommands(source: ImageSource | None = None) -> tuple[Subcommand, ...]:
         Subcommand("pause", "freeze every process of containers", _add_containers, _pause),
         Subcommand("restart", "stop containers, then start them", _add_restart_arguments, _restart),
         Subcommand("unpause", "thaw paused containers", _add_containers, _unpause),
+        Subcommand(
+            "stats", "show containers' CPU, memory, I/O and PIDs", _add_stats_arguments, _stats
+        ),
         Subcommand(
             "network",
             "manage networks (create, ls, inspect, rm, prune)",

@@ -263,3 +263,28 @@ def test_restart_policy_bad_input(
     assert words in done.stderr
     assert done.stderr.count("\n") == 1
     assert strata.container_ids() == []
+
+
+def test_stats_no_stream(strata: Strata, busybox: list[str]) -> None:
+    strata.run(
+        "run", "-d", "--name", "busy", "-m", "64m", *busybox,
+        "/bin/sh", "-c", "sleep 60 & while true; do :; done", check=True,
+    )  # fmt: skip
+    wait_running(strata, "busy")
+    strata.run("create", "--name", "idle", *busybox, "true", check=True)
+    lines = strata.run("stats", "--no-stream", check=True).stdout.splitlines()
+    assert [c.strip() for c in lines[0].split("   ") if c.strip()] == [
+        "CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "BLOCK I/O",
+        "PIDS",
+    ]  # fmt: skip
+    assert len(lines) == 2  # only running containers without -a
+    cells = [c.strip() for c in lines[1].split("   ") if c.strip()]
+    assert cells[1] == "busy"
+    assert float(cells[2].rstrip("%")) > 0  # a busy loop uses CPU
+    assert cells[3].endswith(" / 64MiB")
+    assert int(cells[7]) >= 2  # the shell and its sleep
+    everything = strata.run("stats", "--no-stream", "-a", check=True).stdout.splitlines()
+    idle = next(line for line in everything if " idle " in line)
+    assert idle.split()[2:4] == ["--", "--"]
+    done = strata.run("stats", "--no-stream", "nosuch")
+    assert (done.returncode, done.stderr) == (1, "strata: no such container: nosuch\n")
