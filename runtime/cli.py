@@ -900,6 +900,30 @@ def _stats(args: argparse.Namespace, runner: Runner) -> int:
     return 0
 
 
+def _add_attach_arguments(parser: argparse.ArgumentParser) -> None:
+    add_root(parser)
+    parser.add_argument(
+        "--detach-keys", default=None, metavar="KEYS",
+        help="the keys that detach (default ctrl-p,ctrl-q; '' for none)",
+    )  # fmt: skip
+    parser.add_argument("--no-stdin", action="store_true", help="do not attach the input")
+    parser.add_argument(
+        "--sig-proxy", default="true", choices=("true", "false"),
+        help="pass SIGINT and SIGTERM to a container without -t (default true)",
+    )  # fmt: skip
+    parser.add_argument("container", metavar="CONTAINER")
+
+
+def _attach(args: argparse.Namespace, runner: Runner) -> int:
+    from .attach import DEFAULT_DETACH_KEYS, attach, parse_detach_keys
+
+    keys = parse_detach_keys(DEFAULT_DETACH_KEYS if args.detach_keys is None else args.detach_keys)
+    cdir = _state_root(args).find(args.container)
+    return attach(
+        cdir, detach_keys=keys, no_stdin=args.no_stdin, sig_proxy=args.sig_proxy == "true"
+    )
+
+
 def _pause(args: argparse.Namespace, runner: Runner) -> int:
     from .lifecycle import pause
 
@@ -966,6 +990,12 @@ def subcommands(source: ImageSource | None = None) -> tuple[Subcommand, ...]:
         Subcommand("pause", "freeze every process of containers", _add_containers, _pause),
         Subcommand("restart", "stop containers, then start them", _add_restart_arguments, _restart),
         Subcommand("unpause", "thaw paused containers", _add_containers, _unpause),
+        Subcommand(
+            "attach",
+            "attach the terminal to a detached container's input and output",
+            _add_attach_arguments,
+            _attach,
+        ),
         Subcommand(
             "stats", "show containers' CPU, memory, I/O and PIDs", _add_stats_arguments, _stats
         ),

@@ -90,6 +90,12 @@ def _monitor_daemon(
     try:
         os.chdir("/")
         redirect_stdio(cdir.sub("log"), stdout_to_log=True, mode=0o600)
+        if cdir.config.interactive:  # hook: runtime.attach, the container's input
+            from .attach import open_stdin_fifo
+
+            fifo = open_stdin_fifo(cdir)
+            os.dup2(fifo, 0)
+            os.close(fifo)
         if after_exit is None:
             began = time.monotonic()
             status = Monitor(root, cdir).run(on_started=report.ok)

@@ -288,3 +288,97 @@ def test_stats_no_stream(strata: Strata, busybox: list[str]) -> None:
     assert idle.split()[2:4] == ["--", "--"]
     done = strata.run("stats", "--no-stream", "nosuch")
     assert (done.returncode, done.stderr) == (1, "strata: no such container: nosuch\n")
+
+
+def test_attach_passes_input_and_returns_the_exit_status(
+    strata: Strata, busybox: list[str]
+) -> None:
+    script = "read line; echo got $line; exit 5"
+    strata.run("run", "-d", "-i", "--name", "a", *busybox, "/bin/sh", "-c", script, check=True)
+    wait_running(strata, "a")
+    attach = strata.popen(
+        "attach", "a", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = attach.communicate("bye\n", timeout=60)
+    assert (attach.returncode, out, err) == (5, "got bye\n", "")
+    done = strata.run("attach", "a")
+    assert (done.returncode, done.stderr) == (
+        1,
+        "strata: you cannot attach to a stopped container, start it first\n",
+    )
+
+
+@pytest.mark.parametrize(("keys", "typed"), [(None, "\x10\x11"), ("ctrl-a,x", "\x01x")])
+def test_attach_detach_keys_leave_it_running(
+    strata: Strata, busybox: list[str], keys: str | None, typed: str
+) -> None:
+    script = "while read line; do echo got $line; done"
+    strata.run("run", "-d", "-i", "--name", "a", *busybox, "/bin/sh", "-c", script, check=True)
+    wait_running(strata, "a")
+    args = ["--detach-keys", keys] if keys is not None else []
+    attach = strata.popen(
+        "attach", *args, "a", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert attach.stdin is not None
+    assert attach.stdout is not None
+    attach.stdin.write("one\n")
+    attach.stdin.flush()
+    assert attach.stdout.readline() == "got one\n"
+    attach.stdin.write(typed)
+    attach.stdin.flush()
+    out, err = attach.communicate(timeout=60)
+    assert (attach.returncode, out, err) == (1, "", "read escape sequence\n")
+    assert strata.inspect("a")["State"]["Status"] == "running"  # type: ignore[index]
+    # its input stayed open: a second attach goes on
+    again = strata.popen(
+        "attach", *args, "a", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert again.stdin is not None
+    assert again.stdout is not None
+    again.stdin.write("two\n")
+    again.stdin.flush()
+    assert again.stdout.readline() == "got two\n"
+    again.stdin.write(typed)
+    again.stdin.flush()
+    again.communicate(timeout=60)
+    assert again.returncode == 1
+
+
+def test_attach_to_a_tty_container(strata: Strata, busybox: list[str]) -> None:
+    strata.run("run", "-d", "-it", "--name", "t", *busybox, "/bin/sh", check=True)
+    wait_running(strata, "t")
+    done = strata.run("attach", "t", input="exit\n")
+    assert (done.returncode, done.stderr) == (1, "strata: the input device is not a TTY\n")
+    master, slave = os.openpty()
+    try:
+        attach = strata.popen("attach", "t", stdin=slave, stdout=subprocess.PIPE)
+        assert attach.stdout is not None
+        os.write(master, b"echo hi$((40+2))\r")
+        seen = ""
+        while "hi42" not in seen:
+            line = attach.stdout.readline()
+            assert line, seen
+            seen += line
+        os.write(master, b"exit 3\r")
+        attach.communicate(timeout=60)
+        assert attach.returncode == 3
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_attach_bad_input(strata: Strata, busybox: list[str]) -> None:
+    strata.run("run", "-d", "-i", "--name", "p", *busybox, "/bin/sleep", "60", check=True)
+    wait_running(strata, "p")
+    done = strata.run("attach", "--detach-keys", "ctrl-1", "p")
+    assert (done.returncode, done.stderr) == (
+        125,
+        "strata: --detach-keys ctrl-1: invalid key 'ctrl-1'\n",
+    )
+    strata.run("pause", "p", check=True)
+    done = strata.run("attach", "p")
+    assert done.returncode == 1
+    assert "unpause it first" in done.stderr
+    strata.run("unpause", "p", check=True)
+    done = strata.run("attach", "nosuch")
+    assert (done.returncode, done.stderr) == (1, "strata: no such container: nosuch\n")

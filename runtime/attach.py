@@ -1,0 +1,197 @@
+"""`strata attach CONTAINER`: the terminal joins a detached container's input and output.
+
+A detached container's output goes to its log (`containers/<id>/log`: the pty's output with
+`-t`, stdout and stderr without), and a detached container with `-i` reads its input from a
+FIFO, `containers/<id>/stdin`, that its monitor holds open for reading and writing (so the
+container's stdin never ends while no one is attached, as docker keeps it open): with `-t` the
+monitor relays it to the pty, without `-t` it is the container's stdin itself. `attach`
+follows the log from its end and writes what the terminal types into the FIFO, in raw mode for
+a `-t` container, until the container stops (then its exit status is ours, as docker's) or the
+detach keys are typed (default ctrl-p ctrl-q; then "read escape sequence" and status 1, as
+docker's). As docker, a key that starts the sequence is held back until the next one shows
+whether the sequence follows; then both go to the container. Without `-t`, SIGINT and SIGTERM
+are passed to the container (`--sig-proxy`, default true); with `-t`, ctrl-c is a key like
+any other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import sys
+from types import FrameType
+from typing import Final
+
+from unionfs.errors import UsageError
+
+from . import console
+from .state import EXITED, RUNNING, ContainerDir, process_alive
+
+DEFAULT_DETACH_KEYS: Final = "ctrl-p,ctrl-q"
+_CHUNK: Final = 1 << 16
+_POLL: Final = 0.05
+
+
+def parse_detach_keys(text: str) -> bytes:
+    """docker's `--detach-keys`: comma-separated keys, each one character or `ctrl-X` (X a
+    letter or one of @ [ \\ ] ^ _); UsageError (125) otherwise. Empty: no detaching."""
+    keys = bytearray()
+    for key in text.split(",") if text else []:
+        if len(key) == 1:
+            keys.append(ord(key))
+            continue
+        name = key.lower()
+        if name.startswith("ctrl-") and len(name) == 6:
+            char = name[5]
+            if "a" <= char <= "z":
+                keys.append(ord(char) - ord("a") + 1)
+                continue
+            if char in "@[\\]^_":
+                keys.append(ord(char.upper()) - 64 if char != "@" else 0)
+                continue
+        raise UsageError(f"--detach-keys {text}: invalid key {key!r}", 125)
+    return bytes(keys)
+
+
+def stdin_fifo(cdir: ContainerDir) -> str:
+    return str(cdir.sub("stdin"))
+
+
+def open_stdin_fifo(cdir: ContainerDir) -> int:
+    """For the detached monitor of a `-i` container: the FIFO its container reads, opened for
+    reading and writing (its input never ends while no one is attached), not inherited by
+    exec (the caller dup2s it to fd 0)."""
+    path = stdin_fifo(cdir)
+    with contextlib.suppress(FileExistsError):
+        os.mkfifo(path, 0o600)
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+
+class _Detach(Exception):
+    """The detach keys were typed."""
+
+
+class _KeyScanner:
+    """Passes keys through, holding back a prefix of the detach sequence until it is
+    complete (`_Detach`) or broken (then the held keys go too)."""
+
+    def __init__(self, sequence: bytes) -> None:
+        self.sequence = sequence
+        self.held = b""
+
+    def feed(self, data: bytes) -> bytes:
+        if not self.sequence:
+            return data
+        out = bytearray()
+        for byte in data:
+            candidate = self.held + bytes([byte])
+            if self.sequence.startswith(candidate):
+                if candidate == self.sequence:
+                    raise _Detach
+                self.held = candidate
+                continue
+            out += candidate
+            self.held = b""
+        return bytes(out)
+
+
+def attach(cdir: ContainerDir, *, detach_keys: bytes, no_stdin: bool, sig_proxy: bool) -> int:
+    """See the module doc; the container's exit status, or 1 after the detach keys."""
+    state = cdir.effective_state()
+    if state.status != RUNNING or not process_alive(state.init_pid, state.init_start):
+        raise UsageError("you cannot attach to a stopped container, start it first", 1)
+    if state.paused:
+        raise UsageError("you cannot attach to a paused container, unpause it first", 1)
+    cfg = cdir.config
+    stdin = None if no_stdin or not cfg.interactive else sys.stdin.fileno()
+    if stdin is not None and cfg.tty and not os.isatty(stdin):
+        raise UsageError("the input device is not a TTY", 1)
+    log = os.open(cdir.sub("log"), os.O_RDONLY | os.O_CLOEXEC)
+    fifo: int | None = None
+    try:
+        os.lseek(log, 0, os.SEEK_END)
+        if stdin is not None:
+            fifo = os.open(stdin_fifo(cdir), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            os.set_blocking(fifo, True)
+        previous = {}
+        if sig_proxy and not cfg.tty:
+            from .lifecycle import signal_container
+
+            def proxy(signum: int, frame: FrameType | None) -> None:
+                with contextlib.suppress(UsageError):
+                    signal_container(cdir, signum)
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, proxy)
+        try:
+            with (
+                console.raw_terminal(stdin)
+                if stdin is not None and cfg.tty
+                else contextlib.nullcontext()
+            ):
+                return _relay(cdir, log, stdin, fifo, _KeyScanner(detach_keys))
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    finally:
+        os.close(log)
+        if fifo is not None:
+            os.close(fifo)
+
+
+def _relay(
+    cdir: ContainerDir, log: int, stdin: int | None, fifo: int | None, keys: _KeyScanner
+) -> int:
+    out = sys.stdout.fileno()
+    while True:
+        stopped = _stopped(cdir)
+        _copy_log(log, out)
+        if stopped is not None:
+            return stopped
+        try:
+            ready, _, _ = select.select([stdin] if stdin is not None else [], [], [], _POLL)
+        except InterruptedError:
+            continue
+        if stdin is not None and ready:
+            data = os.read(stdin, _CHUNK)
+            if not data:  # our input ended: the container's stays open (the FIFO)
+                stdin = None
+                continue
+            try:
+                data = keys.feed(data)
+            except _Detach:
+                _copy_log(log, out)
+                print("read escape sequence", file=sys.stderr, flush=True)
+                return 1
+            if data and fifo is not None:
+                try:
+                    console_write(fifo, data)
+                except BrokenPipeError:
+                    stdin = None
+
+
+def console_write(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _copy_log(log: int, out: int) -> None:
+    while chunk := os.read(log, _CHUNK):
+        console_write(out, chunk)
+
+
+def _stopped(cdir: ContainerDir) -> int | None:
+    """The container's exit status once it has stopped (its monitor gone), else None."""
+    if not cdir.path.exists():  # removed (run -d --rm): its status went with it
+        return 0
+    try:
+        state = cdir.read_state()
+    except (OSError, ValueError):
+        return 0
+    if state.status == EXITED:
+        return state.exit_code if state.exit_code is not None else 0
+    if state.status == RUNNING and not process_alive(state.monitor_pid, state.monitor_start):
+        return state.exit_code if state.exit_code is not None else 128 + signal.SIGKILL
+    return None
