@@ -142,3 +142,28 @@ def test_copy_in_matches_podman(strata: Strata, podman: list[str], tmp_path: Pat
             )
     assert tree(tmp_path / "back-podman") == tree(tmp_path / "back-strata")
     assert (tmp_path / "back-strata" / "src" / "sub" / "f").read_text() == "file\n"
+
+
+def test_diff_after_copies_matches_podman(
+    strata: Strata, podman: list[str], tmp_path: Path
+) -> None:
+    strata.run("load", "-q", "-i", str(BUSYBOX_OCI_ARCHIVE), check=True)
+    strata.run("create", "--name", "sc", "uniontest:1", "true", check=True)
+    note = tmp_path / "note"
+    note.write_text("note\n")
+    new_dir = tmp_path / "newdir"
+    (new_dir / "inner").mkdir(parents=True)
+    (new_dir / "inner" / "f").write_text("f\n")
+    diffs = []
+    for name, command in (("pc", podman), ("sc", [STRATA])):
+        root = [] if name == "pc" else ["--root", str(strata.root)]
+        cp = [*command, "cp", *root]
+        for src, dest in ((note, "/opt/"), (note, "/etc/passwd"), (new_dir, "/var/")):
+            subprocess.run(
+                [*cp, str(src), f"{name}:{dest}"], capture_output=True, timeout=120, check=True
+            )
+        diff = [*command, "diff", *root, name]
+        done = subprocess.run(diff, capture_output=True, text=True, timeout=120, check=True)
+        diffs.append(sorted(done.stdout.splitlines()))
+    assert diffs[0] == diffs[1]
+    assert "A /var/newdir/inner/f" in diffs[1]

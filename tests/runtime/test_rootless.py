@@ -189,3 +189,32 @@ def test_rootless_containers_get_the_same_confinement(
     inside = strata.run("exec", "c", "/bin/sh", "-c", script)
     assert inside.stdout.splitlines() == expected, inside.stderr
     assert strata.run("rm", "-f", "c").returncode == 0
+
+
+def test_rootless_cp_diff_pause(rootless: tuple[Strata, list[str], bool]) -> None:
+    """Issue 17's container commands as a user: cp both ways on a stopped and a running
+    container (in their user namespace), diff, pause/unpause (no delegated cgroup: signals)."""
+    strata, image, _ = rootless
+    src = strata.tmp / "home" / "note"
+    src.write_text("note\n")
+    os.chown(src, strata.user or 0, strata.group or 0)
+    strata.run("create", "--name", "c", "--network", "none", *image, "true", check=True)
+    done = strata.run("cp", str(src), "c:/opt/")
+    assert done.returncode == 0, done.stderr
+    back = strata.tmp / "home" / "back"
+    done = strata.run("cp", "c:/opt/note", str(back))
+    assert done.returncode == 0, done.stderr
+    assert back.read_text() == "note\n"
+    assert os.stat(back).st_uid == strata.user
+    assert strata.run("diff", "c", check=True).stdout.splitlines() == ["C /opt", "A /opt/note"]
+    strata.run("run", "-d", "--name", "r", "--network", "none", *image, "/bin/sleep", "60",
+               check=True)  # fmt: skip
+    done = strata.run("cp", str(src), "r:/tmp/")
+    assert done.returncode == 0, done.stderr
+    inside = strata.run("exec", "r", "/bin/sh", "-c", "cat /tmp/note; stat -c %u /tmp/note")
+    assert inside.stdout.split() == ["note", "0"], inside.stderr
+    assert strata.run("pause", "r").returncode == 0
+    assert strata.inspect("r")["State"]["Paused"] is True  # type: ignore[index]
+    assert strata.run("unpause", "r").returncode == 0
+    assert strata.run("exec", "r", "true").returncode == 0
+    assert strata.run("rm", "-f", "r").returncode == 0
