@@ -123,6 +123,8 @@ def keep_restarting(root: StateRoot, cdir: ContainerDir, code: int, ran_for: flo
     from . import restart
 
     cfg = cdir.config
+    if cfg.restart_policy == "no":
+        return code
     delay = restart.next_delay(restart.FIRST_DELAY / 2, ran_for)
     count = 0
     while True:
