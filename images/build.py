@@ -465,6 +465,7 @@ class Builder:
         docs = {f"<<{doc.name}": doc for doc in ins.heredocs}
         from_ref = ins.flag("from")
         key: dict[str, object] = {kw: [*sources, dest], "chown": chown}
+        downloads: dict[str, tuple[Path, str]] = {}  # ADD's URLs: the file, its sha256
         flags = ""
         if ins.flag("chmod") is not None:
             key["chmod"] = self._chmod(ins, state)
@@ -480,8 +481,20 @@ class Builder:
             shown = f"{kw} {flags}--from={from_ref} "
         else:
             contents = {w: self._heredoc_text(ins, docs[w], state) for w in sources if w in docs}
+            checksum = ins.flag("checksum")
+            if checksum is not None:  # the download is checked against it, so it is the key
+                key["checksum"] = self._expand(ins, checksum, state)
+            else:
+                for url in filter(_is_http, sources):
+                    downloads[url] = self._download(ins, url, None)
+                    key.setdefault("urls", {})[url] = downloads[url][1]  # type: ignore[index]
             try:
-                picked = [p for s in sources if s not in docs for p in self.context.select(s)]
+                picked = [
+                    p
+                    for s in sources
+                    if s not in docs and not _is_http(s)
+                    for p in self.context.select(s)
+                ]
                 key["src"] = self.context.digest(picked)
             except ContextError as e:
                 raise BuildError(f"{self._at(ins)}: {kw} failed: {e}") from None
@@ -492,8 +505,11 @@ class Builder:
 
         def make() -> tuple[_State, str]:
             if src_state is None:
+                for url in filter(_is_http, sources):
+                    if url not in downloads:
+                        downloads[url] = self._download(ins, url, str(key["checksum"]))
                 try:
-                    picked = self._context_sources(sources, docs, contents)
+                    picked = self._context_sources(sources, docs, contents, downloads)
                 except ContextError as e:
                     raise BuildError(f"{self._at(ins)}: {kw} failed: {e}") from None
                 return self._copy(ins, state, chown, picked, dest)
@@ -525,11 +541,19 @@ class Builder:
             raise BuildError(f"{self._at(ins)}: {ins.keyword}: {_message(e)}") from None
 
     def _context_sources(
-        self, sources: list[str], docs: Mapping[str, Heredoc], contents: Mapping[str, str]
+        self,
+        sources: list[str],
+        docs: Mapping[str, Heredoc],
+        contents: Mapping[str, str],
+        downloads: Mapping[str, tuple[Path, str]],
     ) -> list[tuple[Source, str]]:
-        """The context paths and here-document files a COPY/ADD copies, in order."""
+        """The context paths, here-document files and downloads a COPY/ADD copies, in order."""
         picked: list[tuple[Source, str]] = []
         for source in sources:
+            if source in downloads:
+                path = downloads[source][0]
+                picked.append((Context(path.parent, IgnoreRules([])), path.name))
+                continue
             if source not in docs:
                 picked += [(self.context, rel) for rel in self.context.select(source)]
                 continue
@@ -541,6 +565,48 @@ class Builder:
             os.chmod(where / name, 0o644)
             picked.append((Context(where, IgnoreRules([])), name))
         return picked
+
+    def _download(self, ins: Instruction, url: str, checksum: str | None) -> tuple[Path, str]:
+        """ADD's URL, fetched into the staging dir as Docker keeps it: named by the URL path's
+        last component, mode 0600, its mtime the Last-Modified header's; (file, sha256).
+        `checksum` (`sha256:HEX`) must match."""
+        import email.utils
+        import urllib.parse
+
+        import httpx
+
+        name = urllib.parse.unquote(posixpath.basename(urllib.parse.urlsplit(url).path))
+        if name in ("", ".", ".."):
+            raise BuildError(f"{self._at(ins)}: ADD {url}: the URL names no file")
+        self.layer_count += 1
+        where = self.staging / f"url{self.layer_count}"
+        where.mkdir(mode=0o700)
+        path = where / name
+        digest = hashlib.sha256()
+        try:
+            with (
+                httpx.Client(follow_redirects=True, timeout=60.0) as client,
+                client.stream("GET", url) as reply,
+            ):
+                if reply.status_code != 200:
+                    raise BuildError(f"{self._at(ins)}: ADD {url}: HTTP {reply.status_code}")
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    for chunk in reply.iter_bytes(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+                modified = reply.headers.get("last-modified")
+        except httpx.HTTPError as e:
+            raise BuildError(f"{self._at(ins)}: ADD {url}: {e}") from None
+        if checksum is not None and checksum != f"sha256:{digest.hexdigest()}":
+            raise BuildError(
+                f"{self._at(ins)}: ADD --checksum={checksum}: {url} has sha256:{digest.hexdigest()}"
+            )
+        if modified:
+            with contextlib.suppress(TypeError, ValueError):
+                when = email.utils.parsedate_to_datetime(modified).timestamp()
+                os.utime(path, (when, when))
+        return path, digest.hexdigest()
 
     def _cached(
         self,
@@ -890,8 +956,19 @@ class Builder:
             raise BuildError(f"{self._at(ins)}: {ins.keyword} needs a source and a destination")
         sources, dest = words[:-1], words[-1]
         for source in sources:
-            if "://" in source or source.startswith("git@"):
-                raise BuildError(f"{self._at(ins)}: {ins.keyword} {source}: URLs are not supported")
+            git = source.startswith("git@") or source.endswith(".git") or ".git#" in source
+            if git and ("://" in source or source.startswith("git@")):
+                raise BuildError(
+                    f"{self._at(ins)}: {ins.keyword} {source}: git repositories are not supported"
+                )
+            if "://" in source and (ins.keyword == "COPY" or not _is_http(source)):
+                what = "COPY takes no URLs (ADD does)" if ins.keyword == "COPY" else "not http(s)"
+                raise BuildError(f"{self._at(ins)}: {ins.keyword} {source}: {what}")
+        checksum = ins.flag("checksum")
+        if checksum is not None and (len(sources) != 1 or not _is_http(sources[0])):
+            raise BuildError(
+                f"{self._at(ins)}: ADD --checksum takes one http(s) source, not {' '.join(sources)}"
+            )
         return chown, sources, dest
 
     def _copy(
@@ -1123,6 +1200,10 @@ def _describe(e: Exception) -> str:
 def _linked(ins: Instruction) -> bool:
     """COPY/ADD --link (or --link=true)."""
     return ins.has_flag("link") and ins.flag("link") not in ("false", "0")
+
+
+def _is_http(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
 
 
 def _mount_text(mount: RunMount) -> str:

@@ -35,7 +35,7 @@ SUPPORTED: Final = frozenset(
 )
 FLAGS: Final = {
     "COPY": {"chown", "from", "chmod", "link"},
-    "ADD": {"chown", "chmod", "link"},
+    "ADD": {"chown", "chmod", "link", "checksum"},
     "FROM": {"platform"},
     "RUN": {"mount", "network", "security"},
     "HEALTHCHECK": {"interval", "timeout", "start-period", "start-interval", "retries"},

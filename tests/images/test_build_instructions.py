@@ -1,7 +1,8 @@
 """`strata build` of the instructions and flags beyond the basics, on the busybox test image:
 VOLUME, HEALTHCHECK and ONBUILD (config fields and triggers compared with podman's build of the
 same Dockerfiles, `--format docker`), COPY --chmod and --link, FROM --platform and the automatic
-platform ARGs, RUN --mount (cache, bind, tmpfs, secret) and RUN --network, and their refusals.
+platform ARGs, RUN --mount (cache, bind, tmpfs, secret) and RUN --network, ADD of URLs (from a
+server on loopback) with --checksum, and their refusals.
 
 Builds need root and FUSE (the `strata` fixture skips otherwise, and fails the test if a mount or
 process is left).
@@ -9,8 +10,16 @@ process is left).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gzip
+import hashlib
+import http.server
 import json
 import os
+import stat
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +28,7 @@ from tests.helpers.podman import PrivatePodman
 from tests.runtime.conftest import Strata
 
 from .test_build import _load, _store_snapshot
+from .test_multistage import _image_root
 
 BASE = """\
 FROM uniontest:1
@@ -249,3 +259,67 @@ def test_bad_secret_options(strata: Strata) -> None:
         assert done.returncode == 125, spec
         assert message in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+@contextlib.contextmanager
+def _http_server(root: Path) -> Iterator[str]:
+    """A plain HTTP server on loopback serving `root`, stopped afterwards; its base URL."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_add_of_urls(strata: Strata) -> None:
+    store = _load(strata)
+    ctx = _context(strata.tmp)
+    served = strata.tmp / "served"
+    served.mkdir()
+    (served / "notes.txt").write_text("remote notes\n")
+    (served / "data.tar.gz").write_bytes(gzip.compress(b"not extracted from a URL\n"))
+    os.utime(served / "notes.txt", (1_000_000_000, 1_000_000_000))
+    digest = hashlib.sha256(b"remote notes\n").hexdigest()
+    with _http_server(served) as base:
+        (ctx / "Dockerfile").write_text(
+            "FROM uniontest:1\n"
+            f"ADD --checksum=sha256:{digest} --chown=7:8 {base}/notes.txt /checked\n"
+            f"ADD {base}/notes.txt {base}/data.tar.gz /remote/\n"
+        )
+        strata.run("build", "-t", "url:1", str(ctx), check=True)
+        again = strata.run("build", "-t", "url:2", str(ctx), check=True)
+        assert again.stdout.count("Using cache") == 2
+        (served / "notes.txt").write_text("changed notes\n")
+        changed = strata.run("build", "-t", "url:3", str(ctx), check=True)
+        assert changed.stdout.count("Using cache") == 1  # the checksum's step: not fetched again
+        bad = [
+            (f"ADD {base}/missing /x", f"Dockerfile:2: ADD {base}/missing: HTTP 404"),
+            (f"ADD --checksum=sha256:{digest} {base}/notes.txt /x", "has sha256:"),
+            (f"ADD --checksum=sha256:{digest} a.txt /x", "ADD --checksum takes one http(s)"),
+            (f"COPY {base}/notes.txt /x", "COPY takes no URLs (ADD does)"),
+            ("ADD https://example.invalid/repo.git /src", "git repositories are not supported"),
+            (f"ADD {base}/ /x", "the URL names no file"),
+        ]
+        for line, message in bad:
+            (ctx / "Dockerfile").write_text(f"FROM uniontest:1\n{line}\n")
+            done = strata.run("build", str(ctx))
+            assert done.returncode == 1, line
+            assert message in done.stderr, (line, done.stderr)
+            assert len(done.stderr.strip().splitlines()) == 1
+    with _image_root(store, "url:1", strata.tmp) as root:
+        st = os.lstat(root / "remote/notes.txt")
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_mtime) == (0o600, 0, 1_000_000_000)
+        assert (root / "remote/data.tar.gz").read_bytes()[:2] == b"\x1f\x8b"  # kept as it is
+        st = os.lstat(root / "checked")
+        assert (st.st_uid, st.st_gid) == (7, 8)
+        assert (root / "checked").read_text() == "remote notes\n"
