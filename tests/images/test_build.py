@@ -218,7 +218,10 @@ def _store_snapshot(store: ImageStore) -> tuple[list[str], list[str]]:
 @pytest.mark.parametrize(
     ("dockerfile", "message"),
     [
-        ("FROM uniontest:1\nRUN true\nCOPY --parents a /x\n", "Dockerfile:3: COPY --parents is not"),
+        (
+            "FROM uniontest:1\nRUN true\nCOPY --parents a /x\n",
+            "Dockerfile:3: COPY --parents is not",
+        ),
         ("FROM uniontest:1\nFOO bar\n", "Dockerfile:2: FOO is not supported"),
         ("FROM uniontest:1\nCOPY --from=0 a b\n", "Dockerfile:2: COPY --from=0: names this"),
         ("FROM uniontest:1 AS a\nFROM uniontest:1 AS A\n", "Dockerfile:2: FROM ... AS A: a stage"),
@@ -226,7 +229,10 @@ def _store_snapshot(store: ImageStore) -> tuple[list[str], list[str]]:
         ("FROM uniontest:1\nCOPY --from=nosuch:1 a b\n", "COPY --from nosuch:1: no such image"),
         ("FROM uniontest:1\nCOPY --from a b\n", "Dockerfile:2: COPY --from needs a value"),
         ("FROM uniontest:1\nRUN <<EOF\ntrue\n", "Dockerfile:2: RUN: here-document <<EOF has no"),
-        ("FROM uniontest:1\nRUN --mount=type=cache true\n", "Dockerfile:2: RUN --mount=type=cache:"),
+        (
+            "FROM uniontest:1\nRUN --mount=type=cache true\n",
+            "Dockerfile:2: RUN --mount=type=cache:",
+        ),
         ("RUN true\nFROM uniontest:1\n", "Dockerfile:1: RUN before FROM"),
         ("# nothing\n", "no FROM"),
         ("FROM nosuch:1\n", "Dockerfile:1: FROM nosuch:1: no such image"),
