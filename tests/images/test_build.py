@@ -99,7 +99,7 @@ def test_build_every_instruction_then_rebuild_from_cache(strata: Strata) -> None
     assert "Using cache" not in done.stdout
     assert "not consumed: UNUSED" in done.stderr
     rec = store.get("built:1")
-    assert f"Successfully built {rec.id[:12]}" in done.stdout
+    assert f" ---> {rec.id[:12]}\nSuccessfully built {rec.id[:12]}" in done.stdout
     base = store.get("uniontest:1")
     assert rec.layers[: len(base.layers)] == base.layers
     assert len(rec.layers) == len(base.layers) + 8  # RUN WORKDIR COPY*4 ADD*2
@@ -218,19 +218,25 @@ def _store_snapshot(store: ImageStore) -> tuple[list[str], list[str]]:
 @pytest.mark.parametrize(
     ("dockerfile", "message"),
     [
-        ("FROM uniontest:1\nRUN true\nHEALTHCHECK CMD true\n", "Dockerfile:3: HEALTHCHECK is not"),
-        ("FROM uniontest:1\nONBUILD RUN x\n", "Dockerfile:2: ONBUILD is not supported"),
+        (
+            "FROM uniontest:1\nRUN true\nCOPY --parents a /x\n",
+            "Dockerfile:3: COPY --parents is not",
+        ),
+        ("FROM uniontest:1\nFOO bar\n", "Dockerfile:2: FOO is not supported"),
         ("FROM uniontest:1\nCOPY --from=0 a b\n", "Dockerfile:2: COPY --from=0: names this"),
         ("FROM uniontest:1 AS a\nFROM uniontest:1 AS A\n", "Dockerfile:2: FROM ... AS A: a stage"),
         ("FROM uniontest:1 AS 1x\n", "Dockerfile:1: FROM ... AS 1x: invalid stage name"),
         ("FROM uniontest:1\nCOPY --from=nosuch:1 a b\n", "COPY --from nosuch:1: no such image"),
         ("FROM uniontest:1\nCOPY --from a b\n", "Dockerfile:2: COPY --from needs a value"),
         ("FROM uniontest:1\nRUN <<EOF\ntrue\n", "Dockerfile:2: RUN: here-document <<EOF has no"),
-        ("FROM uniontest:1\nRUN --mount=type=cache true\n", "Dockerfile:2: RUN --mount"),
+        (
+            "FROM uniontest:1\nRUN --mount=type=cache true\n",
+            "Dockerfile:2: RUN --mount=type=cache:",
+        ),
         ("RUN true\nFROM uniontest:1\n", "Dockerfile:1: RUN before FROM"),
         ("# nothing\n", "no FROM"),
         ("FROM nosuch:1\n", "Dockerfile:1: FROM nosuch:1: no such image"),
-        ("FROM uniontest:1\nRUN true\nADD https://example.com/x /x\n", "URLs are not supported"),
+        ("FROM uniontest:1\nRUN true\nADD git@example.invalid:x.git /x\n", "git repositories"),
         ("FROM uniontest:1\nCOPY missing /x\n", "Dockerfile:2: COPY failed: missing: not found"),
         ("FROM uniontest:1\nCOPY ../x /x\n", "outside the build context"),
         ("FROM uniontest:1\nCOPY a b /x\n", "must be a directory and end with a /"),
