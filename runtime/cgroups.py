@@ -182,6 +182,24 @@ class Limits:
         self.made.clear()
 
 
+def remove_stale(container_id: str) -> None:
+    """rmdir the container's cgroups that a monitor killed with SIGKILL left (empty by now: its
+    processes died with it), in every hierarchy `Limits` may have used; called by `rm`."""
+    v2_mount, v1_mounts = _mounted_hierarchies()
+    v2_path, v1_paths = _our_cgroups()
+    parents = []
+    if v2_mount is not None and v2_path is not None:
+        parents.append(v2_mount / v2_path.lstrip("/"))
+    parents.extend(
+        v1_mounts[c] / v1_paths[c].lstrip("/")
+        for c in ("memory", "pids", "freezer")
+        if c in v1_mounts and c in v1_paths
+    )
+    for parent in parents:
+        with contextlib.suppress(OSError):
+            (parent / f"strata-{container_id[:12]}").rmdir()
+
+
 def _enable_in_subtree(parent: Path, controller: str) -> None:
     control = parent / "cgroup.subtree_control"
     if controller not in control.read_text().split():

@@ -252,6 +252,9 @@ def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
         stopped = cdir.effective_state().status != RUNNING
         if stopped:
             usernet.collect(cdir)  # a pasta/slirp4netns a monitor killed with SIGKILL left
+            from .cgroups import remove_stale  # and its cgroups
+
+            remove_stale(cdir.id)
         if os.geteuid() == 0 and stopped:
             detach_if_mounted(cdir.rootfs)
             if cdir.config.network == "bridge" or cdir.config.network_id:  # what SIGKILL left

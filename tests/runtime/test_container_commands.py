@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 
 import pytest
@@ -382,3 +383,33 @@ def test_attach_bad_input(strata: Strata, busybox: list[str]) -> None:
     strata.run("unpause", "p", check=True)
     done = strata.run("attach", "nosuch")
     assert (done.returncode, done.stderr) == (1, "strata: no such container: nosuch\n")
+
+
+def _own_cgroups(pid: int) -> list[str]:
+    """The container's own cgroup directories (strata-<id>), as /proc/PID/cgroup names them."""
+    found = []
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            path = line.rstrip("\n").split(":", 2)[2]
+            if os.path.basename(path).startswith("strata-"):
+                found.append(path)
+    return found
+
+
+def test_the_freezer_cgroup_goes_with_the_container(strata: Strata, busybox: list[str]) -> None:
+    from runtime.cgroups import _mounted_hierarchies
+
+    v2, v1 = _mounted_hierarchies()
+    mounts = [p for p in [v2, v1.get("freezer")] if p is not None]
+    strata.run("run", "-d", "--name", "g", *busybox, "/bin/sleep", "60", check=True)
+    state = wait_running(strata, "g")["State"]
+    assert isinstance(state, dict)
+    groups = _own_cgroups(int(state["Pid"]))
+    assert groups  # as root on this host: v2 or the v1 freezer
+    dirs = [m / g.lstrip("/") for g in groups for m in mounts if (m / g.lstrip("/")).is_dir()]
+    assert dirs
+    # a monitor killed with SIGKILL cannot remove them: rm does
+    os.kill(int(state["MonitorPid"]), signal.SIGKILL)
+    wait_for(lambda: _state(strata, "g")["Status"] == "exited", "the container to be seen exited")
+    strata.run("rm", "g", check=True)
+    assert not [d for d in dirs if d.exists()]

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.images import BUSYBOX_OCI_ARCHIVE
+from tests.helpers.podman import PrivatePodman
 from tests.runtime.conftest import STRATA, Strata
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
@@ -44,29 +43,15 @@ def tree(path: Path) -> dict[str, tuple[object, ...]]:
 
 @pytest.fixture
 def podman(tmp_path: Path) -> Iterator[list[str]]:
-    binary = shutil.which("podman")
-    if binary is None:
-        pytest.skip("podman is not installed")
-    runroot = Path(tempfile.mkdtemp(prefix="strata-pr", dir="/tmp"))  # podman: < 50 characters
-    base = [
-        binary, "--root", str(tmp_path / "podman"), "--runroot", str(runroot),
-        "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none",
-    ]  # fmt: skip
-    try:
-        for args in (
-            ("load", "-q", "-i", str(BUSYBOX_OCI_ARCHIVE)),
-            ("create", "--name", "pc", "localhost/uniontest:1", "true"),
-        ):
-            done = subprocess.run(
-                [*base, *args], capture_output=True, text=True, timeout=120, check=False
-            )
-            if done.returncode != 0:
-                pytest.skip(f"podman {args[0]} does not work here: {done.stderr.strip()}")
-        yield base
-    finally:
-        subprocess.run([*base, "rm", "-f", "pc"], capture_output=True, timeout=120, check=False)
-        shutil.rmtree(tmp_path / "podman", ignore_errors=True)
-        shutil.rmtree(runroot, ignore_errors=True)
+    """The shared private podman store (tests/helpers/podman.py) with the test image and a
+    created container `pc`; its command line."""
+    with PrivatePodman(tmp_path) as store:
+        store.run("load", "-q", "-i", str(BUSYBOX_OCI_ARCHIVE))
+        store.run("create", "--name", "pc", "localhost/uniontest:1", "true")
+        try:
+            yield store.base
+        finally:
+            subprocess.run([*store.base, "rm", "-f", "pc"], capture_output=True, check=False)
 
 
 # strata's init layer holds the container's /etc mount points (empty files, as docker's init
