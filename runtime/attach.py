@@ -55,20 +55,6 @@ def parse_detach_keys(text: str) -> bytes:
     return bytes(keys)
 
 
-def stdin_fifo(cdir: ContainerDir) -> str:
-    return str(cdir.sub("stdin"))
-
-
-def open_stdin_fifo(cdir: ContainerDir) -> int:
-    """For the detached monitor of a `-i` container: the FIFO its container reads, opened for
-    reading and writing (its input never ends while no one is attached), not inherited by
-    exec (the caller dup2s it to fd 0)."""
-    path = stdin_fifo(cdir)
-    with contextlib.suppress(FileExistsError):
-        os.mkfifo(path, 0o600)
-    return os.open(path, os.O_RDWR | os.O_CLOEXEC)
-
-
 class _Detach(Exception):
     """The detach keys were typed."""
 
@@ -113,7 +99,7 @@ def attach(cdir: ContainerDir, *, detach_keys: bytes, no_stdin: bool, sig_proxy:
     try:
         os.lseek(log, 0, os.SEEK_END)
         if stdin is not None:
-            fifo = os.open(stdin_fifo(cdir), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fifo = os.open(cdir.sub("stdin"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             os.set_blocking(fifo, True)
         previous = {}
         if sig_proxy and not cfg.tty:

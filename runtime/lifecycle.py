@@ -91,9 +91,7 @@ def _monitor_daemon(
         os.chdir("/")
         redirect_stdio(cdir.sub("log"), stdout_to_log=True, mode=0o600)
         if cdir.config.interactive:  # hook: runtime.attach, the container's input
-            from .attach import open_stdin_fifo
-
-            fifo = open_stdin_fifo(cdir)
+            fifo = _open_stdin_fifo(cdir)
             os.dup2(fifo, 0)
             os.close(fifo)
         if after_exit is None:
@@ -114,6 +112,16 @@ def _monitor_daemon(
     finally:
         report.fail(START_FAILED, "the monitor stopped before the container started")
         os._exit(status)
+
+
+def _open_stdin_fifo(cdir: ContainerDir) -> int:
+    """For the detached monitor of a `-i` container: the FIFO `containers/<id>/stdin` that its
+    container reads and `strata attach` writes (runtime.attach), opened for reading and writing,
+    so that its input never ends while no one is attached."""
+    path = cdir.sub("stdin")
+    with contextlib.suppress(FileExistsError):
+        os.mkfifo(path, 0o600)
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC)
 
 
 def keep_restarting(root: StateRoot, cdir: ContainerDir, code: int, ran_for: float) -> int:
