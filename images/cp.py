@@ -277,14 +277,14 @@ def copy_out(
             line = stream.readline()
             if not line:
                 return  # the container's side said why
-            source = _source_of(json.loads(line))
             try:
+                source = _source_of(json.loads(line))
                 where, new = place(source, dest)
                 owner = None if archive or os.geteuid() != 0 else (os.getuid(), os.getgid())
                 extract_into(
                     stream, Path(where), rename=renamer(source, new), owner=owner, warn=_say
                 )
-            except (UsageError, LayerError, OSError) as exc:
+            except (UsageError, LayerError, OSError, ValueError, KeyError) as exc:
                 failure.append(exc)
 
     code = run_in_rootfs(root, cdir, work, host)

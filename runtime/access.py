@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,11 +98,20 @@ def _fork_with_host(child: Work, host: Host) -> int:
     os.close(up_w)
     try:
         host(Channel(up_r, down_w))
-    finally:
-        for fd in (up_r, down_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    except BaseException:  # (a bug, or Ctrl-C): the child must not outlive us, nor block
+        _close(up_r, down_w)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait(pid)
+        raise
+    _close(up_r, down_w)
     return _wait(pid)
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _closing(fds: tuple[int, ...], body: Callable[[], int]) -> int:
