@@ -97,10 +97,28 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
         "--volume",
         action="append",
         default=[],
-        metavar="HOST:CTR[:ro]",
-        help="bind-mount a host path into the container",
+        metavar="[HOST-DIR|NAME:]CTR[:OPTS]",
+        help="bind a host path, or mount a named volume (made if missing) or an anonymous one;"
+        " OPTS: ro, rw, nocopy",
     )
-    parser.add_argument("--read-only", action="store_true", help="no writable layer")
+    parser.add_argument(
+        "--mount", action="append", default=[], metavar="type=bind|volume|tmpfs,...",
+        help="docker's --mount: type, source, target, readonly, volume-nocopy, tmpfs-size,"
+        " tmpfs-mode",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tmpfs", action="append", default=[], metavar="PATH[:OPTS]",
+        help="a tmpfs at PATH (OPTS: size=64m,mode=1777,noexec,...)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--read-only", action="store_true",
+        help="no writable layer (but tmpfs on /tmp, /run, /var/tmp: see --read-only-tmpfs)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--read-only-tmpfs", default="true", choices=("true", "false"), metavar="true|false",
+        help="with --read-only, writable tmpfs on /tmp, /run and /var/tmp (default true,"
+        " as podman's)",
+    )  # fmt: skip
     parser.add_argument("--rm", action="store_true", help="remove the container when it exits")
     parser.add_argument(
         "--network",
@@ -191,25 +209,6 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
     )
 
 
-def _parse_volume(spec: str) -> tuple[str, str, bool]:
-    parts = spec.split(":")
-    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise UsageError(f"-v {spec}: expected HOST:CONTAINER[:ro|rw]", 125)
-    host, target = parts[0], parts[1]
-    mode = parts[2] if len(parts) == 3 else "rw"
-    if mode not in ("ro", "rw"):
-        raise UsageError(f"-v {spec}: unknown mode {mode!r} (ro or rw)", 125)
-    if not os.path.isabs(host):
-        raise UsageError(f"-v {spec}: the host path must be absolute", 125)
-    if not os.path.isabs(target):
-        raise UsageError(f"-v {spec}: the container path must be absolute", 125)
-    if os.path.normpath(target) == "/":
-        raise UsageError(f"-v {spec}: cannot mount over the container's /", 125)
-    if not os.path.exists(host):
-        raise UsageError(f"-v {spec}: {host} does not exist", 125)
-    return os.path.realpath(host), os.path.normpath(target), mode == "ro"
-
-
 def _image_and_argv(
     args: argparse.Namespace, root: StateRoot, resolver: Resolver | None
 ) -> tuple[ImageSpec, list[str]]:
@@ -274,7 +273,7 @@ def _create_request(
     from .process import check_user, parse_env_assignments, read_env_file
     from .publish import check_mode
     from .security import parse_options
-    from .state import Volume
+    from .volumes import parse_mount_flag, parse_tmpfs_flag, parse_volume_flag
 
     image, rest = resolved if resolved is not None else _image_and_argv(args, root, resolver)
     env: list[str] = []
@@ -285,7 +284,11 @@ def _create_request(
         check_user(args.user)
     if args.workdir and not args.workdir.startswith("/"):
         raise UsageError(f"-w {args.workdir}: the working directory must be absolute", 125)
-    volumes = tuple(Volume(*_parse_volume(v)) for v in args.volume)
+    mount_specs = (
+        *(parse_volume_flag(v) for v in args.volume),
+        *(parse_mount_flag(m) for m in args.mount),
+        *(parse_tmpfs_flag(t) for t in args.tmpfs),
+    )
     is_rootless = rootless if rootless is not None else os.geteuid() != 0
     mode = args.network or default_network(is_rootless)
     hostname = args.hostname
@@ -339,7 +342,9 @@ def _create_request(
         user=args.user,
         hostname=hostname,
         name=args.name,
-        volumes=volumes,
+        mounts=mount_specs,
+        image_volumes=True,
+        read_only_tmpfs=args.read_only_tmpfs == "true",
         network=mode,
         subnet=subnet,
         dns=dns,
@@ -610,6 +615,9 @@ def _kill(args: argparse.Namespace, runner: Runner) -> int:
 def _add_rm_arguments(parser: argparse.ArgumentParser) -> None:
     add_root(parser)
     parser.add_argument("-f", "--force", action="store_true", help="kill it first if running")
+    parser.add_argument(
+        "-v", "--volumes", action="store_true", help="also remove its anonymous volumes"
+    )
     parser.add_argument("containers", nargs="+", metavar="CONTAINER")
 
 
@@ -620,7 +628,7 @@ def _rm(args: argparse.Namespace, runner: Runner) -> int:
     status = 0
     for ref in args.containers:
         try:
-            remove(root, root.find(ref), force=args.force)
+            remove(root, root.find(ref), force=args.force, volumes=args.volumes)
             print(ref, flush=True)
         except UsageError as exc:
             runner.say(str(exc))

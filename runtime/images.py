@@ -30,6 +30,7 @@ class ImageConfig:
     workdir: str = ""
     user: str = ""
     exposed_ports: tuple[str, ...] = ()  # `80/tcp`, `53/udp` (the keys of ExposedPorts), for -P
+    volumes: tuple[str, ...] = ()  # the keys of Volumes: an anonymous volume each (run, create)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -39,6 +40,7 @@ class ImageConfig:
             "workdir": self.workdir,
             "user": self.user,
             "exposed_ports": list(self.exposed_ports),
+            "volumes": list(self.volumes),
         }
 
     @classmethod
@@ -46,8 +48,14 @@ class ImageConfig:
         """From `to_json()`'s form (a container's recorded config)."""
         config = cls._from_fields(data, ("env", "entrypoint", "cmd", "workdir", "user"))
         exposed = data.get("exposed_ports") or []
+        volumes = data.get("volumes") or []
         assert isinstance(exposed, list | tuple)
-        return replace(config, exposed_ports=tuple(str(p) for p in exposed))
+        assert isinstance(volumes, list | tuple)
+        return replace(
+            config,
+            exposed_ports=tuple(str(p) for p in exposed),
+            volumes=tuple(str(v) for v in volumes),
+        )
 
     @classmethod
     def from_oci(cls, image_config: Mapping[str, object]) -> ImageConfig:
@@ -57,7 +65,12 @@ class ImageConfig:
         assert isinstance(inner, dict)
         config = cls._from_fields(inner, ("Env", "Entrypoint", "Cmd", "WorkingDir", "User"))
         exposed = inner.get("ExposedPorts") or {}  # {"80/tcp": {}}: only the keys mean anything
-        return replace(config, exposed_ports=tuple(str(k) for k in exposed))
+        volumes = inner.get("Volumes") or {}  # {"/data": {}}: the same
+        return replace(
+            config,
+            exposed_ports=tuple(str(k) for k in exposed),
+            volumes=tuple(str(k) for k in volumes if isinstance(volumes, dict)),
+        )
 
     @classmethod
     def _from_fields(cls, data: Mapping[str, object], keys: tuple[str, ...]) -> ImageConfig:

@@ -39,10 +39,10 @@ def run_attached(
         code = Monitor(root, cdir, daemon=daemon).run()
     except StartError:
         if remove_on_failure:
-            remove(root, cdir, force=True)
+            remove(root, cdir, force=True, volumes=True)
         raise
     if cdir.config.auto_remove:
-        remove(root, cdir, force=True)
+        remove(root, cdir, force=True, volumes=True)
         mark("removed")
     return code
 
@@ -72,7 +72,7 @@ def start_detached(root: StateRoot, cdir: ContainerDir, *, remove_on_failure: bo
         return
     if remove_on_failure:
         with contextlib.suppress(UsageError):
-            remove(root, cdir, force=True)
+            remove(root, cdir, force=True, volumes=True)
     raise StartError(failure.message or "the container's monitor died", failure.code)
 
 
@@ -84,7 +84,7 @@ def _monitor_daemon(root: StateRoot, cdir: ContainerDir, report_fd: int) -> NoRe
         redirect_stdio(cdir.sub("log"), stdout_to_log=True, mode=0o600)
         status = Monitor(root, cdir).run(on_started=report.ok)
         if cdir.config.auto_remove:
-            remove(root, cdir, force=True)
+            remove(root, cdir, force=True, volumes=True)
     except UsageError as exc:
         status = exc.exit_code
         report.fail(exc.exit_code, str(exc))
@@ -139,8 +139,9 @@ def stop(cdir: ContainerDir, timeout: float) -> None:
         raise UsageError(f"container {cdir.name} did not stop", 1)
 
 
-def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
-    """Remove a container and its writable layer (-f: stop it first). Nothing is written on
+def remove(root: StateRoot, cdir: ContainerDir, *, force: bool, volumes: bool = False) -> None:
+    """Remove a container and its writable layer (-f: stop it first; `volumes`, `rm -v` and
+    `--rm`: its anonymous volumes too, as docker's; named volumes stay). Nothing is written on
     the way, so that this works on a full disk too (and frees its space first)."""
     state = cdir.effective_state()
     # the caller may be the container's own monitor (run --rm) whose exit could not be recorded
@@ -174,6 +175,13 @@ def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
                     tidy(root, exclude=cdir.id, stop=False)
         doomed = cdir.path.with_name(f".rm-{cdir.id}")
         os.rename(cdir.path, doomed)  # gone from listings at once; removal may take a while
+        if volumes:  # hook: runtime.volumes, now that no container lists them
+            from . import volumes as vols
+
+            for volume in cdir.config.volumes:
+                if volume.anonymous:
+                    with contextlib.suppress(UsageError):  # in use by another: kept, as docker
+                        vols.remove(root, volume.name, force=True)
     _remove_layer_tree(cdir, doomed)
 
 

@@ -14,6 +14,7 @@ rootfs were `/`: an image (or a container's earlier writes) cannot make a mount 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -40,11 +41,41 @@ class Mount:
 
 @dataclass(frozen=True, slots=True)
 class BindMount:
-    """`source` (a host path) bound at `target` (in the container), optionally read-only."""
+    """`source` (a host path) bound at `target` (in the container), optionally read-only;
+    `copy`: a volume, filled from the image's content at `target` first if it is empty."""
 
     source: str
     target: str
     read_only: bool = False
+    copy: bool = False
+
+
+# tmpfs options that are mount flags (the rest, size= mode= uid= ..., is the tmpfs's data)
+_FLAG_OPTIONS: Final = {
+    "ro": (MS_RDONLY, True), "rw": (MS_RDONLY, False),
+    "nosuid": (MS_NOSUID, True), "suid": (MS_NOSUID, False),
+    "nodev": (MS_NODEV, True), "dev": (MS_NODEV, False),
+    "noexec": (MS_NOEXEC, True), "exec": (MS_NOEXEC, False),
+    "noatime": (libc.MS_NOATIME, True), "atime": (libc.MS_NOATIME, False),
+    "nodiratime": (libc.MS_NODIRATIME, True), "diratime": (libc.MS_NODIRATIME, False),
+    "relatime": (libc.MS_RELATIME, True), "norelatime": (libc.MS_RELATIME, False),
+    "strictatime": (libc.MS_STRICTATIME, True),
+    "sync": (libc.MS_SYNCHRONOUS, True), "async": (libc.MS_SYNCHRONOUS, False),
+}  # fmt: skip
+
+
+def tmpfs_mount(target: str, options: str) -> Mount:
+    """A tmpfs at `target` with docker's `--tmpfs` options (checked by runtime.volumes);
+    docker's defaults, nosuid, nodev and noexec, unless the options say otherwise."""
+    flags = _NOSUID_NODEV_NOEXEC
+    data = []
+    for opt in (o for o in options.split(",") if o):
+        if opt in _FLAG_OPTIONS:
+            bit, on = _FLAG_OPTIONS[opt]
+            flags = flags | bit if on else flags & ~bit
+        else:
+            data.append(opt)
+    return Mount(target, "tmpfs", "tmpfs", flags, ",".join(data) or None)
 
 
 _NOSUID_NODEV_NOEXEC: Final = MS_NOSUID | MS_NODEV | MS_NOEXEC
@@ -249,23 +280,90 @@ def populate_dev(rootfs: Path, *, devpts_gid: int | None) -> None:
                 os.symlink(link, dev / name)
 
 
+def fill_volume(image_dir: Path, volume: str) -> None:
+    """Copy the image's content at a mount point (`image_dir`, in the rootfs, before the volume
+    hides it) into an empty volume, owners, modes and times included, as docker fills a new
+    volume. Nothing is followed: symlinks are copied as symlinks, files opened O_NOFOLLOW, and
+    device nodes and sockets left out."""
+    try:
+        st = os.lstat(image_dir)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode) or os.listdir(volume):
+        return
+    _copy_dir_content(str(image_dir), volume)
+    _copy_meta(volume, st)
+
+
+def _copy_meta(path: str, st: os.stat_result) -> None:
+    with contextlib.suppress(OSError):  # rootless: an owner outside the map (nobody) stays ours
+        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _copy_dir_content(src: str, dst: str) -> None:
+    with os.scandir(src) as entries:
+        for entry in entries:
+            st = entry.stat(follow_symlinks=False)
+            target = os.path.join(dst, entry.name)
+            if stat.S_ISDIR(st.st_mode):
+                os.mkdir(target, 0o700)
+                _copy_dir_content(entry.path, target)
+            elif stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(entry.path), target)
+            elif stat.S_ISREG(st.st_mode):
+                _copy_file(entry.path, target)
+            elif stat.S_ISFIFO(st.st_mode):
+                os.mkfifo(target, 0o600)
+            else:
+                continue
+            _copy_meta(target, st)
+
+
+def _copy_file(src: str, dst: str) -> None:
+    fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            while os.sendfile(fd_out, fd_in, None, 1 << 20) > 0:
+                pass
+        finally:
+            os.close(fd_out)
+    finally:
+        os.close(fd_in)
+
+
+def _depth(target: str) -> int:
+    return len([p for p in target.split("/") if p])
+
+
 def mount_all(
     rootfs: Path,
     *,
     etc_dir: Path,
-    volumes: Sequence[BindMount],
+    volumes: Sequence[BindMount | Mount],
     devpts_gid: int | None,
     privileged: bool = False,
     masked: bool = True,
 ) -> None:
     """Everything a container gets, below `rootfs` (still seen from the host's side):
-    `privileged` leaves /sys writable; `masked` hides and protects the kernel's paths."""
+    `volumes` (binds and tmpfs) parents first; `privileged` leaves /sys writable; `masked`
+    hides and protects the kernel's paths."""
     mount_at(rootfs, PROC)
     populate_dev(rootfs, devpts_gid=devpts_gid)
     mount_sys(rootfs, writable=privileged)
     for name in ETC_FILES:
         bind(etc_dir / name, resolve_in_root(rootfs, f"/etc/{name}"), recursive=False)
-    for volume in volumes:
-        bind(volume.source, resolve_in_root(rootfs, volume.target), read_only=volume.read_only)
+    for volume in sorted(volumes, key=lambda v: _depth(v.target)):
+        target = resolve_in_root(rootfs, volume.target)
+        if isinstance(volume, Mount):
+            os.makedirs(target, exist_ok=True)
+            libc.mount(volume.source, target, volume.fstype, volume.flags, volume.data)
+            continue
+        if volume.copy:
+            fill_volume(target, volume.source)
+        bind(volume.source, target, read_only=volume.read_only)
     if masked:
         mask_paths(rootfs)

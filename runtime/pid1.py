@@ -152,7 +152,12 @@ def _prepare_root(plan: Plan, sock: socket.socket) -> int | None:
     mounts.mount_all(
         rootfs,
         etc_dir=cdir.path,
-        volumes=[mounts.BindMount(v.source, v.target, v.read_only) for v in cfg.volumes],
+        volumes=[
+            mounts.tmpfs_mount(v.target, v.options)
+            if v.kind == "tmpfs"
+            else mounts.BindMount(v.source, v.target, v.read_only, copy=v.copy)
+            for v in cfg.volumes
+        ],
         devpts_gid=plan.devpts_gid,
         privileged=cfg.privileged,
         masked=cfg.mask_paths,

@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .state import CREATED, EXITED, RUNNING, ContainerDir, process_alive
+from .state import CREATED, EXITED, RUNNING, ContainerDir, Volume, process_alive
 
 
 def _epoch(stamp: str) -> float | None:
@@ -136,7 +136,12 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             "PortBindings": ports["PortBindings"],
             "PublishAllPorts": cfg.publish_all,
             "ReadonlyRootfs": cfg.read_only,
-            "Binds": [f"{v.source}:{v.target}{':ro' if v.read_only else ''}" for v in cfg.volumes],
+            "Binds": [
+                f"{v.source if v.kind == 'bind' else v.name}:{v.target}{':ro' if v.read_only else ''}"
+                for v in cfg.volumes
+                if v.kind == "bind" or (v.kind == "volume" and not v.anonymous)
+            ],
+            "Tmpfs": {v.target: v.options for v in cfg.volumes if v.kind == "tmpfs"},
             "Rootless": cfg.rootless,
             "IdMap": cfg.id_map,
             "Privileged": cfg.privileged,
@@ -148,6 +153,7 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             "MaskedPaths": list(mounts.MASKED_PATHS) if cfg.mask_paths else [],
             "ReadonlyPaths": list(mounts.READONLY_PATHS) if cfg.mask_paths else [],
         },
+        "Mounts": [_mount_of(v) for v in cfg.volumes if v.kind != "tmpfs"],
         "NetworkSettings": {
             "IPAddress": state.ip,
             "Ports": ports["Ports"],
@@ -173,6 +179,21 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
         },
         "LogPath": str(cdir.sub("log")),
         "Path": str(cdir.path),
+    }
+
+
+def _mount_of(volume: Volume) -> dict[str, object]:
+    """One entry of docker's `Mounts` (binds and volumes; docker lists tmpfs only in
+    HostConfig.Tmpfs)."""
+    entry: dict[str, object] = {"Type": volume.kind}
+    if volume.kind == "volume":
+        entry |= {"Name": volume.name, "Driver": "local"}
+    return entry | {
+        "Source": volume.source,
+        "Destination": volume.target,
+        "Mode": "ro" if volume.read_only else "",
+        "RW": not volume.read_only,
+        "Propagation": "rprivate" if volume.kind == "bind" else "",
     }
 
 

@@ -14,6 +14,7 @@ Layout (`--root`, default /var/lib/strata as root, $XDG_DATA_HOME/strata otherwi
         union.log              the union daemon's log
         seccomp.json           the --security-opt seccomp=FILE profile, as it was at create
     seccomp/<key>.bpf          compiled seccomp programs, by profile, capabilities and kernel
+    volumes/<name>/            named and anonymous volumes (runtime.volumes)
     ip_forward                 present while strata has switched IPv4 forwarding on (bridge NAT)
 
 Each JSON file is written to a temporary name and renamed into place, so a reader never sees a
@@ -105,9 +106,17 @@ def process_alive(pid: int, start_time: int) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Volume:
+    """A mount of the container's (runtime.volumes): a host path bound (`bind`), a volume of
+    the state root (`volume`: `source` is its `_data`), or a tmpfs (`options`: its options)."""
+
     source: str
     target: str
     read_only: bool = False
+    kind: str = "bind"
+    name: str = ""  # a volume's name
+    anonymous: bool = False  # a volume that goes with the container under `rm -v` / `--rm`
+    copy: bool = False  # fill the volume from the image's content at `target` while it is empty
+    options: str = ""  # tmpfs
 
 
 @dataclass(frozen=True, slots=True)

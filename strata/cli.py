@@ -16,6 +16,7 @@ from typing import Final
 import bench.cli
 import images.cli
 import runtime.cli
+import runtime.volume_cli
 import unionfs.cli
 from unionfs import __version__
 from unionfs.command import Subcommand, dispatch
@@ -29,7 +30,13 @@ def subcommands() -> tuple[Subcommand, ...]:
         images.cli.INSPECT if sub.name == "inspect" else sub
         for sub in runtime.cli.subcommands(images.cli.IMAGE_SOURCE)
     )
-    return (*unionfs.cli.SUBCOMMANDS, *containers, *images.cli.SUBCOMMANDS, *bench.cli.SUBCOMMANDS)
+    return (
+        *unionfs.cli.SUBCOMMANDS,
+        *containers,
+        runtime.volume_cli.SUBCOMMAND,
+        *images.cli.SUBCOMMANDS,
+        *bench.cli.SUBCOMMANDS,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
