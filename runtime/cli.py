@@ -197,6 +197,30 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
     parser.add_argument(
         "--pids-limit", type=int, default=0, metavar="N", help="process limit (cgroups)"
     )
+    # runtime.runflags
+    parser.add_argument("-l", "--label", action="append", default=[], metavar="K=V")
+    parser.add_argument("--label-file", action="append", default=[], metavar="FILE")
+    parser.add_argument("--cidfile", default="", metavar="FILE", help="write the id to FILE")
+    parser.add_argument(
+        "--stop-signal", default="", metavar="SIGNAL",
+        help="what 'strata stop' sends (default: the image's STOPSIGNAL, else SIGTERM)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stop-timeout", type=int, default=None, metavar="SECONDS",
+        help="how long 'strata stop' waits before SIGKILL (default 10; -1: forever)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
+        help="a resource limit (nofile=1024:2048; -1: unlimited)",
+    )  # fmt: skip
+    parser.add_argument("--shm-size", default="", metavar="SIZE", help="/dev/shm (default 64m)")
+    parser.add_argument(
+        "--group-add", action="append", default=[], metavar="GROUP",
+        help="another supplementary group (a name of the container's /etc/group, or a gid)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--userns", default="", metavar="MODE", help="host (the only mode; rootless: its own)"
+    )
     if run:
         parser.add_argument("-d", "--detach", action="store_true", help="run in the background")
     parser.add_argument("-D", "--debug", action="store_true", help="tracebacks on errors")
@@ -215,7 +239,9 @@ def _image_and_argv(
     """The image (`--lower` or IMAGE, found by `resolver`, which may pull it) and the command
     after it."""
     from .images import layers_image, lookup_image
+    from .runflags import check_platform
 
+    check_platform(getattr(args, "platform", None) or "")  # the image source's --platform
     rest = list(args.rest)
     if rest[:1] == ["--"]:
         rest = rest[1:]
@@ -267,7 +293,7 @@ def _create_request(
     id_map: IdMap | None = None,
     resolved: tuple[ImageSpec, list[str]] | None = None,
 ) -> CreateRequest:
-    from . import network
+    from . import network, runflags
     from .create import CreateRequest
     from .ports import parse_publish_all
     from .process import check_user, parse_env_assignments, read_env_file
@@ -284,12 +310,21 @@ def _create_request(
         check_user(args.user)
     if args.workdir and not args.workdir.startswith("/"):
         raise UsageError(f"-w {args.workdir}: the working directory must be absolute", 125)
+    is_rootless = rootless if rootless is not None else os.geteuid() != 0
+    runflags.check_userns(args.userns)
+    label_items = [item for path in args.label_file for item in runflags.read_label_file(path)]
+    labels = runflags.parse_labels([*label_items, *args.label])
+    if args.stop_signal:
+        runflags.parse_signal(args.stop_signal, "--stop-signal")
+    if args.stop_timeout is not None and args.stop_timeout < -1:
+        raise UsageError(f"--stop-timeout {args.stop_timeout}: -1 or more", 125)
+    ulimits = tuple(runflags.parse_ulimit(u) for u in args.ulimit)
+    shm_size = runflags.parse_size(args.shm_size, "--shm-size") if args.shm_size else 0
     mount_specs = (
         *(parse_volume_flag(v) for v in args.volume),
         *(parse_mount_flag(m) for m in args.mount),
         *(parse_tmpfs_flag(t) for t in args.tmpfs),
     )
-    is_rootless = rootless if rootless is not None else os.geteuid() != 0
     mode = args.network or default_network(is_rootless)
     hostname = args.hostname
     network_id = ""
@@ -345,6 +380,12 @@ def _create_request(
         mounts=mount_specs,
         image_volumes=True,
         read_only_tmpfs=args.read_only_tmpfs == "true",
+        labels=labels,
+        stop_signal=args.stop_signal,
+        stop_timeout=args.stop_timeout,
+        ulimits=ulimits,
+        shm_size=shm_size,
+        group_add=runflags.check_groups(args.group_add),
         network=mode,
         subnet=subnet,
         dns=dns,
@@ -420,10 +461,12 @@ def _run(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) ->
         from .lifecycle import run_attached, start_detached
 
         _check_hostname(args.hostname)
+        _check_cidfile(args.cidfile)
         req = _create_request(
             args, root, resolver, rootless=rootless, id_map=id_map, resolved=resolved
         )
         cdir = create(root, req)
+        _write_cidfile(args.cidfile, cdir.id)
         mark("created")
         if args.detach:
             start_detached(root, cdir, remove_on_failure=True)
@@ -436,6 +479,25 @@ def _run(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) ->
         # Nothing allocated from here on needs collecting: skip the interpreter's final
         # garbage collection, a good part of its ~13 ms shutdown.
         gc.freeze()
+
+
+def _check_cidfile(path: str) -> None:
+    """--cidfile must not exist yet (docker's rule: it may be another container's)."""
+    if path and os.path.lexists(path):
+        raise UsageError(
+            f"--cidfile {path}: container ID file found, make sure the other container isn't"
+            " running or delete it",
+            125,
+        )
+
+
+def _write_cidfile(path: str, cid: str) -> None:
+    """The new container's id into --cidfile (created, never through a symlink)."""
+    if not path:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(cid)
 
 
 def _prefork_daemon() -> tuple[bool, IdMap | None, UnionRootfs]:
@@ -463,8 +525,10 @@ def _create(args: argparse.Namespace, runner: Runner, resolver: Resolver | None)
     from .create import create
 
     _check_hostname(args.hostname)
+    _check_cidfile(args.cidfile)
     root = _state_root(args)
     cdir = create(root, _create_request(args, root, resolver))
+    _write_cidfile(args.cidfile, cdir.id)
     print(cdir.id, flush=True)
     return 0
 
@@ -537,6 +601,32 @@ def _add_ps_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="only ids")
     parser.add_argument("--no-trunc", action="store_true", help="full ids and commands")
     parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument(
+        "-f", "--filter", action="append", default=[], metavar="K=V",
+        help="label=K[=V], name=TEXT, id=PREFIX, status=created|running|exited",
+    )  # fmt: skip
+
+
+def _ps_filter(items: list[str]) -> list[tuple[str, str]]:
+    filters = []
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or key not in ("label", "name", "id", "status"):
+            raise UsageError(f"invalid filter {item!r} (label, name, id, status)", 125)
+        filters.append((key, value))
+    return filters
+
+
+def _ps_matches(cdir: ContainerDir, status: str, key: str, value: str) -> bool:
+    cfg = cdir.config
+    if key == "label":
+        label, eq, wanted = value.partition("=")
+        return label in cfg.labels and (not eq or cfg.labels[label] == wanted)
+    if key == "name":
+        return value in cfg.name
+    if key == "id":
+        return cfg.id.startswith(value)
+    return status == value
 
 
 def _ps(args: argparse.Namespace, runner: Runner) -> int:
@@ -545,10 +635,14 @@ def _ps(args: argparse.Namespace, runner: Runner) -> int:
     from .report import describe, table
 
     root = _state_root(args)
+    filters = _ps_filter(args.filter)
     rows = []
     for cdir in root.containers():
         info = describe(cdir)
-        if args.all or info["State"] == "running":
+        status = str(info["State"])
+        if not all(_ps_matches(cdir, status, key, value) for key, value in filters):
+            continue
+        if args.all or status == "running" or any(k == "status" for k, _ in filters):
             rows.append(info)
     if args.format == "json":
         print(json.dumps(rows, indent=2))
@@ -563,8 +657,9 @@ def _ps(args: argparse.Namespace, runner: Runner) -> int:
 def _add_stop_arguments(parser: argparse.ArgumentParser) -> None:
     add_root(parser)
     parser.add_argument(
-        "-t", "--time", type=float, default=10.0, metavar="SECONDS",
-        help="wait this long after SIGTERM before SIGKILL (default 10)",
+        "-t", "--time", type=float, default=None, metavar="SECONDS",
+        help="wait this long after the stop signal before SIGKILL (default: the container's"
+        " --stop-timeout, else 10)",
     )  # fmt: skip
     parser.add_argument("containers", nargs="+", metavar="CONTAINER")
 
@@ -586,19 +681,10 @@ def _add_kill_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_signal(text: str) -> int:
-    import signal
+    """A signal by name or number (runtime.runflags.parse_signal)."""
+    from .runflags import parse_signal as parse
 
-    if text.isdigit():
-        number = int(text)
-        if 0 < number < signal.NSIG:
-            return number
-    else:
-        name = text.upper()
-        name = name if name.startswith("SIG") else f"SIG{name}"
-        value = getattr(signal.Signals, name, None)
-        if value is not None:
-            return int(value)
-    raise UsageError(f"unknown signal {text!r}", 125)
+    return parse(text)
 
 
 def _kill(args: argparse.Namespace, runner: Runner) -> int:

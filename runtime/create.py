@@ -48,6 +48,12 @@ class CreateRequest:
     mounts: tuple[MountSpec, ...] = ()
     image_volumes: bool = False
     read_only_tmpfs: bool = True  # --read-only: writable tmpfs on /tmp, /run, /var/tmp (podman)
+    labels: tuple[tuple[str, str], ...] = ()  # --label, --label-file (runtime.runflags)
+    stop_signal: str = ""  # --stop-signal, checked
+    stop_timeout: int | None = None
+    ulimits: tuple[str, ...] = ()  # NAME=SOFT:HARD, checked
+    shm_size: int = 0
+    group_add: tuple[str, ...] = ()
     network: str = "host"
     subnet: str = DEFAULT_SUBNET
     dns: tuple[str, ...] = ()
@@ -139,6 +145,12 @@ def container_config(
         seccomp_origin=sec.profile_file or "",
         no_new_privileges=sec.no_new_privileges,
         mask_paths=sec.mask_paths and not sec.privileged,
+        labels=dict((*image.labels, *req.labels)),
+        stop_signal=req.stop_signal or image.stop_signal,
+        stop_timeout=req.stop_timeout,
+        ulimits=req.ulimits,
+        shm_size=req.shm_size,
+        group_add=req.group_add,
     )
 
 

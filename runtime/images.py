@@ -31,6 +31,8 @@ class ImageConfig:
     user: str = ""
     exposed_ports: tuple[str, ...] = ()  # `80/tcp`, `53/udp` (the keys of ExposedPorts), for -P
     volumes: tuple[str, ...] = ()  # the keys of Volumes: an anonymous volume each (run, create)
+    labels: tuple[tuple[str, str], ...] = ()  # Labels, under the container's --label
+    stop_signal: str = ""  # StopSignal (STOPSIGNAL), what `strata stop` sends
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -66,10 +68,15 @@ class ImageConfig:
         config = cls._from_fields(inner, ("Env", "Entrypoint", "Cmd", "WorkingDir", "User"))
         exposed = inner.get("ExposedPorts") or {}  # {"80/tcp": {}}: only the keys mean anything
         volumes = inner.get("Volumes") or {}  # {"/data": {}}: the same
+        labels = inner.get("Labels") or {}
         return replace(
             config,
             exposed_ports=tuple(str(k) for k in exposed),
             volumes=tuple(str(k) for k in volumes if isinstance(volumes, dict)),
+            labels=tuple((str(k), str(v)) for k, v in labels.items())
+            if isinstance(labels, dict)
+            else (),
+            stop_signal=str(inner.get("StopSignal") or ""),
         )
 
     @classmethod

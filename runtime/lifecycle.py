@@ -124,14 +124,24 @@ def wait_stopped(cdir: ContainerDir, timeout: float | None) -> bool:
         time.sleep(0.02)
 
 
-def stop(cdir: ContainerDir, timeout: float) -> None:
-    """SIGTERM, then SIGKILL after `timeout` seconds; returns once the container has stopped."""
+def stop(cdir: ContainerDir, timeout: float | None = None) -> None:
+    """The container's stop signal (--stop-signal, else the image's STOPSIGNAL, else SIGTERM),
+    then SIGKILL after `timeout` seconds (None: its --stop-timeout, else 10); returns once the
+    container has stopped."""
+    from .runflags import parse_signal
+
     state = cdir.effective_state()
     if state.status != RUNNING:
         return
+    cfg = cdir.config
+    sig = int(signal.SIGTERM)
+    with contextlib.suppress(UsageError):  # an image's STOPSIGNAL strata cannot name: SIGTERM
+        sig = parse_signal(cfg.stop_signal) if cfg.stop_signal else sig
+    if timeout is None:
+        timeout = 10.0 if cfg.stop_timeout is None else float(cfg.stop_timeout)
     with contextlib.suppress(UsageError):
-        signal_container(cdir, signal.SIGTERM)
-    if wait_stopped(cdir, timeout):
+        signal_container(cdir, sig)
+    if wait_stopped(cdir, None if timeout < 0 else timeout):
         return
     with contextlib.suppress(UsageError):
         signal_container(cdir, signal.SIGKILL)

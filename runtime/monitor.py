@@ -360,6 +360,7 @@ class Monitor:
                 user=cfg.user,
                 tty=cfg.tty,
                 interactive=cfg.interactive,
+                groups=cfg.group_add,
             ),
             init=cfg.init,
             can_setgroups=namespaces.setgroups_allowed(),

@@ -255,8 +255,9 @@ def bind_console(rootfs: Path, pty: str) -> None:
     bind(resolve_in_root(rootfs, pty), resolve_in_root(rootfs, "/dev/console"), recursive=False)
 
 
-def populate_dev(rootfs: Path, *, devpts_gid: int | None) -> None:
-    """The /dev tmpfs, its devpts, device nodes bound from the host, /dev/shm and the links."""
+def populate_dev(rootfs: Path, *, devpts_gid: int | None, shm_size: int = 0) -> None:
+    """The /dev tmpfs, its devpts, device nodes bound from the host, /dev/shm (`shm_size`
+    bytes, --shm-size; default 64 MiB, as docker's) and the links."""
     dev = resolve_in_root(rootfs, "/dev")
     os.makedirs(dev, exist_ok=True)
     for m in CONTAINER_MOUNTS:
@@ -264,6 +265,8 @@ def populate_dev(rootfs: Path, *, devpts_gid: int | None) -> None:
             continue
         if m is DEVPTS and devpts_gid is not None:
             m = Mount(m.target, m.fstype, m.source, m.flags, f"{m.data},gid={devpts_gid}")
+        if m is SHM and shm_size:
+            m = Mount(m.target, m.fstype, m.source, m.flags, f"mode=1777,size={shm_size}")
         target = dev / m.target.removeprefix("/dev/") if m is not DEV else dev
         os.makedirs(target, exist_ok=True)
         try:
@@ -345,6 +348,7 @@ def mount_all(
     etc_dir: Path,
     volumes: Sequence[BindMount | Mount],
     devpts_gid: int | None,
+    shm_size: int = 0,
     privileged: bool = False,
     masked: bool = True,
 ) -> None:
@@ -352,7 +356,7 @@ def mount_all(
     `volumes` (binds and tmpfs) parents first; `privileged` leaves /sys writable; `masked`
     hides and protects the kernel's paths."""
     mount_at(rootfs, PROC)
-    populate_dev(rootfs, devpts_gid=devpts_gid)
+    populate_dev(rootfs, devpts_gid=devpts_gid, shm_size=shm_size)
     mount_sys(rootfs, writable=privileged)
     for name in ETC_FILES:
         bind(etc_dir / name, resolve_in_root(rootfs, f"/etc/{name}"), recursive=False)

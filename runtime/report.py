@@ -129,6 +129,9 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             "Init": cfg.init,
             "AutoRemove": cfg.auto_remove,
             "ExposedPorts": ports["ExposedPorts"],
+            "Labels": cfg.labels,
+            "StopSignal": cfg.stop_signal or "SIGTERM",
+            "StopTimeout": 10 if cfg.stop_timeout is None else cfg.stop_timeout,
         },
         "HostConfig": {
             "NetworkMode": cfg.network,
@@ -136,6 +139,9 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             "PortBindings": ports["PortBindings"],
             "PublishAllPorts": cfg.publish_all,
             "ReadonlyRootfs": cfg.read_only,
+            "Ulimits": [_ulimit_of(u) for u in cfg.ulimits],
+            "ShmSize": cfg.shm_size or 64 << 20,
+            "GroupAdd": list(cfg.group_add),
             "Binds": [
                 f"{v.source if v.kind == 'bind' else v.name}:{v.target}{':ro' if v.read_only else ''}"
                 for v in cfg.volumes
@@ -180,6 +186,13 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
         "LogPath": str(cdir.sub("log")),
         "Path": str(cdir.path),
     }
+
+
+def _ulimit_of(item: str) -> dict[str, object]:
+    """docker's `HostConfig.Ulimits` entry of a recorded `NAME=SOFT:HARD`."""
+    name, _, values = item.partition("=")
+    soft, _, hard = values.partition(":")
+    return {"Name": name, "Soft": int(soft), "Hard": int(hard)}
 
 
 def _mount_of(volume: Volume) -> dict[str, object]:

@@ -165,6 +165,15 @@ class ContainerConfig:
     seccomp_origin: str = ""
     no_new_privileges: bool = False
     mask_paths: bool = True
+    # runtime.runflags: labels (the image's under --label), stop signal and timeout (None: the
+    # image's STOPSIGNAL, else SIGTERM; 10 s), ulimits (NAME=SOFT:HARD), /dev/shm's size,
+    # supplementary groups of the command
+    labels: dict[str, str] = field(default_factory=dict)
+    stop_signal: str = ""
+    stop_timeout: int | None = None
+    ulimits: tuple[str, ...] = ()
+    shm_size: int = 0
+    group_add: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
@@ -189,6 +198,8 @@ class ContainerConfig:
             "ports",
             "exposed_ports",
             "network_aliases",
+            "ulimits",
+            "group_add",
         ):
             items = values.get(key) or []
             assert isinstance(items, list | tuple)

@@ -49,17 +49,6 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     prune.add_argument("-f", "--force", action="store_true", help="do not ask (strata never asks)")
 
 
-def parse_labels(items: list[str], flag: str = "--label") -> dict[str, str]:
-    """K=V (or K, an empty value) labels, as docker takes them."""
-    labels = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        if not key:
-            raise UsageError(f"{flag} {item!r}: expected KEY=VALUE", 125)
-        labels[key] = value
-    return labels
-
-
 def _filters(items: list[str]) -> list[tuple[str, str]]:
     result = []
     for item in items:
@@ -83,7 +72,9 @@ def _run(args: argparse.Namespace, runner: Runner) -> int:
             raise UsageError(f"--driver {args.driver}: only local is supported", 125)
         if args.opt:
             raise UsageError(f"--opt {args.opt[0]}: the local driver takes no options here", 125)
-        labels = parse_labels(args.label)
+        from .runflags import parse_labels
+
+        labels = dict(parse_labels(args.label))
         name = volumes.check_name(args.name) if args.name else os.urandom(32).hex()
         with root.lock():
             volumes.ensure(root, name, labels=labels)
