@@ -107,6 +107,10 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
         " tmpfs-mode",
     )  # fmt: skip
     parser.add_argument(
+        "--device", action="append", default=[], metavar="HOST[:CTR][:rwm]",
+        help="bind a host device node into the container (without w: read-only)",
+    )  # fmt: skip
+    parser.add_argument(
         "--tmpfs", action="append", default=[], metavar="PATH[:OPTS]",
         help="a tmpfs at PATH (OPTS: size=64m,mode=1777,noexec,...)",
     )  # fmt: skip
@@ -197,6 +201,7 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
     parser.add_argument(
         "--pids-limit", type=int, default=0, metavar="N", help="process limit (cgroups)"
     )
+    parser.add_argument("--cpus", default="", metavar="N", help="CPU limit, 1.5 (cgroups)")
     # runtime.runflags
     parser.add_argument("-l", "--label", action="append", default=[], metavar="K=V")
     parser.add_argument("--label-file", action="append", default=[], metavar="FILE")
@@ -299,7 +304,7 @@ def _create_request(
     from .process import check_user, parse_env_assignments, read_env_file
     from .publish import check_mode
     from .security import parse_options
-    from .volumes import parse_mount_flag, parse_tmpfs_flag, parse_volume_flag
+    from .volumes import parse_device_flag, parse_mount_flag, parse_tmpfs_flag, parse_volume_flag
 
     image, rest = resolved if resolved is not None else _image_and_argv(args, root, resolver)
     env: list[str] = []
@@ -324,6 +329,7 @@ def _create_request(
         *(parse_volume_flag(v) for v in args.volume),
         *(parse_mount_flag(m) for m in args.mount),
         *(parse_tmpfs_flag(t) for t in args.tmpfs),
+        *(parse_device_flag(d) for d in args.device),
     )
     mode = args.network or default_network(is_rootless)
     hostname = args.hostname
@@ -357,6 +363,11 @@ def _create_request(
         from .cgroups import parse_memory
 
         memory = parse_memory(args.memory)
+    cpu_quota = 0
+    if args.cpus:
+        from .cgroups import parse_cpus
+
+        cpu_quota = parse_cpus(args.cpus)
     if not 0 <= args.pids_limit < 2**63:
         raise UsageError(f"--pids-limit {args.pids_limit}: expected 0 to 2^63-1", 125)
     entrypoint = None
@@ -403,6 +414,7 @@ def _create_request(
         auto_remove=args.rm,
         memory=memory,
         pids_limit=args.pids_limit,
+        cpu_quota=cpu_quota,
         rootless=rootless,
         id_map=id_map,
         security=sec,

@@ -71,6 +71,7 @@ class CreateRequest:
     auto_remove: bool = False
     memory: int = 0
     pids_limit: int = 0
+    cpu_quota: int = 0
     security: SecurityOptions = field(default_factory=SecurityOptions)
     # Who runs it, decided before the caller may have entered a user namespace (where it is
     # root): None means "look at our own ids now".
@@ -136,6 +137,7 @@ def container_config(
         id_map=id_map,
         memory=req.memory,
         pids_limit=req.pids_limit,
+        cpu_quota=req.cpu_quota,
         capabilities=tuple(capabilities.sorted_names(sec.capabilities())),
         privileged=sec.privileged,
         cap_add=sec.cap_add,
@@ -235,6 +237,8 @@ def build_init_layer(init: Path, layers: Sequence[Path], volumes: Sequence[Volum
     dirs = list(mounts.MOUNTPOINT_DIRS)
     files = list(mounts.MOUNTPOINT_FILES)
     for volume in volumes:
+        if volume.kind == "device":  # in /dev, a tmpfs (or made by the bind)
+            continue
         rel = os.path.normpath(volume.target).lstrip("/")
         is_dir = volume.kind != "bind" or os.path.isdir(volume.source)
         (dirs if is_dir else files).append(rel)

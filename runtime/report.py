@@ -141,7 +141,17 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             "ReadonlyRootfs": cfg.read_only,
             "Ulimits": [_ulimit_of(u) for u in cfg.ulimits],
             "ShmSize": cfg.shm_size or 64 << 20,
+            "NanoCpus": cfg.cpu_quota * 10_000,
             "GroupAdd": list(cfg.group_add),
+            "Devices": [
+                {
+                    "PathOnHost": v.source,
+                    "PathInContainer": v.target,
+                    "CgroupPermissions": v.options,
+                }
+                for v in cfg.volumes
+                if v.kind == "device"
+            ],
             "Binds": [
                 f"{v.source if v.kind == 'bind' else v.name}:{v.target}{':ro' if v.read_only else ''}"
                 for v in cfg.volumes
@@ -159,7 +169,7 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             "MaskedPaths": list(mounts.MASKED_PATHS) if cfg.mask_paths else [],
             "ReadonlyPaths": list(mounts.READONLY_PATHS) if cfg.mask_paths else [],
         },
-        "Mounts": [_mount_of(v) for v in cfg.volumes if v.kind != "tmpfs"],
+        "Mounts": [_mount_of(v) for v in cfg.volumes if v.kind in ("bind", "volume")],
         "NetworkSettings": {
             "IPAddress": state.ip,
             "Ports": ports["Ports"],

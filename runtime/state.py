@@ -154,6 +154,7 @@ class ContainerConfig:
     id_map: dict[str, list[list[int]]] = field(default_factory=dict)
     memory: int = 0
     pids_limit: int = 0
+    cpu_quota: int = 0  # --cpus: µs of CPU time per 100 ms (runtime.cgroups)
     # security (runtime.security): the capability set (None: the default, for containers made
     # before strata recorded it), the options as given, the seccomp mode
     capabilities: tuple[str, ...] | None = None

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from .state import StateRoot, Volume, now, read_json, remove_tree, write_json
 BIND: Final = "bind"
 VOLUME: Final = "volume"
 TMPFS: Final = "tmpfs"
+DEVICE: Final = "device"  # --device: a host device node bound in (`options`: its rwm)
 
 # docker's rule for a local volume's name
 _NAME: Final = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
@@ -203,6 +205,45 @@ def parse_tmpfs_flag(spec: str) -> MountSpec:
     target = _target("--tmpfs", spec, target)
     options = check_tmpfs_options("--tmpfs", spec, options)
     return MountSpec(TMPFS, "", target, "ro" in options.split(","), options=options)
+
+
+def parse_device_flag(spec: str) -> MountSpec:
+    """`--device HOST[:CONTAINER][:PERMISSIONS]`: a host device node (or a directory of them)
+    bound at CONTAINER (default: the same path); PERMISSIONS of `rwm` (default all). strata
+    keeps no device cgroup, and a read-only mount does not stop writes to a device node, so
+    permissions without both `r` and `w` are refused rather than silently not enforced; `m`
+    changes nothing (the container lacks CAP_MKNOD unless --cap-add MKNOD)."""
+    parts = spec.split(":")
+    perms = "rwm"
+    if len(parts) > 1 and re.fullmatch(r"[rwm]{1,3}", parts[-1]) and not parts[-1].startswith("/"):
+        perms = parts.pop()
+    if len(parts) > 2 or not parts[0]:
+        raise UsageError(f"--device {spec}: expected HOST[:CONTAINER][:rwm]", 125)
+    host = parts[0]
+    target = parts[1] if len(parts) == 2 else host
+    if len(set(perms)) != len(perms):
+        raise UsageError(f"--device {spec}: invalid device mode: {perms}", 125)
+    if "r" not in perms or "w" not in perms:
+        raise UsageError(
+            f"--device {spec}: permissions {perms} cannot be enforced without a device cgroup"
+            " (give rw or rwm)",
+            125,
+        )
+    if not os.path.isabs(host):
+        raise UsageError(f"--device {spec}: the host path must be absolute", 125)
+    try:
+        st = os.stat(host)
+    except OSError as exc:
+        raise UsageError(
+            f"--device {spec}: error gathering device information while adding custom device"
+            f" {host!r}: {exc.strerror}",
+            125,
+        ) from None
+    if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise UsageError(f"--device {spec}: {host} is not a device node", 125)
+    return MountSpec(
+        DEVICE, os.path.realpath(host), _target("--device", spec, target), options=perms,
+    )  # fmt: skip
 
 
 def check_tmpfs_options(flag: str, spec: str, options: str) -> str:
@@ -429,8 +470,12 @@ def resolve(
     result = []
     made: list[str] = []
     for spec in wanted:
-        if spec.kind == BIND:
-            result.append(Volume(spec.source, spec.target, spec.read_only))
+        if spec.kind in (BIND, DEVICE):
+            result.append(
+                Volume(
+                    spec.source, spec.target, spec.read_only, kind=spec.kind, options=spec.options
+                )
+            )
         elif spec.kind == TMPFS:
             result.append(
                 Volume("tmpfs", spec.target, spec.read_only, kind=TMPFS, options=spec.options)

@@ -172,3 +172,57 @@ def test_userns_host_and_this_platform_are_accepted(strata: Strata, busybox: lis
         "run", "--rm", "--userns", "host", "--platform", f"linux/{arch}", *busybox, "/bin/true"
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_cpus_sets_the_cfs_quota_of_the_containers_cgroup(
+    strata: Strata, busybox: list[str]
+) -> None:
+    from runtime.cgroups import _find
+
+    where = _find("cpu")
+    if where is None:
+        pytest.skip("no usable cpu cgroup controller")
+    strata.run("run", "-d", "--name", "c1", "--cpus", "0.5", *busybox, "/bin/sleep", "60",
+               check=True)  # fmt: skip
+    info = wait_running(strata, "c1")
+    host_config = info["HostConfig"]
+    assert isinstance(host_config, dict)
+    assert host_config["NanoCpus"] == 500_000_000
+    group = where.parent() / f"strata-{str(info['Id'])[:12]}"
+    if where.version == 2:
+        assert (group / "cpu.max").read_text().split() == ["50000", "100000"]
+    else:
+        assert (group / "cpu.cfs_quota_us").read_text().strip() == "50000"
+        assert (group / "cpu.cfs_period_us").read_text().strip() == "100000"
+    state = info["State"]
+    assert isinstance(state, dict)
+    assert str(state["Pid"]) in (group / "cgroup.procs").read_text().split()
+    strata.run("rm", "-f", "c1", check=True)
+    bad = strata.run("run", "--rm", "--cpus", "999", *busybox, "/bin/true")
+    assert bad.returncode == 125
+    assert "range of CPUs is from 0.01 to" in bad.stderr
+
+
+def test_device_is_bound_into_dev(strata: Strata, busybox: list[str]) -> None:
+    done = strata.run(
+        "run", "--rm", "--device", "/dev/zero:/dev/myzero", "--device", "/dev/full:/dev/f:rw",
+        *busybox, "/bin/sh", "-c",
+        "head -c 3 /dev/myzero | od -An -tx1; echo x > /dev/f 2>/dev/null || echo full;"
+        " ls -l /dev/myzero",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["00", "00", "00"]
+    assert lines[1] == "full"  # /dev/full's ENOSPC: the device itself answered
+    assert lines[2].startswith("c")
+    for bad, message in (
+        ("/dev/nonexistent", "error gathering device information"),
+        ("/etc/passwd", "not a device node"),
+        ("/dev/zero:/x:rwx", "expected HOST[:CONTAINER][:rwm]"),
+        ("/dev/zero:/x:r", "cannot be enforced without a device cgroup"),
+        ("dev/zero", "must be absolute"),
+    ):
+        failed = strata.run("run", "--rm", "--device", bad, *busybox, "/bin/true")
+        assert failed.returncode == 125, bad
+        assert message in failed.stderr, failed.stderr
+    assert strata.container_ids() == []
