@@ -603,6 +603,7 @@ def _exec(args: argparse.Namespace, runner: Runner) -> int:
         user=args.user if args.user is not None else cfg.user,
         tty=args.tty,
         interactive=args.interactive,
+        groups=cfg.group_add,  # as docker's exec: the container's --group-add too
     )
     return exec_in(root, cdir, spec)
 
