@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import os
 import posixpath
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -45,7 +47,7 @@ from typing import TYPE_CHECKING
 
 from unionfs.errors import UsageError
 
-from .buildcheck import BuildError, Plan, Stage, check_dockerfile
+from .buildcheck import BuildError, Plan, Stage, check_dockerfile, check_trigger
 from .context import Context, ContextError, IgnoreRules, StageRoot
 from .copier import Copier, CopyError, Source, make_dirs, resolve_chown
 from .dockerfile import (
@@ -61,10 +63,12 @@ from .dockerfile import (
 )
 from .policy import obtain
 from .registries import Options
+from .runmounts import MountSpecError, RunMount, parse_mount
 from .store import ImageRecord, ImageStore, normalize_ref
 
 if TYPE_CHECKING:
     from runtime.images import ImageSpec
+    from runtime.state import Volume
 
 
 # Where a RUN's `#!` here-document is bound as a file (BuildKit uses /dev/pipes too).
@@ -83,6 +87,7 @@ class BuildOptions:
     platform: str | None = None
     quiet: bool = False  # no pull progress
     target: str | None = None  # the stage to build (--target); default the last
+    secrets: Mapping[str, bytes] = field(default_factory=dict)  # --secret id -> its contents
 
 
 @dataclass(slots=True)
@@ -91,6 +96,7 @@ class _State:
 
     config: dict[str, object]
     layers: list[str]
+    stored_id: str | None = None  # a FROM image's id (its stored config's bytes may differ)
 
     @property
     def inner(self) -> dict[str, object]:
@@ -108,6 +114,11 @@ class _State:
     def key(self) -> str:
         data = {"config": self.config, "layers": self.layers}
         return hashlib.sha256(_canonical(data)).hexdigest()
+
+    def image_id(self) -> str:
+        """The id of the image this state would be (the store's: the config's sha256), which
+        each step prints, so the last step's id is the one "Successfully built" names."""
+        return self.stored_id or hashlib.sha256(_canonical(self.config)).hexdigest()
 
 
 def _canonical(value: object) -> bytes:
@@ -174,6 +185,7 @@ class Builder:
                 raise BuildError(f"--target {self.opts.target}: no stage of that name")
             target = found
         tags = tuple(normalize_ref(t) for t in self.opts.tags)
+        self.global_args.update(self._platform_args())
         for step, ins in enumerate(plan.prelude, 1):
             self.say(f"Step {step}/{plan.total} : {ins}")
             self._arg(ins, self.global_args)
@@ -201,6 +213,24 @@ class Builder:
             self.say(f"Successfully tagged {tag}")
         return rec
 
+    def _platform_args(self) -> dict[str, str | None]:
+        """BuildKit's automatic platform ARGs, in the global scope (a stage sees one after an
+        `ARG NAME` without a value): the build platform is this machine, the target
+        `--platform` or this machine."""
+        build = f"linux/{_arch()}"
+        target = self.opts.platform or build
+        out: dict[str, str | None] = {}
+        for prefix, platform in (("BUILD", build), ("TARGET", target)):
+            os_name, _, rest = platform.partition("/")
+            arch, _, variant = rest.partition("/")
+            out |= {
+                f"{prefix}PLATFORM": platform,
+                f"{prefix}OS": os_name,
+                f"{prefix}ARCH": arch,
+                f"{prefix}VARIANT": variant,
+            }
+        return out
+
     def _needed(self, target: Stage) -> set[int]:
         """The stages the target needs (its FROM and COPY --from, named with the global
         build args): only those are built, each once, as BuildKit and buildah do."""
@@ -220,6 +250,11 @@ class Builder:
                 if ref:
                     with contextlib.suppress(DockerfileError):
                         refs.append(expand(ref, env, self.escape))
+                for name, value in ins.flags if ins.keyword == "RUN" else ():
+                    if name == "mount" and value:
+                        with contextlib.suppress(DockerfileError, MountSpecError):
+                            mount = parse_mount(expand(value, env, self.escape), "/")
+                            refs += [mount.from_ref] if mount.from_ref else []
             for ref in refs:
                 dep = self.plan.stage(ref, stage.index)
                 if dep is not None:
@@ -236,13 +271,29 @@ class Builder:
             first = stage.instructions[0]
             self.say(f"Step {stage.first}/{total} : {first}")
             state = self._from(first, stage)
-            self.say(f" ---> {state.key()[:12]}")
+            self.say(f" ---> {state.image_id()[:12]}")
+            state = self._triggers(first, state, stage)
             for step, ins in enumerate(stage.instructions[1:], stage.first + 1):
                 self.say(f"Step {step}/{total} : {ins}")
                 state = self._step(ins, state, stage)
         finally:
             self.args, self.cmd_set = saved
         self.results[stage.index] = state
+        return state
+
+    def _triggers(self, first: Instruction, state: _State, stage: Stage) -> _State:
+        """The base's ONBUILD triggers, run right after FROM as Docker does (errors name the
+        FROM line); the new image does not inherit them."""
+        triggers = [str(t) for t in state.inner.get("OnBuild") or []]  # type: ignore[attr-defined]
+        if not triggers:
+            return state
+        state = _State(copy.deepcopy(state.config), list(state.layers))
+        state.inner.pop("OnBuild", None)
+        self.say(f"# Executing {len(triggers)} build trigger{'s' * (len(triggers) > 1)}")
+        for text in triggers:
+            ins = dataclasses.replace(check_trigger(text, self._at(first)), line=first.line)
+            self.say(f"Trigger: {ins}")
+            state = self._step(ins, state, stage)
         return state
 
     def _stage_result(self, stage: Stage) -> _State:
@@ -309,6 +360,18 @@ class Builder:
         if len(words) not in (1, 3) or (len(words) == 3 and words[1].lower() != "as"):
             raise BuildError(f"{self._at(ins)}: FROM IMAGE [AS NAME] expected")
         ref = words[0]
+        platform = ins.flag("platform")
+        if platform is not None:
+            try:
+                wanted = expand(platform, global_env, self.escape)
+            except DockerfileError as e:
+                raise BuildError(f"{self._at(ins)}: FROM: {_message(e)}") from None
+            here = {str(global_env.get("BUILDPLATFORM")), str(global_env.get("TARGETPLATFORM"))}
+            if wanted not in here:
+                raise BuildError(
+                    f"{self._at(ins)}: FROM --platform={wanted}: strata builds only for"
+                    f" {' or '.join(sorted(here))} (no emulation)"
+                )
         earlier = self.plan.stage(ref, stage.index) if not ref.isdigit() else None
         if earlier is not None:  # FROM an earlier stage: its result
             done = self._stage_result(earlier)
@@ -342,7 +405,7 @@ class Builder:
                 raise BuildError(f"{self._at(ins)}: {what} {ref}: {e}") from None
             if rec is None:
                 raise BuildError(f"{self._at(ins)}: {what} {ref}: no such image in the store")
-            state = _State(config=copy.deepcopy(rec.config), layers=list(rec.layers))
+            state = _State(copy.deepcopy(rec.config), list(rec.layers), stored_id=rec.id)
         with self.store.lock():
             for diff_id in state.layers:
                 if not self.store.has_layer(diff_id):
@@ -361,16 +424,25 @@ class Builder:
         if kw == "RUN":
             argv, script = self._run_argv(ins, state)
             args = self._run_args(state)
+            mounts, sources, network = self._run_flags(ins, state, stage)
             shown = " ".join(argv)
             if args:
                 shown = f"|{len(args)} {' '.join(args)} {shown}"
-            key_text = _canonical({"RUN": argv, "args": args, "script": script}).decode()
+            key: dict[str, object] = {"RUN": argv, "args": args, "script": script}
+            if mounts:
+                key["mounts"] = [
+                    m.key() | {"src": k} for m, (_s, k) in zip(mounts, sources, strict=True)
+                ]
+                shown = " ".join(f"--mount={_mount_text(m)}" for m in mounts) + f" {shown}"
+            if network != "host":
+                key["network"] = network
+                shown = f"--network={network} {shown}"
             return self._cached(
                 ins,
                 state,
-                key_text,
+                _canonical(key).decode(),
                 f"RUN {shown}",
-                lambda: self._run(ins, state, argv, args, script),
+                lambda: self._run(ins, state, argv, args, script, mounts, sources, network),
             )
         if kw in ("COPY", "ADD"):
             return self._copy_step(ins, state, stage)
@@ -393,27 +465,51 @@ class Builder:
         docs = {f"<<{doc.name}": doc for doc in ins.heredocs}
         from_ref = ins.flag("from")
         key: dict[str, object] = {kw: [*sources, dest], "chown": chown}
+        downloads: dict[str, tuple[Path, str]] = {}  # ADD's URLs: the file, its sha256
+        flags = ""
+        if ins.flag("chmod") is not None:
+            key["chmod"] = self._chmod(ins, state)
+            flags += f"--chmod={ins.flag('chmod')} "
+        if _linked(ins):
+            key["link"] = True
+            flags += "--link "
         src_state: _State | None = None
         if from_ref:
             from_ref = self._expand(ins, from_ref, state)
             src_state = self._from_state(ins, from_ref, stage)
             key["from"] = src_state.key()
-            shown = f"{kw} --from={from_ref} "
+            shown = f"{kw} {flags}--from={from_ref} "
         else:
             contents = {w: self._heredoc_text(ins, docs[w], state) for w in sources if w in docs}
+            checksum = ins.flag("checksum")
+            if checksum is not None:  # the download is checked against it, so it is the key
+                key["checksum"] = self._expand(ins, checksum, state)
+            else:
+                for url in filter(_is_http, sources):
+                    downloads[url] = self._download(ins, url, None)
+                    key.setdefault("urls", {})[url] = downloads[url][1]  # type: ignore[index]
             try:
-                picked = [p for s in sources if s not in docs for p in self.context.select(s)]
+                picked = [
+                    p
+                    for s in sources
+                    if s not in docs and not _is_http(s)
+                    for p in self.context.select(s)
+                ]
                 key["src"] = self.context.digest(picked)
             except ContextError as e:
                 raise BuildError(f"{self._at(ins)}: {kw} failed: {e}") from None
-            key["heredocs"] = contents
-            shown = f"{kw} "
+            if contents:
+                key["heredocs"] = contents
+            shown = f"{kw} {flags}"
         shown += f"{'--chown=' + chown + ' ' if chown else ''}{' '.join(sources)} {dest}"
 
         def make() -> tuple[_State, str]:
             if src_state is None:
+                for url in filter(_is_http, sources):
+                    if url not in downloads:
+                        downloads[url] = self._download(ins, url, str(key["checksum"]))
                 try:
-                    picked = self._context_sources(sources, docs, contents)
+                    picked = self._context_sources(sources, docs, contents, downloads)
                 except ContextError as e:
                     raise BuildError(f"{self._at(ins)}: {kw} failed: {e}") from None
                 return self._copy(ins, state, chown, picked, dest)
@@ -445,11 +541,19 @@ class Builder:
             raise BuildError(f"{self._at(ins)}: {ins.keyword}: {_message(e)}") from None
 
     def _context_sources(
-        self, sources: list[str], docs: Mapping[str, Heredoc], contents: Mapping[str, str]
+        self,
+        sources: list[str],
+        docs: Mapping[str, Heredoc],
+        contents: Mapping[str, str],
+        downloads: Mapping[str, tuple[Path, str]],
     ) -> list[tuple[Source, str]]:
-        """The context paths and here-document files a COPY/ADD copies, in order."""
+        """The context paths, here-document files and downloads a COPY/ADD copies, in order."""
         picked: list[tuple[Source, str]] = []
         for source in sources:
+            if source in downloads:
+                path = downloads[source][0]
+                picked.append((Context(path.parent, IgnoreRules([])), path.name))
+                continue
             if source not in docs:
                 picked += [(self.context, rel) for rel in self.context.select(source)]
                 continue
@@ -461,6 +565,48 @@ class Builder:
             os.chmod(where / name, 0o644)
             picked.append((Context(where, IgnoreRules([])), name))
         return picked
+
+    def _download(self, ins: Instruction, url: str, checksum: str | None) -> tuple[Path, str]:
+        """ADD's URL, fetched into the staging dir as Docker keeps it: named by the URL path's
+        last component, mode 0600, its mtime the Last-Modified header's; (file, sha256).
+        `checksum` (`sha256:HEX`) must match."""
+        import email.utils
+        import urllib.parse
+
+        import httpx
+
+        name = urllib.parse.unquote(posixpath.basename(urllib.parse.urlsplit(url).path))
+        if name in ("", ".", ".."):
+            raise BuildError(f"{self._at(ins)}: ADD {url}: the URL names no file")
+        self.layer_count += 1
+        where = self.staging / f"url{self.layer_count}"
+        where.mkdir(mode=0o700)
+        path = where / name
+        digest = hashlib.sha256()
+        try:
+            with (
+                httpx.Client(follow_redirects=True, timeout=60.0) as client,
+                client.stream("GET", url) as reply,
+            ):
+                if reply.status_code != 200:
+                    raise BuildError(f"{self._at(ins)}: ADD {url}: HTTP {reply.status_code}")
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    for chunk in reply.iter_bytes(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+                modified = reply.headers.get("last-modified")
+        except httpx.HTTPError as e:
+            raise BuildError(f"{self._at(ins)}: ADD {url}: {e}") from None
+        if checksum is not None and checksum != f"sha256:{digest.hexdigest()}":
+            raise BuildError(
+                f"{self._at(ins)}: ADD --checksum={checksum}: {url} has sha256:{digest.hexdigest()}"
+            )
+        if modified:
+            with contextlib.suppress(TypeError, ValueError):
+                when = email.utils.parsedate_to_datetime(modified).timestamp()
+                os.utime(path, (when, when))
+        return path, digest.hexdigest()
 
     def _cached(
         self,
@@ -478,7 +624,7 @@ class Builder:
             hit = self._cache_hit(entry)
             if hit is not None:
                 self.say(" ---> Using cache")
-                self.say(f" ---> {hit.key()[:12]}")
+                self.say(f" ---> {hit.image_id()[:12]}")
                 return hit
         made = make()
         new, layer = made if isinstance(made, tuple) else (made, None)
@@ -500,7 +646,7 @@ class Builder:
         tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
         tmp.write_bytes(_canonical({"config": new.config, "layers": new.layers}))
         os.rename(tmp, entry)
-        self.say(f" ---> {new.key()[:12]}")
+        self.say(f" ---> {new.image_id()[:12]}")
         return new
 
     def _cache_hit(self, entry: Path) -> _State | None:
@@ -552,6 +698,50 @@ class Builder:
             return [*_shell(state), doc.body], None
         return [*_shell(state), ins.args + "\n" + "".join(d.raw for d in ins.heredocs)], None
 
+    def _run_flags(
+        self, ins: Instruction, state: _State, stage: Stage
+    ) -> tuple[list[RunMount], list[tuple[_State | None, str]], str]:
+        """RUN's `--mount`s (with, for a bind, the stage or image its source is in and the
+        digest of what it binds, for the cache key), and its `--network`."""
+        workdir = str(state.inner.get("WorkingDir") or "/")
+        mounts: list[RunMount] = []
+        sources: list[tuple[_State | None, str]] = []
+        for name, value in ins.flags:
+            if name != "mount":
+                continue
+            try:
+                mount = parse_mount(self._expand(ins, value or "", state), workdir)
+            except MountSpecError as e:
+                raise BuildError(f"{self._at(ins)}: RUN --mount={value}: {e}") from None
+            if mount.kind == "secret" and mount.required and mount.id not in self.opts.secrets:
+                raise BuildError(
+                    f"{self._at(ins)}: RUN --mount=type=secret,id={mount.id}: no such secret"
+                    f" (strata build --secret id={mount.id},src=FILE)"
+                )
+            source: tuple[_State | None, str] = (None, "")
+            if mount.kind == "bind" and mount.from_ref:
+                src_state = self._from_state(ins, mount.from_ref, stage)
+                source = (src_state, src_state.key())
+            elif mount.kind == "bind":
+                try:
+                    picked = self.context.select(mount.source or ".")
+                    source = (None, self.context.digest(picked))
+                except ContextError as e:
+                    raise BuildError(f"{self._at(ins)}: RUN --mount: {e}") from None
+            mounts.append(mount)
+            sources.append(source)
+        network = ins.flag("network") or "default"
+        if network not in ("default", "host", "none"):
+            raise BuildError(
+                f"{self._at(ins)}: RUN --network={network}: expected default, none or host"
+            )
+        security = ins.flag("security")
+        if security not in (None, "sandbox"):
+            raise BuildError(
+                f"{self._at(ins)}: RUN --security={security}: only the sandbox (the default) runs here"
+            )
+        return mounts, sources, "none" if network == "none" else "host"
+
     def _run_args(self, state: _State) -> list[str]:
         """The build args a RUN sees (K=V, sorted): set ones that no ENV of the same name hides."""
         env = state.env()
@@ -564,43 +754,150 @@ class Builder:
         argv: list[str],
         args: list[str],
         script: str | None,
+        mounts: Sequence[RunMount] = (),
+        sources: Sequence[tuple[_State | None, str]] = (),
+        network: str = "host",
     ) -> tuple[_State, str]:
         from runtime.create import CreateRequest, create, union_config
         from runtime.lifecycle import remove, run_attached
         from runtime.state import Volume
 
         root = self.store.state
-        volumes: tuple[Volume, ...] = ()
+        volumes: list[Volume] = []
         if script is not None:  # bound read-only below /dev (a tmpfs): not in the layer
             self.layer_count += 1
             path = self.staging / f"script{self.layer_count}"
             path.write_text(script, errors="surrogateescape")
             os.chmod(path, 0o755)
-            volumes = (Volume(str(path), argv[0], read_only=True),)
-        req = CreateRequest(
-            image=self._spec(state),
-            argv=tuple(argv),
-            entrypoint=(),
-            env=tuple(args),
-            network="host",
-            volumes=volumes,
-            rootless=False,
-        )
-        cdir = create(root, req)
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            volumes.append(Volume(str(path), argv[0], read_only=True))
+        with contextlib.ExitStack() as stack:
+            stubs = self._mount_stubs(state, mounts) if mounts else []
+            env = list(args)
+            for mount, (src_state, _digest) in zip(mounts, sources, strict=True):
+                volume, secret_env = self._run_mount(ins, mount, src_state, stack)
+                if volume is not None:
+                    volumes.append(volume)
+                if secret_env is not None:
+                    env.append(secret_env)
+            req = CreateRequest(
+                image=self._spec(state),
+                argv=tuple(argv),
+                entrypoint=(),
+                env=tuple(env),
+                network=network,
+                volumes=tuple(volumes),
+                rootless=False,
+            )
+            cdir = create(root, req)
             try:
-                code = run_attached(root, cdir, remove_on_failure=False)
-            except UsageError as e:
-                raise BuildError(
-                    f"{self._at(ins)}: RUN {' '.join(argv)}: exit status {e.exit_code}: {e}"
-                ) from None
-            if code != 0:
-                raise BuildError(f"{self._at(ins)}: RUN {' '.join(argv)}: exit status {code}")
-            return state, self._add_layer(cdir.sub("upper"), union_config(cdir).lowers)
-        finally:
-            remove(root, cdir, force=True)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                try:
+                    code = run_attached(root, cdir, remove_on_failure=False)
+                except UsageError as e:
+                    raise BuildError(
+                        f"{self._at(ins)}: RUN {' '.join(argv)}: exit status {e.exit_code}: {e}"
+                    ) from None
+                if code != 0:
+                    raise BuildError(f"{self._at(ins)}: RUN {' '.join(argv)}: exit status {code}")
+                upper = cdir.sub("upper")
+                _remove_stubs(upper, stubs)
+                return state, self._add_layer(upper, union_config(cdir).lowers)
+            finally:
+                remove(root, cdir, force=True)
+
+    def _mount_stubs(self, state: _State, mounts: Sequence[RunMount]) -> list[tuple[str, str]]:
+        """For each mount target missing from the image: (the target, its first missing
+        ancestor), relative to the root, as the image resolves them. The runtime makes them to
+        mount on; `_remove_stubs` takes them out of the layer again, as BuildKit does."""
+        from runtime.mounts import resolve_in_root
+
+        stubs = []
+        with self._mounted(state) as (mnt, _upper):
+            for mount in mounts:
+                if not mount.target:
+                    continue
+                target = resolve_in_root(mnt, mount.target)
+                if os.path.lexists(target):
+                    continue
+                first = target
+                while not os.path.lexists(first.parent):
+                    first = first.parent
+                stubs.append((str(target.relative_to(mnt)), str(first.relative_to(mnt))))
+        return stubs
+
+    def _run_mount(
+        self,
+        ins: Instruction,
+        mount: RunMount,
+        src_state: _State | None,
+        stack: contextlib.ExitStack[bool | None],
+    ) -> tuple[Volume | None, str | None]:
+        """What one `RUN --mount` binds (a Volume), or the `VAR=secret` it adds."""
+        from runtime.state import Volume
+
+        self.layer_count += 1
+        scratch = self.staging / f"runmount{self.layer_count}"
+        if mount.kind == "tmpfs":
+            scratch.mkdir(mode=0o755)  # an empty directory of the RUN's own (deleted after)
+            return Volume(str(scratch), mount.target), None
+        if mount.kind == "cache":
+            where = self._cache_mount_dir(mount)
+            if mount.sharing == "locked":
+                stack.enter_context(_flocked(where))
+            return Volume(str(where), mount.target, read_only=mount.read_only), None
+        if mount.kind == "secret":
+            data = self.opts.secrets.get(mount.id)
+            if data is None:
+                return None, None  # not required (checked earlier): no mount, as BuildKit
+            if mount.env:
+                return None, f"{mount.env}={data.decode(errors='surrogateescape')}"
+            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chown(scratch, mount.uid, mount.gid)
+            os.chmod(scratch, 0o400 if mount.mode is None else mount.mode)
+            return Volume(str(scratch), mount.target, read_only=True), None
+        # bind: a copy of the source (the context's, or a stage's or an image's), so that
+        # writes of an rw mount never reach it, and .dockerignore'd files are not there
+        try:
+            if src_state is not None:
+                src_root, _ = stack.enter_context(self._mounted(src_state))
+                tree = StageRoot(src_root)
+                picked: list[tuple[Source, str]] = [
+                    (tree, rel) for rel in tree.select(mount.source or "/")
+                ]
+            else:
+                picked = [(self.context, rel) for rel in self.context.select(mount.source or ".")]
+            ((source, rel),) = picked
+            scratch.mkdir(mode=0o755)
+            copier = Copier(source, scratch, None, self.staging)
+            if os.path.isdir(source.host(rel)):
+                copier.copy(rel, scratch / "tree", as_dir=False, extract=False)
+            else:
+                copier.copy(rel, scratch / "tree", as_dir=False, extract=False)
+        except (ContextError, CopyError, OSError, ValueError) as e:
+            raise BuildError(
+                f"{self._at(ins)}: RUN --mount source {mount.source or '.'}: {_describe_any(e)}"
+            ) from None
+        return Volume(str(scratch / "tree"), mount.target, read_only=mount.read_only), None
+
+    def _cache_mount_dir(self, mount: RunMount) -> Path:
+        """A cache mount's directory under the store, made on first use with its mode and
+        owner; kept across builds (`strata prune` leaves it; remove it by hand)."""
+        name = hashlib.sha256(mount.id.encode(errors="surrogateescape")).hexdigest()[:32]
+        where = self.store.path / "build-mounts" / name
+        if not where.is_dir():
+            where.parent.mkdir(mode=0o700, exist_ok=True)
+            tmp = where.with_name(f".{name}.{os.getpid()}.tmp")
+            tmp.mkdir(mode=0o700)
+            os.chown(tmp, mount.uid, mount.gid)
+            os.chmod(tmp, 0o755 if mount.mode is None else mount.mode)
+            try:
+                os.rename(tmp, where)
+            except OSError:  # made meanwhile by another build
+                os.rmdir(tmp)
+        return where
 
     def _spec(self, state: _State) -> ImageSpec:
         from runtime.images import ImageConfig, ImageSpec
@@ -659,8 +956,19 @@ class Builder:
             raise BuildError(f"{self._at(ins)}: {ins.keyword} needs a source and a destination")
         sources, dest = words[:-1], words[-1]
         for source in sources:
-            if "://" in source or source.startswith("git@"):
-                raise BuildError(f"{self._at(ins)}: {ins.keyword} {source}: URLs are not supported")
+            git = source.startswith("git@") or source.endswith(".git") or ".git#" in source
+            if git and ("://" in source or source.startswith("git@")):
+                raise BuildError(
+                    f"{self._at(ins)}: {ins.keyword} {source}: git repositories are not supported"
+                )
+            if "://" in source and (ins.keyword == "COPY" or not _is_http(source)):
+                what = "COPY takes no URLs (ADD does)" if ins.keyword == "COPY" else "not http(s)"
+                raise BuildError(f"{self._at(ins)}: {ins.keyword} {source}: {what}")
+        checksum = ins.flag("checksum")
+        if checksum is not None and (len(sources) != 1 or not _is_http(sources[0])):
+            raise BuildError(
+                f"{self._at(ins)}: ADD --checksum takes one http(s) source, not {' '.join(sources)}"
+            )
         return chown, sources, dest
 
     def _copy(
@@ -671,8 +979,9 @@ class Builder:
         selected: Sequence[tuple[Source, str]],
         dest: str,
     ) -> tuple[_State, str]:
-        from runtime.mounts import resolve_in_root
-
+        """Copy `selected` to `dest` through a mount of the image so far, or with `--link`
+        into an empty one: BuildKit's linked layer, which does not depend on the layers below
+        (symlinks of the image in the destination path are not followed)."""
         workdir = str(state.inner.get("WorkingDir") or "/")
         as_dir = dest.endswith(("/", "/.")) or dest in (".", "/")
         if len(selected) > 1 and not as_dir:
@@ -681,19 +990,57 @@ class Builder:
                 " must be a directory and end with a /"
             )
         dest_path = dest if dest.startswith("/") else posixpath.join(workdir, dest)
-        with self._mounted(state) as (mnt, upper):
-            owner = resolve_chown(mnt, chown) if chown else None
+        mode = self._chmod(ins, state)
+        link = _linked(ins)
+        owner = None
+        if chown and link and not _numeric_owner(chown):  # names are the image's users
+            with self._mounted(state) as (mnt, _upper):
+                owner = self._owner(ins, mnt, chown)
+        onto = _State({"config": {}}, []) if link else state
+        with self._mounted(onto) as (mnt, upper):
             if chown and owner is None:
-                raise BuildError(f"{self._at(ins)}: {ins.keyword} --chown={chown}: no such user")
-            try:
-                target = resolve_in_root(mnt, dest_path)
-                for source, rel in selected:
-                    extract = ins.keyword == "ADD" and source is self.context
-                    copier = Copier(source, mnt, owner, self.staging)
-                    copier.copy(rel, target, as_dir=as_dir, extract=extract)
-            except (OSError, CopyError) as e:
-                raise BuildError(f"{self._at(ins)}: {ins.keyword} failed: {_describe(e)}") from None
-        return state, self._add_layer(upper, self._lowers(state))
+                owner = self._owner(ins, mnt, chown)
+            self._copy_into(ins, mnt, selected, dest_path, owner, mode, as_dir=as_dir)
+        return state, self._add_layer(upper, self._lowers(onto))
+
+    def _owner(self, ins: Instruction, root: Path, chown: str) -> tuple[int, int]:
+        owner = resolve_chown(root, chown)
+        if owner is None:
+            raise BuildError(f"{self._at(ins)}: {ins.keyword} --chown={chown}: no such user")
+        return owner
+
+    def _chmod(self, ins: Instruction, state: _State) -> int | None:
+        given = ins.flag("chmod")
+        if given is None:
+            return None
+        value = self._expand(ins, given, state)
+        if not value or len(value) > 4 or any(c not in "01234567" for c in value):
+            raise BuildError(
+                f"{self._at(ins)}: {ins.keyword} --chmod={given}: expected an octal mode (0755)"
+            )
+        return int(value, 8)
+
+    def _copy_into(
+        self,
+        ins: Instruction,
+        mnt: Path,
+        selected: Sequence[tuple[Source, str]],
+        dest_path: str,
+        owner: tuple[int, int] | None,
+        mode: int | None,
+        *,
+        as_dir: bool,
+    ) -> None:
+        from runtime.mounts import resolve_in_root
+
+        try:
+            target = resolve_in_root(mnt, dest_path)
+            for source, rel in selected:
+                extract = ins.keyword == "ADD" and source is self.context
+                copier = Copier(source, mnt, owner, self.staging, mode=mode)
+                copier.copy(rel, target, as_dir=as_dir, extract=extract)
+        except (OSError, CopyError) as e:
+            raise BuildError(f"{self._at(ins)}: {ins.keyword} failed: {_describe(e)}") from None
 
     def _workdir(self, state: _State, path: str) -> tuple[_State, str | None]:
         from runtime.mounts import resolve_in_root
@@ -771,7 +1118,65 @@ class Builder:
                     raise BuildError(f"{self._at(ins)}: EXPOSE {word}: not PORT[-PORT][/PROTO]")
             inner["ExposedPorts"] = ports
             return new, f"EXPOSE {' '.join(words)}"
+        if kw == "VOLUME":
+            if ins.exec_form is not None:
+                paths = [self._expand(ins, w, state) for w in ins.exec_form]
+            else:
+                paths = self._words(ins, ins.args, state)
+            if not paths or not all(paths):
+                raise BuildError(f"{self._at(ins)}: VOLUME needs a path")
+            volumes = dict(inner.get("Volumes") or {})  # type: ignore[call-overload]
+            volumes.update({path: {} for path in paths})
+            inner["Volumes"] = volumes
+            return new, f"VOLUME {json.dumps(paths)}"
+        if kw == "HEALTHCHECK":
+            check = self._healthcheck(ins, state)
+            inner["Healthcheck"] = check
+            return new, f"HEALTHCHECK {json.dumps(check, sort_keys=True)}"
+        if kw == "ONBUILD":
+            triggers = [str(t) for t in inner.get("OnBuild") or []]  # type: ignore[attr-defined]
+            inner["OnBuild"] = [*triggers, ins.args]
+            return new, f"ONBUILD {ins.args}"
         raise AssertionError(f"unchecked instruction {kw}")  # check_dockerfile() refused it
+
+    def _healthcheck(self, ins: Instruction, state: _State) -> dict[str, object]:
+        """HEALTHCHECK [--interval= --timeout= --start-period= --start-interval= --retries=]
+        CMD ... | NONE, as Docker records it (durations in nanoseconds, unset ones left out)."""
+        head, _, rest = ins.args.partition(" ")
+        if head.upper() == "NONE":
+            if rest.strip() or ins.flags:
+                raise BuildError(f"{self._at(ins)}: HEALTHCHECK NONE takes no arguments or flags")
+            return {"Test": ["NONE"]}
+        rest = rest.strip()
+        if head.upper() != "CMD" or not rest:
+            raise BuildError(f"{self._at(ins)}: HEALTHCHECK: expected CMD command or NONE")
+        test: list[str] = ["CMD-SHELL", rest]
+        if rest.startswith("["):
+            with contextlib.suppress(ValueError):
+                value = json.loads(rest)
+                if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                    test = ["CMD", *value]
+        check: dict[str, object] = {"Test": test}
+        for flag, key in _HEALTH_DURATIONS.items():
+            given = ins.flag(flag)
+            if given is None:
+                continue
+            ns = _go_duration(self._expand(ins, given, state))
+            if ns is None or (0 < ns < 1_000_000):
+                raise BuildError(
+                    f"{self._at(ins)}: HEALTHCHECK --{flag}={given}: expected a duration of"
+                    " at least 1ms, such as 30s or 1m30s"
+                )
+            if ns:
+                check[key] = ns
+        retries = ins.flag("retries")
+        if retries is not None:
+            value = self._expand(ins, retries, state)
+            if not value.isdigit():
+                raise BuildError(f"{self._at(ins)}: HEALTHCHECK --retries={retries}: not a count")
+            if int(value):
+                check["Retries"] = int(value)
+        return check
 
     def _pairs(self, ins: Instruction, state: _State, *, legacy: bool) -> list[tuple[str, str]]:
         try:
@@ -792,6 +1197,62 @@ def _describe(e: Exception) -> str:
     return str(e)
 
 
+def _linked(ins: Instruction) -> bool:
+    """COPY/ADD --link (or --link=true)."""
+    return ins.has_flag("link") and ins.flag("link") not in ("false", "0")
+
+
+def _is_http(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def _mount_text(mount: RunMount) -> str:
+    """A mount as the history shows it: what differs from the defaults."""
+    shown = {k: v for k, v in mount.key().items() if v not in (False, 0) or k == "mode"}
+    return ",".join(f"{k}={'true' if v is True else v}" for k, v in shown.items())
+
+
+@contextlib.contextmanager
+def _flocked(path: Path) -> Iterator[None]:
+    """An exclusive flock(2) on a directory while a RUN uses it (`sharing=locked`)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_stubs(upper: Path, stubs: Sequence[tuple[str, str]]) -> None:
+    """Take the mount points the runtime made for RUN's mounts out of the upper directory:
+    the target, if it is still an empty directory or an empty file, then its parents up to
+    the first that the image did not have, while they are empty."""
+    for target, first in stubs:
+        path = upper / target
+        try:
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                os.rmdir(path)
+            elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                os.unlink(path)
+            else:
+                continue
+        except OSError:
+            continue
+        while path != upper / first and path.parent != upper:
+            path = path.parent
+            try:
+                os.rmdir(path)
+            except OSError:
+                break
+
+
+def _numeric_owner(chown: str) -> bool:
+    return all(part.isdigit() for part in chown.split(":"))
+
+
 def _describe_any(e: Exception) -> str:
     return _describe(e) if isinstance(e, OSError) else str(e)
 
@@ -803,6 +1264,35 @@ def _shell(state: _State) -> list[str]:
     if isinstance(shell, list) and shell:
         return [str(s) for s in shell]
     return ["/bin/sh", "-c"]
+
+
+_HEALTH_DURATIONS = {
+    "interval": "Interval",
+    "timeout": "Timeout",
+    "start-period": "StartPeriod",
+    "start-interval": "StartInterval",
+}
+_DURATION_UNITS = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
+
+
+def _go_duration(text: str) -> int | None:
+    """Nanoseconds of a Go duration (`30s`, `1m30s`, `1.5h`, `0`), or None."""
+    import re
+
+    if text == "0":
+        return 0
+    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return round(sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
 
 
 def _signal_ok(name: str) -> bool:

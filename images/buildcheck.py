@@ -28,9 +28,21 @@ SUPPORTED: Final = frozenset(
         "EXPOSE",
         "SHELL",
         "STOPSIGNAL",
+        "VOLUME",
+        "HEALTHCHECK",
+        "ONBUILD",
     }
 )
-FLAGS: Final = {"COPY": {"chown", "from"}, "ADD": {"chown"}}
+FLAGS: Final = {
+    "COPY": {"chown", "from", "chmod", "link"},
+    "ADD": {"chown", "chmod", "link", "checksum"},
+    "FROM": {"platform"},
+    "RUN": {"mount", "network", "security"},
+    "HEALTHCHECK": {"interval", "timeout", "start-period", "start-interval", "retries"},
+}
+_BOOLEAN_FLAGS: Final = frozenset({"link"})  # `--link` alone means --link=true
+# What ONBUILD may not carry (Docker's rule).
+_NOT_ONBUILD: Final = frozenset({"ONBUILD", "FROM", "MAINTAINER"})
 BUILD_FAILED: Final = 1
 # Docker's rule for a stage name (`FROM IMAGE AS NAME`), checked case-insensitively.
 _STAGE_NAME: Final = re.compile(r"[a-z][a-z0-9._-]*")
@@ -90,10 +102,12 @@ def check_dockerfile(instructions: tuple[Instruction, ...], where: str) -> Plan:
         for name, value in ins.flags:
             if name not in allowed:
                 raise BuildError(f"{at}: {ins.keyword} --{name} is not supported")
-            if not value:
+            if not value and name not in _BOOLEAN_FLAGS:
                 raise BuildError(f"{at}: {ins.keyword} --{name} needs a value (--{name}=...)")
         if not ins.args and ins.keyword not in ("CMD", "ENTRYPOINT"):
             raise BuildError(f"{at}: {ins.keyword} needs arguments")
+        if ins.keyword == "ONBUILD":
+            check_trigger(ins.args, at)
     if not stages:
         raise BuildError(f"{where}: no FROM instruction")
     return Plan(
@@ -103,6 +117,24 @@ def check_dockerfile(instructions: tuple[Instruction, ...], where: str) -> Plan:
         ),
         total=len(instructions),
     )
+
+
+def check_trigger(text: str, at: str) -> Instruction:
+    """An ONBUILD trigger's instruction (BuildError if Docker would refuse it)."""
+    from .dockerfile import DockerfileError, instruction
+
+    try:
+        ins = instruction(0, text)
+    except DockerfileError as e:
+        raise BuildError(f"{at}: ONBUILD {text}: {e}") from None
+    if ins.keyword in _NOT_ONBUILD:
+        raise BuildError(f"{at}: ONBUILD {ins.keyword} is not allowed")
+    if ins.keyword not in SUPPORTED:
+        raise BuildError(f"{at}: ONBUILD {ins.keyword} is not supported by strata build")
+    for name, _value in ins.flags:
+        if name not in FLAGS.get(ins.keyword, set()):
+            raise BuildError(f"{at}: ONBUILD {ins.keyword} --{name} is not supported")
+    return ins
 
 
 def _stage_name(ins: Instruction, at: str, earlier: list[str | None]) -> str | None:

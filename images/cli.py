@@ -182,6 +182,13 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target", metavar="STAGE", help="build this stage (FROM ... AS STAGE), not the last"
     )
+    parser.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="id=ID[,src=FILE|,env=VAR]",
+        help="a secret for RUN --mount=type=secret (never stored in the image or the cache)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
     parser.add_argument(
         "--pull",
@@ -195,6 +202,28 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
         "--platform", metavar="OS/ARCH[/VARIANT]", help="the platform to pull FROM images for"
     )
     add_registry_options(parser)
+
+
+def _secrets(specs: list[str]) -> dict[str, bytes]:
+    """`--secret` values: each id's contents, read now (a file, or an environment variable)."""
+    from .runmounts import MountSpecError, parse_secret
+
+    secrets: dict[str, bytes] = {}
+    for spec in specs:
+        try:
+            ident, kind, where = parse_secret(spec)
+        except MountSpecError as e:
+            raise UsageError(str(e), 125) from None
+        if kind == "env":
+            if where not in os.environ:
+                raise UsageError(f"--secret {spec}: no environment variable {where}", 125)
+            secrets[ident] = os.fsencode(os.environ[where])
+        else:
+            try:
+                secrets[ident] = Path(where).read_bytes()
+            except OSError as e:
+                raise UsageError(f"--secret {spec}: {where}: {e.strerror}", 125) from None
+    return secrets
 
 
 def _run_build(args: argparse.Namespace, runner: Runner) -> int:
@@ -212,6 +241,7 @@ def _run_build(args: argparse.Namespace, runner: Runner) -> int:
             value = os.environ[name]
         build_args[name] = value
     opts = BuildOptions(
+        secrets=_secrets(args.secret),
         dockerfile=Path(args.file) if args.file else context / "Dockerfile",
         context=context,
         tags=tuple(args.tag),

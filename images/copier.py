@@ -141,12 +141,19 @@ class Copier:
     """Copies source paths into the mounted image (Docker's COPY/ADD rules, see README)."""
 
     def __init__(
-        self, context: Source, root: Path, owner: tuple[int, int] | None, staging: Path
+        self,
+        context: Source,
+        root: Path,
+        owner: tuple[int, int] | None,
+        staging: Path,
+        *,
+        mode: int | None = None,
     ) -> None:
         self.context = context
         self.root = root
         self.owner = owner
         self.staging = staging
+        self.mode = mode  # --chmod: of every file and directory copied
 
     def _owner(self, st: os.stat_result) -> tuple[int, int]:
         if self.owner is not None:
@@ -211,11 +218,15 @@ class Copier:
         self.set_attrs(dst, st, owner=self._owner(st))
         os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
-    @staticmethod
-    def set_attrs(dst: Path, st: os.stat_result, *, owner: tuple[int, int]) -> None:
+    def set_attrs(
+        self, dst: Path, st: os.stat_result, *, owner: tuple[int, int], chmod: bool = True
+    ) -> None:
+        """Owner and mode of a copy: `--chmod`'s mode when given (not for ADD's extraction,
+        which keeps the archive's, as `--chown` does there)."""
         os.chown(dst, *owner, follow_symlinks=False)
         if not stat.S_ISLNK(st.st_mode):
-            os.chmod(dst, stat.S_IMODE(st.st_mode))
+            mode = self.mode if self.mode is not None and chmod else stat.S_IMODE(st.st_mode)
+            os.chmod(dst, mode)
 
     def extract(self, rel: str, reader: _Reader, target: Path) -> None:
         """ADD of a local tar: extracted (by the store's safe extractor) into a scratch dir,
@@ -254,7 +265,7 @@ class Copier:
                     else:
                         with open(src, "rb") as fin, open(dst, "xb") as fout:
                             shutil.copyfileobj(fin, fout, 1 << 20)
-                    self.set_attrs(dst, st, owner=(st.st_uid, st.st_gid))
+                    self.set_attrs(dst, st, owner=(st.st_uid, st.st_gid), chmod=False)
                     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
                 elif (
                     stat.S_ISFIFO(st.st_mode)
@@ -264,7 +275,7 @@ class Copier:
                     if os.path.lexists(dst) and not (dst.is_dir() and not dst.is_symlink()):
                         os.unlink(dst)
                     os.mknod(dst, st.st_mode, st.st_rdev)
-                    self.set_attrs(dst, st, owner=(st.st_uid, st.st_gid))
+                    self.set_attrs(dst, st, owner=(st.st_uid, st.st_gid), chmod=False)
             for name in dirnames:
                 src = Path(dirpath, name)
                 st = os.lstat(src)
@@ -275,7 +286,7 @@ class Copier:
                     os.unlink(dst)
                 if not os.path.lexists(dst):
                     os.mkdir(dst, 0o700)
-                self.set_attrs(dst, st, owner=(st.st_uid, st.st_gid))
+                self.set_attrs(dst, st, owner=(st.st_uid, st.st_gid), chmod=False)
                 dirs.append((dst, st))
         for dst, st in reversed(dirs):
             os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)

@@ -69,6 +69,9 @@ class Instruction:
     exec_form: tuple[str, ...] | None = None  # the JSON array, when given as one
     heredocs: tuple[Heredoc, ...] = ()
 
+    def has_flag(self, name: str) -> bool:
+        return any(key == name for key, _value in self.flags)
+
     def flag(self, name: str) -> str | None:
         for key, value in self.flags:
             if key == name:
@@ -128,7 +131,7 @@ def parse(text: str) -> Dockerfile:
                 break
             line = lines[index]
             index += 1
-        ins = _instruction(start + 1, joined.strip())
+        ins = instruction(start + 1, joined.strip())
         if ins.keyword in _HEREDOC_KEYWORDS and ins.exec_form is None and "<<" in ins.args:
             ins, index = _with_heredocs(ins, lines, index, escape)
         found.append(ins)
@@ -162,7 +165,8 @@ def _with_heredocs(
     return Instruction(ins.line, ins.keyword, ins.args, ins.flags, None, tuple(docs)), index
 
 
-def _instruction(line: int, text: str) -> Instruction:
+def instruction(line: int, text: str) -> Instruction:
+    """One instruction's text (continuations joined): keyword, flags, exec form."""
     keyword, _, rest = text.partition(" ")
     if "\t" in keyword:
         keyword, _, more = keyword.partition("\t")

@@ -99,7 +99,7 @@ def test_build_every_instruction_then_rebuild_from_cache(strata: Strata) -> None
     assert "Using cache" not in done.stdout
     assert "not consumed: UNUSED" in done.stderr
     rec = store.get("built:1")
-    assert f"Successfully built {rec.id[:12]}" in done.stdout
+    assert f" ---> {rec.id[:12]}\nSuccessfully built {rec.id[:12]}" in done.stdout
     base = store.get("uniontest:1")
     assert rec.layers[: len(base.layers)] == base.layers
     assert len(rec.layers) == len(base.layers) + 8  # RUN WORKDIR COPY*4 ADD*2
