@@ -220,3 +220,36 @@ def test_volume_commands_refuse_bad_input(strata: Strata) -> None:
     assert strata.run("volume", "rm", "-f", "nothere").returncode == 0
     assert strata.run("volume", "ls", "-f", "colour=red").returncode == 125
     assert strata.run("volume", "ls", "-q").stdout == ""
+
+
+def test_an_images_volume_gets_an_anonymous_volume_filled_from_the_image(
+    strata: Strata, tmp_path: Path
+) -> None:
+    from tests.helpers.images import BUSYBOX_DOCKER_ARCHIVE
+
+    if not BUSYBOX_DOCKER_ARCHIVE.exists():
+        pytest.skip(f"{BUSYBOX_DOCKER_ARCHIVE} missing")
+    strata.run("load", "-i", str(BUSYBOX_DOCKER_ARCHIVE), check=True)
+    (image,) = json.loads(strata.run("images", "--format", "json", check=True).stdout)
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f"FROM {image['RepoTags'][0]}\nRUN mkdir /data && echo seed > /data/seed\nVOLUME /data\n"
+    )
+    strata.run("build", "-q", "-t", "withvol", str(context), check=True, timeout=300)
+    done = strata.run(
+        "run", "--name", "iv", "withvol", "/bin/sh", "-c", "cat /data/seed; echo new > /data/new"
+    )
+    assert (done.returncode, done.stdout) == (0, "seed\n"), done.stderr
+    mounts = strata.inspect("iv")["Mounts"]
+    assert isinstance(mounts, list)
+    (mount,) = mounts
+    assert mount["Destination"] == "/data"
+    assert (Path(mount["Source"]) / "new").read_text() == "new\n"
+    # -v on the same target replaces the image's volume; --rm removes the anonymous one
+    strata.run("run", "--rm", "-v", "named:/data", "withvol", "/bin/true", check=True)
+    assert sorted(strata.run("volume", "ls", "-q").stdout.split()) == sorted(
+        ["named", mount["Name"]]
+    )
+    strata.run("rm", "-v", "iv", check=True)
+    assert strata.run("volume", "ls", "-q").stdout.split() == ["named"]
