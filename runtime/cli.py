@@ -815,7 +815,7 @@ def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
 def _network(args: argparse.Namespace, runner: Runner) -> int:
     import json
 
-    from . import networks, usernet
+    from . import networks
 
     root = _state_root(args)
     action = {"list": "ls", "remove": "rm"}.get(args.action, args.action)
@@ -835,9 +835,7 @@ def _network(args: argparse.Namespace, runner: Runner) -> int:
         print(json.dumps([networks.inspect(root, ref) for ref in args.networks], indent=4))
         return 0
     if os.geteuid() != 0 and action == "prune":  # hook: runtime.usernet, the user's own
-        with root.lock():
-            gone = usernet.collect_all(root)
-        for what in gone:
+        for what in prune_networks(root):
             print(what, flush=True)
         return 0
     if os.geteuid() != 0:
@@ -860,14 +858,23 @@ def _network(args: argparse.Namespace, runner: Runner) -> int:
         if failed is not None:
             raise failed
         return 0
-    from . import publish
-
-    with root.lock():
-        removed = usernet.collect_all(root) + publish.tidy(root) + publish.remove_empty_table()
-    removed += networks.prune(root)  # (takes the lock itself)
-    for what in removed:
+    for what in prune_networks(root):
         print(what, flush=True)
     return 0
+
+
+def prune_networks(root: StateRoot) -> list[str]:
+    """`network prune` (and `system prune`): rootless, the user's stale pasta/slirp4netns
+    helpers; as root also the user networks no container uses, stray rules, veths, bridges
+    and DNS servers. What went."""
+    from . import networks, publish, usernet
+
+    with root.lock():
+        removed = usernet.collect_all(root)
+        if os.geteuid() != 0:
+            return removed
+        removed += publish.tidy(root) + publish.remove_empty_table()
+    return removed + networks.prune(root)  # (takes the lock itself)
 
 
 def subcommands(source: ImageSource | None = None) -> tuple[Subcommand, ...]:
