@@ -226,6 +226,10 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
     parser.add_argument(
         "--userns", default="", metavar="MODE", help="host (the only mode; rootless: its own)"
     )
+    parser.add_argument(
+        "--log-opt", action="append", default=[], metavar="K=V",
+        help="max-size=SIZE, max-file=N: rotate the container's log (runtime.logrotate)",
+    )  # fmt: skip
     if run:
         parser.add_argument("-d", "--detach", action="store_true", help="run in the background")
     parser.add_argument("-D", "--debug", action="store_true", help="tracebacks on errors")
@@ -300,6 +304,7 @@ def _create_request(
 ) -> CreateRequest:
     from . import network, runflags
     from .create import CreateRequest
+    from .logrotate import parse_log_opts
     from .ports import parse_publish_all
     from .process import check_user, parse_env_assignments, read_env_file
     from .publish import check_mode
@@ -325,6 +330,7 @@ def _create_request(
         raise UsageError(f"--stop-timeout {args.stop_timeout}: -1 or more", 125)
     ulimits = tuple(runflags.parse_ulimit(u) for u in args.ulimit)
     shm_size = runflags.parse_size(args.shm_size, "--shm-size") if args.shm_size else 0
+    log_opts = parse_log_opts(args.log_opt)
     mount_specs = (
         *(parse_volume_flag(v) for v in args.volume),
         *(parse_mount_flag(m) for m in args.mount),
@@ -397,6 +403,7 @@ def _create_request(
         ulimits=ulimits,
         shm_size=shm_size,
         group_add=runflags.check_groups(args.group_add),
+        log_opts=log_opts,
         network=mode,
         subnet=subnet,
         dns=dns,

@@ -54,6 +54,7 @@ class CreateRequest:
     ulimits: tuple[str, ...] = ()  # NAME=SOFT:HARD, checked
     shm_size: int = 0
     group_add: tuple[str, ...] = ()
+    log_opts: tuple[int, int] = (0, 1)  # --log-opt max-size, max-file (runtime.logrotate)
     network: str = "host"
     subnet: str = DEFAULT_SUBNET
     dns: tuple[str, ...] = ()
@@ -153,6 +154,8 @@ def container_config(
         ulimits=req.ulimits,
         shm_size=req.shm_size,
         group_add=req.group_add,
+        log_max_size=req.log_opts[0],
+        log_max_file=req.log_opts[1],
     )
 
 

@@ -143,6 +143,12 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             "ShmSize": cfg.shm_size or 64 << 20,
             "NanoCpus": cfg.cpu_quota * 10_000,
             "GroupAdd": list(cfg.group_add),
+            "LogConfig": {
+                "Type": "k8s-file",
+                "Config": {"max-size": str(cfg.log_max_size), "max-file": str(cfg.log_max_file)}
+                if cfg.log_max_size
+                else {},
+            },
             "Devices": [
                 {
                     "PathOnHost": v.source,

@@ -175,6 +175,8 @@ class ContainerConfig:
     ulimits: tuple[str, ...] = ()
     shm_size: int = 0
     group_add: tuple[str, ...] = ()
+    log_max_size: int = 0  # --log-opt max-size (bytes; 0: no limit), runtime.logrotate
+    log_max_file: int = 1  # --log-opt max-file
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)

@@ -231,3 +231,14 @@ def test_device_is_bound_into_dev(strata: Strata, busybox: list[str]) -> None:
         assert failed.returncode == 125, bad
         assert message in failed.stderr, failed.stderr
     assert strata.container_ids() == []
+
+
+def test_log_opt_is_recorded_and_bad_ones_refused(strata: Strata, busybox: list[str]) -> None:
+    strata.run("create", "--name", "lo", "--log-opt", "max-size=1m", "--log-opt", "max-file=2",
+               *busybox, "/bin/true", check=True)  # fmt: skip
+    host_config = strata.inspect("lo")["HostConfig"]
+    assert isinstance(host_config, dict)
+    assert host_config["LogConfig"]["Config"] == {"max-size": str(1 << 20), "max-file": "2"}
+    bad = strata.run("create", "--log-opt", "tag=x", *busybox, "/bin/true")
+    assert (bad.returncode, len(bad.stderr.splitlines())) == (125, 1)
+    assert "unknown log opt 'tag'" in bad.stderr
