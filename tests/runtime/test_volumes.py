@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,31 @@ def test_an_images_volume_gets_an_anonymous_volume_filled_from_the_image(
     )
     strata.run("rm", "-v", "iv", check=True)
     assert strata.run("volume", "ls", "-q").stdout.split() == ["named"]
+
+
+def test_volume_commands_match_podmans(strata: Strata, tmp_path: Path) -> None:
+    """podman 4.3 in a private store: the same `volume ls` rows, the layout under the root,
+    docker's `volume inspect` fields with the same values, and the same refusals."""
+    from tests.helpers.podman import PrivatePodman
+
+    with PrivatePodman(tmp_path) as podman:
+        for run in (podman.run, lambda *a: strata.run(*a, check=True).stdout):
+            assert run("volume", "create", "--label", "a=b", "v1") == "v1\n"
+        # the same table; the columns as docker's tabwriter pads them (podman pads wider)
+        assert [line.split() for line in strata.run("volume", "ls").stdout.splitlines()] == [
+            line.split() for line in podman.run("volume", "ls").splitlines()
+        ]
+        (theirs,) = json.loads(podman.run("volume", "inspect", "v1"))
+        (ours,) = json.loads(strata.run("volume", "inspect", "v1", check=True).stdout)
+        for key in ("Name", "Driver", "Labels", "Scope", "Options"):
+            assert ours[key] == theirs[key], key
+        relative = Path(theirs["Mountpoint"]).relative_to(podman.root)
+        assert Path(ours["Mountpoint"]).relative_to(strata.root) == relative
+        for args in (["volume", "rm", "nothere"], ["volume", "create", "-"]):
+            mine = strata.run(*args)
+            done = subprocess.run(
+                [*podman.base, *args], capture_output=True, text=True, check=False
+            )
+            assert (mine.returncode != 0, done.returncode != 0) == (True, True), args
+            if args[1] == "rm":
+                assert mine.returncode == done.returncode == 1
