@@ -286,56 +286,68 @@ def populate_dev(rootfs: Path, *, devpts_gid: int | None, shm_size: int = 0) -> 
 def fill_volume(image_dir: Path, volume: str) -> None:
     """Copy the image's content at a mount point (`image_dir`, in the rootfs, before the volume
     hides it) into an empty volume, owners, modes and times included, as docker fills a new
-    volume. Nothing is followed: symlinks are copied as symlinks, files opened O_NOFOLLOW, and
-    device nodes and sockets left out."""
+    volume. Nothing is followed on either side: both trees are walked by directory fds with
+    O_NOFOLLOW and *at calls (a volume may be shared with a running container that changes it
+    meanwhile), symlinks are copied as symlinks, and device nodes, FIFOs and sockets left out."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        st = os.lstat(image_dir)
-    except FileNotFoundError:
+        src = os.open(image_dir, flags)
+    except OSError:  # missing, or not a directory in the image: nothing to copy
         return
-    if not stat.S_ISDIR(st.st_mode) or os.listdir(volume):
-        return
-    _copy_dir_content(str(image_dir), volume)
-    _copy_meta(volume, st)
-
-
-def _copy_meta(path: str, st: os.stat_result) -> None:
-    with contextlib.suppress(OSError):  # rootless: an owner outside the map (nobody) stays ours
-        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
-    if not stat.S_ISLNK(st.st_mode):
-        os.chmod(path, stat.S_IMODE(st.st_mode))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def _copy_dir_content(src: str, dst: str) -> None:
-    with os.scandir(src) as entries:
-        for entry in entries:
-            st = entry.stat(follow_symlinks=False)
-            target = os.path.join(dst, entry.name)
-            if stat.S_ISDIR(st.st_mode):
-                os.mkdir(target, 0o700)
-                _copy_dir_content(entry.path, target)
-            elif stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(entry.path), target)
-            elif stat.S_ISREG(st.st_mode):
-                _copy_file(entry.path, target)
-            elif stat.S_ISFIFO(st.st_mode):
-                os.mkfifo(target, 0o600)
-            else:
-                continue
-            _copy_meta(target, st)
-
-
-def _copy_file(src: str, dst: str) -> None:
-    fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        dst = os.open(volume, flags)
         try:
-            while os.sendfile(fd_out, fd_in, None, 1 << 20) > 0:
-                pass
+            if not os.listdir(dst):
+                _copy_dir_content(src, dst)
+                _copy_meta(dst, os.fstat(src))
         finally:
-            os.close(fd_out)
+            os.close(dst)
     finally:
-        os.close(fd_in)
+        os.close(src)
+
+
+def _copy_meta(fd: int, st: os.stat_result) -> None:
+    """Owner, mode and times of an open file or directory (never through a path)."""
+    with contextlib.suppress(OSError):  # rootless: an owner outside the map (nobody) stays ours
+        os.fchown(fd, st.st_uid, st.st_gid)
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _copy_dir_content(src: int, dst: int) -> None:
+    nofollow = os.O_NOFOLLOW | os.O_CLOEXEC
+    for name in os.listdir(src):
+        st = os.stat(name, dir_fd=src, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            os.mkdir(name, 0o700, dir_fd=dst)
+            sub_src = os.open(name, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=src)
+            try:
+                sub_dst = os.open(name, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=dst)
+                try:
+                    _copy_dir_content(sub_src, sub_dst)
+                    _copy_meta(sub_dst, st)
+                finally:
+                    os.close(sub_dst)
+            finally:
+                os.close(sub_src)
+        elif stat.S_ISREG(st.st_mode):
+            fd_in = os.open(name, os.O_RDONLY | nofollow, dir_fd=src)
+            try:
+                create = os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow
+                fd_out = os.open(name, create, 0o600, dir_fd=dst)
+                try:
+                    while os.sendfile(fd_out, fd_in, None, 1 << 20) > 0:
+                        pass
+                    _copy_meta(fd_out, st)
+                finally:
+                    os.close(fd_out)
+            finally:
+                os.close(fd_in)
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
+            with contextlib.suppress(OSError):
+                os.chown(name, st.st_uid, st.st_gid, dir_fd=dst, follow_symlinks=False)
+            os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst, follow_symlinks=False)
 
 
 def _depth(target: str) -> int:

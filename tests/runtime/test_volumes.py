@@ -282,3 +282,27 @@ def test_volume_commands_match_podmans(strata: Strata, tmp_path: Path) -> None:
             assert (mine.returncode != 0, done.returncode != 0) == (True, True), args
             if args[1] == "rm":
                 assert mine.returncode == done.returncode == 1
+
+
+def test_filling_a_volume_copies_symlinks_owners_and_modes_without_following(
+    strata: Strata, busybox: list[str], tmp_path: Path
+) -> None:
+    top = tmp_path / "top"
+    (top / "data/sub").mkdir(parents=True)
+    (top / "data/sub/file").write_text("in the image\n")
+    os.chown(top / "data/sub/file", 1234, 5678)
+    os.chmod(top / "data/sub", 0o750)
+    os.symlink("/etc/shadow", top / "data/escape")  # absolute: means the container's
+    os.symlink("..", top / "data/sub/up")
+    done = strata.run(
+        "run", "--rm", "-v", "filled:/data", "--lower", str(top), *busybox, "/bin/true"
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data = strata.root / "volumes/filled/_data"
+    assert os.readlink(data / "escape") == "/etc/shadow"
+    assert os.readlink(data / "sub/up") == ".."
+    st = os.stat(data / "sub/file")
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+    assert (data / "sub/file").read_text() == "in the image\n"
+    assert os.stat(data / "sub").st_mode & 0o777 == 0o750
+    assert sorted(os.listdir(data)) == ["escape", "sub"]
