@@ -133,10 +133,11 @@ def test_ulimit_shm_size_and_group_add_reach_the_command(
         "1234",
         "65534",
     ]  # nogroup: the image's /etc/group
-    strata.run("run", "-d", "--name", "g1", "--group-add", "1234", *busybox, "/bin/sleep", "60",
-               check=True)  # fmt: skip
+    strata.run("run", "-d", "--name", "g1", "--group-add", "1234", "--ulimit", "nofile=50:60",
+               *busybox, "/bin/sleep", "60", check=True)  # fmt: skip
     wait_running(strata, "g1")
     assert "1234" in strata.run("exec", "g1", "/bin/id", "-G", check=True).stdout.split()
+    assert strata.run("exec", "g1", "/bin/sh", "-c", "ulimit -n").stdout == "50\n"
     strata.run("rm", "-f", "g1", check=True)
     missing = strata.run("run", "--rm", "--group-add", "wheel", *busybox, "/bin/true")
     assert missing.returncode == 125
