@@ -243,3 +243,33 @@ def test_log_opt_is_recorded_and_bad_ones_refused(strata: Strata, busybox: list[
     bad = strata.run("create", "--log-opt", "tag=x", *busybox, "/bin/true")
     assert (bad.returncode, len(bad.stderr.splitlines())) == (125, 1)
     assert "unknown log opt 'tag'" in bad.stderr
+
+
+def test_stop_uses_the_images_stopsignal_and_its_labels(strata: Strata, tmp_path: Path) -> None:
+    from tests.helpers.images import BUSYBOX_DOCKER_ARCHIVE
+
+    if not BUSYBOX_DOCKER_ARCHIVE.exists():
+        pytest.skip(f"{BUSYBOX_DOCKER_ARCHIVE} missing")
+    strata.run("load", "-i", str(BUSYBOX_DOCKER_ARCHIVE), check=True)
+    (image,) = json.loads(strata.run("images", "--format", "json", check=True).stdout)
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f"FROM {image['RepoTags'][0]}\nSTOPSIGNAL SIGUSR2\nLABEL tier=image owner=image\n"
+    )
+    strata.run("build", "-q", "-t", "stopper", str(context), check=True, timeout=300)
+    strata.run(
+        "run", "-d", "--name", "st", "-l", "owner=me", "stopper", "/bin/sh", "-c",
+        "trap 'exit 5' USR2; while :; do sleep 0.05; done", check=True,
+    )  # fmt: skip
+    info = wait_running(strata, "st")
+    config = info["Config"]
+    assert isinstance(config, dict)
+    assert config["StopSignal"] == "SIGUSR2"
+    labels = config["Labels"]
+    assert isinstance(labels, dict)
+    assert (labels["tier"], labels["owner"]) == ("image", "me")  # --label over the image's
+    strata.run("stop", "st", check=True)
+    state = strata.inspect("st")["State"]
+    assert isinstance(state, dict)
+    assert state["ExitCode"] == 5
