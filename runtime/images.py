@@ -43,6 +43,8 @@ class ImageConfig:
             "user": self.user,
             "exposed_ports": list(self.exposed_ports),
             "volumes": list(self.volumes),
+            "labels": dict(self.labels),
+            "stop_signal": self.stop_signal,
         }
 
     @classmethod
@@ -53,10 +55,14 @@ class ImageConfig:
         volumes = data.get("volumes") or []
         assert isinstance(exposed, list | tuple)
         assert isinstance(volumes, list | tuple)
+        labels = data.get("labels") or {}
+        assert isinstance(labels, dict)
         return replace(
             config,
             exposed_ports=tuple(str(p) for p in exposed),
             volumes=tuple(str(v) for v in volumes),
+            labels=tuple((str(k), str(v)) for k, v in labels.items()),
+            stop_signal=str(data.get("stop_signal") or ""),
         )
 
     @classmethod

@@ -306,3 +306,13 @@ def test_filling_a_volume_copies_symlinks_owners_and_modes_without_following(
     assert (data / "sub/file").read_text() == "in the image\n"
     assert os.stat(data / "sub").st_mode & 0o777 == 0o750
     assert sorted(os.listdir(data)) == ["escape", "sub"]
+
+
+def test_image_config_keeps_volumes_labels_and_stop_signal() -> None:
+    config = ImageConfig.from_oci(
+        {"config": {"Volumes": {"/d": {}}, "Labels": {"a": "b"}, "StopSignal": "SIGUSR1"}}
+    )
+    assert (config.volumes, config.labels, config.stop_signal) == (
+        ("/d",), (("a", "b"),), "SIGUSR1"
+    )  # fmt: skip
+    assert ImageConfig.from_json(config.to_json()) == config
