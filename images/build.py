@@ -164,7 +164,10 @@ class Builder:
 
     def build(self) -> ImageRecord:
         if os.geteuid() != 0:
-            raise BuildError("strata build needs root (RUN and COPY mount the image's union)")
+            raise BuildError(
+                "strata build needs root: its COPY and RUN steps mount the image's union and set"
+                " owners, which without root needs the whole build in a user namespace (not done)"
+            )
         if not self.opts.context.is_dir():
             raise BuildError(f"{self.opts.context}: the build context is not a directory")
         try:

@@ -12,14 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import pytest
 
 from images.store import ImageStore
 from tests.helpers.mounts import (
@@ -29,6 +24,7 @@ from tests.helpers.mounts import (
     diff_snapshots,
     tree_snapshot,
 )
+from tests.helpers.podman import PrivatePodman
 from tests.runtime.conftest import Strata
 
 from .test_build import _load
@@ -195,35 +191,16 @@ def test_multistage_copy_from_heredocs_target_and_cache(strata: Strata) -> None:
 def test_multistage_matches_podman(strata: Strata) -> None:
     """The same multi-stage Dockerfile and context built by podman: the same files, modes,
     owners, link targets and contents, and the same config fields."""
-    podman = shutil.which("podman")
-    if podman is None:
-        pytest.skip("podman is not installed")
     store = _load(strata)
     ctx = _context(strata.tmp, STAGES.replace(" && mkfifo /out/fifo", ""))
     strata.run("build", "-t", "ms:1", str(ctx), check=True)
-    runroot = Path(tempfile.mkdtemp(prefix="strata-pr", dir="/tmp"))  # podman: < 50 characters
-    base = [
-        podman,
-        *("--root", str(strata.tmp / "podman"), "--runroot", str(runroot)),
-        *("--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"),
-    ]
-
-    def podman_run(*args: str) -> str:
-        done = subprocess.run(
-            [*base, *args], capture_output=True, text=True, timeout=300, check=False
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    mounted = False
-    try:
+    with PrivatePodman(strata.tmp) as podman:
         archive = strata.tmp / "uniontest.tar"
         strata.run("save", "uniontest:1", "-o", str(archive), check=True)
-        podman_run("load", "-q", "-i", str(archive))
-        podman_run("build", "-q", "--network", "host", "-t", "localhost/ms:1", str(ctx))
-        (info,) = json.loads(podman_run("image", "inspect", "localhost/ms:1"))
-        theirs = Path(podman_run("image", "mount", "localhost/ms:1").strip())
-        mounted = True
+        podman.run("load", "-q", "-i", str(archive))
+        podman.run("build", "-q", "--network", "host", "-t", "localhost/ms:1", str(ctx))
+        (info,) = json.loads(podman.run("image", "inspect", "localhost/ms:1"))
+        theirs = podman.mount("localhost/ms:1")
         with _image_root(store, "ms:1", strata.tmp) as root:
             ours_tree = _tree(root)
             # Docker creates a WORKDIR nothing writes to, buildah 1.28 does not: strata
@@ -237,9 +214,3 @@ def test_multistage_matches_podman(strata: Strata) -> None:
         assert isinstance(ours, dict)
         for field in ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts"):
             assert ours.get(field) == info["Config"].get(field), field
-    finally:
-        if mounted:
-            subprocess.run([*base, "image", "unmount", "-a"], capture_output=True, check=False)
-        # (no `podman system reset`: it would also remove the host's podman networks)
-        shutil.rmtree(strata.tmp / "podman", ignore_errors=True)
-        shutil.rmtree(runroot, ignore_errors=True)

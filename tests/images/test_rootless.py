@@ -130,3 +130,14 @@ def test_rootless_run_pulls_with_the_users_own_login(
         done = strata.run("run", "--rm", "-q", f"{reg.host}/{REPO}:1")
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == EXPECTED_RUN
+
+
+def test_rootless_build_is_refused_in_one_line(rootless: tuple[Strata, list[str], bool]) -> None:
+    strata, _, _ = rootless
+    ctx = Path(strata.tmp) / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM uniontest:1\nRUN true\n")
+    done = strata.run("build", str(ctx))
+    assert done.returncode == 1
+    assert done.stderr.startswith("strata: strata build needs root: its COPY and RUN steps")
+    assert len(done.stderr.strip().splitlines()) == 1
