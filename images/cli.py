@@ -1,4 +1,4 @@
-"""The image store's `strata` subcommands: load, save, import, commit, images, rmi, tag, history, image.
+"""The image store's `strata` subcommands: load, save, import, commit, images, rmi, tag, history.
 
 `strata.cli` lists `SUBCOMMANDS`, hands `resolve` to the runtime's subcommands, which makes
 `strata run/create IMAGE` find images in the store of the state root they use (the runtime picks
@@ -591,34 +591,6 @@ def _run_push(args: argparse.Namespace, runner: Runner) -> int:
     return 0
 
 
-_IMAGE_COMMANDS = {
-    "ls": (_add_images, _run_images),
-    "inspect": (_add_ref, _run_inspect),
-    "history": (_add_ref, _run_history),
-    "rm": (_add_rmi, _run_rmi),
-    "tag": (_add_tag, _run_tag),
-    "prune": (_add_prune, _run_prune),
-    "load": (_add_load, _run_load),
-    "import": (_add_import, _run_import),
-    "save": (_add_save, _run_save),
-    "build": (_add_build, _run_build),
-    "pull": (_add_pull, _run_pull),
-    "push": (_add_push, _run_push),
-}
-
-
-def _add_image(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", dest="group_root", metavar="DIR", help=argparse.SUPPRESS)
-    sub = parser.add_subparsers(dest="image_command", metavar="COMMAND", required=True)
-    for name, (add, _run) in _IMAGE_COMMANDS.items():
-        add(sub.add_parser(name, help=f"image {name}"))
-
-
-def _run_image(args: argparse.Namespace, runner: Runner) -> int:
-    args.root = args.root or args.group_root
-    return _IMAGE_COMMANDS[args.image_command][1](args, runner)
-
-
 # -- cp ------------------------------------------------------------------------------------------
 
 
@@ -659,12 +631,11 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("rmi", "remove images (and the layers nothing else uses)", _add_rmi, _run_rmi),
     Subcommand("tag", "add a name to an image", _add_tag, _run_tag),
     Subcommand("history", "an image's history", _add_ref, _run_history),
-    Subcommand(
-        "image",
-        "image commands: ls inspect history rm tag prune load import save build pull push",
-        _add_image,
-        _run_image,
-    ),
+)
+
+# `strata image prune` (strata.cli's `image` group names the others by their own names)
+IMAGE_PRUNE: Final = Subcommand(
+    "prune", "remove layers no image or container uses", _add_prune, _run_prune
 )
 
 INSPECT: Final = Subcommand(

@@ -1,4 +1,4 @@
-"""Resource limits (`--memory`, `--pids-limit`) with cgroups, v2 or v1, where we may use them.
+"""Resource limits (`--memory`, `--pids-limit`, `--cpus`) with cgroups, v2 or v1, where we may use them.
 
 A container's cgroup is made below the runtime's own (`<our cgroup>/strata-<id>`), so the
 limits a host or an outer container sets stay in force. For each controller the v2 hierarchy is
@@ -99,7 +99,28 @@ def _find(controller: str) -> _Hierarchy | None:
 _FILES: Final = {
     "memory": ("memory.limit_in_bytes", "memory.max"),
     "pids": ("pids.max", "pids.max"),
+    "cpu": ("cpu.cfs_quota_us", "cpu.max"),
 }
+_FLAGS: Final = {"memory": "--memory", "pids": "--pids-limit", "cpu": "--cpus"}
+CPU_PERIOD: Final = 100_000  # µs, the kernel's default CFS period, as docker's --cpus uses
+
+
+def parse_cpus(text: str) -> int:
+    """`--cpus 1.5`: the CFS quota in µs per CPU_PERIOD; at most the CPUs there are, as docker."""
+    import os
+
+    available = os.cpu_count() or 1
+    try:
+        cpus = float(text)
+    except ValueError:
+        cpus = -1.0
+    if not 0.01 <= cpus <= available or text.lower() in ("nan", "inf"):
+        raise UsageError(
+            f"--cpus {text}: range of CPUs is from 0.01 to {available}.00, as there are only"
+            f" {available} CPUs available",
+            125,
+        )
+    return round(cpus * CPU_PERIOD)
 
 
 @dataclass
@@ -109,10 +130,12 @@ class Limits:
     container_id: str
     memory: int = 0
     pids: int = 0
+    cpu_quota: int = 0  # µs per CPU_PERIOD (--cpus)
     made: list[Path] = field(default_factory=list)
 
     def wanted(self) -> dict[str, int]:
-        return {k: v for k, v in (("memory", self.memory), ("pids", self.pids)) if v}
+        pairs = (("memory", self.memory), ("pids", self.pids), ("cpu", self.cpu_quota))
+        return {k: v for k, v in pairs if v}
 
     def apply(self, pid: int) -> list[str]:
         """Make the cgroups, set the limits, move `pid` in; the warnings for what was skipped."""
@@ -122,7 +145,7 @@ class Limits:
                 self._apply_one(controller, value, pid)
             except OSError as exc:
                 warnings.append(
-                    f"--{'memory' if controller == 'memory' else 'pids-limit'} ignored:"
+                    f"{_FLAGS[controller]} ignored:"
                     f" {controller} cgroup not usable here ({exc.strerror or exc})"
                 )
         return warnings
@@ -163,7 +186,12 @@ class Limits:
         if group not in self.made:
             group.mkdir(exist_ok=True)
             self.made.append(group)
-        (group / _FILES[controller][where.version - 1]).write_text(str(value))
+        text = str(value)
+        if controller == "cpu" and where.version == 2:
+            text = f"{value} {CPU_PERIOD}"
+        elif controller == "cpu":
+            (group / "cpu.cfs_period_us").write_text(str(CPU_PERIOD))
+        (group / _FILES[controller][where.version - 1]).write_text(text)
         (group / "cgroup.procs").write_text(str(pid))
 
     def remove(self) -> None:

@@ -98,10 +98,32 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
         "--volume",
         action="append",
         default=[],
-        metavar="HOST:CTR[:ro]",
-        help="bind-mount a host path into the container",
+        metavar="[HOST-DIR|NAME:]CTR[:OPTS]",
+        help="bind a host path, or mount a named volume (made if missing) or an anonymous one;"
+        " OPTS: ro, rw, nocopy",
     )
-    parser.add_argument("--read-only", action="store_true", help="no writable layer")
+    parser.add_argument(
+        "--mount", action="append", default=[], metavar="type=bind|volume|tmpfs,...",
+        help="docker's --mount: type, source, target, readonly, volume-nocopy, tmpfs-size,"
+        " tmpfs-mode",
+    )  # fmt: skip
+    parser.add_argument(
+        "--device", action="append", default=[], metavar="HOST[:CTR][:rwm]",
+        help="bind a host device node into the container (without w: read-only)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tmpfs", action="append", default=[], metavar="PATH[:OPTS]",
+        help="a tmpfs at PATH (OPTS: size=64m,mode=1777,noexec,...)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--read-only", action="store_true",
+        help="no writable layer (but tmpfs on /tmp, /run, /var/tmp: see --read-only-tmpfs)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--read-only-tmpfs", default="true", choices=("true", "false"), metavar="true|false",
+        help="with --read-only, writable tmpfs on /tmp, /run and /var/tmp (default true,"
+        " as podman's)",
+    )  # fmt: skip
     parser.add_argument("--rm", action="store_true", help="remove the container when it exits")
     parser.add_argument(
         "--network",
@@ -184,6 +206,35 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
         "--restart", default="no", metavar="POLICY",
         help="no, on-failure[:N], always, unless-stopped: restart it when it exits",
     )  # fmt: skip
+    parser.add_argument("--cpus", default="", metavar="N", help="CPU limit, 1.5 (cgroups)")
+    # runtime.runflags
+    parser.add_argument("-l", "--label", action="append", default=[], metavar="K=V")
+    parser.add_argument("--label-file", action="append", default=[], metavar="FILE")
+    parser.add_argument("--cidfile", default="", metavar="FILE", help="write the id to FILE")
+    parser.add_argument(
+        "--stop-signal", default="", metavar="SIGNAL",
+        help="what 'strata stop' sends (default: the image's STOPSIGNAL, else SIGTERM)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stop-timeout", type=int, default=None, metavar="SECONDS",
+        help="how long 'strata stop' waits before SIGKILL (default 10; -1: forever)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
+        help="a resource limit (nofile=1024:2048; -1: unlimited)",
+    )  # fmt: skip
+    parser.add_argument("--shm-size", default="", metavar="SIZE", help="/dev/shm (default 64m)")
+    parser.add_argument(
+        "--group-add", action="append", default=[], metavar="GROUP",
+        help="another supplementary group (a name of the container's /etc/group, or a gid)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--userns", default="", metavar="MODE", help="host (the only mode; rootless: its own)"
+    )
+    parser.add_argument(
+        "--log-opt", action="append", default=[], metavar="K=V",
+        help="max-size=SIZE, max-file=N: rotate the container's log (runtime.logrotate)",
+    )  # fmt: skip
     if run:
         parser.add_argument("-d", "--detach", action="store_true", help="run in the background")
     parser.add_argument("-D", "--debug", action="store_true", help="tracebacks on errors")
@@ -196,32 +247,15 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
     )
 
 
-def _parse_volume(spec: str) -> tuple[str, str, bool]:
-    parts = spec.split(":")
-    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise UsageError(f"-v {spec}: expected HOST:CONTAINER[:ro|rw]", 125)
-    host, target = parts[0], parts[1]
-    mode = parts[2] if len(parts) == 3 else "rw"
-    if mode not in ("ro", "rw"):
-        raise UsageError(f"-v {spec}: unknown mode {mode!r} (ro or rw)", 125)
-    if not os.path.isabs(host):
-        raise UsageError(f"-v {spec}: the host path must be absolute", 125)
-    if not os.path.isabs(target):
-        raise UsageError(f"-v {spec}: the container path must be absolute", 125)
-    if os.path.normpath(target) == "/":
-        raise UsageError(f"-v {spec}: cannot mount over the container's /", 125)
-    if not os.path.exists(host):
-        raise UsageError(f"-v {spec}: {host} does not exist", 125)
-    return os.path.realpath(host), os.path.normpath(target), mode == "ro"
-
-
 def _image_and_argv(
     args: argparse.Namespace, root: StateRoot, resolver: Resolver | None
 ) -> tuple[ImageSpec, list[str]]:
     """The image (`--lower` or IMAGE, found by `resolver`, which may pull it) and the command
     after it."""
     from .images import layers_image, lookup_image
+    from .runflags import check_platform
 
+    check_platform(getattr(args, "platform", None) or "")  # the image source's --platform
     rest = list(args.rest)
     if rest[:1] == ["--"]:
         rest = rest[1:]
@@ -273,13 +307,14 @@ def _create_request(
     id_map: IdMap | None = None,
     resolved: tuple[ImageSpec, list[str]] | None = None,
 ) -> CreateRequest:
-    from . import network
+    from . import network, runflags
     from .create import CreateRequest
+    from .logrotate import parse_log_opts
     from .ports import parse_publish_all
     from .process import check_user, parse_env_assignments, read_env_file
     from .publish import check_mode
     from .security import parse_options
-    from .state import Volume
+    from .volumes import parse_device_flag, parse_mount_flag, parse_tmpfs_flag, parse_volume_flag
 
     image, rest = resolved if resolved is not None else _image_and_argv(args, root, resolver)
     env: list[str] = []
@@ -290,8 +325,23 @@ def _create_request(
         check_user(args.user)
     if args.workdir and not args.workdir.startswith("/"):
         raise UsageError(f"-w {args.workdir}: the working directory must be absolute", 125)
-    volumes = tuple(Volume(*_parse_volume(v)) for v in args.volume)
     is_rootless = rootless if rootless is not None else os.geteuid() != 0
+    runflags.check_userns(args.userns)
+    label_items = [item for path in args.label_file for item in runflags.read_label_file(path)]
+    labels = runflags.parse_labels([*label_items, *args.label])
+    if args.stop_signal:
+        runflags.parse_signal(args.stop_signal, "--stop-signal")
+    if args.stop_timeout is not None and args.stop_timeout < -1:
+        raise UsageError(f"--stop-timeout {args.stop_timeout}: -1 or more", 125)
+    ulimits = tuple(runflags.parse_ulimit(u) for u in args.ulimit)
+    shm_size = runflags.parse_size(args.shm_size, "--shm-size") if args.shm_size else 0
+    log_opts = parse_log_opts(args.log_opt)
+    mount_specs = (
+        *(parse_volume_flag(v) for v in args.volume),
+        *(parse_mount_flag(m) for m in args.mount),
+        *(parse_tmpfs_flag(t) for t in args.tmpfs),
+        *(parse_device_flag(d) for d in args.device),
+    )
     mode = args.network or default_network(is_rootless)
     hostname = args.hostname
     network_id = ""
@@ -324,6 +374,11 @@ def _create_request(
         from .cgroups import parse_memory
 
         memory = parse_memory(args.memory)
+    cpu_quota = 0
+    if args.cpus:
+        from .cgroups import parse_cpus
+
+        cpu_quota = parse_cpus(args.cpus)
     if not 0 <= args.pids_limit < 2**63:
         raise UsageError(f"--pids-limit {args.pids_limit}: expected 0 to 2^63-1", 125)
     from .restart import parse_policy
@@ -349,7 +404,16 @@ def _create_request(
         user=args.user,
         hostname=hostname,
         name=args.name,
-        volumes=volumes,
+        mounts=mount_specs,
+        image_volumes=True,
+        read_only_tmpfs=args.read_only_tmpfs == "true",
+        labels=labels,
+        stop_signal=args.stop_signal,
+        stop_timeout=args.stop_timeout,
+        ulimits=ulimits,
+        shm_size=shm_size,
+        group_add=runflags.check_groups(args.group_add),
+        log_opts=log_opts,
         network=mode,
         subnet=subnet,
         dns=dns,
@@ -369,6 +433,7 @@ def _create_request(
         pids_limit=args.pids_limit,
         restart_policy=restart_policy,
         restart_retries=restart_retries,
+        cpu_quota=cpu_quota,
         rootless=rootless,
         id_map=id_map,
         security=sec,
@@ -427,10 +492,12 @@ def _run(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) ->
         from .lifecycle import run_attached, start_detached
 
         _check_hostname(args.hostname)
+        _check_cidfile(args.cidfile)
         req = _create_request(
             args, root, resolver, rootless=rootless, id_map=id_map, resolved=resolved
         )
         cdir = create(root, req)
+        _write_cidfile(args.cidfile, cdir.id)
         mark("created")
         if args.detach:
             start_detached(root, cdir, remove_on_failure=True)
@@ -443,6 +510,25 @@ def _run(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) ->
         # Nothing allocated from here on needs collecting: skip the interpreter's final
         # garbage collection, a good part of its ~13 ms shutdown.
         gc.freeze()
+
+
+def _check_cidfile(path: str) -> None:
+    """--cidfile must not exist yet (docker's rule: it may be another container's)."""
+    if path and os.path.lexists(path):
+        raise UsageError(
+            f"--cidfile {path}: container ID file found, make sure the other container isn't"
+            " running or delete it",
+            125,
+        )
+
+
+def _write_cidfile(path: str, cid: str) -> None:
+    """The new container's id into --cidfile (created, never through a symlink)."""
+    if not path:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(cid)
 
 
 def _prefork_daemon() -> tuple[bool, IdMap | None, UnionRootfs]:
@@ -470,8 +556,10 @@ def _create(args: argparse.Namespace, runner: Runner, resolver: Resolver | None)
     from .create import create
 
     _check_hostname(args.hostname)
+    _check_cidfile(args.cidfile)
     root = _state_root(args)
     cdir = create(root, _create_request(args, root, resolver))
+    _write_cidfile(args.cidfile, cdir.id)
     print(cdir.id, flush=True)
     return 0
 
@@ -534,6 +622,7 @@ def _exec(args: argparse.Namespace, runner: Runner) -> int:
         user=args.user if args.user is not None else cfg.user,
         tty=args.tty,
         interactive=args.interactive,
+        groups=cfg.group_add,  # as docker's exec: the container's --group-add too
     )
     return exec_in(root, cdir, spec)
 
@@ -544,6 +633,32 @@ def _add_ps_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="only ids")
     parser.add_argument("--no-trunc", action="store_true", help="full ids and commands")
     parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument(
+        "-f", "--filter", action="append", default=[], metavar="K=V",
+        help="label=K[=V], name=TEXT, id=PREFIX, status=created|running|exited",
+    )  # fmt: skip
+
+
+def _ps_filter(items: list[str]) -> list[tuple[str, str]]:
+    filters = []
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or key not in ("label", "name", "id", "status"):
+            raise UsageError(f"invalid filter {item!r} (label, name, id, status)", 125)
+        filters.append((key, value))
+    return filters
+
+
+def _ps_matches(cdir: ContainerDir, status: str, key: str, value: str) -> bool:
+    cfg = cdir.config
+    if key == "label":
+        label, eq, wanted = value.partition("=")
+        return label in cfg.labels and (not eq or cfg.labels[label] == wanted)
+    if key == "name":
+        return value in cfg.name
+    if key == "id":
+        return cfg.id.startswith(value)
+    return status == value
 
 
 def _ps(args: argparse.Namespace, runner: Runner) -> int:
@@ -552,10 +667,18 @@ def _ps(args: argparse.Namespace, runner: Runner) -> int:
     from .report import describe, table
 
     root = _state_root(args)
+    filters = _ps_filter(args.filter)
     rows = []
     for cdir in root.containers():
         info = describe(cdir)
-        if args.all or info["State"] in ("running", "paused", "restarting"):
+        status = str(info["State"])
+        if not all(_ps_matches(cdir, status, key, value) for key, value in filters):
+            continue
+        if (
+            args.all
+            or status in ("running", "paused", "restarting")
+            or any(k == "status" for k, _ in filters)
+        ):
             rows.append(info)
     if args.format == "json":
         print(json.dumps(rows, indent=2))
@@ -570,8 +693,9 @@ def _ps(args: argparse.Namespace, runner: Runner) -> int:
 def _add_stop_arguments(parser: argparse.ArgumentParser) -> None:
     add_root(parser)
     parser.add_argument(
-        "-t", "--time", type=float, default=10.0, metavar="SECONDS",
-        help="wait this long after SIGTERM before SIGKILL (default 10)",
+        "-t", "--time", type=float, default=None, metavar="SECONDS",
+        help="wait this long after the stop signal before SIGKILL (default: the container's"
+        " --stop-timeout, else 10)",
     )  # fmt: skip
     parser.add_argument("containers", nargs="+", metavar="CONTAINER")
 
@@ -595,19 +719,10 @@ def _add_kill_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_signal(text: str) -> int:
-    import signal
+    """A signal by name or number (runtime.runflags.parse_signal)."""
+    from .runflags import parse_signal as parse
 
-    if text.isdigit():
-        number = int(text)
-        if 0 < number < signal.NSIG:
-            return number
-    else:
-        name = text.upper()
-        name = name if name.startswith("SIG") else f"SIG{name}"
-        value = getattr(signal.Signals, name, None)
-        if value is not None:
-            return int(value)
-    raise UsageError(f"unknown signal {text!r}", 125)
+    return parse(text)
 
 
 def _kill(args: argparse.Namespace, runner: Runner) -> int:
@@ -626,6 +741,9 @@ def _kill(args: argparse.Namespace, runner: Runner) -> int:
 def _add_rm_arguments(parser: argparse.ArgumentParser) -> None:
     add_root(parser)
     parser.add_argument("-f", "--force", action="store_true", help="kill it first if running")
+    parser.add_argument(
+        "-v", "--volumes", action="store_true", help="also remove its anonymous volumes"
+    )
     parser.add_argument("containers", nargs="+", metavar="CONTAINER")
 
 
@@ -636,7 +754,7 @@ def _rm(args: argparse.Namespace, runner: Runner) -> int:
     status = 0
     for ref in args.containers:
         try:
-            remove(root, root.find(ref), force=args.force)
+            remove(root, root.find(ref), force=args.force, volumes=args.volumes)
             print(ref, flush=True)
         except UsageError as exc:
             runner.say(str(exc))
@@ -724,7 +842,7 @@ def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
 def _network(args: argparse.Namespace, runner: Runner) -> int:
     import json
 
-    from . import networks, usernet
+    from . import networks
 
     root = _state_root(args)
     action = {"list": "ls", "remove": "rm"}.get(args.action, args.action)
@@ -744,9 +862,7 @@ def _network(args: argparse.Namespace, runner: Runner) -> int:
         print(json.dumps([networks.inspect(root, ref) for ref in args.networks], indent=4))
         return 0
     if os.geteuid() != 0 and action == "prune":  # hook: runtime.usernet, the user's own
-        with root.lock():
-            gone = usernet.collect_all(root)
-        for what in gone:
+        for what in prune_networks(root):
             print(what, flush=True)
         return 0
     if os.geteuid() != 0:
@@ -769,14 +885,23 @@ def _network(args: argparse.Namespace, runner: Runner) -> int:
         if failed is not None:
             raise failed
         return 0
-    from . import publish
-
-    with root.lock():
-        removed = usernet.collect_all(root) + publish.tidy(root) + publish.remove_empty_table()
-    removed += networks.prune(root)  # (takes the lock itself)
-    for what in removed:
+    for what in prune_networks(root):
         print(what, flush=True)
     return 0
+
+
+def prune_networks(root: StateRoot) -> list[str]:
+    """`network prune` (and `system prune`): rootless, the user's stale pasta/slirp4netns
+    helpers; as root also the user networks no container uses, stray rules, veths, bridges
+    and DNS servers. What went."""
+    from . import networks, publish, usernet
+
+    with root.lock():
+        removed = usernet.collect_all(root)
+        if os.geteuid() != 0:
+            return removed
+        removed += publish.tidy(root) + publish.remove_empty_table()
+    return removed + networks.prune(root)  # (takes the lock itself)
 
 
 # -- diff, wait, rename, top (issue 17: docker's container commands) ---------------------------

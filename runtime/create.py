@@ -20,12 +20,13 @@ from pathlib import Path
 from unionfs.config import UnionConfig
 from unionfs.errors import UsageError
 
-from . import capabilities, mounts, namespaces, security
+from . import capabilities, mounts, namespaces, security, volumes
 from .images import ImageSpec
 from .namespaces import IdMap, IdRange
 from .network import DEFAULT_SUBNET
 from .security import Confinement, SecurityOptions
 from .state import ContainerConfig, ContainerDir, StateRoot, Volume, now, remove_tree
+from .volumes import MountSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,20 @@ class CreateRequest:
     user: str | None = None
     hostname: str = ""
     name: str = ""
-    volumes: tuple[Volume, ...] = ()
+    volumes: tuple[Volume, ...] = ()  # resolved already (build's script binds)
+    # -v, --mount and --tmpfs as given (runtime.volumes), resolved under the lock at create;
+    # `image_volumes`: an anonymous volume for each of the image's VOLUMEs, as run and create
+    # give (not build's RUN)
+    mounts: tuple[MountSpec, ...] = ()
+    image_volumes: bool = False
+    read_only_tmpfs: bool = True  # --read-only: writable tmpfs on /tmp, /run, /var/tmp (podman)
+    labels: tuple[tuple[str, str], ...] = ()  # --label, --label-file (runtime.runflags)
+    stop_signal: str = ""  # --stop-signal, checked
+    stop_timeout: int | None = None
+    ulimits: tuple[str, ...] = ()  # NAME=SOFT:HARD, checked
+    shm_size: int = 0
+    group_add: tuple[str, ...] = ()
+    log_opts: tuple[int, int] = (0, 1)  # --log-opt max-size, max-file (runtime.logrotate)
     network: str = "host"
     subnet: str = DEFAULT_SUBNET
     dns: tuple[str, ...] = ()
@@ -60,6 +74,7 @@ class CreateRequest:
     pids_limit: int = 0
     restart_policy: str = "no"
     restart_retries: int = 0
+    cpu_quota: int = 0
     security: SecurityOptions = field(default_factory=SecurityOptions)
     # Who runs it, decided before the caller may have entered a user namespace (where it is
     # root): None means "look at our own ids now".
@@ -71,7 +86,9 @@ def rootless_map() -> IdMap:
     return namespaces.rootless_id_map(os.getuid(), os.getgid(), namespaces.current_user_name())
 
 
-def container_config(root: StateRoot, req: CreateRequest, cid: str) -> ContainerConfig:
+def container_config(
+    root: StateRoot, req: CreateRequest, cid: str, mounted: tuple[Volume, ...] = ()
+) -> ContainerConfig:
     from .process import merge_env
 
     image = req.image.config
@@ -113,7 +130,7 @@ def container_config(root: StateRoot, req: CreateRequest, cid: str) -> Container
         exposed_ports=image.exposed_ports,
         network_aliases=req.network_aliases,
         network_id=req.network_id,
-        volumes=req.volumes,
+        volumes=(*req.volumes, *mounted),
         read_only=req.read_only,
         tty=req.tty,
         interactive=req.interactive,
@@ -125,6 +142,7 @@ def container_config(root: StateRoot, req: CreateRequest, cid: str) -> Container
         pids_limit=req.pids_limit,
         restart_policy=req.restart_policy,
         restart_retries=req.restart_retries,
+        cpu_quota=req.cpu_quota,
         capabilities=tuple(capabilities.sorted_names(sec.capabilities())),
         privileged=sec.privileged,
         cap_add=sec.cap_add,
@@ -134,6 +152,14 @@ def container_config(root: StateRoot, req: CreateRequest, cid: str) -> Container
         seccomp_origin=sec.profile_file or "",
         no_new_privileges=sec.no_new_privileges,
         mask_paths=sec.mask_paths and not sec.privileged,
+        labels=dict((*image.labels, *req.labels)),
+        stop_signal=req.stop_signal or image.stop_signal,
+        stop_timeout=req.stop_timeout,
+        ulimits=req.ulimits,
+        shm_size=req.shm_size,
+        group_add=req.group_add,
+        log_max_size=req.log_opts[0],
+        log_max_file=req.log_opts[1],
     )
 
 
@@ -174,13 +200,20 @@ def create(root: StateRoot, req: CreateRequest) -> ContainerDir:
             root.check_name(req.name)
         profile = _check_profile(root, req)
         cid = root.new_id()
-        config = container_config(root, req, cid)
         staging = root.staging_dir(cid)
+        made: list[str] = []
         try:
+            mounted, made = volumes.resolve(
+                root,
+                list(req.mounts),
+                image_volumes=req.image.config.volumes if req.image_volumes else (),
+                read_only_tmpfs=req.read_only and req.read_only_tmpfs,
+            )
+            config = container_config(root, req, cid, mounted)
             staging.mkdir(mode=0o700)
             for sub in ("rootfs",) if req.read_only else ("rootfs", "upper", "work"):
                 (staging / sub).mkdir(mode=0o755 if sub != "work" else 0o700)
-            build_init_layer(staging / "init", req.image.layers, req.volumes)
+            build_init_layer(staging / "init", req.image.layers, config.volumes)
             for name in mounts.ETC_FILES:
                 (staging / name).touch(mode=0o644)
             if profile is not None:
@@ -189,6 +222,9 @@ def create(root: StateRoot, req: CreateRequest) -> ContainerDir:
         except BaseException:
             with contextlib.suppress(OSError):
                 remove_tree(staging)
+            for name in made:  # the volumes this create made, still empty
+                with contextlib.suppress(OSError, UsageError):
+                    volumes.remove(root, name)
             raise
 
 
@@ -208,8 +244,11 @@ def build_init_layer(init: Path, layers: Sequence[Path], volumes: Sequence[Volum
     dirs = list(mounts.MOUNTPOINT_DIRS)
     files = list(mounts.MOUNTPOINT_FILES)
     for volume in volumes:
+        if volume.kind == "device":  # in /dev, a tmpfs (or made by the bind)
+            continue
         rel = os.path.normpath(volume.target).lstrip("/")
-        (dirs if os.path.isdir(volume.source) else files).append(rel)
+        is_dir = volume.kind != "bind" or os.path.isdir(volume.source)
+        (dirs if is_dir else files).append(rel)
     init.mkdir(mode=0o755)
     root_st = _image_stat(layers, ".")
     if root_st is not None:

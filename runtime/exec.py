@@ -15,7 +15,7 @@ import sys
 from unionfs import startup
 from unionfs.errors import UsageError
 
-from . import console, namespaces
+from . import console, namespaces, runflags
 from .control import START_FAILED, StartError
 from .create import confinement_of
 from .init import FORWARDED, exit_code
@@ -57,6 +57,11 @@ def exec_in(root: StateRoot, cdir: ContainerDir, spec: ProcessSpec) -> int:
         os.close(err_r)
         if master is not None:
             os.close(master)
+        try:  # the container's --ulimit, as its own processes have them
+            runflags.apply_ulimits(cdir.config.ulimits)
+        except OSError as exc:
+            startup.StartupReport(err_w).fail(START_FAILED, str(exc.strerror or exc))
+            os._exit(START_FAILED)
         exec_process(
             spec,
             report=startup.StartupReport(err_w).fail,

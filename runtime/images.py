@@ -30,6 +30,9 @@ class ImageConfig:
     workdir: str = ""
     user: str = ""
     exposed_ports: tuple[str, ...] = ()  # `80/tcp`, `53/udp` (the keys of ExposedPorts), for -P
+    volumes: tuple[str, ...] = ()  # the keys of Volumes: an anonymous volume each (run, create)
+    labels: tuple[tuple[str, str], ...] = ()  # Labels, under the container's --label
+    stop_signal: str = ""  # StopSignal (STOPSIGNAL), what `strata stop` sends
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -39,6 +42,9 @@ class ImageConfig:
             "workdir": self.workdir,
             "user": self.user,
             "exposed_ports": list(self.exposed_ports),
+            "volumes": list(self.volumes),
+            "labels": dict(self.labels),
+            "stop_signal": self.stop_signal,
         }
 
     @classmethod
@@ -46,8 +52,18 @@ class ImageConfig:
         """From `to_json()`'s form (a container's recorded config)."""
         config = cls._from_fields(data, ("env", "entrypoint", "cmd", "workdir", "user"))
         exposed = data.get("exposed_ports") or []
+        volumes = data.get("volumes") or []
         assert isinstance(exposed, list | tuple)
-        return replace(config, exposed_ports=tuple(str(p) for p in exposed))
+        assert isinstance(volumes, list | tuple)
+        labels = data.get("labels") or {}
+        assert isinstance(labels, dict)
+        return replace(
+            config,
+            exposed_ports=tuple(str(p) for p in exposed),
+            volumes=tuple(str(v) for v in volumes),
+            labels=tuple((str(k), str(v)) for k, v in labels.items()),
+            stop_signal=str(data.get("stop_signal") or ""),
+        )
 
     @classmethod
     def from_oci(cls, image_config: Mapping[str, object]) -> ImageConfig:
@@ -57,7 +73,17 @@ class ImageConfig:
         assert isinstance(inner, dict)
         config = cls._from_fields(inner, ("Env", "Entrypoint", "Cmd", "WorkingDir", "User"))
         exposed = inner.get("ExposedPorts") or {}  # {"80/tcp": {}}: only the keys mean anything
-        return replace(config, exposed_ports=tuple(str(k) for k in exposed))
+        volumes = inner.get("Volumes") or {}  # {"/data": {}}: the same
+        labels = inner.get("Labels") or {}
+        return replace(
+            config,
+            exposed_ports=tuple(str(k) for k in exposed),
+            volumes=tuple(str(k) for k in volumes if isinstance(volumes, dict)),
+            labels=tuple((str(k), str(v)) for k, v in labels.items())
+            if isinstance(labels, dict)
+            else (),
+            stop_signal=str(inner.get("StopSignal") or ""),
+        )
 
     @classmethod
     def _from_fields(cls, data: Mapping[str, object], keys: tuple[str, ...]) -> ImageConfig:

@@ -43,6 +43,16 @@ FORWARDED: Final = frozenset(
 )  # fmt: skip
 
 
+# What the tiny init passes on besides FORWARDED, as tini does: every other signal it can catch
+# (a --stop-signal or STOPSIGNAL such as SIGRTMIN+3 that `strata stop` sends it straight), but
+# the faults of its own, job control it must not obey, and SIGCHLD, which is its own business.
+PASSED_ON: Final = frozenset(signal.valid_signals()) - FORWARDED - {
+    signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGSEGV, signal.SIGBUS,
+    signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS, signal.SIGABRT,
+    signal.SIGTTIN, signal.SIGTTOU, signal.SIGTSTP,
+}  # fmt: skip
+
+
 def exit_code(status: int) -> int:
     """A wait status as a shell reports it: the exit code, or 128+N for death by signal N."""
     code = os.waitstatus_to_exitcode(status)
@@ -96,7 +106,7 @@ def run_init(start_child: Callable[[], int], confine: Callable[[], None]) -> int
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signum)
 
-    for sig in FORWARDED:
+    for sig in FORWARDED | PASSED_ON:
         signal.signal(sig, forward)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     while True:

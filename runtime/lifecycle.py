@@ -39,10 +39,10 @@ def run_attached(
         code = Monitor(root, cdir, daemon=daemon).run()
     except StartError:
         if remove_on_failure:
-            remove(root, cdir, force=True)
+            remove(root, cdir, force=True, volumes=True)
         raise
     if cdir.config.auto_remove:
-        remove(root, cdir, force=True)
+        remove(root, cdir, force=True, volumes=True)
         mark("removed")
     elif cdir.config.restart_policy != "no":  # hook: runtime.restart, the restarts go on
         start_detached(root, cdir, remove_on_failure=False, after_exit=code)
@@ -78,7 +78,7 @@ def start_detached(
         return
     if remove_on_failure:
         with contextlib.suppress(UsageError):
-            remove(root, cdir, force=True)
+            remove(root, cdir, force=True, volumes=True)
     raise StartError(failure.message or "the container's monitor died", failure.code)
 
 
@@ -103,7 +103,7 @@ def _monitor_daemon(
             status, ran_for = after_exit, 0.0
         status = keep_restarting(root, cdir, status, ran_for)
         if cdir.config.auto_remove:
-            remove(root, cdir, force=True)
+            remove(root, cdir, force=True, volumes=True)
     except UsageError as exc:
         status = exc.exit_code
         report.fail(exc.exit_code, str(exc))
@@ -227,14 +227,24 @@ def wait_stopped(cdir: ContainerDir, timeout: float | None) -> bool:
         time.sleep(0.02)
 
 
-def stop(cdir: ContainerDir, timeout: float) -> None:
-    """SIGTERM, then SIGKILL after `timeout` seconds; returns once the container has stopped."""
+def stop(cdir: ContainerDir, timeout: float | None = None) -> None:
+    """The container's stop signal (--stop-signal, else the image's STOPSIGNAL, else SIGTERM),
+    then SIGKILL after `timeout` seconds (None: its --stop-timeout, else 10); returns once the
+    container has stopped."""
+    from .runflags import parse_signal
+
     state = cdir.effective_state()
     if state.status != RUNNING:
         return
+    cfg = cdir.config
+    sig = int(signal.SIGTERM)
+    with contextlib.suppress(UsageError):  # an image's STOPSIGNAL strata cannot name: SIGTERM
+        sig = parse_signal(cfg.stop_signal) if cfg.stop_signal else sig
+    if timeout is None:
+        timeout = 10.0 if cfg.stop_timeout is None else float(cfg.stop_timeout)
     with contextlib.suppress(UsageError):
-        signal_container(cdir, signal.SIGTERM)
-    if wait_stopped(cdir, timeout):
+        signal_container(cdir, sig)
+    if wait_stopped(cdir, None if timeout < 0 else timeout):
         return
     with contextlib.suppress(UsageError):
         signal_container(cdir, signal.SIGKILL)
@@ -242,8 +252,9 @@ def stop(cdir: ContainerDir, timeout: float) -> None:
         raise UsageError(f"container {cdir.name} did not stop", 1)
 
 
-def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
-    """Remove a container and its writable layer (-f: stop it first). Nothing is written on
+def remove(root: StateRoot, cdir: ContainerDir, *, force: bool, volumes: bool = False) -> None:
+    """Remove a container and its writable layer (-f: stop it first; `volumes`, `rm -v` and
+    `--rm`: its anonymous volumes too, as docker's; named volumes stay). Nothing is written on
     the way, so that this works on a full disk too (and frees its space first)."""
     state = cdir.effective_state()
     # the caller may be the container's own monitor (run --rm) whose exit could not be recorded
@@ -281,6 +292,13 @@ def remove(root: StateRoot, cdir: ContainerDir, *, force: bool) -> None:
                     tidy(root, exclude=cdir.id, stop=False)
         doomed = cdir.path.with_name(f".rm-{cdir.id}")
         os.rename(cdir.path, doomed)  # gone from listings at once; removal may take a while
+        if volumes:  # hook: runtime.volumes, now that no container lists them
+            from . import volumes as vols
+
+            for volume in cdir.config.volumes:
+                if volume.anonymous:
+                    with contextlib.suppress(UsageError):  # in use by another: kept, as docker
+                        vols.remove(root, volume.name, force=True)
     _remove_layer_tree(cdir, doomed)
 
 

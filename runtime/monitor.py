@@ -83,7 +83,12 @@ class Monitor:
         self.ports = publish.Reservation()  # published ports: held from _claim to the exit
         self.daemon_pid = 0
         self.rootfs: UnionRootfs | None = None
-        self.limits = Limits(cdir.config.id, memory=cdir.config.memory, pids=cdir.config.pids_limit)
+        self.limits = Limits(
+            cdir.config.id,
+            memory=cdir.config.memory,
+            pids=cdir.config.pids_limit,
+            cpu_quota=cdir.config.cpu_quota,
+        )
         self.usernet: usernet.Helper | None = None  # pasta/slirp4netns (runtime.usernet)
 
     # -- the whole life
@@ -370,6 +375,7 @@ class Monitor:
                 user=cfg.user,
                 tty=cfg.tty,
                 interactive=cfg.interactive,
+                groups=cfg.group_add,
             ),
             init=cfg.init,
             can_setgroups=namespaces.setgroups_allowed(),

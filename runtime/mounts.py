@@ -14,6 +14,7 @@ rootfs were `/`: an image (or a container's earlier writes) cannot make a mount 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -40,11 +41,41 @@ class Mount:
 
 @dataclass(frozen=True, slots=True)
 class BindMount:
-    """`source` (a host path) bound at `target` (in the container), optionally read-only."""
+    """`source` (a host path) bound at `target` (in the container), optionally read-only;
+    `copy`: a volume, filled from the image's content at `target` first if it is empty."""
 
     source: str
     target: str
     read_only: bool = False
+    copy: bool = False
+
+
+# tmpfs options that are mount flags (the rest, size= mode= uid= ..., is the tmpfs's data)
+_FLAG_OPTIONS: Final = {
+    "ro": (MS_RDONLY, True), "rw": (MS_RDONLY, False),
+    "nosuid": (MS_NOSUID, True), "suid": (MS_NOSUID, False),
+    "nodev": (MS_NODEV, True), "dev": (MS_NODEV, False),
+    "noexec": (MS_NOEXEC, True), "exec": (MS_NOEXEC, False),
+    "noatime": (libc.MS_NOATIME, True), "atime": (libc.MS_NOATIME, False),
+    "nodiratime": (libc.MS_NODIRATIME, True), "diratime": (libc.MS_NODIRATIME, False),
+    "relatime": (libc.MS_RELATIME, True), "norelatime": (libc.MS_RELATIME, False),
+    "strictatime": (libc.MS_STRICTATIME, True),
+    "sync": (libc.MS_SYNCHRONOUS, True), "async": (libc.MS_SYNCHRONOUS, False),
+}  # fmt: skip
+
+
+def tmpfs_mount(target: str, options: str) -> Mount:
+    """A tmpfs at `target` with docker's `--tmpfs` options (checked by runtime.volumes);
+    docker's defaults, nosuid, nodev and noexec, unless the options say otherwise."""
+    flags = _NOSUID_NODEV_NOEXEC
+    data = []
+    for opt in (o for o in options.split(",") if o):
+        if opt in _FLAG_OPTIONS:
+            bit, on = _FLAG_OPTIONS[opt]
+            flags = flags | bit if on else flags & ~bit
+        else:
+            data.append(opt)
+    return Mount(target, "tmpfs", "tmpfs", flags, ",".join(data) or None)
 
 
 _NOSUID_NODEV_NOEXEC: Final = MS_NOSUID | MS_NODEV | MS_NOEXEC
@@ -224,8 +255,9 @@ def bind_console(rootfs: Path, pty: str) -> None:
     bind(resolve_in_root(rootfs, pty), resolve_in_root(rootfs, "/dev/console"), recursive=False)
 
 
-def populate_dev(rootfs: Path, *, devpts_gid: int | None) -> None:
-    """The /dev tmpfs, its devpts, device nodes bound from the host, /dev/shm and the links."""
+def populate_dev(rootfs: Path, *, devpts_gid: int | None, shm_size: int = 0) -> None:
+    """The /dev tmpfs, its devpts, device nodes bound from the host, /dev/shm (`shm_size`
+    bytes, --shm-size; default 64 MiB, as docker's) and the links."""
     dev = resolve_in_root(rootfs, "/dev")
     os.makedirs(dev, exist_ok=True)
     for m in CONTAINER_MOUNTS:
@@ -233,6 +265,8 @@ def populate_dev(rootfs: Path, *, devpts_gid: int | None) -> None:
             continue
         if m is DEVPTS and devpts_gid is not None:
             m = Mount(m.target, m.fstype, m.source, m.flags, f"{m.data},gid={devpts_gid}")
+        if m is SHM and shm_size:
+            m = Mount(m.target, m.fstype, m.source, m.flags, f"mode=1777,size={shm_size}")
         target = dev / m.target.removeprefix("/dev/") if m is not DEV else dev
         os.makedirs(target, exist_ok=True)
         try:
@@ -249,23 +283,103 @@ def populate_dev(rootfs: Path, *, devpts_gid: int | None) -> None:
                 os.symlink(link, dev / name)
 
 
+def fill_volume(image_dir: Path, volume: str) -> None:
+    """Copy the image's content at a mount point (`image_dir`, in the rootfs, before the volume
+    hides it) into an empty volume, owners, modes and times included, as docker fills a new
+    volume. Nothing is followed on either side: both trees are walked by directory fds with
+    O_NOFOLLOW and *at calls (a volume may be shared with a running container that changes it
+    meanwhile), symlinks are copied as symlinks, and device nodes, FIFOs and sockets left out."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        src = os.open(image_dir, flags)
+    except OSError:  # missing, or not a directory in the image: nothing to copy
+        return
+    try:
+        dst = os.open(volume, flags)
+        try:
+            if not os.listdir(dst):
+                _copy_dir_content(src, dst)
+                _copy_meta(dst, os.fstat(src))
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+def _copy_meta(fd: int, st: os.stat_result) -> None:
+    """Owner, mode and times of an open file or directory (never through a path)."""
+    with contextlib.suppress(OSError):  # rootless: an owner outside the map (nobody) stays ours
+        os.fchown(fd, st.st_uid, st.st_gid)
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _copy_dir_content(src: int, dst: int) -> None:
+    nofollow = os.O_NOFOLLOW | os.O_CLOEXEC
+    for name in os.listdir(src):
+        st = os.stat(name, dir_fd=src, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            os.mkdir(name, 0o700, dir_fd=dst)
+            sub_src = os.open(name, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=src)
+            try:
+                sub_dst = os.open(name, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=dst)
+                try:
+                    _copy_dir_content(sub_src, sub_dst)
+                    _copy_meta(sub_dst, st)
+                finally:
+                    os.close(sub_dst)
+            finally:
+                os.close(sub_src)
+        elif stat.S_ISREG(st.st_mode):
+            fd_in = os.open(name, os.O_RDONLY | nofollow, dir_fd=src)
+            try:
+                create = os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow
+                fd_out = os.open(name, create, 0o600, dir_fd=dst)
+                try:
+                    while os.sendfile(fd_out, fd_in, None, 1 << 20) > 0:
+                        pass
+                    _copy_meta(fd_out, st)
+                finally:
+                    os.close(fd_out)
+            finally:
+                os.close(fd_in)
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
+            with contextlib.suppress(OSError):
+                os.chown(name, st.st_uid, st.st_gid, dir_fd=dst, follow_symlinks=False)
+            os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst, follow_symlinks=False)
+
+
+def _depth(target: str) -> int:
+    return len([p for p in target.split("/") if p])
+
+
 def mount_all(
     rootfs: Path,
     *,
     etc_dir: Path,
-    volumes: Sequence[BindMount],
+    volumes: Sequence[BindMount | Mount],
     devpts_gid: int | None,
+    shm_size: int = 0,
     privileged: bool = False,
     masked: bool = True,
 ) -> None:
     """Everything a container gets, below `rootfs` (still seen from the host's side):
-    `privileged` leaves /sys writable; `masked` hides and protects the kernel's paths."""
+    `volumes` (binds and tmpfs) parents first; `privileged` leaves /sys writable; `masked`
+    hides and protects the kernel's paths."""
     mount_at(rootfs, PROC)
-    populate_dev(rootfs, devpts_gid=devpts_gid)
+    populate_dev(rootfs, devpts_gid=devpts_gid, shm_size=shm_size)
     mount_sys(rootfs, writable=privileged)
     for name in ETC_FILES:
         bind(etc_dir / name, resolve_in_root(rootfs, f"/etc/{name}"), recursive=False)
-    for volume in volumes:
-        bind(volume.source, resolve_in_root(rootfs, volume.target), read_only=volume.read_only)
+    for volume in sorted(volumes, key=lambda v: _depth(v.target)):
+        target = resolve_in_root(rootfs, volume.target)
+        if isinstance(volume, Mount):
+            os.makedirs(target, exist_ok=True)
+            libc.mount(volume.source, target, volume.fstype, volume.flags, volume.data)
+            continue
+        if volume.copy:
+            fill_volume(target, volume.source)
+        bind(volume.source, target, read_only=volume.read_only)
     if masked:
         mask_paths(rootfs)

@@ -26,7 +26,7 @@ from typing import Final, NoReturn
 
 from unionfs import libc
 
-from . import mounts, network
+from . import mounts, network, runflags
 from .control import START_FAILED, recv, send, send_error
 from .init import FORWARDED, exit_code, run_init
 from .process import ExecError, ProcessSpec, exec_process
@@ -152,8 +152,14 @@ def _prepare_root(plan: Plan, sock: socket.socket) -> int | None:
     mounts.mount_all(
         rootfs,
         etc_dir=cdir.path,
-        volumes=[mounts.BindMount(v.source, v.target, v.read_only) for v in cfg.volumes],
+        volumes=[
+            mounts.tmpfs_mount(v.target, v.options)
+            if v.kind == "tmpfs"
+            else mounts.BindMount(v.source, v.target, v.read_only, copy=v.copy)
+            for v in cfg.volumes
+        ],
         devpts_gid=plan.devpts_gid,
+        shm_size=cfg.shm_size,
         privileged=cfg.privileged,
         masked=cfg.mask_paths,
     )
@@ -163,6 +169,7 @@ def _prepare_root(plan: Plan, sock: socket.socket) -> int | None:
     libc.umount2(".", libc.MNT_DETACH)  # the old root, stacked on top by pivot_root(".", ".")
     os.chdir("/")
     mark("pivot_root done")
+    runflags.apply_ulimits(cfg.ulimits)  # inherited by the command (and --init's init)
     if plan.init:
         _hide_init()
     if plan.wait_for_network or plan.usernet:  # set up meanwhile by the monitor: wait for it

@@ -19,7 +19,7 @@ import re
 import signal
 import termios
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, NoReturn
 
 from unionfs import libc
@@ -43,6 +43,7 @@ class ProcessSpec:
     user: str = ""
     tty: bool = False
     interactive: bool = False
+    groups: tuple[str, ...] = ()  # --group-add: more supplementary groups (names or gids)
 
 
 class ExecError(Exception):
@@ -160,6 +161,18 @@ def resolve_user(spec: str, *, etc: str = "/etc") -> Identity:
     return Identity(uid=uid, gid=gid, groups=tuple(supplementary), home=home)
 
 
+def group_ids(names: Iterable[str], *, etc: str = "/etc") -> tuple[int, ...]:
+    """`--group-add`'s groups as gids, names looked up in the container's `etc`/group."""
+    db = [e for e in _read_db(f"{etc}/group") if len(e) >= 4]
+    gids = []
+    for name in names:
+        match = next((g for g in db if g[0] == name and g[2].isdigit()), None)
+        if match is None and not name.isdigit():
+            raise ExecError(125, f"unable to find group {name}: no matching entries in group file")
+        gids.append(int(name) if match is None else int(match[2]))
+    return tuple(gids)
+
+
 # ---------------------------------------------------------------------------------------------
 # becoming the command
 
@@ -217,6 +230,9 @@ def exec_process(
     code = 125
     try:
         identity = resolve_user(spec.user)
+        if spec.groups:
+            extra = [g for g in group_ids(spec.groups) if g not in identity.groups]
+            identity = replace(identity, groups=(*identity.groups, *extra))
         env = dict(item.partition("=")[::2] for item in spec.env)
         env.setdefault("HOME", identity.home)
         if slave is not None:

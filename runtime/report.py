@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from unionfs.errors import UsageError
 
-from .state import CREATED, EXITED, RUNNING, ContainerDir, ContainerState, process_alive
+from .state import CREATED, EXITED, RUNNING, ContainerDir, ContainerState, Volume, process_alive
 
 
 def _epoch(stamp: str) -> float | None:
@@ -146,6 +146,9 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             "Init": cfg.init,
             "AutoRemove": cfg.auto_remove,
             "ExposedPorts": ports["ExposedPorts"],
+            "Labels": cfg.labels,
+            "StopSignal": cfg.stop_signal or "SIGTERM",
+            "StopTimeout": 10 if cfg.stop_timeout is None else cfg.stop_timeout,
         },
         "HostConfig": {
             "NetworkMode": cfg.network,
@@ -157,7 +160,31 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
                 "Name": cfg.restart_policy,
                 "MaximumRetryCount": cfg.restart_retries,
             },
-            "Binds": [f"{v.source}:{v.target}{':ro' if v.read_only else ''}" for v in cfg.volumes],
+            "Ulimits": [_ulimit_of(u) for u in cfg.ulimits],
+            "ShmSize": cfg.shm_size or 64 << 20,
+            "NanoCpus": cfg.cpu_quota * 10_000,
+            "GroupAdd": list(cfg.group_add),
+            "LogConfig": {
+                "Type": "k8s-file",
+                "Config": {"max-size": str(cfg.log_max_size), "max-file": str(cfg.log_max_file)}
+                if cfg.log_max_size
+                else {},
+            },
+            "Devices": [
+                {
+                    "PathOnHost": v.source,
+                    "PathInContainer": v.target,
+                    "CgroupPermissions": v.options,
+                }
+                for v in cfg.volumes
+                if v.kind == "device"
+            ],
+            "Binds": [
+                f"{v.source if v.kind == 'bind' else v.name}:{v.target}{':ro' if v.read_only else ''}"
+                for v in cfg.volumes
+                if v.kind == "bind" or (v.kind == "volume" and not v.anonymous)
+            ],
+            "Tmpfs": {v.target: v.options for v in cfg.volumes if v.kind == "tmpfs"},
             "Rootless": cfg.rootless,
             "IdMap": cfg.id_map,
             "Privileged": cfg.privileged,
@@ -169,6 +196,7 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             "MaskedPaths": list(mounts.MASKED_PATHS) if cfg.mask_paths else [],
             "ReadonlyPaths": list(mounts.READONLY_PATHS) if cfg.mask_paths else [],
         },
+        "Mounts": [_mount_of(v) for v in cfg.volumes if v.kind in ("bind", "volume")],
         "NetworkSettings": {
             "IPAddress": state.ip,
             "Ports": ports["Ports"],
@@ -194,6 +222,28 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
         },
         "LogPath": str(cdir.sub("log")),
         "Path": str(cdir.path),
+    }
+
+
+def _ulimit_of(item: str) -> dict[str, object]:
+    """docker's `HostConfig.Ulimits` entry of a recorded `NAME=SOFT:HARD`."""
+    name, _, values = item.partition("=")
+    soft, _, hard = values.partition(":")
+    return {"Name": name, "Soft": int(soft), "Hard": int(hard)}
+
+
+def _mount_of(volume: Volume) -> dict[str, object]:
+    """One entry of docker's `Mounts` (binds and volumes; docker lists tmpfs only in
+    HostConfig.Tmpfs)."""
+    entry: dict[str, object] = {"Type": volume.kind}
+    if volume.kind == "volume":
+        entry |= {"Name": volume.name, "Driver": "local"}
+    return entry | {
+        "Source": volume.source,
+        "Destination": volume.target,
+        "Mode": "ro" if volume.read_only else "",
+        "RW": not volume.read_only,
+        "Propagation": "rprivate" if volume.kind == "bind" else "",
     }
 
 

@@ -14,6 +14,7 @@ Layout (`--root`, default /var/lib/strata as root, $XDG_DATA_HOME/strata otherwi
         union.log              the union daemon's log
         seccomp.json           the --security-opt seccomp=FILE profile, as it was at create
     seccomp/<key>.bpf          compiled seccomp programs, by profile, capabilities and kernel
+    volumes/<name>/            named and anonymous volumes (runtime.volumes)
     ip_forward                 present while strata has switched IPv4 forwarding on (bridge NAT)
 
 Each JSON file is written to a temporary name and renamed into place, so a reader never sees a
@@ -105,9 +106,17 @@ def process_alive(pid: int, start_time: int) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Volume:
+    """A mount of the container's (runtime.volumes): a host path bound (`bind`), a volume of
+    the state root (`volume`: `source` is its `_data`), or a tmpfs (`options`: its options)."""
+
     source: str
     target: str
     read_only: bool = False
+    kind: str = "bind"
+    name: str = ""  # a volume's name
+    anonymous: bool = False  # a volume that goes with the container under `rm -v` / `--rm`
+    copy: bool = False  # fill the volume from the image's content at `target` while it is empty
+    options: str = ""  # tmpfs
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +156,7 @@ class ContainerConfig:
     pids_limit: int = 0
     restart_policy: str = "no"  # --restart (runtime.restart) and its on-failure maximum
     restart_retries: int = 0
+    cpu_quota: int = 0  # --cpus: µs of CPU time per 100 ms (runtime.cgroups)
     # security (runtime.security): the capability set (None: the default, for containers made
     # before strata recorded it), the options as given, the seccomp mode
     capabilities: tuple[str, ...] | None = None
@@ -158,6 +168,17 @@ class ContainerConfig:
     seccomp_origin: str = ""
     no_new_privileges: bool = False
     mask_paths: bool = True
+    # runtime.runflags: labels (the image's under --label), stop signal and timeout (None: the
+    # image's STOPSIGNAL, else SIGTERM; 10 s), ulimits (NAME=SOFT:HARD), /dev/shm's size,
+    # supplementary groups of the command
+    labels: dict[str, str] = field(default_factory=dict)
+    stop_signal: str = ""
+    stop_timeout: int | None = None
+    ulimits: tuple[str, ...] = ()
+    shm_size: int = 0
+    group_add: tuple[str, ...] = ()
+    log_max_size: int = 0  # --log-opt max-size (bytes; 0: no limit), runtime.logrotate
+    log_max_file: int = 1  # --log-opt max-file
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
@@ -182,6 +203,8 @@ class ContainerConfig:
             "ports",
             "exposed_ports",
             "network_aliases",
+            "ulimits",
+            "group_add",
         ):
             items = values.get(key) or []
             assert isinstance(items, list | tuple)

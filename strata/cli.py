@@ -15,12 +15,45 @@ from typing import Final
 
 import bench.cli
 import images.cli
+import images.system_cli
 import runtime.cli
+import runtime.volume_cli
 import unionfs.cli
 from unionfs import __version__
-from unionfs.command import Subcommand, dispatch
+from unionfs.command import Group, Subcommand, dispatch
 
 DESCRIPTION: Final = "strata: a union filesystem and container runtime in Python."
+
+
+# docker's command groups, as (name in the group, the subcommand's own name); a name no
+# subcommand has is left out, so a group lists only what strata has
+_CONTAINER: Final = (
+    ("ls", "ps"), ("list", "ps"), ("ps", "ps"), ("run", "run"), ("create", "create"),
+    ("start", "start"), ("stop", "stop"), ("restart", "restart"), ("kill", "kill"),
+    ("rm", "rm"), ("remove", "rm"), ("exec", "exec"), ("logs", "logs"),
+    ("inspect", "inspect"), ("port", "port"), ("commit", "commit"), ("cp", "cp"),
+    ("diff", "diff"), ("wait", "wait"), ("rename", "rename"), ("top", "top"),
+    ("pause", "pause"), ("unpause", "unpause"), ("attach", "attach"), ("stats", "stats"),
+)  # fmt: skip
+_IMAGE: Final = (
+    ("ls", "images"), ("list", "images"), ("rm", "rmi"), ("remove", "rmi"),
+    ("inspect", "inspect"), ("history", "history"), ("tag", "tag"), ("load", "load"),
+    ("import", "import"), ("save", "save"), ("build", "build"), ("pull", "pull"),
+    ("push", "push"),
+)  # fmt: skip
+
+
+def _group(
+    name: str,
+    help_text: str,
+    table: tuple[tuple[str, str], ...],
+    commands: tuple[Subcommand, ...],
+    *extra: tuple[str, Subcommand],
+) -> Subcommand:
+    """A docker command group over `commands` (by their names in `table`) and `extra`."""
+    by_name = {sub.name: sub for sub in commands}
+    members = tuple((alias, by_name[target]) for alias, target in table if target in by_name)
+    return Group(name, help_text, (*members, *extra)).as_subcommand()
 
 
 def subcommands() -> tuple[Subcommand, ...]:
@@ -29,7 +62,25 @@ def subcommands() -> tuple[Subcommand, ...]:
         images.cli.INSPECT if sub.name == "inspect" else sub
         for sub in runtime.cli.subcommands(images.cli.IMAGE_SOURCE)
     )
-    return (*unionfs.cli.SUBCOMMANDS, *containers, *images.cli.SUBCOMMANDS, *bench.cli.SUBCOMMANDS)
+    flat = (
+        *unionfs.cli.SUBCOMMANDS,
+        *containers,
+        runtime.volume_cli.SUBCOMMAND,
+        *images.cli.SUBCOMMANDS,
+        *bench.cli.SUBCOMMANDS,
+    )
+    groups = (
+        _group(
+            "container", "manage containers", _CONTAINER, flat,
+            ("prune", images.system_cli.CONTAINER_PRUNE),
+        ),
+        _group("image", "manage images", _IMAGE, flat, ("prune", images.cli.IMAGE_PRUNE)),
+        _group(
+            "system", "disk usage and clean-up", (), flat,
+            ("df", images.system_cli.DF), ("prune", images.system_cli.PRUNE),
+        ),
+    )  # fmt: skip
+    return (*flat, *groups)
 
 
 def main(argv: list[str] | None = None) -> int:

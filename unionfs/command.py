@@ -86,6 +86,40 @@ class Subcommand:
     run: Callable[[argparse.Namespace, Runner], int]
 
 
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A docker-style command group (`strata container ls`, `strata image rm`): each member is
+    an existing subcommand under a name of the group's, so a command is declared once and the
+    group only names it. `as_subcommand()` makes the group a subcommand whose parser holds one
+    sub-parser per member, filled by the member's own `add_arguments`.
+
+    `--root DIR` may also come between the group and its member (`strata image --root R ls`),
+    as it may after every subcommand; the member's own `--root` wins.
+    """
+
+    name: str
+    help: str
+    members: tuple[tuple[str, Subcommand], ...]
+
+    def as_subcommand(self) -> Subcommand:
+        def add_arguments(parser: argparse.ArgumentParser) -> None:
+            parser.add_argument("--root", dest="group_root", metavar="DIR", help=argparse.SUPPRESS)
+            chosen = parser.add_subparsers(dest="group_member", metavar="COMMAND", required=True)
+            for name, member in self.members:
+                sub = chosen.add_parser(name, help=member.help, description=member.help)
+                member.add_arguments(sub)
+                sub.set_defaults(member=member)
+
+        def run(args: argparse.Namespace, runner: Runner) -> int:
+            if getattr(args, "group_root", None) and not getattr(args, "root", None):
+                args.root = args.group_root
+            member: Subcommand = args.member
+            return member.run(args, runner)
+
+        names = " ".join(name for name, _ in self.members)
+        return Subcommand(self.name, f"{self.help} ({names})", add_arguments, run)
+
+
 def dispatch(
     prog: str,
     description: str,

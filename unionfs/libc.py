@@ -30,6 +30,8 @@ MS_BIND: Final = 0x1000
 MS_REC: Final = 0x4000
 MS_SLAVE: Final = 1 << 19
 MS_RELATIME: Final = 1 << 21
+MS_STRICTATIME: Final = 1 << 24
+MS_SYNCHRONOUS: Final = 0x10
 
 MNT_DETACH: Final = 0x2
 

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from runtime.cli import _parse_volume, parse_signal
+from runtime.cli import parse_signal
+from runtime.volumes import BIND, VOLUME, MountSpec, parse_volume_flag
 from unionfs.errors import UsageError
 
 
@@ -15,15 +16,24 @@ from unionfs.errors import UsageError
     [("/tmp:/data", ("/tmp", "/data", False)), ("/tmp:/data/:ro", ("/tmp", "/data", True))],
 )
 def test_volume_parsing(spec: str, expected: tuple[str, str, bool]) -> None:
-    assert _parse_volume(spec) == (os.path.realpath(expected[0]), *expected[1:])
+    assert parse_volume_flag(spec) == MountSpec(BIND, os.path.realpath(expected[0]), *expected[1:])
+
+
+def test_volume_flag_names_a_volume_or_makes_an_anonymous_one() -> None:
+    assert parse_volume_flag("data:/srv:ro,nocopy") == MountSpec(
+        VOLUME, "data", "/srv", read_only=True, nocopy=True
+    )
+    assert parse_volume_flag("/srv/") == MountSpec(VOLUME, "", "/srv")
 
 
 @pytest.mark.parametrize(
-    "spec", ["/tmp", "/tmp:data", "tmp:/data", "/tmp:/", "/tmp:/x:rx", "/nonexistent:/x"]
-)
+    "spec",
+    ["/tmp:data", "./tmp:/data", "/tmp:/", "/tmp:/x:rx", "/nonexistent:/x", "a:/x", "b$d:/x",
+     "a:b:c:d", ":/x", "/tmp:/x:nocopy"],
+)  # fmt: skip
 def test_bad_volumes(spec: str) -> None:
     with pytest.raises(UsageError):
-        _parse_volume(spec)
+        parse_volume_flag(spec)
 
 
 def test_signal_names() -> None:

@@ -53,6 +53,7 @@ def test_the_oci_image_config_gives_the_runtimes_fields() -> None:
         cmd=("run", "it"),
         workdir="/app",
         user="app:app",
+        labels=(("x", "y"),),  # under the container's --label (runtime/runflags.py)
     )
     assert images.ImageConfig.from_oci({}) == images.ImageConfig()
     assert images.ImageConfig.from_oci({"config": {"Cmd": None}}).cmd == ()

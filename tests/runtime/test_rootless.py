@@ -218,3 +218,26 @@ def test_rootless_cp_diff_pause(rootless: tuple[Strata, list[str], bool]) -> Non
     assert strata.run("unpause", "r").returncode == 0
     assert strata.run("exec", "r", "true").returncode == 0
     assert strata.run("rm", "-f", "r").returncode == 0
+
+
+def test_rootless_volumes_tmpfs_and_ulimit(rootless: tuple[Strata, list[str], bool]) -> None:
+    strata, image, with_subids = rootless
+    done = strata.run(
+        "run", "--name", "rv", "-v", "etcvol:/etc", "-v", "/anon", "--read-only",
+        "--tmpfs", "/cache:size=1m", "--ulimit", "nofile=64:128", "--network", "none", *image,
+        "/bin/sh", "-c",
+        "head -1 /etc/passwd; echo w > /etc/new; touch /tmp/t /cache/c /anon/a && ulimit -n",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith("root:")
+    assert done.stdout.splitlines()[-1] == "64"
+    data = strata.root / "volumes" / "etcvol" / "_data"
+    assert os.stat(data / "new").st_uid == strata.user  # root inside is the user outside
+    if with_subids:  # a file of a subordinate id, written by the container, removable
+        strata.run("run", "--rm", "-v", "etcvol:/etc", "--network", "none", *image,
+                   "/bin/sh", "-c", "touch /etc/sub && chown 1000 /etc/sub", check=True)  # fmt: skip
+        assert os.stat(data / "sub").st_uid != strata.user
+    assert strata.run("rm", "-v", "rv").returncode == 0
+    assert strata.run("volume", "ls", "-q").stdout == "etcvol\n"
+    assert strata.run("volume", "rm", "etcvol").returncode == 0
+    assert not data.exists()

@@ -42,7 +42,7 @@ def test_an_unexpected_error_is_one_line_with_status_125(
 SUBCOMMANDS: Final = (
     "mount", "umount", "run", "create", "start", "exec", "ps", "stop", "kill", "rm", "logs",
     "inspect", "load", "save", "import", "commit", "build", "images", "rmi", "tag", "history",
-    "image", "bench", "network",
+    "image", "bench", "network", "volume", "container", "system",
 )  # fmt: skip
 
 
