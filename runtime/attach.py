@@ -134,6 +134,7 @@ def _relay(
     while True:
         stopped = _stopped(cdir)
         _copy_log(log, out)
+        log = _follow_rotation(cdir, log, out)
         if stopped is not None:
             return stopped
         try:
@@ -166,6 +167,25 @@ def console_write(fd: int, data: bytes) -> None:
 def _copy_log(log: int, out: int) -> None:
     while chunk := os.read(log, _CHUNK):
         console_write(out, chunk)
+
+
+def _follow_rotation(cdir: ContainerDir, log: int, out: int) -> int:
+    """The log to read next: after `--log-opt max-size` rotated it (runtime.logrotate renames
+    it to log.1), the rest of the old one, then the new one from its start."""
+    try:
+        current = os.stat(cdir.sub("log"))
+    except FileNotFoundError:
+        return log
+    if current.st_ino == os.fstat(log).st_ino:
+        return log
+    _copy_log(log, out)
+    try:
+        new = os.open(cdir.sub("log"), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return log
+    os.dup2(new, log)  # the caller's descriptor now reads the new log
+    os.close(new)
+    return log
 
 
 def _stopped(cdir: ContainerDir) -> int | None:
