@@ -18,9 +18,19 @@ import images.cli
 import runtime.cli
 import unionfs.cli
 from unionfs import __version__
-from unionfs.command import Subcommand, dispatch
+from unionfs.command import GlobalOption, Subcommand, dispatch
 
 DESCRIPTION: Final = "strata: a union filesystem and container runtime in Python."
+
+# Options of many subcommands that may come before the command too, as podman's `--root`.
+GLOBAL_OPTIONS: Final = (
+    GlobalOption(
+        "--root",
+        "DIR",
+        "state root of the commands that use one (default /var/lib/strata as root,"
+        " $XDG_DATA_HOME/strata otherwise; or $STRATA_ROOT)",
+    ),
+)
 
 
 def subcommands() -> tuple[Subcommand, ...]:
@@ -35,4 +45,4 @@ def subcommands() -> tuple[Subcommand, ...]:
 def main(argv: list[str] | None = None) -> int:
     """`strata COMMAND ...`; the exit status."""
     args = sys.argv[1:] if argv is None else argv
-    return dispatch("strata", DESCRIPTION, __version__, subcommands(), args)
+    return dispatch("strata", DESCRIPTION, __version__, subcommands(), args, GLOBAL_OPTIONS)
