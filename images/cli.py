@@ -115,7 +115,12 @@ def _run_load(args: argparse.Namespace, runner: Runner) -> int:
 def _add_save(parser: argparse.ArgumentParser) -> None:
     add_root(parser)
     parser.add_argument("image", metavar="IMAGE")
-    parser.add_argument("-o", "--output", required=True, metavar="FILE")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write to FILE (default or '-': stdout, not a terminal)",
+    )
     parser.add_argument(
         "--format", default="oci-archive", choices=("oci-archive", "docker-archive")
     )
@@ -124,6 +129,14 @@ def _add_save(parser: argparse.ArgumentParser) -> None:
 def _run_save(args: argparse.Namespace, runner: Runner) -> int:
     from .save import save
 
+    if args.output in (None, "-"):  # docker's habit: `strata save IMAGE | ...`, or `-o -`
+        if sys.stdout.isatty():
+            raise UsageError(
+                "cowardly refusing to save to a terminal. Use the -o flag or redirect", 1
+            )
+        sys.stdout.flush()
+        save(_store(args), args.image, sys.stdout.buffer, args.format)
+        return 0
     save(_store(args), args.image, Path(args.output), args.format)
     return 0
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,12 +47,21 @@ class Runner:
     global_debug: bool = False  # `-D` before the command: whatever the subcommand sets `debug` to
 
     def run(self, main: Callable[[], int]) -> int:
+        status = self._guarded(main)
+        # What is still buffered (all of a short listing, --help's text) is written here, where
+        # a broken pipe or a full disk is still ours to answer, not at the interpreter's exit.
+        flushed = self._guarded(_flush_stdout)
+        return status if flushed == 0 else flushed
+
+    def _guarded(self, main: Callable[[], int]) -> int:
         try:
             return main()
         except UsageError as exc:
             self.say(str(exc))
             return exc.exit_code
         except OSError as exc:
+            if isinstance(exc, BrokenPipeError) and _stdout_closed():  # `... | head`
+                return _quiet_broken_pipe()
             self.say(describe_os_error(exc))
             return 125
         except KeyboardInterrupt:
@@ -69,6 +80,33 @@ class Runner:
     def say(self, message: str) -> None:
         one_line = " ".join(message.split())
         print(f"{self.prog}: {one_line}", file=sys.stderr, flush=True)
+
+
+def _flush_stdout() -> int:
+    sys.stdout.flush()
+    return 0
+
+
+def _stdout_closed() -> bool:
+    """Whether nobody reads our stdout any more (`strata ... | head` after head exited): the
+    write end of a pipe polls POLLERR once its reader is gone."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a file (tests capture it)
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _fd, events in poller.poll(0))
+
+
+def _quiet_broken_pipe() -> int:
+    """`... | head` ended it: no message, and the status of a process SIGPIPE ended, 141, as
+    docker's CLI ends (the Go runtime lets SIGPIPE kill it). Stdout goes to /dev/null so that
+    the interpreter's last flush at exit has nothing to complain about."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def describe_os_error(exc: OSError) -> str:

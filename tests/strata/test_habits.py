@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.commands import STRATA, assert_one_line_error, run
+from tests.helpers.commands import COMMAND_TIMEOUT, STRATA, assert_one_line_error, run
 from tests.images.test_load import IMAGE_ID, _archive
 from unionfs import command
 
@@ -127,3 +129,120 @@ def test_the_early_fork_finds_the_command_as_dispatch_does(argv: list[str]) -> N
 
     _head, rest = command.split_global_options(argv, cli.GLOBAL_OPTIONS)
     assert entry._command(argv) == (rest[0] if rest else None)
+
+
+# -- pipes -------------------------------------------------------------------------------------
+
+
+def _strata_into(stdout: int, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(STRATA), *argv],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+
+
+def test_save_writes_to_a_pipe_and_load_reads_one(tmp_path: Path) -> None:
+    """`strata save IMAGE | strata load` (and `-o -`): the same bytes as `-o FILE`."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    _load(one)
+    file = tmp_path / "saved.tar"
+    done = run(STRATA, "--root", str(one), "save", "uniontest:1", "-o", str(file))
+    assert done.returncode == 0, done.stderr
+    for dash in ([], ["-o", "-"], ["--output=-"]):
+        piped = subprocess.run(
+            f"{STRATA} --root {one} save uniontest:1 {' '.join(dash)} | {STRATA} --root {two} load",
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+        assert (piped.returncode, piped.stderr) == (0, ""), dash
+        assert piped.stdout == "Loaded image: localhost/uniontest:1\n"
+        out = tmp_path / "out.tar"
+        with out.open("wb") as f:
+            done = _strata_into(f.fileno(), "--root", str(one), "save", "uniontest:1", *dash)
+        assert (done.returncode, done.stderr) == (0, "")
+        assert out.read_bytes() == file.read_bytes()
+    assert not (tmp_path / "-").exists()
+    assert run(STRATA, "--root", str(two), "images", "-q").stdout == f"{IMAGE_ID[:12]}\n"
+
+
+def test_save_refuses_a_terminal_as_docker_does(tmp_path: Path) -> None:
+    _load(tmp_path / "root")
+    primary, secondary = os.openpty()
+    try:
+        for dash in ([], ["-o", "-"]):
+            done = _strata_into(
+                secondary, "--root", str(tmp_path / "root"), "save", "uniontest:1", *dash
+            )
+            assert done.returncode == 1
+            assert done.stderr == (
+                "strata: cowardly refusing to save to a terminal. Use the -o flag or redirect\n"
+            )
+    finally:
+        os.close(primary)
+        os.close(secondary)
+
+
+def test_save_of_a_missing_image_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out.tar"
+    with out.open("wb") as f:
+        done = _strata_into(f.fileno(), "--root", str(tmp_path / "root"), "save", "nosuch:1")
+    assert done.returncode == 1
+    assert done.stderr == "strata: no such image: nosuch:1\n"
+    assert out.read_bytes() == b""
+
+
+def _closed_pipe() -> tuple[int, int]:
+    """A pipe whose reader is already gone, as `| head` leaves it once head has exited."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    return read_end, write_end
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["images"], ["ps", "-a"], ["--help"], ["save", "uniontest:1"], ["history", "uniontest:1"]],
+)
+def test_a_reader_that_went_away_ends_the_command_quietly(tmp_path: Path, argv: list[str]) -> None:
+    """`strata ... | head`: no "Broken pipe" line, and 141, the status of a command SIGPIPE
+    ended, as docker's CLI ends when head has gone before it wrote."""
+    _load(tmp_path / "root")
+    _gone, write_end = _closed_pipe()
+    try:
+        done = _strata_into(write_end, "--root", str(tmp_path / "root"), *argv)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_head_after_the_output_is_written_leaves_status_0(tmp_path: Path) -> None:
+    """The usual case: a short listing is written whole (one write, as docker's table) before
+    head exits. (Not with PYTHONUNBUFFERED, which makes each line a write of its own.)"""
+    _load(tmp_path / "root")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    done = subprocess.run(
+        f"{STRATA} --root {tmp_path / 'root'} images | head -1; echo ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+    assert done.stdout.splitlines()[0].startswith("REPOSITORY")
+    assert (done.stdout.splitlines()[1], done.stderr) == ("0", "")
+
+
+def test_an_error_writing_stdout_is_one_line() -> None:
+    """Not a broken pipe: a full disk is an error like any other."""
+    with open("/dev/full", "wb") as full:
+        done = _strata_into(full.fileno(), "--help")
+    assert (done.returncode, done.stderr) == (125, "strata: No space left on device\n")
