@@ -385,11 +385,21 @@ def _check_hostname(name: str) -> None:
         raise UsageError(f"--hostname {name!r}: letters, digits, '-' and '.', at most 64", 125)
 
 
+def check_input_terminal(interactive: bool, tty: bool) -> None:
+    """docker's check before `run -it` and `exec -it` attach: the terminal the container gets
+    passes our stdin on, so stdin must be a terminal too (`-t` alone, with no stdin to pass,
+    needs none). docker's words, and its status 1."""
+    if interactive and tty and not os.isatty(0):
+        raise UsageError("the input device is not a TTY", 1)
+
+
 def _run(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) -> int:
     """`strata run`. In the foreground the union daemon is forked first thing (see
     `rootfs.UnionRootfs`); rootless, that needs the user namespace, so it is entered first
     (after the state root, which depends on who we are, has been picked)."""
     runner.debug = bool(args.debug)
+    if not args.detach:
+        check_input_terminal(args.interactive, args.tty)
     from .trace import mark
 
     mark("run parsed")
@@ -509,7 +519,8 @@ def _exec(args: argparse.Namespace, runner: Runner) -> int:
     if args.user is not None:
         check_user(args.user)
     root = _state_root(args)
-    cdir = root.find(args.container)
+    cdir = root.find(args.container)  # (first: no such container comes before no terminal)
+    check_input_terminal(args.interactive, args.tty)
     cfg = cdir.config
     spec = ProcessSpec(
         argv=tuple(command),
