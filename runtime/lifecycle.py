@@ -81,8 +81,9 @@ def _monitor_daemon(root: StateRoot, cdir: ContainerDir, report_fd: int) -> NoRe
     report = startup.StartupReport(report_fd)
     try:
         os.chdir("/")
-        redirect_stdio(cdir.sub("log"), stdout_to_log=True, mode=0o600)
-        status = Monitor(root, cdir).run(on_started=report.ok)
+        # The monitor's own messages; the container's output goes to its log (runtime.logs).
+        redirect_stdio(cdir.sub("monitor.log"), stdout_to_log=True, mode=0o600)
+        status = Monitor(root, cdir, attached=False).run(on_started=report.ok)
         if cdir.config.auto_remove:
             remove(root, cdir, force=True)
     except UsageError as exc:

@@ -1,14 +1,14 @@
-"""What `ps`, `inspect` and `logs` show."""
+"""What `ps` and `inspect` show (`logs`: runtime.logs)."""
 
 from __future__ import annotations
 
 import calendar
 import shlex
-import sys
 import time
 from collections.abc import Sequence
 
-from .state import CREATED, EXITED, RUNNING, ContainerDir, process_alive
+from .logs import LOG
+from .state import CREATED, EXITED, RUNNING, ContainerDir
 
 
 def _epoch(stamp: str) -> float | None:
@@ -171,34 +171,9 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
                 "MergedDir": str(cdir.rootfs),
             },
         },
-        "LogPath": str(cdir.sub("log")),
+        "LogPath": str(cdir.sub(LOG)),
         "Path": str(cdir.path),
     }
 
 
-def follow_log(cdir: ContainerDir, *, follow: bool) -> None:
-    """Copy the container's log to stdout; with `follow`, until the container stops."""
-    out = sys.stdout.buffer
-    try:
-        f = open(cdir.sub("log"), "rb")  # noqa: SIM115 - read incrementally below
-    except FileNotFoundError:
-        return
-    with f:
-        while True:
-            chunk = f.read(65536)
-            if chunk:
-                out.write(chunk)
-                out.flush()
-                continue
-            if not follow:
-                return
-            state = cdir.read_state()
-            if state.status != RUNNING or not process_alive(state.monitor_pid, state.monitor_start):
-                rest = f.read()
-                out.write(rest)
-                out.flush()
-                return
-            time.sleep(0.1)
-
-
-__all__ = ["CREATED", "describe", "follow_log", "inspect", "table"]
+__all__ = ["CREATED", "describe", "inspect", "table"]
