@@ -657,7 +657,7 @@ def _add_logs_arguments(parser: argparse.ArgumentParser) -> None:
 def _logs(args: argparse.Namespace, runner: Runner) -> int:
     import time
 
-    from .logs import Selection, parse_tail, parse_time, show_to_stdio
+    from .logshow import Selection, parse_tail, parse_time, show_to_stdio
 
     now = time.time_ns()
     selection = Selection(

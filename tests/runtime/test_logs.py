@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import logs
+from runtime import logs, logshow
 from tests.runtime.conftest import Strata
 from tests.runtime.test_lifecycle import wait_exited
 from unionfs.errors import UsageError
@@ -27,41 +27,41 @@ def test_records_round_trip_lines_and_pieces() -> None:
         b"2024-12-05T12:00:00.123456789Z stderr F \n"
         b"2024-12-05T12:00:00.123456789Z stderr P three\n"
     )
-    records = [logs.parse_record(line) for line in data.splitlines(keepends=True)]
+    records = [logshow.parse_record(line) for line in data.splitlines(keepends=True)]
     assert [(r.time, r.stream, r.data, r.full) for r in records if r is not None] == [
         (ns, "stderr", b"one", True),
         (ns, "stderr", b"two", True),
         (ns, "stderr", b"", True),
         (ns, "stderr", b"three", False),
     ]
-    assert logs.parse_record(b"not a record\n") is None
-    assert logs.parse_record(b"2024-13-45T00:00:00Z stdout F x\n") is None
+    assert logshow.parse_record(b"not a record\n") is None
+    assert logshow.parse_record(b"2024-13-45T00:00:00Z stdout F x\n") is None
 
 
 def test_times_as_docker_takes_them() -> None:
     now = 1_733_400_000 * 10**9
-    assert logs.parse_time("10m", now, "--since") == now - 600 * 10**9
-    assert logs.parse_time("1h30m", now, "--since") == now - 5400 * 10**9
-    assert logs.parse_time("1.5s", now, "--since") == now - 1_500_000_000
-    assert logs.parse_time("1733400000", now, "--since") == now
-    assert logs.parse_time("1733400000.25", now, "--since") == now + 250_000_000
-    assert logs.parse_time("2024-12-05T12:00:00Z", now, "--since") == now
-    assert logs.parse_time("2024-12-05T13:00:00.5+01:00", now, "--since") == now + 500_000_000
+    assert logshow.parse_time("10m", now, "--since") == now - 600 * 10**9
+    assert logshow.parse_time("1h30m", now, "--since") == now - 5400 * 10**9
+    assert logshow.parse_time("1.5s", now, "--since") == now - 1_500_000_000
+    assert logshow.parse_time("1733400000", now, "--since") == now
+    assert logshow.parse_time("1733400000.25", now, "--since") == now + 250_000_000
+    assert logshow.parse_time("2024-12-05T12:00:00Z", now, "--since") == now
+    assert logshow.parse_time("2024-12-05T13:00:00.5+01:00", now, "--since") == now + 500_000_000
     local = datetime.datetime(2024, 12, 5, 12, 0, 0).astimezone()  # no zone: local time
-    assert logs.parse_time("2024-12-05T12:00:00", now, "--since") == int(local.timestamp()) * 10**9
-    assert logs.parse_time("2024-12-05", now, "--until") == int(
+    assert logshow.parse_time("2024-12-05T12:00:00", now, "--since") == int(local.timestamp()) * 10**9
+    assert logshow.parse_time("2024-12-05", now, "--until") == int(
         datetime.datetime(2024, 12, 5).astimezone().timestamp() * 10**9
     )
     for bad in ("yesterday", "10", "10x", "-5m", "2024-12-05T25:00:00Z", ""):
         if bad == "10":
             continue  # (a Unix time)
         with pytest.raises(UsageError, match="--since"):
-            logs.parse_time(bad, now, "--since")
-    assert logs.parse_tail("all") is None
-    assert logs.parse_tail("-1") is None
-    assert logs.parse_tail("0") == 0
+            logshow.parse_time(bad, now, "--since")
+    assert logshow.parse_tail("all") is None
+    assert logshow.parse_tail("-1") is None
+    assert logshow.parse_tail("0") == 0
     with pytest.raises(UsageError, match="--tail 'x'"):
-        logs.parse_tail("x")
+        logshow.parse_tail("x")
 
 
 def _container_dir(strata: Strata, name: str) -> Path:
