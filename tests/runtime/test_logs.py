@@ -48,7 +48,9 @@ def test_times_as_docker_takes_them() -> None:
     assert logshow.parse_time("2024-12-05T12:00:00Z", now, "--since") == now
     assert logshow.parse_time("2024-12-05T13:00:00.5+01:00", now, "--since") == now + 500_000_000
     local = datetime.datetime(2024, 12, 5, 12, 0, 0).astimezone()  # no zone: local time
-    assert logshow.parse_time("2024-12-05T12:00:00", now, "--since") == int(local.timestamp()) * 10**9
+    assert (
+        logshow.parse_time("2024-12-05T12:00:00", now, "--since") == int(local.timestamp()) * 10**9
+    )
     assert logshow.parse_time("2024-12-05", now, "--until") == int(
         datetime.datetime(2024, 12, 5).astimezone().timestamp() * 10**9
     )
