@@ -45,20 +45,25 @@ def records_of(chunk: bytes, stream: str, ns: int) -> bytes:
 
 
 class LogWriter:
-    """Appends records to a container's log; `write` never raises (a full disk loses log lines,
-    never the container's output to the terminal, nor the container)."""
+    """Appends records to a container's log, made at the first line (a start that fails leaves
+    none); `write` never raises (a full disk loses log lines, never the container's output to
+    the terminal, nor the container)."""
 
     def __init__(self, path: Path) -> None:
-        self.fd: int | None = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
-        )
+        self.path = path
+        self.fd: int | None = None
+        self.broken = False
 
     def write(self, stream: str, data: bytes) -> None:
-        if self.fd is None or not data:
+        if self.broken or not data:
             return
         try:
+            if self.fd is None:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+                self.fd = os.open(self.path, flags, 0o600)
             os.write(self.fd, records_of(data, stream, time.time_ns()))
         except OSError:
+            self.broken = True
             self.close()
 
     def close(self) -> None:
