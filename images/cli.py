@@ -115,7 +115,12 @@ def _run_load(args: argparse.Namespace, runner: Runner) -> int:
 def _add_save(parser: argparse.ArgumentParser) -> None:
     add_root(parser)
     parser.add_argument("image", metavar="IMAGE")
-    parser.add_argument("-o", "--output", required=True, metavar="FILE")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write to FILE (default or '-': stdout, not a terminal)",
+    )
     parser.add_argument(
         "--format", default="oci-archive", choices=("oci-archive", "docker-archive")
     )
@@ -124,6 +129,14 @@ def _add_save(parser: argparse.ArgumentParser) -> None:
 def _run_save(args: argparse.Namespace, runner: Runner) -> int:
     from .save import save
 
+    if args.output in (None, "-"):  # docker's habit: `strata save IMAGE | ...`, or `-o -`
+        if sys.stdout.isatty():
+            raise UsageError(
+                "cowardly refusing to save to a terminal. Use the -o flag or redirect", 1
+            )
+        sys.stdout.flush()
+        save(_store(args), args.image, sys.stdout.buffer, args.format)
+        return 0
     save(_store(args), args.image, Path(args.output), args.format)
     return 0
 
@@ -270,9 +283,9 @@ def _add_images(parser: argparse.ArgumentParser) -> None:
 
 
 def _summary(store: ImageStore, rec: ImageRecord) -> dict[str, object]:
-    from .store import layer_size
-
-    size = sum(layer_size(store.layer_path(d)) for d in rec.layers if store.has_layer(d))
+    """`Size`: the sum of the layers' uncompressed sizes, as docker counts an image (podman
+    adds its copies of the config and manifest, a few kB)."""
+    size = sum(store.layer_tar_size(d) for d in rec.layers)
     return {
         "Id": f"sha256:{rec.id}",
         "RepoTags": list(rec.tags),
@@ -282,12 +295,21 @@ def _summary(store: ImageStore, rec: ImageRecord) -> dict[str, object]:
     }
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.3g} {unit}"
-        n /= 1000
-    return f"{n:.3g} TB"
+def _created_since(created: str, now: float) -> str:
+    """CREATED as docker and podman print it: "2 hours ago" ("N/A": no time, or before 2000)."""
+    from runtime.logshow import parse_rfc3339
+    from runtime.report import human_duration
+
+    try:
+        then = parse_rfc3339(created) / 1e9
+    except (ValueError, OverflowError):
+        return "N/A"
+    if then <= _EPOCH_2000:
+        return "N/A"
+    return human_duration(now - then) + " ago"
+
+
+_EPOCH_2000: Final = 946684800  # docker shows no age for times before 2000 (zero times)
 
 
 def _run_images(args: argparse.Namespace, runner: Runner) -> int:
@@ -297,16 +319,23 @@ def _run_images(args: argparse.Namespace, runner: Runner) -> int:
         for rec in records:
             print(rec.id[:12])
         return 0
+    import time
+
+    from runtime.report import human_size, text_table
+
     rows = [_summary(store, rec) for rec in records]
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'REPOSITORY':<40} {'TAG':<16} {'IMAGE ID':<12}  {'CREATED':<20}  SIZE")
+    now = time.time()
+    lines = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
     for rec, row in zip(records, rows, strict=True):
-        size = _human(float(row["Size"]))  # type: ignore[arg-type]
+        size = human_size(float(row["Size"]))  # type: ignore[arg-type]
+        created = _created_since(rec.created, now)
         for tag in rec.tags or ("<none>:<none>",):
             repo, _, t = tag.rpartition(":")
-            print(f"{repo:<40} {t:<16} {rec.id[:12]}  {rec.created[:19]:<20}  {size}")
+            lines.append((repo, t, rec.id[:12], created, size))
+    sys.stdout.write(text_table(lines))
     return 0
 
 
@@ -335,21 +364,108 @@ def _run_inspect(args: argparse.Namespace, runner: Runner) -> int:
     return 0
 
 
-def _run_history(args: argparse.Namespace, runner: Runner) -> int:
-    store = _store(args)
-    rec = store.get(args.image)
+def _add_history(parser: argparse.ArgumentParser) -> None:
+    _add_ref(parser)
+    parser.add_argument(
+        "-H",
+        "--human",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="BOOL",
+        help="sizes and dates for people (default true; -H=false: bytes and RFC 3339)",
+    )
+    parser.add_argument("--no-trunc", action="store_true", help="full ids and commands")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only the ids")
+
+
+def _history_rows(store: ImageStore, rec: ImageRecord) -> list[dict[str, object]]:
+    """The image's history, newest first, as docker's `history` lists it: each step with the
+    size of the layer it made (0 for a config-only step) and, where the image up to that step
+    is an image of the store of its own, that image's id (else `<missing>`)."""
     history = rec.config.get("history") or []
     assert isinstance(history, list)
-    layers = list(rec.layers)
-    rows = []
-    for entry in history:
-        empty = bool(entry.get("empty_layer"))
-        layer = "" if empty or not layers else layers.pop(0)[:12]
-        rows.append((layer, str(entry.get("created", ""))[:19], str(entry.get("created_by", ""))))
-    print(f"{'LAYER':<12}  {'CREATED':<20}  CREATED BY")
-    for layer, created, by in reversed(rows):
-        print(f"{layer or '<missing>':<12}  {created:<20}  {by[:80]}")
+    if not history:  # (an image without history: one nameless step per layer)
+        history = [{} for _ in rec.layers]
+    images = {
+        (other.layers, json.dumps(other.config.get("history") or [])): other.id
+        for other in store.images()
+    }
+    rows: list[dict[str, object]] = []
+    used = 0
+    for i, entry in enumerate(history):
+        assert isinstance(entry, dict)
+        empty = bool(entry.get("empty_layer")) or used >= len(rec.layers)
+        size = 0 if empty else store.layer_tar_size(rec.layers[used])
+        used += 0 if empty else 1
+        key = (rec.layers[:used], json.dumps(history[: i + 1]))
+        rows.append(
+            {
+                "Id": images.get(key, "<missing>"),
+                "Created": str(entry.get("created") or ""),
+                "CreatedBy": str(entry.get("created_by") or ""),
+                "Size": size,
+                "Comment": str(entry.get("comment") or ""),
+            }
+        )
+    if rows:
+        rows[-1]["Id"] = rec.id
+    return rows[::-1]
+
+
+def _ellipsis(text: str, width: int) -> str:
+    """docker's truncation of a cell: `width` characters at most, the last an ellipsis."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _run_history(args: argparse.Namespace, runner: Runner) -> int:
+    import time
+
+    from runtime.report import human_size, text_table
+
+    store = _store(args)
+    rows = _history_rows(store, store.get(args.image))
+
+    def image_id(row: dict[str, object]) -> str:
+        ident = str(row["Id"])
+        if ident == "<missing>":
+            return ident
+        return f"sha256:{ident}" if args.no_trunc else ident[:12]
+
+    if args.quiet:
+        for row in rows:
+            print(image_id(row))
+        return 0
+    now = time.time()
+    lines = [("IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT")]
+    for row in rows:
+        created, size = str(row["Created"]), int(row["Size"])  # type: ignore[call-overload]
+        by = str(row["CreatedBy"]).replace("\t", " ")
+        lines.append(
+            (
+                image_id(row),
+                _created_since(created, now) if args.human else _rfc3339_seconds(created),
+                by if args.no_trunc else _ellipsis(by, 45),
+                human_size(size) if args.human else str(size),
+                str(row["Comment"]),
+            )
+        )
+    sys.stdout.write(text_table(lines))
     return 0
+
+
+def _rfc3339_seconds(created: str) -> str:
+    """`-H=false`'s CREATED: RFC 3339 to the second in local time, as docker prints it."""
+    import datetime
+
+    from runtime.logshow import parse_rfc3339
+
+    try:
+        when = datetime.datetime.fromtimestamp(parse_rfc3339(created) // 10**9).astimezone()
+    except (ValueError, OverflowError):
+        return created
+    return when.isoformat().replace("+00:00", "Z")
 
 
 def _add_tag(parser: argparse.ArgumentParser) -> None:
@@ -630,7 +746,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("images", "list images", _add_images, _run_images),
     Subcommand("rmi", "remove images (and the layers nothing else uses)", _add_rmi, _run_rmi),
     Subcommand("tag", "add a name to an image", _add_tag, _run_tag),
-    Subcommand("history", "an image's history", _add_ref, _run_history),
+    Subcommand("history", "an image's history", _add_history, _run_history),
 )
 
 # `strata image prune` (strata.cli's `image` group names the others by their own names)

@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from unionfs.errors import UsageError
 
@@ -106,29 +106,39 @@ def oci_manifest(image_id: str, config: bytes, layers: Sequence[tuple[str, int]]
     ).encode()
 
 
-def save(store: ImageStore, ref: str, output: Path, fmt: str) -> None:
+def save(store: ImageStore, ref: str, output: Path | BinaryIO, fmt: str) -> None:
+    """Write image `ref` as `fmt` to the file `output` (whole or not at all: built beside it,
+    then renamed) or to the stream `output` (stdout: `strata save IMAGE | ...`)."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: one of {', '.join(FORMATS)}", 125)
     rec = store.get(ref)
-    config = store.config_bytes(rec.id)
-    tags = _tags_for(rec, ref)
+    if not isinstance(output, Path):
+        # "w|": a pipe cannot tell() where it is, as tarfile's "w" asks
+        with tarfile.open(fileobj=output, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            _write(tar, store, rec, ref, fmt)
+        output.flush()
+        return
     output = output.absolute()
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
-        with (
-            tempfile.TemporaryDirectory(dir=store.tmp_dir) as spool_dir,
-            tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar,
-        ):
-            writer = _Writer(tar)
-            spool = Path(spool_dir) / "layer"
-            if fmt == "oci-archive":
-                _oci(writer, store, rec, config, tags, spool)
-            else:
-                _docker(writer, store, rec, config, tags, spool)
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            _write(tar, store, rec, ref, fmt)
         os.rename(tmp, output)
     finally:
         if tmp.exists():
             os.unlink(tmp)
+
+
+def _write(tar: tarfile.TarFile, store: ImageStore, rec: ImageRecord, ref: str, fmt: str) -> None:
+    config = store.config_bytes(rec.id)
+    tags = _tags_for(rec, ref)
+    with tempfile.TemporaryDirectory(dir=store.tmp_dir) as spool_dir:
+        writer = _Writer(tar)
+        spool = Path(spool_dir) / "layer"
+        if fmt == "oci-archive":
+            _oci(writer, store, rec, config, tags, spool)
+        else:
+            _docker(writer, store, rec, config, tags, spool)
 
 
 def _tags_for(rec: ImageRecord, ref: str) -> list[str]:

@@ -27,6 +27,7 @@ import fcntl
 import hashlib
 import os
 import re
+import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -175,6 +176,16 @@ class ImageStore:
         else:
             os.rename(tar_map, self.map_path(diff_id))
             os.rename(extracted, self.layer_path(diff_id))
+
+    def layer_tar_size(self, diff_id: str) -> int:
+        """The layer's uncompressed size (its tar's, as podman and docker count a layer); the
+        space its directory takes when it has no tar map (loaded before maps existed)."""
+        from .tarsplit import tar_size
+
+        try:
+            return tar_size(self.map_path(diff_id))
+        except (OSError, ValueError, EOFError, struct.error):
+            return layer_size(self.layer_path(diff_id)) if self.has_layer(diff_id) else 0
 
     def layers(self) -> list[str]:
         try:

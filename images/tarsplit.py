@@ -87,3 +87,22 @@ def rebuild(map_path: Path, layer: Path) -> Iterator[bytes]:
                         left -= len(chunk)
             else:
                 raise ValueError(f"{map_path}: corrupt tar map")
+
+
+def tar_size(map_path: Path) -> int:
+    """The size of the layer's original tar (its uncompressed size, which podman and docker
+    report for a layer), from its map alone."""
+    total = 0
+    with gzip.open(map_path, "rb") as f:
+        while kind := f.read(1):
+            if kind == b"R":
+                (length,) = struct.unpack(">Q", f.read(8))
+                f.seek(length, os.SEEK_CUR)
+                total += length
+            elif kind == b"F":
+                size, name_len = struct.unpack(">QH", f.read(10))
+                f.seek(name_len, os.SEEK_CUR)
+                total += size
+            else:
+                raise ValueError(f"{map_path}: corrupt tar map")
+    return total

@@ -1,11 +1,12 @@
 """`strata attach CONTAINER`: the terminal joins a detached container's input and output.
 
-A detached container's output goes to its log (`containers/<id>/log`: the pty's output with
-`-t`, stdout and stderr without), and a detached container with `-i` reads its input from a
+A detached container's output goes to its log (`containers/<id>/ctr.log`, runtime.logs: the
+pty's output with `-t`, stdout and stderr without), and a detached container with `-i` reads its input from a
 FIFO, `containers/<id>/stdin`, that its monitor holds open for reading and writing (so the
 container's stdin never ends while no one is attached, as docker keeps it open): with `-t` the
 monitor relays it to the pty, without `-t` it is the container's stdin itself. `attach`
-follows the log from its end and writes what the terminal types into the FIFO, in raw mode for
+follows the log from its end (each record's text to our stdout or stderr, as it was printed)
+and writes what the terminal types into the FIFO, in raw mode for
 a `-t` container, until the container stops (then its exit status is ours, as docker's) or the
 detach keys are typed (default ctrl-p ctrl-q; then "read escape sequence" and status 1, as
 docker's). As docker, a key that starts the sequence is held back until the next one shows
@@ -21,12 +22,15 @@ import os
 import select
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
 from typing import Final
 
 from unionfs.errors import UsageError
 
 from . import console
+from .logs import LOG
+from .logshow import parse_record
 from .state import EXITED, RUNNING, ContainerDir, process_alive
 
 DEFAULT_DETACH_KEYS: Final = "ctrl-p,ctrl-q"
@@ -94,10 +98,9 @@ def attach(cdir: ContainerDir, *, detach_keys: bytes, no_stdin: bool, sig_proxy:
     stdin = None if no_stdin or not cfg.interactive else sys.stdin.fileno()
     if stdin is not None and cfg.tty and not os.isatty(stdin):
         raise UsageError("the input device is not a TTY", 1)
-    log = os.open(cdir.sub("log"), os.O_RDONLY | os.O_CLOEXEC)
+    log = _LogTail(cdir.sub(LOG))
     fifo: int | None = None
     try:
-        os.lseek(log, 0, os.SEEK_END)
         if stdin is not None:
             fifo = os.open(cdir.sub("stdin"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             os.set_blocking(fifo, True)
@@ -122,19 +125,17 @@ def attach(cdir: ContainerDir, *, detach_keys: bytes, no_stdin: bool, sig_proxy:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     finally:
-        os.close(log)
+        log.close()
         if fifo is not None:
             os.close(fifo)
 
 
 def _relay(
-    cdir: ContainerDir, log: int, stdin: int | None, fifo: int | None, keys: _KeyScanner
+    cdir: ContainerDir, log: _LogTail, stdin: int | None, fifo: int | None, keys: _KeyScanner
 ) -> int:
-    out = sys.stdout.fileno()
     while True:
         stopped = _stopped(cdir)
-        _copy_log(log, out)
-        log = _follow_rotation(cdir, log, out)
+        log.pump()
         if stopped is not None:
             return stopped
         try:
@@ -149,7 +150,7 @@ def _relay(
             try:
                 data = keys.feed(data)
             except _Detach:
-                _copy_log(log, out)
+                log.pump()
                 print("read escape sequence", file=sys.stderr, flush=True)
                 return 1
             if data and fifo is not None:
@@ -164,28 +165,63 @@ def console_write(fd: int, data: bytes) -> None:
         data = data[os.write(fd, data) :]
 
 
-def _copy_log(log: int, out: int) -> None:
-    while chunk := os.read(log, _CHUNK):
-        console_write(out, chunk)
+class _LogTail:
+    """The container's log from where it ends at attach: each complete record's text goes to
+    our stdout or stderr as the container printed it. A log not made yet (nothing printed so
+    far) is read from its start once it appears; one that `--log-opt max-size` rotated away
+    (runtime.logrotate: renamed, or emptied in place with max-file=1) is read to its end, then
+    the new one from its start."""
 
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.pending = b""
+        self._open(at_end=True)
 
-def _follow_rotation(cdir: ContainerDir, log: int, out: int) -> int:
-    """The log to read next: after `--log-opt max-size` rotated it (runtime.logrotate renames
-    it to log.1), the rest of the old one, then the new one from its start."""
-    try:
-        current = os.stat(cdir.sub("log"))
-    except FileNotFoundError:
-        return log
-    if current.st_ino == os.fstat(log).st_ino:
-        return log
-    _copy_log(log, out)
-    try:
-        new = os.open(cdir.sub("log"), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return log
-    os.dup2(new, log)  # the caller's descriptor now reads the new log
-    os.close(new)
-    return log
+    def _open(self, *, at_end: bool) -> None:
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        if at_end:
+            os.lseek(self.fd, 0, os.SEEK_END)
+
+    def pump(self) -> None:
+        if self.fd is None:
+            self._open(at_end=False)
+            if self.fd is None:
+                return
+        self._drain()
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        mine = os.fstat(self.fd)
+        if current.st_ino != mine.st_ino:  # rotated: the rest is in the new file
+            self.close()
+            self._open(at_end=False)
+            self._drain()
+        elif mine.st_size < os.lseek(self.fd, 0, os.SEEK_CUR):  # emptied in place
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            self.pending = b""
+            self._drain()
+
+    def _drain(self) -> None:
+        assert self.fd is not None
+        while chunk := os.read(self.fd, _CHUNK):
+            self.pending += chunk
+        *lines, self.pending = self.pending.split(b"\n")
+        for line in lines:
+            rec = parse_record(line + b"\n")
+            if rec is not None:
+                fd = sys.stdout.fileno() if rec.stream == "stdout" else sys.stderr.fileno()
+                console_write(fd, rec.data + (b"\n" if rec.full else b""))
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.pending = b""
 
 
 def _stopped(cdir: ContainerDir) -> int | None:

@@ -462,11 +462,21 @@ def _check_hostname(name: str) -> None:
         raise UsageError(f"--hostname {name!r}: letters, digits, '-' and '.', at most 64", 125)
 
 
+def check_input_terminal(interactive: bool, tty: bool) -> None:
+    """docker's check before `run -it` and `exec -it` attach: the terminal the container gets
+    passes our stdin on, so stdin must be a terminal too (`-t` alone, with no stdin to pass,
+    needs none). docker's words, and its status 1."""
+    if interactive and tty and not os.isatty(0):
+        raise UsageError("the input device is not a TTY", 1)
+
+
 def _run(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) -> int:
     """`strata run`. In the foreground the union daemon is forked first thing (see
     `rootfs.UnionRootfs`); rootless, that needs the user namespace, so it is entered first
     (after the state root, which depends on who we are, has been picked)."""
     runner.debug = bool(args.debug)
+    if not args.detach:
+        check_input_terminal(args.interactive, args.tty)
     from .trace import mark
 
     mark("run parsed")
@@ -609,7 +619,8 @@ def _exec(args: argparse.Namespace, runner: Runner) -> int:
     if args.user is not None:
         check_user(args.user)
     root = _state_root(args)
-    cdir = root.find(args.container)
+    cdir = root.find(args.container)  # (first: no such container comes before no terminal)
+    check_input_terminal(args.interactive, args.tty)
     cfg = cdir.config
     spec = ProcessSpec(
         argv=tuple(command),
@@ -765,14 +776,32 @@ def _rm(args: argparse.Namespace, runner: Runner) -> int:
 def _add_logs_arguments(parser: argparse.ArgumentParser) -> None:
     add_root(parser)
     parser.add_argument("-f", "--follow", action="store_true", help="until the container stops")
+    parser.add_argument(
+        "-n", "--tail", default="all", metavar="N", help="only the last N lines (default: all)"
+    )
+    when = "RFC 3339 (2026-12-05T12:00:00Z), Unix time, or a duration before now (10m, 1h30m)"
+    parser.add_argument("--since", metavar="TIME", help=f"only lines printed since TIME: {when}")
+    parser.add_argument("--until", metavar="TIME", help="only lines printed before TIME")
+    parser.add_argument(
+        "-t", "--timestamps", action="store_true", help="the time of each line first"
+    )
     parser.add_argument("container", metavar="CONTAINER")
 
 
 def _logs(args: argparse.Namespace, runner: Runner) -> int:
-    from .report import follow_log
+    import time
 
+    from .logshow import Selection, parse_tail, parse_time, show_to_stdio
+
+    now = time.time_ns()
+    selection = Selection(
+        tail=parse_tail(args.tail),
+        since=None if args.since is None else parse_time(args.since, now, "--since"),
+        until=None if args.until is None else parse_time(args.until, now, "--until"),
+        timestamps=args.timestamps,
+    )
     cdir = _state_root(args).find(args.container)
-    follow_log(cdir, follow=args.follow)
+    show_to_stdio(cdir, selection, follow=args.follow)
     return 0
 
 
@@ -1093,7 +1122,7 @@ def subcommands(source: ImageSource | None = None) -> tuple[Subcommand, ...]:
         Subcommand("stop", "stop containers (SIGTERM, then SIGKILL)", _add_stop_arguments, _stop),
         Subcommand("kill", "send a signal to containers", _add_kill_arguments, _kill),
         Subcommand("rm", "remove containers and their writable layers", _add_rm_arguments, _rm),
-        Subcommand("logs", "show a detached container's output", _add_logs_arguments, _logs),
+        Subcommand("logs", "show a container's output", _add_logs_arguments, _logs),
         Subcommand("inspect", "show containers as JSON", add_inspect_arguments, _inspect),
         Subcommand(
             "port",

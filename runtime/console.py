@@ -1,4 +1,5 @@
-"""`-t`: relay between the user's terminal and a pty allocated in the container.
+"""`-t`: relay between the user's terminal and a pty allocated in the container (and, with or
+without `-t`, the container's output to the user and to its log: `relay`).
 
 The pty comes from the container's own devpts instance (its /dev/ptmx), so the container sees
 /dev/pts/0 and nothing of the host's ptys. The runtime holds the master and copies bytes both ways;
@@ -56,28 +57,42 @@ def _write_all(fd: int, data: bytes) -> None:
         data = data[n:]
 
 
+Sink = Callable[[bytes], bool]  # takes output; False: stop reading that source (nobody wants it)
+
+
 def relay(
-    master: int,
+    sources: dict[int, Sink],
     *,
     stdin: int | None,
-    stdout: int,
+    master: int | None,
     finished: Callable[[], bool],
 ) -> None:
-    """Copy `stdin` -> `master` and `master` -> `stdout` until the pty has no reader left (EIO)
-    and `finished()` says the container is done, or `finished()` and no more output is pending.
+    """Copy each source (the pty's master, or the container's stdout and stderr pipes) to its
+    sink and `stdin` to `master`, until the sources have ended (EOF, or EIO: the pty has no
+    reader left) and `finished()` says the container is done, or `finished()` and no more output
+    is pending. The sources are closed on return (a source whose sink gave up, at once: the
+    container's next write to it fails, as it would into a pipe nobody reads).
 
     A SIGCHLD interrupts the wait (a wakeup fd), so the end of the container is noticed at once.
     """
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     old_chld = signal.signal(signal.SIGCHLD, lambda *_: None)
-    os.set_blocking(master, False)
-    inputs = [master, wake_r] + ([stdin] if stdin is not None else [])
+    live = dict(sources)
+    for fd in live:
+        os.set_blocking(fd, False)
+
+    def stop(fd: int) -> None:
+        del live[fd]
+        os.close(fd)
+
     try:
         while True:
             if finished():
-                _drain(master, stdout)
+                for fd, sink in list(live.items()):
+                    _drain(fd, sink)
                 return
+            inputs = [*live, wake_r] + ([stdin] if stdin is not None else [])
             try:
                 ready, _, _ = select.select(inputs, [], [], 1.0)
             except InterruptedError:
@@ -85,41 +100,47 @@ def relay(
             if wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 512)
-            if master in ready:
+            for fd in [fd for fd in ready if fd in live]:
                 try:
-                    data = os.read(master, _CHUNK)
+                    data = os.read(fd, _CHUNK)
                 except BlockingIOError:
-                    data = None
-                except OSError as exc:  # EIO: every slave fd is closed
+                    continue
+                except OSError as exc:  # EIO: every slave fd of the pty is closed
                     if exc.errno != errno.EIO:
                         raise
-                    inputs.remove(master)
-                    data = None
-                if data == b"":
-                    inputs.remove(master)
-                elif data:
-                    _write_all(stdout, data)
+                    data = b""
+                if not data or not live[fd](data):
+                    stop(fd)
             if stdin is not None and stdin in ready:
                 data = os.read(stdin, _CHUNK)
-                if data:
+                if data and master is not None and master in live:
                     _write_all(master, data)
                 else:  # our input ended: stop reading it (the container may still print)
-                    inputs.remove(stdin)
                     stdin = None
     finally:
+        for fd in live:
+            os.close(fd)
         signal.signal(signal.SIGCHLD, old_chld)
         signal.set_wakeup_fd(old_wakeup)
         os.close(wake_r)
         os.close(wake_w)
 
 
-def _drain(master: int, stdout: int) -> None:
-    """Whatever the container printed last, before its pty went away."""
+def _drain(fd: int, sink: Sink) -> None:
+    """Whatever the container printed last, before it went away."""
     while True:
         try:
-            data = os.read(master, _CHUNK)
+            data = os.read(fd, _CHUNK)
         except OSError:
             return
-        if not data:
+        if not data or not sink(data):
             return
-        _write_all(stdout, data)
+
+
+def write_all(fd: int, data: bytes) -> bool:
+    """A sink's write to one of our own stdout and stderr: False once nobody reads it."""
+    try:
+        _write_all(fd, data)
+    except BrokenPipeError:
+        return False
+    return True

@@ -8,6 +8,7 @@ monitor does. The command is confined as the container's own processes are.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -103,7 +104,9 @@ def exec_in(root: StateRoot, cdir: ContainerDir, spec: ProcessSpec) -> int:
             if stdin is not None
             else contextlib.nullcontext()
         ):
-            console.relay(master, stdin=stdin, stdout=sys.stdout.fileno(), finished=finished)
+            sink = functools.partial(console.write_all, sys.stdout.fileno())
+            console.relay({master: sink}, stdin=stdin, master=master, finished=finished)
+            master = None  # (closed by the relay)
         return exit_code(result[0])
     finally:
         relay.cleaning = True

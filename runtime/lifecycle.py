@@ -89,14 +89,15 @@ def _monitor_daemon(
     report = startup.StartupReport(report_fd)
     try:
         os.chdir("/")
-        redirect_stdio(cdir.sub("log"), stdout_to_log=True, mode=0o600)
+        # The monitor's own messages; the container's output goes to its log (runtime.logs).
+        redirect_stdio(cdir.sub("monitor.log"), stdout_to_log=True, mode=0o600)
         if cdir.config.interactive:  # hook: runtime.attach, the container's input
             fifo = _open_stdin_fifo(cdir)
             os.dup2(fifo, 0)
             os.close(fifo)
         if after_exit is None:
             began = time.monotonic()
-            status = Monitor(root, cdir).run(on_started=report.ok)
+            status = Monitor(root, cdir, attached=False).run(on_started=report.ok)
             ran_for = time.monotonic() - began
         else:
             report.ok()
@@ -152,7 +153,7 @@ def keep_restarting(root: StateRoot, cdir: ContainerDir, code: int, ran_for: flo
             return code
         began = time.monotonic()
         try:
-            code = Monitor(root, cdir, restart_count=count + 1).run()
+            code = Monitor(root, cdir, restart_count=count + 1, attached=False).run()
         except StartError as exc:
             print(f"strata: restart of {cfg.name} failed: {exc}", file=sys.stderr, flush=True)
             with contextlib.suppress(OSError), root.lock():

@@ -33,6 +33,7 @@ from .cgroups import Limits
 from .control import START_FAILED, StartError, check_error, recv, send
 from .create import confinement_of, id_map_of, union_config
 from .init import FORWARDED, exit_code
+from .logs import LOG, STREAMS, LogWriter
 from .namespaces import Namespace
 from .pid1 import Plan, ns_parent
 from .process import ProcessSpec
@@ -64,11 +65,15 @@ class Monitor:
         *,
         daemon: UnionRootfs | None = None,
         restart_count: int = 0,
+        attached: bool = True,
     ) -> None:
         self.root = root
         self.restart_count = restart_count  # runtime.restart: 0 for a start by hand
         self.cdir = cdir
         self.daemon = daemon  # a union daemon forked early, or None to fork one here
+        self.attached = attached  # the container's output goes to our stdout/stderr, and its log
+        self.log: LogWriter | None = None
+        self.output: dict[str, tuple[int, int]] = {}  # stream -> pipe (without -t)
         self.cfg = cdir.config
         self.relay = SignalRelay()
         self.sock: socket.socket | None = None
@@ -281,6 +286,8 @@ class Monitor:
             stack.callback(self._reap_container)
             self.rootfs = rootfs
             self.daemon_pid = rootfs.pid or 0
+            stack.callback(self._close_output)
+            self._open_output()
             self._spawn(plan)
             self._handshake(self.daemon_pid)
             mark("command started")
@@ -391,15 +398,53 @@ class Monitor:
             if pid == 0:  # pragma: no cover - child
                 parent_sock.close()
                 self.ports.close()  # the published ports are the monitor's to hold
+                for fd, (read, write) in zip((1, 2), self.output.values(), strict=False):
+                    os.dup2(write, fd)
+                    # Only the monitor reads: a write into a pipe it stopped reading fails.
+                    os.close(read)
                 ns_parent(plan, child_sock)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child_sock.close()
+        for stream, (read, write) in self.output.items():
+            os.close(write)
+            self.output[stream] = (read, -1)
         if self.net_fd is not None:  # the ns parent has entered it
             os.close(self.net_fd)
             self.net_fd = None
         self.sock = parent_sock
         self.ns_parent = pid
+
+    def _open_output(self) -> None:
+        """The log, and (without -t: with it the pty carries both) a pipe for each of the
+        container's stdout and stderr, which `_wait` copies to the log (and to ours)."""
+        self.log = LogWriter(
+            self.cdir.sub(LOG), max_size=self.cfg.log_max_size, max_file=self.cfg.log_max_file
+        )
+        if not self.cfg.tty:
+            for stream in STREAMS:
+                self.output[stream] = os.pipe2(os.O_CLOEXEC)
+
+    def _close_output(self) -> None:
+        for read, write in self.output.values():
+            for fd in (read, write):
+                if fd >= 0:
+                    os.close(fd)
+        self.output = {}
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    def _sink(self, stream: str) -> console.Sink:
+        """Where the container's `stream` goes: its log, and our own stream when attached."""
+        log, ours = self.log, (1 if stream == "stdout" else 2)
+        assert log is not None
+
+        def sink(data: bytes) -> bool:
+            log.write(stream, data)
+            return console.write_all(ours, data) if self.attached else True
+
+        return sink
 
     # -- start-up conversation
 
@@ -512,20 +557,19 @@ class Monitor:
                     self.usernet.reaped = True  # died early: its pid must not be signalled
             return True
 
-        if self.master is None:
-            finished(block=True)
+        if self.master is not None:  # -t: the pty carries stdout and stderr
+            sources = {self.master: self._sink("stdout")}
         else:
-            stdin = sys.stdin.fileno() if self.cfg.interactive else None
-            with (
-                console.raw_terminal(sys.stdin.fileno())
-                if stdin is not None
-                else contextlib.nullcontext()
-            ):
-                console.relay(
-                    self.master, stdin=stdin, stdout=sys.stdout.fileno(), finished=finished
-                )
-            os.close(self.master)
-            self.master = self.relay.master = None
+            sources = {read: self._sink(stream) for stream, (read, _w) in self.output.items()}
+        self.output = {}  # (the relay closes them)
+        stdin = sys.stdin.fileno() if self.cfg.interactive and self.master is not None else None
+        with (
+            console.raw_terminal(sys.stdin.fileno())
+            if stdin is not None and self.attached
+            else contextlib.nullcontext()
+        ):
+            console.relay(sources, stdin=stdin, master=self.master, finished=finished)
+        self.master = self.relay.master = None
         self.ns_parent = None
         return result[0] if result else 128 + signal.SIGKILL
 

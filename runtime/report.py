@@ -1,15 +1,15 @@
-"""What `ps`, `inspect` and `logs` show."""
+"""What `ps` and `inspect` show (`logs`: runtime.logs)."""
 
 from __future__ import annotations
 
 import calendar
 import shlex
-import sys
 import time
 from collections.abc import Sequence
 
 from unionfs.errors import UsageError
 
+from .logs import LOG
 from .state import CREATED, EXITED, RUNNING, ContainerDir, ContainerState, Volume, process_alive
 
 
@@ -29,12 +29,60 @@ def _ago(stamp: str) -> str:
     then = _epoch(stamp)
     if then is None:
         return "?"
-    delta = max(0, int(time.time() - then))
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if delta >= size:
-            n = delta // size
-            return f"{n} {unit}{'s' if n != 1 else ''}"
-    return f"{delta} second{'s' if delta != 1 else ''}"
+    return human_duration(time.time() - then)
+
+
+def human_duration(seconds: float) -> str:
+    """A span of time in docker's words (go-units' HumanDuration, which `docker ps`, `images`
+    and `history` print, and podman's too): "Less than a second", "About a minute", "About an
+    hour", "3 hours", "9 days", "3 weeks", "4 months", "2 years"."""
+    whole = int(seconds)
+    if whole < 1:
+        return "Less than a second"
+    if whole == 1:
+        return "1 second"
+    if whole < 60:
+        return f"{whole} seconds"
+    minutes = int(seconds / 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = int(seconds / 3600 + 0.5)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{int(seconds / 3600) // 24 // 365} years"
+
+
+def human_size(size: float) -> str:
+    """A size in bytes as podman prints it (3 significant digits, powers of 1000: "3.52 MB",
+    "5.63 kB", "0 B"; docker's go-units has the same numbers without the space)."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if size < 1000:
+            return f"{size:.3g} {unit}"
+        size /= 1000
+    return f"{size:.3g} EB"
+
+
+def text_table(lines: Sequence[Sequence[str]]) -> str:
+    """Rows (the header first) laid out as docker's tabwriter does: each column as wide as its
+    widest cell plus 3 spaces, the last column unpadded."""
+    if not lines:
+        return ""
+    columns = len(lines[0])
+    widths = [max(len(line[i]) for line in lines) for i in range(columns - 1)]
+    return "".join(
+        "".join(cell.ljust(w + 3) for cell, w in zip(line, widths, strict=False)) + line[-1] + "\n"
+        for line in lines
+    )
 
 
 def describe(cdir: ContainerDir) -> dict[str, object]:
@@ -220,7 +268,7 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
                 "MergedDir": str(cdir.rootfs),
             },
         },
-        "LogPath": str(cdir.sub("log")),
+        "LogPath": str(cdir.sub(LOG)),
         "Path": str(cdir.path),
     }
 
@@ -245,34 +293,6 @@ def _mount_of(volume: Volume) -> dict[str, object]:
         "RW": not volume.read_only,
         "Propagation": "rprivate" if volume.kind == "bind" else "",
     }
-
-
-def follow_log(cdir: ContainerDir, *, follow: bool) -> None:
-    """Copy the container's log to stdout; with `follow`, until the container stops."""
-    out = sys.stdout.buffer
-    try:
-        f = open(cdir.sub("log"), "rb")  # noqa: SIM115 - read incrementally below
-    except FileNotFoundError:
-        return
-    with f:
-        while True:
-            chunk = f.read(65536)
-            if chunk:
-                out.write(chunk)
-                out.flush()
-                continue
-            if not follow:
-                return
-            state = cdir.read_state()
-            if state.status != RUNNING or not process_alive(state.monitor_pid, state.monitor_start):
-                rest = f.read()
-                out.write(rest)
-                out.flush()
-                return
-            time.sleep(0.1)
-
-
-__all__ = ["CREATED", "describe", "follow_log", "inspect", "table"]
 
 
 def top(cdir: ContainerDir, ps_args: Sequence[str]) -> str:
@@ -307,3 +327,15 @@ def top(cdir: ContainerDir, ps_args: Sequence[str]) -> str:
 def _field(line: str, index: int) -> str:
     fields = line.split()
     return fields[index] if index < len(fields) else ""
+
+
+__all__ = [
+    "CREATED",
+    "describe",
+    "human_duration",
+    "human_size",
+    "inspect",
+    "table",
+    "text_table",
+    "top",
+]

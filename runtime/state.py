@@ -10,7 +10,9 @@ Layout (`--root`, default /var/lib/strata as root, $XDG_DATA_HOME/strata otherwi
         init/                  strata's own top lower layer: mount points the image lacks
         rootfs/                where the union is mounted while the container runs
         hostname hosts resolv.conf   bound over the container's /etc files
-        log                    output of a detached container
+        ctr.log                what it printed, a record per line (runtime.logs)
+        log                    output of a detached container, as an older strata wrote it
+        monitor.log            a detached monitor's own messages
         union.log              the union daemon's log
         seccomp.json           the --security-opt seccomp=FILE profile, as it was at create
     seccomp/<key>.bpf          compiled seccomp programs, by profile, capabilities and kernel

@@ -20,9 +20,19 @@ import runtime.cli
 import runtime.volume_cli
 import unionfs.cli
 from unionfs import __version__
-from unionfs.command import Group, Subcommand, dispatch
+from unionfs.command import GlobalOption, Group, Subcommand, dispatch
 
 DESCRIPTION: Final = "strata: a union filesystem and container runtime in Python."
+
+# Options of many subcommands that may come before the command too, as podman's `--root`.
+GLOBAL_OPTIONS: Final = (
+    GlobalOption(
+        "--root",
+        "DIR",
+        "state root of the commands that use one (default /var/lib/strata as root,"
+        " $XDG_DATA_HOME/strata otherwise; or $STRATA_ROOT)",
+    ),
+)
 
 
 # docker's command groups, as (name in the group, the subcommand's own name); a name no
@@ -86,4 +96,4 @@ def subcommands() -> tuple[Subcommand, ...]:
 def main(argv: list[str] | None = None) -> int:
     """`strata COMMAND ...`; the exit status."""
     args = sys.argv[1:] if argv is None else argv
-    return dispatch("strata", DESCRIPTION, __version__, subcommands(), args)
+    return dispatch("strata", DESCRIPTION, __version__, subcommands(), args, GLOBAL_OPTIONS)

@@ -21,7 +21,7 @@ def strata_main() -> int:
     Ctrl-C before the command's own error boundary is in place (while modules are imported)
     ends it quietly with 130, as Ctrl-C does later, instead of a Python traceback."""
     try:
-        if sys.argv[1:2] == ["run"] and os.geteuid() == 0:
+        if _command(sys.argv[1:]) == "run" and os.geteuid() == 0:
             from runtime import prefork
 
             prefork.prefork()
@@ -36,3 +36,16 @@ def strata_main() -> int:
         return main()
     except KeyboardInterrupt:
         return 130
+
+
+# The global options that take a value (strata.cli.GLOBAL_OPTIONS and unionfs.command's own),
+# spelled out here: importing them would cost the fork the time it is there to save.
+_VALUED_GLOBALS = ("--root", "--log-level")
+
+
+def _command(argv: list[str]) -> str | None:
+    """The command after the global options (`strata -D --root R run ...`: run)."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
+        i += 2 if argv[i] in _VALUED_GLOBALS else 1
+    return argv[i] if i < len(argv) else None

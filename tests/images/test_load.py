@@ -196,7 +196,7 @@ def test_load_from_stdin_and_images_json(strata: Strata) -> None:
     inspect = json.loads(strata.run("image", "inspect", "uniontest:1", check=True).stdout)
     assert inspect[0]["Config"]["Env"] == ["PATH=/bin", "FOO=bar"]
     history = strata.run("history", "uniontest:1", check=True).stdout.splitlines()
-    assert history[0].split()[:2] == ["LAYER", "CREATED"]
+    assert history[0].split()[:2] == ["IMAGE", "CREATED"]  # docker's header
     missing = strata.run("run", "--rm", "nosuch:1")
     assert missing.returncode == 125
     assert "no such image: nosuch:1" in missing.stderr
