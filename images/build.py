@@ -1145,6 +1145,8 @@ class Builder:
     def _healthcheck(self, ins: Instruction, state: _State) -> dict[str, object]:
         """HEALTHCHECK [--interval= --timeout= --start-period= --start-interval= --retries=]
         CMD ... | NONE, as Docker records it (durations in nanoseconds, unset ones left out)."""
+        from runtime.logshow import go_duration
+
         head, _, rest = ins.args.partition(" ")
         if head.upper() == "NONE":
             if rest.strip() or ins.flags:
@@ -1164,7 +1166,7 @@ class Builder:
             given = ins.flag(flag)
             if given is None:
                 continue
-            ns = _go_duration(self._expand(ins, given, state))
+            ns = go_duration(self._expand(ins, given, state))
             if ns is None or (0 < ns < 1_000_000):
                 raise BuildError(
                     f"{self._at(ins)}: HEALTHCHECK --{flag}={given}: expected a duration of"
@@ -1275,27 +1277,6 @@ _HEALTH_DURATIONS = {
     "start-period": "StartPeriod",
     "start-interval": "StartInterval",
 }
-_DURATION_UNITS = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-}
-
-
-def _go_duration(text: str) -> int | None:
-    """Nanoseconds of a Go duration (`30s`, `1m30s`, `1.5h`, `0`), or None."""
-    import re
-
-    if text == "0":
-        return 0
-    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        return None
-    return round(sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
 
 
 def _signal_ok(name: str) -> bool:

@@ -308,20 +308,10 @@ def _remove_layer_tree(cdir: ContainerDir, path: Path) -> None:
     if not cdir.config.rootless or namespaces.in_user_namespace():
         remove_tree(path)
         return
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 1
-        try:
-            namespaces.enter_user_namespace(id_map_of(cdir.config), extra=())
-            remove_tree(path)
-            code = 0
-        except BaseException as exc:
-            print(f"strata: removing {path}: {exc}", file=sys.stderr)
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise UsageError(f"could not remove {path}", 1)
+    try:
+        namespaces.remove_tree_in(id_map_of(cdir.config), path)
+    except OSError as e:
+        raise UsageError(str(e), 1) from None
 
 
 def wait_exit(cdir: ContainerDir) -> int:

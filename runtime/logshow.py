@@ -89,6 +89,18 @@ _UNITS: Final = {
 _UNIX: Final = r"(\d+)(?:\.(\d{1,9}))?"
 
 
+def go_duration(text: str) -> int | None:
+    """Nanoseconds of a Go duration (`10m`, `1h30m`, `1.5s`, `0`), as docker's flags take
+    them (`--since`, a HEALTHCHECK's `--interval`); None for anything else."""
+    if text == "0":
+        return 0
+    if not re.fullmatch(_DURATION, text):
+        return None
+    return sum(
+        int(float(number) * _UNITS[unit]) for number, unit in re.findall(_DURATION_PART, text)
+    )
+
+
 def parse_rfc3339(text: str) -> int:
     """ns since the epoch of an RFC 3339 time (nanoseconds kept); ValueError otherwise."""
     import datetime
@@ -109,10 +121,8 @@ def parse_rfc3339(text: str) -> int:
 def parse_time(text: str, now_ns: int, option: str) -> int:
     """`--since`/`--until`: RFC 3339 (or a date), a Unix time (`1733400000.5`), or a duration
     before now (`10m`, `1h30m`), as docker takes them; ns since the epoch."""
-    if re.fullmatch(_DURATION, text):
-        ago = sum(
-            int(float(number) * _UNITS[unit]) for number, unit in re.findall(_DURATION_PART, text)
-        )
+    ago = go_duration(text)
+    if ago is not None and text != "0":
         return now_ns - ago
     unix = re.fullmatch(_UNIX, text)
     if unix is not None:
@@ -283,6 +293,7 @@ def show_to_stdio(cdir: ContainerDir, selection: Selection, *, follow: bool) -> 
 __all__ = [
     "Record",
     "Selection",
+    "go_duration",
     "parse_record",
     "parse_tail",
     "parse_time",

@@ -13,8 +13,10 @@ import enum
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from unionfs import _sys, libc
@@ -235,6 +237,28 @@ def _run_map_helpers(pid: int, id_map: IdMap) -> int:
         if done.returncode != 0:
             return 1
     return 0
+
+
+def remove_tree_in(id_map: IdMap, path: str | os.PathLike[str]) -> None:
+    """rm -rf of `path` from a forked child inside the user namespace of `id_map`, where the
+    files of the user's subordinate ids (written by a rootless container) are the user's to
+    remove; OSError when it could not."""
+    from .state import remove_tree
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            enter_user_namespace(id_map, extra=())
+            remove_tree(Path(path))
+            code = 0
+        except BaseException as exc:
+            print(f"strata: removing {path}: {exc}", file=sys.stderr)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise OSError(f"could not remove {path}")
 
 
 def in_user_namespace() -> bool:

@@ -25,7 +25,6 @@ import contextlib
 import os
 import re
 import stat
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -399,20 +398,10 @@ def remove_owned_tree(path: Path) -> None:
         remove_tree(path)
         return
     id_map = namespaces.rootless_id_map(os.getuid(), os.getgid(), namespaces.current_user_name())
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 1
-        try:
-            namespaces.enter_user_namespace(id_map, extra=())
-            remove_tree(path)
-            code = 0
-        except BaseException as exc:
-            print(f"strata: removing {path}: {exc}", file=sys.stderr)
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise UsageError(f"could not remove {path}", 1)
+    try:
+        namespaces.remove_tree_in(id_map, path)
+    except OSError as e:
+        raise UsageError(str(e), 1) from None
 
 
 def prune(root: StateRoot, *, all_unused: bool) -> list[tuple[str, int]]:

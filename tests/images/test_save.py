@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,7 @@ from images.load import import_rootfs, load
 from images.save import save
 from images.store import ImageStore
 from tests.helpers.mounts import skip_unless_root
+from tests.helpers.podman import PrivatePodman
 
 from .hostile import layer_tar, member
 from .test_formats import _oci_layout
@@ -61,48 +59,12 @@ def test_save_refuses_a_changed_layer(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_podman_loads_what_we_save(tmp_path: Path, fmt: str) -> None:
     skip_unless_root()
-    podman = shutil.which("podman")
-    if podman is None:
-        pytest.skip("podman is not installed")
     store = ImageStore(tmp_path / "root")
     (rec,) = load(store, _archive("oci"), say=lambda _: None)
     out = tmp_path / "saved.tar"
     save(store, "uniontest:1", out, fmt)
-    runroot = Path(tempfile.mkdtemp(prefix="strata-pr", dir="/tmp"))  # podman: < 50 characters
-    base = [
-        podman,
-        "--root",
-        str(tmp_path / "podman"),
-        "--runroot",
-        str(runroot),
-        "--storage-driver",
-        "vfs",
-        "--cgroup-manager",
-        "cgroupfs",
-        "--events-backend",
-        "none",
-    ]
-    try:
-        done = subprocess.run(
-            [*base, "load", "-i", str(out)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        assert "localhost/uniontest:1" in done.stdout
-        inspect = subprocess.run(
-            [*base, "image", "inspect", "localhost/uniontest:1"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        (info,) = json.loads(inspect.stdout)
+    with PrivatePodman(tmp_path) as podman:
+        assert "localhost/uniontest:1" in podman.run("load", "-i", str(out))
+        (info,) = json.loads(podman.run("image", "inspect", "localhost/uniontest:1"))
         assert info["Id"].removeprefix("sha256:") == rec.id
         assert info["RootFS"]["Layers"] == [f"sha256:{d}" for d in rec.layers]
-    finally:
-        # (no `podman system reset`: it would also remove the host's podman networks)
-        shutil.rmtree(tmp_path / "podman", ignore_errors=True)
-        shutil.rmtree(runroot, ignore_errors=True)
