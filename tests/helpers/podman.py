@@ -1,6 +1,8 @@
 """A private podman store for golden comparisons of builds: podman 4.3 with its own `--root` and
 `--runroot`, the vfs driver, cgroupfs and no events, so a test touches nothing of the machine's
-podman. (`podman run` fails on this machine's rlimits; builds, mounts and saves work.)"""
+podman. (`podman run` fails on this machine's rlimits; builds, mounts and saves work.) Builds
+with a RUN step take `--network host`: podman's default network would leave its CNI bridge
+and firewall tables on the machine."""
 
 from __future__ import annotations
 

@@ -96,10 +96,11 @@ def test_volume_healthcheck_onbuild_match_podman(strata: Strata) -> None:
         archive = strata.tmp / "uniontest.tar"
         strata.run("save", "uniontest:1", "-o", str(archive), check=True)
         podman.run("load", "-q", "-i", str(archive))
-        podman.run("build", "-q", "--format", "docker", "-t", "localhost/trig:1", str(ctx))
+        docker = ("-q", "--format", "docker", "--network", "host")  # (no CNI bridge made)
+        podman.run("build", *docker, "-t", "localhost/trig:1", str(ctx))
         podman.run(
             "build",
-            *("-q", "--format", "docker", "-f", str(ctx / "Dockerfile.child")),
+            *(*docker, "-f", str(ctx / "Dockerfile.child")),
             *("-t", "localhost/child:1", str(ctx)),
         )
         for ref in ("trig:1", "child:1"):
