@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -68,11 +69,11 @@ def _mounted_hierarchies() -> tuple[Path | None, dict[str, Path]]:
     return v2, v1
 
 
-def _our_cgroups() -> tuple[str | None, dict[str, str]]:
-    """Our v2 cgroup path and our v1 cgroup path per controller (/proc/self/cgroup)."""
+def _our_cgroups(pid: int | str = "self") -> tuple[str | None, dict[str, str]]:
+    """Our (or `pid`'s) v2 cgroup path and v1 cgroup path per controller (/proc/PID/cgroup)."""
     v2 = None
     v1: dict[str, str] = {}
-    with open("/proc/self/cgroup") as f:
+    with open(f"/proc/{pid}/cgroup") as f:
         for line in f:
             _, controllers, path = line.rstrip("\n").split(":", 2)
             if not controllers:
@@ -208,6 +209,28 @@ class Limits:
                         break
                     time.sleep(0.01)
         self.made.clear()
+
+
+def own_freezer(pid: int, container_id: str) -> tuple[int, Path] | None:
+    """The container's own cgroup that `join_freezer` put `pid` in and that can be frozen:
+    (2, its v2 directory), else (1, its directory in the v1 freezer hierarchy); None when `pid`
+    is in neither (runtime.pause then uses signals)."""
+    try:
+        v2_path, v1_paths = _our_cgroups(pid)
+    except OSError:
+        return None
+    name = f"strata-{container_id[:12]}"
+    v2_mount, v1_mounts = _mounted_hierarchies()
+    if v2_path is not None and os.path.basename(v2_path) == name and v2_mount is not None:
+        group = v2_mount / v2_path.lstrip("/")
+        if (group / "cgroup.freeze").exists():
+            return 2, group
+    v1_path = v1_paths.get("freezer")
+    if v1_path is not None and os.path.basename(v1_path) == name and "freezer" in v1_mounts:
+        group = v1_mounts["freezer"] / v1_path.lstrip("/")
+        if (group / "freezer.state").exists():
+            return 1, group
+    return None
 
 
 def remove_stale(container_id: str) -> None:

@@ -31,53 +31,10 @@ from pathlib import Path
 from typing import Final
 
 from unionfs.errors import UsageError
-from unionfs.mountinfo import read_mountinfo
+
+from .cgroups import own_freezer
 
 _TIMEOUT: Final = 10.0
-
-
-def _cgroup2_mount() -> Path | None:
-    return next((m.mountpoint for m in read_mountinfo() if m.fstype == "cgroup2"), None)
-
-
-def own_cgroup(pid: int, container_id: str) -> Path | None:
-    """The container's own cgroup v2 directory (where `pid` lives), if it has one."""
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        if line.startswith("0::"):
-            path = line[3:]
-            if os.path.basename(path) != f"strata-{container_id[:12]}":
-                return None
-            mount = _cgroup2_mount()
-            if mount is None:
-                return None
-            group = mount / path.lstrip("/")
-            return group if (group / "cgroup.freeze").exists() else None
-    return None
-
-
-def _freezer_v1(pid: int, container_id: str) -> Path | None:
-    """The container's own cgroup in the v1 freezer hierarchy (where `pid` lives), if any."""
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "freezer" not in controllers.split(","):
-            continue
-        if os.path.basename(path) != f"strata-{container_id[:12]}":
-            return None
-        for m in read_mountinfo():
-            if m.fstype == "cgroup" and "freezer" in m.super_options.split(","):
-                group = m.mountpoint / path.lstrip("/")
-                return group if (group / "freezer.state").exists() else None
-    return None
 
 
 def _set_v1(group: Path, state: str) -> None:
@@ -93,13 +50,13 @@ def freeze(init_pid: int, container_id: str) -> str:
     """`strata pause`: freeze the container's own cgroup (v2, else the v1 freezer's), or, with
     neither (rootless without a delegated cgroup), SIGSTOP every process of its PID namespace;
     how ("cgroup" or "signals")."""
-    group = own_cgroup(init_pid, container_id)
-    if group is not None:
-        _freeze(group, 1)
-        return "cgroup"
-    v1 = _freezer_v1(init_pid, container_id)
-    if v1 is not None:
-        _set_v1(v1, "FROZEN")
+    found = own_freezer(init_pid, container_id)
+    if found is not None:
+        version, group = found
+        if version == 2:
+            _freeze(group, 1)
+        else:
+            _set_v1(group, "FROZEN")
         return "cgroup"
     stopped: list[int] = []
     try:
@@ -113,13 +70,13 @@ def freeze(init_pid: int, container_id: str) -> str:
 def thaw(init_pid: int, container_id: str) -> None:
     """`strata unpause`: undo `freeze` (after signals: SIGCONT to every process of the
     container's PID namespace, so also to one that the container itself had stopped)."""
-    group = own_cgroup(init_pid, container_id)
-    if group is not None:
-        _freeze(group, 0)
-        return
-    v1 = _freezer_v1(init_pid, container_id)
-    if v1 is not None:
-        _set_v1(v1, "THAWED")
+    found = own_freezer(init_pid, container_id)
+    if found is not None:
+        version, group = found
+        if version == 2:
+            _freeze(group, 0)
+        else:
+            _set_v1(group, "THAWED")
         return
     _continue(container_pids(init_pid))
 
@@ -127,12 +84,12 @@ def thaw(init_pid: int, container_id: str) -> None:
 def is_frozen(init_pid: int, container_id: str) -> bool:
     """Whether the container is paused: its cgroup frozen, or (without one) every process of
     its PID namespace stopped."""
-    group = own_cgroup(init_pid, container_id)
-    if group is not None:
-        return "frozen 1" in (group / "cgroup.events").read_text()
-    v1 = _freezer_v1(init_pid, container_id)
-    if v1 is not None:
-        return (v1 / "freezer.state").read_text().strip() == "FROZEN"
+    found = own_freezer(init_pid, container_id)
+    if found is not None:
+        version, group = found
+        if version == 2:
+            return "frozen 1" in (group / "cgroup.events").read_text()
+        return (group / "freezer.state").read_text().strip() == "FROZEN"
     states = {_state(pid) for pid in container_pids(init_pid)}
     return bool(states) and states <= {"T", "t", "Z", "X"}
 
@@ -210,7 +167,7 @@ def _freeze(group: Path, value: int) -> None:
 def paused(init_pid: int, container_id: str) -> Iterator[str]:
     """The container whose PID 1 is `init_pid` paused for the body; yields how ("cgroup" or
     "signals"). Always resumed."""
-    if own_cgroup(init_pid, container_id) or _freezer_v1(init_pid, container_id):
+    if own_freezer(init_pid, container_id) is not None:
         freeze(init_pid, container_id)
         try:
             yield "cgroup"
