@@ -192,14 +192,23 @@ class Context:
         return self.root if rel == "." else self.root / rel
 
     def digest(self, selected: Iterable[str]) -> str:
-        """xxh3-128 of the names, types, modes, owners, link targets and contents of the
-        selected paths and everything kept below them: the cache key of a COPY/ADD step."""
+        """xxh3-128 of the names, types, modes, owners, link targets, contents, extended
+        attributes and hard links (which earlier path each is a link of) of the selected
+        paths and everything kept below them: the cache key of a COPY/ADD step."""
+        from .copier import xattrs
+
         h = xxhash.xxh3_128()
+        first: dict[tuple[int, int], str] = {}
         for rel in _with_contents(self, selected):
             path = self.host(rel)
             st = os.lstat(path)
             h.update(os.fsencode(rel) + b"\0")
             h.update(f"{st.st_mode:o} {st.st_uid} {st.st_gid}\0".encode())
+            for name, value in xattrs(path).items():
+                h.update(f"xattr {name} {len(value)}\0".encode() + value)
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                linked = first.setdefault((st.st_dev, st.st_ino), rel)
+                h.update(b"link " + os.fsencode(linked) + b"\0")
             if stat.S_ISLNK(st.st_mode):
                 h.update(os.fsencode(os.readlink(path)) + b"\0")
             elif stat.S_ISREG(st.st_mode):

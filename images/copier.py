@@ -125,6 +125,24 @@ def _archive_reader(path: Path) -> _Reader | None:
     return None
 
 
+def xattrs(path: Path) -> dict[str, bytes]:
+    """The extended attributes a copy of `path` keeps (file capabilities, `user.*`, ...): all
+    but the union's own (overlay and strata markers), as commit's changeset leaves them out."""
+    from unionfs.whiteout import is_private_xattr
+
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:  # a filesystem without xattrs
+        return {}
+    out = {}
+    for name in sorted(names):
+        if is_private_xattr(name):
+            continue
+        with contextlib.suppress(OSError):
+            out[name] = os.getxattr(path, name, follow_symlinks=False)
+    return out
+
+
 class Source(Protocol):
     """Where COPY's sources come from: the build context, a stage's root (COPY --from), or
     here-document files. Paths are source-relative `str`s, as `Context` has them."""
@@ -154,6 +172,10 @@ class Copier:
         self.owner = owner
         self.staging = staging
         self.mode = mode  # --chmod: of every file and directory copied
+        # Hard links within one source stay links (BuildKit's copy and buildah's keep them
+        # per source, not across the sources of one COPY): the first copy of each multiply
+        # linked source inode (st_dev, st_ino).
+        self.links: dict[tuple[int, int], Path] = {}
 
     def _owner(self, st: os.stat_result) -> tuple[int, int]:
         if self.owner is not None:
@@ -194,7 +216,7 @@ class Copier:
                     os.unlink(dst)
                 if not os.path.lexists(dst):
                     os.mkdir(dst, 0o700)
-                self.set_attrs(dst, st, owner=self._owner(st))
+                self.set_attrs(dst, st, owner=self._owner(st), src=src)
                 dirs.append((dst, st))
             else:
                 self.copy_one(src, dst, st)
@@ -206,6 +228,12 @@ class Copier:
             if dst.is_dir() and not dst.is_symlink():
                 raise CopyError(f"cannot overwrite directory {dst.relative_to(self.root)}")
             os.unlink(dst)
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            first = self.links.get((st.st_dev, st.st_ino))
+            if first is not None:
+                os.link(first, dst, follow_symlinks=False)
+                return
+            self.links[(st.st_dev, st.st_ino)] = dst
         if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(src), dst)
         elif stat.S_ISREG(st.st_mode):
@@ -215,18 +243,33 @@ class Copier:
             os.mknod(dst, st.st_mode, st.st_rdev)  # a stage's /dev entries, say
         else:
             raise CopyError(f"{src.relative_to(self.context.root)}: a socket cannot be copied")
-        self.set_attrs(dst, st, owner=self._owner(st))
+        self.set_attrs(dst, st, owner=self._owner(st), src=src)
         os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
     def set_attrs(
-        self, dst: Path, st: os.stat_result, *, owner: tuple[int, int], chmod: bool = True
+        self,
+        dst: Path,
+        st: os.stat_result,
+        *,
+        owner: tuple[int, int],
+        src: Path,
+        chmod: bool = True,
     ) -> None:
-        """Owner and mode of a copy: `--chmod`'s mode when given (not for ADD's extraction,
-        which keeps the archive's, as `--chown` does there)."""
+        """Owner, mode and extended attributes of a copy: `--chmod`'s mode when given (not for
+        ADD's extraction, which keeps the archive's, as `--chown` does there). The xattrs come
+        last: a chown clears `security.capability`."""
         os.chown(dst, *owner, follow_symlinks=False)
         if not stat.S_ISLNK(st.st_mode):
             mode = self.mode if self.mode is not None and chmod else stat.S_IMODE(st.st_mode)
             os.chmod(dst, mode)
+        for name, value in xattrs(src).items():
+            try:
+                os.setxattr(dst, name, value, follow_symlinks=False)
+            except OSError as e:
+                raise CopyError(
+                    f"{dst.relative_to(self.root)}: cannot set extended attribute {name}:"
+                    f" {e.strerror}"
+                ) from None
 
     def extract(self, rel: str, reader: _Reader, target: Path) -> None:
         """ADD of a local tar: extracted (by the store's safe extractor) into a scratch dir,
@@ -265,7 +308,7 @@ class Copier:
                     else:
                         with open(src, "rb") as fin, open(dst, "xb") as fout:
                             shutil.copyfileobj(fin, fout, 1 << 20)
-                    self.set_attrs(dst, st, owner=(st.st_uid, st.st_gid), chmod=False)
+                    self.set_attrs(dst, st, owner=(st.st_uid, st.st_gid), src=src, chmod=False)
                     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
                 elif (
                     stat.S_ISFIFO(st.st_mode)
@@ -275,7 +318,7 @@ class Copier:
                     if os.path.lexists(dst) and not (dst.is_dir() and not dst.is_symlink()):
                         os.unlink(dst)
                     os.mknod(dst, st.st_mode, st.st_rdev)
-                    self.set_attrs(dst, st, owner=(st.st_uid, st.st_gid), chmod=False)
+                    self.set_attrs(dst, st, owner=(st.st_uid, st.st_gid), src=src, chmod=False)
             for name in dirnames:
                 src = Path(dirpath, name)
                 st = os.lstat(src)
@@ -286,7 +329,7 @@ class Copier:
                     os.unlink(dst)
                 if not os.path.lexists(dst):
                     os.mkdir(dst, 0o700)
-                self.set_attrs(dst, st, owner=(st.st_uid, st.st_gid), chmod=False)
+                self.set_attrs(dst, st, owner=(st.st_uid, st.st_gid), src=src, chmod=False)
                 dirs.append((dst, st))
         for dst, st in reversed(dirs):
             os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
