@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 from unionfs.errors import UsageError
 
 from .buildcheck import BuildError, Plan, Stage, check_dockerfile, check_trigger
-from .context import Context, ContextError, IgnoreRules, StageRoot
+from .context import Context, ContextError, IgnoreRules, StageRoot, parents_path
 from .copier import Copier, CopyError, Source, make_dirs, resolve_chown
 from .dockerfile import (
     DockerfileError,
@@ -476,6 +476,13 @@ class Builder:
         if _linked(ins):
             key["link"] = True
             flags += "--link "
+        parents, excludes = self._copy_filters(ins, state)
+        if parents:
+            key["parents"] = True
+            flags += "--parents "
+        if excludes:
+            key["exclude"] = excludes
+            flags += "".join(f"--exclude={e} " for e in excludes)
         src_state: _State | None = None
         if from_ref:
             from_ref = self._expand(ins, from_ref, state)
@@ -512,14 +519,18 @@ class Builder:
                     if url not in downloads:
                         downloads[url] = self._download(ins, url, str(key["checksum"]))
                 try:
-                    picked = self._context_sources(sources, docs, contents, downloads)
+                    picked = [
+                        (src, rel, s)
+                        for s in sources
+                        for src, rel in self._context_sources([s], docs, contents, downloads)
+                    ]
                 except ContextError as e:
                     raise BuildError(f"{self._at(ins)}: {kw} failed: {e}") from None
                 return self._copy(ins, state, chown, picked, dest)
             with self._mounted(src_state) as (src_root, _):
                 tree = StageRoot(src_root)
                 try:
-                    picked = [(tree, rel) for s in sources for rel in tree.select(s)]
+                    picked = [(tree, rel, s) for s in sources for rel in tree.select(s)]
                 except (ContextError, OSError) as e:
                     raise BuildError(f"{self._at(ins)}: {kw} failed: {_describe_any(e)}") from None
                 return self._copy(ins, state, chown, picked, dest)
@@ -979,14 +990,16 @@ class Builder:
         ins: Instruction,
         state: _State,
         chown: str,
-        selected: Sequence[tuple[Source, str]],
+        selected: Sequence[tuple[Source, str, str]],
         dest: str,
     ) -> tuple[_State, str]:
         """Copy `selected` to `dest` through a mount of the image so far, or with `--link`
         into an empty one: BuildKit's linked layer, which does not depend on the layers below
         (symlinks of the image in the destination path are not followed)."""
         workdir = str(state.inner.get("WorkingDir") or "/")
-        as_dir = dest.endswith(("/", "/.")) or dest in (".", "/")
+        parents, excludes = self._copy_filters(ins, state)
+        # with --parents DEST is always the directory the sources' paths are made in
+        as_dir = dest.endswith(("/", "/.")) or dest in (".", "/") or parents
         if len(selected) > 1 and not as_dir:
             raise BuildError(
                 f"{self._at(ins)}: {ins.keyword}: with more than one source file the destination"
@@ -1003,8 +1016,26 @@ class Builder:
         with self._mounted(onto) as (mnt, upper):
             if chown and owner is None:
                 owner = self._owner(ins, mnt, chown)
-            self._copy_into(ins, mnt, selected, dest_path, owner, mode, as_dir=as_dir)
+            self._copy_into(
+                ins,
+                mnt,
+                selected,
+                dest_path,
+                owner,
+                mode,
+                as_dir=as_dir,
+                parents=parents,
+                exclude=IgnoreRules(excludes) if excludes else None,
+            )
         return state, self._add_layer(upper, self._lowers(onto))
+
+    def _copy_filters(self, ins: Instruction, state: _State) -> tuple[bool, list[str]]:
+        """COPY --parents (true or false) and the --exclude patterns (substituted)."""
+        parents = ins.has_flag("parents") and ins.flag("parents") not in ("false", "0")
+        excludes = [
+            self._expand(ins, value or "", state) for name, value in ins.flags if name == "exclude"
+        ]
+        return parents, [e for e in excludes if e]
 
     def _owner(self, ins: Instruction, root: Path, chown: str) -> tuple[int, int]:
         owner = resolve_chown(root, chown)
@@ -1027,21 +1058,25 @@ class Builder:
         self,
         ins: Instruction,
         mnt: Path,
-        selected: Sequence[tuple[Source, str]],
+        selected: Sequence[tuple[Source, str, str]],
         dest_path: str,
         owner: tuple[int, int] | None,
         mode: int | None,
         *,
         as_dir: bool,
+        parents: bool = False,
+        exclude: IgnoreRules | None = None,
     ) -> None:
+        """Each selected (source, path, the source word that named it) copied to DEST."""
         from runtime.mounts import resolve_in_root
 
         try:
             target = resolve_in_root(mnt, dest_path)
-            for source, rel in selected:
+            for source, rel, word in selected:
                 extract = ins.keyword == "ADD" and source is self.context
-                copier = Copier(source, mnt, owner, self.staging, mode=mode)
-                copier.copy(rel, target, as_dir=as_dir, extract=extract)
+                copier = Copier(source, mnt, owner, self.staging, mode=mode, exclude=exclude)
+                landed = parents_path(word, rel) if parents and not _is_http(word) else None
+                copier.copy(rel, target, as_dir=as_dir, extract=extract, parents=landed)
         except (OSError, CopyError) as e:
             raise BuildError(f"{self._at(ins)}: {ins.keyword} failed: {_describe(e)}") from None
 

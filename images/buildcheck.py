@@ -34,13 +34,13 @@ SUPPORTED: Final = frozenset(
     }
 )
 FLAGS: Final = {
-    "COPY": {"chown", "from", "chmod", "link"},
-    "ADD": {"chown", "chmod", "link", "checksum"},
+    "COPY": {"chown", "from", "chmod", "link", "parents", "exclude"},
+    "ADD": {"chown", "chmod", "link", "checksum", "exclude"},
     "FROM": {"platform"},
     "RUN": {"mount", "network", "security"},
     "HEALTHCHECK": {"interval", "timeout", "start-period", "start-interval", "retries"},
 }
-_BOOLEAN_FLAGS: Final = frozenset({"link"})  # `--link` alone means --link=true
+_BOOLEAN_FLAGS: Final = frozenset({"link", "parents"})  # `--link` alone means --link=true
 # What ONBUILD may not carry (Docker's rule).
 _NOT_ONBUILD: Final = frozenset({"ONBUILD", "FROM", "MAINTAINER"})
 BUILD_FAILED: Final = 1
@@ -104,6 +104,8 @@ def check_dockerfile(instructions: tuple[Instruction, ...], where: str) -> Plan:
                 raise BuildError(f"{at}: {ins.keyword} --{name} is not supported")
             if not value and name not in _BOOLEAN_FLAGS:
                 raise BuildError(f"{at}: {ins.keyword} --{name} needs a value (--{name}=...)")
+            if name in _BOOLEAN_FLAGS and value not in (None, "true", "false", "1", "0"):
+                raise BuildError(f"{at}: {ins.keyword} --{name}={value}: expected true or false")
         if not ins.args and ins.keyword not in ("CMD", "ENTRYPOINT"):
             raise BuildError(f"{at}: {ins.keyword} needs arguments")
         if ins.keyword == "ONBUILD":

@@ -219,6 +219,23 @@ class Context:
         return h.hexdigest()
 
 
+def parents_path(source: str, rel: str) -> str:
+    """COPY --parents: where the path `rel` that the source word `source` selected lands
+    below DEST: all of it, or, when the source has a pivot `/./` (`x/./y/*.txt`), what
+    follows the pivot (as BuildKit)."""
+    head, pivot, _ = source.lstrip("/").partition("/./")
+    if not pivot:
+        return rel
+    base = clean(head)
+    if base == ".":
+        return rel
+    parts = rel.split("/")
+    depth = len(base.split("/"))
+    if not _compile(base).match("/".join(parts[:depth])):
+        return rel
+    return "/".join(parts[depth:]) or "."
+
+
 def _with_contents(context: Context, selected: Iterable[str]) -> Iterator[str]:
     for rel in selected:
         yield rel
@@ -272,7 +289,12 @@ class StageRoot:
         return rels
 
     def host(self, rel: str) -> Path:
-        return self._hosts[rel]
+        """Where a selected path (or one below it) is; another path of the root (a parent
+        that COPY --parents copies) resolved as in a container."""
+        from runtime.mounts import resolve_in_root
+
+        found = self._hosts.get(rel)
+        return found if found is not None else resolve_in_root(self.root, rel)
 
     def below(self, rel: str) -> list[str]:
         top = self._hosts[rel]

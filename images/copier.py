@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Final, Protocol, cast
 
+from .context import IgnoreRules
+
 
 class CopyError(Exception):
     pass
@@ -166,12 +168,15 @@ class Copier:
         staging: Path,
         *,
         mode: int | None = None,
+        exclude: IgnoreRules | None = None,
     ) -> None:
         self.context = context
         self.root = root
         self.owner = owner
         self.staging = staging
         self.mode = mode  # --chmod: of every file and directory copied
+        # --exclude: matched against the path each copy lands at below DEST
+        self.exclude = exclude
         # Hard links within one source stay links (BuildKit's copy and buildah's keep them
         # per source, not across the sources of one COPY): the first copy of each multiply
         # linked source inode (st_dev, st_ino).
@@ -182,7 +187,18 @@ class Copier:
             return self.owner
         return (st.st_uid, st.st_gid) if self.context.keeps_owner else (0, 0)
 
-    def copy(self, rel: str, target: Path, *, as_dir: bool, extract: bool) -> None:
+    def _excluded(self, landed: str) -> bool:
+        return self.exclude is not None and self.exclude.excluded(landed)
+
+    def copy(
+        self, rel: str, target: Path, *, as_dir: bool, extract: bool, parents: str | None = None
+    ) -> None:
+        """Copy the source path `rel` to `target` (DEST resolved in the mount). `parents`
+        (COPY --parents): the path below the directory `target` that `rel` lands at, its
+        parent directories copied from the source's."""
+        if parents is not None:
+            self.copy_parents(rel, target, parents)
+            return
         src = self.context.host(rel)
         st = os.lstat(src)
         if stat.S_ISDIR(st.st_mode):
@@ -190,6 +206,8 @@ class Copier:
             if not target.is_dir() or target.is_symlink():
                 raise CopyError(f"{rel}: the destination is not a directory")
             self.copy_tree(rel, target)
+            return
+        if self._excluded(posixpath.basename(rel)):
             return
         if extract and stat.S_ISREG(st.st_mode):
             reader = _archive_reader(src)
@@ -203,14 +221,53 @@ class Copier:
             make_dirs(target.parent, self.root, None)
         self.copy_one(src, target, st)
 
-    def copy_tree(self, rel: str, target: Path) -> None:
+    def copy_parents(self, rel: str, target: Path, landed: str) -> None:
+        """COPY --parents: `rel` copied to `target/landed`, the directories on the way made
+        as the source has them (mode, times, xattrs; owner as for a copied directory)."""
+        make_dirs(target, self.root, self.owner)
+        if self._excluded(landed):
+            return
+        src = self.context.host(rel)
+        st = os.lstat(src)
+        parts = [] if landed == "." else landed.split("/")
+        source_parts = [] if rel == "." else rel.split("/")
+        made: list[tuple[Path, os.stat_result]] = []
+        where = target
+        for depth in range(len(parts) - (0 if stat.S_ISDIR(st.st_mode) else 1)):
+            where = where / parts[depth]
+            above = "/".join(source_parts[: len(source_parts) - len(parts) + depth + 1])
+            dir_src = self.context.host(above)
+            dir_st = os.lstat(dir_src)
+            if os.path.lexists(where) and not (where.is_dir() and not where.is_symlink()):
+                raise CopyError(f"{rel}: {where.relative_to(self.root)} is not a directory")
+            if not os.path.lexists(where):
+                os.mkdir(where, 0o700)
+                self.set_attrs(where, dir_st, owner=self._owner(dir_st), src=dir_src)
+                made.append((where, dir_st))
+        if stat.S_ISDIR(st.st_mode):
+            self.copy_tree(rel, where, landed="" if landed == "." else landed + "/")
+        else:
+            self.copy_one(src, where / parts[-1], st)
+        for dst, dir_st in reversed(made):
+            os.utime(dst, ns=(dir_st.st_atime_ns, dir_st.st_mtime_ns), follow_symlinks=False)
+
+    def copy_tree(self, rel: str, target: Path, *, landed: str = "") -> None:
+        """The contents of the source directory `rel` into `target`; `landed` is the path of
+        `target` below DEST (with `/`), which --exclude patterns see."""
         below = self.context.below(rel)
         prefix = "" if rel == "." else rel + "/"
         dirs: list[tuple[Path, os.stat_result]] = []
+        skipped: list[str] = []
         for child in below:  # sorted: a directory before what is in it
+            inner = child[len(prefix) :]
+            if any(inner.startswith(s) for s in skipped):
+                continue
+            if self._excluded(landed + inner):
+                skipped.append(inner + "/")
+                continue
             src = self.context.host(child)
             st = os.lstat(src)
-            dst = target / child[len(prefix) :]
+            dst = target / inner
             if stat.S_ISDIR(st.st_mode):
                 if os.path.lexists(dst) and not (dst.is_dir() and not dst.is_symlink()):
                     os.unlink(dst)

@@ -127,3 +127,86 @@ def test_copy_leaves_out_the_unions_private_xattrs(strata: Strata) -> None:
     with _image_root(store, "p:1", strata.tmp) as root:
         assert "trusted.overlay.opaque" not in os.listxattr(root / "f")
         assert (root / "f").read_text() == "f\n"
+
+
+PARENTS_AND_EXCLUDE = """\
+FROM localhost/uniontest:1 AS stage
+COPY x /sx/x
+FROM localhost/uniontest:1
+ARG PAT=*.md
+COPY --parents x/*.txt y/a.txt /p/
+COPY --parents ./x/./sub/c.txt /pivot/
+COPY --parents x /pdir/
+COPY --exclude=*.log --exclude=cache dir /ex/
+COPY --exclude=$PAT x /ex2/
+COPY --from=stage --parents /sx/x/sub/c.txt /fromp/
+COPY --from=stage --exclude=sub /sx/x /fromex/
+ADD --exclude=*.md x /addex/
+"""
+
+
+def _files(root: Path, top: str) -> list[str]:
+    found = []
+    for dirpath, _dirs, names in os.walk(root / top):
+        found += [os.path.relpath(os.path.join(dirpath, n), root) for n in names]
+    return sorted(found)
+
+
+def test_copy_parents_and_exclude(strata: Strata) -> None:
+    store = _load(strata)
+    ctx = strata.tmp / "ctx"
+    for rel, text in {
+        "x/a.txt": "xa",
+        "x/b.md": "xb",
+        "x/sub/c.txt": "xc",
+        "y/a.txt": "ya",
+        "dir/keep": "k",
+        "dir/skip.log": "s",
+        "dir/cache/big": "b",
+    }.items():
+        (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / rel).write_text(text)
+    os.chmod(ctx / "x", 0o750)
+    os.utime(ctx / "x", (1_000_000_000, 1_000_000_000))
+    (ctx / "Dockerfile").write_text(PARENTS_AND_EXCLUDE)
+    done = strata.run("build", "-t", "pe:1", str(ctx), check=True)
+    assert "COPY --parents x/*.txt y/a.txt /p/" in done.stdout
+    with _image_root(store, "pe:1", strata.tmp) as root:
+        assert _files(root, "p") == ["p/x/a.txt", "p/y/a.txt"]
+        # the parents are made as the context has them
+        st = os.stat(root / "p/x")
+        assert (st.st_mode & 0o7777, st.st_mtime) == (0o750, 1_000_000_000)
+        assert (st.st_uid, st.st_gid) == (0, 0)
+        assert _files(root, "pivot") == ["pivot/sub/c.txt"]
+        assert _files(root, "pdir") == ["pdir/x/a.txt", "pdir/x/b.md", "pdir/x/sub/c.txt"]
+        assert _files(root, "ex") == ["ex/keep"]
+        assert not (root / "ex/cache").exists()
+        assert _files(root, "ex2") == ["ex2/a.txt", "ex2/sub/c.txt"]
+        assert _files(root, "fromp") == ["fromp/sx/x/sub/c.txt"]
+        assert _files(root, "fromex") == ["fromex/a.txt", "fromex/b.md"]
+        assert _files(root, "addex") == ["addex/a.txt", "addex/sub/c.txt"]
+        assert (root / "p/y/a.txt").read_text() == "ya"
+    again = strata.run("build", "-t", "pe:1", str(ctx), check=True)
+    assert again.stdout.count("Using cache") == 9
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("COPY --parents=maybe a /", "COPY --parents=maybe: expected true or false"),
+        ("ADD --parents a /", "ADD --parents is not supported"),
+        ("COPY --exclude a /", "COPY --exclude needs a value (--exclude=...)"),
+        ("COPY --link=yes a /", "COPY --link=yes: expected true or false"),
+    ],
+)
+def test_copy_parents_and_exclude_bad_input(strata: Strata, line: str, error: str) -> None:
+    _load(strata)
+    ctx = strata.tmp / "ctx"
+    ctx.mkdir()
+    (ctx / "a").write_text("a")
+    (ctx / "Dockerfile").write_text(f"FROM localhost/uniontest:1\n{line}\n")
+    before = sorted(os.listdir(strata.root / "images/records"))
+    refused = strata.run("build", "-t", "bad:1", str(ctx))
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == f"strata: Dockerfile:2: {error}"
+    assert sorted(os.listdir(strata.root / "images/records")) == before
