@@ -64,6 +64,7 @@ from .dockerfile import (
 from .policy import obtain
 from .registries import Options
 from .runmounts import MountSpecError, RunMount, parse_mount
+from .stagepool import run_stages
 from .store import ImageRecord, ImageStore, normalize_ref
 
 if TYPE_CHECKING:
@@ -159,6 +160,7 @@ class Builder:
         self.layer_count = 0
         self.plan = Plan((), (), 0)
         self.results: dict[int, _State] = {}  # built stages by index
+        self.pid = os.getpid()  # stages may be built in child processes (stagepool)
 
     # -- the whole build
 
@@ -192,12 +194,18 @@ class Builder:
         for step, ins in enumerate(plan.prelude, 1):
             self.say(f"Step {step}/{plan.total} : {ins}")
             self._arg(ins, self.global_args)
-        needed = self._needed(target)
+        deps = self._needed(target)
         with self.store.staging() as staging:
             self.staging = staging
-            for stage in plan.stages[: target.index + 1]:
-                if stage.index in needed and stage.index not in self.results:
-                    self._stage(stage)
+            run_stages(
+                sorted(deps),
+                deps,
+                lambda i: plan.stages[i].name or f"stage-{i}",
+                self._stage_in_pool,
+                self._adopt,
+                staging,
+                self.say,
+            )
             state = self.results[target.index]
             unused = sorted(set(self.opts.build_args) - self.used_args)
             if unused:
@@ -234,17 +242,18 @@ class Builder:
             }
         return out
 
-    def _needed(self, target: Stage) -> set[int]:
+    def _needed(self, target: Stage) -> dict[int, set[int]]:
         """The stages the target needs (its FROM and COPY --from, named with the global
-        build args): only those are built, each once, as BuildKit and buildah do."""
+        build args), each with the stages it needs itself: only those are built, each once,
+        as BuildKit and buildah do, and those that do not need each other at the same time."""
         env = {k: v for k, v in self.global_args.items() if v is not None}
-        needed: set[int] = set()
+        needed: dict[int, set[int]] = {}
         todo = [target]
         while todo:
             stage = todo.pop()
             if stage.index in needed:
                 continue
-            needed.add(stage.index)
+            needed[stage.index] = set()
             refs = []
             with contextlib.suppress(DockerfileError, IndexError):
                 refs.append(expand_words(stage.instructions[0].args, env, self.escape)[0])
@@ -261,8 +270,35 @@ class Builder:
             for ref in refs:
                 dep = self.plan.stage(ref, stage.index)
                 if dep is not None:
+                    needed[stage.index].add(dep.index)
                     todo.append(dep)
         return needed
+
+    def _stage_in_pool(self, index: int) -> dict[str, object]:
+        """Build a stage for `stagepool.run_stages` (in this process or a child): its result
+        and the build args it used, as JSON. A child numbers its scratch dirs apart from the
+        other processes', as they share the staging dir."""
+        if os.getpid() != self.pid:
+            self.layer_count = (index + 1) * 1_000_000
+        state = self._stage_result(self.plan.stages[index])
+        return {
+            "config": state.config,
+            "layers": state.layers,
+            "stored_id": state.stored_id,
+            "used_args": sorted(self.used_args),
+        }
+
+    def _adopt(self, index: int, result: object) -> None:
+        """A stage's result (from `_stage_in_pool`, maybe of a child) kept for the stages
+        after it."""
+        assert isinstance(result, dict)
+        stored_id = result.get("stored_id")
+        self.results[index] = _State(
+            result["config"],
+            [str(d) for d in result["layers"]],
+            stored_id=str(stored_id) if stored_id else None,
+        )
+        self.used_args.update(str(a) for a in result["used_args"])
 
     def _stage(self, stage: Stage) -> _State:
         """Build one stage (its FROM and instructions); its result is kept for the stages

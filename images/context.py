@@ -15,6 +15,7 @@ undecodable bytes as surrogates, so no name is lost).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
@@ -121,6 +122,24 @@ class IgnoreRules:
         return matched
 
 
+def xattrs(path: Path) -> dict[str, bytes]:
+    """The extended attributes a copy of `path` keeps (file capabilities, `user.*`, ...): all
+    but the union's own (overlay and strata markers), as commit's changeset leaves them out."""
+    from unionfs.whiteout import is_private_xattr
+
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:  # a filesystem without xattrs
+        return {}
+    out = {}
+    for name in sorted(names):
+        if is_private_xattr(name):
+            continue
+        with contextlib.suppress(OSError):
+            out[name] = os.getxattr(path, name, follow_symlinks=False)
+    return out
+
+
 class Context:
     """A build context directory and what of it `.dockerignore` leaves in."""
 
@@ -195,8 +214,6 @@ class Context:
         """xxh3-128 of the names, types, modes, owners, link targets, contents, extended
         attributes and hard links (which earlier path each is a link of) of the selected
         paths and everything kept below them: the cache key of a COPY/ADD step."""
-        from .copier import xattrs
-
         h = xxhash.xxh3_128()
         first: dict[tuple[int, int], str] = {}
         for rel in _with_contents(self, selected):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Final, Protocol, cast
 
-from .context import IgnoreRules
+from .context import IgnoreRules, xattrs
 
 
 class CopyError(Exception):
@@ -125,24 +125,6 @@ def _archive_reader(path: Path) -> _Reader | None:
     if len(block) == 512 and block[_TAR_MAGIC_OFFSET : _TAR_MAGIC_OFFSET + 5] == b"ustar":
         return reader
     return None
-
-
-def xattrs(path: Path) -> dict[str, bytes]:
-    """The extended attributes a copy of `path` keeps (file capabilities, `user.*`, ...): all
-    but the union's own (overlay and strata markers), as commit's changeset leaves them out."""
-    from unionfs.whiteout import is_private_xattr
-
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:  # a filesystem without xattrs
-        return {}
-    out = {}
-    for name in sorted(names):
-        if is_private_xattr(name):
-            continue
-        with contextlib.suppress(OSError):
-            out[name] = os.getxattr(path, name, follow_symlinks=False)
-    return out
 
 
 class Source(Protocol):

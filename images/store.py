@@ -322,8 +322,15 @@ class ImageStore:
         return used
 
     def hold(self, staging: Path, diff_ids: list[str] | tuple[str, ...]) -> None:
-        """Record that the operation owning `staging` uses these layers (with the lock held)."""
-        write_json(staging / HELD, {"layers": list(diff_ids)})
+        """Record that the operation owning `staging` uses these layers (with the lock held),
+        besides those it recorded before: the stages of a build may run in processes of their
+        own (images.stagepool), each adding its layers."""
+        try:
+            before = read_json(staging / HELD).get("layers") or []
+        except FileNotFoundError:
+            before = []
+        known = [str(d) for d in before] if isinstance(before, list) else []
+        write_json(staging / HELD, {"layers": sorted({*known, *diff_ids})})
 
     def _held_layers(self) -> set[str]:
         """Layers named by `held.json` in staging dirs whose owner is still at work."""
