@@ -888,13 +888,11 @@ class Builder:
 
         self.layer_count += 1
         scratch = self.staging / f"runmount{self.layer_count}"
-        if mount.kind == "tmpfs":
-            scratch.mkdir(mode=0o755)  # an empty directory of the RUN's own (deleted after)
-            return Volume(str(scratch), mount.target), None
+        if mount.kind == "tmpfs":  # the runtime mounts it in the container (memory, size)
+            options = "nosuid" + ("" if mount.size is None else f",size={mount.size}")
+            return Volume("tmpfs", mount.target, kind="tmpfs", options=options), None
         if mount.kind == "cache":
-            where = self._cache_mount_dir(mount)
-            if mount.sharing == "locked":
-                stack.enter_context(_flocked(where))
+            where = stack.enter_context(self._cache_mount_dir(mount))
             return Volume(str(where), mount.target, read_only=mount.read_only), None
         if mount.kind == "secret":
             data = self.opts.secrets.get(mount.id)
@@ -932,22 +930,42 @@ class Builder:
             ) from None
         return Volume(str(scratch / "tree"), mount.target, read_only=mount.read_only), None
 
-    def _cache_mount_dir(self, mount: RunMount) -> Path:
+    @contextlib.contextmanager
+    def _cache_mount_dir(self, mount: RunMount) -> Iterator[Path]:
         """A cache mount's directory under the store, made on first use with its mode and
-        owner; kept across builds (`strata prune` leaves it; remove it by hand)."""
+        owner, kept across builds, flock(2)ed while the RUN uses it: exclusively with
+        `sharing=locked`, else shared, so that `builder prune` (which takes it exclusively)
+        leaves it alone meanwhile."""
+        import fcntl
+
         name = hashlib.sha256(mount.id.encode(errors="surrogateescape")).hexdigest()[:32]
         where = self.store.path / "build-mounts" / name
-        if not where.is_dir():
-            where.parent.mkdir(mode=0o700, exist_ok=True)
-            tmp = where.with_name(f".{name}.{os.getpid()}.tmp")
-            tmp.mkdir(mode=0o700)
-            os.chown(tmp, mount.uid, mount.gid)
-            os.chmod(tmp, 0o755 if mount.mode is None else mount.mode)
+        while True:
+            if not where.is_dir():
+                where.parent.mkdir(mode=0o700, exist_ok=True)
+                tmp = where.with_name(f".{name}.{os.getpid()}.tmp")
+                tmp.mkdir(mode=0o700)
+                os.chown(tmp, mount.uid, mount.gid)
+                os.chmod(tmp, 0o755 if mount.mode is None else mount.mode)
+                try:
+                    os.rename(tmp, where)
+                except OSError:  # made meanwhile by another build
+                    os.rmdir(tmp)
             try:
-                os.rename(tmp, where)
-            except OSError:  # made meanwhile by another build
-                os.rmdir(tmp)
-        return where
+                fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # pruned between the look and the open: made again
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if mount.sharing == "locked" else fcntl.LOCK_SH)
+                try:
+                    current: os.stat_result | None = os.stat(where)
+                except FileNotFoundError:
+                    current = None
+                if current is not None and os.path.samestat(os.fstat(fd), current):
+                    yield where
+                    return
+            finally:
+                os.close(fd)  # (and pruned before the lock: made again)
 
     def _spec(self, state: _State) -> ImageSpec:
         from runtime.images import ImageConfig, ImageSpec
@@ -1286,19 +1304,6 @@ def _mount_text(mount: RunMount) -> str:
     """A mount as the history shows it: what differs from the defaults."""
     shown = {k: v for k, v in mount.key().items() if v not in (False, 0) or k == "mode"}
     return ",".join(f"{k}={'true' if v is True else v}" for k, v in shown.items())
-
-
-@contextlib.contextmanager
-def _flocked(path: Path) -> Iterator[None]:
-    """An exclusive flock(2) on a directory while a RUN uses it (`sharing=locked`)."""
-    import fcntl
-
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _remove_stubs(upper: Path, stubs: Sequence[tuple[str, str]]) -> None:

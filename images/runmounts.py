@@ -6,7 +6,8 @@ checked before anything runs. Pure: the builder (build.py) makes the directories
   source (the builder binds a copy).
 - `type=cache`: a directory kept under the store across builds, by `id` (default the target),
   created with `mode` (0755), `uid` and `gid` (0); `sharing=shared|locked|private`.
-- `type=tmpfs`: an empty writable directory for the RUN only (`size` accepted).
+- `type=tmpfs`: a tmpfs for the RUN only, of at most `size` bytes (`64m`, `1g`: BuildKit's
+  units) when given.
 - `type=secret`: the `--secret id=...` file given to `strata build`, at `target` (default
   `/run/secrets/ID`) or in the environment variable `env`, mode 0400 unless `mode`;
   `required=true` fails the build when the secret is not given.
@@ -18,10 +19,14 @@ from __future__ import annotations
 
 import csv
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import Final
 
 KINDS: Final = frozenset({"bind", "cache", "tmpfs", "secret"})
+# BuildKit's tmpfs `size` (go-units RAMInBytes): a number, maybe with k, m, g, t (1024s), b
+_SIZE: Final = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
+_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _TARGET_KEYS: Final = ("target", "dst", "destination")
 _SOURCE_KEYS: Final = ("source", "src")
 _BOOL_KEYS: Final = frozenset({"rw", "readwrite", "ro", "readonly", "required"})
@@ -61,6 +66,7 @@ class RunMount:
     gid: int = 0
     required: bool = False
     env: str = ""  # secret: the variable it is given in
+    size: int | None = None  # tmpfs: its size limit in bytes
 
     def key(self) -> dict[str, object]:
         """What of the mount goes into the RUN's cache key (never a secret's or a cache's
@@ -78,6 +84,7 @@ class RunMount:
                 ("uid", self.uid),
                 ("gid", self.gid),
                 ("env", self.env),
+                ("size", self.size),
             )
             if v not in ("", None)
         }
@@ -129,7 +136,18 @@ def parse_mount(text: str, workdir: str) -> RunMount:
         gid=_number(fields, "gid", 10) or 0,
         required=_bool(fields, "required"),
         env=fields.get("env", ""),
+        size=_size(fields["size"]) if "size" in fields else None,
     )
+
+
+def _size(value: str) -> int:
+    m = _SIZE.fullmatch(value.strip())
+    if m is None:
+        raise MountSpecError(f"size={value}: expected a size such as 64m or 1g")
+    size = int(float(m[1]) * _UNITS[m[2].lower()])
+    if size <= 0 or size >= 2**63:
+        raise MountSpecError(f"size={value}: out of range")
+    return size
 
 
 def _bool(fields: dict[str, str], name: str) -> bool:

@@ -5,7 +5,11 @@ store's layer because they need both the store and the runtime.
 
 Sizes are docker's: an image's is its layers' (each layer counted once over all images), a
 container's is its writable layer, a volume's its `_data`; the build cache is the layers only
-build cache entries name. Numbers are printed with go-units' HumanSize, as docker prints them.
+build cache entries name and the directories of `RUN --mount=type=cache` (docker counts both as
+its "Build Cache"). Numbers are printed with go-units' HumanSize, as docker prints them.
+
+`strata builder prune` is docker's: the build cache alone (entries, the layers only they name,
+and cache mounts no RUN uses at the moment).
 """
 
 from __future__ import annotations
@@ -47,6 +51,61 @@ def _cache_layers(store: ImageStore) -> tuple[int, set[str]]:
                 if isinstance(named, list):
                     layers.update(str(d) for d in named)
     return count, layers
+
+
+def _cache_mounts(store: ImageStore) -> list[Path]:
+    """The directories of `RUN --mount=type=cache` (images.build makes them)."""
+    where = store.path / "build-mounts"
+    try:
+        names = sorted(os.listdir(where))
+    except FileNotFoundError:
+        return []
+    return [where / name for name in names if not name.startswith(".")]
+
+
+def _in_use(mount: Path) -> bool:
+    """Whether a RUN uses the cache mount now (it holds a flock(2) on it meanwhile)."""
+    import fcntl
+
+    try:
+        fd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _drop_cache_mounts(store: ImageStore) -> tuple[list[str], int]:
+    """Remove the cache mounts no RUN uses: their names and the bytes they held. Each is
+    renamed aside while flock(2)ed (a build then makes a new one) and removed after."""
+    import fcntl
+
+    from runtime.state import remove_tree
+
+    dropped, freed = [], 0
+    for mount in _cache_mounts(store):
+        try:
+            fd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        aside = mount.with_name(f".pruned-{mount.name}-{os.getpid()}")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(mount, aside)
+        except (BlockingIOError, FileNotFoundError):
+            continue  # in use by a RUN, or pruned meanwhile
+        finally:
+            os.close(fd)
+        size = _dir_size(aside)
+        remove_tree(aside)
+        dropped.append(mount.name)
+        freed += size
+    return dropped, freed
 
 
 def _writable_size(cdir: ContainerDir) -> int:
@@ -92,6 +151,12 @@ def _run_df(args: argparse.Namespace, runner: Runner) -> int:
     cache_size = sum(
         _dir_size(store.layer_path(d)) for d in cache_layers - set(sizes) if store.has_layer(d)
     )
+    mounts = _cache_mounts(store)
+    mount_sizes = {m: _dir_size(m) for m in mounts}
+    busy = [m for m in mounts if _in_use(m)]
+    cache_free = cache_size + sum(size for m, size in mount_sizes.items() if m not in busy)
+    cache_size += sum(mount_sizes.values())
+    entries += len(mounts)
     rows = [
         ("TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"),
         ("Images", str(len(images)), str(len(active_images)), human_size(image_size),
@@ -100,7 +165,8 @@ def _run_df(args: argparse.Namespace, runner: Runner) -> int:
          _share(container_free, container_size)),
         ("Local Volumes", str(len(vols)), str(len(used & set(vol_sizes))), human_size(vol_size),
          _share(vol_free, vol_size)),
-        ("Build Cache", str(entries), "0", human_size(cache_size), human_size(cache_size)),
+        ("Build Cache", str(entries), str(len(busy)), human_size(cache_size),
+         human_size(cache_free)),
     ]  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -179,15 +245,53 @@ def _run_prune(args: argparse.Namespace, runner: Runner) -> int:
     if store.path.is_dir():
         before = _dir_size(store.layers_dir)
         sections.append(("Deleted Images:", _prune_images(store, all_unused=args.all)))
-        sections.append(("Deleted build cache objects:", _drop_build_cache(store)))
+        mounts, mounts_freed = _drop_cache_mounts(store)
+        sections.append(("Deleted build cache objects:", _drop_build_cache(store) + mounts))
         store.prune()  # the layers only those named
-        freed += max(0, before - _dir_size(store.layers_dir))
+        freed += max(0, before - _dir_size(store.layers_dir)) + mounts_freed
     for title, lines in sections:
         if lines:
             print(title)
             for line in lines:
                 print(line)
             print()
+    print(f"Total reclaimed space: {human_size(freed)}", flush=True)
+    return 0
+
+
+def _add_builder_prune(parser: argparse.ArgumentParser) -> None:
+    add_root(parser)
+    parser.add_argument(
+        "-a",
+        "--all",
+        action="store_true",
+        help="all build cache (strata keeps no other kind: the same as without)",
+    )
+    parser.add_argument("-f", "--force", action="store_true", help="do not ask (strata never asks)")
+
+
+def _run_builder_prune(args: argparse.Namespace, runner: Runner) -> int:
+    """docker's `builder prune`: the build cache entries, the layers only they named, and the
+    cache mounts no RUN uses now."""
+    from runtime.state import StateRoot
+    from runtime.volume_cli import human_size
+
+    from .store import ImageStore
+
+    store = ImageStore(StateRoot(root_path(args)).path)
+    dropped: list[str] = []
+    freed = 0
+    if store.path.is_dir():
+        before = _dir_size(store.layers_dir)
+        mounts, freed = _drop_cache_mounts(store)
+        dropped = _drop_build_cache(store) + mounts
+        store.prune()
+        freed += max(0, before - _dir_size(store.layers_dir))
+    if dropped:
+        print("Deleted build cache objects:")
+        for name in dropped:
+            print(name)
+        print()
     print(f"Total reclaimed space: {human_size(freed)}", flush=True)
     return 0
 
@@ -219,6 +323,12 @@ PRUNE: Final = Subcommand(
     "remove stopped containers, unused networks, untagged images and the build cache",
     _add_prune,
     _run_prune,
+)
+BUILDER_PRUNE: Final = Subcommand(
+    "prune",
+    "remove the build cache (cache entries and RUN cache mounts)",
+    _add_builder_prune,
+    _run_builder_prune,
 )
 CONTAINER_PRUNE: Final = Subcommand(
     "prune", "remove every stopped container", _add_container_prune, _run_container_prune

@@ -89,6 +89,10 @@ def subcommands() -> tuple[Subcommand, ...]:
             "system", "disk usage and clean-up", (), flat,
             ("df", images.system_cli.DF), ("prune", images.system_cli.PRUNE),
         ),
+        _group(
+            "builder", "manage the build cache", (), flat,
+            ("prune", images.system_cli.BUILDER_PRUNE),
+        ),
     )  # fmt: skip
     return (*flat, *groups)
 

@@ -77,8 +77,10 @@ def test_a_failing_stage_stops_the_others(strata: Strata) -> None:
     records = sorted(os.listdir(strata.root / "images/records"))
     failed = strata.run("build", "-t", "fail:1", str(ctx))
     assert failed.returncode == 1
-    assert failed.stderr.strip().splitlines()[-1].startswith(
-        "strata: Dockerfile:2: RUN /bin/sh -c i=0;"
+    assert (
+        failed.stderr.strip()
+        .splitlines()[-1]
+        .startswith("strata: Dockerfile:2: RUN /bin/sh -c i=0;")
     )
     assert failed.stderr.strip().endswith("exit status 3")
     assert sorted(os.listdir(strata.root / "images/records")) == records
