@@ -154,7 +154,9 @@ CMD ["cat", "/data/by-app"]
 """
 
 
-def _layer_trees(strata: Strata, ref: str) -> list[list[tuple[object, ...]]]:
+def _layer_trees(
+    strata: Strata, ref: str
+) -> list[list[tuple[str, bytes, int, int, int, int, str]]]:
     """The image's layers as their tars list them: name, type, mode, owner, size, link."""
     import io
     import tarfile
