@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runtime.namespaces import current_id_map, in_user_namespace
 from unionfs.errors import UsageError
 
 from .buildcheck import BuildError, Plan, Stage, check_dockerfile, check_trigger
@@ -165,11 +166,6 @@ class Builder:
     # -- the whole build
 
     def build(self) -> ImageRecord:
-        if os.geteuid() != 0:
-            raise BuildError(
-                "strata build needs root: its COPY and RUN steps mount the image's union and set"
-                " owners, which without root needs the whole build in a user namespace (not done)"
-            )
         if not self.opts.context.is_dir():
             raise BuildError(f"{self.opts.context}: the build context is not a directory")
         try:
@@ -829,6 +825,7 @@ class Builder:
                     volumes.append(volume)
                 if secret_env is not None:
                     env.append(secret_env)
+            rootless = in_user_namespace()  # a rootless build runs in the user's (see build())
             req = CreateRequest(
                 image=self._spec(state),
                 argv=tuple(argv),
@@ -836,7 +833,8 @@ class Builder:
                 env=tuple(env),
                 network=network,
                 volumes=tuple(volumes),
-                rootless=False,
+                rootless=rootless,
+                id_map=current_id_map() if rootless else None,
             )
             cdir = create(root, req)
             try:
@@ -996,7 +994,7 @@ class Builder:
             d.mkdir(parents=True, mode=0o755)
         lowers = self._lowers(state) or (empty,)
         try:
-            with UnionRootfs(privileged=True) as daemon:
+            with UnionRootfs(privileged=not in_user_namespace()) as daemon:
                 daemon.mount(
                     UnionConfig(lowers=lowers, upper=upper, work=work),
                     mnt,

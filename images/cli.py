@@ -33,6 +33,16 @@ def _store(args: argparse.Namespace) -> ImageStore:
     return ImageStore(root_path(args))
 
 
+def _store_as_owner(args: argparse.Namespace) -> ImageStore:
+    """The store, for a command that writes, reads or removes layer files: rootless, from
+    inside the user's user namespace, where layers keep their owners through its subordinate
+    ids and their files are its own (`runtime.namespaces.enter_rootless`)."""
+    from runtime.namespaces import enter_rootless
+
+    enter_rootless()
+    return _store(args)
+
+
 def _add_image_source_arguments(parser: argparse.ArgumentParser) -> None:
     """What `run` and `create` take for getting their image from a registry (podman's names)."""
     parser.add_argument(
@@ -99,7 +109,7 @@ def _add_load(parser: argparse.ArgumentParser) -> None:
 def _run_load(args: argparse.Namespace, runner: Runner) -> int:
     from .load import load, load_stream
 
-    store = _store(args)
+    store = _store_as_owner(args)
     if args.input and args.input != "-":
         path = Path(args.input)
         if not path.exists():
@@ -135,9 +145,9 @@ def _run_save(args: argparse.Namespace, runner: Runner) -> int:
                 "cowardly refusing to save to a terminal. Use the -o flag or redirect", 1
             )
         sys.stdout.flush()
-        save(_store(args), args.image, sys.stdout.buffer, args.format)
+        save(_store_as_owner(args), args.image, sys.stdout.buffer, args.format)
         return 0
-    save(_store(args), args.image, Path(args.output), args.format)
+    save(_store_as_owner(args), args.image, Path(args.output), args.format)
     return 0
 
 
@@ -158,7 +168,7 @@ def _add_import(parser: argparse.ArgumentParser) -> None:
 def _run_import(args: argparse.Namespace, runner: Runner) -> int:
     from .load import import_rootfs
 
-    store = _store(args)
+    store = _store_as_owner(args)
     rec = import_rootfs(store, args.file, args.reference, args.change)
     print(f"sha256:{rec.id}")
     return 0
@@ -267,7 +277,7 @@ def _run_build(args: argparse.Namespace, runner: Runner) -> int:
         target=args.target,
     )
     say = (lambda _line: None) if args.quiet else (lambda line: print(line, flush=True))
-    rec = build(_store(args), opts, say)
+    rec = build(_store_as_owner(args), opts, say)
     if args.quiet:
         print(f"sha256:{rec.id}")
     return 0
@@ -486,7 +496,7 @@ def _add_rmi(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_rmi(args: argparse.Namespace, runner: Runner) -> int:
-    store = _store(args)
+    store = _store_as_owner(args)
     for ref in args.images:
         for line in store.remove(ref, force=args.force):
             print(line)
@@ -498,7 +508,7 @@ def _add_prune(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_prune(args: argparse.Namespace, runner: Runner) -> int:
-    for line in _store(args).prune():
+    for line in _store_as_owner(args).prune():
         print(line)
     return 0
 
@@ -582,7 +592,7 @@ def _run_pull(args: argparse.Namespace, runner: Runner) -> int:
     from .pull import pull_reporting
 
     rec = pull_reporting(
-        _store(args),
+        _store_as_owner(args),
         args.image,
         registry_options(args),
         platform=args.platform,
@@ -696,7 +706,7 @@ def _run_push(args: argparse.Namespace, runner: Runner) -> int:
     from .pull import Reporter
     from .push import push, write_digestfile
 
-    store = _store(args)
+    store = _store_as_owner(args)
     options = registry_options(args)
     with Reporter(quiet=args.quiet) as reporter:
         digest = run_async(
