@@ -275,12 +275,15 @@ def _add_builder_prune(parser: argparse.ArgumentParser) -> None:
 def _run_builder_prune(args: argparse.Namespace, runner: Runner) -> int:
     """docker's `builder prune`: the build cache entries, the layers only they named, and the
     cache mounts no RUN uses now."""
+    from runtime.namespaces import enter_rootless
     from runtime.state import StateRoot
     from runtime.volume_cli import human_size
 
     from .store import ImageStore
 
-    store = ImageStore(StateRoot(root_path(args)).path)
+    root = StateRoot(root_path(args))
+    enter_rootless()  # layers and cache mounts of subordinate ids: only removable in there
+    store = ImageStore(root.path)
     dropped: list[str] = []
     freed = 0
     if store.path.is_dir():

@@ -11,10 +11,13 @@ process is left).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from tests.runtime.conftest import Strata
+from tests.runtime.test_rootless import rootless as rootless
 
 from .test_build import _load
+from .test_load import _archive
 from .test_multistage import _image_root
 
 # each RUN marks itself in the shared cache dir, then waits (at most 120 s) for the other's mark
@@ -86,3 +89,34 @@ def test_a_failing_stage_stops_the_others(strata: Strata) -> None:
     assert sorted(os.listdir(strata.root / "images/records")) == records
     assert strata.run("ps", "-a", "-q").stdout.strip() == ""
     assert os.listdir(strata.root / "images/tmp") == []
+
+
+ROOTLESS = (
+    PARALLEL.replace(
+        "RUN echo left says hello",
+        "RUN --mount=type=tmpfs,target=/t,size=64k"
+        " (dd if=/dev/zero of=/t/f bs=1024 count=128 2>/dev/null && echo fits || echo full) > /tmpfs",
+    )
+    + "COPY --from=left /tmpfs /\n"
+)
+
+
+def test_rootless_parallel_stages_tmpfs_and_builder_prune(
+    rootless: tuple[Strata, list[str], bool],
+) -> None:
+    """A rootless build (in the user's user namespace): the stages meet as root's do, the tmpfs
+    has its size, and builder prune removes the cache mount."""
+    user, _, _with_subids = rootless
+    ctx = Path(user.tmp) / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(ROOTLESS)
+    user.run("load", "-q", "-i", str(_archive("oci")), check=True)
+    done = user.run("build", "-t", "par:1", str(ctx), check=True)
+    assert "[right] right says hello" in done.stdout.splitlines()
+    shown = user.run("run", "--rm", "par:1", "cat", "/left.out", "/right.out", "/tmpfs")
+    assert shown.stdout == "left made\nright made\nfull\n", shown.stderr
+    assert len(os.listdir(Path(user.root) / "images/build-mounts")) == 1
+    pruned = user.run("builder", "prune", "-f", check=True)
+    assert pruned.stdout.startswith("Deleted build cache objects:\n")
+    assert os.listdir(Path(user.root) / "images/build-mounts") == []
+    assert user.container_ids() == []
