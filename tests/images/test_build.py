@@ -219,8 +219,8 @@ def _store_snapshot(store: ImageStore) -> tuple[list[str], list[str]]:
     ("dockerfile", "message"),
     [
         (
-            "FROM uniontest:1\nRUN true\nCOPY --parents a /x\n",
-            "Dockerfile:3: COPY --parents is not",
+            "FROM uniontest:1\nRUN true\nADD --keep-git-dir=true a /x\n",
+            "Dockerfile:3: ADD --keep-git-dir is not",
         ),
         ("FROM uniontest:1\nFOO bar\n", "Dockerfile:2: FOO is not supported"),
         ("FROM uniontest:1\nCOPY --from=0 a b\n", "Dockerfile:2: COPY --from=0: names this"),
