@@ -22,6 +22,7 @@ from runtime.health import (
 )
 
 from .conftest import Strata, container_processes, wait_for, wait_running
+from .test_rootless import rootless  # noqa: F401 (a fixture)
 
 FLAGS = {
     "cmd": "",
@@ -306,3 +307,39 @@ def test_image_healthcheck_under_the_run_flags(strata: Strata, tmp_path: Path) -
     assert isinstance(streak, int)
     assert streak >= 2
     assert sick["Log"][-1]["ExitCode"] == 1  # type: ignore[index]
+
+
+def test_attached_run_checks_in_the_container_and_keeps_its_output(
+    strata: Strata, busybox: list[str]
+) -> None:
+    """The check runs in the container's mount namespace (its file is what the command waits
+    for), while the container's output stays its own."""
+    done = strata.run(
+        "run", "--name", "att", "--health-cmd", "echo CHECK; touch /tmp/checked",
+        "--health-interval", "50ms", *busybox,
+        "sh", "-c", "until [ -e /tmp/checked ]; do sleep 0.05; done; echo done",
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, "done\n"), done.stderr
+    health = _health(strata, "att")
+    assert health["Status"] == "unhealthy"  # stopped, as docker's
+    log = health["Log"]
+    assert isinstance(log, list)
+    assert log[0]["Output"] == "CHECK\n"
+    assert strata.run("logs", "att", check=True).stdout == "done\n"
+
+
+def test_rootless_health_checks(
+    rootless: tuple[Strata, list[str], bool],  # noqa: F811
+) -> None:
+    strata, image, _ = rootless
+    strata.run(
+        "run", "-d", "--name", "rl", "--network", "none", "--health-cmd", "test -e /tmp/ok",
+        "--health-interval", "100ms", "--health-retries", "1000", *image, "/bin/sleep", "60",
+        check=True,
+    )  # fmt: skip
+    failed = strata.run("healthcheck", "run", "rl")
+    assert (failed.returncode, failed.stdout) == (1, "unhealthy\n"), failed.stderr
+    strata.run("exec", "rl", "touch", "/tmp/ok", check=True)
+    _wait_health(strata, "rl", "healthy", lambda h: h.get("Status") == "healthy")
+    assert strata.run("healthcheck", "run", "rl").returncode == 0
+    strata.run("stop", "-t", "0", "rl", check=True)
