@@ -261,11 +261,21 @@ def _log_of(health: dict[str, object]) -> list[object]:
     return list(log) if isinstance(log, list) else []
 
 
+def shown(cdir: ContainerDir) -> dict[str, object] | None:
+    """`State.Health` as `inspect` shows it: None without a check (or before its first start);
+    `unhealthy` once the container is not running, also when its monitor died unseen (killed
+    with SIGKILL, so it could not write that down)."""
+    if probe_argv(cdir.config.healthcheck, cdir.config.shell) is None:
+        return None
+    health = read(cdir)
+    if health is not None and cdir.effective_state().status != RUNNING:
+        health["Status"] = UNHEALTHY
+    return health
+
+
 def status(cdir: ContainerDir) -> str:
     """`starting`, `healthy`, `unhealthy`, or `none` (no check): `ps --filter health=`."""
-    if probe_argv(cdir.config.healthcheck, cdir.config.shell) is None:
-        return NONE
-    health = read(cdir)
+    health = shown(cdir)
     return str(health["Status"]) if health is not None else NONE
 
 

@@ -286,9 +286,7 @@ def _health_of(cdir: ContainerDir) -> dict[str, object]:
     """docker's `State.Health` (runtime.health), once a check has been started."""
     from . import health
 
-    if health.status(cdir) == health.NONE:
-        return {}
-    current = health.read(cdir)
+    current = health.shown(cdir)
     return {"Health": current} if current is not None else {}
 
 

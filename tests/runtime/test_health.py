@@ -260,7 +260,8 @@ def test_no_healthcheck_and_none(strata: Strata, busybox: list[str]) -> None:
 
 def test_healthcheck_run_now_and_records_it(strata: Strata, busybox: list[str]) -> None:
     strata.run(
-        "run", "-d", "--name", "manual", "--health-cmd", "test -e /ok",
+        "run", "-d", "--name", "manual",
+        "--health-cmd", "test -e /ok || { yes | head -c 5000; exit 1; }",
         "--health-interval", "1h", *busybox, "sleep", "1000", check=True,
     )  # fmt: skip
     wait_running(strata, "manual")
@@ -268,6 +269,7 @@ def test_healthcheck_run_now_and_records_it(strata: Strata, busybox: list[str]) 
     assert (failed.returncode, failed.stdout) == (1, "unhealthy\n")
     health = _health(strata, "manual")
     assert (health["Status"], health["FailingStreak"]) == ("starting", 1)
+    assert health["Log"][0]["Output"] == "y\n" * 2048 + "..."  # type: ignore[index]
     strata.run("exec", "manual", "touch", "/ok", check=True)
     passed = strata.run("healthcheck", "run", "manual")
     assert (passed.returncode, passed.stdout, passed.stderr) == (0, "", "")
@@ -289,7 +291,7 @@ def test_image_healthcheck_under_the_run_flags(strata: Strata, tmp_path: Path) -
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text(
-        'FROM uniontest:1\nHEALTHCHECK --interval=100ms --retries=1 CMD ["false"]\n'
+        'FROM uniontest:1\nHEALTHCHECK --interval=100ms --retries=1 CMD ["nosuchcheck", "-x"]\n'
     )
     strata.run("build", "-q", "-t", "checked:1", str(ctx), check=True)
     strata.run(
@@ -298,7 +300,7 @@ def test_image_healthcheck_under_the_run_flags(strata: Strata, tmp_path: Path) -
     )  # fmt: skip
     config = strata.inspect("img")["Config"]
     assert config["Healthcheck"] == {  # type: ignore[index]
-        "Test": ["CMD", "false"],
+        "Test": ["CMD", "nosuchcheck", "-x"],
         "Interval": 100_000_000,
         "Retries": 2,
     }
@@ -306,7 +308,9 @@ def test_image_healthcheck_under_the_run_flags(strata: Strata, tmp_path: Path) -
     streak = sick["FailingStreak"]
     assert isinstance(streak, int)
     assert streak >= 2
-    assert sick["Log"][-1]["ExitCode"] == 1  # type: ignore[index]
+    # a check that cannot start: docker's -1, with the reason as its output
+    assert sick["Log"][-1]["ExitCode"] == -1  # type: ignore[index]
+    assert sick["Log"][-1]["Output"] == "nosuchcheck: not found in $PATH"  # type: ignore[index]
 
 
 def test_attached_run_checks_in_the_container_and_keeps_its_output(
