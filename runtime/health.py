@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Final, NoReturn
 
 from unionfs.errors import UsageError
 
-from .logshow import go_duration
+from .logshow import go_duration, go_duration_text
 from .state import RUNNING, ContainerDir, StateRoot, epoch, now, read_json, write_json
 
 if TYPE_CHECKING:
@@ -89,27 +89,20 @@ def parse_flags(
 ) -> dict[str, object] | None:
     """`--health-*` and `--no-healthcheck` as docker's CLI and daemon check them (one line,
     status 125); None when none is given (the image's check applies)."""
-    durations = {
-        "Interval": _duration_flag("--health-interval", interval) if interval else 0,
-        "Timeout": _duration_flag("--health-timeout", timeout) if timeout else 0,
-        "StartPeriod": _duration_flag("--health-start-period", start_period) if start_period else 0,
-        "StartInterval": _duration_flag("--health-start-interval", start_interval)
-        if start_interval
-        else 0,
+    texts = {
+        "Interval": ("--health-interval", interval),
+        "Timeout": ("--health-timeout", timeout),
+        "StartPeriod": ("--health-start-period", start_period),
+        "StartInterval": ("--health-start-interval", start_interval),
     }
-    given = bool(cmd) or retries != 0 or any(durations.values())
+    durations = {key: _duration_flag(*given) if given[1] else 0 for key, given in texts.items()}
     if no_healthcheck:
-        if given:
+        if cmd or retries or any(durations.values()):
             raise UsageError("--no-healthcheck conflicts with --health-* options", 125)
         return {"Test": ["NONE"]}
-    if not given:
+    if not (cmd or retries or any(durations.values())):
         return None
-    for key, flag in (
-        ("Interval", "--health-interval"),
-        ("Timeout", "--health-timeout"),
-        ("StartPeriod", "--health-start-period"),
-        ("StartInterval", "--health-start-interval"),
-    ):
+    for key, (flag, _) in texts.items():
         if durations[key] < 0:
             raise UsageError(f"{flag} cannot be negative", 125)
     if retries < 0:
@@ -130,8 +123,9 @@ def merge(
         return dict(image) if image is not None else None
     merged = dict(ours)
     if image is not None:
-        if not merged.get("Test"):
-            merged["Test"] = list(image.get("Test") or [])  # type: ignore[call-overload]
+        test = image.get("Test")
+        if not merged.get("Test") and isinstance(test, list):
+            merged["Test"] = list(test)
         for key in (*_DURATIONS, "Retries"):
             if not merged.get(key) and image.get(key):
                 merged[key] = image[key]
@@ -150,9 +144,10 @@ def validate(check: dict[str, object] | None) -> None:
 def probe_argv(check: dict[str, object] | None, shell: tuple[str, ...]) -> tuple[str, ...] | None:
     """The command a check runs (CMD: as given; CMD-SHELL: under the image's SHELL, else
     `/bin/sh -c`); None when there is nothing to run (no check, NONE, an unknown kind)."""
-    test = [str(t) for t in (check or {}).get("Test") or []]  # type: ignore[attr-defined]
-    if len(test) < 2:
+    given = (check or {}).get("Test")
+    if not isinstance(given, list) or len(given) < 2:
         return None
+    test = [str(t) for t in given]
     if test[0] == "CMD":
         return tuple(test[1:])
     if test[0] == "CMD-SHELL":
@@ -183,34 +178,6 @@ class Settings:
             start_interval=number("StartInterval", DEFAULT_START_INTERVAL),
             retries=number("Retries", DEFAULT_RETRIES),
         )
-
-
-def go_duration_text(ns: int) -> str:
-    """A duration as Go's time.Duration prints it (`30s`, `1m30s`, `1h0m0s`, `500ms`), as in
-    docker's "Health check exceeded timeout (1s)"."""
-    if ns == 0:
-        return "0s"
-    sign, ns = ("-", -ns) if ns < 0 else ("", ns)
-
-    def fraction(value: int, digits: int) -> str:
-        whole, rest = divmod(value, 10**digits)
-        tail = f"{rest:0{digits}d}".rstrip("0")
-        return f"{whole}.{tail}" if tail else str(whole)
-
-    if ns < 1_000:
-        return f"{sign}{ns}ns"
-    if ns < 1_000_000:
-        return f"{sign}{fraction(ns, 3)}µs"
-    if ns < SECOND:
-        return f"{sign}{fraction(ns, 6)}ms"
-    hours, rest = divmod(ns, 3600 * SECOND)
-    minutes, rest = divmod(rest, 60 * SECOND)
-    text = f"{fraction(rest, 9)}s"
-    if hours or minutes:
-        text = f"{minutes}m{text}"
-    if hours:
-        text = f"{hours}h{text}"
-    return sign + text
 
 
 # -- the recorded state ------------------------------------------------------------------------

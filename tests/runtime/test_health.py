@@ -15,11 +15,11 @@ import pytest
 from runtime.health import (
     Settings,
     _interval,
-    go_duration_text,
     merge,
     parse_flags,
     probe_argv,
 )
+from runtime.logshow import go_duration_text
 
 from .conftest import Strata, container_processes, wait_for, wait_running
 from .test_rootless import rootless  # noqa: F401 (a fixture)
