@@ -82,6 +82,22 @@ def test_flags_merge_and_go_durations() -> None:
     assert _interval(timing, 61.0, "starting") == 30 * second
 
 
+def test_an_image_check_is_taken_only_when_well_formed() -> None:
+    """A loaded image's odd Healthcheck is left out (as if it had none), never trusted."""
+    from runtime.images import ImageConfig
+
+    def check(value: object) -> object:
+        return ImageConfig.from_oci({"config": {"Healthcheck": value, "Shell": ["/bin/ash", "-c"]}})
+
+    good = {"Test": ["CMD", "true"], "Interval": 1_000_000_000, "Retries": 0}
+    config = check(good)
+    assert isinstance(config, ImageConfig)
+    assert config.healthcheck == {"Test": ["CMD", "true"], "Interval": 1_000_000_000}
+    assert config.shell == ("/bin/ash", "-c")
+    for bad in ("CMD true", {"Test": "true"}, {"Test": [1]}, {"Interval": -1}, {"Retries": True}):
+        assert check(bad).healthcheck is None  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
