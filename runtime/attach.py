@@ -94,17 +94,48 @@ def attach(cdir: ContainerDir, *, detach_keys: bytes, no_stdin: bool, sig_proxy:
         raise UsageError("you cannot attach to a stopped container, start it first", 1)
     if state.paused:
         raise UsageError("you cannot attach to a paused container, unpause it first", 1)
+    stdin = input_of(cdir, no_stdin=no_stdin)
+    code = follow(
+        cdir, LogTail(cdir.sub(LOG)), stdin=stdin, detach_keys=detach_keys, sig_proxy=sig_proxy
+    )
+    if code is None:
+        print("read escape sequence", file=sys.stderr, flush=True)
+        return 1
+    return code
+
+
+def input_of(cdir: ContainerDir, *, no_stdin: bool) -> int | None:
+    """Our stdin, if the container takes input and we pass it on; docker's refusal of a `-t`
+    container's input from something that is no terminal."""
     cfg = cdir.config
     stdin = None if no_stdin or not cfg.interactive else sys.stdin.fileno()
     if stdin is not None and cfg.tty and not os.isatty(stdin):
         raise UsageError("the input device is not a TTY", 1)
-    log = _LogTail(cdir.sub(LOG))
+    return stdin
+
+
+def follow(
+    cdir: ContainerDir,
+    log: LogTail,
+    *,
+    stdin: int | None,
+    detach_keys: bytes,
+    sig_proxy: bool,
+    exit_fd: int | None = None,
+) -> int | None:
+    """Relay `log` (opened before, at the point to show from) to our stdout and stderr and
+    `stdin` into the container's input FIFO until the container stops (its exit status) or
+    the detach keys are typed (None). `exit_fd`: a pipe the container's monitor writes its
+    exit status to (runtime.lifecycle.run_in_terminal), where the state may be gone (--rm) by
+    the time we look; without it the state says when it has stopped. A `-t` container's pty
+    gets our terminal's size, now and at each SIGWINCH (through its monitor)."""
+    cfg = cdir.config
     fifo: int | None = None
+    previous: dict[signal.Signals, object] = {}
     try:
         if stdin is not None:
             fifo = os.open(cdir.sub("stdin"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             os.set_blocking(fifo, True)
-        previous = {}
         if sig_proxy and not cfg.tty:
             from .lifecycle import signal_container
 
@@ -114,35 +145,58 @@ def attach(cdir: ContainerDir, *, detach_keys: bytes, no_stdin: bool, sig_proxy:
 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, proxy)
-        try:
-            with (
-                console.raw_terminal(stdin)
-                if stdin is not None and cfg.tty
-                else contextlib.nullcontext()
-            ):
-                return _relay(cdir, log, stdin, fifo, _KeyScanner(detach_keys))
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        if cfg.tty and _share_window_size(cdir):
+            previous[signal.SIGWINCH] = signal.signal(
+                signal.SIGWINCH, lambda _s, _f: _share_window_size(cdir)
+            )
+        with (
+            console.raw_terminal(stdin)
+            if stdin is not None and cfg.tty
+            else contextlib.nullcontext()
+        ):
+            return _relay(cdir, log, stdin, fifo, _KeyScanner(detach_keys), exit_fd)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
         log.close()
         if fifo is not None:
             os.close(fifo)
 
 
+def _share_window_size(cdir: ContainerDir) -> bool:
+    """Our terminal's size for the container's pty: saved where its (detached) monitor reads
+    it, which a SIGWINCH tells to (console.resize_pty). False if our stdout is no terminal."""
+    try:
+        if not console.save_window_size(sys.stdout.fileno(), cdir.sub(console.WINDOW_SIZE)):
+            return False
+        state = cdir.read_state()
+    except (OSError, ValueError):
+        return False
+    if state.status == RUNNING and process_alive(state.monitor_pid, state.monitor_start):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.monitor_pid, signal.SIGWINCH)
+    return True
+
+
 def _relay(
-    cdir: ContainerDir, log: _LogTail, stdin: int | None, fifo: int | None, keys: _KeyScanner
-) -> int:
+    cdir: ContainerDir,
+    log: LogTail,
+    stdin: int | None,
+    fifo: int | None,
+    keys: _KeyScanner,
+    exit_fd: int | None,
+) -> int | None:
     while True:
-        stopped = _stopped(cdir)
+        stopped = _stopped(cdir) if exit_fd is None else _exit_status(exit_fd)
         log.pump()
         if stopped is not None:
             return stopped
+        waiting = [fd for fd in (stdin, exit_fd) if fd is not None]
         try:
-            ready, _, _ = select.select([stdin] if stdin is not None else [], [], [], _POLL)
+            ready, _, _ = select.select(waiting, [], [], _POLL)
         except InterruptedError:
             continue
-        if stdin is not None and ready:
+        if stdin is not None and stdin in ready:
             data = os.read(stdin, _CHUNK)
             if not data:  # our input ended: the container's stays open (the FIFO)
                 stdin = None
@@ -151,8 +205,7 @@ def _relay(
                 data = keys.feed(data)
             except _Detach:
                 log.pump()
-                print("read escape sequence", file=sys.stderr, flush=True)
-                return 1
+                return None
             if data and fifo is not None:
                 try:
                     console_write(fifo, data)
@@ -160,12 +213,21 @@ def _relay(
                     stdin = None
 
 
+def _exit_status(fd: int) -> int | None:
+    """The status the monitor wrote to `fd` once the container exited; 128+SIGKILL if the
+    monitor died without writing it; None while it runs."""
+    if not select.select([fd], [], [], 0)[0]:
+        return None
+    data = os.read(fd, 64)
+    return int(data) if data.strip().isdigit() else 128 + signal.SIGKILL
+
+
 def console_write(fd: int, data: bytes) -> None:
     while data:
         data = data[os.write(fd, data) :]
 
 
-class _LogTail:
+class LogTail:
     """The container's log from where it ends at attach: each complete record's text goes to
     our stdout or stderr as the container printed it. A log not made yet (nothing printed so
     far) is read from its start once it appears; one that `--log-opt max-size` rotated away

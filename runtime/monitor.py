@@ -475,7 +475,9 @@ class Monitor:
         if ready:
             self.master = ready[0]
             self.relay.master = self.master
-            console.copy_window_size(sys.stdin.fileno(), self.master)
+            if not self.attached:  # the size an attached client saved (runtime.attach)
+                self.relay.size_file = self.cdir.sub(console.WINDOW_SIZE)
+            console.resize_pty(self.master, self.relay.size_file)
         # From here on signals go to the container: set the target before "go" so that an
         # interrupt cannot abort a command that already runs.
         self.relay.target = self.init_pid
