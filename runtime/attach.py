@@ -22,6 +22,7 @@ import os
 import select
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Final
@@ -31,7 +32,7 @@ from unionfs.errors import UsageError
 from . import console
 from .logs import LOG
 from .logshow import parse_record
-from .state import EXITED, RUNNING, ContainerDir, process_alive
+from .state import EXIT_FIFO, EXITED, RUNNING, ContainerDir, process_alive
 
 DEFAULT_DETACH_KEYS: Final = "ctrl-p,ctrl-q"
 _CHUNK: Final = 1 << 16
@@ -95,9 +96,10 @@ def attach(cdir: ContainerDir, *, detach_keys: bytes, no_stdin: bool, sig_proxy:
     if state.paused:
         raise UsageError("you cannot attach to a paused container, unpause it first", 1)
     stdin = input_of(cdir, no_stdin=no_stdin)
-    code = follow(
-        cdir, LogTail(cdir.sub(LOG)), stdin=stdin, detach_keys=detach_keys, sig_proxy=sig_proxy
-    )
+    with LogTail(cdir.sub(LOG)) as log, exit_listener(cdir) as exit_fd:
+        code = follow(
+            cdir, log, stdin=stdin, detach_keys=detach_keys, sig_proxy=sig_proxy, exit_fd=exit_fd
+        )
     if code is None:
         print("read escape sequence", file=sys.stderr, flush=True)
         return 1
@@ -114,6 +116,31 @@ def input_of(cdir: ContainerDir, *, no_stdin: bool) -> int | None:
     return stdin
 
 
+@contextlib.contextmanager
+def exit_listener(cdir: ContainerDir) -> Iterator[int | None]:
+    """A FIFO of ours in the container's directory, `exit.<pid>`, that its monitor writes the
+    exit status to (ContainerDir.tell_exit) before --rm removes the directory and its state;
+    open here for reading and writing, so that it stays readable after. None if it cannot be
+    made (a directory not ours): then only the state tells."""
+    path = cdir.sub(f"{EXIT_FIFO}{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):  # a dead client's of the same pid
+        os.unlink(path)
+    try:
+        os.mkfifo(path, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
 def follow(
     cdir: ContainerDir,
     log: LogTail,
@@ -125,10 +152,9 @@ def follow(
 ) -> int | None:
     """Relay `log` (opened before, at the point to show from) to our stdout and stderr and
     `stdin` into the container's input FIFO until the container stops (its exit status) or
-    the detach keys are typed (None). `exit_fd`: a pipe the container's monitor writes its
-    exit status to (runtime.lifecycle.run_in_terminal), where the state may be gone (--rm) by
-    the time we look; without it the state says when it has stopped. A `-t` container's pty
-    gets our terminal's size, now and at each SIGWINCH (through its monitor)."""
+    the detach keys are typed (None). `exit_fd`: our `exit_listener`, which has the status
+    when --rm has taken the state. A `-t` container's pty gets our terminal's size, now and
+    at each SIGWINCH (through its monitor)."""
     cfg = cdir.config
     fifo: int | None = None
     previous: dict[signal.Signals, object] = {}
@@ -158,7 +184,6 @@ def follow(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
-        log.close()
         if fifo is not None:
             os.close(fifo)
 
@@ -187,7 +212,7 @@ def _relay(
     exit_fd: int | None,
 ) -> int | None:
     while True:
-        stopped = _stopped(cdir) if exit_fd is None else _exit_status(exit_fd)
+        stopped = _exit_status(cdir, exit_fd)
         log.pump()
         if stopped is not None:
             return stopped
@@ -213,13 +238,29 @@ def _relay(
                     stdin = None
 
 
-def _exit_status(fd: int) -> int | None:
-    """The status the monitor wrote to `fd` once the container exited; 128+SIGKILL if the
-    monitor died without writing it; None while it runs."""
-    if not select.select([fd], [], [], 0)[0]:
+def _exit_status(cdir: ContainerDir, exit_fd: int | None) -> int | None:
+    """The container's exit status once it has stopped, else None: what its monitor told our
+    FIFO, else what its state says (looked at before the FIFO again, which the monitor writes
+    before it removes a --rm container)."""
+    told = _told(exit_fd)
+    if told is not None:
+        return told
+    stopped = _stopped(cdir)
+    if stopped is None:
         return None
-    data = os.read(fd, 64)
-    return int(data) if data.strip().isdigit() else 128 + signal.SIGKILL
+    told = _told(exit_fd)
+    return stopped if told is None else told
+
+
+def _told(exit_fd: int | None) -> int | None:
+    if exit_fd is None:
+        return None
+    try:
+        data = os.read(exit_fd, 64)
+    except BlockingIOError:
+        return None
+    first = data.split(b"\n")[0]
+    return int(first) if first.isdigit() else None
 
 
 def console_write(fd: int, data: bytes) -> None:
@@ -278,6 +319,12 @@ class LogTail:
             if rec is not None:
                 fd = sys.stdout.fileno() if rec.stream == "stdout" else sys.stderr.fileno()
                 console_write(fd, rec.data + (b"\n" if rec.full else b""))
+
+    def __enter__(self) -> LogTail:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         if self.fd is not None:

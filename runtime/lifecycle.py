@@ -56,25 +56,17 @@ def run_in_terminal(
     """`run -it` and `start -a` of a `-t` container: the container runs under a detached
     monitor, as with -d, and we attach to it (runtime.attach), so that the detach keys leave it
     running, as docker's; then `strata attach` joins it again and --rm still removes it when it
-    exits. The exit status comes through a pipe from the monitor (the state may be gone with
-    --rm); after the detach keys it is 0, silently, as docker's run and start."""
-    from .attach import LogTail, follow, input_of
+    exits. After the detach keys the status is 0, silently, as docker's run and start."""
+    from .attach import LogTail, exit_listener, follow, input_of
 
     stdin_fd = input_of(cdir, no_stdin=not stdin)
-    log = LogTail(cdir.sub(LOG))  # before the start: all that the container prints is shown
-    console.save_window_size(sys.stdout.fileno(), cdir.sub(console.WINDOW_SIZE))
-    exit_r, exit_w = os.pipe()
-    try:
-        try:
-            start_detached(root, cdir, remove_on_failure=remove_on_failure, exit_fd=exit_w)
-        finally:
-            os.close(exit_w)
+    # before the start: all that the container prints is shown, its exit status reaches us
+    with LogTail(cdir.sub(LOG)) as log, exit_listener(cdir) as exit_fd:
+        console.save_window_size(sys.stdout.fileno(), cdir.sub(console.WINDOW_SIZE))
+        start_detached(root, cdir, remove_on_failure=remove_on_failure)
         code = follow(
-            cdir, log, stdin=stdin_fd, detach_keys=detach_keys, sig_proxy=False, exit_fd=exit_r
+            cdir, log, stdin=stdin_fd, detach_keys=detach_keys, sig_proxy=False, exit_fd=exit_fd
         )
-    finally:
-        log.close()
-        os.close(exit_r)
     return 0 if code is None else code
 
 
@@ -84,13 +76,11 @@ def start_detached(
     *,
     remove_on_failure: bool,
     after_exit: int | None = None,
-    exit_fd: int | None = None,
 ) -> None:
     """Start a monitor daemon for the container and return once the command runs (StartError
     with the container's message otherwise). Its output goes to the container's log.
     `after_exit`: the container has just exited with this status (a foreground run): the
-    daemon only restarts it as its restart policy says, and returns at once. `exit_fd`: a
-    pipe's write end, where the daemon writes the container's exit status (its first)."""
+    daemon only restarts it as its restart policy says, and returns at once."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     read_fd, write_fd = os.pipe()
@@ -101,7 +91,7 @@ def start_detached(
             os.setsid()
             if os.fork() != 0:
                 os._exit(0)
-            _monitor_daemon(root, cdir, write_fd, after_exit, exit_fd)
+            _monitor_daemon(root, cdir, write_fd, after_exit)
         finally:
             os._exit(1)
     os.close(write_fd)
@@ -118,7 +108,7 @@ def start_detached(
 
 
 def _monitor_daemon(
-    root: StateRoot, cdir: ContainerDir, report_fd: int, after_exit: int | None, exit_fd: int | None
+    root: StateRoot, cdir: ContainerDir, report_fd: int, after_exit: int | None
 ) -> NoReturn:
     status = 1
     report = startup.StartupReport(report_fd)
@@ -137,10 +127,6 @@ def _monitor_daemon(
         else:
             report.ok()
             status, ran_for = after_exit, 0.0
-        if exit_fd is not None:  # hook: run_in_terminal, before --rm takes the state
-            with contextlib.suppress(OSError):  # (a client gone: nobody wants it)
-                os.write(exit_fd, b"%d\n" % status)
-            os.close(exit_fd)
         status = keep_restarting(root, cdir, status, ran_for)
         if cdir.config.auto_remove:
             remove(root, cdir, force=True, volumes=True)

@@ -126,6 +126,7 @@ class Monitor:
                     flush=True,
                 )
             mark("exit recorded")
+            self.cdir.tell_exit(code)  # hook: runtime.attach, its clients
             return code
         except Interrupted as exc:
             raise StartError(
