@@ -13,6 +13,11 @@ docker's). As docker, a key that starts the sequence is held back until the next
 whether the sequence follows; then both go to the container. Without `-t`, SIGINT and SIGTERM
 are passed to the container (`--sig-proxy`, default true); with `-t`, ctrl-c is a key like
 any other.
+
+`run -it` and `start -a` of a `-t` container are an attach too (`run_in_terminal`): the
+container runs under a detached monitor, so that the detach keys can leave it running (docker's
+run and start then return 0, silently). The exit status reaches each client through a FIFO of
+its own (`exit_listener`), since --rm removes the state with the container.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from unionfs.errors import UsageError
 from . import console
 from .logs import LOG
 from .logshow import parse_record
-from .state import EXIT_FIFO, EXITED, RUNNING, ContainerDir, process_alive
+from .state import EXIT_FIFO, EXITED, RUNNING, ContainerDir, StateRoot, process_alive
 
 DEFAULT_DETACH_KEYS: Final = "ctrl-p,ctrl-q"
 _CHUNK: Final = 1 << 16
@@ -104,6 +109,26 @@ def attach(cdir: ContainerDir, *, detach_keys: bytes, no_stdin: bool, sig_proxy:
         print("read escape sequence", file=sys.stderr, flush=True)
         return 1
     return code
+
+
+def run_in_terminal(
+    root: StateRoot, cdir: ContainerDir, *, detach_keys: bytes, stdin: bool, remove_on_failure: bool
+) -> int:
+    """`run -it` and `start -a` of a `-t` container: the container runs under a detached
+    monitor, as with -d, and we attach to it, so that the detach keys leave it
+    running, as docker's; then `strata attach` joins it again and --rm still removes it when it
+    exits. After the detach keys the status is 0, silently, as docker's run and start."""
+    from .lifecycle import start_detached
+
+    stdin_fd = input_of(cdir, no_stdin=not stdin)
+    # before the start: all that the container prints is shown, its exit status reaches us
+    with LogTail(cdir.sub(LOG)) as log, exit_listener(cdir) as exit_fd:
+        console.save_window_size(sys.stdout.fileno(), cdir.sub(console.WINDOW_SIZE))
+        start_detached(root, cdir, remove_on_failure=remove_on_failure)
+        code = follow(
+            cdir, log, stdin=stdin_fd, detach_keys=detach_keys, sig_proxy=False, exit_fd=exit_fd
+        )
+    return 0 if code is None else code
 
 
 def input_of(cdir: ContainerDir, *, no_stdin: bool) -> int | None:

@@ -502,8 +502,9 @@ def _run(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) ->
     if root is None:
         root = _state_root(args)
     try:
+        from .attach import run_in_terminal
         from .create import create
-        from .lifecycle import run_attached, run_in_terminal, start_detached
+        from .lifecycle import run_attached, start_detached
 
         _check_hostname(args.hostname)
         _check_cidfile(args.cidfile)
@@ -606,7 +607,8 @@ def _detach_keys(args: argparse.Namespace) -> bytes:
 
 
 def _start(args: argparse.Namespace, runner: Runner) -> int:
-    from .lifecycle import run_attached, run_in_terminal, start_detached
+    from .attach import run_in_terminal
+    from .lifecycle import run_attached, start_detached
 
     root = _state_root(args)
     keys = _detach_keys(args)

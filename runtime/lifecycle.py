@@ -15,11 +15,10 @@ from typing import NoReturn
 from unionfs import startup
 from unionfs.errors import UsageError
 
-from . import console, namespaces, network, publish, usernet
+from . import namespaces, network, publish, usernet
 from .control import START_FAILED, StartError
 from .create import id_map_of
 from .init import FORWARDED, deliver
-from .logs import LOG
 from .monitor import Monitor
 from .rootfs import UnionRootfs, detach_if_mounted
 from .rootfs_daemon import redirect_stdio
@@ -48,26 +47,6 @@ def run_attached(
     elif cdir.config.restart_policy != "no":  # hook: runtime.restart, the restarts go on
         start_detached(root, cdir, remove_on_failure=False, after_exit=code)
     return code
-
-
-def run_in_terminal(
-    root: StateRoot, cdir: ContainerDir, *, detach_keys: bytes, stdin: bool, remove_on_failure: bool
-) -> int:
-    """`run -it` and `start -a` of a `-t` container: the container runs under a detached
-    monitor, as with -d, and we attach to it (runtime.attach), so that the detach keys leave it
-    running, as docker's; then `strata attach` joins it again and --rm still removes it when it
-    exits. After the detach keys the status is 0, silently, as docker's run and start."""
-    from .attach import LogTail, exit_listener, follow, input_of
-
-    stdin_fd = input_of(cdir, no_stdin=not stdin)
-    # before the start: all that the container prints is shown, its exit status reaches us
-    with LogTail(cdir.sub(LOG)) as log, exit_listener(cdir) as exit_fd:
-        console.save_window_size(sys.stdout.fileno(), cdir.sub(console.WINDOW_SIZE))
-        start_detached(root, cdir, remove_on_failure=remove_on_failure)
-        code = follow(
-            cdir, log, stdin=stdin_fd, detach_keys=detach_keys, sig_proxy=False, exit_fd=exit_fd
-        )
-    return 0 if code is None else code
 
 
 def start_detached(
