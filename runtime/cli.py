@@ -229,8 +229,9 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
         help="another supplementary group (a name of the container's /etc/group, or a gid)",
     )  # fmt: skip
     parser.add_argument(
-        "--userns", default="", metavar="MODE", help="host (the only mode; rootless: its own)"
-    )
+        "--userns", default="", metavar="MODE",
+        help="host (rootless: its own), or keep-id[:uid=N,gid=N] (rootless: the user's ids inside)",
+    )  # fmt: skip
     parser.add_argument(
         "--log-opt", action="append", default=[], metavar="K=V",
         help="max-size=SIZE, max-file=N: rotate the container's log (runtime.logrotate)",
@@ -327,7 +328,7 @@ def _create_request(
     if args.workdir and not args.workdir.startswith("/"):
         raise UsageError(f"-w {args.workdir}: the working directory must be absolute", 125)
     is_rootless = rootless if rootless is not None else os.geteuid() != 0
-    runflags.check_userns(args.userns)
+    keep_id = runflags.parse_userns(args.userns, rootless=is_rootless)
     label_items = [item for path in args.label_file for item in runflags.read_label_file(path)]
     labels = runflags.parse_labels([*label_items, *args.label])
     if args.stop_signal:
@@ -437,6 +438,8 @@ def _create_request(
         cpu_quota=cpu_quota,
         rootless=rootless,
         id_map=id_map,
+        keep_id=keep_id,
+        userns=args.userns,
         security=sec,
     )
 

@@ -31,7 +31,7 @@ from unionfs.errors import UsageError
 from . import console, namespaces, network, publish, usernet
 from .cgroups import Limits
 from .control import START_FAILED, StartError, check_error, recv, send
-from .create import confinement_of, id_map_of, union_config
+from .create import confinement_of, id_map_of, union_config, userns_map_of
 from .init import FORWARDED, exit_code
 from .logs import LOG, STREAMS, LogWriter
 from .namespaces import Namespace
@@ -389,6 +389,7 @@ class Monitor:
             can_setgroups=namespaces.setgroups_allowed(),
             confinement=confinement_of(self.root, self.cdir),
             usernet=cfg.network in usernet.MODES,
+            userns=userns_map_of(cfg),
         )
 
     def _spawn(self, plan: Plan) -> None:

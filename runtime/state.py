@@ -155,6 +155,10 @@ class ContainerConfig:
     auto_remove: bool = False
     rootless: bool = False
     id_map: dict[str, list[list[int]]] = field(default_factory=dict)
+    # --userns keep-id (rootless): the container's own user namespace, nested in the rootless
+    # one, as IdMap.to_json (inside -> the rootless namespace's ids); empty: none
+    userns: str = ""
+    userns_map: dict[str, list[list[int]]] = field(default_factory=dict)
     memory: int = 0
     pids_limit: int = 0
     restart_policy: str = "no"  # --restart (runtime.restart) and its on-failure maximum

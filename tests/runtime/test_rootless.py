@@ -241,3 +241,56 @@ def test_rootless_volumes_tmpfs_and_ulimit(rootless: tuple[Strata, list[str], bo
     assert strata.run("volume", "ls", "-q").stdout == "etcvol\n"
     assert strata.run("volume", "rm", "etcvol").returncode == 0
     assert not data.exists()
+
+
+def test_rootless_userns_keep_id(rootless: tuple[Strata, list[str], bool]) -> None:
+    """podman's `--userns keep-id`: the user's ids are the same inside (so what it writes to a
+    bind mount is its own on the host), the subordinate ids around them as podman lays them
+    out (`podman create --userns keep-id` + inspect here: 0:1:U, U:0:1, U+1:U+1:65536-U), the
+    image's files keep their owners, the command runs as the user with an /etc/passwd entry and
+    HOME as podman makes them."""
+    strata, image, with_subids = rootless
+    uid, gid = strata.user, strata.group
+    assert uid is not None
+    assert gid is not None
+    name = strata.env["USER"]
+    vol = Path(strata.env["HOME"]) / "vol"
+    vol.mkdir()
+    os.chown(vol, uid, gid)
+    script = (
+        "id -u; id -g; echo $HOME; stat -c %u:%g /bin/busybox; grep ^$USER_NAME: /etc/passwd;"
+        " grep ^$USER_NAME: /etc/group; cat /proc/self/uid_map; touch /vol/mine"
+    )
+    done = strata.run(
+        "run", "--name", "k", "--userns", "keep-id", "-e", f"USER_NAME={name}", "-v",
+        f"{vol}:/vol", *image, "/bin/sh", "-c", script,
+    )  # fmt: skip
+    if not with_subids:
+        assert done.returncode == 125
+        assert done.stderr.startswith("strata: --userns keep-id: keep-id needs uid"), done.stderr
+        assert strata.container_ids() == []
+        return
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:4] == [str(uid), str(gid), "/", "0:0"]
+    assert lines[4] == f"{name}:*:{uid}:{gid}::/:/bin/sh"
+    assert lines[5] == f"{name}:x:{gid}:{name}"
+    assert [line.split() for line in lines[6:9]] == [
+        ["0", "1", str(uid)],
+        [str(uid), "0", "1"],
+        [str(uid + 1), str(uid + 1), str(65536 - uid)],
+    ]
+    assert os.stat(vol / "mine").st_uid == uid  # the user's own file on the host
+    strata.run("rm", "k", check=True)
+    # exec joins the container's user namespace: the same user by default
+    strata.run("run", "-d", "--name", "e", "--userns", "keep-id", "--network", "none", *image,
+               "/bin/sleep", "60", check=True)  # fmt: skip
+    inside = strata.run("exec", "e", "/bin/sh", "-c", "id -u; stat -c %u /bin/busybox")
+    assert inside.stdout.split() == [str(uid), "0"], inside.stderr
+    strata.run("rm", "-f", "e", check=True)
+    other = strata.run("run", "--rm", "--userns", "keep-id:uid=200,gid=300", *image, "/bin/sh",
+                       "-c", "id -u; id -g; cat /proc/self/uid_map")  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    assert [line.split() for line in other.stdout.splitlines()] == [
+        ["200"], ["300"], ["0", "1", "200"], ["200", "0", "1"], ["201", "201", "65336"]
+    ]  # fmt: skip
