@@ -8,17 +8,22 @@ engines store images too.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.images import BUSYBOX_DOCKER_ARCHIVE
 from tests.runtime.conftest import Strata, _pid_namespaces, check_no_leftovers, lowers_args
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
@@ -281,6 +286,9 @@ def test_rootless_userns_keep_id(rootless: tuple[Strata, list[str], bool]) -> No
         [str(uid + 1), str(uid + 1), str(65536 - uid)],
     ]
     assert os.stat(vol / "mine").st_uid == uid  # the user's own file on the host
+    podman = _podman_keep_id_map(strata)
+    if podman is not None:  # the same map as podman's, as it reports it
+        assert [line.split() for line in lines[6:9]] == [m.split(":") for m in podman]
     strata.run("rm", "k", check=True)
     # exec joins the container's user namespace: the same user by default
     strata.run("run", "-d", "--name", "e", "--userns", "keep-id", "--network", "none", *image,
@@ -294,3 +302,42 @@ def test_rootless_userns_keep_id(rootless: tuple[Strata, list[str], bool]) -> No
     assert [line.split() for line in other.stdout.splitlines()] == [
         ["200"], ["300"], ["0", "1", "200"], ["200", "0", "1"], ["201", "201", "65336"]
     ]  # fmt: skip
+
+
+def _podman_keep_id_map(strata: Strata) -> list[str] | None:
+    """`podman create --userns keep-id` as the test user (its own store and runtime dir in its
+    home) and the UidMap `podman inspect` reports; None without podman. The pause process that
+    rootless podman leaves holding its user namespace is killed (by its pid file)."""
+    found = shutil.which("podman")
+    if found is None:
+        return None
+    home = Path(strata.env["HOME"])
+    run = Path(tempfile.mkdtemp(prefix="strata-pk", dir="/tmp"))  # (runroot: < 50 characters)
+    os.chown(run, strata.user or 0, strata.group or 0)
+    env = {**strata.env, "XDG_RUNTIME_DIR": str(run)}
+    base = [found, "--root", str(home / "podman"), "--runroot", str(run / "storage"),
+            "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"]  # fmt: skip
+
+    def podman(*args: str) -> str:
+        done = subprocess.run(
+            [*base, *args], env=env, user=strata.user, group=strata.group, cwd=home,
+            capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    try:
+        podman("load", "-q", "-i", str(BUSYBOX_DOCKER_ARCHIVE))
+        image = podman("images", "-q").split()[0]
+        podman("create", "--name", "k", "--userns", "keep-id", image, "true")
+        maps = podman("inspect", "k", "--format", "{{json .HostConfig.IDMappings}}")
+        return list(json.loads(maps)["UidMap"])
+    finally:
+        pause = run / "libpod/tmp/pause.pid"
+        if pause.exists():
+            pid = int(pause.read_text())
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while Path(f"/proc/{pid}").exists():
+                time.sleep(0.02)
+        shutil.rmtree(run, ignore_errors=True)
