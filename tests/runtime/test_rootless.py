@@ -286,9 +286,13 @@ def test_rootless_userns_keep_id(rootless: tuple[Strata, list[str], bool]) -> No
         [str(uid + 1), str(uid + 1), str(65536 - uid)],
     ]
     assert os.stat(vol / "mine").st_uid == uid  # the user's own file on the host
+    host_config = strata.inspect("k")["HostConfig"]
+    assert host_config["UsernsMode"] == "keep-id"  # type: ignore[index]
+    mappings = host_config["IDMappings"]  # type: ignore[index]
+    assert [line.split() for line in lines[6:9]] == [m.split(":") for m in mappings["UidMap"]]
     podman = _podman_keep_id_map(strata)
     if podman is not None:  # the same map as podman's, as it reports it
-        assert [line.split() for line in lines[6:9]] == [m.split(":") for m in podman]
+        assert mappings == podman
     strata.run("rm", "k", check=True)
     # exec joins the container's user namespace: the same user by default
     strata.run("run", "-d", "--name", "e", "--userns", "keep-id", "--network", "none", *image,
@@ -304,9 +308,9 @@ def test_rootless_userns_keep_id(rootless: tuple[Strata, list[str], bool]) -> No
     ]  # fmt: skip
 
 
-def _podman_keep_id_map(strata: Strata) -> list[str] | None:
+def _podman_keep_id_map(strata: Strata) -> dict[str, list[str]] | None:
     """`podman create --userns keep-id` as the test user (its own store and runtime dir in its
-    home) and the UidMap `podman inspect` reports; None without podman. The pause process that
+    home) and the IDMappings `podman inspect` reports; None without podman. The pause process that
     rootless podman leaves holding its user namespace is killed (by its pid file)."""
     found = shutil.which("podman")
     if found is None:
@@ -331,7 +335,7 @@ def _podman_keep_id_map(strata: Strata) -> list[str] | None:
         image = podman("images", "-q").split()[0]
         podman("create", "--name", "k", "--userns", "keep-id", image, "true")
         maps = podman("inspect", "k", "--format", "{{json .HostConfig.IDMappings}}")
-        return list(json.loads(maps)["UidMap"])
+        return dict(json.loads(maps))
     finally:
         pause = run / "libpod/tmp/pause.pid"
         if pause.exists():
