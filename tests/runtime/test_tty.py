@@ -216,3 +216,17 @@ def test_detach_keys_bad_input(strata: Strata, busybox: list[str]) -> None:
         "strata: --detach-keys ctrl-é: invalid key 'ctrl-é'\n",
     )
     assert strata.inspect("c")["State"]["Status"] == "created"  # type: ignore[index]
+
+
+def test_run_it_of_a_missing_command_fails_and_removes_nothing_else(
+    strata: Strata, busybox: list[str]
+) -> None:
+    root = str(strata.root)
+    term = Terminal([STRATA, "run", "--root", root, "--rm", "-it", *busybox, "/nonexistent"])
+    try:
+        assert term.wait() == 127
+        assert term.output.count(b"strata: ") == 1, term.output
+        assert b"/nonexistent" in term.output
+    finally:
+        term.close()
+    assert strata.container_ids() == []
