@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
+from unionfs import _sys
 from unionfs.errors import UsageError
 
 CREATED: Final = "created"
@@ -57,7 +58,7 @@ def default_root() -> Path:
     env = os.environ.get("STRATA_ROOT")
     if env:
         return Path(env)
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and _sys.in_initial_user_namespace():  # not root of a rootless userns
         return Path("/var/lib/strata")
     data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local/share")
     return Path(data) / "strata"
