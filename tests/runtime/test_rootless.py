@@ -297,8 +297,15 @@ def test_rootless_userns_keep_id(rootless: tuple[Strata, list[str], bool]) -> No
     # exec joins the container's user namespace: the same user by default
     strata.run("run", "-d", "--name", "e", "--userns", "keep-id", "--network", "none", *image,
                "/bin/sleep", "60", check=True)  # fmt: skip
-    inside = strata.run("exec", "e", "/bin/sh", "-c", "id -u; stat -c %u /bin/busybox")
-    assert inside.stdout.split() == [str(uid), "0"], inside.stderr
+    src = Path(strata.env["HOME"]) / "copied"
+    src.write_text("c\n")
+    os.chown(src, uid, gid)
+    strata.run("cp", str(src), "e:/tmp/copied", check=True)
+    inside = strata.run(
+        "exec", "e", "/bin/sh", "-c", "id -u; stat -c %u:%g /bin/busybox /tmp/copied"
+    )
+    # cp gives the user's ids, as podman's cp gives the container's main user's
+    assert inside.stdout.split() == [str(uid), "0:0", f"{uid}:{gid}"], inside.stderr
     strata.run("rm", "-f", "e", check=True)
     other = strata.run("run", "--rm", "--userns", "keep-id:uid=200,gid=300", *image, "/bin/sh",
                        "-c", "id -u; id -g; cat /proc/self/uid_map")  # fmt: skip
