@@ -123,7 +123,7 @@ def run_in_terminal(
     stdin_fd = input_of(cdir, no_stdin=not stdin)
     # before the start: all that the container prints is shown, its exit status reaches us
     with LogTail(cdir.sub(LOG)) as log, exit_listener(cdir) as exit_fd:
-        console.save_window_size(sys.stdout.fileno(), cdir.sub(console.WINDOW_SIZE))
+        console.save_window_size(cdir.sub(console.WINDOW_SIZE))
         start_detached(root, cdir, remove_on_failure=remove_on_failure)
         code = follow(
             cdir, log, stdin=stdin_fd, detach_keys=detach_keys, sig_proxy=False, exit_fd=exit_fd
@@ -215,9 +215,9 @@ def follow(
 
 def _share_window_size(cdir: ContainerDir) -> bool:
     """Our terminal's size for the container's pty: saved where its (detached) monitor reads
-    it, which a SIGWINCH tells to (console.resize_pty). False if our stdout is no terminal."""
+    it, which a SIGWINCH tells to (console.resize_pty). False if we have no terminal."""
     try:
-        if not console.save_window_size(sys.stdout.fileno(), cdir.sub(console.WINDOW_SIZE)):
+        if not console.save_window_size(cdir.sub(console.WINDOW_SIZE)):
             return False
         state = cdir.read_state()
     except (OSError, ValueError):

@@ -41,11 +41,13 @@ def _window_size(fd: int) -> bytes | None:
         return None
 
 
-def save_window_size(from_fd: int, path: Path) -> bool:
+def save_window_size(path: Path) -> bool:
     """For a monitor with no terminal of its own (a detached one, which `strata attach` and
-    `run -it` talk to): the terminal size of `from_fd` into `path` (atomically), which
-    `resize_pty` reads. False if `from_fd` is no terminal."""
-    size = _window_size(from_fd)
+    `run -it` talk to): our terminal's size (stdout's, as docker takes it, else stdin's) into
+    `path` (atomically), which `resize_pty` reads. False if neither is a terminal."""
+    size = _window_size(sys.stdout.fileno())
+    if size is None:
+        size = _window_size(sys.stdin.fileno())
     if size is None:
         return False
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
