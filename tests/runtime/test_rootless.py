@@ -24,7 +24,15 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.images import BUSYBOX_DOCKER_ARCHIVE
-from tests.runtime.conftest import Strata, _pid_namespaces, check_no_leftovers, lowers_args
+from tests.runtime.conftest import (
+    STRATA,
+    Strata,
+    _pid_namespaces,
+    check_no_leftovers,
+    lowers_args,
+    wait_for,
+)
+from tests.runtime.test_tty import Terminal
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
 
@@ -352,3 +360,28 @@ def _podman_keep_id_map(strata: Strata) -> dict[str, list[str]] | None:
             while Path(f"/proc/{pid}").exists():
                 time.sleep(0.02)
         shutil.rmtree(run, ignore_errors=True)
+
+
+def test_rootless_run_it_detaches_and_attach_rejoins(
+    rootless: tuple[Strata, list[str], bool],
+) -> None:
+    strata, image, _ = rootless
+    argv = [STRATA, "run", "--root", str(strata.root), "--rm", "-it", "--name", "t", "--network",
+            "none", *image, "/bin/sh"]  # fmt: skip
+    term = Terminal(argv, as_user=strata)
+    try:
+        term.read_until(b"# ")
+        term.type("echo in$((1+1))\r")
+        term.read_until(b"in2")
+        term.type("\x10\x11")
+        assert term.wait() == 0
+    finally:
+        term.close()
+    again = Terminal([STRATA, "attach", "--root", str(strata.root), "t"], as_user=strata)
+    try:
+        again.type("id -u; exit 3\r")
+        assert again.wait() == 3
+    finally:
+        again.close()
+    assert b"\r\n0\r\n" in again.output
+    wait_for(lambda: not strata.container_ids(), "--rm to remove the container")

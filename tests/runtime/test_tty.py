@@ -21,10 +21,18 @@ pytestmark = [pytest.mark.root, pytest.mark.fuse]
 class Terminal:
     """`strata ARGS` on the slave side of a pty we hold the master of."""
 
-    def __init__(self, argv: list[str], *, rows: int = 24, cols: int = 80) -> None:
+    def __init__(
+        self, argv: list[str], *, rows: int = 24, cols: int = 80, as_user: Strata | None = None
+    ) -> None:
+        """`as_user`: run as its (rootless) user, with its environment."""
         pid, fd = pty.fork()
         if pid == 0:  # pragma: no cover - child
             try:
+                if as_user is not None and as_user.user is not None:
+                    os.setgroups([])
+                    os.setgid(as_user.group if as_user.group is not None else as_user.user)
+                    os.setuid(as_user.user)
+                    os.execve(argv[0], argv, as_user.env)
                 os.execv(argv[0], argv)
             finally:
                 os._exit(127)
