@@ -55,6 +55,8 @@ class CreateRequest:
     shm_size: int = 0
     group_add: tuple[str, ...] = ()
     log_opts: tuple[int, int] = (0, 1)  # --log-opt max-size, max-file (runtime.logrotate)
+    # the image's HEALTHCHECK under --health-* (runtime.health.merge); None: no check
+    healthcheck: dict[str, object] | None = None
     network: str = "host"
     subnet: str = DEFAULT_SUBNET
     dns: tuple[str, ...] = ()
@@ -177,6 +179,8 @@ def container_config(
         group_add=req.group_add,
         log_max_size=req.log_opts[0],
         log_max_file=req.log_opts[1],
+        healthcheck=req.healthcheck,
+        shell=image.shell,
     )
 
 
