@@ -229,8 +229,9 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
         help="another supplementary group (a name of the container's /etc/group, or a gid)",
     )  # fmt: skip
     parser.add_argument(
-        "--userns", default="", metavar="MODE", help="host (the only mode; rootless: its own)"
-    )
+        "--userns", default="", metavar="MODE",
+        help="host (rootless: its own), or keep-id[:uid=N,gid=N] (rootless: the user's ids inside)",
+    )  # fmt: skip
     parser.add_argument(
         "--log-opt", action="append", default=[], metavar="K=V",
         help="max-size=SIZE, max-file=N: rotate the container's log (runtime.logrotate)",
@@ -253,6 +254,7 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
     )
     if run:
         parser.add_argument("-d", "--detach", action="store_true", help="run in the background")
+        _add_detach_keys(parser)
     parser.add_argument("-D", "--debug", action="store_true", help="tracebacks on errors")
     parser.add_argument(
         "rest",
@@ -343,7 +345,7 @@ def _create_request(
     if args.workdir and not args.workdir.startswith("/"):
         raise UsageError(f"-w {args.workdir}: the working directory must be absolute", 125)
     is_rootless = rootless if rootless is not None else os.geteuid() != 0
-    runflags.check_userns(args.userns)
+    keep_id = runflags.parse_userns(args.userns, rootless=is_rootless)
     label_items = [item for path in args.label_file for item in runflags.read_label_file(path)]
     labels = runflags.parse_labels([*label_items, *args.label])
     if args.stop_signal:
@@ -465,6 +467,8 @@ def _create_request(
         cpu_quota=cpu_quota,
         rootless=rootless,
         id_map=id_map,
+        keep_id=keep_id,
+        userns=args.userns,
         security=sec,
     )
 
@@ -506,17 +510,20 @@ def _run(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) ->
     runner.debug = bool(args.debug)
     if not args.detach:
         check_input_terminal(args.interactive, args.tty)
+    # `-it`: a detached monitor that we attach to, so that the detach keys can leave it running
+    at_terminal = args.tty and args.interactive and not args.detach
+    keys = _detach_keys(args) if at_terminal or args.detach_keys is not None else b""
     from .trace import mark
 
     mark("run parsed")
     # The state root depends on who we are: pick it before entering a user namespace.
-    root = _state_root(args) if args.detach or os.geteuid() != 0 else None
+    root = _state_root(args) if args.detach or at_terminal or os.geteuid() != 0 else None
     # So does the image: a rootless pull extracts its layers as the user, outside the user
     # namespace (where the kernel says uid 0 and the store's files would get mapped owners).
     resolved = None
-    if root is not None and not args.detach:
+    if root is not None and not args.detach and not at_terminal:
         resolved = _image_and_argv(args, root, resolver)
-    if args.detach:
+    if args.detach or at_terminal:
         from .prefork import discard
 
         discard()  # the detached monitor forks its own; it must not inherit this one
@@ -527,6 +534,7 @@ def _run(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) ->
     if root is None:
         root = _state_root(args)
     try:
+        from .attach import run_in_terminal
         from .create import create
         from .lifecycle import run_attached, start_detached
 
@@ -542,6 +550,8 @@ def _run(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) ->
             start_detached(root, cdir, remove_on_failure=True)
             print(cdir.id, flush=True)
             return 0
+        if at_terminal:
+            return run_in_terminal(root, cdir, detach_keys=keys, stdin=True, remove_on_failure=True)
         return run_attached(root, cdir, remove_on_failure=True, daemon=daemon)
     finally:
         if daemon is not None:
@@ -608,17 +618,41 @@ def _add_start_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-a", "--attach", action="store_true", help="stay attached (output, exit status)"
     )
+    parser.add_argument(
+        "-i", "--interactive", action="store_true", help="attach our input (a -t container's)"
+    )
+    _add_detach_keys(parser)
     parser.add_argument("containers", nargs="+", metavar="CONTAINER")
 
 
+def _add_detach_keys(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--detach-keys", default=None, metavar="KEYS",
+        help="the keys that detach (default ctrl-p,ctrl-q; '' for none)",
+    )  # fmt: skip
+
+
+def _detach_keys(args: argparse.Namespace) -> bytes:
+    from .attach import DEFAULT_DETACH_KEYS, parse_detach_keys
+
+    return parse_detach_keys(DEFAULT_DETACH_KEYS if args.detach_keys is None else args.detach_keys)
+
+
 def _start(args: argparse.Namespace, runner: Runner) -> int:
+    from .attach import run_in_terminal
     from .lifecycle import run_attached, start_detached
 
     root = _state_root(args)
-    if args.attach:
+    keys = _detach_keys(args)
+    if args.attach or args.interactive:  # docker: -i attaches too
         if len(args.containers) != 1:
-            raise UsageError("start -a takes one container", 125)
-        return run_attached(root, root.find(args.containers[0]), remove_on_failure=False)
+            raise UsageError("you cannot start and attach multiple containers at once", 125)
+        cdir = root.find(args.containers[0])
+        if cdir.config.tty:  # through a detached monitor, as `run -it`
+            return run_in_terminal(
+                root, cdir, detach_keys=keys, stdin=args.interactive, remove_on_failure=False
+            )
+        return run_attached(root, cdir, remove_on_failure=False)
     for ref in args.containers:
         start_detached(root, root.find(ref), remove_on_failure=False)
         print(ref, flush=True)
@@ -1117,10 +1151,7 @@ def _stats(args: argparse.Namespace, runner: Runner) -> int:
 
 def _add_attach_arguments(parser: argparse.ArgumentParser) -> None:
     add_root(parser)
-    parser.add_argument(
-        "--detach-keys", default=None, metavar="KEYS",
-        help="the keys that detach (default ctrl-p,ctrl-q; '' for none)",
-    )  # fmt: skip
+    _add_detach_keys(parser)
     parser.add_argument("--no-stdin", action="store_true", help="do not attach the input")
     parser.add_argument(
         "--sig-proxy", default="true", choices=("true", "false"),
@@ -1130,9 +1161,9 @@ def _add_attach_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _attach(args: argparse.Namespace, runner: Runner) -> int:
-    from .attach import DEFAULT_DETACH_KEYS, attach, parse_detach_keys
+    from .attach import attach
 
-    keys = parse_detach_keys(DEFAULT_DETACH_KEYS if args.detach_keys is None else args.detach_keys)
+    keys = _detach_keys(args)
     cdir = _state_root(args).find(args.container)
     return attach(
         cdir, detach_keys=keys, no_stdin=args.no_stdin, sig_proxy=args.sig_proxy == "true"

@@ -31,7 +31,7 @@ from unionfs.errors import UsageError
 from . import console, namespaces, network, publish, usernet
 from .cgroups import Limits
 from .control import START_FAILED, StartError, check_error, recv, send
-from .create import confinement_of, id_map_of, union_config
+from .create import confinement_of, id_map_of, union_config, userns_map_of
 from .init import FORWARDED, exit_code
 from .logs import LOG, STREAMS, LogWriter
 from .namespaces import Namespace
@@ -127,6 +127,7 @@ class Monitor:
                     flush=True,
                 )
             mark("exit recorded")
+            self.cdir.tell_exit(code)  # hook: runtime.attach, its clients
             return code
         except Interrupted as exc:
             raise StartError(
@@ -410,6 +411,7 @@ class Monitor:
             can_setgroups=namespaces.setgroups_allowed(),
             confinement=confinement_of(self.root, self.cdir),
             usernet=cfg.network in usernet.MODES,
+            userns=userns_map_of(cfg),
         )
 
     def _spawn(self, plan: Plan) -> None:
@@ -497,7 +499,9 @@ class Monitor:
         if ready:
             self.master = ready[0]
             self.relay.master = self.master
-            console.copy_window_size(sys.stdin.fileno(), self.master)
+            if not self.attached:  # the size an attached client saved (runtime.attach)
+                self.relay.size_file = self.cdir.sub(console.WINDOW_SIZE)
+            console.resize_pty(self.master, self.relay.size_file)
         # From here on signals go to the container: set the target before "go" so that an
         # interrupt cannot abort a command that already runs.
         self.relay.target = self.init_pid

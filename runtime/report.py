@@ -221,6 +221,18 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             "ShmSize": cfg.shm_size or 64 << 20,
             "NanoCpus": cfg.cpu_quota * 10_000,
             "GroupAdd": list(cfg.group_add),
+            "UsernsMode": cfg.userns,
+            # --userns keep-id: podman's field, "inside:outside:count" in the rootless namespace
+            **(
+                {
+                    "IDMappings": {
+                        key: [":".join(map(str, r)) for r in cfg.userns_map[src]]
+                        for key, src in (("UidMap", "uids"), ("GidMap", "gids"))
+                    }
+                }
+                if cfg.userns_map
+                else {}
+            ),
             "LogConfig": {
                 "Type": "k8s-file",
                 "Config": {"max-size": str(cfg.log_max_size), "max-file": str(cfg.log_max_file)}

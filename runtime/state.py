@@ -51,6 +51,7 @@ from unionfs.errors import UsageError
 CREATED: Final = "created"
 RUNNING: Final = "running"
 EXITED: Final = "exited"
+EXIT_FIFO: Final = "exit."  # + pid: an attached client's FIFO (ContainerDir.tell_exit)
 
 _NAME: Final = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 
@@ -169,6 +170,10 @@ class ContainerConfig:
     auto_remove: bool = False
     rootless: bool = False
     id_map: dict[str, list[list[int]]] = field(default_factory=dict)
+    # --userns keep-id (rootless): the container's own user namespace, nested in the rootless
+    # one, as IdMap.to_json (inside -> the rootless namespace's ids); empty: none
+    userns: str = ""
+    userns_map: dict[str, list[list[int]]] = field(default_factory=dict)
     memory: int = 0
     pids_limit: int = 0
     restart_policy: str = "no"  # --restart (runtime.restart) and its on-failure maximum
@@ -311,6 +316,25 @@ class ContainerDir:
 
     def write_state(self, state: ContainerState) -> None:
         write_json(self.path / "state.json", state.to_json())
+
+    def tell_exit(self, code: int) -> None:
+        """The exit status to each attached client's FIFO (`exit.<pid>`, runtime.attach), which
+        keeps it when --rm takes this directory next; a FIFO nobody reads any more is skipped."""
+        try:
+            names = [n for n in os.listdir(self.path) if n.startswith(EXIT_FIFO)]
+        except OSError:
+            return
+        for name in names:
+            flags = os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                fd = os.open(self.path / name, flags)
+            except OSError:  # ENXIO: its reader is gone
+                continue
+            try:
+                with contextlib.suppress(OSError):
+                    os.write(fd, b"%d\n" % code)
+            finally:
+                os.close(fd)
 
     def effective_state(self) -> ContainerState:
         """The recorded state, corrected when the container's monitor has died unseen."""
