@@ -13,6 +13,11 @@ docker's). As docker, a key that starts the sequence is held back until the next
 whether the sequence follows; then both go to the container. Without `-t`, SIGINT and SIGTERM
 are passed to the container (`--sig-proxy`, default true); with `-t`, ctrl-c is a key like
 any other.
+
+`run -it` and `start -a` of a `-t` container are an attach too (`run_in_terminal`): the
+container runs under a detached monitor, so that the detach keys can leave it running (docker's
+run and start then return 0, silently). The exit status reaches each client through a FIFO of
+its own (`exit_listener`), since --rm removes the state with the container.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 import select
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Final
@@ -31,7 +37,7 @@ from unionfs.errors import UsageError
 from . import console
 from .logs import LOG
 from .logshow import parse_record
-from .state import EXITED, RUNNING, ContainerDir, process_alive
+from .state import EXIT_FIFO, EXITED, RUNNING, ContainerDir, StateRoot, process_alive
 
 DEFAULT_DETACH_KEYS: Final = "ctrl-p,ctrl-q"
 _CHUNK: Final = 1 << 16
@@ -94,17 +100,93 @@ def attach(cdir: ContainerDir, *, detach_keys: bytes, no_stdin: bool, sig_proxy:
         raise UsageError("you cannot attach to a stopped container, start it first", 1)
     if state.paused:
         raise UsageError("you cannot attach to a paused container, unpause it first", 1)
+    stdin = input_of(cdir, no_stdin=no_stdin)
+    with LogTail(cdir.sub(LOG)) as log, exit_listener(cdir) as exit_fd:
+        code = follow(
+            cdir, log, stdin=stdin, detach_keys=detach_keys, sig_proxy=sig_proxy, exit_fd=exit_fd
+        )
+    if code is None:
+        print("read escape sequence", file=sys.stderr, flush=True)
+        return 1
+    return code
+
+
+def run_in_terminal(
+    root: StateRoot, cdir: ContainerDir, *, detach_keys: bytes, stdin: bool, remove_on_failure: bool
+) -> int:
+    """`run -it` and `start -a` of a `-t` container: the container runs under a detached
+    monitor, as with -d, and we attach to it, so that the detach keys leave it
+    running, as docker's; then `strata attach` joins it again and --rm still removes it when it
+    exits. After the detach keys the status is 0, silently, as docker's run and start."""
+    from .lifecycle import start_detached
+
+    stdin_fd = input_of(cdir, no_stdin=not stdin)
+    # before the start: all that the container prints is shown, its exit status reaches us
+    with LogTail(cdir.sub(LOG)) as log, exit_listener(cdir) as exit_fd:
+        console.save_window_size(cdir.sub(console.WINDOW_SIZE))
+        start_detached(root, cdir, remove_on_failure=remove_on_failure)
+        code = follow(
+            cdir, log, stdin=stdin_fd, detach_keys=detach_keys, sig_proxy=False, exit_fd=exit_fd
+        )
+    return 0 if code is None else code
+
+
+def input_of(cdir: ContainerDir, *, no_stdin: bool) -> int | None:
+    """Our stdin, if the container takes input and we pass it on; docker's refusal of a `-t`
+    container's input from something that is no terminal."""
     cfg = cdir.config
     stdin = None if no_stdin or not cfg.interactive else sys.stdin.fileno()
     if stdin is not None and cfg.tty and not os.isatty(stdin):
         raise UsageError("the input device is not a TTY", 1)
-    log = _LogTail(cdir.sub(LOG))
+    return stdin
+
+
+@contextlib.contextmanager
+def exit_listener(cdir: ContainerDir) -> Iterator[int | None]:
+    """A FIFO of ours in the container's directory, `exit.<pid>`, that its monitor writes the
+    exit status to (ContainerDir.tell_exit) before --rm removes the directory and its state;
+    open here for reading and writing, so that it stays readable after. None if it cannot be
+    made (a directory not ours): then only the state tells."""
+    path = cdir.sub(f"{EXIT_FIFO}{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):  # a dead client's of the same pid
+        os.unlink(path)
+    try:
+        os.mkfifo(path, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def follow(
+    cdir: ContainerDir,
+    log: LogTail,
+    *,
+    stdin: int | None,
+    detach_keys: bytes,
+    sig_proxy: bool,
+    exit_fd: int | None = None,
+) -> int | None:
+    """Relay `log` (opened before, at the point to show from) to our stdout and stderr and
+    `stdin` into the container's input FIFO until the container stops (its exit status) or
+    the detach keys are typed (None). `exit_fd`: our `exit_listener`, which has the status
+    when --rm has taken the state. A `-t` container's pty gets our terminal's size, now and
+    at each SIGWINCH (through its monitor)."""
+    cfg = cdir.config
     fifo: int | None = None
+    previous: dict[signal.Signals, object] = {}
     try:
         if stdin is not None:
             fifo = os.open(cdir.sub("stdin"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             os.set_blocking(fifo, True)
-        previous = {}
         if sig_proxy and not cfg.tty:
             from .lifecycle import signal_container
 
@@ -114,35 +196,57 @@ def attach(cdir: ContainerDir, *, detach_keys: bytes, no_stdin: bool, sig_proxy:
 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, proxy)
-        try:
-            with (
-                console.raw_terminal(stdin)
-                if stdin is not None and cfg.tty
-                else contextlib.nullcontext()
-            ):
-                return _relay(cdir, log, stdin, fifo, _KeyScanner(detach_keys))
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        if cfg.tty and _share_window_size(cdir):
+            previous[signal.SIGWINCH] = signal.signal(
+                signal.SIGWINCH, lambda _s, _f: _share_window_size(cdir)
+            )
+        with (
+            console.raw_terminal(stdin)
+            if stdin is not None and cfg.tty
+            else contextlib.nullcontext()
+        ):
+            return _relay(cdir, log, stdin, fifo, _KeyScanner(detach_keys), exit_fd)
     finally:
-        log.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
         if fifo is not None:
             os.close(fifo)
 
 
+def _share_window_size(cdir: ContainerDir) -> bool:
+    """Our terminal's size for the container's pty: saved where its (detached) monitor reads
+    it, which a SIGWINCH tells to (console.resize_pty). False if we have no terminal."""
+    try:
+        if not console.save_window_size(cdir.sub(console.WINDOW_SIZE)):
+            return False
+        state = cdir.read_state()
+    except (OSError, ValueError):
+        return False
+    if state.status == RUNNING and process_alive(state.monitor_pid, state.monitor_start):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.monitor_pid, signal.SIGWINCH)
+    return True
+
+
 def _relay(
-    cdir: ContainerDir, log: _LogTail, stdin: int | None, fifo: int | None, keys: _KeyScanner
-) -> int:
+    cdir: ContainerDir,
+    log: LogTail,
+    stdin: int | None,
+    fifo: int | None,
+    keys: _KeyScanner,
+    exit_fd: int | None,
+) -> int | None:
     while True:
-        stopped = _stopped(cdir)
+        stopped = _exit_status(cdir, exit_fd)
         log.pump()
         if stopped is not None:
             return stopped
+        waiting = [fd for fd in (stdin, exit_fd) if fd is not None]
         try:
-            ready, _, _ = select.select([stdin] if stdin is not None else [], [], [], _POLL)
+            ready, _, _ = select.select(waiting, [], [], _POLL)
         except InterruptedError:
             continue
-        if stdin is not None and ready:
+        if stdin is not None and stdin in ready:
             data = os.read(stdin, _CHUNK)
             if not data:  # our input ended: the container's stays open (the FIFO)
                 stdin = None
@@ -151,8 +255,7 @@ def _relay(
                 data = keys.feed(data)
             except _Detach:
                 log.pump()
-                print("read escape sequence", file=sys.stderr, flush=True)
-                return 1
+                return None
             if data and fifo is not None:
                 try:
                     console_write(fifo, data)
@@ -160,12 +263,37 @@ def _relay(
                     stdin = None
 
 
+def _exit_status(cdir: ContainerDir, exit_fd: int | None) -> int | None:
+    """The container's exit status once it has stopped, else None: what its monitor told our
+    FIFO, else what its state says (looked at before the FIFO again, which the monitor writes
+    before it removes a --rm container)."""
+    told = _told(exit_fd)
+    if told is not None:
+        return told
+    stopped = _stopped(cdir)
+    if stopped is None:
+        return None
+    told = _told(exit_fd)
+    return stopped if told is None else told
+
+
+def _told(exit_fd: int | None) -> int | None:
+    if exit_fd is None:
+        return None
+    try:
+        data = os.read(exit_fd, 64)
+    except BlockingIOError:
+        return None
+    first = data.split(b"\n")[0]
+    return int(first) if first.isdigit() else None
+
+
 def console_write(fd: int, data: bytes) -> None:
     while data:
         data = data[os.write(fd, data) :]
 
 
-class _LogTail:
+class LogTail:
     """The container's log from where it ends at attach: each complete record's text goes to
     our stdout or stderr as the container printed it. A log not made yet (nothing printed so
     far) is read from its start once it appears; one that `--log-opt max-size` rotated away
@@ -216,6 +344,12 @@ class _LogTail:
             if rec is not None:
                 fd = sys.stdout.fileno() if rec.stream == "stdout" else sys.stderr.fileno()
                 console_write(fd, rec.data + (b"\n" if rec.full else b""))
+
+    def __enter__(self) -> LogTail:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         if self.fd is not None:

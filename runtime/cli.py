@@ -229,14 +229,32 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
         help="another supplementary group (a name of the container's /etc/group, or a gid)",
     )  # fmt: skip
     parser.add_argument(
-        "--userns", default="", metavar="MODE", help="host (the only mode; rootless: its own)"
-    )
+        "--userns", default="", metavar="MODE",
+        help="host (rootless: its own), or keep-id[:uid=N,gid=N] (rootless: the user's ids inside)",
+    )  # fmt: skip
     parser.add_argument(
         "--log-opt", action="append", default=[], metavar="K=V",
         help="max-size=SIZE, max-file=N: rotate the container's log (runtime.logrotate)",
     )  # fmt: skip
+    # runtime.health: docker's health check flags (over the image's HEALTHCHECK)
+    parser.add_argument("--health-cmd", default="", metavar="CMD", help="a check (sh -c CMD)")
+    for flag, what in (
+        ("--health-interval", "between checks (default 30s)"),
+        ("--health-timeout", "before a check is killed (default 30s)"),
+        ("--health-start-period", "when failures do not count yet (default 0s)"),
+        ("--health-start-interval", "between checks in the start period (default 5s)"),
+    ):
+        parser.add_argument(flag, default="", metavar="DURATION", help=what)
+    parser.add_argument(
+        "--health-retries", type=int, default=0, metavar="N",
+        help="failures in a row that make it unhealthy (default 3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-healthcheck", action="store_true", help="no health check (not even the image's)"
+    )
     if run:
         parser.add_argument("-d", "--detach", action="store_true", help="run in the background")
+        _add_detach_keys(parser)
     parser.add_argument("-D", "--debug", action="store_true", help="tracebacks on errors")
     parser.add_argument(
         "rest",
@@ -309,6 +327,7 @@ def _create_request(
 ) -> CreateRequest:
     from . import network, runflags
     from .create import CreateRequest
+    from .health import merge, parse_flags, validate
     from .logrotate import parse_log_opts
     from .ports import parse_publish_all
     from .process import check_user, parse_env_assignments, read_env_file
@@ -326,7 +345,7 @@ def _create_request(
     if args.workdir and not args.workdir.startswith("/"):
         raise UsageError(f"-w {args.workdir}: the working directory must be absolute", 125)
     is_rootless = rootless if rootless is not None else os.geteuid() != 0
-    runflags.check_userns(args.userns)
+    keep_id = runflags.parse_userns(args.userns, rootless=is_rootless)
     label_items = [item for path in args.label_file for item in runflags.read_label_file(path)]
     labels = runflags.parse_labels([*label_items, *args.label])
     if args.stop_signal:
@@ -336,6 +355,17 @@ def _create_request(
     ulimits = tuple(runflags.parse_ulimit(u) for u in args.ulimit)
     shm_size = runflags.parse_size(args.shm_size, "--shm-size") if args.shm_size else 0
     log_opts = parse_log_opts(args.log_opt)
+    health_flags = parse_flags(
+        cmd=args.health_cmd,
+        interval=args.health_interval,
+        timeout=args.health_timeout,
+        retries=args.health_retries,
+        start_period=args.health_start_period,
+        start_interval=args.health_start_interval,
+        no_healthcheck=args.no_healthcheck,
+    )
+    healthcheck = merge(health_flags, image.config.healthcheck)
+    validate(healthcheck)
     mount_specs = (
         *(parse_volume_flag(v) for v in args.volume),
         *(parse_mount_flag(m) for m in args.mount),
@@ -414,6 +444,7 @@ def _create_request(
         shm_size=shm_size,
         group_add=runflags.check_groups(args.group_add),
         log_opts=log_opts,
+        healthcheck=healthcheck,
         network=mode,
         subnet=subnet,
         dns=dns,
@@ -436,6 +467,8 @@ def _create_request(
         cpu_quota=cpu_quota,
         rootless=rootless,
         id_map=id_map,
+        keep_id=keep_id,
+        userns=args.userns,
         security=sec,
     )
 
@@ -477,17 +510,20 @@ def _run(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) ->
     runner.debug = bool(args.debug)
     if not args.detach:
         check_input_terminal(args.interactive, args.tty)
+    # `-it`: a detached monitor that we attach to, so that the detach keys can leave it running
+    at_terminal = args.tty and args.interactive and not args.detach
+    keys = _detach_keys(args) if at_terminal or args.detach_keys is not None else b""
     from .trace import mark
 
     mark("run parsed")
     # The state root depends on who we are: pick it before entering a user namespace.
-    root = _state_root(args) if args.detach or os.geteuid() != 0 else None
+    root = _state_root(args) if args.detach or at_terminal or os.geteuid() != 0 else None
     # So does the image: a rootless pull extracts its layers as the user, outside the user
     # namespace (where the kernel says uid 0 and the store's files would get mapped owners).
     resolved = None
-    if root is not None and not args.detach:
+    if root is not None and not args.detach and not at_terminal:
         resolved = _image_and_argv(args, root, resolver)
-    if args.detach:
+    if args.detach or at_terminal:
         from .prefork import discard
 
         discard()  # the detached monitor forks its own; it must not inherit this one
@@ -498,6 +534,7 @@ def _run(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) ->
     if root is None:
         root = _state_root(args)
     try:
+        from .attach import run_in_terminal
         from .create import create
         from .lifecycle import run_attached, start_detached
 
@@ -513,6 +550,8 @@ def _run(args: argparse.Namespace, runner: Runner, resolver: Resolver | None) ->
             start_detached(root, cdir, remove_on_failure=True)
             print(cdir.id, flush=True)
             return 0
+        if at_terminal:
+            return run_in_terminal(root, cdir, detach_keys=keys, stdin=True, remove_on_failure=True)
         return run_attached(root, cdir, remove_on_failure=True, daemon=daemon)
     finally:
         if daemon is not None:
@@ -579,17 +618,41 @@ def _add_start_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-a", "--attach", action="store_true", help="stay attached (output, exit status)"
     )
+    parser.add_argument(
+        "-i", "--interactive", action="store_true", help="attach our input (a -t container's)"
+    )
+    _add_detach_keys(parser)
     parser.add_argument("containers", nargs="+", metavar="CONTAINER")
 
 
+def _add_detach_keys(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--detach-keys", default=None, metavar="KEYS",
+        help="the keys that detach (default ctrl-p,ctrl-q; '' for none)",
+    )  # fmt: skip
+
+
+def _detach_keys(args: argparse.Namespace) -> bytes:
+    from .attach import DEFAULT_DETACH_KEYS, parse_detach_keys
+
+    return parse_detach_keys(DEFAULT_DETACH_KEYS if args.detach_keys is None else args.detach_keys)
+
+
 def _start(args: argparse.Namespace, runner: Runner) -> int:
+    from .attach import run_in_terminal
     from .lifecycle import run_attached, start_detached
 
     root = _state_root(args)
-    if args.attach:
+    keys = _detach_keys(args)
+    if args.attach or args.interactive:  # docker: -i attaches too
         if len(args.containers) != 1:
-            raise UsageError("start -a takes one container", 125)
-        return run_attached(root, root.find(args.containers[0]), remove_on_failure=False)
+            raise UsageError("you cannot start and attach multiple containers at once", 125)
+        cdir = root.find(args.containers[0])
+        if cdir.config.tty:  # through a detached monitor, as `run -it`
+            return run_in_terminal(
+                root, cdir, detach_keys=keys, stdin=args.interactive, remove_on_failure=False
+            )
+        return run_attached(root, cdir, remove_on_failure=False)
     for ref in args.containers:
         start_detached(root, root.find(ref), remove_on_failure=False)
         print(ref, flush=True)
@@ -646,7 +709,8 @@ def _add_ps_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.add_argument(
         "-f", "--filter", action="append", default=[], metavar="K=V",
-        help="label=K[=V], name=TEXT, id=PREFIX, status=created|running|exited",
+        help="label=K[=V], name=TEXT, id=PREFIX, status=created|running|exited,"
+        " health=starting|healthy|unhealthy|none",
     )  # fmt: skip
 
 
@@ -654,8 +718,10 @@ def _ps_filter(items: list[str]) -> list[tuple[str, str]]:
     filters = []
     for item in items:
         key, eq, value = item.partition("=")
-        if not eq or key not in ("label", "name", "id", "status"):
-            raise UsageError(f"invalid filter {item!r} (label, name, id, status)", 125)
+        if not eq or key not in ("label", "name", "id", "status", "health"):
+            raise UsageError(f"invalid filter {item!r} (label, name, id, status, health)", 125)
+        if key == "health" and value not in ("starting", "healthy", "unhealthy", "none"):
+            raise UsageError(f"Unrecognised filter value for health: {value}", 125)
         filters.append((key, value))
     return filters
 
@@ -669,6 +735,10 @@ def _ps_matches(cdir: ContainerDir, status: str, key: str, value: str) -> bool:
         return value in cfg.name
     if key == "id":
         return cfg.id.startswith(value)
+    if key == "health":  # runtime.health
+        from .health import status as health_status
+
+        return health_status(cdir) == value
     return status == value
 
 
@@ -868,6 +938,31 @@ def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
     prune.add_argument("-f", "--force", action="store_true", help="do not ask (strata never asks)")
 
 
+def _add_healthcheck_arguments(parser: argparse.ArgumentParser) -> None:
+    add_root(parser)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    run = actions.add_parser("run", help="run a container's health check now, and record it")
+    run.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS, help="state root")
+    run.add_argument("container", metavar="CONTAINER")
+
+
+def _healthcheck(args: argparse.Namespace, runner: Runner) -> int:
+    """`strata healthcheck run`: podman's command. Nothing printed and 0 when the check passed;
+    "unhealthy" and 1 when it failed; 125 for no such container, none running or no check."""
+    from .health import run_now
+
+    root = _state_root(args)
+    try:
+        cdir = root.find(args.container)
+    except UsageError as exc:
+        raise UsageError(str(exc), 125) from None
+    result = run_now(root, cdir)
+    if result.exit_code == 0:
+        return 0
+    print("unhealthy", flush=True)
+    return 1
+
+
 def _network(args: argparse.Namespace, runner: Runner) -> int:
     import json
 
@@ -1056,10 +1151,7 @@ def _stats(args: argparse.Namespace, runner: Runner) -> int:
 
 def _add_attach_arguments(parser: argparse.ArgumentParser) -> None:
     add_root(parser)
-    parser.add_argument(
-        "--detach-keys", default=None, metavar="KEYS",
-        help="the keys that detach (default ctrl-p,ctrl-q; '' for none)",
-    )  # fmt: skip
+    _add_detach_keys(parser)
     parser.add_argument("--no-stdin", action="store_true", help="do not attach the input")
     parser.add_argument(
         "--sig-proxy", default="true", choices=("true", "false"),
@@ -1069,9 +1161,9 @@ def _add_attach_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _attach(args: argparse.Namespace, runner: Runner) -> int:
-    from .attach import DEFAULT_DETACH_KEYS, attach, parse_detach_keys
+    from .attach import attach
 
-    keys = parse_detach_keys(DEFAULT_DETACH_KEYS if args.detach_keys is None else args.detach_keys)
+    keys = _detach_keys(args)
     cdir = _state_root(args).find(args.container)
     return attach(
         cdir, detach_keys=keys, no_stdin=args.no_stdin, sig_proxy=args.sig_proxy == "true"
@@ -1152,6 +1244,12 @@ def subcommands(source: ImageSource | None = None) -> tuple[Subcommand, ...]:
         ),
         Subcommand(
             "stats", "show containers' CPU, memory, I/O and PIDs", _add_stats_arguments, _stats
+        ),
+        Subcommand(
+            "healthcheck",
+            "run a container's health check now (healthcheck run CONTAINER)",
+            _add_healthcheck_arguments,
+            _healthcheck,
         ),
         Subcommand(
             "network",

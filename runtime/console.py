@@ -15,22 +15,65 @@ import fcntl
 import os
 import select
 import signal
+import sys
 import termios
 import tty
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Final
 
 _CHUNK: Final = 65536
+WINDOW_SIZE: Final = "winsize"  # containers/<id>/winsize: save_window_size, resize_pty
 
 
 def copy_window_size(from_fd: int, to_fd: int) -> None:
     """Copy the terminal size of `from_fd` (if it is a terminal) to the pty `to_fd`."""
+    size = _window_size(from_fd)
+    if size is not None:
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(to_fd, termios.TIOCSWINSZ, size)
+
+
+def _window_size(fd: int) -> bytes | None:
     try:
-        size = fcntl.ioctl(from_fd, termios.TIOCGWINSZ, b"\0" * 8)
+        return fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+    except OSError:
+        return None
+
+
+def save_window_size(path: Path) -> bool:
+    """For a monitor with no terminal of its own (a detached one, which `strata attach` and
+    `run -it` talk to): our terminal's size (stdout's, as docker takes it, else stdin's) into
+    `path` (atomically), which `resize_pty` reads. False if neither is a terminal."""
+    size = _window_size(sys.stdout.fileno())
+    if size is None:
+        size = _window_size(sys.stdin.fileno())
+    if size is None:
+        return False
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, size)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    return True
+
+
+def resize_pty(master: int, size_file: Path | None) -> None:
+    """The pty gets our terminal's size when our stdin is a terminal (a foreground monitor),
+    else the size the last attached client saved in `size_file` (`save_window_size`)."""
+    stdin = sys.stdin.fileno()
+    if os.isatty(stdin) or size_file is None:
+        copy_window_size(stdin, master)
+        return
+    try:
+        size = size_file.read_bytes()
     except OSError:
         return
-    with contextlib.suppress(OSError):
-        fcntl.ioctl(to_fd, termios.TIOCSWINSZ, size)
+    if len(size) == 8:
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(master, termios.TIOCSWINSZ, size)
 
 
 @contextlib.contextmanager

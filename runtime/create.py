@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unionfs.config import UnionConfig
+from unionfs.config import IdMapping, UnionConfig
 from unionfs.errors import UsageError
 
 from . import capabilities, mounts, namespaces, security, volumes
@@ -55,6 +55,8 @@ class CreateRequest:
     shm_size: int = 0
     group_add: tuple[str, ...] = ()
     log_opts: tuple[int, int] = (0, 1)  # --log-opt max-size, max-file (runtime.logrotate)
+    # the image's HEALTHCHECK under --health-* (runtime.health.merge); None: no check
+    healthcheck: dict[str, object] | None = None
     network: str = "host"
     subnet: str = DEFAULT_SUBNET
     dns: tuple[str, ...] = ()
@@ -80,6 +82,9 @@ class CreateRequest:
     # root): None means "look at our own ids now".
     rootless: bool | None = None
     id_map: IdMap | None = None
+    # --userns keep-id[:uid=,gid=] (runflags.parse_userns): the ids inside, -1 for the user's
+    keep_id: tuple[int, int] | None = None
+    userns: str = ""
 
 
 def rootless_map() -> IdMap:
@@ -105,8 +110,20 @@ def container_config(
     )
     rootless = req.rootless if req.rootless is not None else os.geteuid() != 0
     id_map: dict[str, list[list[int]]] = {}
+    userns_map: dict[str, list[list[int]]] = {}
+    user = req.user if req.user is not None else image.user
     if rootless:
-        id_map = (req.id_map or rootless_map()).to_json()
+        rootless_ids = req.id_map or rootless_map()
+        id_map = rootless_ids.to_json()
+        if req.keep_id is not None:  # podman's keep-id: the user's ids (or those given) inside
+            uid, gid = req.keep_id
+            uid = uid if uid >= 0 else rootless_ids.uids[0].outside
+            gid = gid if gid >= 0 else rootless_ids.gids[0].outside
+            try:
+                userns_map = namespaces.keep_id_map(rootless_ids, uid, gid).to_json()
+            except OSError as exc:
+                raise UsageError(f"--userns {req.userns}: {exc}", 125) from None
+            user = user if req.user is not None else f"{uid}:{gid}"
     sec = req.security
     return ContainerConfig(
         id=cid,
@@ -117,7 +134,7 @@ def container_config(
         argv=argv,
         env=env,
         workdir=req.workdir or image.workdir or "/",
-        user=req.user if req.user is not None else image.user,
+        user=user,
         hostname=hostname,
         network=req.network,
         subnet=req.subnet if req.network == "bridge" else "",
@@ -138,6 +155,8 @@ def container_config(
         auto_remove=req.auto_remove,
         rootless=rootless,
         id_map=id_map,
+        userns=req.userns if userns_map else "",
+        userns_map=userns_map,
         memory=req.memory,
         pids_limit=req.pids_limit,
         restart_policy=req.restart_policy,
@@ -160,6 +179,8 @@ def container_config(
         group_add=req.group_add,
         log_max_size=req.log_opts[0],
         log_max_file=req.log_opts[1],
+        healthcheck=req.healthcheck,
+        shell=image.shell,
     )
 
 
@@ -214,6 +235,8 @@ def create(root: StateRoot, req: CreateRequest) -> ContainerDir:
             for sub in ("rootfs",) if req.read_only else ("rootfs", "upper", "work"):
                 (staging / sub).mkdir(mode=0o755 if sub != "work" else 0o700)
             build_init_layer(staging / "init", req.image.layers, config.volumes)
+            if config.userns_map:  # hook: --userns keep-id, the user's /etc/passwd entry
+                add_keep_id_user(staging / "init", req.image.layers, config, req.id_map)
             for name in mounts.ETC_FILES:
                 (staging / name).touch(mode=0o644)
             if profile is not None:
@@ -277,6 +300,79 @@ def build_init_layer(init: Path, layers: Sequence[Path], volumes: Sequence[Volum
             path.touch(mode=0o644)
 
 
+def add_keep_id_user(
+    init: Path, layers: Sequence[Path], cfg: ContainerConfig, rootless: IdMap | None
+) -> None:
+    """podman's keep-id: the image's /etc/passwd (and /etc/group) with an entry for the user
+    under its own name, its ids inside and the working directory as home (so HOME too, unless
+    set), when the image has none for that name or id; written into the init layer. An image
+    whose /etc/passwd is no regular file (a symlink) gets none."""
+    import grp
+    import pwd
+
+    ids = rootless or rootless_map()
+    outside, gid_outside = ids.uids[0].outside, ids.gids[0].outside
+    # the ids inside that the user's own (the rootless namespace's 0) are
+    uid, gid = (str(next(r[0] for r in cfg.userns_map[k] if r[1] == 0)) for k in ("uids", "gids"))
+    try:
+        me = pwd.getpwuid(outside)
+    except KeyError:
+        return
+    try:
+        group = grp.getgrgid(gid_outside).gr_name
+    except KeyError:
+        group = me.pw_name
+    entries = {
+        "passwd": (
+            me.pw_name,
+            uid,
+            f"{me.pw_name}:*:{uid}:{gid}:{me.pw_gecos}:{cfg.workdir}:/bin/sh",
+        ),
+        "group": (group, gid, f"{group}:x:{gid}:{me.pw_name}"),
+    }
+    for name, (who, ident, line) in entries.items():
+        found = _read_image_file(layers, "etc", name)
+        if found is None:
+            continue
+        text, st = found
+        fields = [line.split(":") for line in text.decode(errors="replace").splitlines()]
+        if any(f[0] == who or f[2:3] == [ident] for f in fields if len(f) >= 3):
+            continue  # the image has the user (group) already, by name or by id
+        path = init / "etc" / name
+        sep = b"" if not text or text.endswith(b"\n") else b"\n"
+        path.write_bytes(text + sep + line.encode() + b"\n")
+        _copy_attrs(path, st)
+
+
+def _read_image_file(layers: Sequence[Path], *names: str) -> tuple[bytes, os.stat_result] | None:
+    """The file `names` (a path, one name each) of the topmost layer that has it, read through
+    directory fds that follow no symlink; None if that is no regular file (a symlink, a
+    whiteout) or no layer has it."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    for layer in layers:
+        fd = os.open(layer, flags | os.O_DIRECTORY)
+        try:
+            for i, name in enumerate(names):
+                last = i == len(names) - 1
+                try:
+                    nfd = os.open(name, flags | (0 if last else os.O_DIRECTORY), dir_fd=fd)
+                except FileNotFoundError:
+                    break
+                except OSError:  # a symlink (ELOOP, ENOTDIR) or a whiteout device
+                    return None
+                os.close(fd)
+                fd = nfd
+            else:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    return None
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    return f.read(), st
+        finally:
+            os.close(fd)
+    return None
+
+
 def _copy_attrs(path: Path, st: os.stat_result) -> None:
     with contextlib.suppress(OSError):
         os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
@@ -289,13 +385,32 @@ def _copy_attrs(path: Path, st: os.stat_result) -> None:
 def union_config(cdir: ContainerDir) -> UnionConfig:
     cfg = cdir.config
     lowers = (cdir.sub("init"), *(Path(p) for p in cfg.layers))
+    # --userns keep-id: a file of id N on disk (the image's ids, as the rootless namespace sees
+    # them) is shown as the id that the container's namespace maps to N
+    uid_map = tuple(IdMapping(r[1], r[0], r[2]) for r in cfg.userns_map.get("uids", []))
+    gid_map = tuple(IdMapping(r[1], r[0], r[2]) for r in cfg.userns_map.get("gids", []))
     if cfg.read_only:
-        return UnionConfig(lowers=lowers)
-    return UnionConfig(lowers=lowers, upper=cdir.sub("upper"), work=cdir.sub("work"))
+        return UnionConfig(lowers=lowers, uid_map=uid_map, gid_map=gid_map)
+    return UnionConfig(
+        lowers=lowers,
+        upper=cdir.sub("upper"),
+        work=cdir.sub("work"),
+        uid_map=uid_map,
+        gid_map=gid_map,
+    )
 
 
 def id_map_of(cfg: ContainerConfig) -> IdMap:
+    return _id_map(cfg.id_map)
+
+
+def userns_map_of(cfg: ContainerConfig) -> IdMap | None:
+    """--userns keep-id: the map of the container's own user namespace (None: it has none)."""
+    return _id_map(cfg.userns_map) if cfg.userns_map else None
+
+
+def _id_map(data: dict[str, list[list[int]]]) -> IdMap:
     def ranges(key: str) -> tuple[IdRange, ...]:
-        return tuple(IdRange(*r) for r in cfg.id_map.get(key, []))
+        return tuple(IdRange(*r) for r in data.get(key, []))
 
     return IdMap(uids=ranges("uids"), gids=ranges("gids"))

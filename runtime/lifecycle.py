@@ -50,7 +50,11 @@ def run_attached(
 
 
 def start_detached(
-    root: StateRoot, cdir: ContainerDir, *, remove_on_failure: bool, after_exit: int | None = None
+    root: StateRoot,
+    cdir: ContainerDir,
+    *,
+    remove_on_failure: bool,
+    after_exit: int | None = None,
 ) -> None:
     """Start a monitor daemon for the container and return once the command runs (StartError
     with the container's message otherwise). Its output goes to the container's log.

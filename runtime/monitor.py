@@ -31,7 +31,7 @@ from unionfs.errors import UsageError
 from . import console, namespaces, network, publish, usernet
 from .cgroups import Limits
 from .control import START_FAILED, StartError, check_error, recv, send
-from .create import confinement_of, id_map_of, union_config
+from .create import confinement_of, id_map_of, union_config, userns_map_of
 from .init import FORWARDED, exit_code
 from .logs import LOG, STREAMS, LogWriter
 from .namespaces import Namespace
@@ -95,6 +95,7 @@ class Monitor:
             cpu_quota=cdir.config.cpu_quota,
         )
         self.usernet: usernet.Helper | None = None  # pasta/slirp4netns (runtime.usernet)
+        self.health_pid = 0  # the health checker (runtime.health), while it runs
 
     # -- the whole life
 
@@ -126,6 +127,7 @@ class Monitor:
                     flush=True,
                 )
             mark("exit recorded")
+            self.cdir.tell_exit(code)  # hook: runtime.attach, its clients
             return code
         except Interrupted as exc:
             raise StartError(
@@ -291,6 +293,7 @@ class Monitor:
             self._spawn(plan)
             self._handshake(self.daemon_pid)
             mark("command started")
+            self._start_health(stack)
             if on_started is not None:
                 on_started()
             status = self._wait()
@@ -300,6 +303,26 @@ class Monitor:
                 code = 128 + self.relay.emulated
             return code
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _start_health(self, stack: contextlib.ExitStack) -> None:
+        """hook: runtime.health, the HEALTHCHECK's checker (a child, off the monitor's path);
+        stopped first on the way out, before the exit is recorded."""
+        from . import health
+
+        if health.probe_argv(self.cfg.healthcheck, self.cfg.shell) is None:
+            return
+        try:
+            self.health_pid = health.spawn_checker(self.root, self.cdir)
+        except OSError as exc:
+            print(f"strata: warning: no health checks: {exc.strerror}", file=sys.stderr, flush=True)
+            return
+        stack.callback(self._stop_health)
+
+    def _stop_health(self) -> None:
+        from . import health
+
+        pid, self.health_pid = self.health_pid, 0
+        health.stop_checker(self.cdir, pid)
 
     # -- before the fork
 
@@ -388,6 +411,7 @@ class Monitor:
             can_setgroups=namespaces.setgroups_allowed(),
             confinement=confinement_of(self.root, self.cdir),
             usernet=cfg.network in usernet.MODES,
+            userns=userns_map_of(cfg),
         )
 
     def _spawn(self, plan: Plan) -> None:
@@ -475,7 +499,9 @@ class Monitor:
         if ready:
             self.master = ready[0]
             self.relay.master = self.master
-            console.copy_window_size(sys.stdin.fileno(), self.master)
+            if not self.attached:  # the size an attached client saved (runtime.attach)
+                self.relay.size_file = self.cdir.sub(console.WINDOW_SIZE)
+            console.resize_pty(self.master, self.relay.size_file)
         # From here on signals go to the container: set the target before "go" so that an
         # interrupt cannot abort a command that already runs.
         self.relay.target = self.init_pid
@@ -555,6 +581,8 @@ class Monitor:
                     self._daemon_died(status)
                 elif self.usernet is not None and pid == self.usernet.pid:
                     self.usernet.reaped = True  # died early: its pid must not be signalled
+                elif pid == self.health_pid:
+                    self.health_pid = 0  # the checker gave up (monitor.log says why)
             return True
 
         if self.master is not None:  # -t: the pty carries stdout and stderr

@@ -175,6 +175,36 @@ def rootless_id_map(uid: int, gid: int, user_name: str | None) -> IdMap:
     return IdMap(tuple(uids), tuple(gids))
 
 
+def keep_id_map(rootless: IdMap, uid: int, gid: int) -> IdMap:
+    """podman's `--userns keep-id`: the container's own user namespace, nested in the rootless
+    one (`rootless`: 0 is the user, 1..N its subordinate ids), where the user's ids are `uid`
+    and `gid` (podman: its own, or keep-id:uid=,gid=) and the ids around them are the
+    subordinate ones, as podman lays them out: inside 0..uid-1 are the rootless namespace's
+    1..uid, uid is its 0 (the user), uid+1..N are themselves. The ranges are inside -> the
+    rootless namespace's ids. OSError if the user has too few subordinate ids."""
+
+    def ranges(ident: int, total: int, what: str) -> tuple[IdRange, ...]:
+        if total <= ident:
+            raise OSError(
+                f"keep-id needs {what} {ident} and the ids below it mapped: the user has"
+                f" {total - 1} subordinate ids (/etc/sub{what})"
+            )
+        return tuple(
+            r
+            for r in (
+                IdRange(0, 1, ident),
+                IdRange(ident, 0, 1),
+                IdRange(ident + 1, ident + 1, total - ident - 1),
+            )
+            if r.count > 0
+        )
+
+    return IdMap(
+        uids=ranges(uid, sum(r.count for r in rootless.uids), "uid"),
+        gids=ranges(gid, sum(r.count for r in rootless.gids), "gid"),
+    )
+
+
 def current_user_name() -> str | None:
     import pwd
 
@@ -184,14 +214,18 @@ def current_user_name() -> str | None:
         return None
 
 
-def enter_user_namespace(id_map: IdMap, extra: Iterable[Namespace] = (Namespace.MNT,)) -> None:
+def enter_user_namespace(
+    id_map: IdMap, extra: Iterable[Namespace] = (Namespace.MNT,), *, nested: bool = False
+) -> None:
     """Unshare a user namespace (plus `extra`) in this process and install `id_map`.
 
-    The process must be single-threaded. Afterwards it is root in the new namespace with full
-    capabilities there, and can mount FUSE, proc (in a new pid namespace), tmpfs and binds.
+    The process must be single-threaded. Afterwards it has full capabilities in the new
+    namespace (and is its root, unless `nested`), and can mount FUSE, proc (in a new pid
+    namespace), tmpfs and binds. `nested`: we are root in a user namespace already (a rootless
+    monitor's), so a child of ours writes the map itself (--userns keep-id), no newuidmap.
     """
     flags = libc.CLONE_NEWUSER | flags_of(extra)
-    if not id_map.needs_helpers:
+    if not id_map.needs_helpers and not nested:
         libc.unshare(flags)
         _write_own_maps(id_map)
         return
@@ -203,7 +237,7 @@ def enter_user_namespace(id_map: IdMap, extra: Iterable[Namespace] = (Namespace.
         try:
             os.close(go_w)
             if os.read(go_r, 1) == b"1":
-                status = _run_map_helpers(parent, id_map)
+                status = (_write_maps if nested else _run_map_helpers)(parent, id_map)
         finally:
             os._exit(status)
     os.close(go_r)
@@ -260,6 +294,18 @@ def _write_own_maps(id_map: IdMap) -> None:
         f.write("".join(r.line() for r in id_map.uids))
     with open("/proc/self/gid_map", "w") as f:
         f.write("".join(r.line() for r in id_map.gids))
+
+
+def _write_maps(pid: int, id_map: IdMap) -> int:
+    """The map of `pid`'s new user namespace, written by its parent namespace's root."""
+    for name, ranges in (("uid_map", id_map.uids), ("gid_map", id_map.gids)):
+        try:
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write("".join(r.line() for r in ranges))
+        except OSError as exc:
+            print(f"strata: writing the {name} of the container: {exc.strerror}", file=sys.stderr)
+            return 1
+    return 0
 
 
 def _run_map_helpers(pid: int, id_map: IdMap) -> int:

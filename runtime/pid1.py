@@ -26,9 +26,10 @@ from typing import Final, NoReturn
 
 from unionfs import libc
 
-from . import mounts, network, runflags
+from . import mounts, namespaces, network, runflags
 from .control import START_FAILED, recv, send, send_error
 from .init import FORWARDED, exit_code, run_init
+from .namespaces import IdMap
 from .process import ExecError, ProcessSpec, exec_process
 from .security import Confinement
 from .state import ContainerDir
@@ -54,6 +55,7 @@ class Plan:
     can_setgroups: bool
     confinement: Confinement
     usernet: bool = False  # pasta/slirp4netns (runtime.usernet): wait for `net` before `ready`
+    userns: IdMap | None = None  # --userns keep-id: a user namespace of its own, with this map
 
 
 def ns_parent(plan: Plan, sock: socket.socket) -> NoReturn:
@@ -71,6 +73,8 @@ def ns_parent(plan: Plan, sock: socket.socket) -> NoReturn:
                 libc.setns(
                     plan.join_network, libc.CLONE_NEWNET, what="the other container's network"
                 )
+            if plan.userns is not None:  # first, so that it owns the other new namespaces
+                namespaces.enter_user_namespace(plan.userns, (), nested=True)
             libc.unshare(plan.flags)
         except OSError as exc:
             send_error(sock, START_FAILED, f"cannot create namespaces: {exc.strerror}")

@@ -130,11 +130,26 @@ def check_groups(groups: Iterable[str]) -> tuple[str, ...]:
     return tuple(groups)
 
 
-def check_userns(mode: str) -> None:
-    """`--userns`: only `host` (as root the host's user namespace, docker's default; rootless
-    strata's own, the only one it makes); `keep-id`, `auto`, `private`, `nomap` are refused."""
-    if mode not in ("", "host"):
-        raise UsageError(f"--userns {mode}: only host is supported", 125)
+def parse_userns(mode: str, *, rootless: bool) -> tuple[int, int] | None:
+    """`--userns`: `host` (as root the host's user namespace, docker's default; rootless
+    strata's own, the only one it makes), or podman's `keep-id[:uid=N,gid=N]` (rootless only, as
+    podman: the user's ids, or N, are the same inside; runtime.namespaces.keep_id_map): then
+    the uid and gid inside, -1 for the user's own. `auto`, `private`, `nomap` and the rest are
+    refused."""
+    if mode in ("", "host"):
+        return None
+    name, _, opts = mode.partition(":")
+    if name != "keep-id":
+        raise UsageError(f"--userns {mode}: only host and keep-id are supported", 125)
+    if not rootless:
+        raise UsageError(f"--userns {mode}: keep-id is only supported in rootless mode", 125)
+    ids = {"uid": -1, "gid": -1}
+    for opt in opts.split(",") if opts else []:
+        key, eq, value = opt.partition("=")
+        if key not in ids or not eq or not value.isdigit() or int(value) >= 2**32 - 1:
+            raise UsageError(f"--userns {mode}: unknown keep-id option {opt!r}", 125)
+        ids[key] = int(value)
+    return ids["uid"], ids["gid"]
 
 
 def check_platform(text: str) -> None:

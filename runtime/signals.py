@@ -5,7 +5,7 @@ ignored so that clean-up finishes."""
 from __future__ import annotations
 
 import signal
-import sys
+from pathlib import Path
 from types import FrameType
 
 from . import console
@@ -30,6 +30,7 @@ class SignalRelay:
         self.is_namespace_init = True
         self.emulated: int | None = None
         self.master: int | None = None
+        self.size_file: Path | None = None  # a detached monitor's: console.resize_pty
         self.cleaning = False
         self._saved: dict[int, object] = {}
 
@@ -50,7 +51,7 @@ class SignalRelay:
                 raise Interrupted(signum)
             return
         if signum == signal.SIGWINCH and self.master is not None:
-            console.copy_window_size(sys.stdin.fileno(), self.master)
+            console.resize_pty(self.master, self.size_file)
             return
         if deliver(self.target, signum, is_namespace_init=self.is_namespace_init):
             self.emulated = signum

@@ -14,6 +14,7 @@ Layout (`--root`, default /var/lib/strata as root, $XDG_DATA_HOME/strata otherwi
         log                    output of a detached container, as an older strata wrote it
         monitor.log            a detached monitor's own messages
         union.log              the union daemon's log
+        health.json            docker's State.Health: status, failing streak, last 5 checks
         seccomp.json           the --security-opt seccomp=FILE profile, as it was at create
     seccomp/<key>.bpf          compiled seccomp programs, by profile, capabilities and kernel
     volumes/<name>/            named and anonymous volumes (runtime.volumes)
@@ -30,6 +31,7 @@ Processes are identified by pid *and* start time, so a reused pid is not mistake
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import errno
 import fcntl
@@ -49,6 +51,7 @@ from unionfs.errors import UsageError
 CREATED: Final = "created"
 RUNNING: Final = "running"
 EXITED: Final = "exited"
+EXIT_FIFO: Final = "exit."  # + pid: an attached client's FIFO (ContainerDir.tell_exit)
 
 _NAME: Final = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 
@@ -65,6 +68,18 @@ def default_root() -> Path:
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z"
+
+
+def epoch(stamp: str) -> float | None:
+    """Seconds since the epoch of a state timestamp (`2024-01-02T03:04:05.123456789Z`)."""
+    if not stamp:
+        return None
+    try:
+        base, _, frac = stamp.rstrip("Z").partition(".")
+        seconds = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+    return seconds + (float(f"0.{frac}") if frac.isdigit() else 0.0)
 
 
 def write_json(path: Path, data: object) -> None:
@@ -155,6 +170,10 @@ class ContainerConfig:
     auto_remove: bool = False
     rootless: bool = False
     id_map: dict[str, list[list[int]]] = field(default_factory=dict)
+    # --userns keep-id (rootless): the container's own user namespace, nested in the rootless
+    # one, as IdMap.to_json (inside -> the rootless namespace's ids); empty: none
+    userns: str = ""
+    userns_map: dict[str, list[list[int]]] = field(default_factory=dict)
     memory: int = 0
     pids_limit: int = 0
     restart_policy: str = "no"  # --restart (runtime.restart) and its on-failure maximum
@@ -182,6 +201,10 @@ class ContainerConfig:
     group_add: tuple[str, ...] = ()
     log_max_size: int = 0  # --log-opt max-size (bytes; 0: no limit), runtime.logrotate
     log_max_file: int = 1  # --log-opt max-file
+    # runtime.health: docker's HealthConfig (the image's HEALTHCHECK under --health-*; None:
+    # none), and the image's SHELL, which runs a CMD-SHELL check
+    healthcheck: dict[str, object] | None = None
+    shell: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
@@ -208,6 +231,7 @@ class ContainerConfig:
             "network_aliases",
             "ulimits",
             "group_add",
+            "shell",
         ):
             items = values.get(key) or []
             assert isinstance(items, list | tuple)
@@ -292,6 +316,25 @@ class ContainerDir:
 
     def write_state(self, state: ContainerState) -> None:
         write_json(self.path / "state.json", state.to_json())
+
+    def tell_exit(self, code: int) -> None:
+        """The exit status to each attached client's FIFO (`exit.<pid>`, runtime.attach), which
+        keeps it when --rm takes this directory next; a FIFO nobody reads any more is skipped."""
+        try:
+            names = [n for n in os.listdir(self.path) if n.startswith(EXIT_FIFO)]
+        except OSError:
+            return
+        for name in names:
+            flags = os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                fd = os.open(self.path / name, flags)
+            except OSError:  # ENXIO: its reader is gone
+                continue
+            try:
+                with contextlib.suppress(OSError):
+                    os.write(fd, b"%d\n" % code)
+            finally:
+                os.close(fd)
 
     def effective_state(self) -> ContainerState:
         """The recorded state, corrected when the container's monitor has died unseen."""

@@ -41,7 +41,8 @@ check() {
 check "ruff" "$venv/bin/ruff" check .
 check "mypy" "$venv/bin/mypy"
 check "import layering" "$venv/bin/lint-imports" --no-cache
-check "pytest" "$venv/bin/pytest" -q "$@"
+# --durations: the slowest tests in the log, to see where CI's minutes go
+check "pytest" "$venv/bin/pytest" -q --durations=30 "$@"
 # The tests that need no root once more as a normal user (each root-only test skips itself), so
 # the pure core keeps running unprivileged; as root only, and only where `nobody` can read the
 # checkout (a clone under /root cannot be).

@@ -413,3 +413,16 @@ def test_the_freezer_cgroup_goes_with_the_container(strata: Strata, busybox: lis
     wait_for(lambda: _state(strata, "g")["Status"] == "exited", "the container to be seen exited")
     strata.run("rm", "g", check=True)
     assert not [d for d in dirs if d.exists()]
+
+
+def test_attach_to_a_rm_container_gets_its_exit_status(strata: Strata, busybox: list[str]) -> None:
+    script = "read line; exit 6"
+    strata.run("run", "-d", "-i", "--rm", "--name", "r", *busybox, "/bin/sh", "-c", script,
+               check=True)  # fmt: skip
+    wait_running(strata, "r")
+    attach = strata.popen(
+        "attach", "r", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = attach.communicate("bye\n", timeout=60)
+    assert (attach.returncode, out, err) == (6, "", "")  # told before --rm took the state
+    wait_for(lambda: not strata.container_ids(), "--rm to remove the container")

@@ -8,18 +8,31 @@ engines store images too.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.runtime.conftest import Strata, _pid_namespaces, check_no_leftovers, lowers_args
+from tests.helpers.images import BUSYBOX_DOCKER_ARCHIVE
+from tests.runtime.conftest import (
+    STRATA,
+    Strata,
+    _pid_namespaces,
+    check_no_leftovers,
+    lowers_args,
+    wait_for,
+)
+from tests.runtime.test_tty import Terminal
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
 
@@ -241,3 +254,134 @@ def test_rootless_volumes_tmpfs_and_ulimit(rootless: tuple[Strata, list[str], bo
     assert strata.run("volume", "ls", "-q").stdout == "etcvol\n"
     assert strata.run("volume", "rm", "etcvol").returncode == 0
     assert not data.exists()
+
+
+def test_rootless_userns_keep_id(rootless: tuple[Strata, list[str], bool]) -> None:
+    """podman's `--userns keep-id`: the user's ids are the same inside (so what it writes to a
+    bind mount is its own on the host), the subordinate ids around them as podman lays them
+    out (`podman create --userns keep-id` + inspect here: 0:1:U, U:0:1, U+1:U+1:65536-U), the
+    image's files keep their owners, the command runs as the user with an /etc/passwd entry and
+    HOME as podman makes them."""
+    strata, image, with_subids = rootless
+    uid, gid = strata.user, strata.group
+    assert uid is not None
+    assert gid is not None
+    name = strata.env["USER"]
+    vol = Path(strata.env["HOME"]) / "vol"
+    vol.mkdir()
+    os.chown(vol, uid, gid)
+    script = (
+        "id -u; id -g; echo $HOME; stat -c %u:%g /bin/busybox; grep ^$USER_NAME: /etc/passwd;"
+        " grep ^$USER_NAME: /etc/group; cat /proc/self/uid_map; touch /vol/mine"
+    )
+    done = strata.run(
+        "run", "--name", "k", "--userns", "keep-id", "-e", f"USER_NAME={name}", "-v",
+        f"{vol}:/vol", *image, "/bin/sh", "-c", script,
+    )  # fmt: skip
+    if not with_subids:
+        assert done.returncode == 125
+        assert done.stderr.startswith("strata: --userns keep-id: keep-id needs uid"), done.stderr
+        assert strata.container_ids() == []
+        return
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:4] == [str(uid), str(gid), "/", "0:0"]
+    assert lines[4] == f"{name}:*:{uid}:{gid}::/:/bin/sh"
+    assert lines[5] == f"{name}:x:{gid}:{name}"
+    assert [line.split() for line in lines[6:9]] == [
+        ["0", "1", str(uid)],
+        [str(uid), "0", "1"],
+        [str(uid + 1), str(uid + 1), str(65536 - uid)],
+    ]
+    assert os.stat(vol / "mine").st_uid == uid  # the user's own file on the host
+    host_config = strata.inspect("k")["HostConfig"]
+    assert host_config["UsernsMode"] == "keep-id"  # type: ignore[index]
+    mappings = host_config["IDMappings"]  # type: ignore[index]
+    assert [line.split() for line in lines[6:9]] == [m.split(":") for m in mappings["UidMap"]]
+    podman = _podman_keep_id_map(strata)
+    if podman is not None:  # the same map as podman's, as it reports it
+        assert mappings == podman
+    strata.run("rm", "k", check=True)
+    # exec joins the container's user namespace: the same user by default
+    strata.run("run", "-d", "--name", "e", "--userns", "keep-id", "--network", "none", *image,
+               "/bin/sleep", "60", check=True)  # fmt: skip
+    src = Path(strata.env["HOME"]) / "copied"
+    src.write_text("c\n")
+    os.chown(src, uid, gid)
+    strata.run("cp", str(src), "e:/tmp/copied", check=True)
+    inside = strata.run(
+        "exec", "e", "/bin/sh", "-c", "id -u; stat -c %u:%g /bin/busybox /tmp/copied"
+    )
+    # cp gives the user's ids, as podman's cp gives the container's main user's
+    assert inside.stdout.split() == [str(uid), "0:0", f"{uid}:{gid}"], inside.stderr
+    strata.run("rm", "-f", "e", check=True)
+    other = strata.run("run", "--rm", "--userns", "keep-id:uid=200,gid=300", *image, "/bin/sh",
+                       "-c", "id -u; id -g; cat /proc/self/uid_map")  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    assert [line.split() for line in other.stdout.splitlines()] == [
+        ["200"], ["300"], ["0", "1", "200"], ["200", "0", "1"], ["201", "201", "65336"]
+    ]  # fmt: skip
+
+
+def _podman_keep_id_map(strata: Strata) -> dict[str, list[str]] | None:
+    """`podman create --userns keep-id` as the test user (its own store and runtime dir in its
+    home) and the IDMappings `podman inspect` reports; None without podman. The pause process that
+    rootless podman leaves holding its user namespace is killed (by its pid file)."""
+    found = shutil.which("podman")
+    if found is None:
+        return None
+    home = Path(strata.env["HOME"])
+    run = Path(tempfile.mkdtemp(prefix="strata-pk", dir="/tmp"))  # (runroot: < 50 characters)
+    os.chown(run, strata.user or 0, strata.group or 0)
+    env = {**strata.env, "XDG_RUNTIME_DIR": str(run)}
+    base = [found, "--root", str(home / "podman"), "--runroot", str(run / "storage"),
+            "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"]  # fmt: skip
+
+    def podman(*args: str) -> str:
+        done = subprocess.run(
+            [*base, *args], env=env, user=strata.user, group=strata.group, cwd=home,
+            capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    try:
+        podman("load", "-q", "-i", str(BUSYBOX_DOCKER_ARCHIVE))
+        image = podman("images", "-q").split()[0]
+        podman("create", "--name", "k", "--userns", "keep-id", image, "true")
+        maps = podman("inspect", "k", "--format", "{{json .HostConfig.IDMappings}}")
+        return dict(json.loads(maps))
+    finally:
+        pause = run / "libpod/tmp/pause.pid"
+        if pause.exists():
+            pid = int(pause.read_text())
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while Path(f"/proc/{pid}").exists():
+                time.sleep(0.02)
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def test_rootless_run_it_detaches_and_attach_rejoins(
+    rootless: tuple[Strata, list[str], bool],
+) -> None:
+    strata, image, _ = rootless
+    argv = [STRATA, "run", "--root", str(strata.root), "--rm", "-it", "--name", "t", "--network",
+            "none", *image, "/bin/sh"]  # fmt: skip
+    term = Terminal(argv, as_user=strata)
+    try:
+        term.read_until(b"# ")
+        term.type("echo in$((1+1))\r")
+        term.read_until(b"in2")
+        term.type("\x10\x11")
+        assert term.wait() == 0
+    finally:
+        term.close()
+    again = Terminal([STRATA, "attach", "--root", str(strata.root), "t"], as_user=strata)
+    try:
+        again.type("id -u; exit 3\r")
+        assert again.wait() == 3
+    finally:
+        again.close()
+    assert b"\r\n0\r\n" in again.output
+    wait_for(lambda: not strata.container_ids(), "--rm to remove the container")

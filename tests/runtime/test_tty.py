@@ -21,10 +21,18 @@ pytestmark = [pytest.mark.root, pytest.mark.fuse]
 class Terminal:
     """`strata ARGS` on the slave side of a pty we hold the master of."""
 
-    def __init__(self, argv: list[str], *, rows: int = 24, cols: int = 80) -> None:
+    def __init__(
+        self, argv: list[str], *, rows: int = 24, cols: int = 80, as_user: Strata | None = None
+    ) -> None:
+        """`as_user`: run as its (rootless) user, with its environment."""
         pid, fd = pty.fork()
         if pid == 0:  # pragma: no cover - child
             try:
+                if as_user is not None and as_user.user is not None:
+                    os.setgroups([])
+                    os.setgid(as_user.group if as_user.group is not None else as_user.user)
+                    os.setuid(as_user.user)
+                    os.execve(argv[0], argv, as_user.env)
                 os.execv(argv[0], argv)
             finally:
                 os._exit(127)
@@ -147,3 +155,86 @@ def test_exec_it_into_a_running_container(strata: Strata, busybox: list[str]) ->
         assert b"/dev/pts/0" in term.output
     finally:
         term.close()
+
+
+def test_run_it_detaches_on_the_detach_keys_and_attach_rejoins(
+    strata: Strata, busybox: list[str]
+) -> None:
+    root = str(strata.root)
+    term = Terminal(
+        [STRATA, "run", "--root", root, "--rm", "-it", "--name", "d", *busybox, "/bin/sh"]
+    )
+    try:
+        term.read_until(b"# ")
+        term.type("echo one$((0+1))\r")
+        term.read_until(b"one1")
+        term.type("\x10\x11")  # ctrl-p ctrl-q: docker's default
+        assert term.wait() == 0  # as docker's run: status 0, no message
+        assert b"escape" not in term.output
+    finally:
+        term.close()
+    assert strata.inspect("d")["State"]["Status"] == "running"  # type: ignore[index]
+    again = Terminal([STRATA, "attach", "--root", root, "d"], rows=33, cols=90)
+    try:
+        again.type("stty size; echo two$((1+1))\r")
+        again.read_until(b"two2")
+        assert b"33 90" in again.output  # the pty took the new terminal's size
+        again.type("exit 7\r")
+        assert again.wait() == 7
+    finally:
+        again.close()
+    wait_for(lambda: not strata.container_ids(), "--rm to remove the container")
+
+
+def test_start_ai_detaches_on_its_detach_keys(strata: Strata, busybox: list[str]) -> None:
+    root = str(strata.root)
+    strata.run("create", "-it", "--name", "s", *busybox, "/bin/sh", check=True)
+    argv = [STRATA, "start", "--root", root, "-ai", "--detach-keys", "ctrl-x,y", "s"]
+    term = Terminal(argv)
+    try:
+        term.read_until(b"# ")
+        term.type("\x10\x11echo three$((1+2))\r")  # not its keys: they reach the shell
+        term.read_until(b"three3")
+        term.type("\x18y")
+        assert term.wait() == 0
+    finally:
+        term.close()
+    assert strata.inspect("s")["State"]["Status"] == "running"  # type: ignore[index]
+    done = strata.run("attach", "s", input="")  # our stdin is no terminal: refused
+    assert (done.returncode, done.stderr) == (1, "strata: the input device is not a TTY\n")
+    strata.run("stop", "-t", "1", "s", check=True)
+    # `start -a` of a -t container without -i: its output and status, no input
+    strata.run("create", "-t", "--name", "o", *busybox, "/bin/sh", "-c", "echo out; exit 4",
+               check=True)  # fmt: skip
+    done = strata.run("start", "-a", "o")
+    assert (done.returncode, done.stdout, done.stderr) == (4, "out\n", "")  # (text mode: \r\n)
+
+
+def test_detach_keys_bad_input(strata: Strata, busybox: list[str]) -> None:
+    done = strata.run("run", "--detach-keys", "ctrl-1", *busybox, "/bin/true")
+    assert (done.returncode, done.stderr) == (
+        125,
+        "strata: --detach-keys ctrl-1: invalid key 'ctrl-1'\n",
+    )
+    assert strata.container_ids() == []
+    strata.run("create", "-it", "--name", "c", *busybox, "/bin/sh", check=True)
+    done = strata.run("start", "-ai", "--detach-keys", "ctrl-é", "c")
+    assert (done.returncode, done.stderr) == (
+        125,
+        "strata: --detach-keys ctrl-é: invalid key 'ctrl-é'\n",
+    )
+    assert strata.inspect("c")["State"]["Status"] == "created"  # type: ignore[index]
+
+
+def test_run_it_of_a_missing_command_fails_and_removes_nothing_else(
+    strata: Strata, busybox: list[str]
+) -> None:
+    root = str(strata.root)
+    term = Terminal([STRATA, "run", "--root", root, "--rm", "-it", *busybox, "/nonexistent"])
+    try:
+        assert term.wait() == 127
+        assert term.output.count(b"strata: ") == 1, term.output
+        assert b"/nonexistent" in term.output
+    finally:
+        term.close()
+    assert strata.container_ids() == []
