@@ -32,6 +32,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
+from unionfs import libc
 from unionfs.errors import UsageError
 
 from . import console
@@ -241,11 +242,13 @@ def _relay(
         log.pump()
         if stopped is not None:
             return stopped
-        waiting = [fd for fd in (stdin, exit_fd) if fd is not None]
+        waiting = [fd for fd in (stdin, exit_fd, log.watch) if fd is not None]
         try:
             ready, _, _ = select.select(waiting, [], [], _POLL)
         except InterruptedError:
             continue
+        if log.watch is not None and log.watch in ready:
+            log.events()
         if stdin is not None and stdin in ready:
             data = os.read(stdin, _CHUNK)
             if not data:  # our input ended: the container's stays open (the FIFO)
@@ -304,7 +307,22 @@ class LogTail:
         self.path = path
         self.fd: int | None = None
         self.pending = b""
+        # readable when the log's directory changes (a record written, the log made or
+        # rotated), so output is relayed at once rather than at the next poll; None where
+        # inotify is unavailable (then the poll interval bounds the delay)
+        self.watch: int | None = None
+        with contextlib.suppress(OSError):
+            self.watch = libc.inotify_watch(
+                path.parent, libc.IN_MODIFY | libc.IN_CREATE | libc.IN_MOVED_TO
+            )
         self._open(at_end=True)
+
+    def events(self) -> None:
+        """Forget the inotify events that woke us (pump() reads what they announced)."""
+        if self.watch is not None:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self.watch, _CHUNK):
+                    pass
 
     def _open(self, *, at_end: bool) -> None:
         try:
@@ -350,6 +368,9 @@ class LogTail:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+        if self.watch is not None:
+            os.close(self.watch)
+            self.watch = None
 
     def close(self) -> None:
         if self.fd is not None:

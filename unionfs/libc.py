@@ -277,6 +277,26 @@ def set_pdeathsig(signum: int) -> None:
     prctl(PR_SET_PDEATHSIG, signum)
 
 
+# inotify(7) events (linux/inotify.h)
+IN_MODIFY: Final = 0x2
+IN_MOVED_TO: Final = 0x80
+IN_CREATE: Final = 0x100
+
+
+def inotify_watch(path: str | os.PathLike[str], mask: int) -> int:
+    """A non-blocking, close-on-exec inotify descriptor watching `path` for the events in
+    `mask`: it turns readable when one happens, so a reader can wait in select() instead of
+    polling. The caller closes it."""
+    fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        raise _fail("inotify_init1")
+    if _libc.inotify_add_watch(fd, _b(path), ctypes.c_uint32(mask)) < 0:
+        err = _fail("inotify_add_watch", path)
+        os.close(fd)
+        raise err
+    return int(fd)
+
+
 def malloc_trim() -> bool:
     """Give the free memory at the top and in the middle of the C heap back to the kernel.
 
