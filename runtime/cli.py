@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Final
 from unionfs.command import Runner, Subcommand
 from unionfs.errors import UsageError
 
+from .gotemplate import FORMAT_HELP, check_format, is_template
+from .gotemplate import parse as parse_template
+
 if TYPE_CHECKING:
     from .create import CreateRequest
     from .images import ImageSource, ImageSpec, Resolver
@@ -643,7 +646,7 @@ def _add_ps_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-a", "--all", action="store_true", help="also stopped containers")
     parser.add_argument("-q", "--quiet", action="store_true", help="only ids")
     parser.add_argument("--no-trunc", action="store_true", help="full ids and commands")
-    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--format", default="table", help=FORMAT_HELP)
     parser.add_argument(
         "-f", "--filter", action="append", default=[], metavar="K=V",
         help="label=K[=V], name=TEXT, id=PREFIX, status=created|running|exited",
@@ -691,7 +694,13 @@ def _ps(args: argparse.Namespace, runner: Runner) -> int:
             or any(k == "status" for k, _ in filters)
         ):
             rows.append(info)
-    if args.format == "json":
+    if is_template(args.format):
+        from .formats import PS_HEADERS, ps_fields, write
+
+        found = {c.id: c for c in root.containers()}
+        fields = [ps_fields(found[str(r["Id"])], r, full=args.no_trunc) for r in rows]
+        write(args.format, fields, PS_HEADERS)
+    elif args.format == "json":
         print(json.dumps(rows, indent=2))
     elif args.quiet:
         for row in rows:
@@ -807,17 +816,27 @@ def _logs(args: argparse.Namespace, runner: Runner) -> int:
 
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     add_root(parser)
+    add_inspect_format(parser)
     parser.add_argument("containers", nargs="+", metavar="CONTAINER")
 
 
-def _inspect(args: argparse.Namespace, runner: Runner) -> int:
-    import json
+def add_inspect_format(parser: argparse.ArgumentParser) -> None:
+    """`inspect`'s -f/--format (runtime.formats.print_inspected)."""
+    parser.add_argument(
+        "-f", "--format", default=None, metavar="TEMPLATE",
+        help="a Go template for each object ({{.State.Status}}, {{json .Config.Env}}), or json",
+    )  # fmt: skip
 
+
+def _inspect(args: argparse.Namespace, runner: Runner) -> int:
+    from .formats import print_inspected
     from .report import inspect
 
     root = _state_root(args)
     found: list[ContainerDir] = [root.find(ref) for ref in args.containers]
-    print(json.dumps([inspect(c) for c in found], indent=2))
+    if args.format is not None and is_template(args.format):
+        parse_template(args.format)  # (a bad template before any work, as docker)
+    print_inspected(args.format, [inspect(c) for c in found])
     return 0
 
 
@@ -853,8 +872,11 @@ def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
     listing = actions.add_parser("ls", aliases=["list"], help="list networks")
     root_too(listing)
     listing.add_argument("-q", "--quiet", action="store_true", help="only the ids")
+    listing.add_argument("--format", default="table", help=FORMAT_HELP)
+    listing.add_argument("--no-trunc", action="store_true", help="full ids")
     inspect = actions.add_parser("inspect", help="show networks as JSON")
     root_too(inspect)
+    add_inspect_format(inspect)
     inspect.add_argument("networks", nargs="+", metavar="NETWORK")
     remove = actions.add_parser("rm", aliases=["remove"], help="remove user networks")
     root_too(remove)
@@ -869,7 +891,6 @@ def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _network(args: argparse.Namespace, runner: Runner) -> int:
-    import json
 
     from . import networks
 
@@ -877,6 +898,13 @@ def _network(args: argparse.Namespace, runner: Runner) -> int:
     action = {"list": "ls", "remove": "rm"}.get(args.action, args.action)
     if action == "ls":
         rows = networks.listing(root)
+        if is_template(args.format) and not args.quiet:
+            from .formats import NETWORK_HEADERS, network_fields, write
+
+            check_format(args.format)
+            found = [network_fields(root, r[1], full=args.no_trunc) for r in rows]
+            write(args.format, found, NETWORK_HEADERS)
+            return 0
         if args.quiet:
             print("\n".join(r[0] for r in rows), flush=True)
             return 0
@@ -888,7 +916,11 @@ def _network(args: argparse.Namespace, runner: Runner) -> int:
             )
         return 0
     if action == "inspect":
-        print(json.dumps([networks.inspect(root, ref) for ref in args.networks], indent=4))
+        from .formats import print_inspected
+
+        if args.format is not None and is_template(args.format):
+            parse_template(args.format)
+        print_inspected(args.format, [networks.inspect(root, r) for r in args.networks], indent=4)
         return 0
     if os.geteuid() != 0 and action == "prune":  # hook: runtime.usernet, the user's own
         for what in prune_networks(root):
@@ -1037,12 +1069,16 @@ def _add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-a", "--all", action="store_true", help="also stopped containers")
     parser.add_argument("--no-stream", action="store_true", help="print one table and stop")
     parser.add_argument("--no-trunc", action="store_true", help="full container ids")
+    parser.add_argument("--format", default="table", help=FORMAT_HELP)
     parser.add_argument("containers", nargs="*", metavar="CONTAINER")
 
 
 def _stats(args: argparse.Namespace, runner: Runner) -> int:
     from .stats import show
 
+    template = args.format if is_template(args.format) else None
+    if template is not None:
+        check_format(template)  # (a bad one fails at once)
     root = _state_root(args)
     if args.containers:
         found = [root.find(ref) for ref in args.containers]
@@ -1050,7 +1086,13 @@ def _stats(args: argparse.Namespace, runner: Runner) -> int:
         found = [
             c for c in root.containers() if args.all or c.effective_state().status == "running"
         ]
-    show(found, stream=not args.no_stream, full=args.no_trunc)
+    show(
+        found,
+        stream=not args.no_stream,
+        full=args.no_trunc,
+        template=template,
+        given=list(args.containers) or None,
+    )
     return 0
 
 

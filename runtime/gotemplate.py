@@ -21,10 +21,8 @@ executing "" at <.Foo>: can't evaluate field Foo in type ContainerContext`, and 
 
 from __future__ import annotations
 
-import decimal
 import json
 import re
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -420,6 +418,8 @@ def _go_float(value: float) -> str:
         return "+Inf" if value > 0 else "-Inf"
     if value == 0:
         return "0"
+    import decimal
+
     sign, digits, exponent = decimal.Decimal(repr(value)).normalize().as_tuple()
     assert isinstance(exponent, int)
     text = "".join(str(d) for d in digits)
@@ -557,6 +557,12 @@ def _printf(fmt: object, *values: object) -> str:
     return re.sub(r"%([-+# 0]*\d*(?:\.\d+)?)([a-zA-Z%])", one, str(fmt))
 
 
+def _urlquery(text: str) -> str:
+    import urllib.parse
+
+    return urllib.parse.quote_plus(text)
+
+
 def _pad(value: object, before: object, after: object) -> str:
     """docker's `pad`: spaces before and after."""
     return " " * _int(before) + go_string(value) + " " * _int(after)
@@ -589,7 +595,7 @@ FUNCTIONS: Final[dict[str, Callable[..., object]]] = {
     "print": _sprint,
     "println": lambda *a: " ".join(go_string(v) for v in a) + "\n",
     "printf": _printf,
-    "urlquery": lambda *a: urllib.parse.quote_plus(_sprint(*a)),
+    "urlquery": lambda *a: _urlquery(_sprint(*a)),
     "eq": _compare("eq"),
     "ne": _compare("ne"),
     "lt": _compare("lt"),
@@ -820,25 +826,35 @@ def parse(text: str) -> Template:
 # -- docker's formatted lists -----------------------------------------------------------------
 
 
+FORMAT_HELP: Final = (
+    "a Go template ({{.ID}}, 'table {{.ID}}\\t{{.Names}}', {{json .}}), or json / table"
+)
+
+
 def is_template(fmt: str) -> bool:
     """Whether --format is a template (anything but podman's and docker's words `table`,
     `json`, which each command prints its own way)."""
     return fmt not in ("", "table", "json")
 
 
-def render(fmt: str, rows: Sequence[Mapping[str, object]], headers: Mapping[str, str]) -> str:
+def check_format(fmt: str) -> Template:
+    """A list's --format as a template, as `render` reads it (TemplateError if it is not one):
+    so a command can refuse a bad one before it does anything."""
+    text = fmt[len("table") :] if fmt.startswith("table") else fmt
+    return parse(text.strip(" ").replace("\\t", "\t").replace("\\n", "\n"))
+
+
+def render(fmt: str, rows: Sequence[Mapping[str, object]], headers: Mapping[str, object]) -> str:
     """A list command's output for --format: each row through the template, one line each;
     `table TEMPLATE` adds the header line (the template over `headers`, docker's column names)
     and lays the tab-separated cells out as docker's tabwriter does. As docker, `\\t` and `\\n`
     written as two characters stand for a tab and a newline."""
     table = fmt.startswith("table")
-    text = fmt[len("table") :] if table else fmt
-    text = text.strip(" ").replace("\\t", "\t").replace("\\n", "\n")
-    template = parse(text)
+    template = check_format(fmt)
     lines = [template.execute(row) + "\n" for row in rows]
     if not table:
         return "".join(lines)
-    header = template.execute(Fields("header", headers), functions=_HEADER_FUNCTIONS)
+    header = template.execute(dict(headers), functions=_HEADER_FUNCTIONS)
     return tabwrite(header + "\n" + "".join(lines))
 
 
@@ -867,11 +883,13 @@ def tabwrite(text: str, *, minwidth: int = 10, padding: int = 3) -> str:
 
 
 __all__ = [
+    "FORMAT_HELP",
     "FUNCTIONS",
     "MISSING",
     "Fields",
     "Template",
     "TemplateError",
+    "check_format",
     "go_string",
     "is_template",
     "parse",
