@@ -94,12 +94,16 @@ def test_ps_fields_are_dockers(loaded: Strata) -> None:
         f'{cid[:12]}|"sleep 100"|created|Created|b||vol1|bridge|1|a=b,io.buildah.version=1.28.2\n'
     )
     assert out(loaded, "ps", "-a", "--no-trunc", "--format", "{{.ID}}") == cid + "\n"
-    loaded.run("create", "--name", "c2", IMAGE, "echo", *"a long command line".split(), check=True)
+    loaded.run(
+        "create", "--name", "c2", IMAGE, "echo", *["a", "long", "command", "line"], check=True
+    )
     commands = out(loaded, "ps", "-a", "--filter", "name=c2", "--format", "{{.Command}}")
     assert commands == '"echo a long command…"\n'
     row = json.loads(out(loaded, "ps", "-a", "--filter", "name=c1", "--format", "{{json .}}"))
     assert list(row) == sorted(row)
-    assert row["Names"] == "c1" and row["State"] == "created" and "Label" not in row
+    assert row["Names"] == "c1"
+    assert row["State"] == "created"
+    assert "Label" not in row
 
 
 def test_table_format_has_dockers_header_and_layout(loaded: Strata) -> None:
@@ -124,7 +128,8 @@ def test_volume_and_network_lists_and_inspect(loaded: Strata) -> None:
 
 def test_inspect_format_json_and_each_object_on_a_line(loaded: Strata) -> None:
     both = out(loaded, "inspect", "-f", "{{.Id}}", "c1", IMAGE).splitlines()
-    assert len(both) == 2 and both[1] == json.loads(out(loaded, "inspect", IMAGE))[0]["Id"]
+    assert len(both) == 2
+    assert both[1] == json.loads(out(loaded, "inspect", IMAGE))[0]["Id"]
     assert json.loads(out(loaded, "inspect", "--format", "json", "c1"))[0]["Name"] == "c1"
     env = json.loads(out(loaded, "container", "inspect", "--format", "{{json .Config.Env}}", "c1"))
     assert "FOO=bar" in env
@@ -137,10 +142,13 @@ def test_stats_no_stream_format(loaded: Strata) -> None:
         loaded, "stats", "--no-stream", "--format", "{{.Name}} {{.Container}} {{.PIDs}}", "s1"
     )
     name, given, pids = text.split()
-    assert (name, given) == ("s1", "s1") and int(pids) >= 1
+    assert (name, given) == ("s1", "s1")
+    assert int(pids) >= 1
     text = out(loaded, "stats", "--no-stream", "--format", "table {{.Name}}\t{{.CPUPerc}}")
     header, line = text.splitlines()
-    assert header.split() == ["NAME", "CPU", "%"] and line.startswith("s1 ") and line.endswith("%")
+    assert header.split() == ["NAME", "CPU", "%"]
+    assert line.startswith("s1 ")
+    assert line.endswith("%")
     loaded.run("rm", "-f", "s1", check=True)
 
 
@@ -165,4 +173,5 @@ def test_bad_templates_are_one_line_and_125(
     assert done.returncode == 125, done.stderr
     assert done.stdout == ""
     (line,) = done.stderr.splitlines()
-    assert "template parsing error: template: " in line and message in line, line
+    assert "template parsing error: template: " in line
+    assert message in line
