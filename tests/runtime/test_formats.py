@@ -94,9 +94,7 @@ def test_ps_fields_are_dockers(loaded: Strata) -> None:
         f'{cid[:12]}|"sleep 100"|created|Created|b||vol1|bridge|1|a=b,io.buildah.version=1.28.2\n'
     )
     assert out(loaded, "ps", "-a", "--no-trunc", "--format", "{{.ID}}") == cid + "\n"
-    loaded.run(
-        "create", "--name", "c2", IMAGE, "echo", *["a", "long", "command", "line"], check=True
-    )
+    loaded.run("create", "--name", "c2", IMAGE, "echo", "a", "long", "command", "line", check=True)
     commands = out(loaded, "ps", "-a", "--filter", "name=c2", "--format", "{{.Command}}")
     assert commands == '"echo a long command…"\n'
     row = json.loads(out(loaded, "ps", "-a", "--filter", "name=c1", "--format", "{{json .}}"))
