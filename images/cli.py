@@ -288,6 +288,15 @@ def _add_images(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="table", help=FORMAT_HELP)
     parser.add_argument("-q", "--quiet", action="store_true", help="only ids")
     parser.add_argument("--no-trunc", action="store_true", help="full image ids")
+    parser.add_argument(
+        "-a", "--all", action="store_true", help="also the intermediate images of builds"
+    )
+    parser.add_argument("--digests", action="store_true", help="a DIGEST column")
+    parser.add_argument(
+        "-f", "--filter", action="append", default=[], metavar="K=V",
+        help="dangling=true|false, label=K[=V], reference=PATTERN, before=IMAGE, since=IMAGE",
+    )  # fmt: skip
+    parser.add_argument("repository", nargs="?", metavar="REPOSITORY[:TAG]")
 
 
 def _summary(store: ImageStore, rec: ImageRecord) -> dict[str, object]:
@@ -342,6 +351,8 @@ def _image_fields(rec: ImageRecord, tag: str, size: int, now: float, full: bool)
     from runtime.report import human_size
 
     repo, _, t = tag.rpartition(":")
+    repo = repo or "<none>"  # (an untagged image: docker's <none> for both)
+    t = t or "<none>"
     digest = next((d.partition("@")[2] for d in rec.digests if d.startswith(f"{repo}@")), "")
     return Fields(
         "ImageContext",
@@ -362,42 +373,41 @@ def _image_fields(rec: ImageRecord, tag: str, size: int, now: float, full: bool)
 
 
 def _run_images(args: argparse.Namespace, runner: Runner) -> int:
+    from .listing import parse_filters, select
+
     if is_template(args.format):
         check_format(args.format)
+    filters = parse_filters(
+        [*args.filter, *([f"reference={args.repository}"] if args.repository else [])]
+    )
     store = _store(args)
-    records = store.images()
+    listed = select(store, store.images(), filters, show_all=args.all)
     if args.quiet:
-        for rec in records:
+        for rec, _ in listed:
             print(f"sha256:{rec.id}" if args.no_trunc else rec.id[:12])
         return 0
     import time
 
-    from runtime.report import human_size, text_table
+    from runtime.report import text_table
 
-    rows = [_summary(store, rec) for rec in records]
+    rows = [_summary(store, rec) for rec, _ in listed]
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
     now = time.time()
+    fields = [
+        _image_fields(rec, tag, int(row["Size"]), now, args.no_trunc)  # type: ignore[call-overload]
+        for (rec, tags), row in zip(listed, rows, strict=True)
+        for tag in tags
+    ]
     if is_template(args.format):
         from runtime.formats import write
 
-        fields = [
-            _image_fields(rec, tag, int(row["Size"]), now, args.no_trunc)  # type: ignore[call-overload]
-            for rec, row in zip(records, rows, strict=True)
-            for tag in rec.tags or ("<none>:<none>",)
-        ]
         write(args.format, fields, _IMAGE_HEADERS)
         return 0
-    lines = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
-    for rec, row in zip(records, rows, strict=True):
-        size = human_size(float(row["Size"]))  # type: ignore[arg-type]
-        created = _created_since(rec.created, now)
-        for tag in rec.tags or ("<none>:<none>",):
-            repo, _, t = tag.rpartition(":")
-            lines.append(
-                (repo, t, f"sha256:{rec.id}" if args.no_trunc else rec.id[:12], created, size)
-            )
+    columns = ["Repository", "Tag", *(["Digest"] if args.digests else []), "ID", "CreatedSince"]
+    lines = [tuple(str(_IMAGE_HEADERS[c]) for c in [*columns, "Size"])]
+    lines += [tuple(str(f[c]) for c in [*columns, "Size"]) for f in fields]
     sys.stdout.write(text_table(lines))
     return 0
 

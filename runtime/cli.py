@@ -649,21 +649,40 @@ def _add_ps_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="table", help=FORMAT_HELP)
     parser.add_argument(
         "-f", "--filter", action="append", default=[], metavar="K=V",
-        help="label=K[=V], name=TEXT, id=PREFIX, status=created|running|exited",
+        help="label=K[=V], name=TEXT, id=PREFIX, status=STATUS, exited=CODE, ancestor=IMAGE,"
+        " before=CONTAINER, since=CONTAINER, volume=NAME|PATH, network=NAME|ID",
     )  # fmt: skip
+
+
+_PS_FILTERS: Final = (
+    "label", "name", "id", "status", "exited", "ancestor", "before", "since", "volume", "network",
+)  # fmt: skip
+_STATUSES: Final = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
 
 
 def _ps_filter(items: list[str]) -> list[tuple[str, str]]:
     filters = []
     for item in items:
         key, eq, value = item.partition("=")
-        if not eq or key not in ("label", "name", "id", "status"):
-            raise UsageError(f"invalid filter {item!r} (label, name, id, status)", 125)
+        if not eq or key not in _PS_FILTERS:
+            raise UsageError(f"invalid filter {item!r} ({', '.join(_PS_FILTERS)})", 125)
+        if key == "status" and value not in _STATUSES:
+            raise UsageError(f"invalid filter 'status={value}' ({', '.join(_STATUSES)})", 125)
+        if key == "exited" and not value.lstrip("-").isdigit():
+            raise UsageError(f"invalid filter 'exited={value}': an exit code", 125)
         filters.append((key, value))
     return filters
 
 
-def _ps_matches(cdir: ContainerDir, status: str, key: str, value: str) -> bool:
+def _image_names(ref: str) -> set[str]:
+    """The names an image reference stands for in the store (a bare name is `localhost/`'s,
+    no tag is `latest`, as images.store.normalize_ref), for `ancestor=`."""
+    last = ref.rpartition("/")[2]
+    tagged = ref if ":" in last or "@" in last else f"{ref}:latest"
+    return {ref, tagged, tagged if "/" in tagged else f"localhost/{tagged}"}
+
+
+def _ps_matches(root: StateRoot, cdir: ContainerDir, status: str, key: str, value: str) -> bool:
     cfg = cdir.config
     if key == "label":
         label, eq, wanted = value.partition("=")
@@ -672,6 +691,22 @@ def _ps_matches(cdir: ContainerDir, status: str, key: str, value: str) -> bool:
         return value in cfg.name
     if key == "id":
         return cfg.id.startswith(value)
+    if key == "exited":
+        state = cdir.effective_state()
+        return status == "exited" and state.exit_code == int(value)
+    if key == "ancestor":
+        return bool(_image_names(cfg.image) & _image_names(value))
+    if key in ("before", "since"):
+        from .logshow import parse_rfc3339
+
+        mine, other = parse_rfc3339(cfg.created), parse_rfc3339(root.find(value).config.created)
+        return mine < other if key == "before" else mine > other
+    if key == "volume":
+        return any(value in (v.name, v.source, v.target) for v in cfg.volumes if v.kind != "tmpfs")
+    if key == "network":
+        return value in (cfg.network, cfg.network_id) or (
+            len(value) >= 3 and cfg.network_id.startswith(value)
+        )
     return status == value
 
 
@@ -686,7 +721,7 @@ def _ps(args: argparse.Namespace, runner: Runner) -> int:
     for cdir in root.containers():
         info = describe(cdir)
         status = str(info["State"])
-        if not all(_ps_matches(cdir, status, key, value) for key, value in filters):
+        if not all(_ps_matches(root, cdir, status, key, value) for key, value in filters):
             continue
         if (
             args.all
