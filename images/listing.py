@@ -6,7 +6,8 @@ image of a build) is left out; `dangling=true` keeps only untagged images that n
 built on; `reference=PATTERN` keeps the names that match (path.Match globs: `*` and `?` stop at
 `/`), against the whole `repo:tag`, the repository, and both without strata's default
 `localhost/` (docker's "familiar" names: `busybox` for `localhost/busybox:latest`); `before=`
-and `since=` compare creation times with the named image's.
+and `since=` compare creation times with the named image's. With `-a`, an intermediate image
+counts as dangling too.
 """
 
 from __future__ import annotations
@@ -133,8 +134,8 @@ def select(
         wants = [v.lower() in ("true", "1") for k, v in filters if k == "dangling"]
         if wants and any(want != (not tags) for want in wants):
             continue
-        if wants and wants[0] and _has_children(rec, records):
-            continue
+        if wants and wants[0] and not show_all and _has_children(rec, records):
+            continue  # (with -a an intermediate image is dangling too)
         if not tags and not show_all and not wants and _has_children(rec, records):
             continue  # an intermediate image
         if not all(

@@ -36,7 +36,10 @@ def podman(tmp_path: Path) -> Iterator[PrivatePodman]:
     """A private podman store with the same image and the same created container."""
     with PrivatePodman(tmp_path) as store:
         store.run("load", "-q", "-i", str(BUSYBOX_DOCKER_ARCHIVE))
-        store.run("create", "--name", "c1", "--network", "none", "--label", "a=b", IMAGE, "sleep", "100")  # fmt: skip
+        store.run(
+            "create", "--name", "c1", "--network", "none", "--label", "a=b", "-v", "vol1:/data",
+            IMAGE, "sleep", "100",
+        )  # fmt: skip
         try:
             yield store
         finally:
@@ -172,4 +175,67 @@ def test_bad_templates_are_one_line_and_125(
     assert done.stdout == ""
     (line,) = done.stderr.splitlines()
     assert "template parsing error: template: " in line
+    assert message in line
+
+
+PS_STEPS = (
+    ("create", "--name", "c2", "--network", "none", IMAGE, "true"),
+    ("create", "--name", "c3", "-v", "vol1:/data", IMAGE, "true"),
+)
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        ("ancestor=localhost/uniontest:1",),
+        ("ancestor=other:1",),
+        ("since=c1",),
+        ("before=c3",),
+        ("since=c1", "before=c3"),
+        ("volume=vol1",),
+        ("status=created", "label=a=b"),
+        ("name=c2",),
+    ],
+)
+def test_ps_filters_select_what_podman_selects(
+    loaded: Strata, podman: PrivatePodman, filters: tuple[str, ...]
+) -> None:
+    for step in PS_STEPS:
+        loaded.run(*step, check=True)
+        if "--network" not in step:
+            step = (*step[:3], "--network", "none", *step[3:])  # (podman's own network stays off)
+        podman.run(*step)
+    args = ["-a", *(f"--filter={f}" for f in filters), "--format", "{{.Names}}"]
+    assert sorted(out(loaded, "ps", *args).split()) == sorted(podman.run("ps", *args).split())
+    podman.run("rm", "-f", "c2", "c3")
+
+
+def test_ps_exited_filter(loaded: Strata) -> None:
+    assert loaded.run("run", "--name", "x3", IMAGE, "sh", "-c", "exit 3").returncode == 3
+    assert out(loaded, "ps", "-a", "--filter", "exited=3", "--format", "{{.Names}}") == "x3\n"
+    assert out(loaded, "ps", "-a", "--filter", "exited=0", "--format", "{{.Names}}") == ""
+    assert out(loaded, "ps", "--filter", "status=exited", "--format", "{{.Status}}").startswith(
+        "Exited (3)"
+    )
+    loaded.run("create", "--name", "n1", "--network", "none", IMAGE, "true", check=True)
+    assert out(loaded, "ps", "-a", "--filter", "network=none", "--format", "{{.Names}}") == "n1\n"
+    # docker's, where podman finds none: a short image name, a volume's mount point
+    assert out(loaded, "ps", "-a", "-f", "ancestor=uniontest:1", "-f", "name=n", "-q") != ""
+    assert out(loaded, "ps", "-a", "-f", "volume=/data", "--format", "{{.Names}}") == "c1\n"
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("status=sleepy", "invalid filter 'status=sleepy'"),
+        ("exited=x", "invalid filter 'exited=x'"),
+        ("colour=red", "invalid filter 'colour=red'"),
+        ("noequals", "invalid filter 'noequals'"),
+    ],
+)
+def test_bad_ps_filters_are_one_line_and_125(loaded: Strata, item: str, message: str) -> None:
+    done = loaded.run("ps", "-a", "--filter", item)
+    assert done.returncode == 125
+    assert done.stdout == ""
+    (line,) = done.stderr.splitlines()
     assert message in line
