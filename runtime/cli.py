@@ -312,7 +312,7 @@ def _create_request(
 ) -> CreateRequest:
     from . import network, runflags
     from .create import CreateRequest
-    from .logrotate import parse_log_opts
+    from .logrotate import attribute_opts, parse_log_opts
     from .ports import parse_publish_all
     from .process import check_user, parse_env_assignments, read_env_file
     from .publish import check_mode
@@ -339,6 +339,7 @@ def _create_request(
     ulimits = tuple(runflags.parse_ulimit(u) for u in args.ulimit)
     shm_size = runflags.parse_size(args.shm_size, "--shm-size") if args.shm_size else 0
     log_opts = parse_log_opts(args.log_opt)
+    log_attr_opts = attribute_opts(args.log_opt)
     mount_specs = (
         *(parse_volume_flag(v) for v in args.volume),
         *(parse_mount_flag(m) for m in args.mount),
@@ -417,6 +418,7 @@ def _create_request(
         shm_size=shm_size,
         group_add=runflags.check_groups(args.group_add),
         log_opts=log_opts,
+        log_attr_opts=log_attr_opts,
         network=mode,
         subnet=subnet,
         dns=dns,
@@ -829,6 +831,10 @@ def _add_logs_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-t", "--timestamps", action="store_true", help="the time of each line first"
     )
+    parser.add_argument(
+        "--details", action="store_true",
+        help="the attributes --log-opt labels=/env= chose (k=v,...) before each line",
+    )  # fmt: skip
     parser.add_argument("container", metavar="CONTAINER")
 
 
@@ -843,6 +849,7 @@ def _logs(args: argparse.Namespace, runner: Runner) -> int:
         since=None if args.since is None else parse_time(args.since, now, "--since"),
         until=None if args.until is None else parse_time(args.until, now, "--until"),
         timestamps=args.timestamps,
+        details=args.details,
     )
     cdir = _state_root(args).find(args.container)
     show_to_stdio(cdir, selection, follow=args.follow)

@@ -55,6 +55,7 @@ class CreateRequest:
     shm_size: int = 0
     group_add: tuple[str, ...] = ()
     log_opts: tuple[int, int] = (0, 1)  # --log-opt max-size, max-file (runtime.logrotate)
+    log_attr_opts: tuple[tuple[str, str], ...] = ()  # --log-opt labels/env[-regex] (the same)
     network: str = "host"
     subnet: str = DEFAULT_SUBNET
     dns: tuple[str, ...] = ()
@@ -160,6 +161,7 @@ def container_config(
         group_add=req.group_add,
         log_max_size=req.log_opts[0],
         log_max_file=req.log_opts[1],
+        log_attr_opts=dict(req.log_attr_opts),
     )
 
 
