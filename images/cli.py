@@ -121,7 +121,7 @@ def _run_load(args: argparse.Namespace, runner: Runner) -> int:
 
 def _add_save(parser: argparse.ArgumentParser) -> None:
     add_root(parser)
-    parser.add_argument("image", metavar="IMAGE")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="one or more, in one archive")
     parser.add_argument(
         "-o",
         "--output",
@@ -142,9 +142,9 @@ def _run_save(args: argparse.Namespace, runner: Runner) -> int:
                 "cowardly refusing to save to a terminal. Use the -o flag or redirect", 1
             )
         sys.stdout.flush()
-        save(_store(args), args.image, sys.stdout.buffer, args.format)
+        save(_store(args), args.images, sys.stdout.buffer, args.format)
         return 0
-    save(_store(args), args.image, Path(args.output), args.format)
+    save(_store(args), args.images, Path(args.output), args.format)
     return 0
 
 
