@@ -109,6 +109,8 @@ class _Block(_Node):
     pipe: _Pipe
     body: list[_Node] = field(default_factory=list)
     orelse: list[_Node] = field(default_factory=list)
+    in_else: bool = False  # the parser is past its {{else}}
+    chained: bool = False  # an `{{else if}}`: its {{end}} is its parent's
 
 
 _TOKEN: Final = re.compile(
@@ -146,9 +148,7 @@ class _Parser:
 
         def add(node: _Node) -> None:
             target = (
-                nodes
-                if not stack
-                else (stack[-1].orelse if _in_else(stack[-1]) else stack[-1].body)
+                nodes if not stack else (stack[-1].orelse if stack[-1].in_else else stack[-1].body)
             )
             target.append(node)
 
@@ -226,20 +226,19 @@ class _Parser:
             if len(tokens) > 1:
                 raise self.fail(at, f"unexpected {tokens[1][1]!r} in end")
             block = stack.pop()
-            while getattr(block, "_chained", False):  # `else if` blocks end with their parent
+            while block.chained:  # (an `else if` ends with its parent)
                 block = stack.pop()
             return
         if kind == "ident" and word == "else":
             if not stack:
                 raise self.fail(at, "unexpected {{else}}")
             block = stack[-1]
-            if _in_else(block):
+            if block.in_else:
                 raise self.fail(at, "expected end; found {{else}}")
-            block.orelse = []
-            block.__dict__["_else"] = True
+            block.in_else = True
             if len(tokens) > 1 and tokens[1][:2] in (("ident", "if"), ("ident", "with")):
                 nested = _Block(at, tokens[1][1], self._pipe(tokens[2:], at, tokens[1][1], True))
-                nested.__dict__["_chained"] = True
+                nested.chained = True
                 block.orelse.append(nested)
                 stack.append(nested)
             elif len(tokens) > 1:
@@ -364,10 +363,6 @@ class _Parser:
                 raise self.fail(at, f'function "{word}" not defined')
             return _Operand(at, "func", word, name=word)
         raise self.fail(at, f'unexpected "{word}" in operand')
-
-
-def _in_else(block: _Block) -> bool:
-    return bool(block.__dict__.get("_else"))
 
 
 def _go_escapes(quoted: str) -> str:

@@ -74,6 +74,8 @@ def test_templates_print_as_go_does(template: str, expected: str) -> None:
         ("{{end}}", ":1: unexpected {{end}}"),
         ("{{if .Name}}", ":1: unexpected EOF"),
         ("{{$x}}", ':1: undefined variable "$x"'),
+        ("{{if .Name}}a{{else}}b{{else}}c{{end}}", ":1: expected end; found {{else}}"),
+        ('{{define "x"}}{{end}}', ":1: {{define}} is not supported by strata's templates"),
         ("{{.Name}}\n{{ # }}", ":2: bad character U+0023 '#'"),
         ("{{ .Foo }}", ':1:3: executing "" at <.Foo>: map has no entry for key "Foo"'),
         (
