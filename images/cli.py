@@ -382,7 +382,7 @@ def _run_images(args: argparse.Namespace, runner: Runner) -> int:
     )
     store = _store(args)
     listed = select(store, store.images(), filters, show_all=args.all)
-    if args.quiet:
+    if args.quiet and not is_template(args.format):  # (a template wins, as docker's)
         for rec, _ in listed:
             print(f"sha256:{rec.id}" if args.no_trunc else rec.id[:12])
         return 0
@@ -532,7 +532,7 @@ def _run_history(args: argparse.Namespace, runner: Runner) -> int:
             return ident
         return f"sha256:{ident}" if args.no_trunc else ident[:12]
 
-    if args.quiet:
+    if args.quiet and not is_template(args.format):
         for row in rows:
             print(image_id(row))
         return 0

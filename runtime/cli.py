@@ -940,7 +940,7 @@ def _network(args: argparse.Namespace, runner: Runner) -> int:
     action = {"list": "ls", "remove": "rm"}.get(args.action, args.action)
     if action == "ls":
         rows = networks.listing(root)
-        if is_template(args.format) and not args.quiet:
+        if is_template(args.format):  # (before -q: a template wins, as docker's)
             from .formats import NETWORK_HEADERS, network_fields, write
 
             check_format(args.format)

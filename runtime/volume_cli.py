@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace, runner: Runner) -> int:
             for info in volumes.all_volumes(root)
             if all(_matches(info, key, value, in_use) for key, value in filters)
         ]
-        if args.quiet:
+        if args.quiet and not is_template(args.format):
             for info in rows:
                 print(info.name)
             return 0

@@ -119,6 +119,10 @@ def test_table_format_has_dockers_header_and_layout(loaded: Strata) -> None:
 def test_volume_and_network_lists_and_inspect(loaded: Strata) -> None:
     text = out(loaded, "volume", "ls", "--format", "table {{.Name}}\t{{.Driver}}\t{{.Links}}")
     assert text == "VOLUME NAME   DRIVER    LINKS\nvol1          local     1\n"
+    # a template wins over -q, as docker's
+    assert out(loaded, "volume", "ls", "-q", "--format", "{{.Driver}}") == "local\n"
+    assert out(loaded, "images", "-q", "--format", "{{.Tag}}") == "1\n"
+    assert out(loaded, "ps", "-aq", "--format", "{{.Names}}") == "c1\n"
     mountpoint = out(loaded, "volume", "inspect", "-f", "{{.Mountpoint}}", "vol1").strip()
     assert mountpoint == str(loaded.root / "volumes" / "vol1" / "_data")
     names = out(loaded, "network", "ls", "--format", "{{.Name}} {{.Driver}} {{.IPv6}}")
