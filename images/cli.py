@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from runtime.cli import add_inspect_arguments, add_root, root_path
-from runtime.gotemplate import FORMAT_HELP, Fields, check_format, is_template
-from runtime.gotemplate import parse as parse_template
+from runtime.formats import FORMAT_HELP, is_template
+from runtime.formats import check as check_format
 from runtime.images import ImageSource
 from unionfs.command import Runner, Subcommand
 from unionfs.errors import UsageError
 
 if TYPE_CHECKING:
+    from runtime.gotemplate import Fields
     from runtime.images import ImageSpec, Resolver
 
     from .registries import Options
@@ -73,8 +74,7 @@ def _inspect_any(args: argparse.Namespace, runner: Runner) -> int:
     from runtime.formats import print_inspected
     from runtime.report import inspect
 
-    if args.format is not None and is_template(args.format):
-        parse_template(args.format)
+    check_format(args.format, listing=False)
     store = _store(args)
     found: list[dict[str, object]] = []
     templated = args.format is not None and is_template(args.format)
@@ -345,6 +345,8 @@ _IMAGE_HEADERS: Final[dict[str, object]] = {
 
 
 def _image_fields(rec: ImageRecord, tag: str, size: int, now: float, full: bool) -> Fields:
+    from runtime.gotemplate import Fields
+
     """One line of `images` (an image under one of its names) as `images --format` sees it
     (docker's ImageContext)."""
     from runtime.formats import go_time
@@ -375,8 +377,7 @@ def _image_fields(rec: ImageRecord, tag: str, size: int, now: float, full: bool)
 def _run_images(args: argparse.Namespace, runner: Runner) -> int:
     from .listing import parse_filters, select
 
-    if is_template(args.format):
-        check_format(args.format)
+    check_format(args.format)
     filters = parse_filters(
         [*args.filter, *([f"reference={args.repository}"] if args.repository else [])]
     )
@@ -521,8 +522,7 @@ def _run_history(args: argparse.Namespace, runner: Runner) -> int:
 
     from runtime.report import human_size, text_table
 
-    if is_template(args.format):
-        check_format(args.format)
+    check_format(args.format)
     store = _store(args)
     rows = _history_rows(store, store.get(args.image))
 
@@ -536,6 +536,8 @@ def _run_history(args: argparse.Namespace, runner: Runner) -> int:
         for row in rows:
             print(image_id(row))
         return 0
+    from runtime.gotemplate import Fields
+
     now = time.time()
     fields = []
     for row in rows:  # (docker's HistoryContext)

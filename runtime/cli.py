@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Final
 from unionfs.command import Runner, Subcommand
 from unionfs.errors import UsageError
 
-from .gotemplate import FORMAT_HELP, check_format, is_template
-from .gotemplate import parse as parse_template
+from .formats import FORMAT_HELP, is_template
+from .formats import check as check_format
 
 if TYPE_CHECKING:
     from .create import CreateRequest
@@ -876,8 +876,7 @@ def _inspect(args: argparse.Namespace, runner: Runner) -> int:
 
     root = _state_root(args)
     found: list[ContainerDir] = [root.find(ref) for ref in args.containers]
-    if args.format is not None and is_template(args.format):
-        parse_template(args.format)  # (a bad template before any work, as docker)
+    check_format(args.format, listing=False)  # (a bad template before any work, as docker)
     print_inspected(args.format, [inspect(c) for c in found])
     return 0
 
@@ -960,8 +959,7 @@ def _network(args: argparse.Namespace, runner: Runner) -> int:
     if action == "inspect":
         from .formats import print_inspected
 
-        if args.format is not None and is_template(args.format):
-            parse_template(args.format)
+        check_format(args.format, listing=False)
         print_inspected(args.format, [networks.inspect(root, r) for r in args.networks], indent=4)
         return 0
     if os.geteuid() != 0 and action == "prune":  # hook: runtime.usernet, the user's own
@@ -1119,8 +1117,7 @@ def _stats(args: argparse.Namespace, runner: Runner) -> int:
     from .stats import show
 
     template = args.format if is_template(args.format) else None
-    if template is not None:
-        check_format(template)  # (a bad one fails at once)
+    check_format(template)  # (a bad one fails at once)
     root = _state_root(args)
     if args.containers:
         found = [root.find(ref) for ref in args.containers]

@@ -11,11 +11,36 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
-from .gotemplate import Fields, is_template, parse, render
-
 if TYPE_CHECKING:
+    from .gotemplate import Fields
     from .state import ContainerDir, StateRoot
     from .volumes import VolumeInfo
+
+
+FORMAT_HELP: Final = (
+    "a Go template ({{.ID}}, 'table {{.ID}}\\t{{.Names}}', {{json .}}), or json / table"
+)
+
+
+def is_template(fmt: str | None) -> bool:
+    """Whether --format is a template (anything but the words `table` and `json`, which each
+    command prints its own way). (Here, not in runtime.gotemplate, so that the commands'
+    parsers need not import the evaluator.)"""
+    return fmt is not None and fmt not in ("", "table", "json")
+
+
+def check(fmt: str | None, *, listing: bool = True) -> None:
+    """Refuse a --format template that does not parse (TemplateError, 125) before a command
+    does anything; `listing`: a list's format (`table ...`, `\\t`), else inspect's."""
+    if not is_template(fmt):
+        return
+    assert fmt is not None
+    from .gotemplate import check_format, parse
+
+    if listing:
+        check_format(fmt)
+    else:
+        parse(fmt)
 
 
 def labels_text(labels: Mapping[str, str]) -> str:
@@ -50,6 +75,8 @@ def go_time(stamp: str) -> str:
 
 def write(fmt: str, rows: Sequence[Mapping[str, object]], headers: Mapping[str, object]) -> None:
     """Print the rows through `--format` (runtime.gotemplate.render)."""
+    from .gotemplate import render
+
     sys.stdout.write(render(fmt, rows, headers))
     sys.stdout.flush()
 
@@ -77,6 +104,7 @@ PS_HEADERS: Final[Mapping[str, object]] = {
 
 def ps_fields(cdir: ContainerDir, info: Mapping[str, object], *, full: bool) -> Fields:
     """One container as `ps --format` sees it (docker's ContainerContext)."""
+    from .gotemplate import Fields
     from .report import human_duration
 
     cfg = cdir.config
@@ -137,6 +165,8 @@ def stats_fields(given: str, row: Sequence[str]) -> Fields:
     """One line of `stats` (runtime.stats.row) as `stats --format` sees it (docker's
     statsContext); `given`: the name or id the container was asked for by (docker's
     `.Container`), its id when none was."""
+    from .gotemplate import Fields
+
     cid, name, cpu, mem, mem_perc, net, block, pids = row
     return Fields(
         "statsContext",
@@ -171,6 +201,8 @@ VOLUME_HEADERS: Final[Mapping[str, object]] = {
 
 def volume_fields(info: VolumeInfo, links: int) -> Fields:
     """One volume as `volume ls --format` sees it (docker's volumeContext)."""
+    from .gotemplate import Fields
+
     shown = info.inspect()
     labels = shown["Labels"]
     assert isinstance(labels, dict)
@@ -205,6 +237,7 @@ NETWORK_HEADERS: Final[Mapping[str, object]] = {
 
 def network_fields(root: StateRoot, name: str, *, full: bool = False) -> Fields:
     """One network as `network ls --format` sees it (docker's networkContext)."""
+    from .gotemplate import Fields
     from .networks import inspect
 
     shown = inspect(root, name)
@@ -238,6 +271,8 @@ def print_inspected(fmt: str | None, found: Sequence[object], *, indent: int = 2
     if fmt is None or not is_template(fmt):
         print(json.dumps(found, indent=indent))
         return
+    from .gotemplate import parse
+
     template = parse(fmt)
     text = "".join(template.execute(item, missing_key_error=True) + "\n" for item in found)
     sys.stdout.write(text)
@@ -245,10 +280,12 @@ def print_inspected(fmt: str | None, found: Sequence[object], *, indent: int = 2
 
 
 __all__ = [
+    "FORMAT_HELP",
     "NETWORK_HEADERS",
     "PS_HEADERS",
     "STATS_HEADERS",
     "VOLUME_HEADERS",
+    "check",
     "go_time",
     "is_template",
     "labels_text",

@@ -821,17 +821,6 @@ def parse(text: str) -> Template:
 # -- docker's formatted lists -----------------------------------------------------------------
 
 
-FORMAT_HELP: Final = (
-    "a Go template ({{.ID}}, 'table {{.ID}}\\t{{.Names}}', {{json .}}), or json / table"
-)
-
-
-def is_template(fmt: str) -> bool:
-    """Whether --format is a template (anything but podman's and docker's words `table`,
-    `json`, which each command prints its own way)."""
-    return fmt not in ("", "table", "json")
-
-
 def check_format(fmt: str) -> Template:
     """A list's --format as a template, as `render` reads it (TemplateError if it is not one):
     so a command can refuse a bad one before it does anything."""
@@ -878,7 +867,6 @@ def tabwrite(text: str, *, minwidth: int = 10, padding: int = 3) -> str:
 
 
 __all__ = [
-    "FORMAT_HELP",
     "FUNCTIONS",
     "MISSING",
     "Fields",
@@ -886,7 +874,6 @@ __all__ = [
     "TemplateError",
     "check_format",
     "go_string",
-    "is_template",
     "parse",
     "render",
     "tabwrite",

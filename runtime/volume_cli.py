@@ -11,7 +11,8 @@ from unionfs.command import Runner, Subcommand
 from unionfs.errors import UsageError
 
 from .cli import add_inspect_format, add_root, root_path
-from .gotemplate import FORMAT_HELP, check_format, is_template, parse
+from .formats import FORMAT_HELP, is_template
+from .formats import check as check_format
 
 if TYPE_CHECKING:
     from .volumes import VolumeInfo
@@ -84,8 +85,7 @@ def _run(args: argparse.Namespace, runner: Runner) -> int:
         return 0
     if action == "ls":
         filters = _filters(args.filter)
-        if is_template(args.format):
-            check_format(args.format)
+        check_format(args.format)
         users = [v.name for c in root.containers() for v in c.config.volumes if v.name]
         in_use = set(users)
         rows = [
@@ -110,8 +110,7 @@ def _run(args: argparse.Namespace, runner: Runner) -> int:
     if action == "inspect":
         from .formats import print_inspected
 
-        if args.format is not None and is_template(args.format):
-            parse(args.format)
+        check_format(args.format, listing=False)
         found, status = [], 0
         for name in args.volumes:
             try:
