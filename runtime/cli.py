@@ -720,6 +720,7 @@ def _ps(args: argparse.Namespace, runner: Runner) -> int:
     root = _state_root(args)
     filters = _ps_filter(args.filter)
     rows = []
+    shown = []
     for cdir in root.containers():
         info = describe(cdir)
         status = str(info["State"])
@@ -731,11 +732,11 @@ def _ps(args: argparse.Namespace, runner: Runner) -> int:
             or any(k == "status" for k, _ in filters)
         ):
             rows.append(info)
+            shown.append(cdir)
     if is_template(args.format):
         from .formats import PS_HEADERS, ps_fields, write
 
-        found = {c.id: c for c in root.containers()}
-        fields = [ps_fields(found[str(r["Id"])], r, full=args.no_trunc) for r in rows]
+        fields = [ps_fields(c, r, full=args.no_trunc) for c, r in zip(shown, rows, strict=True)]
         write(args.format, fields, PS_HEADERS)
     elif args.format == "json":
         print(json.dumps(rows, indent=2))
