@@ -1,7 +1,7 @@
 """`strata images` with docker's `--filter`, `-a`, `--digests` and `images REPOSITORY[:TAG]`,
 against podman on a private store where both were given the same steps: load the test image,
 commit a container of it as a:1, commit a container of that as a:1 again (the first a:1 becomes
-an untagged intermediate image), commit that container once more without a name (a dangling
+an untagged intermediate image), commit a container of the new a:1 without a name (a dangling
 image)."""
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ STEPS = (
     ("commit", "c1", "a:1"),
     ("create", "--name", "c2", "a:1", "true"),
     ("commit", "c2", "a:1"),
-    ("commit", "c2"),
+    ("create", "--name", "c3", "a:1", "false"),  # (its own command: an image of its own,
+    ("commit", "c3"),  # even within the second of the last commit)
 )
 
 
@@ -47,7 +48,9 @@ def podman(tmp_path: Path) -> Iterator[PrivatePodman]:
         try:
             yield store
         finally:
-            subprocess.run([*store.base, "rm", "-f", "c1", "c2"], capture_output=True, check=False)
+            subprocess.run(
+                [*store.base, "rm", "-f", "c1", "c2", "c3"], capture_output=True, check=False
+            )
 
 
 FORMAT = ("--format", "{{.Repository}}:{{.Tag}}")
