@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runtime.namespaces import current_id_map, in_user_namespace
 from unionfs.errors import UsageError
 
 from .buildcheck import BuildError, Plan, Stage, check_dockerfile, check_trigger
@@ -88,6 +89,43 @@ class BuildOptions:
     quiet: bool = False  # no pull progress
     target: str | None = None  # the stage to build (--target); default the last
     secrets: Mapping[str, bytes] = field(default_factory=dict)  # --secret id -> its contents
+    dockerfile_text: str | None = None  # `-f -` or a Dockerfile on stdin: not read from a file
+    labels: Mapping[str, str] = field(default_factory=dict)  # --label: the built image's only
+    network: str = "default"  # --network: RUN's when the RUN has no --network of its own
+    add_hosts: tuple[str, ...] = ()  # --add-host NAME:IP, in RUN's /etc/hosts
+    output: Output | None = None  # --output: the result's files exported, no image stored
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """`--output type=local,dest=DIR` (or `-o DIR`) or `type=tar,dest=FILE|-` (or `-o -`): as
+    BuildKit's exporters, the target stage's files instead of an image."""
+
+    kind: str  # "local" or "tar"
+    dest: str  # a directory, a file, or "-" (stdout)
+
+    @classmethod
+    def parse(cls, text: str) -> Output:
+        if "=" not in text.split(",", 1)[0]:
+            return cls("tar", "-") if text == "-" else cls("local", text)
+        fields: dict[str, str] = {}
+        for item in text.split(","):
+            key, sep, value = item.partition("=")
+            if not sep or key not in ("type", "dest"):
+                raise UsageError(f"--output {text}: expected type=local|tar,dest=PATH", 125)
+            fields[key] = value
+        kind, dest = fields.get("type", "local"), fields.get("dest", "")
+        if kind not in ("local", "tar"):
+            raise UsageError(
+                f"--output {text}: type {kind!r} is not supported (local or tar; an image is"
+                " stored without --output)",
+                125,
+            )
+        if not dest:
+            raise UsageError(f"--output {text}: dest= is required", 125)
+        if kind == "local" and dest == "-":
+            raise UsageError(f"--output {text}: a local output needs a directory", 125)
+        return cls(kind, dest)
 
 
 @dataclass(slots=True)
@@ -162,18 +200,15 @@ class Builder:
 
     # -- the whole build
 
-    def build(self) -> ImageRecord:
-        if os.geteuid() != 0:
-            raise BuildError(
-                "strata build needs root: its COPY and RUN steps mount the image's union and set"
-                " owners, which without root needs the whole build in a user namespace (not done)"
-            )
+    def build(self) -> ImageRecord | None:
         if not self.opts.context.is_dir():
             raise BuildError(f"{self.opts.context}: the build context is not a directory")
-        try:
-            text = self.opts.dockerfile.read_text(errors="surrogateescape")
-        except OSError as e:
-            raise BuildError(f"{self.opts.dockerfile}: {e.strerror}") from None
+        text = self.opts.dockerfile_text
+        if text is None:
+            try:
+                text = self.opts.dockerfile.read_text(errors="surrogateescape")
+            except OSError as e:
+                raise BuildError(f"{self.opts.dockerfile}: {e.strerror}") from None
         try:
             dockerfile = parse(text)
         except DockerfileError as e:
@@ -205,6 +240,14 @@ class Builder:
                     f"strata: warning: build args not consumed: {' '.join(unused)}",
                     file=sys.stderr,
                 )
+            if self.opts.output is not None:
+                self._export(state, self.opts.output)
+                return None
+            if self.opts.labels:  # the built image's config only: no step, no cache entry
+                state = _State(copy.deepcopy(state.config), state.layers)
+                labels = state.inner.get("Labels") or {}
+                assert isinstance(labels, dict)
+                state.inner["Labels"] = {**labels, **self.opts.labels}
             raw = _canonical(state.config)
             with self.store.lock():
                 for diff_id in state.layers:
@@ -215,6 +258,48 @@ class Builder:
         for tag in tags:
             self.say(f"Successfully tagged {tag}")
         return rec
+
+    def _export(self, state: _State, output: Output) -> None:
+        """`--output`: the files of `state`, read through a mount of it, as a tar (a file or
+        stdout) or into a directory. Rootless, the directory's files are the user's (owners of
+        the user's subordinate ids would be files the user could not remove)."""
+        from .cp import write_tar
+        from .extract import LayerError, extract_into
+
+        with self._mounted(state) as (mnt, _upper):
+            if output.kind == "tar":
+                if output.dest == "-":
+                    sys.stdout.flush()
+                    write_tar(sys.stdout.buffer, str(mnt), ".", follow=False, skip_devs=frozenset())
+                    sys.stdout.buffer.flush()
+                    return
+                tmp = Path(f"{output.dest}.{os.getpid()}.tmp")
+                try:
+                    with open(tmp, "wb") as out:
+                        write_tar(out, str(mnt), ".", follow=False, skip_devs=frozenset())
+                    os.rename(tmp, output.dest)
+                except OSError as e:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                    raise BuildError(f"--output {output.dest}: {e.strerror}") from None
+                return
+            archive = self.staging / "output.tar"
+            with open(archive, "wb") as out:
+                write_tar(out, str(mnt), ".", follow=False, skip_devs=frozenset())
+        dest = Path(output.dest)
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            with open(archive, "rb") as stream:
+                extract_into(
+                    stream,
+                    dest,
+                    rename=lambda rel: rel,
+                    owner=(0, 0) if in_user_namespace() else None,
+                )
+        except (OSError, LayerError) as e:
+            raise BuildError(f"--output {output.dest}: {_describe_any(e)}") from None
+        finally:
+            archive.unlink()
 
     def _platform_args(self) -> dict[str, str | None]:
         """BuildKit's automatic platform ARGs, in the global scope (a stage sees one after an
@@ -733,7 +818,7 @@ class Builder:
                     raise BuildError(f"{self._at(ins)}: RUN --mount: {e}") from None
             mounts.append(mount)
             sources.append(source)
-        network = ins.flag("network") or "default"
+        network = ins.flag("network") or self.opts.network
         if network not in ("default", "host", "none"):
             raise BuildError(
                 f"{self._at(ins)}: RUN --network={network}: expected default, none or host"
@@ -782,6 +867,7 @@ class Builder:
                     volumes.append(volume)
                 if secret_env is not None:
                     env.append(secret_env)
+            rootless = in_user_namespace()  # a rootless build runs in the user's (see build())
             req = CreateRequest(
                 image=self._spec(state),
                 argv=tuple(argv),
@@ -789,7 +875,9 @@ class Builder:
                 env=tuple(env),
                 network=network,
                 volumes=tuple(volumes),
-                rootless=False,
+                rootless=rootless,
+                id_map=current_id_map() if rootless else None,
+                add_hosts=self.opts.add_hosts,
             )
             cdir = create(root, req)
             try:
@@ -931,7 +1019,7 @@ class Builder:
             d.mkdir(parents=True, mode=0o755)
         lowers = self._lowers(state) or (empty,)
         try:
-            with UnionRootfs(privileged=True) as daemon:
+            with UnionRootfs(privileged=not in_user_namespace()) as daemon:
                 daemon.mount(
                     UnionConfig(lowers=lowers, upper=upper, work=work),
                     mnt,
@@ -1303,6 +1391,9 @@ def _ports(word: str) -> list[str]:
     return [f"{p}/{proto}" for p in range(first, last + 1)]
 
 
-def build(store: ImageStore, opts: BuildOptions, say: Callable[[str], None] = print) -> ImageRecord:
-    """`strata build`: see the module doc."""
+def build(
+    store: ImageStore, opts: BuildOptions, say: Callable[[str], None] = print
+) -> ImageRecord | None:
+    """`strata build`: see the module doc. None when `opts.output` exported the files instead
+    of storing an image."""
     return Builder(store, opts, say).build()

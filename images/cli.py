@@ -9,6 +9,7 @@ uses `INSPECT` for `strata inspect`. Handlers import what they need.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -34,6 +35,16 @@ def _store(args: argparse.Namespace) -> ImageStore:
     from .store import ImageStore
 
     return ImageStore(root_path(args))
+
+
+def _store_as_owner(args: argparse.Namespace) -> ImageStore:
+    """The store, for a command that writes, reads or removes layer files: rootless, from
+    inside the user's user namespace, where layers keep their owners through its subordinate
+    ids and their files are its own (`runtime.namespaces.enter_rootless`)."""
+    from runtime.namespaces import enter_rootless
+
+    enter_rootless()
+    return _store(args)
 
 
 def _add_image_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,7 +117,7 @@ def _add_load(parser: argparse.ArgumentParser) -> None:
 def _run_load(args: argparse.Namespace, runner: Runner) -> int:
     from .load import load, load_stream
 
-    store = _store(args)
+    store = _store_as_owner(args)
     if args.input and args.input != "-":
         path = Path(args.input)
         if not path.exists():
@@ -142,9 +153,9 @@ def _run_save(args: argparse.Namespace, runner: Runner) -> int:
                 "cowardly refusing to save to a terminal. Use the -o flag or redirect", 1
             )
         sys.stdout.flush()
-        save(_store(args), args.images, sys.stdout.buffer, args.format)
+        save(_store_as_owner(args), args.images, sys.stdout.buffer, args.format)
         return 0
-    save(_store(args), args.images, Path(args.output), args.format)
+    save(_store_as_owner(args), args.images, Path(args.output), args.format)
     return 0
 
 
@@ -165,7 +176,7 @@ def _add_import(parser: argparse.ArgumentParser) -> None:
 def _run_import(args: argparse.Namespace, runner: Runner) -> int:
     from .load import import_rootfs
 
-    store = _store(args)
+    store = _store_as_owner(args)
     rec = import_rootfs(store, args.file, args.reference, args.change)
     print(f"sha256:{rec.id}")
     return 0
@@ -188,10 +199,45 @@ def _run_commit(args: argparse.Namespace, runner: Runner) -> int:
 
 def _add_build(parser: argparse.ArgumentParser) -> None:
     add_root(parser)
-    parser.add_argument("context", metavar="CONTEXT", help="the build context directory")
     parser.add_argument(
-        "-f", "--file", metavar="DOCKERFILE", help="the Dockerfile (default: CONTEXT/Dockerfile)"
+        "context",
+        metavar="CONTEXT",
+        help="the build context directory, or '-': a tar of it (may be compressed) or a"
+        " Dockerfile alone on stdin",
     )
+    parser.add_argument(
+        "-f",
+        "--file",
+        metavar="DOCKERFILE",
+        help="the Dockerfile (default: CONTEXT/Dockerfile; '-': stdin)",
+    )
+    parser.add_argument(
+        "--label", action="append", default=[], metavar="K=V", help="a label of the built image"
+    )
+    parser.add_argument("--iidfile", metavar="FILE", help="write the image id to FILE")
+    parser.add_argument(
+        "--network",
+        choices=("default", "host", "none"),
+        default="default",
+        help="the network of RUN steps without --network (default: the host's)",
+    )
+    parser.add_argument(
+        "--add-host", action="append", default=[], metavar="NAME:IP", help="in RUN's /etc/hosts"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="type=local,dest=DIR|type=tar,dest=FILE|DIR|-",
+        help="export the result's files instead of storing an image",
+    )
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "plain", "tty", "quiet", "rawjson"),
+        default="auto",
+        help="accepted as docker's; 'quiet' is -q (the steps are always printed plainly)",
+    )
+    for flag in ("--rm", "--force-rm"):  # the classic builder's: RUN containers always go
+        parser.add_argument(flag, nargs="?", const="true", default="true", help=argparse.SUPPRESS)
     parser.add_argument(
         "-t", "--tag", action="append", default=[], metavar="NAME[:TAG]", help="name the image"
     )
@@ -247,9 +293,12 @@ def _secrets(specs: list[str]) -> dict[str, bytes]:
 
 
 def _run_build(args: argparse.Namespace, runner: Runner) -> int:
-    from .build import BuildOptions, build
+    from runtime.network import parse_add_hosts
 
-    context = Path(args.context)
+    from .build import BuildOptions, Output, build
+
+    if args.context == "-" and args.file == "-":
+        raise UsageError("the context and the Dockerfile cannot both come from stdin", 125)
     build_args: dict[str, str] = {}
     for item in args.build_arg:
         name, sep, value = item.partition("=")
@@ -260,24 +309,86 @@ def _run_build(args: argparse.Namespace, runner: Runner) -> int:
                 continue
             value = os.environ[name]
         build_args[name] = value
-    opts = BuildOptions(
-        secrets=_secrets(args.secret),
-        dockerfile=Path(args.file) if args.file else context / "Dockerfile",
-        context=context,
-        tags=tuple(args.tag),
-        build_args=build_args,
-        no_cache=args.no_cache,
-        pull=args.pull,
-        registry=registry_options(args),
-        platform=args.platform,
-        quiet=args.quiet,
-        target=args.target,
-    )
-    say = (lambda _line: None) if args.quiet else (lambda line: print(line, flush=True))
-    rec = build(_store(args), opts, say)
-    if args.quiet:
+    labels: dict[str, str] = {}
+    for item in args.label:
+        name, _, value = item.partition("=")
+        if not name:
+            raise UsageError(f"--label {item!r}: expected KEY=VALUE", 125)
+        labels[name] = value
+    output = Output.parse(args.output) if args.output is not None else None
+    quiet = args.quiet or args.progress == "quiet"
+    # the steps go to stderr when the result goes to stdout
+    stream = sys.stderr if output is not None and output.dest == "-" else sys.stdout
+    say = (lambda _line: None) if quiet else (lambda line: print(line, file=stream, flush=True))
+    secrets = _secrets(args.secret)
+    add_hosts = parse_add_hosts(args.add_host, args.network)
+    store = _store_as_owner(args)
+    with contextlib.ExitStack() as stack:
+        text = None
+        if args.context == "-":
+            context, text = _stdin_context(store, stack)
+        else:
+            context = Path(args.context)
+        if args.file == "-":
+            text = sys.stdin.read()
+        dockerfile = context / "Dockerfile"
+        if args.file not in (None, "-"):  # as docker: a file of the tar when the context is -
+            dockerfile = context / args.file if args.context == "-" else Path(args.file)
+        opts = BuildOptions(
+            secrets=secrets,
+            dockerfile=dockerfile,
+            dockerfile_text=text,
+            context=context,
+            tags=tuple(args.tag),
+            build_args=build_args,
+            no_cache=args.no_cache,
+            pull=args.pull,
+            registry=registry_options(args),
+            platform=args.platform,
+            quiet=quiet,
+            target=args.target,
+            labels=labels,
+            network=args.network,
+            add_hosts=add_hosts,
+            output=output,
+        )
+        rec = build(store, opts, say)
+    if rec is not None and quiet:
         print(f"sha256:{rec.id}")
+    if rec is not None and args.iidfile:
+        try:
+            Path(args.iidfile).write_text(f"sha256:{rec.id}")
+        except OSError as e:
+            raise UsageError(f"--iidfile {args.iidfile}: {e.strerror}", 125) from None
     return 0
+
+
+def _stdin_context(store: ImageStore, stack: contextlib.ExitStack) -> tuple[Path, str | None]:
+    """`strata build -`: stdin is a tar of the context (plain or compressed, told apart as ADD
+    tells an archive), extracted with the checks of a layer into a directory of the store that
+    is removed after the build; or else it is a Dockerfile alone, with an empty context."""
+    import shutil
+
+    from .copier import archive_reader
+    from .extract import LayerError, extract_layer
+
+    staging = stack.enter_context(store.staging())
+    context = staging / "context"
+    context.mkdir()
+    spool = staging / "stdin"
+    with open(spool, "wb") as f:
+        shutil.copyfileobj(sys.stdin.buffer, f)
+    reader = archive_reader(spool)
+    if reader is None:
+        return context, spool.read_text(errors="surrogateescape")
+    try:
+        with reader() as stream:
+            extract_layer(stream, context, warn=lambda _line: None)
+    except (LayerError, OSError, EOFError, ValueError) as e:
+        raise UsageError(f"the build context on stdin: {e}", 125) from None
+    finally:
+        spool.unlink()
+    return context, None
 
 
 # -- images / inspect / history / tag / rmi / prune -------------------------------------------
@@ -611,7 +722,7 @@ def _add_rmi(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_rmi(args: argparse.Namespace, runner: Runner) -> int:
-    store = _store(args)
+    store = _store_as_owner(args)
     for ref in args.images:
         for line in store.remove(ref, force=args.force):
             print(line)
@@ -623,7 +734,7 @@ def _add_prune(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_prune(args: argparse.Namespace, runner: Runner) -> int:
-    for line in _store(args).prune():
+    for line in _store_as_owner(args).prune():
         print(line)
     return 0
 
@@ -707,7 +818,7 @@ def _run_pull(args: argparse.Namespace, runner: Runner) -> int:
     from .pull import pull_reporting
 
     rec = pull_reporting(
-        _store(args),
+        _store_as_owner(args),
         args.image,
         registry_options(args),
         platform=args.platform,
@@ -821,7 +932,7 @@ def _run_push(args: argparse.Namespace, runner: Runner) -> int:
     from .pull import Reporter
     from .push import push, write_digestfile
 
-    store = _store(args)
+    store = _store_as_owner(args)
     options = registry_options(args)
     with Reporter(quiet=args.quiet) as reporter:
         digest = run_async(

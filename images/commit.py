@@ -34,7 +34,7 @@ from typing import Final
 
 from runtime.namespaces import IdMap
 from runtime.state import RUNNING, ContainerDir, process_alive
-from unionfs import metacopy
+from unionfs import _sys, metacopy
 from unionfs.errors import UsageError
 from unionfs.whiteout import (
     OPAQUE_MARKER,
@@ -104,8 +104,9 @@ def write_changeset(upper: Path, out: Path, below: Sequence[Path], id_map: IdMap
     """
     links: dict[tuple[int, int], str] = {}
     # the namespace of the markers the container's union wrote: trusted.* as root, user.* in a
-    # rootless container's user namespace (unionfs.metacopy)
-    ns = "trusted" if id_map is None else "user"
+    # rootless container's user namespace (unionfs.metacopy), also when read from inside one
+    # (a rootless `build`, where lstat gives the namespace's ids already)
+    ns = "trusted" if id_map is None and _sys.in_initial_user_namespace() else "user"
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
         for rel in _entries(upper):
             path = os.path.join(upper, rel)

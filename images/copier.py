@@ -106,7 +106,7 @@ def _decompressing(path: Path, head: bytes) -> Iterator[IO[bytes]]:
 _Reader = Callable[[], contextlib.AbstractContextManager[IO[bytes]]]
 
 
-def _archive_reader(path: Path) -> _Reader | None:
+def archive_reader(path: Path) -> _Reader | None:
     """How to open `path` as an uncompressed tar stream, when it is a (plain, gzip, bzip2, xz
     or zstd) tar; None for any other file (ADD then copies it as it is, as Docker)."""
     with open(path, "rb") as f:
@@ -170,7 +170,7 @@ class Copier:
             self.copy_tree(rel, target)
             return
         if extract and stat.S_ISREG(st.st_mode):
-            reader = _archive_reader(src)
+            reader = archive_reader(src)
             if reader is not None:
                 self.extract(rel, reader, target)
                 return

@@ -43,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Final, cast
 
+from unionfs import _sys
 from unionfs.whiteout import is_private_xattr
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,19 @@ def member_path(name: str) -> str:
     return "/".join(parts)
 
 
+def _chown(target: int | str, info: tarfile.TarInfo, parent: int | None = None) -> None:
+    """The member's owner; in a user namespace an id it does not map (EINVAL) leaves the file
+    to the namespace's root, as a rootless load does for every file."""
+    try:
+        if isinstance(target, int):
+            os.chown(target, info.uid, info.gid)
+        else:
+            os.chown(target, info.uid, info.gid, dir_fd=parent, follow_symlinks=False)
+    except OSError as e:
+        if e.errno != errno.EINVAL or _sys.in_initial_user_namespace():
+            raise
+
+
 class _Extractor:
     def __init__(
         self,
@@ -116,7 +130,10 @@ class _Extractor:
     ) -> None:
         self.warn = warn
         self.dest = dest
-        self.is_root = os.geteuid() == 0
+        # root may chown; in a rootless user namespace (`build`) only to the ids it maps, and
+        # only root of the initial namespace may make device nodes
+        self.may_chown = os.geteuid() == 0
+        self.may_mknod = self.may_chown and _sys.in_initial_user_namespace()
         self.dirs: dict[str, tarfile.TarInfo] = {}  # metadata applied last (children change mtimes)
         self.linkable: set[str] = set()  # members a hard link may name
         # directories this extraction made or checked: what is below one needs no lstat walk
@@ -186,7 +203,7 @@ class _Extractor:
             raise LayerError(f"{name!r}: absurd size {info.size}")
         if info.isreg():
             self.account(name, _data_size(info))
-        if (info.ischr() or info.isblk()) and not self.is_root:
+        if (info.ischr() or info.isblk()) and not self.may_mknod:
             self.skipped_devices += 1  # podman skips them too: only root may make one
             return
         self.check_parents(name, rel)
@@ -281,16 +298,16 @@ class _Extractor:
         """Owner, xattrs, mode and mtime, in that order (chown clears setuid bits): on a
         descriptor, or on the name `target` in the directory `parent` (never followed)."""
         if isinstance(target, int):
-            if self.is_root:
-                os.chown(target, info.uid, info.gid)
+            if self.may_chown:
+                _chown(target, info)
             self.set_xattrs(target, info)
             os.chmod(target, stat.S_IMODE(info.mode))
             os.utime(target, ns=(int(info.mtime * 1e9),) * 2)
             return
         assert parent is not None
         st = os.stat(target, dir_fd=parent, follow_symlinks=False)
-        if self.is_root:
-            os.chown(target, info.uid, info.gid, dir_fd=parent, follow_symlinks=False)
+        if self.may_chown:
+            _chown(target, info, parent)
         self.set_xattrs(f"/proc/self/fd/{parent}/{target}", info)
         if not stat.S_ISLNK(st.st_mode):  # checked: chmod cannot follow it
             os.chmod(target, stat.S_IMODE(info.mode), dir_fd=parent)

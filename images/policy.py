@@ -84,9 +84,13 @@ def obtain(
             raise UsageError(f"no such image: {ref} (a short name; {e})", 125) from None
     from .pull import pull_reporting  # httpx and trio: only when pulling
 
-    image_id = _in_child(
-        lambda: pull_reporting(store, ref, options, platform=platform, quiet=quiet, conf=conf).id
-    )
+    def pull() -> str:
+        from runtime.namespaces import enter_rootless
+
+        enter_rootless()  # rootless, the layers keep their owners, as after `strata pull`
+        return pull_reporting(store, ref, options, platform=platform, quiet=quiet, conf=conf).id
+
+    image_id = _in_child(pull)
     return store.get(image_id)
 
 

@@ -162,6 +162,7 @@ def _drop_build_cache(store: ImageStore) -> list[str]:
 def _run_prune(args: argparse.Namespace, runner: Runner) -> int:
     from runtime import volumes
     from runtime.cli import prune_networks
+    from runtime.namespaces import enter_rootless
     from runtime.state import StateRoot
     from runtime.volume_cli import human_size
 
@@ -175,6 +176,7 @@ def _run_prune(args: argparse.Namespace, runner: Runner) -> int:
         pruned = volumes.prune(root, all_unused=False)
         sections.append(("Deleted Volumes:", [name for name, _ in pruned]))
         freed += sum(size for _, size in pruned)
+    enter_rootless()  # layers of subordinate ids are removable only in the user's namespace
     store = ImageStore(root.path)
     if store.path.is_dir():
         before = _dir_size(store.layers_dir)

@@ -238,6 +238,22 @@ def _add_create_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None
         "--log-opt", action="append", default=[], metavar="K=V",
         help="max-size=SIZE, max-file=N: rotate the container's log (runtime.logrotate)",
     )  # fmt: skip
+    # runtime.health: docker's health check flags (over the image's HEALTHCHECK)
+    parser.add_argument("--health-cmd", default="", metavar="CMD", help="a check (sh -c CMD)")
+    for flag, what in (
+        ("--health-interval", "between checks (default 30s)"),
+        ("--health-timeout", "before a check is killed (default 30s)"),
+        ("--health-start-period", "when failures do not count yet (default 0s)"),
+        ("--health-start-interval", "between checks in the start period (default 5s)"),
+    ):
+        parser.add_argument(flag, default="", metavar="DURATION", help=what)
+    parser.add_argument(
+        "--health-retries", type=int, default=0, metavar="N",
+        help="failures in a row that make it unhealthy (default 3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-healthcheck", action="store_true", help="no health check (not even the image's)"
+    )
     if run:
         parser.add_argument("-d", "--detach", action="store_true", help="run in the background")
     parser.add_argument("-D", "--debug", action="store_true", help="tracebacks on errors")
@@ -312,6 +328,7 @@ def _create_request(
 ) -> CreateRequest:
     from . import network, runflags
     from .create import CreateRequest
+    from .health import merge, parse_flags, validate
     from .logrotate import attribute_opts, parse_log_opts
     from .ports import parse_publish_all
     from .process import check_user, parse_env_assignments, read_env_file
@@ -340,6 +357,17 @@ def _create_request(
     shm_size = runflags.parse_size(args.shm_size, "--shm-size") if args.shm_size else 0
     log_opts = parse_log_opts(args.log_opt)
     log_attr_opts = attribute_opts(args.log_opt)
+    health_flags = parse_flags(
+        cmd=args.health_cmd,
+        interval=args.health_interval,
+        timeout=args.health_timeout,
+        retries=args.health_retries,
+        start_period=args.health_start_period,
+        start_interval=args.health_start_interval,
+        no_healthcheck=args.no_healthcheck,
+    )
+    healthcheck = merge(health_flags, image.config.healthcheck)
+    validate(healthcheck)
     mount_specs = (
         *(parse_volume_flag(v) for v in args.volume),
         *(parse_mount_flag(m) for m in args.mount),
@@ -419,6 +447,7 @@ def _create_request(
         group_add=runflags.check_groups(args.group_add),
         log_opts=log_opts,
         log_attr_opts=log_attr_opts,
+        healthcheck=healthcheck,
         network=mode,
         subnet=subnet,
         dns=dns,
@@ -652,12 +681,14 @@ def _add_ps_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-f", "--filter", action="append", default=[], metavar="K=V",
         help="label=K[=V], name=TEXT, id=PREFIX, status=STATUS, exited=CODE, ancestor=IMAGE,"
-        " before=CONTAINER, since=CONTAINER, volume=NAME|PATH, network=NAME|ID",
+        " before=CONTAINER, since=CONTAINER, volume=NAME|PATH, network=NAME|ID,"
+        " health=starting|healthy|unhealthy|none",
     )  # fmt: skip
 
 
 _PS_FILTERS: Final = (
     "label", "name", "id", "status", "exited", "ancestor", "before", "since", "volume", "network",
+    "health",
 )  # fmt: skip
 _STATUSES: Final = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
 
@@ -672,6 +703,8 @@ def _ps_filter(items: list[str]) -> list[tuple[str, str]]:
             raise UsageError(f"invalid filter 'status={value}' ({', '.join(_STATUSES)})", 125)
         if key == "exited" and not value.lstrip("-").isdigit():
             raise UsageError(f"invalid filter 'exited={value}': an exit code", 125)
+        if key == "health" and value not in ("starting", "healthy", "unhealthy", "none"):
+            raise UsageError(f"Unrecognised filter value for health: {value}", 125)
         filters.append((key, value))
     return filters
 
@@ -709,6 +742,10 @@ def _ps_matches(root: StateRoot, cdir: ContainerDir, status: str, key: str, valu
         return value in (cfg.network, cfg.network_id) or (
             len(value) >= 3 and cfg.network_id.startswith(value)
         )
+    if key == "health":  # runtime.health
+        from .health import status as health_status
+
+        return health_status(cdir) == value
     return status == value
 
 
@@ -930,6 +967,31 @@ def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
     )
     root_too(prune)
     prune.add_argument("-f", "--force", action="store_true", help="do not ask (strata never asks)")
+
+
+def _add_healthcheck_arguments(parser: argparse.ArgumentParser) -> None:
+    add_root(parser)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    run = actions.add_parser("run", help="run a container's health check now, and record it")
+    run.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS, help="state root")
+    run.add_argument("container", metavar="CONTAINER")
+
+
+def _healthcheck(args: argparse.Namespace, runner: Runner) -> int:
+    """`strata healthcheck run`: podman's command. Nothing printed and 0 when the check passed;
+    "unhealthy" and 1 when it failed; 125 for no such container, none running or no check."""
+    from .health import run_now
+
+    root = _state_root(args)
+    try:
+        cdir = root.find(args.container)
+    except UsageError as exc:
+        raise UsageError(str(exc), 125) from None
+    result = run_now(root, cdir)
+    if result.exit_code == 0:
+        return 0
+    print("unhealthy", flush=True)
+    return 1
 
 
 def _network(args: argparse.Namespace, runner: Runner) -> int:
@@ -1234,6 +1296,12 @@ def subcommands(source: ImageSource | None = None) -> tuple[Subcommand, ...]:
         ),
         Subcommand(
             "stats", "show containers' CPU, memory, I/O and PIDs", _add_stats_arguments, _stats
+        ),
+        Subcommand(
+            "healthcheck",
+            "run a container's health check now (healthcheck run CONTAINER)",
+            _add_healthcheck_arguments,
+            _healthcheck,
         ),
         Subcommand(
             "network",

@@ -56,6 +56,8 @@ class CreateRequest:
     group_add: tuple[str, ...] = ()
     log_opts: tuple[int, int] = (0, 1)  # --log-opt max-size, max-file (runtime.logrotate)
     log_attr_opts: tuple[tuple[str, str], ...] = ()  # --log-opt labels/env[-regex] (the same)
+    # the image's HEALTHCHECK under --health-* (runtime.health.merge); None: no check
+    healthcheck: dict[str, object] | None = None
     network: str = "host"
     subnet: str = DEFAULT_SUBNET
     dns: tuple[str, ...] = ()
@@ -162,6 +164,8 @@ def container_config(
         log_max_size=req.log_opts[0],
         log_max_file=req.log_opts[1],
         log_attr_opts=dict(req.log_attr_opts),
+        healthcheck=req.healthcheck,
+        shell=image.shell,
     )
 
 

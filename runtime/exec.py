@@ -12,6 +12,8 @@ import functools
 import os
 import signal
 import sys
+from dataclasses import dataclass
+from typing import NoReturn
 
 from unionfs import startup
 from unionfs.errors import UsageError
@@ -21,14 +23,23 @@ from .control import START_FAILED, StartError
 from .create import confinement_of
 from .init import FORWARDED, exit_code
 from .process import ProcessSpec, exec_process
+from .security import Confinement
 from .signals import SignalRelay
 from .state import RUNNING, ContainerDir, StateRoot, process_alive
 
 
-def exec_in(root: StateRoot, cdir: ContainerDir, spec: ProcessSpec) -> int:
-    """Run `spec` in the running container: join its namespaces, fork (the PID namespace applies
-    to children), wait for it, forward signals; its exit code. The command is confined as the
-    container's own processes are."""
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """What a process that has entered a container (`enter`) needs to start a command there."""
+
+    confinement: Confinement
+    can_setgroups: bool
+
+
+def enter(root: StateRoot, cdir: ContainerDir) -> Joined:
+    """Join the running container's namespaces and root (this process's own: a PID namespace
+    applies to children, so the command must be forked after). UsageError (status 1) when it is
+    not running or is paused. Shared by `strata exec` and the health checks (runtime.health)."""
     state = cdir.effective_state()
     if state.status != RUNNING or not process_alive(state.init_pid, state.init_start):
         raise UsageError(f"container {cdir.name} is not running", 1)
@@ -47,6 +58,41 @@ def exec_in(root: StateRoot, cdir: ContainerDir, spec: ProcessSpec) -> int:
         os.chdir("/")
     finally:
         os.close(root_fd)
+    return Joined(confinement, can_setgroups)
+
+
+def exec_child(
+    cdir: ContainerDir,
+    spec: ProcessSpec,
+    joined: Joined,
+    err_w: int,
+    *,
+    slave: int | None = None,
+    pdeathsig: int | None = None,
+) -> NoReturn:  # pragma: no cover - child
+    """In the child forked after `enter`: the container's --ulimit, then exec `spec` confined
+    as the container's own processes are; a failure is reported on `err_w`."""
+    try:  # the container's --ulimit, as its own processes have them
+        runflags.apply_ulimits(cdir.config.ulimits)
+    except OSError as exc:
+        startup.StartupReport(err_w).fail(START_FAILED, str(exc.strerror or exc))
+        os._exit(START_FAILED)
+    exec_process(
+        spec,
+        report=startup.StartupReport(err_w).fail,
+        slave=slave,
+        handled_signals=FORWARDED,
+        can_setgroups=joined.can_setgroups,
+        confinement=joined.confinement,
+        pdeathsig=pdeathsig,
+    )
+
+
+def exec_in(root: StateRoot, cdir: ContainerDir, spec: ProcessSpec) -> int:
+    """Run `spec` in the running container: join its namespaces, fork (the PID namespace applies
+    to children), wait for it, forward signals; its exit code. The command is confined as the
+    container's own processes are."""
+    joined = enter(root, cdir)
     master = slave = None
     if spec.tty:
         master, slave = os.openpty()
@@ -58,19 +104,7 @@ def exec_in(root: StateRoot, cdir: ContainerDir, spec: ProcessSpec) -> int:
         os.close(err_r)
         if master is not None:
             os.close(master)
-        try:  # the container's --ulimit, as its own processes have them
-            runflags.apply_ulimits(cdir.config.ulimits)
-        except OSError as exc:
-            startup.StartupReport(err_w).fail(START_FAILED, str(exc.strerror or exc))
-            os._exit(START_FAILED)
-        exec_process(
-            spec,
-            report=startup.StartupReport(err_w).fail,
-            slave=slave,
-            handled_signals=FORWARDED,
-            can_setgroups=can_setgroups,
-            confinement=confinement,
-        )
+        exec_child(cdir, spec, joined, err_w, slave=slave)
     os.close(err_w)
     if slave is not None:
         os.close(slave)

@@ -33,6 +33,10 @@ class ImageConfig:
     volumes: tuple[str, ...] = ()  # the keys of Volumes: an anonymous volume each (run, create)
     labels: tuple[tuple[str, str], ...] = ()  # Labels, under the container's --label
     stop_signal: str = ""  # StopSignal (STOPSIGNAL), what `strata stop` sends
+    # Healthcheck (HEALTHCHECK, docker's HealthConfig; runtime.health) and Shell (SHELL: what
+    # runs a CMD-SHELL check)
+    healthcheck: dict[str, object] | None = None
+    shell: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -45,6 +49,8 @@ class ImageConfig:
             "volumes": list(self.volumes),
             "labels": dict(self.labels),
             "stop_signal": self.stop_signal,
+            "healthcheck": self.healthcheck,
+            "shell": list(self.shell),
         }
 
     @classmethod
@@ -63,6 +69,8 @@ class ImageConfig:
             volumes=tuple(str(v) for v in volumes),
             labels=tuple((str(k), str(v)) for k, v in labels.items()),
             stop_signal=str(data.get("stop_signal") or ""),
+            healthcheck=_healthcheck(data.get("healthcheck")),
+            shell=_strings(data.get("shell")),
         )
 
     @classmethod
@@ -83,6 +91,8 @@ class ImageConfig:
             if isinstance(labels, dict)
             else (),
             stop_signal=str(inner.get("StopSignal") or ""),
+            healthcheck=_healthcheck(inner.get("Healthcheck")),
+            shell=_strings(inner.get("Shell")),
         )
 
     @classmethod
@@ -101,6 +111,31 @@ class ImageConfig:
             workdir=str(data.get(workdir) or ""),
             user=str(data.get(user) or ""),
         )
+
+
+def _healthcheck(value: object) -> dict[str, object] | None:
+    """An image config's `Healthcheck` (runtime.health runs it), if it is well formed (a
+    hostile image's odd value is left out, as if it had none); None without one."""
+    if not isinstance(value, dict):
+        return None
+    test = value.get("Test")
+    if test is not None and not (isinstance(test, list) and all(isinstance(t, str) for t in test)):
+        return None
+    check: dict[str, object] = {"Test": list(test or [])}
+    for key in ("Interval", "Timeout", "StartPeriod", "StartInterval", "Retries"):
+        number = value.get(key)
+        if isinstance(number, bool) or not isinstance(number, int | None) or (number or 0) < 0:
+            return None
+        if number:
+            check[key] = number
+    return check
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    """A list of strings of a config (anything else: none)."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,6 +101,34 @@ def go_duration(text: str) -> int | None:
     )
 
 
+def go_duration_text(ns: int) -> str:
+    """A duration as Go's time.Duration prints it (`30s`, `1m30s`, `1h0m0s`, `500ms`), as in
+    docker's "Health check exceeded timeout (1s)"."""
+    if ns == 0:
+        return "0s"
+    sign, ns = ("-", -ns) if ns < 0 else ("", ns)
+
+    def fraction(value: int, digits: int) -> str:
+        whole, rest = divmod(value, 10**digits)
+        tail = f"{rest:0{digits}d}".rstrip("0")
+        return f"{whole}.{tail}" if tail else str(whole)
+
+    if ns < 1_000:
+        return f"{sign}{ns}ns"
+    if ns < 1_000_000:
+        return f"{sign}{fraction(ns, 3)}µs"
+    if ns < 1_000_000_000:
+        return f"{sign}{fraction(ns, 6)}ms"
+    hours, rest = divmod(ns, 3600 * 1_000_000_000)
+    minutes, rest = divmod(rest, 60 * 1_000_000_000)
+    text = f"{fraction(rest, 9)}s"
+    if hours or minutes:
+        text = f"{minutes}m{text}"
+    if hours:
+        text = f"{hours}h{text}"
+    return sign + text
+
+
 def parse_rfc3339(text: str) -> int:
     """ns since the epoch of an RFC 3339 time (nanoseconds kept); ValueError otherwise."""
     import datetime

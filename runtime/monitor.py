@@ -95,6 +95,7 @@ class Monitor:
             cpu_quota=cdir.config.cpu_quota,
         )
         self.usernet: usernet.Helper | None = None  # pasta/slirp4netns (runtime.usernet)
+        self.health_pid = 0  # the health checker (runtime.health), while it runs
 
     # -- the whole life
 
@@ -291,6 +292,7 @@ class Monitor:
             self._spawn(plan)
             self._handshake(self.daemon_pid)
             mark("command started")
+            self._start_health(stack)
             if on_started is not None:
                 on_started()
             status = self._wait()
@@ -300,6 +302,26 @@ class Monitor:
                 code = 128 + self.relay.emulated
             return code
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _start_health(self, stack: contextlib.ExitStack) -> None:
+        """hook: runtime.health, the HEALTHCHECK's checker (a child, off the monitor's path);
+        stopped first on the way out, before the exit is recorded."""
+        from . import health
+
+        if health.probe_argv(self.cfg.healthcheck, self.cfg.shell) is None:
+            return
+        try:
+            self.health_pid = health.spawn_checker(self.root, self.cdir)
+        except OSError as exc:
+            print(f"strata: warning: no health checks: {exc.strerror}", file=sys.stderr, flush=True)
+            return
+        stack.callback(self._stop_health)
+
+    def _stop_health(self) -> None:
+        from . import health
+
+        pid, self.health_pid = self.health_pid, 0
+        health.stop_checker(self.cdir, pid)
 
     # -- before the fork
 
@@ -555,6 +577,8 @@ class Monitor:
                     self._daemon_died(status)
                 elif self.usernet is not None and pid == self.usernet.pid:
                     self.usernet.reaped = True  # died early: its pid must not be signalled
+                elif pid == self.health_pid:
+                    self.health_pid = 0  # the checker gave up (monitor.log says why)
             return True
 
         if self.master is not None:  # -t: the pty carries stdout and stderr

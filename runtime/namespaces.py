@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from unionfs import _sys, libc
+from unionfs.errors import UsageError
 
 
 class Namespace(enum.Enum):
@@ -217,6 +218,39 @@ def enter_user_namespace(id_map: IdMap, extra: Iterable[Namespace] = (Namespace.
     _, status = os.waitpid(helper, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise OSError(0, "newuidmap/newgidmap failed to map the user namespace (see above)")
+
+
+def current_id_map() -> IdMap:
+    """The map of the user namespace this process is in, as /proc/self/uid_map and gid_map
+    give it (the initial namespace maps everything to itself)."""
+
+    def ranges(name: str) -> tuple[IdRange, ...]:
+        with open(f"/proc/self/{name}") as f:
+            return tuple(IdRange(*(int(x) for x in line.split())) for line in f if line.strip())
+
+    return IdMap(ranges("uid_map"), ranges("gid_map"))
+
+
+def enter_rootless() -> bool:
+    """Enter the caller's rootless user namespace (with a mount namespace) when it is not root,
+    as `buildah unshare` does: for the image commands that write, read or remove layer files
+    (`load`, `pull`, `build`, `save`, `push`, `rmi`, prune). In it the user is root and its
+    subordinate ids are the image's users, so a layer keeps the owners its tar names; outside
+    it the user could neither chown to them nor read or remove their files. Whether it entered
+    one (not when root, also root of a user namespace already); the process must be
+    single-threaded. A host without unprivileged user namespaces gets one line saying so."""
+    if os.geteuid() == 0:
+        return False
+    try:
+        enter_user_namespace(rootless_id_map(os.getuid(), os.getgid(), current_user_name()))
+    except OSError as e:
+        raise UsageError(
+            f"rootless: cannot enter a user namespace ({os.strerror(e.errno) if e.errno else e}):"
+            " strata needs unprivileged user namespaces (sysctl user.max_user_namespaces > 0,"
+            " and kernel.unprivileged_userns_clone = 1 where the kernel has it) or root",
+            125,
+        ) from None
+    return True
 
 
 def _write_own_maps(id_map: IdMap) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import calendar
 import shlex
 import time
 from collections.abc import Sequence
@@ -10,23 +9,20 @@ from collections.abc import Sequence
 from unionfs.errors import UsageError
 
 from .logs import LOG
-from .state import CREATED, EXITED, RUNNING, ContainerDir, ContainerState, Volume, process_alive
-
-
-def _epoch(stamp: str) -> float | None:
-    """Seconds since the epoch of a state timestamp (`2024-01-02T03:04:05.123456789Z`)."""
-    if not stamp:
-        return None
-    try:
-        base, _, frac = stamp.rstrip("Z").partition(".")
-        seconds = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
-    except ValueError:
-        return None
-    return seconds + (float(f"0.{frac}") if frac.isdigit() else 0.0)
+from .state import (
+    CREATED,
+    EXITED,
+    RUNNING,
+    ContainerDir,
+    ContainerState,
+    Volume,
+    epoch,
+    process_alive,
+)
 
 
 def _ago(stamp: str) -> str:
-    then = _epoch(stamp)
+    then = epoch(stamp)
     if then is None:
         return "?"
     return human_duration(time.time() - then)
@@ -93,6 +89,8 @@ def describe(cdir: ContainerDir) -> dict[str, object]:
     state = cdir.effective_state()
     if state.status == RUNNING:
         status = f"Up {_ago(state.started_at)}" + (" (Paused)" if state.paused else "")
+        if not state.paused:  # docker's "(healthy)", "(health: starting)", "(unhealthy)"
+            status += _health_suffix(cdir)
     elif state.restarting and state.status == EXITED:
         code = "?" if state.exit_code is None else str(state.exit_code)
         status = f"Restarting ({code}) {_ago(state.finished_at)} ago"
@@ -114,6 +112,15 @@ def describe(cdir: ContainerDir) -> dict[str, object]:
         "IPAddress": state.ip,
         "Ports": publish.ps_ports(cdir),
     }
+
+
+def _health_suffix(cdir: ContainerDir) -> str:
+    from . import health
+
+    current = health.status(cdir)
+    if current == health.NONE:
+        return ""
+    return " (health: starting)" if current == health.STARTING else f" ({current})"
 
 
 def _status(state: ContainerState) -> str:
@@ -181,7 +188,8 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             "ExitCode": state.exit_code,
             "StartedAt": state.started_at,
             "FinishedAt": state.finished_at,
-        },
+        }
+        | _health_of(cdir),
         "RestartCount": state.restart_count,
         "Config": {
             "Cmd": list(cfg.argv),
@@ -197,7 +205,8 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             "Labels": cfg.labels,
             "StopSignal": cfg.stop_signal or "SIGTERM",
             "StopTimeout": 10 if cfg.stop_timeout is None else cfg.stop_timeout,
-        },
+        }
+        | ({"Healthcheck": cfg.healthcheck} if cfg.healthcheck is not None else {}),
         "HostConfig": {
             "NetworkMode": cfg.network,
             "Subnet": cfg.subnet,
@@ -274,6 +283,14 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
         "LogPath": str(cdir.sub(LOG)),
         "Path": str(cdir.path),
     }
+
+
+def _health_of(cdir: ContainerDir) -> dict[str, object]:
+    """docker's `State.Health` (runtime.health), once a check has been started."""
+    from . import health
+
+    current = health.shown(cdir)
+    return {"Health": current} if current is not None else {}
 
 
 def _ulimit_of(item: str) -> dict[str, object]:

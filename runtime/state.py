@@ -14,6 +14,7 @@ Layout (`--root`, default /var/lib/strata as root, $XDG_DATA_HOME/strata otherwi
         log                    output of a detached container, as an older strata wrote it
         monitor.log            a detached monitor's own messages
         union.log              the union daemon's log
+        health.json            docker's State.Health: status, failing streak, last 5 checks
         seccomp.json           the --security-opt seccomp=FILE profile, as it was at create
     seccomp/<key>.bpf          compiled seccomp programs, by profile, capabilities and kernel
     volumes/<name>/            named and anonymous volumes (runtime.volumes)
@@ -30,6 +31,7 @@ Processes are identified by pid *and* start time, so a reused pid is not mistake
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import errno
 import fcntl
@@ -43,6 +45,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
+from unionfs import _sys
 from unionfs.errors import UsageError
 
 CREATED: Final = "created"
@@ -56,7 +59,7 @@ def default_root() -> Path:
     env = os.environ.get("STRATA_ROOT")
     if env:
         return Path(env)
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and _sys.in_initial_user_namespace():  # not root of a rootless userns
         return Path("/var/lib/strata")
     data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local/share")
     return Path(data) / "strata"
@@ -64,6 +67,18 @@ def default_root() -> Path:
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z"
+
+
+def epoch(stamp: str) -> float | None:
+    """Seconds since the epoch of a state timestamp (`2024-01-02T03:04:05.123456789Z`)."""
+    if not stamp:
+        return None
+    try:
+        base, _, frac = stamp.rstrip("Z").partition(".")
+        seconds = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+    return seconds + (float(f"0.{frac}") if frac.isdigit() else 0.0)
 
 
 def write_json(path: Path, data: object) -> None:
@@ -182,6 +197,10 @@ class ContainerConfig:
     log_max_size: int = 0  # --log-opt max-size (bytes; 0: no limit), runtime.logrotate
     log_max_file: int = 1  # --log-opt max-file
     log_attr_opts: dict[str, str] = field(default_factory=dict)  # labels/env: logs --details
+    # runtime.health: docker's HealthConfig (the image's HEALTHCHECK under --health-*; None:
+    # none), and the image's SHELL, which runs a CMD-SHELL check
+    healthcheck: dict[str, object] | None = None
+    shell: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
@@ -208,6 +227,7 @@ class ContainerConfig:
             "network_aliases",
             "ulimits",
             "group_add",
+            "shell",
         ):
             items = values.get(key) or []
             assert isinstance(items, list | tuple)

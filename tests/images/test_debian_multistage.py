@@ -11,6 +11,7 @@ import pytest
 from images.store import ImageStore
 from tests.helpers.images import DebianRootfs
 from tests.runtime.conftest import Strata
+from tests.runtime.test_rootless import rootless as rootless
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.fuse]
 
@@ -58,3 +59,33 @@ def test_debian_multistage_example(debian_gcc_rootfs: DebianRootfs, strata: Stra
     rebuilt = strata.run("build", "-t", "hello:2", str(ctx), check=True, timeout=600)
     assert rebuilt.stdout.count("Using cache") == 6  # WORKDIR COPY RUN | COPY ENTRYPOINT CMD
     assert store.get("hello:2").id == rec.id
+
+
+@pytest.mark.parametrize("rootless", ["subids"], indirect=True)
+def test_debian_multistage_example_rootless(
+    debian_gcc_rootfs: DebianRootfs, rootless: tuple[Strata, list[str], bool]
+) -> None:
+    """The same example built by a user without root: the rootfs imported into the user's
+    store keeps its owners through the subordinate ids, and gcc runs in a rootless RUN."""
+    import os
+
+    user, _, _ = rootless
+    rootfs_tar = user.tmp / "bookworm-gcc.tar"
+    tar = ["tar", "-C", str(debian_gcc_rootfs.path), "--numeric-owner", "--xattrs"]
+    subprocess.run([*tar, "-cf", str(rootfs_tar), "."], check=True)
+    os.chmod(rootfs_tar, 0o644)
+    done = user.run("import", str(rootfs_tar), "debian-gcc:bookworm", check=True, timeout=600)
+    assert "skipped" in done.stderr  # /dev's nodes: only root of the host may make them
+    rootfs_tar.unlink()
+    shadow = user.run(
+        "run", "--rm", "debian-gcc:bookworm", "stat", "-c", "%G", "/etc/shadow", check=True
+    )
+    assert shadow.stdout == "shadow\n"  # gid 42, a subordinate id on disk
+    ctx = user.tmp / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(DOCKERFILE)
+    user.run("build", "-t", "hello:1", str(ctx), check=True, timeout=600)
+    assert user.run("run", "--rm", "hello:1", check=True).stdout == "hello, world\n"
+    user.run("rmi", "hello:1", "debian-gcc:bookworm", check=True)
+    user.run("image", "prune", check=True)
+    assert os.listdir(user.root / "images/layers") == []

@@ -1,5 +1,7 @@
-"""A user without root loads the busybox image into their own store and runs it (owners are
-not kept: the files belong to the user, who is root in the container)."""
+"""A user without root loads, pulls, builds, saves and removes images in their own store. These
+commands run in the user's user namespace, so with subordinate ids the layers keep their owners
+(as podman's rootless storage); without them every file belongs to the user, root in the
+container."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from .test_load import IMAGE_ID, _archive
 
 
 def test_rootless_load_and_run(rootless: tuple[Strata, list[str], bool]) -> None:
-    strata, _, _ = rootless
+    strata, _, with_subids = rootless
     done = strata.run("load", "-i", str(_archive("oci")), check=True)
     assert done.stdout == "Loaded image: localhost/uniontest:1\n"
     layers = Path(strata.root) / "images/layers"
@@ -23,6 +25,11 @@ def test_rootless_load_and_run(rootless: tuple[Strata, list[str], bool]) -> None
     assert run.stdout.split() == ["FOO=bar", "reborn", "n"]
     run = strata.run("run", "--rm", "uniontest:1", "stat", "-c", "%u %a", "/opt/suid", check=True)
     assert run.stdout == "0 4755\n"
+    # the first layer's 65534-owned file (a later layer removes it): kept through a subordinate
+    # id, else the user's (root in the container)
+    (kept,) = list(layers.glob("*/opt/keep/k"))
+    owner = os.stat(kept).st_uid
+    assert owner != strata.user if with_subids else owner == strata.user
 
 
 def test_rootless_commit_records_container_owners(rootless: tuple[Strata, list[str], bool]) -> None:
@@ -132,12 +139,128 @@ def test_rootless_run_pulls_with_the_users_own_login(
         assert done.stdout.split() == EXPECTED_RUN
 
 
-def test_rootless_build_is_refused_in_one_line(rootless: tuple[Strata, list[str], bool]) -> None:
+ROOTLESS_DOCKERFILE = """\
+FROM uniontest:1 AS base
+RUN mkdir -p /data && chown 1000:1000 /data && chmod 700 /data
+FROM base AS build
+RUN --mount=type=cache,target=/cache,uid=1000 echo made > /built && chown 1001:1002 /built
+FROM base
+COPY --from=build /built /data/built
+COPY --chown=1000:1000 hello.txt /data/hello.txt
+USER 1000:1000
+WORKDIR /data/work
+RUN echo from-app > /data/by-app && id -u > /data/uid
+CMD ["cat", "/data/by-app"]
+"""
+
+
+def _layer_trees(
+    strata: Strata, ref: str
+) -> list[list[tuple[str, bytes, int, int, int, int, str]]]:
+    """The image's layers as their tars list them: name, type, mode, owner, size, link."""
+    import io
+    import tarfile
+
+    from images.store import ImageStore
+    from images.tarsplit import rebuild
+
+    store = ImageStore(Path(strata.root))
+    trees = []
+    for diff_id in store.get(ref).layers:
+        data = b"".join(rebuild(store.map_path(diff_id), store.layer_path(diff_id)))
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            trees.append([(m.name, m.type, m.mode, m.uid, m.gid, m.size, m.linkname) for m in tar])
+    return trees
+
+
+def test_rootless_build_keeps_owners_as_a_root_build_does(
+    rootless: tuple[Strata, list[str], bool], strata: Strata
+) -> None:
+    """The whole build runs in the user's user namespace (as `buildah unshare`): with
+    subordinate ids a RUN as another user, a chown and `COPY --chown` give the layers the same
+    owners as the same build as root, and save, rmi and prune handle files of those ids."""
+    user, _, with_subids = rootless
+    ctx = Path(user.tmp) / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(ROOTLESS_DOCKERFILE)
+    (ctx / "hello.txt").write_text("hi\n")
+    for who in (user, strata):
+        who.run("load", "-q", "-i", str(_archive("oci")), check=True)
+    if not with_subids:
+        # only the user's own id is mapped: a chown to another id fails the RUN, in one line
+        done = user.run("build", "-t", "app:1", str(ctx))
+        assert done.returncode == 1
+        assert done.stderr.splitlines()[-1].startswith("strata: Dockerfile:2: RUN /bin/sh -c")
+        assert done.stderr.endswith(": exit status 1\n")
+        assert user.container_ids() == []
+        return
+    layers = Path(user.root) / "images/layers"
+    loaded = set(os.listdir(layers))
+    built = user.run("build", "-t", "app:1", str(ctx), check=True)
+    assert built.stdout.splitlines()[-1] == "Successfully tagged localhost/app:1"
+    strata.run("build", "-t", "app:1", str(ctx), check=True)
+    assert _layer_trees(user, "app:1") == _layer_trees(strata, "app:1")
+    run = user.run("run", "--rm", "app:1", check=True)
+    assert run.stdout == "from-app\n"
+    shown = user.run(
+        "run", "--rm", "app:1", "stat", "-c", "%n %u %g %a",
+        "/data", "/data/built", "/data/hello.txt", "/data/by-app", "/data/uid",
+    )  # fmt: skip
+    assert shown.stdout.splitlines() == [
+        "/data 1000 1000 700",
+        "/data/built 1001 1002 644",
+        "/data/hello.txt 1000 1000 644",
+        "/data/by-app 1000 1000 644",
+        "/data/uid 1000 1000 644",
+    ], shown.stderr
+    # on disk they belong to subordinate ids: save reads them, rmi and prune remove them
+    out = Path(user.env["HOME"]) / "app.tar"
+    user.run("save", "-o", str(out), "app:1", check=True)
+    assert os.stat(out).st_uid == user.user
+    assert len(os.listdir(layers)) > len(loaded)
+    user.run("rmi", "app:1", check=True)
+    user.run("image", "prune", check=True)
+    assert set(os.listdir(layers)) == loaded
+    assert user.run("load", "-q", "-i", str(out), check=True).stdout.startswith("Loaded image")
+    assert user.run("run", "--rm", "app:1", check=True).stdout == "from-app\n"
+    user.run("rmi", "app:1", check=True)
+    assert user.container_ids() == []
+
+
+NO_USERNS = """\
+import errno, os, sys
+import pyseccomp as sc
+f = sc.SyscallFilter(sc.ALLOW)  # a sandbox as docker's default profile: no unshare without root
+f.add_rule(sc.ERRNO(errno.EPERM), "unshare")
+f.load()
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def test_rootless_build_without_user_namespaces_says_why_in_one_line(
+    rootless: tuple[Strata, list[str], bool],
+) -> None:
+    """Where a user may not make a user namespace (here a seccomp filter, as in docker's
+    default profile), a rootless build, load or pull ends with one line saying what it needs."""
+    import subprocess
+    import sys
+
     strata, _, _ = rootless
     ctx = Path(strata.tmp) / "ctx"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text("FROM uniontest:1\nRUN true\n")
-    done = strata.run("build", str(ctx))
-    assert done.returncode == 1
-    assert done.stderr.startswith("strata: strata build needs root: its COPY and RUN steps")
-    assert len(done.stderr.strip().splitlines()) == 1
+    for args in (["build", str(ctx)], ["load", "-i", str(_archive("oci"))]):
+        done = subprocess.run(
+            [sys.executable, "-c", NO_USERNS, *strata.argv(*args)],
+            capture_output=True, text=True, env=strata.env, user=strata.user,
+            group=strata.group, extra_groups=[], stdin=subprocess.DEVNULL, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 125, done.stderr
+        assert done.stderr.startswith(
+            "strata: rootless: cannot enter a user namespace (Operation not permitted): strata"
+            " needs unprivileged user namespaces"
+        ), done.stderr
+        assert len(done.stderr.splitlines()) == 1
+    assert not (strata.root / "images/layers").exists() or not os.listdir(
+        strata.root / "images/layers"
+    )
