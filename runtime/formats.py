@@ -2,7 +2,7 @@
 column names: `ps` (docker's ContainerContext), `stats` (statsContext), `volume ls`
 (volumeContext), `network ls` (networkContext); and `inspect`'s `-f` (the JSON it shows, a
 missing key an error as in docker's fallback to the raw JSON). The evaluator is
-runtime.gotemplate; images/formats.py has `images` and `history`."""
+runtime.gotemplate; images/cli.py has the rows of `images` and `history`."""
 
 from __future__ import annotations
 
