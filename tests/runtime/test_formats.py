@@ -206,9 +206,8 @@ def test_ps_filters_select_what_podman_selects(
 ) -> None:
     for step in PS_STEPS:
         loaded.run(*step, check=True)
-        if "--network" not in step:
-            step = (*step[:3], "--network", "none", *step[3:])  # (podman's own network stays off)
-        podman.run(*step)
+        none = () if "--network" in step else ("--network", "none")  # (podman's network stays off)
+        podman.run(*step[:3], *none, *step[3:])
     args = ["-a", *(f"--filter={f}" for f in filters), "--format", "{{.Names}}"]
     assert sorted(out(loaded, "ps", *args).split()) == sorted(podman.run("ps", *args).split())
     podman.run("rm", "-f", "c2", "c3")
