@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from runtime.cli import add_inspect_arguments, add_root, root_path
+from runtime.formats import FORMAT_HELP, is_template
+from runtime.formats import check as check_format
 from runtime.images import ImageSource
 from unionfs.command import Runner, Subcommand
 from unionfs.errors import UsageError
 
 if TYPE_CHECKING:
+    from runtime.gotemplate import Fields
     from runtime.images import ImageSpec, Resolver
 
     from .registries import Options
@@ -79,10 +82,13 @@ IMAGE_SOURCE: Final = ImageSource(_add_image_source_arguments, _resolver_for)
 
 def _inspect_any(args: argparse.Namespace, runner: Runner) -> int:
     """`strata inspect NAME...`: each a container (id, prefix, name) or else an image."""
+    from runtime.formats import print_inspected
     from runtime.report import inspect
 
+    check_format(args.format, listing=False)
     store = _store(args)
     found: list[dict[str, object]] = []
+    templated = args.format is not None and is_template(args.format)
     for ref in args.containers:
         try:
             found.append(inspect(store.state.find(ref)))
@@ -91,8 +97,9 @@ def _inspect_any(args: argparse.Namespace, runner: Runner) -> int:
             rec = store.find(ref) if "no such container" in str(e) else None
             if rec is None:
                 raise  # the runtime's own message ("no such container: REF")
-        found.append(_image_info(store, rec))
-    print(json.dumps(found, indent=2))
+        info = _image_info(store, rec)
+        found.append(_typed_config(info) if templated else info)
+    print_inspected(args.format, found)
     return 0
 
 
@@ -125,7 +132,7 @@ def _run_load(args: argparse.Namespace, runner: Runner) -> int:
 
 def _add_save(parser: argparse.ArgumentParser) -> None:
     add_root(parser)
-    parser.add_argument("image", metavar="IMAGE")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="one or more, in one archive")
     parser.add_argument(
         "-o",
         "--output",
@@ -146,9 +153,9 @@ def _run_save(args: argparse.Namespace, runner: Runner) -> int:
                 "cowardly refusing to save to a terminal. Use the -o flag or redirect", 1
             )
         sys.stdout.flush()
-        save(_store_as_owner(args), args.image, sys.stdout.buffer, args.format)
+        save(_store_as_owner(args), args.images, sys.stdout.buffer, args.format)
         return 0
-    save(_store_as_owner(args), args.image, Path(args.output), args.format)
+    save(_store_as_owner(args), args.images, Path(args.output), args.format)
     return 0
 
 
@@ -389,8 +396,18 @@ def _stdin_context(store: ImageStore, stack: contextlib.ExitStack) -> tuple[Path
 
 def _add_images(parser: argparse.ArgumentParser) -> None:
     add_root(parser)
-    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--format", default="table", help=FORMAT_HELP)
     parser.add_argument("-q", "--quiet", action="store_true", help="only ids")
+    parser.add_argument("--no-trunc", action="store_true", help="full image ids")
+    parser.add_argument(
+        "-a", "--all", action="store_true", help="also the intermediate images of builds"
+    )
+    parser.add_argument("--digests", action="store_true", help="a DIGEST column")
+    parser.add_argument(
+        "-f", "--filter", action="append", default=[], metavar="K=V",
+        help="dangling=true|false, label=K[=V], reference=PATTERN, before=IMAGE, since=IMAGE",
+    )  # fmt: skip
+    parser.add_argument("repository", nargs="?", metavar="REPOSITORY[:TAG]")
 
 
 def _summary(store: ImageStore, rec: ImageRecord) -> dict[str, object]:
@@ -423,29 +440,86 @@ def _created_since(created: str, now: float) -> str:
 _EPOCH_2000: Final = 946684800  # docker shows no age for times before 2000 (zero times)
 
 
+_IMAGE_HEADERS: Final[dict[str, object]] = {
+    "ID": "IMAGE ID",
+    "Repository": "REPOSITORY",
+    "Tag": "TAG",
+    "Digest": "DIGEST",
+    "CreatedSince": "CREATED",
+    "CreatedAt": "CREATED AT",
+    "Size": "SIZE",
+    "Containers": "CONTAINERS",
+    "VirtualSize": "VIRTUAL SIZE",
+    "SharedSize": "SHARED SIZE",
+    "UniqueSize": "UNIQUE SIZE",
+}
+
+
+def _image_fields(rec: ImageRecord, tag: str, size: int, now: float, full: bool) -> Fields:
+    from runtime.gotemplate import Fields
+
+    """One line of `images` (an image under one of its names) as `images --format` sees it
+    (docker's ImageContext)."""
+    from runtime.formats import go_time
+    from runtime.report import human_size
+
+    repo, _, t = tag.rpartition(":")
+    repo = repo or "<none>"  # (an untagged image: docker's <none> for both)
+    t = t or "<none>"
+    digest = next((d.partition("@")[2] for d in rec.digests if d.startswith(f"{repo}@")), "")
+    return Fields(
+        "ImageContext",
+        {
+            "ID": f"sha256:{rec.id}" if full else rec.id[:12],
+            "Repository": repo,
+            "Tag": t,
+            "Digest": digest or "<none>",
+            "CreatedSince": _created_since(rec.created, now),
+            "CreatedAt": go_time(rec.created),
+            "Size": human_size(size),
+            "Containers": "N/A",
+            "VirtualSize": human_size(size),
+            "SharedSize": "N/A",
+            "UniqueSize": "N/A",
+        },
+    )
+
+
 def _run_images(args: argparse.Namespace, runner: Runner) -> int:
+    from .listing import parse_filters, select
+
+    check_format(args.format)
+    filters = parse_filters(
+        [*args.filter, *([f"reference={args.repository}"] if args.repository else [])]
+    )
     store = _store(args)
-    records = store.images()
-    if args.quiet:
-        for rec in records:
-            print(rec.id[:12])
+    listed = select(store, store.images(), filters, show_all=args.all)
+    if args.quiet and not is_template(args.format):  # (a template wins, as docker's)
+        for rec, _ in listed:
+            print(f"sha256:{rec.id}" if args.no_trunc else rec.id[:12])
         return 0
     import time
 
-    from runtime.report import human_size, text_table
+    from runtime.report import text_table
 
-    rows = [_summary(store, rec) for rec in records]
+    rows = [_summary(store, rec) for rec, _ in listed]
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
     now = time.time()
-    lines = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
-    for rec, row in zip(records, rows, strict=True):
-        size = human_size(float(row["Size"]))  # type: ignore[arg-type]
-        created = _created_since(rec.created, now)
-        for tag in rec.tags or ("<none>:<none>",):
-            repo, _, t = tag.rpartition(":")
-            lines.append((repo, t, rec.id[:12], created, size))
+    fields = [
+        _image_fields(rec, tag, int(row["Size"]), now, args.no_trunc)  # type: ignore[call-overload]
+        for (rec, tags), row in zip(listed, rows, strict=True)
+        for tag in tags
+    ]
+    if is_template(args.format):
+        from runtime.formats import write
+
+        write(args.format, fields, _IMAGE_HEADERS)
+        return 0
+    columns = ["Repository", "Tag", *(["Digest"] if args.digests else []), "ID", "CreatedSince"]
+    lines = [tuple(str(_IMAGE_HEADERS[c]) for c in [*columns, "Size"])]
+    lines += [tuple(str(f[c]) for c in [*columns, "Size"]) for f in fields]
     sys.stdout.write(text_table(lines))
     return 0
 
@@ -469,6 +543,29 @@ def _image_info(store: ImageStore, rec: ImageRecord) -> dict[str, object]:
     }
 
 
+# The fields of docker's image Config a template finds even where the image's config has none
+# (docker runs the template over its typed struct, where an absent list prints `[]`).
+_CONFIG_FIELDS: Final[dict[str, object]] = {
+    "User": "",
+    "ExposedPorts": {},
+    "Env": [],
+    "Cmd": [],
+    "Volumes": {},
+    "WorkingDir": "",
+    "Entrypoint": [],
+    "OnBuild": [],
+    "Labels": {},
+    "StopSignal": "",
+    "Shell": [],
+}
+
+
+def _typed_config(info: dict[str, object]) -> dict[str, object]:
+    config = info["Config"]
+    assert isinstance(config, dict)
+    return info | {"Config": _CONFIG_FIELDS | {k: v for k, v in config.items() if v is not None}}
+
+
 def _run_inspect(args: argparse.Namespace, runner: Runner) -> int:
     store = _store(args)
     print(json.dumps([_image_info(store, store.get(args.image))], indent=2))
@@ -489,6 +586,7 @@ def _add_history(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-trunc", action="store_true", help="full ids and commands")
     parser.add_argument("-q", "--quiet", action="store_true", help="only the ids")
+    parser.add_argument("--format", default="table", help=FORMAT_HELP)
 
 
 def _history_rows(store: ImageStore, rec: ImageRecord) -> list[dict[str, object]]:
@@ -535,6 +633,7 @@ def _run_history(args: argparse.Namespace, runner: Runner) -> int:
 
     from runtime.report import human_size, text_table
 
+    check_format(args.format)
     store = _store(args)
     rows = _history_rows(store, store.get(args.image))
 
@@ -544,26 +643,52 @@ def _run_history(args: argparse.Namespace, runner: Runner) -> int:
             return ident
         return f"sha256:{ident}" if args.no_trunc else ident[:12]
 
-    if args.quiet:
+    if args.quiet and not is_template(args.format):
         for row in rows:
             print(image_id(row))
         return 0
+    from runtime.gotemplate import Fields
+
     now = time.time()
-    lines = [("IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT")]
-    for row in rows:
+    fields = []
+    for row in rows:  # (docker's HistoryContext)
         created, size = str(row["Created"]), int(row["Size"])  # type: ignore[call-overload]
         by = str(row["CreatedBy"]).replace("\t", " ")
-        lines.append(
-            (
-                image_id(row),
-                _created_since(created, now) if args.human else _rfc3339_seconds(created),
-                by if args.no_trunc else _ellipsis(by, 45),
-                human_size(size) if args.human else str(size),
-                str(row["Comment"]),
+        fields.append(
+            Fields(
+                "HistoryContext",
+                {
+                    "ID": image_id(row),
+                    "CreatedSince": _created_since(created, now)
+                    if args.human
+                    else _rfc3339_seconds(created),
+                    "CreatedAt": _rfc3339_seconds(created),
+                    "CreatedBy": by if args.no_trunc else _ellipsis(by, 45),
+                    "Size": human_size(size) if args.human else str(size),
+                    "Comment": str(row["Comment"]),
+                },
             )
         )
+    if is_template(args.format):
+        from runtime.formats import write
+
+        write(args.format, fields, _HISTORY_HEADERS)
+        return 0
+    order = ("ID", "CreatedSince", "CreatedBy", "Size", "Comment")
+    lines = [tuple(str(_HISTORY_HEADERS[k]) for k in order)]
+    lines += [tuple(str(f[k]) for k in order) for f in fields]
     sys.stdout.write(text_table(lines))
     return 0
+
+
+_HISTORY_HEADERS: Final[dict[str, object]] = {
+    "ID": "IMAGE",
+    "CreatedSince": "CREATED",
+    "CreatedAt": "CREATED AT",
+    "CreatedBy": "CREATED BY",
+    "Size": "SIZE",
+    "Comment": "COMMENT",
+}
 
 
 def _rfc3339_seconds(created: str) -> str:

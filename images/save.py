@@ -22,7 +22,7 @@ from typing import BinaryIO, Final
 
 from unionfs.errors import UsageError
 
-from .store import ImageRecord, ImageStore
+from .store import ImageRecord, ImageStore, normalize_ref
 from .tarsplit import rebuild
 
 FORMATS: Final = ("oci-archive", "docker-archive")
@@ -106,44 +106,69 @@ def oci_manifest(image_id: str, config: bytes, layers: Sequence[tuple[str, int]]
     ).encode()
 
 
-def save(store: ImageStore, ref: str, output: Path | BinaryIO, fmt: str) -> None:
-    """Write image `ref` as `fmt` to the file `output` (whole or not at all: built beside it,
-    then renamed) or to the stream `output` (stdout: `strata save IMAGE | ...`)."""
+def save(store: ImageStore, refs: str | Sequence[str], output: Path | BinaryIO, fmt: str) -> None:
+    """Write the images `refs` (docker's `save A B`: all of them in one archive) as `fmt` to
+    the file `output` (whole or not at all: built beside it, then renamed) or to the stream
+    `output` (stdout: `strata save IMAGE | ...`)."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: one of {', '.join(FORMATS)}", 125)
-    rec = store.get(ref)
+    entries = _entries(store, [refs] if isinstance(refs, str) else refs)
     if not isinstance(output, Path):
         # "w|": a pipe cannot tell() where it is, as tarfile's "w" asks
         with tarfile.open(fileobj=output, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            _write(tar, store, rec, ref, fmt)
+            _write(tar, store, entries, fmt)
         output.flush()
         return
     output = output.absolute()
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            _write(tar, store, rec, ref, fmt)
+            _write(tar, store, entries, fmt)
         os.rename(tmp, output)
     finally:
         if tmp.exists():
             os.unlink(tmp)
 
 
-def _write(tar: tarfile.TarFile, store: ImageStore, rec: ImageRecord, ref: str, fmt: str) -> None:
-    config = store.config_bytes(rec.id)
-    tags = _tags_for(rec, ref)
+def _entries(store: ImageStore, refs: Sequence[str]) -> list[tuple[ImageRecord, list[str]]]:
+    """Each image once, in the order first named, with the names it is saved under (an
+    image named twice, by two of its tags, keeps both, as docker's)."""
+    found: dict[str, tuple[ImageRecord, list[str]]] = {}
+    for ref in refs:
+        rec = store.get(ref)
+        _, tags = found.setdefault(rec.id, (rec, []))
+        tags += [t for t in _tags_for(rec, ref) if t not in tags]
+    return list(found.values())
+
+
+def _write(
+    tar: tarfile.TarFile,
+    store: ImageStore,
+    entries: Sequence[tuple[ImageRecord, list[str]]],
+    fmt: str,
+) -> None:
     with tempfile.TemporaryDirectory(dir=store.tmp_dir) as spool_dir:
         writer = _Writer(tar)
         spool = Path(spool_dir) / "layer"
         if fmt == "oci-archive":
-            _oci(writer, store, rec, config, tags, spool)
+            _oci(writer, store, entries, spool)
         else:
-            _docker(writer, store, rec, config, tags, spool)
+            _docker(writer, store, entries, spool)
 
 
 def _tags_for(rec: ImageRecord, ref: str) -> list[str]:
+    """The name `ref` stands for among the image's (`bb` for `localhost/bb:latest`), else its
+    first name (an image saved by id)."""
+    try:
+        wanted = normalize_ref(ref)
+    except UsageError:
+        wanted = ref
     for tag in rec.tags:
-        if ref in (tag, tag.removeprefix("localhost/"), tag.removesuffix(":latest")):
+        if wanted == tag or ref in (
+            tag,
+            tag.removeprefix("localhost/"),
+            tag.removesuffix(":latest"),
+        ):
             return [tag]
     return list(rec.tags[:1])
 
@@ -151,42 +176,65 @@ def _tags_for(rec: ImageRecord, ref: str) -> list[str]:
 def _oci(
     writer: _Writer,
     store: ImageStore,
-    rec: ImageRecord,
-    config: bytes,
-    tags: list[str],
+    entries: Sequence[tuple[ImageRecord, list[str]]],
     spool: Path,
 ) -> None:
+    """An OCI image layout; with several images or names also docker's manifest.json over
+    the same blobs (the layout of Docker >= 25's `save`), which podman's `load` reads as a
+    docker-archive holding each of them."""
     writer.add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-    layers = [
-        (diff_id, writer.add_layer(f"blobs/sha256/{diff_id}", store, diff_id, spool))
-        for diff_id in rec.layers
-    ]
-    writer.add(f"blobs/sha256/{rec.id}", config)
-    manifest = oci_manifest(rec.id, config, layers)
-    digest = hashlib.sha256(manifest).hexdigest()
-    writer.add(f"blobs/sha256/{digest}", manifest)
-    entry: dict[str, object] = {
-        "mediaType": MANIFEST_TYPE,
-        "digest": f"sha256:{digest}",
-        "size": len(manifest),
-    }
-    if tags:
-        entry["annotations"] = {"org.opencontainers.image.ref.name": tags[0]}
-    writer.add("index.json", json.dumps({"schemaVersion": 2, "manifests": [entry]}).encode())
+    sizes: dict[str, int] = {}
+    index: list[dict[str, object]] = []
+    for rec, tags in entries:
+        for diff_id in rec.layers:
+            if diff_id not in sizes:
+                sizes[diff_id] = writer.add_layer(f"blobs/sha256/{diff_id}", store, diff_id, spool)
+        config = store.config_bytes(rec.id)
+        writer.add(f"blobs/sha256/{rec.id}", config)
+        manifest = oci_manifest(rec.id, config, [(d, sizes[d]) for d in rec.layers])
+        digest = hashlib.sha256(manifest).hexdigest()
+        writer.add(f"blobs/sha256/{digest}", manifest)
+        entry: dict[str, object] = {
+            "mediaType": MANIFEST_TYPE,
+            "digest": f"sha256:{digest}",
+            "size": len(manifest),
+        }
+        index += [
+            entry | {"annotations": {"org.opencontainers.image.ref.name": tag}} for tag in tags
+        ] or [entry]
+    writer.add("index.json", json.dumps({"schemaVersion": 2, "manifests": index}).encode())
+    if len(index) > 1:  # (podman's oci-archive reader takes one image, one name)
+        blob = "blobs/sha256/{}"
+        writer.add("manifest.json", _docker_manifest(entries, blob, blob))
+
+
+def _docker_manifest(
+    entries: Sequence[tuple[ImageRecord, list[str]]], config_name: str, layer_name: str
+) -> bytes:
+    """docker's manifest.json: each image's config, names and layers by their file names."""
+    return json.dumps(
+        [
+            {
+                "Config": config_name.format(rec.id),
+                "RepoTags": tags,
+                "Layers": [layer_name.format(d) for d in rec.layers],
+            }
+            for rec, tags in entries
+        ]
+    ).encode()
 
 
 def _docker(
     writer: _Writer,
     store: ImageStore,
-    rec: ImageRecord,
-    config: bytes,
-    tags: list[str],
+    entries: Sequence[tuple[ImageRecord, list[str]]],
     spool: Path,
 ) -> None:
-    names = []
-    for diff_id in rec.layers:
-        writer.add_layer(f"{diff_id}.tar", store, diff_id, spool)
-        names.append(f"{diff_id}.tar")
-    writer.add(f"{rec.id}.json", config)
-    manifest = [{"Config": f"{rec.id}.json", "RepoTags": tags, "Layers": names}]
-    writer.add("manifest.json", json.dumps(manifest).encode())
+    written: set[str] = set()
+    for rec, _ in entries:
+        for diff_id in rec.layers:
+            if diff_id not in written:
+                writer.add_layer(f"{diff_id}.tar", store, diff_id, spool)
+                written.add(diff_id)
+        writer.add(f"{rec.id}.json", store.config_bytes(rec.id))
+    writer.add("manifest.json", _docker_manifest(entries, "{}.json", "{}.tar"))

@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Final
 from unionfs.command import Runner, Subcommand
 from unionfs.errors import UsageError
 
+from .formats import FORMAT_HELP, is_template
+from .formats import check as check_format
+
 if TYPE_CHECKING:
     from .create import CreateRequest
     from .images import ImageSource, ImageSpec, Resolver
@@ -328,7 +331,7 @@ def _create_request(
     from . import network, runflags
     from .create import CreateRequest
     from .health import merge, parse_flags, validate
-    from .logrotate import parse_log_opts
+    from .logrotate import attribute_opts, parse_log_opts
     from .ports import parse_publish_all
     from .process import check_user, parse_env_assignments, read_env_file
     from .publish import check_mode
@@ -355,6 +358,7 @@ def _create_request(
     ulimits = tuple(runflags.parse_ulimit(u) for u in args.ulimit)
     shm_size = runflags.parse_size(args.shm_size, "--shm-size") if args.shm_size else 0
     log_opts = parse_log_opts(args.log_opt)
+    log_attr_opts = attribute_opts(args.log_opt)
     health_flags = parse_flags(
         cmd=args.health_cmd,
         interval=args.health_interval,
@@ -444,6 +448,7 @@ def _create_request(
         shm_size=shm_size,
         group_add=runflags.check_groups(args.group_add),
         log_opts=log_opts,
+        log_attr_opts=log_attr_opts,
         healthcheck=healthcheck,
         network=mode,
         subnet=subnet,
@@ -706,27 +711,47 @@ def _add_ps_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-a", "--all", action="store_true", help="also stopped containers")
     parser.add_argument("-q", "--quiet", action="store_true", help="only ids")
     parser.add_argument("--no-trunc", action="store_true", help="full ids and commands")
-    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--format", default="table", help=FORMAT_HELP)
     parser.add_argument(
         "-f", "--filter", action="append", default=[], metavar="K=V",
-        help="label=K[=V], name=TEXT, id=PREFIX, status=created|running|exited,"
+        help="label=K[=V], name=TEXT, id=PREFIX, status=STATUS, exited=CODE, ancestor=IMAGE,"
+        " before=CONTAINER, since=CONTAINER, volume=NAME|PATH, network=NAME|ID,"
         " health=starting|healthy|unhealthy|none",
     )  # fmt: skip
+
+
+_PS_FILTERS: Final = (
+    "label", "name", "id", "status", "exited", "ancestor", "before", "since", "volume", "network",
+    "health",
+)  # fmt: skip
+_STATUSES: Final = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
 
 
 def _ps_filter(items: list[str]) -> list[tuple[str, str]]:
     filters = []
     for item in items:
         key, eq, value = item.partition("=")
-        if not eq or key not in ("label", "name", "id", "status", "health"):
-            raise UsageError(f"invalid filter {item!r} (label, name, id, status, health)", 125)
+        if not eq or key not in _PS_FILTERS:
+            raise UsageError(f"invalid filter {item!r} ({', '.join(_PS_FILTERS)})", 125)
+        if key == "status" and value not in _STATUSES:
+            raise UsageError(f"invalid filter 'status={value}' ({', '.join(_STATUSES)})", 125)
+        if key == "exited" and not value.lstrip("-").isdigit():
+            raise UsageError(f"invalid filter 'exited={value}': an exit code", 125)
         if key == "health" and value not in ("starting", "healthy", "unhealthy", "none"):
             raise UsageError(f"Unrecognised filter value for health: {value}", 125)
         filters.append((key, value))
     return filters
 
 
-def _ps_matches(cdir: ContainerDir, status: str, key: str, value: str) -> bool:
+def _image_names(ref: str) -> set[str]:
+    """The names an image reference stands for in the store (a bare name is `localhost/`'s,
+    no tag is `latest`, as images.store.normalize_ref), for `ancestor=`."""
+    last = ref.rpartition("/")[2]
+    tagged = ref if ":" in last or "@" in last else f"{ref}:latest"
+    return {ref, tagged, tagged if "/" in tagged else f"localhost/{tagged}"}
+
+
+def _ps_matches(root: StateRoot, cdir: ContainerDir, status: str, key: str, value: str) -> bool:
     cfg = cdir.config
     if key == "label":
         label, eq, wanted = value.partition("=")
@@ -735,6 +760,22 @@ def _ps_matches(cdir: ContainerDir, status: str, key: str, value: str) -> bool:
         return value in cfg.name
     if key == "id":
         return cfg.id.startswith(value)
+    if key == "exited":
+        state = cdir.effective_state()
+        return status == "exited" and state.exit_code == int(value)
+    if key == "ancestor":
+        return bool(_image_names(cfg.image) & _image_names(value))
+    if key in ("before", "since"):
+        from .logshow import parse_rfc3339
+
+        mine, other = parse_rfc3339(cfg.created), parse_rfc3339(root.find(value).config.created)
+        return mine < other if key == "before" else mine > other
+    if key == "volume":
+        return any(value in (v.name, v.source, v.target) for v in cfg.volumes if v.kind != "tmpfs")
+    if key == "network":
+        return value in (cfg.network, cfg.network_id) or (
+            len(value) >= 3 and cfg.network_id.startswith(value)
+        )
     if key == "health":  # runtime.health
         from .health import status as health_status
 
@@ -750,10 +791,11 @@ def _ps(args: argparse.Namespace, runner: Runner) -> int:
     root = _state_root(args)
     filters = _ps_filter(args.filter)
     rows = []
+    shown = []
     for cdir in root.containers():
         info = describe(cdir)
         status = str(info["State"])
-        if not all(_ps_matches(cdir, status, key, value) for key, value in filters):
+        if not all(_ps_matches(root, cdir, status, key, value) for key, value in filters):
             continue
         if (
             args.all
@@ -761,7 +803,13 @@ def _ps(args: argparse.Namespace, runner: Runner) -> int:
             or any(k == "status" for k, _ in filters)
         ):
             rows.append(info)
-    if args.format == "json":
+            shown.append(cdir)
+    if is_template(args.format):
+        from .formats import PS_HEADERS, ps_fields, write
+
+        fields = [ps_fields(c, r, full=args.no_trunc) for c, r in zip(shown, rows, strict=True)]
+        write(args.format, fields, PS_HEADERS)
+    elif args.format == "json":
         print(json.dumps(rows, indent=2))
     elif args.quiet:
         for row in rows:
@@ -855,6 +903,10 @@ def _add_logs_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-t", "--timestamps", action="store_true", help="the time of each line first"
     )
+    parser.add_argument(
+        "--details", action="store_true",
+        help="the attributes --log-opt labels=/env= chose (k=v,...) before each line",
+    )  # fmt: skip
     parser.add_argument("container", metavar="CONTAINER")
 
 
@@ -869,6 +921,7 @@ def _logs(args: argparse.Namespace, runner: Runner) -> int:
         since=None if args.since is None else parse_time(args.since, now, "--since"),
         until=None if args.until is None else parse_time(args.until, now, "--until"),
         timestamps=args.timestamps,
+        details=args.details,
     )
     cdir = _state_root(args).find(args.container)
     show_to_stdio(cdir, selection, follow=args.follow)
@@ -877,17 +930,26 @@ def _logs(args: argparse.Namespace, runner: Runner) -> int:
 
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     add_root(parser)
+    add_inspect_format(parser)
     parser.add_argument("containers", nargs="+", metavar="CONTAINER")
 
 
-def _inspect(args: argparse.Namespace, runner: Runner) -> int:
-    import json
+def add_inspect_format(parser: argparse.ArgumentParser) -> None:
+    """`inspect`'s -f/--format (runtime.formats.print_inspected)."""
+    parser.add_argument(
+        "-f", "--format", default=None, metavar="TEMPLATE",
+        help="a Go template for each object ({{.State.Status}}, {{json .Config.Env}}), or json",
+    )  # fmt: skip
 
+
+def _inspect(args: argparse.Namespace, runner: Runner) -> int:
+    from .formats import print_inspected
     from .report import inspect
 
     root = _state_root(args)
     found: list[ContainerDir] = [root.find(ref) for ref in args.containers]
-    print(json.dumps([inspect(c) for c in found], indent=2))
+    check_format(args.format, listing=False)  # (a bad template before any work, as docker)
+    print_inspected(args.format, [inspect(c) for c in found])
     return 0
 
 
@@ -923,8 +985,11 @@ def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
     listing = actions.add_parser("ls", aliases=["list"], help="list networks")
     root_too(listing)
     listing.add_argument("-q", "--quiet", action="store_true", help="only the ids")
+    listing.add_argument("--format", default="table", help=FORMAT_HELP)
+    listing.add_argument("--no-trunc", action="store_true", help="full ids")
     inspect = actions.add_parser("inspect", help="show networks as JSON")
     root_too(inspect)
+    add_inspect_format(inspect)
     inspect.add_argument("networks", nargs="+", metavar="NETWORK")
     remove = actions.add_parser("rm", aliases=["remove"], help="remove user networks")
     root_too(remove)
@@ -964,7 +1029,6 @@ def _healthcheck(args: argparse.Namespace, runner: Runner) -> int:
 
 
 def _network(args: argparse.Namespace, runner: Runner) -> int:
-    import json
 
     from . import networks
 
@@ -972,6 +1036,13 @@ def _network(args: argparse.Namespace, runner: Runner) -> int:
     action = {"list": "ls", "remove": "rm"}.get(args.action, args.action)
     if action == "ls":
         rows = networks.listing(root)
+        if is_template(args.format):  # (before -q: a template wins, as docker's)
+            from .formats import NETWORK_HEADERS, network_fields, write
+
+            check_format(args.format)
+            found = [network_fields(root, r[1], full=args.no_trunc) for r in rows]
+            write(args.format, found, NETWORK_HEADERS)
+            return 0
         if args.quiet:
             print("\n".join(r[0] for r in rows), flush=True)
             return 0
@@ -983,7 +1054,10 @@ def _network(args: argparse.Namespace, runner: Runner) -> int:
             )
         return 0
     if action == "inspect":
-        print(json.dumps([networks.inspect(root, ref) for ref in args.networks], indent=4))
+        from .formats import print_inspected
+
+        check_format(args.format, listing=False)
+        print_inspected(args.format, [networks.inspect(root, r) for r in args.networks], indent=4)
         return 0
     if os.geteuid() != 0 and action == "prune":  # hook: runtime.usernet, the user's own
         for what in prune_networks(root):
@@ -1132,12 +1206,15 @@ def _add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-a", "--all", action="store_true", help="also stopped containers")
     parser.add_argument("--no-stream", action="store_true", help="print one table and stop")
     parser.add_argument("--no-trunc", action="store_true", help="full container ids")
+    parser.add_argument("--format", default="table", help=FORMAT_HELP)
     parser.add_argument("containers", nargs="*", metavar="CONTAINER")
 
 
 def _stats(args: argparse.Namespace, runner: Runner) -> int:
     from .stats import show
 
+    template = args.format if is_template(args.format) else None
+    check_format(template)  # (a bad one fails at once)
     root = _state_root(args)
     if args.containers:
         found = [root.find(ref) for ref in args.containers]
@@ -1145,7 +1222,13 @@ def _stats(args: argparse.Namespace, runner: Runner) -> int:
         found = [
             c for c in root.containers() if args.all or c.effective_state().status == "running"
         ]
-    show(found, stream=not args.no_stream, full=args.no_trunc)
+    show(
+        found,
+        stream=not args.no_stream,
+        full=args.no_trunc,
+        template=template,
+        given=list(args.containers) or None,
+    )
     return 0
 
 

@@ -55,6 +55,7 @@ class CreateRequest:
     shm_size: int = 0
     group_add: tuple[str, ...] = ()
     log_opts: tuple[int, int] = (0, 1)  # --log-opt max-size, max-file (runtime.logrotate)
+    log_attr_opts: tuple[tuple[str, str], ...] = ()  # --log-opt labels/env[-regex] (the same)
     # the image's HEALTHCHECK under --health-* (runtime.health.merge); None: no check
     healthcheck: dict[str, object] | None = None
     network: str = "host"
@@ -179,6 +180,7 @@ def container_config(
         group_add=req.group_add,
         log_max_size=req.log_opts[0],
         log_max_file=req.log_opts[1],
+        log_attr_opts=dict(req.log_attr_opts),
         healthcheck=req.healthcheck,
         shell=image.shell,
     )

@@ -43,11 +43,34 @@ def parse_log_opts(items: Iterable[str]) -> tuple[int, int]:
             if not value.isdigit() or int(value) < 1:
                 raise UsageError(f"--log-opt {item}: max-file cannot be less than 1", 125)
             max_file, file_given = int(value), True
+        elif key in ATTRIBUTE_OPTS:
+            continue  # (attribute_opts)
         else:
             raise UsageError(f"--log-opt {item}: unknown log opt '{key}' for json-file", 125)
     if file_given and not max_size:
         raise UsageError("--log-opt max-file: needs max-size (a log without a limit)", 125)
     return max_size, max_file
+
+
+# the json-file options that name what `logs --details` shows with each line
+ATTRIBUTE_OPTS: Final = ("labels", "labels-regex", "env", "env-regex")
+
+
+def attribute_opts(items: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """The `--log-opt labels=A,B`, `env=X,Y`, `labels-regex=RE`, `env-regex=RE` among the
+    items (a regular expression that does not compile is refused); the last of each wins."""
+    found: dict[str, str] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in ATTRIBUTE_OPTS:
+            continue
+        if key.endswith("-regex"):
+            try:
+                re.compile(value)
+            except re.error as e:
+                raise UsageError(f"--log-opt {item}: {e}", 125) from None
+        found[key] = value
+    return tuple(found.items())
 
 
 def rotate(path: Path, *, max_size: int, max_file: int, incoming: int) -> bool:

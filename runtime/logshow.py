@@ -10,7 +10,7 @@ import re
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -187,6 +187,7 @@ class Selection:
     since: int | None = None
     until: int | None = None
     timestamps: bool = False
+    details: bool = False  # --details: the --log-opt labels/env attributes before each line
 
     def wants(self, rec: Record) -> bool:
         if self.since is None and self.until is None:
@@ -209,6 +210,10 @@ def show(
     """Write the chosen lines of the container's log; with `follow`, then what it prints until
     it stops (or `--until` has passed)."""
     out = {"stdout": stdout, "stderr": stderr}
+    details = b""
+    if selection.details:
+        cfg = cdir.config
+        details = details_prefix(log_attributes(cfg.log_attr_opts, cfg.labels, cfg.env))
 
     def emit(rec: Record) -> None:
         if not selection.wants(rec):
@@ -216,7 +221,7 @@ def show(
         sink = out[rec.stream]
         if selection.timestamps and rec.time is not None:
             sink.write(timestamp(rec.time).encode() + b" ")
-        sink.write(rec.data + (b"\n" if rec.full else b""))
+        sink.write(details + rec.data + (b"\n" if rec.full else b""))
 
     path = cdir.sub(LOG)
     old = _raw_records(cdir.sub(RAW_LOG))
@@ -244,6 +249,33 @@ def show(
         f = open(path, "rb")  # noqa: SIM115
     with f:
         _follow(cdir, f, selection, emit, (stdout, stderr))
+
+
+def log_attributes(
+    opts: Mapping[str, str], labels: Mapping[str, str], env: Iterable[str]
+) -> dict[str, str]:
+    """docker's extra attributes of a log line (its logger.Info.ExtraAttributes): the labels
+    named by `--log-opt labels=A,B` or matched by `labels-regex`, the environment variables
+    named by `env=X,Y` or matched by `env-regex` (a search, as Go's MatchString)."""
+    variables = dict(item.split("=", 1) for item in env if "=" in item)
+    found: dict[str, str] = {}
+    for key, values in (("labels", labels), ("env", variables)):
+        for name in filter(None, opts.get(key, "").split(",")):
+            if name in values:
+                found[name] = values[name]
+        pattern = opts.get(f"{key}-regex")
+        if pattern:
+            found |= {k: v for k, v in values.items() if re.search(pattern, k)}
+    return found
+
+
+def details_prefix(attributes: Mapping[str, str]) -> bytes:
+    """What `logs --details` writes before each line: the attributes as `k=v,k2=v2` (keys and
+    values query-escaped, as docker), sorted here, and a space (a space alone without any)."""
+    from urllib.parse import quote_plus
+
+    pairs = (f"{quote_plus(k)}={quote_plus(v)}" for k, v in sorted(attributes.items()))
+    return (",".join(pairs) + " ").encode()
 
 
 def _chain(*parts: Iterable[Record]) -> Iterator[Record]:
@@ -321,7 +353,9 @@ def show_to_stdio(cdir: ContainerDir, selection: Selection, *, follow: bool) -> 
 __all__ = [
     "Record",
     "Selection",
+    "details_prefix",
     "go_duration",
+    "log_attributes",
     "parse_record",
     "parse_tail",
     "parse_time",

@@ -235,9 +235,12 @@ def inspect(cdir: ContainerDir) -> dict[str, object]:
             ),
             "LogConfig": {
                 "Type": "k8s-file",
-                "Config": {"max-size": str(cfg.log_max_size), "max-file": str(cfg.log_max_file)}
-                if cfg.log_max_size
-                else {},
+                "Config": (
+                    {"max-size": str(cfg.log_max_size), "max-file": str(cfg.log_max_file)}
+                    if cfg.log_max_size
+                    else {}
+                )
+                | cfg.log_attr_opts,
             },
             "Devices": [
                 {

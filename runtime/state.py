@@ -201,6 +201,7 @@ class ContainerConfig:
     group_add: tuple[str, ...] = ()
     log_max_size: int = 0  # --log-opt max-size (bytes; 0: no limit), runtime.logrotate
     log_max_file: int = 1  # --log-opt max-file
+    log_attr_opts: dict[str, str] = field(default_factory=dict)  # labels/env: logs --details
     # runtime.health: docker's HealthConfig (the image's HEALTHCHECK under --health-*; None:
     # none), and the image's SHELL, which runs a CMD-SHELL check
     healthcheck: dict[str, object] | None = None

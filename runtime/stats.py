@@ -218,14 +218,31 @@ def table(rows: Sequence[tuple[str, ...]]) -> str:
     )
 
 
-def show(containers: Sequence[ContainerDir], *, stream: bool, full: bool) -> None:
+def show(
+    containers: Sequence[ContainerDir],
+    *,
+    stream: bool,
+    full: bool,
+    template: str | None = None,
+    given: Sequence[str] | None = None,
+) -> None:
     """Print the table once after one interval (`--no-stream`), or every interval, the
-    terminal cleared first, until interrupted."""
+    terminal cleared first, until interrupted. template: `--format` (runtime.formats), each
+    container's `.Container` the name it was `given` by."""
+    from .formats import STATS_HEADERS, stats_fields
+    from .gotemplate import render
+
     before = {c.id: sample(c) for c in containers}
     while True:
         time.sleep(INTERVAL)
         now = {c.id: sample(c) for c in containers}
-        text = table([row(c, before[c.id], now[c.id], full=full) for c in containers])
+        rows = [row(c, before[c.id], now[c.id], full=full) for c in containers]
+        if template is None:
+            text = table(rows)
+        else:
+            names = given or [""] * len(rows)
+            fields = [stats_fields(n, r) for n, r in zip(names, rows, strict=True)]
+            text = render(template, fields, STATS_HEADERS)
         if stream and sys.stdout.isatty():
             text = "\033[2J\033[H" + text
         sys.stdout.write(text)

@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import TYPE_CHECKING, Final
 
 from unionfs.command import Runner, Subcommand
 from unionfs.errors import UsageError
 
-from .cli import add_root, root_path
+from .cli import add_inspect_format, add_root, root_path
+from .formats import FORMAT_HELP, is_template
+from .formats import check as check_format
 
 if TYPE_CHECKING:
     from .volumes import VolumeInfo
@@ -39,7 +40,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "-f", "--filter", action="append", default=[], metavar="K=V",
         help="dangling=true|false, name=TEXT, label=K[=V], driver=local",
     )  # fmt: skip
+    listing.add_argument("--format", default="table", help=FORMAT_HELP)
     inspect = action("inspect", "show volumes as JSON")
+    add_inspect_format(inspect)
     inspect.add_argument("volumes", nargs="+", metavar="VOLUME")
     remove = action("rm", "remove volumes no container uses", ("remove",))
     remove.add_argument("-f", "--force", action="store_true", help="no error for a missing one")
@@ -82,21 +85,32 @@ def _run(args: argparse.Namespace, runner: Runner) -> int:
         return 0
     if action == "ls":
         filters = _filters(args.filter)
-        in_use = {v.name for c in root.containers() for v in c.config.volumes if v.name}
+        check_format(args.format)
+        users = [v.name for c in root.containers() for v in c.config.volumes if v.name]
+        in_use = set(users)
         rows = [
             info
             for info in volumes.all_volumes(root)
             if all(_matches(info, key, value, in_use) for key, value in filters)
         ]
-        if args.quiet:
+        if args.quiet and not is_template(args.format):
             for info in rows:
                 print(info.name)
+            return 0
+        if is_template(args.format):
+            from .formats import VOLUME_HEADERS, volume_fields, write
+
+            fields = [volume_fields(info, users.count(info.name)) for info in rows]
+            write(args.format, fields, VOLUME_HEADERS)
             return 0
         print(f"{'DRIVER':<10}VOLUME NAME")
         for info in rows:
             print(f"{'local':<10}{info.name}")
         return 0
     if action == "inspect":
+        from .formats import print_inspected
+
+        check_format(args.format, listing=False)
         found, status = [], 0
         for name in args.volumes:
             try:
@@ -104,7 +118,7 @@ def _run(args: argparse.Namespace, runner: Runner) -> int:
             except UsageError as exc:
                 runner.say(str(exc))
                 status = 1
-        print(json.dumps(found, indent=4))
+        print_inspected(args.format, found, indent=4)
         return status
     if action == "rm":
         status = 0
