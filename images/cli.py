@@ -566,12 +566,6 @@ def _typed_config(info: dict[str, object]) -> dict[str, object]:
     return info | {"Config": _CONFIG_FIELDS | {k: v for k, v in config.items() if v is not None}}
 
 
-def _run_inspect(args: argparse.Namespace, runner: Runner) -> int:
-    store = _store(args)
-    print(json.dumps([_image_info(store, store.get(args.image))], indent=2))
-    return 0
-
-
 def _add_history(parser: argparse.ArgumentParser) -> None:
     _add_ref(parser)
     parser.add_argument(
