@@ -341,7 +341,7 @@ class ImageStore:
             return held
         for name in names:
             path = self.tmp_dir / name
-            if not (path / HELD).is_file() or not _busy(path):
+            if not (path / HELD).is_file() or not locked(path):
                 continue
             try:
                 layers = read_json(path / HELD).get("layers") or []
@@ -413,14 +413,15 @@ class ImageStore:
                     os.unlink(path)
 
 
-def _busy(path: Path) -> bool:
-    """Whether a staging dir is flock(2)ed by the load or build that made it."""
+def locked(path: Path) -> bool:
+    """Whether a directory is flock(2)ed by someone (shared or exclusive): a staging dir by the
+    load or build that made it, a RUN cache mount by the RUN that uses it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return False
     except BlockingIOError:
         return True

@@ -63,23 +63,6 @@ def _cache_mounts(store: ImageStore) -> list[Path]:
     return [where / name for name in names if not name.startswith(".")]
 
 
-def _in_use(mount: Path) -> bool:
-    """Whether a RUN uses the cache mount now (it holds a flock(2) on it meanwhile)."""
-    import fcntl
-
-    try:
-        fd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def _drop_cache_mounts(store: ImageStore) -> tuple[list[str], int]:
     """Remove the cache mounts no RUN uses: their names and the bytes they held. Each is
     renamed aside while flock(2)ed (a build then makes a new one) and removed after."""
@@ -153,7 +136,9 @@ def _run_df(args: argparse.Namespace, runner: Runner) -> int:
     )
     mounts = _cache_mounts(store)
     mount_sizes = {m: _dir_size(m) for m in mounts}
-    busy = [m for m in mounts if _in_use(m)]
+    from .store import locked
+
+    busy = [m for m in mounts if locked(m)]
     cache_free = cache_size + sum(size for m, size in mount_sizes.items() if m not in busy)
     cache_size += sum(mount_sizes.values())
     entries += len(mounts)
@@ -172,6 +157,20 @@ def _run_df(args: argparse.Namespace, runner: Runner) -> int:
     for row in rows:
         print("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
+
+
+def _report(sections: list[tuple[str, list[str]]], freed: int) -> None:
+    """A prune's output as docker prints it: each non-empty section under its title, then the
+    total."""
+    from runtime.volume_cli import human_size
+
+    for title, lines in sections:
+        if lines:
+            print(title)
+            for line in lines:
+                print(line)
+            print()
+    print(f"Total reclaimed space: {human_size(freed)}", flush=True)
 
 
 def _add_prune(parser: argparse.ArgumentParser) -> None:
@@ -230,7 +229,6 @@ def _run_prune(args: argparse.Namespace, runner: Runner) -> int:
     from runtime.cli import prune_networks
     from runtime.namespaces import enter_rootless
     from runtime.state import StateRoot
-    from runtime.volume_cli import human_size
 
     from .store import ImageStore
 
@@ -251,13 +249,7 @@ def _run_prune(args: argparse.Namespace, runner: Runner) -> int:
         sections.append(("Deleted build cache objects:", _drop_build_cache(store) + mounts))
         store.prune()  # the layers only those named
         freed += max(0, before - _dir_size(store.layers_dir)) + mounts_freed
-    for title, lines in sections:
-        if lines:
-            print(title)
-            for line in lines:
-                print(line)
-            print()
-    print(f"Total reclaimed space: {human_size(freed)}", flush=True)
+    _report(sections, freed)
     return 0
 
 
@@ -277,7 +269,6 @@ def _run_builder_prune(args: argparse.Namespace, runner: Runner) -> int:
     cache mounts no RUN uses now."""
     from runtime.namespaces import enter_rootless
     from runtime.state import StateRoot
-    from runtime.volume_cli import human_size
 
     from .store import ImageStore
 
@@ -292,12 +283,7 @@ def _run_builder_prune(args: argparse.Namespace, runner: Runner) -> int:
         dropped = _drop_build_cache(store) + mounts
         store.prune()
         freed += max(0, before - _dir_size(store.layers_dir))
-    if dropped:
-        print("Deleted build cache objects:")
-        for name in dropped:
-            print(name)
-        print()
-    print(f"Total reclaimed space: {human_size(freed)}", flush=True)
+    _report([("Deleted build cache objects:", dropped)], freed)
     return 0
 
 
@@ -308,15 +294,9 @@ def _add_container_prune(parser: argparse.ArgumentParser) -> None:
 
 def _run_container_prune(args: argparse.Namespace, runner: Runner) -> int:
     from runtime.state import StateRoot
-    from runtime.volume_cli import human_size
 
     removed, freed = prune_containers(StateRoot(root_path(args)))
-    if removed:
-        print("Deleted Containers:")
-        for cid in removed:
-            print(cid)
-        print()
-    print(f"Total reclaimed space: {human_size(freed)}", flush=True)
+    _report([("Deleted Containers:", removed)], freed)
     return 0
 
 
