@@ -106,19 +106,6 @@ def member_path(name: str) -> str:
     return "/".join(parts)
 
 
-def _chown(target: int | str, info: tarfile.TarInfo, parent: int | None = None) -> None:
-    """The member's owner; in a user namespace an id it does not map (EINVAL) leaves the file
-    to the namespace's root, as a rootless load does for every file."""
-    try:
-        if isinstance(target, int):
-            os.chown(target, info.uid, info.gid)
-        else:
-            os.chown(target, info.uid, info.gid, dir_fd=parent, follow_symlinks=False)
-    except OSError as e:
-        if e.errno != errno.EINVAL or _sys.in_initial_user_namespace():
-            raise
-
-
 class _Extractor:
     def __init__(
         self,
@@ -133,7 +120,8 @@ class _Extractor:
         # root may chown; in a rootless user namespace (`build`) only to the ids it maps, and
         # only root of the initial namespace may make device nodes
         self.may_chown = os.geteuid() == 0
-        self.may_mknod = self.may_chown and _sys.in_initial_user_namespace()
+        self.in_user_namespace = not _sys.in_initial_user_namespace()
+        self.may_mknod = self.may_chown and not self.in_user_namespace
         self.dirs: dict[str, tarfile.TarInfo] = {}  # metadata applied last (children change mtimes)
         self.linkable: set[str] = set()  # members a hard link may name
         # directories this extraction made or checked: what is below one needs no lstat walk
@@ -299,7 +287,7 @@ class _Extractor:
         descriptor, or on the name `target` in the directory `parent` (never followed)."""
         if isinstance(target, int):
             if self.may_chown:
-                _chown(target, info)
+                self.chown(target, info)
             self.set_xattrs(target, info)
             os.chmod(target, stat.S_IMODE(info.mode))
             os.utime(target, ns=(int(info.mtime * 1e9),) * 2)
@@ -307,11 +295,23 @@ class _Extractor:
         assert parent is not None
         st = os.stat(target, dir_fd=parent, follow_symlinks=False)
         if self.may_chown:
-            _chown(target, info, parent)
+            self.chown(target, info, parent)
         self.set_xattrs(f"/proc/self/fd/{parent}/{target}", info)
         if not stat.S_ISLNK(st.st_mode):  # checked: chmod cannot follow it
             os.chmod(target, stat.S_IMODE(info.mode), dir_fd=parent)
         os.utime(target, ns=(int(info.mtime * 1e9),) * 2, dir_fd=parent, follow_symlinks=False)
+
+    def chown(self, target: int | str, info: tarfile.TarInfo, parent: int | None = None) -> None:
+        """The member's owner; in a user namespace an id it does not map (EINVAL) leaves the
+        file to the namespace's root, as a rootless load does for every file."""
+        try:
+            if isinstance(target, int):
+                os.chown(target, info.uid, info.gid)
+            else:
+                os.chown(target, info.uid, info.gid, dir_fd=parent, follow_symlinks=False)
+        except OSError as e:
+            if e.errno != errno.EINVAL or not self.in_user_namespace:
+                raise
 
     def set_xattrs(self, target: int | str, info: tarfile.TarInfo) -> None:
         for key, value in info.pax_headers.items():

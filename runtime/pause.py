@@ -50,13 +50,7 @@ def freeze(init_pid: int, container_id: str) -> str:
     """`strata pause`: freeze the container's own cgroup (v2, else the v1 freezer's), or, with
     neither (rootless without a delegated cgroup), SIGSTOP every process of its PID namespace;
     how ("cgroup" or "signals")."""
-    found = own_freezer(init_pid, container_id)
-    if found is not None:
-        version, group = found
-        if version == 2:
-            _freeze(group, 1)
-        else:
-            _set_v1(group, "FROZEN")
+    if _set_freezer(init_pid, container_id, frozen=True):
         return "cgroup"
     stopped: list[int] = []
     try:
@@ -70,15 +64,22 @@ def freeze(init_pid: int, container_id: str) -> str:
 def thaw(init_pid: int, container_id: str) -> None:
     """`strata unpause`: undo `freeze` (after signals: SIGCONT to every process of the
     container's PID namespace, so also to one that the container itself had stopped)."""
+    if not _set_freezer(init_pid, container_id, frozen=False):
+        _continue(container_pids(init_pid))
+
+
+def _set_freezer(init_pid: int, container_id: str, *, frozen: bool) -> bool:
+    """Freeze or thaw the container's own cgroup (v2's cgroup.freeze, else the v1 freezer's
+    state); False when it has none."""
     found = own_freezer(init_pid, container_id)
-    if found is not None:
-        version, group = found
-        if version == 2:
-            _freeze(group, 0)
-        else:
-            _set_v1(group, "THAWED")
-        return
-    _continue(container_pids(init_pid))
+    if found is None:
+        return False
+    version, group = found
+    if version == 2:
+        _freeze(group, 1 if frozen else 0)
+    else:
+        _set_v1(group, "FROZEN" if frozen else "THAWED")
+    return True
 
 
 def is_frozen(init_pid: int, container_id: str) -> bool:
